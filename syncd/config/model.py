@@ -1,0 +1,633 @@
+"""The validated, frozen configuration model.
+
+The YAML an operator writes is parsed by :mod:`syncd.config.loader` and validated here. Every
+model is frozen and forbids unknown keys; every union is discriminated on ``type`` so an error
+names the one variant the operator meant. Secret values are ``SecretStr`` and only ever come
+from ``${ENV}`` or ``${credential:NAME}`` interpolation (the loader enforces that).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AppConfig",
+    "AuthConfig",
+    "AuthorizationConfig",
+    "ColumnConfig",
+    "DatasetConfig",
+    "EnvelopeConfig",
+    "HttpConnection",
+    "HttpSourceConfig",
+    "IncrementalConfig",
+    "LocatedValueError",
+    "PaginationConfig",
+    "SignatureRecipe",
+    "TargetTableConfig",
+    "TransformConfig",
+    "ValidatorConfig",
+]
+
+# --------------------------------------------------------------------------- shared types
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_MAX_DURATION_S = 100 * 365 * 86400.0  # a century: anything longer is a typo
+
+
+class LocatedValueError(ValueError):
+    """A model-validator error about one field of the model (``at`` is relative to the model).
+
+    Pydantic positions a model validator's error on the whole mapping; the loader appends
+    ``at`` so the operator is pointed at the line that must change.
+    """
+
+    def __init__(self, message: str, *, at: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.at = at
+
+
+def _identifier(value: str) -> str:
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid SQL identifier: use letters, digits and underscores, "
+            "starting with a letter or underscore, at most 63 characters (e.g. resident_info)"
+        )
+    return value
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    seconds: float | None = None
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 2h or 1d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds is None:
+        raise ValueError(
+            f"{value!r} is not a duration: write a number with a unit, such as 30s, 5m, 2h or 1d"
+        )
+    if not math.isfinite(seconds) or not 0 <= seconds <= _MAX_DURATION_S:
+        raise ValueError(
+            f"{value!r} is out of range: a duration is between 0 and 100 years (e.g. 30s, 5m, 2h, 1d)"
+        )
+    return timedelta(seconds=seconds)
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""A table or column name: validated so that it can be quoted into SQL safely."""
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+"""``30s``, ``5m``, ``2h``, ``1d``, ``250ms`` or a number of seconds."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+
+def _shorthand(kind_key: str, single_arg: dict[str, str]) -> Any:
+    """Accept ``- strip`` and ``- {null_if: [无, /]}`` as well as ``- {type: null_if, values: [...]}``.
+
+    ``single_arg`` maps a type name to the field that a non-mapping argument fills.
+    """
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            return {kind_key: value}
+        if isinstance(value, dict) and kind_key not in value and len(value) == 1:
+            ((name, arg),) = value.items()
+            if isinstance(arg, dict):
+                return {kind_key: name, **arg}
+            if arg is None:
+                return {kind_key: name}
+            field = single_arg.get(name)
+            if field is None:
+                raise ValueError(
+                    f"{name!r} takes its options as a mapping, e.g. {{{name}: {{option: value}}}}"
+                )
+            if not field:
+                raise ValueError(f"{name!r} takes no options: write just `- {name}`")
+            return {kind_key: name, field: arg}
+        return value
+
+    return convert
+
+
+# --------------------------------------------------------------------------- HTTP: auth
+
+
+class SignatureRecipe(_Model):
+    """A signature computed over an ordered list of parts (Zhejiang / Guangdong style gateways).
+
+    ``parts`` items are literal strings with placeholders: ``{app_key}``, ``{secret}``,
+    ``{timestamp}``, ``{nonce}``, ``{token}``, ``{client_id}``, ``{path}``, ``{body}``.
+    They are concatenated with ``separator`` and hashed with ``algorithm``.
+    """
+
+    algorithm: Literal["md5", "sha1", "sha256", "hmac-sha256", "sm3"]
+    parts: tuple[str, ...] = Field(min_length=1)
+    separator: str = ""
+    encoding: Literal["hex", "hex-upper", "base64"] = "hex"
+    timestamp_unit: Literal["s", "ms"] = "ms"
+    # where the signature, timestamp and nonce go, and under which names
+    placement: Literal["header", "query"] = "header"
+    signature_name: str = "sign"
+    timestamp_name: str | None = "requestTime"
+    nonce_name: str | None = None
+    # static extra parameters sent with every request (e.g. appKey, x-tif-paasid)
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class NoAuth(_Model):
+    type: Literal["none"]
+
+
+class StaticKeyAuth(_Model):
+    """A fixed key sent with every request, in a header or a query parameter."""
+
+    type: Literal["static_key"]
+    name: str = Field(description="header or query parameter name, e.g. X-API-Key or appKey")
+    value: SecretStr
+    placement: Literal["header", "query"] = "header"
+    prefix: str = ""
+
+
+class TokenAuth(_Model):
+    """appKey/appSecret exchanged for a bearer token at a token endpoint (most common style)."""
+
+    type: Literal["token"]
+    url: str = Field(description="token endpoint, absolute or relative to the connection base_url")
+    method: Literal["GET", "POST"] = "POST"
+    app_key: str
+    app_secret: SecretStr
+    key_field: str = "appKey"
+    secret_field: str = "appSecret"  # noqa: S105 - the name of the body field, not a secret
+    body_format: Literal["json", "form", "query"] = "json"
+    token_path: str = "data.accessToken"  # noqa: S105 - a path in the response, not a secret
+    expires_in_path: str | None = "data.expiresIn"
+    default_ttl: Duration = timedelta(hours=1)
+    refresh_before: Duration = timedelta(minutes=5)
+    header: str = "Authorization"
+    header_prefix: str = "Bearer "
+    placement: Literal["header", "query"] = "header"
+    query_param: str = "access_token"
+
+
+class HmacHeadersAuth(_Model):
+    """Shandong style: Base64(HmacSHA256(secret, clientId + timestamp + nonce)) in headers."""
+
+    type: Literal["hmac_headers"]
+    client_id: str
+    secret: SecretStr
+    client_id_header: str = "X-Client-Id"
+    timestamp_header: str = "X-Timestamp"
+    nonce_header: str = "X-Nonce"
+    signature_header: str = "X-Signature"
+    timestamp_unit: Literal["s", "ms"] = "ms"
+    encoding: Literal["hex", "base64"] = "base64"
+
+
+class SignedAuth(_Model):
+    """A configurable signature recipe with a static secret (e.g. Guangdong TIF sha256)."""
+
+    type: Literal["signed"]
+    app_key: str = ""
+    secret: SecretStr
+    client_id: str = ""
+    recipe: SignatureRecipe
+
+
+class TwoTierSecretAuth(_Model):
+    """Zhejiang IRS style: refresh secret (~48 h) and request secret (~15 min), md5-signed calls."""
+
+    type: Literal["two_tier_secret"]
+    app_key: str
+    app_secret: SecretStr
+    refresh_by_key_url: str = "/refreshTokenByKey"
+    refresh_by_secret_url: str = "/refreshTokenBySec"  # noqa: S105 - an endpoint path
+    payload_path: str = "datas"
+    refresh_before: Duration = timedelta(minutes=2)
+    recipe: SignatureRecipe = SignatureRecipe(
+        algorithm="md5", parts=("{app_key}", "{secret}", "{timestamp}"), placement="query",
+        signature_name="sign", timestamp_name="requestTime", extra={},
+    )
+
+
+AuthConfig = Annotated[
+    NoAuth | StaticKeyAuth | TokenAuth | HmacHeadersAuth | SignedAuth | TwoTierSecretAuth,
+    Field(discriminator="type"),
+]
+
+# --------------------------------------------------------------------------- HTTP: envelope, paging
+
+
+class EnvelopeConfig(_Model):
+    """How to read a gateway's JSON envelope, e.g. ``{code, msg, data: {total, list}}``.
+
+    Paths are dotted (``data.list``); an empty records_path means the body itself is the list.
+    """
+
+    code_path: str | None = "code"
+    success_codes: tuple[str, ...] = ("0", "00", "200", "0000")
+    message_path: str | None = "msg"
+    transient_codes: tuple[str, ...] = ()
+    auth_expired_codes: tuple[str, ...] = ()
+    records_path: str = "data.list"
+    total_path: str | None = "data.total"
+    cursor_path: str | None = None
+    # paths whose value may be a JSON *string* to be decoded a second time (e.g. "data", "datas")
+    decode_strings: tuple[str, ...] = ()
+    # server clock (epoch ms or "%Y-%m-%d %H:%M:%S") reported by some gateways, for skew warnings
+    server_time_path: str | None = None
+
+    @field_validator("success_codes", "transient_codes", "auth_expired_codes", mode="before")
+    @classmethod
+    def _codes_as_strings(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return tuple(str(x) for x in v)
+        if isinstance(v, str | int):
+            return (str(v),)
+        return v
+
+
+class PageNumberPagination(_Model):
+    type: Literal["page_number"]
+    page_param: str = "pageNo"
+    size_param: str = "pageSize"
+    page_size: int = Field(100, ge=1, le=100_000)
+    first_page: int = 1
+
+
+class OffsetPagination(_Model):
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    page_size: int = Field(100, ge=1, le=100_000)
+    first_offset: int = 0  # Shandong STARTNUM is 1-based: set first_offset: 1
+
+
+class CursorPagination(_Model):
+    type: Literal["cursor"]
+    cursor_param: str = "cursor"
+    size_param: str | None = "pageSize"
+    page_size: int = Field(100, ge=1, le=100_000)
+
+
+PaginationConfig = Annotated[
+    PageNumberPagination | OffsetPagination | CursorPagination, Field(discriminator="type")
+]
+
+
+class IncrementalConfig(_Model):
+    """Incremental reads by an update-time range (DESIGN §4.3)."""
+
+    field: str = Field(description="dotted path of the record's update time, e.g. updateTime")
+    start_param: str = "updateTimeStart"
+    end_param: str | None = "updateTimeEnd"
+    format: str = Field("%Y-%m-%d %H:%M:%S", description="strftime format of the range parameters")
+    # formats accepted when reading the record's update-time value (first match wins)
+    value_formats: tuple[str, ...] = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y%m%d%H%M%S")
+    lookback: Duration | None = None  # default: defaults.lookback
+    safety_lag: Duration | None = None  # default: defaults.safety_lag
+    initial: datetime | None = Field(None, description="where the first run starts; empty = everything")
+
+
+class HttpSourceConfig(_Model):
+    type: Literal["http"]
+    connection: str = Field(description="name of a connection under `connections:` in syncd.yaml")
+    path: str
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    body: dict[str, Any] | None = None  # POST: parameters go into a JSON body instead of the query
+    pagination: PaginationConfig = PageNumberPagination(type="page_number")
+    envelope: EnvelopeConfig | None = None  # default: the connection's envelope
+    incremental: IncrementalConfig | None = None
+
+
+SourceConfig = Annotated[HttpSourceConfig, Field(discriminator="type")]
+
+# --------------------------------------------------------------------------- mapping
+
+
+_TRANSFORM_SHORTHAND = {
+    "null_if": "values",
+    "default": "value",
+    "constant": "value",
+    "date": "formats",
+    "datetime": "formats",
+    "code_table": "table",
+    "regex_extract": "pattern",
+    "concat": "fields",
+    "mask": "kind",
+    "hash": "salt",
+    "upper": "",
+    "lower": "",
+}
+
+
+class TransformConfig(_Model):
+    """One step of a column's transform chain. ``type`` selects a function in the registry
+    (:mod:`syncd.mapping.transforms`); the other keys are its options. Options that a transform
+    does not use are rejected when the mapping is compiled, naming the transform.
+
+    Known types: strip, halfwidth, upper, lower, null_if, default, constant, date, datetime,
+    code_table, regex_extract, concat, mask, hash.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    values: tuple[str, ...] | None = None  # null_if
+    value: Any = None  # default / constant
+    formats: tuple[str, ...] | None = None  # date / datetime
+    table: dict[str, str] | str | None = None  # code_table: inline mapping, or name in code_tables:
+    unknown: Literal["keep", "null", "quarantine"] | None = None  # code_table
+    pattern: str | None = None  # regex_extract
+    group: int | str | None = None  # regex_extract
+    fields: tuple[str, ...] | None = None  # concat: dotted source paths
+    separator: str | None = None  # concat
+    kind: Literal["id_number", "phone", "name", "keep"] | None = None  # mask
+    keep_first: int | None = None  # mask kind keep
+    keep_last: int | None = None  # mask kind keep
+    salt: SecretStr | None = None  # hash
+    algorithm: Literal["sha256", "sm3"] | None = None  # hash
+
+
+class ValidatorConfig(_Model):
+    """A check on the column's final value; a failing record is quarantined with the reason.
+
+    Known types: required, id_number, not_excel_damaged, regex, length, range.
+    """
+
+    type: str
+    pattern: str | None = None  # regex
+    min: Decimal | None = None  # length / range
+    max: Decimal | None = None  # length / range
+    message: str | None = None
+
+
+ColumnType = Literal["string", "int", "decimal", "date", "datetime", "bool"]
+
+
+class ColumnConfig(_Model):
+    """One target column: where its value comes from and how it is cleaned and checked."""
+
+    source: str | None = Field(None, description="dotted source path; omit for constant/concat columns")
+    type: ColumnType = "string"
+    length: int | None = Field(None, ge=1, le=65535, description="VARCHAR length for string columns")
+    precision: int = Field(18, ge=1, le=65)
+    scale: int = Field(2, ge=0, le=30)
+    nullable: bool = True
+    transforms: tuple[
+        Annotated[TransformConfig, BeforeValidator(_shorthand("type", _TRANSFORM_SHORTHAND))], ...
+    ] = ()
+    validators: tuple[
+        Annotated[ValidatorConfig, BeforeValidator(_shorthand("type", {"regex": "pattern"}))], ...
+    ] = ()
+    # bool columns: which source values mean true / false (after transforms)
+    true_values: tuple[str, ...] = ("1", "true", "True", "TRUE", "是", "Y", "y")
+    false_values: tuple[str, ...] = ("0", "false", "False", "FALSE", "否", "N", "n")
+
+    @model_validator(mode="after")
+    def _needs_input(self) -> ColumnConfig:
+        generators = {"constant", "concat"}
+        if self.source is None and not any(t.type in generators for t in self.transforms):
+            raise ValueError(
+                "a column needs `source:` (the upstream field) unless a `constant` or `concat` "
+                "transform produces its value"
+            )
+        if self.type == "decimal" and self.scale > self.precision:
+            raise LocatedValueError(
+                f"scale {self.scale} is larger than precision {self.precision}: precision counts all "
+                "digits, scale those after the decimal point (e.g. precision: 14, scale: 2)",
+                at=("scale",),
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class AuthorizationConfig(_Model):
+    """The approval under which this dataset may be received (申请/审批), for enforcement and audit."""
+
+    approval_code: str = Field(min_length=1, description="审批单号 / approval number")
+    resource_code: str | None = Field(None, description="资源目录编码 / catalogue resource code")
+    fields: tuple[str, ...] = Field(min_length=1, description="授权字段: the upstream fields approved")
+    valid_from: date
+    valid_until: date
+    purpose: str | None = Field(None, description="用途 / power-matter code recorded with every run")
+    warn_days: int = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AuthorizationConfig:
+        if self.valid_until < self.valid_from:
+            raise LocatedValueError(
+                "valid_until is before valid_from: check the dates of the approval", at=("valid_until",)
+            )
+        return self
+
+
+class LogicalDeleteConfig(_Model):
+    """An upstream flag marking a record deleted (``isDeleted: "1"``, ``SCBZ``, ``yxbz``)."""
+
+    field: str = Field(description="dotted source path of the flag, e.g. isDeleted")
+    values: tuple[str, ...] = ("1", "true", "Y")
+    mode: Literal["hard", "soft"] = "hard"
+    soft_column: Identifier = "is_deleted"
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _as_strings(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return tuple(str(x).lower() if isinstance(x, bool) else str(x) for x in v)
+        return v
+
+
+class TargetTableConfig(_Model):
+    table: Identifier
+    key: tuple[Identifier, ...] = Field(min_length=1, description="primary-key columns")
+    create: bool = True  # create the table when absent; otherwise verify it
+    logical_delete: LogicalDeleteConfig | None = None
+
+
+class ErrorLimit(_Model):
+    """The run fails when more records than this are quarantined (both limits apply)."""
+
+    count: int = Field(1000, ge=0)
+    ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class CronSchedule(_Model):
+    type: Literal["cron"]
+    cron: str = Field(description="five fields: minute hour day month weekday, e.g. '0 2 * * *'")
+    jitter: Duration | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(
+                f"{v!r} is not a cron expression ({exc}): write five fields, minute hour day month "
+                "weekday, e.g. '0 2 * * *' for 02:00 every day"
+            ) from exc
+        return v
+
+
+class IntervalSchedule(_Model):
+    type: Literal["interval"]
+    every: Duration
+    jitter: Duration | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("the interval must be longer than zero, e.g. every: 15m")
+        return v
+
+
+ScheduleConfig = Annotated[CronSchedule | IntervalSchedule, Field(discriminator="type")]
+
+
+class DatasetConfig(_Model):
+    name: Identifier
+    description: str = ""
+    enabled: bool = True
+    source: SourceConfig
+    authorization: AuthorizationConfig
+    target: TargetTableConfig
+    columns: dict[Identifier, ColumnConfig] = Field(min_length=1)
+    schedule: ScheduleConfig | None = None
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+    error_limit: ErrorLimit | None = None
+    # set by the loader: the file this dataset came from (for messages)
+    source_file: str = ""
+
+    @model_validator(mode="after")
+    def _keys_are_columns(self) -> DatasetConfig:
+        missing = [i for i, k in enumerate(self.target.key) if k not in self.columns]
+        if missing:
+            names = ", ".join(self.target.key[i] for i in missing)
+            raise LocatedValueError(
+                f"target.key names {names}, which are not under columns: every key column must be mapped",
+                at=("target", "key", missing[0]),
+            )
+        ld = self.target.logical_delete
+        if ld is not None and ld.mode == "soft" and ld.soft_column in self.columns:
+            raise LocatedValueError(
+                f"target.logical_delete.soft_column {ld.soft_column!r} is also a mapped column: "
+                "pick a column name that syncd alone writes",
+                at=("target", "logical_delete", "soft_column"),
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- main file
+
+
+class RetryConfig(_Model):
+    attempts: int = Field(5, ge=1, le=100)
+    backoff_initial: Duration = timedelta(seconds=0.5)
+    backoff_max: Duration = timedelta(seconds=30)
+    deadline: Duration = timedelta(minutes=5)  # total time one request may spend retrying
+
+
+class TimeoutConfig(_Model):
+    connect: Duration = timedelta(seconds=10)
+    read: Duration = timedelta(seconds=60)
+
+
+class HttpConnection(_Model):
+    type: Literal["http"]
+    base_url: str
+    auth: AuthConfig = NoAuth(type="none")
+    envelope: EnvelopeConfig = EnvelopeConfig()
+    timeout: TimeoutConfig = TimeoutConfig()
+    retry: RetryConfig = RetryConfig()
+    verify_tls: bool = True
+    ca_bundle: str | None = Field(None, description="PEM file of an intranet CA (政务外网 CA)")
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL such as https://gateway.example.gov.cn/api")
+        return v.rstrip("/")
+
+
+ConnectionConfig = Annotated[HttpConnection, Field(discriminator="type")]
+
+
+class DatabaseConfig(_Model):
+    """The target database. syncd's own tables (row state, change log, watermarks, runs,
+    quarantine) live in the same database, so each batch commits atomically (DESIGN §4.2)."""
+
+    url: SecretStr = Field(description="SQLAlchemy URL, e.g. sqlite:///var/lib/syncd/syncd.db")
+    table_prefix: Identifier = "syncd_"
+    pool_size: int = Field(5, ge=1, le=100)
+
+
+class Defaults(_Model):
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    lookback: Duration = timedelta(minutes=10)
+    safety_lag: Duration = timedelta(seconds=30)
+    error_limit: ErrorLimit = ErrorLimit()
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class AppConfig(_Model):
+    timezone: str = "Asia/Shanghai"
+    target: DatabaseConfig
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+    defaults: Defaults = Defaults()
+    logging: LoggingConfig = LoggingConfig()
+    code_tables: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="shared 字典 code tables, referenced by name from code_table"
+    )
+    datasets_dir: str = "datasets"
+    # filled by the loader from datasets_dir
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    source_file: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as Asia/Shanghai") from exc
+        return v

@@ -1,0 +1,112 @@
+"""Shared fixtures: real databases (SQLite always; PostgreSQL and MariaDB on loopback).
+
+Each test that asks for ``db_url`` gets a fresh, empty database of its own. PostgreSQL and
+MariaDB tests are skipped when the server is not reachable, unless SYNCD_REQUIRE_DBS=1 (set by
+.ci/run), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("SYNCD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MARIADB_ADMIN_URL = os.environ.get("SYNCD_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+REQUIRE_DBS = os.environ.get("SYNCD_REQUIRE_DBS") == "1"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    msg = f"{what} is not reachable ({type(exc).__name__}: {exc})"
+    if REQUIRE_DBS:
+        pytest.fail(f"{msg}; SYNCD_REQUIRE_DBS=1 makes this a failure", pytrace=False)
+    pytest.skip(msg)
+
+
+def _fresh_postgres() -> Iterator[str]:
+    name = f"syncd_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "not available"
+        _unavailable("PostgreSQL", exc)
+    url = sa.make_url(PG_ADMIN_URL).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _fresh_mariadb() -> Iterator[str]:
+    name = f"syncd_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(MARIADB_ADMIN_URL)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("MariaDB", exc)
+    url = sa.make_url(MARIADB_ADMIN_URL).set(database=name, query={"charset": "utf8mb4"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh empty database, once per kind: SQLite, PostgreSQL, MariaDB."""
+    kind = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'target.db'}"
+    elif kind == "postgresql":
+        yield from _fresh_postgres()
+    else:
+        yield from _fresh_mariadb()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'target.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from _fresh_postgres()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    yield from _fresh_mariadb()
+
+
+# --------------------------------------------------------------------------- secret scan
+# The end-to-end tests configure this value as the gateway's app secret (tests/e2e.py). It must never
+# appear in anything a test prints or logs: every test's captured stdout, stderr and log records are
+# scanned, and a test whose output contains it fails, whatever it asserted itself.
+CANARY_SECRETS = ("s3cr3t-Vx9-never-logged",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    for section, content in report.sections:
+        for secret in CANARY_SECRETS:
+            if secret in content:
+                report.outcome = "failed"
+                report.longrepr = f"a configured secret leaked into the test's {section!r}"
