@@ -1,0 +1,175 @@
+"""Checks that span several parts of the configuration, run after each file validated.
+
+- the target database URL parses and names a database kind SQLAlchemy knows;
+- a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type;
+- code tables referenced by name exist under ``code_tables:``;
+- the mapping compiles (:func:`syncd.mapping.compile_mapping`), which also yields every source
+  path the mapping reads;
+- authorization (授权): every source path read — by a column, ``source.incremental.field`` or
+  ``target.logical_delete.field`` — is covered by ``authorization.fields`` (the path itself or
+  one of its dotted prefixes, so ``address`` covers ``address.code``);
+- target tables stay clear of syncd's own tables (``target.table_prefix``) and of each other;
+- dataset names are unique; column names do not differ only in letter case.
+
+Every issue is positioned in the file the operator has to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from syncd.config.messages import locate
+from syncd.config.model import AppConfig, DatasetConfig
+from syncd.config.positions import Document, Path
+from syncd.errors import ConfigIssue
+
+__all__ = ["Loaded", "check_app", "check_dataset", "check_unique"]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A validated dataset and the document it came from (None: known from elsewhere, not reported)."""
+
+    dataset: DatasetConfig
+    doc: Document | None
+
+
+def _issue(doc: Document, model_path: Path, message: str, *, on_key: bool = False) -> ConfigIssue:
+    where = locate(DatasetConfig, doc.data, model_path, pydantic_loc=False)
+    return doc.issue(where.path, message, on_key=on_key)
+
+
+def _hint(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    """The main file: the target URL must be one SQLAlchemy can open. Never quotes the URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(app.target.url.get_secret_value())
+    except ArgumentError:
+        return [doc.issue(("target", "url"), "this is not a database URL: write it like "
+                          "sqlite:////var/lib/syncd/syncd.db or postgresql+psycopg://syncd:${DB_PASSWORD}@host/db")]
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:///…, "
+                          "postgresql+psycopg://… or mysql+pymysql://… (MariaDB)")]
+    return []
+
+
+def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    """Everything about one dataset that needs the main file (connections, code tables, prefix)."""
+    # imported here: syncd.mapping imports syncd.config.model, which runs this package's __init__
+    from syncd.mapping import MappingSpecError, compile_mapping
+
+    issues = _connection(dataset, app, doc) + _code_tables(dataset, app, doc)
+    compiled_paths: frozenset[str] = frozenset()
+    try:
+        compiled_paths = compile_mapping(dataset, app.code_tables).source_paths
+    except MappingSpecError as exc:
+        issue = _issue(doc, exc.path, exc.message)
+        if all(i.path != issue.path for i in issues):
+            issues.append(issue)
+    issues += _authorization(dataset, doc, compiled_paths)
+    prefix = app.target.table_prefix
+    if dataset.target.table.lower().startswith(prefix.lower()):
+        issues.append(_issue(doc, ("target", "table"), (
+            f"table `{dataset.target.table}` starts with `{prefix}`, the prefix of syncd's own state "
+            "tables (target.table_prefix in the main file): choose another table name")))
+    seen: dict[str, str] = {}
+    for column in dataset.columns:
+        first = seen.setdefault(column.lower(), column)
+        if first != column:
+            issues.append(_issue(doc, ("columns", column), (
+                f"columns `{first}` and `{column}` differ only in letter case: databases treat them "
+                "as the same column, rename one"), on_key=True))
+    return issues
+
+
+def _connection(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    name = dataset.source.connection
+    connection = app.connections.get(name)
+    if connection is None:
+        known = ", ".join(f"`{n}`" for n in app.connections)
+        where = f"connections defined in the main file: {known}" if known else (
+            "no connection is defined: add one under `connections:` in the main file")
+        return [_issue(doc, ("source", "connection"),
+                       f"unknown connection `{name}`: {_hint(name, app.connections)}{where}")]
+    have: str = connection.type  # one kind each today; the check keeps new kinds honest
+    want: str = dataset.source.type
+    if have != want:
+        return [_issue(doc, ("source", "connection"), (
+            f"connection `{name}` is of type {have} but this source is of type {want}: "
+            f"use a connection of type {want}"))]
+    return []
+
+
+def _code_tables(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    issues = []
+    for column, cfg in dataset.columns.items():
+        for i, t in enumerate(cfg.transforms):
+            if t.type == "code_table" and isinstance(t.table, str) and t.table not in app.code_tables:
+                known = ", ".join(f"`{n}`" for n in app.code_tables) or "none are defined"
+                issues.append(_issue(doc, ("columns", column, "transforms", i, "table"), (
+                    f"unknown code table `{t.table}`: {_hint(t.table, app.code_tables)}code tables are "
+                    f"defined under `code_tables:` in the main file (known: {known}), or write the "
+                    "mapping inline")))
+    return issues
+
+
+def _authorization(dataset: DatasetConfig, doc: Document, compiled: frozenset[str]) -> list[ConfigIssue]:
+    allowed = set(dataset.authorization.fields)
+
+    def covered(path: str) -> bool:
+        parts = path.split(".")
+        return any(".".join(parts[:n]) in allowed for n in range(1, len(parts) + 1))
+
+    reads: dict[str, tuple[Path, str]] = {}  # source path → (where it is written, what to remove)
+    for column, cfg in dataset.columns.items():
+        if cfg.source is not None:
+            reads.setdefault(cfg.source, (("columns", column, "source"), "remove this column"))
+        for i, t in enumerate(cfg.transforms):
+            for j, f in enumerate(t.fields or ()):
+                reads.setdefault(f, (("columns", column, "transforms", i, "fields", j), "remove this field"))
+    if dataset.source.incremental is not None:
+        reads.setdefault(dataset.source.incremental.field,
+                         (("source", "incremental", "field"), "choose another update-time field"))
+    if dataset.target.logical_delete is not None:
+        reads.setdefault(dataset.target.logical_delete.field,
+                         (("target", "logical_delete", "field"), "remove logical_delete"))
+    for path in compiled - reads.keys():
+        reads[path] = (("authorization", "fields"), "remove what reads it")
+    return [
+        _issue(doc, at, f"field `{path}` is not in authorization.fields (授权字段): syncd only writes "
+               f"fields the approval covers; ask the data bureau to extend the approval or {fix}")
+        for path, (at, fix) in reads.items()
+        if not covered(path)
+    ]
+
+
+def check_unique(loaded: Sequence[Loaded]) -> list[ConfigIssue]:
+    """Dataset names and target tables must be unique; reported at the later file, naming the first."""
+    issues: list[ConfigIssue] = []
+    names: dict[str, DatasetConfig] = {}
+    tables: dict[str, DatasetConfig] = {}
+    for item in loaded:
+        ds = item.dataset
+        first = names.setdefault(ds.name, ds)
+        if first is not ds and item.doc is not None:
+            issues.append(_issue(item.doc, ("name",), (
+                f"dataset name `{ds.name}` is already used by {first.source_file or 'another dataset'}: "
+                "dataset names must be unique (a file without `name:` is named after the file)")))
+            continue
+        first = tables.setdefault(ds.target.table.lower(), ds)
+        if first is not ds and item.doc is not None:
+            issues.append(_issue(item.doc, ("target", "table"), (
+                f"table `{ds.target.table}` is already written by dataset `{first.name}` "
+                f"({first.source_file or 'loaded earlier'}): two datasets must not write the same table")))
+    return issues
