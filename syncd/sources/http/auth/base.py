@@ -1,0 +1,111 @@
+"""The auth scheme interface, and helpers the schemes share.
+
+An :class:`AuthScheme` is built once per source from the connection's ``auth:`` block. The
+client calls ``apply`` before *every* attempt (so timestamps, nonces and signatures are
+fresh) and ``refresh`` once when the gateway says the credential expired. Schemes register
+their secret values with the client's redactor so that no message or log line shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from syncd.config.model import (
+    HmacHeadersAuth,
+    NoAuth,
+    SignedAuth,
+    StaticKeyAuth,
+    TokenAuth,
+    TwoTierSecretAuth,
+)
+from syncd.errors import ConfigError, ConfigIssue
+from syncd.sources.http.client import HttpClient
+from syncd.sources.http.envelope import Envelope
+
+__all__ = [
+    "AnyAuthConfig",
+    "AuthScheme",
+    "config_error",
+    "fingerprint",
+    "new_nonce",
+    "now_stamp",
+    "shared_state",
+]
+
+AnyAuthConfig = NoAuth | StaticKeyAuth | TokenAuth | HmacHeadersAuth | SignedAuth | TwoTierSecretAuth
+
+S = TypeVar("S")
+
+_SHARED: dict[tuple[str, ...], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class AuthScheme(ABC):
+    """Puts credentials into a request; refreshes them when the gateway says they expired."""
+
+    type_name: ClassVar[str]
+    refreshable: ClassVar[bool] = False  # True when refresh() fetches a new credential
+
+    def __init__(
+        self,
+        cfg: AnyAuthConfig,
+        *,
+        client: HttpClient,
+        envelope: Envelope,
+        config_file: str = "",
+        config_path: str = "auth",
+    ) -> None:
+        self._client = client
+        self._envelope = envelope
+        self._config_file = config_file
+        self._config_path = config_path
+
+    @abstractmethod
+    def apply(
+        self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
+    ) -> None:
+        """Add the credentials to the request parts (``params`` and ``headers`` are mutated)."""
+
+    def refresh(self) -> None:  # noqa: B027 - deliberately a no-op for schemes without a fetched credential
+        """Fetch a new credential (called once after the gateway said the current one expired)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def now_stamp(unit: str) -> str:
+    """The current time as epoch seconds or milliseconds (``unit`` is ``s`` or ``ms``)."""
+    now = time.time()
+    return str(int(now * 1000)) if unit == "ms" else str(int(now))
+
+
+def new_nonce() -> str:
+    return uuid.uuid4().hex
+
+
+def fingerprint(secret: str) -> str:
+    """A short one-way tag of a secret, to key shared state without keeping the secret in the key."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+
+
+def shared_state(key: tuple[str, ...], factory: Callable[[], S]) -> S:
+    """Process-wide state for one credential (token, secrets), shared by every source using it.
+
+    Many gateways invalidate the previous token when a new one is issued, so datasets on the
+    same connection must share one token instead of fetching their own and evicting each other.
+    """
+    with _SHARED_LOCK:
+        state = _SHARED.get(key)
+        if state is None:
+            state = _SHARED[key] = factory()
+        return state
+
+
+def config_error(file: str, path: str, message: str) -> ConfigError:
+    return ConfigError([ConfigIssue(file=file or "syncd.yaml", line=0, column=0, path=path, message=message)])

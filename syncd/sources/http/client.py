@@ -1,0 +1,406 @@
+"""One HTTP session per source: timeouts, TLS, bounded streaming reads, JSON, retries.
+
+:class:`HttpClient` sends a request, reads the body in chunks (never more than
+``max_response_bytes``), decodes it with orjson and hands it to a ``parse`` callback (the
+envelope). Failures are sorted by :mod:`syncd.errors`:
+
+- connection errors, timeouts, truncated bodies, invalid JSON, HTTP 408/429/5xx and
+  transient business codes raise :class:`TransientUpstreamError` and are retried with
+  exponential backoff and jitter (``retry.attempts`` within ``retry.deadline``), honouring
+  ``Retry-After``; when the budget is spent the last error becomes permanent;
+- :class:`AuthExpiredError` makes the client call ``auth.refresh()`` once and repeat the
+  request once; a second expiry is permanent;
+- anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once.
+
+No secret reaches a message or a log line: URLs lose the values of secret-looking query
+keys, every text is scrubbed of the secret values the auth scheme registered and of the
+values it added to the request, and upstream exceptions are never chained.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+from urllib.parse import urlencode
+
+import orjson
+import requests
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from syncd.config.model import HttpConnection
+from syncd.errors import AuthExpiredError, PermanentUpstreamError, TransientUpstreamError, UpstreamError
+from syncd.sources.base import ReadStats
+from syncd.sources.http.diagnose import (
+    Failure,
+    network_failure,
+    parse_http_date,
+    skew_note,
+    status_failure,
+)
+from syncd.sources.http.redact import Redactor, sanitize_url, snippet
+
+__all__ = ["HttpClient", "RequestAuth"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_CHUNK = 64 * 1024
+_SKEW_WARN_SECONDS = 60.0
+_USER_AGENT = "syncd/0.1 (+data-return sync daemon)"
+
+
+class RequestAuth(Protocol):
+    """What the client needs from an auth scheme (see :mod:`syncd.sources.http.auth`)."""
+
+    refreshable: ClassVar[bool]
+
+    def apply(
+        self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
+    ) -> None: ...
+
+    def refresh(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Call:
+    """One logical request (all of its attempts)."""
+
+    method: str
+    url: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    body: bytes | None
+    shown_url: str = ""
+    reason: str = ""
+    secrets: list[str] = field(default_factory=list)
+
+
+def _encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        out.append((key, ("true" if value else "false") if isinstance(value, bool) else str(value)))
+    return out
+
+
+def _with_message(exc: UpstreamError, message: str) -> UpstreamError:
+    if isinstance(exc, TransientUpstreamError):
+        return TransientUpstreamError(message, code=exc.code, status=exc.status, retry_after=exc.retry_after)
+    return type(exc)(message, code=exc.code, status=exc.status)
+
+
+class HttpClient:
+    """A ``requests.Session`` with syncd's timeouts, size limit, retries and redaction."""
+
+    def __init__(self, connection: HttpConnection, *, name: str = "", stats: ReadStats | None = None) -> None:
+        self.name = name
+        self.stats = stats if stats is not None else ReadStats()
+        self.redactor = Redactor()
+        self.clock_skew: float | None = None  # gateway clock minus ours, from the Date header
+        self._base_url = connection.base_url
+        self._timeout = (connection.timeout.connect.total_seconds(), connection.timeout.read.total_seconds())
+        self._verify: bool | str = connection.ca_bundle or connection.verify_tls
+        self._max_bytes = connection.max_response_bytes
+        retry = connection.retry
+        self._attempts = retry.attempts
+        self._deadline = retry.deadline.total_seconds()
+        initial = retry.backoff_initial.total_seconds()
+        self._backoff_max = retry.backoff_max.total_seconds()
+        # exponential backoff with up to one initial step of random jitter, so that many datasets
+        # retrying against one gateway do not hit it in lockstep
+        self._backoff = wait_exponential(multiplier=initial, max=self._backoff_max) + wait_random(0, initial)
+        self._skew_warned = False
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = _USER_AGENT
+        self._session.headers["Accept"] = "application/json"
+        self._session.headers.update(connection.headers)
+        self._session.verify = self._verify
+
+    # ------------------------------------------------------------------ public
+
+    def resolve(self, path: str) -> str:
+        """An absolute URL for ``path`` (absolute URLs are kept, others join the base_url)."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self._base_url}/{path.lstrip('/')}"
+
+    def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        parse: Callable[[Any], T],
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, Any] | None = None,
+        auth: RequestAuth | None = None,
+    ) -> T:
+        """Send one logical request (retrying as configured) and return ``parse(decoded_json)``."""
+        headers: dict[str, str] = {}
+        body: bytes | None = None
+        if json_body is not None:
+            body = orjson.dumps(json_body)
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        elif form is not None:
+            body = urlencode(_encode_params(form)).encode("ascii")
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body)
+        try:
+            return self._retrying(call, auth, parse)
+        except AuthExpiredError as first:
+            if auth is None:
+                raise PermanentUpstreamError(
+                    f"{first}; the connection has no auth that could be refreshed",
+                    code=first.code,
+                    status=first.status,
+                ) from None
+            log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=first.code)
+            auth.refresh()
+        try:
+            return self._retrying(call, auth, parse)
+        except AuthExpiredError as second:
+            raise PermanentUpstreamError(
+                f"{second}; the credential was rejected again right after it was refreshed: check the "
+                "auth settings and that envelope.auth_expired_codes lists only expiry codes",
+                code=second.code,
+                status=second.status,
+            ) from None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<HttpClient {self.name or sanitize_url(self._base_url)}>"
+
+    # ------------------------------------------------------------------ retry loop
+
+    def _retrying(self, call: _Call, auth: RequestAuth | None, parse: Callable[[Any], T]) -> T:
+        started = time.monotonic()
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._deadline),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientUpstreamError),
+            before_sleep=lambda state: self._before_sleep(state, call),
+            reraise=True,
+        )
+        try:
+            result: T = retrying(self._attempt, call, auth, parse)
+        except TransientUpstreamError as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise PermanentUpstreamError(
+                f"{exc} (gave up after {attempts} attempt(s) in {time.monotonic() - started:.1f} s; "
+                f"connections.{self.name or '<name>'}.retry.attempts and retry.deadline set the budget)",
+                code=exc.code,
+                status=exc.status,
+            ) from None
+        return result
+
+    def _wait(self, state: RetryCallState) -> float:
+        remaining = max(0.0, self._deadline - (state.seconds_since_start or 0.0))
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, TransientUpstreamError) and exc.retry_after is not None:
+            return min(exc.retry_after, remaining)
+        return min(self._backoff(state), self._backoff_max, remaining)
+
+    def _before_sleep(self, state: RetryCallState, call: _Call) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "http.retry",
+            connection=self.name,
+            attempt=state.attempt_number,
+            reason=call.reason,
+            wait_seconds=round(state.upcoming_sleep, 3),
+            status=getattr(exc, "status", None),
+            code=getattr(exc, "code", None),
+            url=call.shown_url,
+        )
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(self, call: _Call, auth: RequestAuth | None, parse: Callable[[Any], T]) -> T:
+        params = dict(call.params)
+        headers = dict(call.headers)
+        if auth is not None:
+            auth.apply(call.method, call.url, params, headers, call.body)
+            call.secrets = self._added_values(call, params, headers)
+        prepared = self._session.prepare_request(
+            requests.Request(
+                call.method, call.url, params=_encode_params(params), data=call.body, headers=headers
+            )
+        )
+        call.shown_url = self.redactor.scrub(sanitize_url(prepared.url or call.url), call.secrets)
+        settings = self._session.merge_environment_settings(
+            prepared.url or call.url, {}, True, self._verify, None
+        )
+        self.stats.requests += 1
+        # failures are raised outside the except blocks: the requests/orjson exceptions carry the
+        # full URL (signatures, tokens) and body, and must not ride along as __context__
+        failure: UpstreamError | None = None
+        try:
+            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=True, **settings)
+        except requests.RequestException as exc:
+            failure = self._network_error(call, exc)
+        if failure is not None:
+            raise failure
+        raw = bytearray()
+        with response:
+            self._note_date(response)
+            try:
+                if response.status_code >= 300:
+                    failure = self._status_error(call, response, auth)
+                else:
+                    raw = self._read_body(call, response)
+            except requests.RequestException as exc:
+                failure = self._network_error(call, exc)
+        if failure is not None:
+            raise failure
+        data = self._decode(call, raw, response.headers.get("Content-Type", ""))
+        try:
+            return parse(data)
+        except UpstreamError as exc:
+            call.reason = f"business code {exc.code}" if exc.code else type(exc).__name__
+            failure = self._error(call, exc)
+        raise failure
+
+    def _added_values(self, call: _Call, params: dict[str, Any], headers: dict[str, str]) -> list[str]:
+        """Values the auth scheme put into the request: treated as secrets in every message."""
+        found: list[str] = []
+        for before, after in ((call.params, params), (call.headers, headers)):
+            for key, value in after.items():
+                text = str(value)
+                if before.get(key) != value and len(text) >= 6 and not text.isdigit():
+                    found.append(text)
+                    found.extend(p for p in text.split() if len(p) >= 6)
+        return found
+
+    def _read_body(self, call: _Call, response: requests.Response) -> bytearray:
+        limit = self._max_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise self._too_large(call, f"declares {int(declared)} bytes")
+        buf = bytearray()
+        try:
+            for chunk in response.iter_content(chunk_size=_CHUNK):
+                buf += chunk
+                if len(buf) > limit:
+                    raise self._too_large(call, f"sent more than {limit} bytes")
+        finally:
+            self.stats.bytes += len(buf)
+        return buf
+
+    def _decode(self, call: _Call, raw: bytearray, content_type: str) -> Any:
+        if raw[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark, which orjson refuses
+            del raw[:3]
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        charset = re.search(r"charset=\"?([\w-]+)", content_type, re.I)
+        if charset and charset.group(1).lower().replace("-", "") not in ("utf8", "ascii"):
+            try:
+                return orjson.loads(raw.decode(charset.group(1)))
+            except (LookupError, UnicodeDecodeError, orjson.JSONDecodeError):
+                pass
+        call.reason = "invalid JSON"
+        shown = content_type or "no Content-Type"
+        raise self._error(
+            call,
+            TransientUpstreamError(
+                f"the response is not valid JSON ({len(raw)} bytes, {shown}); it starts with: "
+                f"{snippet(raw)!r} (an intranet proxy or login page answers like this)"
+            ),
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, call: _Call, exc: UpstreamError) -> UpstreamError:
+        message = f"{call.method} {call.shown_url}: {exc}"
+        skew = self.clock_skew
+        if (
+            not isinstance(exc, TransientUpstreamError)
+            and skew is not None
+            and abs(skew) > _SKEW_WARN_SECONDS
+            and "clock" not in message
+        ):
+            message += f"; note: {skew_note(skew)}"
+        return _with_message(exc, self.redactor.scrub(message, call.secrets))
+
+    def _too_large(self, call: _Call, what: str) -> UpstreamError:
+        call.reason = "response too large"
+        return self._error(
+            call,
+            PermanentUpstreamError(
+                f"the response {what}, over the limit of {self._max_bytes} bytes: raise "
+                f"connections.{self.name or '<name>'}.max_response_bytes if this size is expected, "
+                "or lower pagination.page_size"
+            ),
+        )
+
+    def _failed(self, call: _Call, failure: Failure, status: int | None = None) -> UpstreamError:
+        call.reason = failure.reason
+        if failure.transient:
+            exc: UpstreamError = TransientUpstreamError(
+                failure.detail, status=status, retry_after=failure.retry_after
+            )
+        else:
+            exc = PermanentUpstreamError(failure.detail, status=status)
+        return self._error(call, exc)
+
+    def _network_error(self, call: _Call, exc: requests.RequestException) -> UpstreamError:
+        connect, read = self._timeout
+        return self._failed(call, network_failure(exc, connect=connect, read=read))
+
+    def _status_error(
+        self, call: _Call, response: requests.Response, auth: RequestAuth | None
+    ) -> UpstreamError:
+        status = response.status_code
+        try:
+            head = response.raw.read(2048, decode_content=True) or b""
+        except Exception:  # noqa: BLE001 - the status is the error; its body is only a courtesy
+            head = b""
+        self.stats.bytes += len(head)
+        failure = status_failure(
+            status, response.reason or "", snippet(head), response.headers.get("Retry-After")
+        )
+        if status == 401 and auth is not None and auth.refreshable:
+            call.reason = failure.reason
+            return self._error(call, AuthExpiredError(failure.detail, status=status))
+        return self._failed(call, failure, status)
+
+    def _note_date(self, response: requests.Response) -> None:
+        server = parse_http_date(response.headers.get("Date") or "")
+        if server is None:
+            return
+        skew = server - time.time()
+        # the Date header has one-second resolution: keep a small skew at 0
+        self.clock_skew = skew if abs(skew) > 2 else 0.0
+        if abs(skew) > _SKEW_WARN_SECONDS and not self._skew_warned:
+            self._skew_warned = True
+            log.warning(
+                "http.clock_skew",
+                connection=self.name,
+                skew_seconds=round(skew),
+                source="Date header",
+                hint=skew_note(skew),
+            )

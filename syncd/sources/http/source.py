@@ -1,0 +1,255 @@
+"""The HTTP source: pages of raw records from one gateway resource.
+
+:class:`HttpSource` wires the pieces for one dataset: an :class:`HttpClient` (one session),
+the connection's auth scheme, the envelope (the dataset's own or the connection's) and a
+fresh paginator per read. ``read(window)`` yields one :class:`~syncd.sources.base.Page` at a
+time, so memory is bounded by the page size; ``stats.complete`` becomes True only when the
+last page was reached normally.
+
+Parameters: static ``params`` go into the query; paging and incremental parameters go into
+the query for GET, and into the JSON body (merged over ``body``) for POST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
+from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError
+from syncd.paths import compile_path
+from syncd.sources.base import Page, ReadStats, Window
+from syncd.sources.http.auth import build_auth
+from syncd.sources.http.client import HttpClient
+from syncd.sources.http.envelope import Envelope, ParsedPage
+from syncd.sources.http.paging import Paginator, build_paginator
+
+__all__ = ["HttpSource", "time_parser"]
+
+_ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
+_ISO_FRACTION = "%Y-%m-%d %H:%M:%S.%f"
+_COMPACT = "%Y%m%d%H%M%S"
+
+
+def time_parser(fmt: str) -> Callable[[str], datetime]:
+    """A parser for one ``value_formats`` entry; the common shapes skip the slow ``strptime``.
+
+    Each fast path rejects a value of another shape at once, so trying the formats in order
+    stays cheap when a dataset uses its third format (values of the right shape that are not
+    zero-padded still reach ``strptime``).
+    """
+    if fmt == _ISO_SECONDS:
+
+        def parse_seconds(text: str) -> datetime:
+            if len(text) == 19 and text[10] == " " and text[4] == "-":
+                return datetime.fromisoformat(text)
+            if "-" not in text or ":" not in text or "." in text:
+                raise ValueError(text)
+            return datetime.strptime(text, fmt)
+
+        return parse_seconds
+    if fmt == _ISO_FRACTION:
+
+        def parse_fraction(text: str) -> datetime:
+            if 21 <= len(text) <= 26 and text[10] == " " and text[19] == ".":
+                return datetime.fromisoformat(text)
+            if "-" not in text or ":" not in text or "." not in text:
+                raise ValueError(text)
+            return datetime.strptime(text, fmt)
+
+        return parse_fraction
+    if fmt == _COMPACT:
+
+        def parse_compact(text: str) -> datetime:
+            if len(text) != 14 or not text.isdigit():
+                raise ValueError(text)
+            return datetime(
+                int(text[0:4]),
+                int(text[4:6]),
+                int(text[6:8]),
+                int(text[8:10]),
+                int(text[10:12]),
+                int(text[12:14]),
+            )
+
+        return parse_compact
+    return lambda text: datetime.strptime(text, fmt)
+
+
+class HttpSource:
+    """A :class:`~syncd.sources.base.Source` reading one dataset from an HTTP gateway."""
+
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        source: HttpSourceConfig,
+        connection: HttpConnection,
+        connection_name: str,
+        tz: tzinfo,
+        config_file: str = "",
+    ) -> None:
+        self.name = dataset
+        self.cfg = source
+        self.stats = ReadStats()
+        self._tz = tz
+        self._client = HttpClient(connection, name=connection_name, stats=self.stats)
+        try:
+            self._envelope = Envelope(source.envelope or connection.envelope, tz=tz)
+            self._auth = build_auth(
+                connection.auth,
+                client=self._client,
+                envelope=Envelope(connection.envelope, tz=tz),
+                config_file=config_file,
+                config_path=f"connections.{connection_name}.auth",
+            )
+        except BaseException:
+            self._client.close()
+            raise
+        self._url = self._client.resolve(source.path)
+        inc = source.incremental
+        self._time_at = compile_path(inc.field) if inc is not None else None
+        self._time_parsers = tuple(time_parser(f) for f in inc.value_formats) if inc is not None else ()
+
+    @classmethod
+    def from_config(cls, app: AppConfig, dataset: DatasetConfig) -> HttpSource:
+        """Build the source of ``dataset``, resolving its connection in ``app.connections``."""
+        src = dataset.source
+        connection = app.connections.get(src.connection)
+        if connection is None:
+            known = ", ".join(sorted(app.connections)) or "none are defined"
+            main = app.source_file or "syncd.yaml"
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        file=dataset.source_file or main,
+                        line=0,
+                        column=0,
+                        path="source.connection",
+                        message=f"unknown connection {src.connection!r}: define it under connections: "
+                        f"in {main} (known: {known})",
+                    )
+                ]
+            )
+        return cls(
+            dataset=dataset.name,
+            source=src,
+            connection=connection,
+            connection_name=src.connection,
+            tz=ZoneInfo(app.timezone),
+            config_file=app.source_file,
+        )
+
+    # ------------------------------------------------------------------ Source protocol
+
+    def read(self, window: Window) -> Iterator[Page]:
+        """Yield the window's pages in order; ``stats`` restarts with each read."""
+        self.stats = ReadStats()
+        self._client.stats = self.stats
+        return self._pages(window)
+
+    def update_time(self, record: dict[str, Any]) -> datetime | None:
+        """The record's ``incremental.field`` as a naive datetime in the app's time zone, or None."""
+        if self._time_at is None:
+            return None
+        value = self._time_at(record)
+        if isinstance(value, str):
+            text = value.strip()
+            for parse in self._time_parsers:
+                try:
+                    parsed = parse(text)
+                except ValueError:
+                    continue
+                if parsed.tzinfo is not None:
+                    parsed = parsed.astimezone(self._tz).replace(tzinfo=None)
+                return parsed
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = value / 1000 if value > 1e11 else value  # epoch milliseconds (or seconds)
+            try:
+                return datetime.fromtimestamp(seconds, self._tz).replace(tzinfo=None)
+            except (OverflowError, OSError, ValueError):
+                return None
+        return None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"<HttpSource {self.name} {self.cfg.method} {self.cfg.path}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _pages(self, window: Window) -> Iterator[Page]:
+        stats = self.stats
+        paginator = build_paginator(self.cfg.pagination)
+        fixed = self._window_params(window)
+        params = paginator.first()
+        last_total: int | None = None
+        while True:
+            page = self._fetch({**fixed, **params}, paginator)
+            stats.pages += 1
+            stats.records += len(page.records)
+            if page.total is not None:
+                if stats.reported_total is None and stats.pages == 1:
+                    stats.reported_total = page.total
+                elif last_total is not None and page.total != last_total:
+                    stats.warnings.append(
+                        f"the gateway's reported total changed while paging (from {last_total} to "
+                        f"{page.total} at page {stats.pages}): records changed upstream during the read"
+                    )
+                last_total = page.total
+            following = paginator.next(page)
+            yield Page(records=page.records, number=stats.pages, reported_total=page.total)
+            if following is None:
+                break
+            params = following
+        stats.complete = True
+
+    def _fetch(self, paging: dict[str, Any], paginator: Paginator) -> ParsedPage:
+        cfg = self.cfg
+        if cfg.method == "POST":
+            query: dict[str, Any] = dict(cfg.params)
+            body: Any = {**(cfg.body or {}), **paging}
+        else:
+            query = {**cfg.params, **paging}
+            body = cfg.body
+        return self._client.fetch(
+            cfg.method,
+            self._url,
+            params=query,
+            json_body=body,
+            auth=self._auth,
+            parse=lambda decoded: self._parse(decoded, paginator),
+        )
+
+    def _parse(self, body: Any, paginator: Paginator) -> ParsedPage:
+        """The envelope's parse, plus the page-size fix when the first page's business error is about it."""
+        try:
+            return self._envelope.parse(body)
+        except PermanentUpstreamError as exc:
+            message = str(exc)  # the gateway's code and message, before the client adds the URL
+            if exc.code is None or paginator.pages > 0 or "pagination.page_size" in message:
+                raise
+            hint = paginator.size_hint(message)
+            if hint is None:
+                raise
+            raise PermanentUpstreamError(f"{message}; {hint}", code=exc.code, status=exc.status) from None
+
+    def _window_params(self, window: Window) -> dict[str, str]:
+        inc = self.cfg.incremental
+        if inc is None:
+            return {}
+        out: dict[str, str] = {}
+        if window.since is not None:
+            out[inc.start_param] = self._format(window.since, inc.format)
+        if window.until is not None and inc.end_param:
+            out[inc.end_param] = self._format(window.until, inc.format)
+        return out
+
+    def _format(self, moment: datetime, fmt: str) -> str:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(self._tz).replace(tzinfo=None)
+        return moment.strftime(fmt)
