@@ -1,0 +1,466 @@
+"""Compile a dataset's ``columns:`` into one fast record function.
+
+Per column the pipeline is: read ``source`` (a dotted path; missing -> ``None``) or run the
+generator (``constant`` / ``concat``), the ordered transforms, the cast to the column type,
+the ``nullable: false`` / key-column check, then the validators. On a column that is masked
+or hashed the validators run on the value just *before* the first ``mask``/``hash`` step, so
+that an ID number is checksummed while it is still readable and stored masked; the error
+messages of such a column never show the clear value.
+
+All columns are then generated as Python statements of ONE function (``exec`` of source that
+syncd writes itself: config values are bound as globals, never pasted into the text), so a
+record costs one call plus the real work. The happy path has no per-column ``try``: a single
+handler names the failing column from a counter.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
+from syncd.errors import RecordError
+from syncd.mapping.base import MappingSpecError, SpecPath, Step, StepContext, describe, text_of
+from syncd.mapping.casts import build_cast, required_step
+from syncd.mapping.masking import mask_function
+from syncd.mapping.transforms import GENERATORS, SENSITIVE, STRIP_CHARS, build_transform
+from syncd.mapping.validators import build_validator
+from syncd.paths import MISSING, compile_path
+
+__all__ = ["CompiledMapping", "compile_mapping"]
+
+log = structlog.get_logger(__name__)
+
+Row = tuple[Any, ...]
+HIDDEN = "(a hidden value)"
+HASH_HEX_LENGTH = 64
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledMapping:
+    """A dataset's mapping, compiled once per run. Call it with a raw record to get the row."""
+
+    columns: tuple[str, ...]
+    """Target column names, in ``dataset.columns`` order (the order of the row tuple)."""
+    key_indexes: tuple[int, ...]
+    """Positions of ``dataset.target.key`` columns in the row tuple."""
+    specs: Mapping[str, ColumnConfig]
+    """Column name -> its config (type, length, precision, scale, nullable)."""
+    source_paths: frozenset[str]
+    """Every dotted source path the mapping reads (``source:`` and concat ``fields:``)."""
+    map_record: Callable[[Mapping[str, Any]], Row] = field(repr=False)
+    """The generated record function itself (what ``__call__`` calls; bind it in tight loops)."""
+    python_source: str = field(repr=False)
+    """The generated source of ``map_record``, for debugging."""
+    _key_getter: Callable[[Row], Row] = field(repr=False)
+    _redactions: tuple[tuple[tuple[str | int, ...], Callable[[Any], Any]], ...] = field(repr=False)
+
+    def __call__(self, record: Mapping[str, Any]) -> Row:
+        """Map one raw record to the row tuple, or raise :class:`RecordError` naming the column."""
+        return self.map_record(record)
+
+    def key_of(self, row: Row) -> Row:
+        """The key values of a mapped row (always a tuple, also for a one-column key)."""
+        return self._key_getter(row)
+
+    def redact_raw(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A deep copy of ``record`` whose fields feeding masked/hashed columns are masked/hashed
+        the same way, so a quarantined payload never holds a clear ID number. ``record`` is
+        left untouched."""
+        out: dict[str, Any] = copy.deepcopy(dict(record))
+        for parts, redact in self._redactions:
+            _replace_at(out, parts, redact)
+        return out
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def compile_mapping(
+    dataset: DatasetConfig,
+    code_tables: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    inline: bool = True,
+) -> CompiledMapping:
+    """Validate and compile ``dataset.columns``; raises :class:`MappingSpecError` with the path.
+
+    ``inline=False`` calls every step's function instead of pasting its statement template
+    (same results, slower): the tests use it to check that both forms agree.
+    """
+    tables: Mapping[str, Mapping[str, str]] = code_tables or {}
+    keys = set(dataset.target.key)
+    plans = [
+        _plan_column(name, cfg, is_key=name in keys, code_tables=tables)
+        for name, cfg in dataset.columns.items()
+    ]
+    source, fn = _generate(dataset.name, plans, inline=inline)
+    columns = tuple(dataset.columns)
+    key_indexes = tuple(columns.index(k) for k in dataset.target.key)
+    paths = frozenset(p for plan in plans for p in plan.reads)
+    redactions = tuple(
+        (_path_parts(p), plan.redactor) for plan in plans if plan.redactor is not None for p in plan.reads
+    )
+    return CompiledMapping(
+        columns=columns,
+        key_indexes=key_indexes,
+        specs=MappingProxyType(dict(dataset.columns)),
+        source_paths=paths,
+        map_record=fn,
+        python_source=source,
+        _key_getter=_key_getter(key_indexes),
+        _redactions=redactions,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    source: str | None  # None: the first step is a generator
+    steps: tuple[Step, ...]
+    reads: tuple[str, ...]
+    redactor: Callable[[Any], Any] | None
+    sensitive: bool
+
+
+def _plan_column(
+    name: str, cfg: ColumnConfig, *, is_key: bool, code_tables: Mapping[str, Mapping[str, str]]
+) -> _Plan:
+    base: SpecPath = ("columns", name)
+    transforms = cfg.transforms
+    for i, t in enumerate(transforms):
+        if t.type in GENERATORS and i > 0:
+            raise MappingSpecError(
+                (*base, "transforms", i),
+                f"`{t.type}` produces the column's value, so it must be the first transform "
+                "(the steps before it would have no effect)",
+            )
+    generator = transforms[0] if transforms and transforms[0].type in GENERATORS else None
+    if generator is not None and cfg.source is not None:
+        raise MappingSpecError(
+            (*base, "source"),
+            f"`source` is not read when the first transform is `{generator.type}`: remove it"
+            + (" and list the field under the concat `fields`" if generator.type == "concat" else ""),
+        )
+    sensitive_at = next((i for i, t in enumerate(transforms) if t.type in SENSITIVE), None)
+    if sensitive_at is not None and cfg.type != "string":
+        raise MappingSpecError(
+            (*base, "type"), f"a {transforms[sensitive_at].type}ed value is text: use type: string"
+        )
+    shown = _hiding_describe(transforms[sensitive_at]) if sensitive_at is not None else describe
+    ctx = StepContext(column=name, config=cfg, code_tables=code_tables, describe=shown)
+
+    built: list[tuple[SpecPath, Step]] = []
+    for i, t in enumerate(transforms):
+        try:
+            built.append(((*base, "transforms", i), build_transform(t, ctx)))
+        except MappingSpecError as exc:
+            raise exc.within(*base, "transforms", i) from None
+    checks: list[tuple[SpecPath, Step]] = []
+    for i, v in enumerate(cfg.validators):
+        try:
+            checks.append(((*base, "validators", i), build_validator(v, ctx)))
+        except MappingSpecError as exc:
+            raise exc.within(*base, "validators", i) from None
+    try:
+        cast = build_cast(cfg, shown)
+    except MappingSpecError as exc:
+        raise exc.within(*base) from None
+    tail: list[tuple[SpecPath, Step]] = [((*base, "type"), cast)]
+    if is_key or not cfg.nullable:
+        reason = "required value missing" + (" (key column)" if is_key and cfg.nullable else "")
+        tail.append(((*base, "nullable"), required_step(reason)))
+
+    if sensitive_at is None:
+        body = [*built, *tail, *checks]
+    else:
+        body = [*built[:sensitive_at], *checks, *built[sensitive_at:], *tail]
+        _check_hash_length(cfg, transforms, base)
+
+    _check_fixed_values(cfg, transforms, body, shown, base)
+    steps = tuple(step for _, step in body)
+    reads = (cfg.source,) if cfg.source is not None else tuple(generator.fields or ()) if generator else ()
+    redactor = _redactor(built[sensitive_at][1]) if sensitive_at is not None else None
+    return _Plan(
+        name=name,
+        source=cfg.source,
+        steps=steps,
+        reads=reads,
+        redactor=redactor,
+        sensitive=sensitive_at is not None,
+    )
+
+
+def _hiding_describe(t: TransformConfig) -> Callable[[Any], str]:
+    """Error-message rendering for a masked column: the value as it would be stored."""
+    if t.type != "mask" or t.kind is None:
+        return lambda _v: HIDDEN
+    mask = mask_function(t.kind, max(t.keep_first or 0, 0), max(t.keep_last or 0, 0))
+
+    def shown(v: Any) -> str:
+        try:
+            return describe(mask(text_of(v)))
+        except RecordError:
+            return HIDDEN
+
+    return shown
+
+
+def _check_hash_length(cfg: ColumnConfig, transforms: tuple[TransformConfig, ...], base: SpecPath) -> None:
+    if transforms[-1].type == "hash" and cfg.length is not None and cfg.length < HASH_HEX_LENGTH:
+        raise MappingSpecError(
+            (*base, "length"),
+            f"a hash is {HASH_HEX_LENGTH} hex characters but length is {cfg.length}: "
+            f"set length to {HASH_HEX_LENGTH} or more",
+        )
+
+
+def _check_fixed_values(
+    cfg: ColumnConfig,
+    transforms: tuple[TransformConfig, ...],
+    body: list[tuple[SpecPath, Step]],
+    shown: Callable[[Any], str],
+    base: SpecPath,
+) -> None:
+    """A ``constant`` or ``default`` value must survive the rest of its column's pipeline."""
+    for i, t in enumerate(transforms):
+        if t.type not in ("constant", "default"):
+            continue
+        position = next(n for n, (path, _) in enumerate(body) if path == (*base, "transforms", i))
+        value: Any = t.value
+        try:
+            for _, step in body[position + 1 :]:
+                value = step.fn(value)
+        except RecordError as exc:
+            raise MappingSpecError(
+                (*base, "transforms", i, "value"),
+                f"the {t.type} value {shown(t.value)} does not fit this {cfg.type} column: {exc.reason}",
+            ) from None
+
+
+def _redactor(step: Step) -> Callable[[Any], Any]:
+    protect = step.fn
+    chars = STRIP_CHARS
+
+    def redact(raw: Any) -> Any:
+        if raw is None:
+            return None
+        try:
+            return protect(text_of(raw).strip(chars))
+        except RecordError:
+            return "[redacted]"
+
+    return redact
+
+
+# --------------------------------------------------------------------------- code generation
+
+
+def _generate(
+    dataset: str, plans: list[_Plan], *, inline: bool
+) -> tuple[str, Callable[[Mapping[str, Any]], Row]]:
+    """Write the record function's source, bind every value it uses, ``exec`` it.
+
+    The failing column is found from the line number of the statement that raised (a table
+    from line to column), so the happy path carries no bookkeeping at all.
+    """
+    ns: dict[str, Any] = {"_RecordError": RecordError, "_MISSING": MISSING}
+    lines = ["def _map(record):", "    try:", "        get = record.get"]
+    line_columns: dict[int, int] = {}
+    for index, plan in enumerate(plans):
+        first_line = len(lines) + 1
+        steps = plan.steps
+        if plan.source is None and steps[0].reads_record:  # concat
+            ns[f"_c{index}_gen"] = steps[0].fn
+            lines.append(f"        v = _c{index}_gen(record)")
+            steps = steps[1:]
+        elif plan.source is None:  # constant: its own step sets v
+            lines.append("        v = None")
+        elif "." not in plan.source and not plan.source.lstrip("-").isdigit():
+            ns[f"_c{index}_key"] = plan.source
+            lines.append(f"        v = get(_c{index}_key)")
+        else:
+            lines.extend(_path_lines(plan.source, f"_c{index}_", ns))
+        body = _step_lines(
+            steps,
+            f"_c{index}_",
+            ns,
+            inline=inline,
+            branch=plan.source is not None or bool(plan.steps and plan.steps[0].reads_record),
+        )
+        lines.extend("        " + line for line in body)
+        lines.append(f"        r{index} = v")
+        line_columns.update(dict.fromkeys(range(first_line, len(lines) + 1), index))
+    lines.append(f"        return ({''.join(f'r{i}, ' for i in range(len(plans)))})")
+    lines.append("    except _RecordError as exc:")
+    lines.append("        raise _relabel(exc, record) from None")
+    lines.append("    except Exception as exc:")
+    lines.append("        raise _relabel(exc, record) from exc")
+    source = "\n".join(lines) + "\n"
+    filename = f"<syncd mapping of dataset {dataset}>"
+    ns["_relabel"] = _relabeller(plans, line_columns)
+    compiled = compile(source, filename, "exec")
+    exec(compiled, ns)  # noqa: S102 - the source is syncd's own templates; config values are bound, not pasted
+    fn: Callable[[Mapping[str, Any]], Row] = ns["_map"]
+    return source, fn
+
+
+def _step_lines(
+    steps: tuple[Step, ...], prefix: str, ns: dict[str, Any], *, inline: bool, branch: bool
+) -> list[str]:
+    """The statements of a column's steps, operating on ``v``.
+
+    With ``branch``, two versions are written: one for a ``str`` (the common case: each step's
+    ``on_str`` form, with no type checks while ``v`` is known to be a ``str``, and one
+    ``if v is not None:`` after a step that may yield None) and the general one for the rest.
+    """
+    bound: list[tuple[Step, str, dict[str, str]]] = []
+    for j, step in enumerate(steps):
+        names = {key: f"{prefix}{j}_{key}" for key in step.env}
+        for key, value in step.env.items():
+            ns[names[key]] = value
+        ns[f"{prefix}{j}_f"] = step.fn
+        bound.append((step, f"{prefix}{j}_f", names))
+    if not inline:
+        return [line for _, f, names in bound for line in _render("{v} = {f}({v})", f, names)]
+    general = [
+        line for step, f, names in bound for line in _render(step.inline or "{v} = {f}({v})", f, names)
+    ]
+    if not branch or not steps:
+        return general
+    for_str: list[str] = []
+    indent, state = "", "str"
+    for i, (step, f, names) in enumerate(bound):
+        if state != "str":
+            for_str.extend(indent + line for line in _render(step.inline or "{v} = {f}({v})", f, names))
+            continue
+        on_str = step.on_str if step.on_str is not None else "{v} = {f}({v})"
+        for_str.extend(indent + line for line in _render(on_str, f, names))
+        state = step.str_result
+        rest = steps[i + 1 :]
+        if state == "str|None" and all(s.none_safe for s in rest):
+            for_str.append(indent + "if v is not None:")
+            indent += "    "
+            state = "str"
+    while for_str and for_str[-1].strip() == "if v is not None:":  # nothing left to guard
+        for_str.pop()
+    return [
+        "if v.__class__ is str:",
+        *("    " + line for line in for_str or ["pass"]),
+        "else:",
+        *("    " + line for line in general or ["pass"]),
+    ]
+
+
+def _render(template: str, f: str, names: dict[str, str]) -> list[str]:
+    code = template.format(v="v", f=f, **names)
+    return code.split("\n") if code else []
+
+
+def _path_lines(path: str, prefix: str, ns: dict[str, Any]) -> list[str]:
+    """Statements reading a dotted path into ``v``: dict look-ups inline while the containers
+    are dicts, :func:`compile_path`'s getter (missing -> None) for anything else."""
+    getter = compile_path(path)
+
+    def slow(record: Any) -> Any:
+        value = getter(record)
+        return None if value is MISSING else value
+
+    ns[prefix + "path"] = slow
+    parts = path.split(".")
+    if any(p.lstrip("-").isdigit() for p in parts):  # list indexes: leave them to the getter
+        return [f"        v = {prefix}path(record)"]
+    for depth, part in enumerate(parts):
+        ns[f"{prefix}p{depth}"] = part
+
+    def descend(depth: int, indent: str) -> list[str]:
+        if depth == len(parts):
+            return []
+        return [
+            f"{indent}if v.__class__ is dict:",
+            f"{indent}    v = v.get({prefix}p{depth})",
+            *descend(depth + 1, indent + "    "),
+            f"{indent}else:",
+            f"{indent}    v = {prefix}path(record)",
+        ]
+
+    return [f"        v = record.get({prefix}p0)", *descend(1, "        ")]
+
+
+def _relabeller(plans: list[_Plan], line_columns: dict[int, int]) -> Callable[[Exception, Any], RecordError]:
+    names = [p.name for p in plans]
+    sensitive = [p.sensitive for p in plans]
+
+    def relabel(exc: Exception, record: Any) -> RecordError:
+        # the first traceback entry is the generated function, at the statement that raised
+        tb = exc.__traceback__
+        index = line_columns.get(tb.tb_lineno) if tb is not None else None
+        if isinstance(exc, RecordError):
+            column = exc.column or (names[index] if index is not None else None)
+            return RecordError(exc.reason, column=column)
+        if not isinstance(record, Mapping):
+            return RecordError(f"the record is not a JSON object (got {type(record).__name__})")
+        if index is None:  # cannot happen: every statement after `get` belongs to a column
+            return RecordError(f"could not map the record ({type(exc).__name__})")
+        log.warning("mapping.unexpected_error", column=names[index], error=type(exc).__name__)
+        detail = "" if sensitive[index] else f": {str(exc)[:200]}"
+        return RecordError(f"could not map the value ({type(exc).__name__}{detail})", column=names[index])
+
+    return relabel
+
+
+# --------------------------------------------------------------------------- keys and redaction
+
+
+def _key_getter(indexes: tuple[int, ...]) -> Callable[[Row], Row]:
+    if len(indexes) == 1:
+        (i,) = indexes
+
+        def one(row: Row) -> Row:
+            return (row[i],)
+
+        return one
+    getter = operator.itemgetter(*indexes)
+
+    def many(row: Row) -> Row:
+        result: Row = getter(row)
+        return result
+
+    return many
+
+
+def _path_parts(path: str) -> tuple[str | int, ...]:
+    """The parts of a dotted path, as :func:`syncd.paths.compile_path` splits them."""
+    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in path.split("."))
+
+
+def _replace_at(obj: Any, parts: tuple[str | int, ...], redact: Callable[[Any], Any]) -> None:
+    """Replace the value at ``parts`` inside ``obj`` (dicts and lists) with ``redact(value)``."""
+    *inner, last = parts
+    cur = obj
+    for part in inner:
+        cur = _child(cur, part)
+        if cur is MISSING:
+            return
+    if isinstance(cur, dict):
+        for key in (last, str(last)):
+            if key in cur:
+                cur[key] = redact(cur[key])
+                return
+    elif isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur):
+        cur[last] = redact(cur[last])
+
+
+def _child(obj: Any, part: str | int) -> Any:
+    if isinstance(obj, dict):
+        if part in obj:
+            return obj[part]
+        return obj.get(str(part), MISSING)
+    if isinstance(obj, list) and isinstance(part, int) and -len(obj) <= part < len(obj):
+        return obj[part]
+    return MISSING

@@ -1,0 +1,449 @@
+"""The transform registry: each ``type:`` of a column's ``transforms:`` list is a factory here.
+
+A factory receives its :class:`~syncd.config.model.TransformConfig` and the column's
+:class:`~syncd.mapping.base.StepContext`, validates the options (raising
+:class:`~syncd.mapping.base.MappingSpecError` positioned relative to the transform) and
+returns a :class:`~syncd.mapping.base.Step`. Factories run once per compile; the functions
+they return run once per record and do no configuration work.
+
+Every function passes ``None`` through (except ``default`` and the generators) and accepts
+numbers as well as strings (numbers are read as text without ``.0`` artefacts).
+
+Generators (``constant``, ``concat``) produce the value instead of reading ``source:``; they
+must be the first transform of a column without ``source:``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+from syncd.config.model import TransformConfig
+from syncd.errors import RecordError
+from syncd.mapping.base import MappingSpecError, Step, StepContext, check_options, suggest, text_of
+from syncd.mapping.dates import (
+    DEFAULT_DATE_FORMATS,
+    DEFAULT_DATETIME_FORMATS,
+    build_parser,
+    check_format,
+)
+from syncd.mapping.masking import hasher, mask_function, sm3_available
+from syncd.paths import MISSING, compile_path
+
+__all__ = [
+    "DEFAULT_NULL_VALUES",
+    "GENERATORS",
+    "PARSE_CACHE_SIZE",
+    "SENSITIVE",
+    "STRIP_CHARS",
+    "TRANSFORMS",
+    "TRANSFORM_OPTIONS",
+    "TransformFactory",
+    "build_transform",
+]
+
+TransformFactory = Callable[[TransformConfig, StepContext], Step]
+
+TRANSFORMS: dict[str, TransformFactory] = {}
+"""type name -> factory."""
+TRANSFORM_OPTIONS: dict[str, frozenset[str]] = {}
+"""type name -> the options that transform accepts (everything else is rejected)."""
+
+GENERATORS = frozenset({"constant", "concat"})
+SENSITIVE = frozenset({"mask", "hash"})
+
+PARSE_CACHE_SIZE = 65_536
+"""Entries kept per date/datetime transform (cleared when full: memory stays bounded)."""
+
+DEFAULT_NULL_VALUES: tuple[str, ...] = ("无", "/", "-", "--", "null", "NULL", "None", "N/A", "")
+
+# Every character str.isspace() strips, plus the zero-width characters and BOM that Excel
+# and Windows tools leave around values (U+3000 ideographic space is among the former).
+STRIP_CHARS = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace()) + (
+    "\u200b\u200c\u200d\u2060\ufeff"
+)
+
+_HALFWIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
+
+
+def _register(name: str, *options: str) -> Callable[[TransformFactory], TransformFactory]:
+    def add(factory: TransformFactory) -> TransformFactory:
+        TRANSFORMS[name] = factory
+        TRANSFORM_OPTIONS[name] = frozenset(options)
+        return factory
+
+    return add
+
+
+def build_transform(cfg: TransformConfig, ctx: StepContext) -> Step:
+    """Validate ``cfg`` and build its step (errors are positioned relative to the transform)."""
+    factory = TRANSFORMS.get(cfg.type)
+    if factory is None:
+        raise MappingSpecError(
+            (),
+            f"unknown transform {cfg.type!r}{suggest(cfg.type, TRANSFORMS)}; "
+            f"known transforms are: {', '.join(sorted(TRANSFORMS))}",
+        )
+    check_options(cfg, "transform", cfg.type, TRANSFORM_OPTIONS[cfg.type])
+    return factory(cfg, ctx)
+
+
+def _single_value(value: Any, what: str) -> None:
+    if isinstance(value, dict | list | tuple):
+        raise MappingSpecError(("value",), f"the {what} value must be a single value, not a list or mapping")
+
+
+# --------------------------------------------------------------------------- text clean-up
+
+
+@_register("strip")
+def _strip(cfg: TransformConfig, ctx: StepContext) -> Step:
+    chars = STRIP_CHARS
+
+    def strip(v: Any) -> Any:
+        return v.strip(chars) if v.__class__ is str else v
+
+    return Step(
+        strip,
+        "if {v}.__class__ is str: {v} = {v}.strip({chars})",
+        {"chars": chars},
+        on_str="{v} = {v}.strip({chars})",
+        str_result="str",
+        none_safe=True,
+    )
+
+
+@_register("halfwidth")
+def _halfwidth(cfg: TransformConfig, ctx: StepContext) -> Step:
+    table = _HALFWIDTH
+
+    def halfwidth(v: Any) -> Any:
+        return v.translate(table) if v.__class__ is str and not v.isascii() else v
+
+    return Step(
+        halfwidth,
+        "if {v}.__class__ is str and not {v}.isascii(): {v} = {v}.translate({table})",
+        {"table": table},
+        on_str="if not {v}.isascii(): {v} = {v}.translate({table})",
+        str_result="str",
+        none_safe=True,
+    )
+
+
+@_register("upper")
+def _upper(cfg: TransformConfig, ctx: StepContext) -> Step:
+    def upper(v: Any) -> Any:
+        return v.upper() if v.__class__ is str else v
+
+    return Step(
+        upper,
+        "if {v}.__class__ is str: {v} = {v}.upper()",
+        on_str="{v} = {v}.upper()",
+        str_result="str",
+        none_safe=True,
+    )
+
+
+@_register("lower")
+def _lower(cfg: TransformConfig, ctx: StepContext) -> Step:
+    def lower(v: Any) -> Any:
+        return v.lower() if v.__class__ is str else v
+
+    return Step(
+        lower,
+        "if {v}.__class__ is str: {v} = {v}.lower()",
+        on_str="{v} = {v}.lower()",
+        str_result="str",
+        none_safe=True,
+    )
+
+
+@_register("null_if", "values")
+def _null_if(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.values is not None and not cfg.values:
+        raise MappingSpecError(("values",), "null_if lists no values: omit `values` for the default list")
+    raw = DEFAULT_NULL_VALUES if cfg.values is None else cfg.values
+    chars = STRIP_CHARS
+    values = frozenset(x.strip(chars) for x in raw)
+
+    def null_if(v: Any) -> Any:
+        if v is None:
+            return None
+        if v.__class__ is str:
+            return None if v.strip(chars) in values else v
+        if isinstance(v, int | float | date):
+            return None if text_of(v) in values else v
+        return v
+
+    return Step(
+        null_if,
+        "if {v}.__class__ is str:\n"
+        "    if {v}.strip({chars}) in {values}: {v} = None\n"
+        "elif {v} is not None: {v} = {f}({v})",
+        {"chars": chars, "values": values},
+        on_str="if {v}.strip({chars}) in {values}: {v} = None",
+        str_result="str|None",
+        none_safe=True,
+    )
+
+
+# --------------------------------------------------------------------------- values
+
+
+@_register("default", "value")
+def _default(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if "value" not in cfg.model_fields_set or cfg.value is None:
+        raise MappingSpecError((), "default needs a `value` to use when the field is empty")
+    _single_value(cfg.value, "default")
+    value = cfg.value
+
+    def default(v: Any) -> Any:
+        return value if v is None else v
+
+    return Step(default, "if {v} is None: {v} = {value}", {"value": value})
+
+
+@_register("constant", "value")
+def _constant(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if "value" not in cfg.model_fields_set:
+        raise MappingSpecError((), "constant needs a `value` (write value: null for an always-empty column)")
+    _single_value(cfg.value, "constant")
+    value = cfg.value
+
+    def constant(v: Any) -> Any:
+        return value
+
+    return Step(constant, "{v} = {value}", {"value": value})
+
+
+def _date_step(cfg: TransformConfig, ctx: StepContext, want: type[date]) -> Step:
+    name = "date" if want is date else "datetime"
+    if cfg.formats is not None and not cfg.formats:
+        raise MappingSpecError(("formats",), f"{name} lists no formats: omit `formats` for the defaults")
+    formats = cfg.formats or (DEFAULT_DATE_FORMATS if want is date else DEFAULT_DATETIME_FORMATS)
+    for i, fmt in enumerate(formats):
+        problem = check_format(fmt)
+        if problem is not None:
+            raise MappingSpecError(("formats", i), problem)
+    parse = build_parser(formats, want)
+    chars = STRIP_CHARS
+    describe = ctx.describe
+    tried = ", ".join(formats)
+    noun = "date" if want is date else "date-time"
+
+    cache: dict[str, Any] = {}  # upstream text -> parsed value: birth dates and stamps repeat a lot
+
+    def to_date(v: Any) -> Any:
+        if v.__class__ is str:
+            text = v.strip(chars)
+            if not text:
+                return None
+            result = parse(text)
+            if result is None:
+                raise RecordError(f"{describe(v)} is not a valid {noun} in any of the formats tried: {tried}")
+            if len(cache) >= PARSE_CACHE_SIZE:
+                cache.clear()
+            cache[v] = result
+            return result
+        if v is None:
+            return None
+        if isinstance(v, datetime):
+            return v.date() if want is date else v
+        if isinstance(v, date):
+            return v if want is date else datetime(v.year, v.month, v.day)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return to_date(str(v))
+        raise RecordError(f"{describe(v)} is not a {noun}: expected text such as 2024-11-02")
+
+    # a date or datetime is always truthy, so `or` falls through to the parser only on a miss
+    return Step(
+        to_date,
+        "if {v}.__class__ is str: {v} = {cache}.get({v}) or {f}({v})\nelif {v} is not None: {v} = {f}({v})",
+        {"cache": cache},
+        on_str="{v} = {cache}.get({v}) or {f}({v})",
+        none_safe=True,
+    )
+
+
+@_register("date", "formats")
+def _date(cfg: TransformConfig, ctx: StepContext) -> Step:
+    return _date_step(cfg, ctx, date)
+
+
+@_register("datetime", "formats")
+def _datetime(cfg: TransformConfig, ctx: StepContext) -> Step:
+    return _date_step(cfg, ctx, datetime)
+
+
+@_register("code_table", "table", "unknown")
+def _code_table(cfg: TransformConfig, ctx: StepContext) -> Step:
+    table = cfg.table
+    if table is None:
+        raise MappingSpecError(
+            (), "code_table needs `table`: an inline mapping, or the name of a table under code_tables"
+        )
+    mapping: Mapping[str, str]
+    if isinstance(table, str):
+        if table not in ctx.code_tables:
+            known = ", ".join(sorted(ctx.code_tables)) or "none are defined"
+            raise MappingSpecError(
+                ("table",),
+                f"unknown code table {table!r}{suggest(table, ctx.code_tables)}: define it under "
+                f"code_tables in syncd.yaml or write the mapping inline (known tables: {known})",
+            )
+        mapping, label = ctx.code_tables[table], table
+    else:
+        mapping, label = table, "(inline)"
+    if not mapping:
+        raise MappingSpecError(("table",), f"code table {label} is empty")
+    lookup = {str(k): v for k, v in mapping.items()}
+    unknown = cfg.unknown or "keep"
+    chars = STRIP_CHARS
+    describe = ctx.describe
+    sample = ", ".join(list(lookup)[:10]) + (" …" if len(lookup) > 10 else "")
+    miss = object()
+
+    def code_table(v: Any) -> Any:
+        if v is None:
+            return None
+        key = v if v.__class__ is str else text_of(v)
+        result = lookup.get(key, miss)
+        if result is miss:
+            result = lookup.get(key.strip(chars), miss)
+            if result is miss:
+                if unknown == "keep":
+                    return v
+                if unknown == "null":
+                    return None
+                raise RecordError(f"{describe(v)} is not in code table {label} (known codes: {sample})")
+        return result
+
+    return Step(
+        code_table,
+        "if {v}.__class__ is str and {v} in {lookup}: {v} = {lookup}[{v}]\n"
+        "elif {v} is not None: {v} = {f}({v})",
+        {"lookup": lookup},
+        on_str="{v} = {lookup}[{v}] if {v} in {lookup} else {f}({v})",
+        str_result="str|None" if unknown == "null" else "str",
+        none_safe=True,
+    )
+
+
+@_register("regex_extract", "pattern", "group")
+def _regex_extract(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.pattern is None:
+        raise MappingSpecError((), "regex_extract needs a `pattern`")
+    try:
+        rx = re.compile(cfg.pattern)
+    except re.error as exc:
+        raise MappingSpecError(
+            ("pattern",), f"{cfg.pattern!r} is not a valid regular expression: {exc}"
+        ) from None
+    group: int | str = cfg.group if cfg.group is not None else (1 if rx.groups else 0)
+    if isinstance(group, str) and group.isdigit():
+        group = int(group)
+    if isinstance(group, int) and not 0 <= group <= rx.groups:
+        raise MappingSpecError(
+            ("group",), f"group {group} does not exist: the pattern has {rx.groups} group(s)"
+        )
+    if isinstance(group, str) and group not in rx.groupindex:
+        raise MappingSpecError(("group",), f"the pattern has no group named {group!r}")
+    search = rx.search
+
+    def regex_extract(v: Any) -> Any:
+        if v is None:
+            return None
+        m = search(v if v.__class__ is str else text_of(v))
+        return None if m is None else m.group(group)
+
+    return Step(regex_extract, str_result="str|None", none_safe=True)
+
+
+@_register("concat", "fields", "separator")
+def _concat(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if not cfg.fields:
+        raise MappingSpecError(("fields",), "concat needs `fields`: the dotted source paths to join")
+    getters = tuple(compile_path(p) for p in cfg.fields)
+    sep = cfg.separator or ""
+
+    def concat(record: Any) -> Any:
+        parts = []
+        for get in getters:
+            x = get(record)
+            if x is None or x is MISSING:
+                continue
+            text = x if x.__class__ is str else text_of(x)
+            if text:
+                parts.append(text)
+        return sep.join(parts) if parts else None
+
+    return Step(concat, reads_record=True)
+
+
+# --------------------------------------------------------------------------- protection
+
+
+@_register("mask", "kind", "keep_first", "keep_last")
+def _mask(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.kind is None:
+        raise MappingSpecError((), "mask needs a `kind`: id_number, phone, name or keep")
+    if cfg.kind != "keep":
+        for opt in ("keep_first", "keep_last"):
+            if opt in cfg.model_fields_set:
+                raise MappingSpecError((opt,), f"{opt} applies to kind: keep only (kind {cfg.kind} is fixed)")
+    for opt in ("keep_first", "keep_last"):
+        n = getattr(cfg, opt)
+        if n is not None and n < 0:
+            raise MappingSpecError((opt,), f"{opt} must be 0 or more")
+    mask = mask_function(cfg.kind, cfg.keep_first or 0, cfg.keep_last or 0)
+
+    def masked(v: Any) -> Any:
+        if v is None:
+            return None
+        return mask(v if v.__class__ is str else text_of(v))
+
+    return Step(
+        masked,
+        "if {v}.__class__ is str: {v} = {mask}({v})\nelif {v} is not None: {v} = {f}({v})",
+        {"mask": mask},
+        on_str="{v} = {mask}({v})",
+        str_result="str",
+        none_safe=True,
+    )
+
+
+@_register("hash", "salt", "algorithm")
+def _hash(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.salt is None:
+        raise MappingSpecError(
+            (),
+            "hash needs a `salt` (write it as ${credential:NAME} or ${ENV}): an unsalted hash of "
+            "an ID number or phone number is reversed by trying every possible number",
+        )
+    salt = cfg.salt.get_secret_value()
+    if not salt:
+        raise MappingSpecError(("salt",), "the hash salt is empty")
+    algorithm = cfg.algorithm or "sha256"
+    if algorithm == "sm3" and not sm3_available():
+        raise MappingSpecError(
+            ("algorithm",),
+            "sm3 is not available from this machine's OpenSSL (hashlib.new('sm3') fails): "
+            "use algorithm: sha256, or install an OpenSSL build with SM3",
+        )
+    digest = hasher(algorithm, salt.encode("utf-8"))
+
+    def hashed(v: Any) -> Any:
+        if v is None:
+            return None
+        return digest(v if v.__class__ is str else text_of(v))
+
+    return Step(
+        hashed,
+        "if {v}.__class__ is str: {v} = {digest}({v})\nelif {v} is not None: {v} = {f}({v})",
+        {"digest": digest},
+        on_str="{v} = {digest}({v})",
+        str_result="str",
+        none_safe=True,
+    )
