@@ -1,0 +1,139 @@
+"""SQLAlchemy engines for the target database (SQLite, PostgreSQL, MariaDB/MySQL).
+
+Each backend is set up for a daemon that writes batches for years:
+
+- SQLite: WAL journal, ``busy_timeout`` 30 s, ``synchronous=NORMAL``. The stdlib driver's own
+  transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself (the recipe of the
+  SQLAlchemy SQLite docs, "Serializable isolation / Savepoints / Transactional DDL"), so DDL is
+  transactional and a write transaction can start with ``BEGIN IMMEDIATE`` (see
+  :func:`write_engine`): it takes the write lock up front, so a concurrent writer waits out the
+  busy timeout instead of failing on a stale snapshot.
+- PostgreSQL (psycopg 3): pre-ping. ``postgresql://`` URLs get the psycopg driver.
+- MariaDB/MySQL (PyMySQL): pre-ping, connections recycled hourly, ``charset=utf8mb4`` forced,
+  READ COMMITTED, and strict SQL mode so an over-long value is an error, never silently cut.
+
+Every engine hides statement parameters from error messages (``hide_parameters``): rows hold
+personal data, and errors end up in logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from syncd.errors import TargetError
+
+__all__ = ["WRITE_OPTION", "create_target_engine", "describe_url", "dialect_family", "write_engine"]
+
+WRITE_OPTION = "syncd_write"
+"""Execution option marking a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
+
+_SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token", "key")
+_MYSQL_STRICT = (
+    "SET SESSION sql_mode = IF(@@SESSION.sql_mode = '', 'STRICT_TRANS_TABLES', "
+    "CONCAT(@@SESSION.sql_mode, ',STRICT_TRANS_TABLES'))"
+)
+
+Family = Literal["sqlite", "postgresql", "mysql"]
+
+
+def describe_url(url: str | sa.URL) -> str:
+    """The URL for messages: password (and secret-looking query parameters) replaced by ``***``."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return "<a database URL that cannot be parsed>"
+    query = {
+        k: ("***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v) for k, v in parsed.query.items()
+    }
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def dialect_family(bind: sa.Engine | sa.Connection | sa.Dialect) -> Family:
+    """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB included)."""
+    dialect = bind if isinstance(bind, sa.Dialect) else bind.dialect
+    name = dialect.name
+    if name == "sqlite":
+        return "sqlite"
+    if name == "postgresql":
+        return "postgresql"
+    if name in ("mysql", "mariadb"):
+        return "mysql"
+    raise TargetError(f"unsupported target database {name!r}: use SQLite, PostgreSQL or MariaDB/MySQL")
+
+
+def write_engine(engine: sa.Engine) -> sa.Engine:
+    """The same engine (same pool) whose transactions are write transactions."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
+    """An engine for ``url`` configured for its backend (see the module docstring).
+
+    Raises TargetError for a URL that cannot be parsed or a backend syncd does not support;
+    the message never contains the password.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        # no chaining: the parser's message quotes the URL, password included
+        raise TargetError(
+            "the target database URL cannot be parsed: write it like sqlite:////var/lib/syncd/syncd.db, "
+            "postgresql+psycopg://user:password@host:5432/db or "
+            "mysql+pymysql://user:password@host:3306/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, pool_size)
+    if backend == "postgresql":
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(
+            parsed,
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args={"connect_timeout": 10, "application_name": "syncd"},
+        )
+    if backend in ("mysql", "mariadb"):
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername=f"{backend}+pymysql")
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        return sa.create_engine(
+            parsed,
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            isolation_level="READ COMMITTED",
+            hide_parameters=True,
+            connect_args={"connect_timeout": 10, "init_command": _MYSQL_STRICT},
+        )
+    raise TargetError(
+        f"unsupported target database {backend!r} in {describe_url(parsed)}: "
+        "use sqlite, postgresql (also KingbaseES/openGauss) or mysql/mariadb"
+    )
+
+
+def _sqlite_engine(url: sa.URL, pool_size: int) -> sa.Engine:
+    engine = sa.create_engine(url, pool_size=pool_size, hide_parameters=True, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # let SQLAlchemy's "begin" event below emit BEGIN, instead of the driver's own logic
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout = 30000")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

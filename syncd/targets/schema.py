@@ -1,0 +1,256 @@
+"""Table definitions: syncd's state tables and the target tables built from a mapping.
+
+The state tables live in the target database beside the data, so that a batch's rows, row
+hashes and change entries commit in one transaction (DESIGN §4.2). Names carry a prefix
+(default ``syncd_``):
+
+- ``row_state``  (dataset, row_key) → row_hash of the last written content
+- ``changes``    the change feed local applications read (one row per insert/update/delete)
+- ``watermarks`` dataset → the incremental position of the last successful run
+- ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
+- ``quarantine`` records that could not be mapped, with their raw payload and the reason
+
+On MariaDB every table is InnoDB, utf8mb4 with the utf8mb4_bin collation, so keys compare
+exactly and characters outside the BMP (𠮷) survive. Timestamps are UTC, DATETIME(6) on MariaDB.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from syncd.config.model import ColumnConfig, DatasetConfig
+from syncd.errors import TargetError
+from syncd.targets.engine import describe_url, write_engine
+from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type
+from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
+
+__all__ = [
+    "MYSQL_TABLE_OPTIONS",
+    "DatasetShape",
+    "MappingShape",
+    "StateTables",
+    "TargetSchemaError",
+    "create_tables",
+    "ensure_target_table",
+    "key_column_names",
+    "shape_from_dataset",
+    "state_tables",
+    "target_table",
+]
+
+log = structlog.get_logger(__name__)
+
+_MYSQL_OPTIONS = {"engine": "InnoDB", "charset": "utf8mb4", "collate": "utf8mb4_bin"}
+# SQLAlchemy reads mysql_* for mysql:// URLs and mariadb_* for mariadb:// URLs
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {
+    f"{dialect}_{name}": value for dialect in ("mysql", "mariadb") for name, value in _MYSQL_OPTIONS.items()
+}
+ROW_KEY_LENGTH = 512
+
+
+class MappingShape(Protocol):
+    """What the writer needs to know about a compiled mapping (``syncd.mapping.CompiledMapping``)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]: ...  # target column names, in row order
+
+    @property
+    def key_indexes(self) -> tuple[int, ...]: ...  # positions of the target.key columns in a row
+
+    @property
+    def specs(self) -> Mapping[str, ColumnConfig]: ...  # column name → its config
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetShape:
+    """A MappingShape read straight from a dataset's config (no compiled mapping needed)."""
+
+    columns: tuple[str, ...]
+    key_indexes: tuple[int, ...]
+    specs: Mapping[str, ColumnConfig]
+
+
+def shape_from_dataset(dataset: DatasetConfig) -> DatasetShape:
+    columns = tuple(dataset.columns)
+    return DatasetShape(
+        columns=columns,
+        key_indexes=tuple(columns.index(k) for k in dataset.target.key),
+        specs=dict(dataset.columns),
+    )
+
+
+def key_column_names(shape: MappingShape) -> tuple[str, ...]:
+    return tuple(shape.columns[i] for i in shape.key_indexes)
+
+
+@dataclass(frozen=True, slots=True)
+class StateTables:
+    row_state: sa.Table
+    changes: sa.Table
+    watermarks: sa.Table
+    runs: sa.Table
+    quarantine: sa.Table
+
+    def all(self) -> tuple[sa.Table, ...]:
+        return (self.row_state, self.changes, self.watermarks, self.runs, self.quarantine)
+
+
+def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
+    """Define syncd's state tables on ``metadata`` (see the module docstring)."""
+    dataset = sa.String(64)
+    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+    row_state = sa.Table(
+        f"{prefix}row_state",
+        metadata,
+        sa.Column("dataset", dataset, primary_key=True),
+        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), primary_key=True),
+        sa.Column("row_hash", sa.CHAR(32), nullable=False),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    changes = sa.Table(
+        f"{prefix}changes",
+        metadata,
+        sa.Column("id", big_id, primary_key=True, autoincrement=True),
+        sa.Column("dataset", dataset, nullable=False),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("op", sa.String(8), nullable=False),
+        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), nullable=False),
+        sa.Column("changed_columns", LONG_TEXT, nullable=False),
+        sa.Column("old_values", LONG_TEXT),
+        sa.Column("new_values", LONG_TEXT),
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+        sa.Index(f"ix_{prefix}changes_dataset_id", "dataset", "id"),
+        sa.Index(f"ix_{prefix}changes_dataset_at", "dataset", "changed_at"),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    watermarks = sa.Table(
+        f"{prefix}watermarks",
+        metadata,
+        sa.Column("dataset", dataset, primary_key=True),
+        sa.Column("value", sa.String(64), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    counters = ("fetched", "inserted", "updated", "deleted", "unchanged", "quarantined")
+    http_counters = ("requests", "retries", "pages")
+    runs = sa.Table(
+        f"{prefix}runs",
+        metadata,
+        sa.Column("run_id", sa.String(32), primary_key=True),
+        sa.Column("dataset", dataset, nullable=False),
+        sa.Column("started_at", UtcDateTime(), nullable=False),
+        sa.Column("finished_at", UtcDateTime()),
+        sa.Column("status", sa.String(16), nullable=False),
+        *(sa.Column(name, sa.BigInteger(), nullable=False, server_default="0") for name in counters),
+        sa.Column("reported_total", sa.BigInteger()),
+        *(sa.Column(name, sa.Integer(), nullable=False, server_default="0") for name in http_counters),
+        sa.Column("error", LONG_TEXT),
+        sa.Column("watermark_before", sa.String(64)),
+        sa.Column("watermark_after", sa.String(64)),
+        sa.Column("approval_code", sa.String(255)),
+        sa.Column("purpose", sa.String(512)),
+        sa.Column("node", sa.String(255), nullable=False),
+        sa.Column("trigger", sa.String(16), nullable=False),
+        sa.Index(f"ix_{prefix}runs_dataset_started", "dataset", "started_at"),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    quarantine = sa.Table(
+        f"{prefix}quarantine",
+        metadata,
+        sa.Column("dataset", dataset, primary_key=True),
+        sa.Column("raw_hash", sa.CHAR(32), primary_key=True),
+        sa.Column("run_id", sa.String(32), nullable=False),
+        sa.Column("record_key", sa.String(ROW_KEY_LENGTH)),
+        sa.Column("raw", LONG_TEXT, nullable=False),
+        sa.Column("reason", LONG_TEXT, nullable=False),
+        sa.Column("first_seen", UtcDateTime(), nullable=False),
+        sa.Column("last_seen", UtcDateTime(), nullable=False),
+        sa.Column("times", sa.Integer(), nullable=False),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    return StateTables(row_state, changes, watermarks, runs, quarantine)
+
+
+def target_table(metadata: sa.MetaData, dataset: DatasetConfig, shape: MappingShape) -> sa.Table:
+    """The target table of ``dataset`` as the mapping describes it (columns in row order).
+
+    Key columns form the primary key (never autoincrement); with soft deletes
+    (``target.logical_delete.mode: soft``) a BOOLEAN ``soft_column`` NOT NULL DEFAULT false is added.
+    """
+    keys = key_column_names(shape)
+    if set(keys) != set(dataset.target.key) or len(keys) != len(dataset.target.key):
+        raise ValueError(
+            f"the mapping's key columns ({', '.join(keys)}) differ from target.key "
+            f"({', '.join(dataset.target.key)}) of dataset {dataset.name}"
+        )
+    columns: list[sa.Column[Any]] = []
+    for name in shape.columns:
+        spec = shape.specs[name]
+        is_key = name in keys
+        columns.append(
+            sa.Column(
+                name,
+                column_type(spec, key=is_key),
+                primary_key=is_key,
+                autoincrement=False,
+                nullable=not is_key and spec.nullable,
+            )
+        )
+    soft = dataset.target.logical_delete
+    if soft is not None and soft.mode == "soft":
+        columns.append(sa.Column(soft.soft_column, sa.Boolean(), nullable=False, server_default=sa.false()))
+    return sa.Table(dataset.target.table, metadata, *columns, **MYSQL_TABLE_OPTIONS)
+
+
+def create_tables(engine: sa.Engine, tables: Iterable[sa.Table], *, attempts: int = 4) -> None:
+    """Create the tables (and their indexes) that do not exist yet.
+
+    Safe when several processes do it at the same moment: ``IF NOT EXISTS`` everywhere, and
+    a lost race (PostgreSQL can report a duplicate catalogue entry) is retried.
+    """
+    tables = tuple(tables)
+    for attempt in range(1, attempts + 1):
+        try:
+            with write_engine(engine).begin() as conn:
+                for table in tables:
+                    conn.execute(CreateTable(table, if_not_exists=True))
+                    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+            return
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts:
+                names = ", ".join(t.name for t in tables)
+                raise TargetError(
+                    f"cannot create table(s) {names} in {describe_url(engine.url)}: {exc.orig}. "
+                    "Check that the database user may create tables, or create them yourself."
+                ) from exc
+            log.debug("create_tables.retry", attempt=attempt, error=str(exc.orig))
+            time.sleep(0.05 * attempt)
+
+
+def ensure_target_table(engine: sa.Engine, dataset: DatasetConfig, shape: MappingShape) -> sa.Table:
+    """Return the target table, creating it when absent and ``target.create`` allows, else
+    verifying the existing one (TargetSchemaError lists every mismatch and how to fix it)."""
+    table = target_table(sa.MetaData(), dataset, shape)
+    where = describe_url(engine.url)
+    try:
+        exists = sa.inspect(engine).has_table(table.name)
+    except sa.exc.DBAPIError as exc:
+        raise TargetError(f"cannot read the tables of {where}: {exc.orig}") from exc
+    if not exists:
+        if not dataset.target.create:
+            raise missing_table_error(engine, table, dataset)
+        create_tables(engine, [table])
+        log.info("target.table_created", dataset=dataset.name, table=table.name, database=where)
+    try:
+        verify_target_table(engine, table, dataset)
+    except sa.exc.DBAPIError as exc:
+        raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
+    return table

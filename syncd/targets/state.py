@@ -1,0 +1,226 @@
+"""The state store: runs, watermarks, the change feed and the quarantine, in the target database.
+
+One StateStore per target database and table prefix. It creates syncd's tables
+(:meth:`ensure_schema`, safe when processes race), records each run's start and end (the
+audit trail, 使用留痕), keeps the watermark of each dataset (advanced in the same transaction
+that closes the run, and only when the runner passes one), and hands out a
+:class:`~syncd.targets.writer.BatchWriter` per dataset.
+
+Timestamps are stored as UTC and returned as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from syncd.config.model import DatasetConfig
+from syncd.errors import TargetError
+from syncd.targets.dialects import upsert_statement
+from syncd.targets.engine import describe_url, write_engine
+from syncd.targets.records import RunCounts, RunInfo
+from syncd.targets.schema import MappingShape, create_tables, ensure_target_table, state_tables
+from syncd.targets.writer import BatchWriter
+
+__all__ = ["StateStore"]
+
+log = structlog.get_logger(__name__)
+
+_ERROR_LIMIT = 20_000  # characters of a run's error message kept in the runs table
+_TEXT_LIMIT = {"watermark": 64, "run_id": 32, "status": 16, "trigger": 16}
+
+
+def _check_length(name: str, value: str | None) -> None:
+    limit = _TEXT_LIMIT[name]
+    if value is not None and len(value) > limit:
+        raise ValueError(f"{name} {value[:80]!r} is longer than {limit} characters")
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class StateStore:
+    """syncd's own tables in the target database (see the module docstring)."""
+
+    def __init__(self, engine: sa.Engine, prefix: str = "syncd_") -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.metadata = sa.MetaData()
+        self.tables = state_tables(self.metadata, prefix)
+        self._writes = write_engine(engine)
+        self._where = describe_url(engine.url)
+        self._schema_ready = False
+
+    def __repr__(self) -> str:
+        return f"StateStore({self._where}, prefix={self.prefix!r})"
+
+    def _fail(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return TargetError(f"{doing} in {self._where} failed: {' '.join(reason)[:500]}")
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_schema(self) -> None:
+        """Create the state tables and indexes that are missing. Safe when processes race."""
+        create_tables(self.engine, self.tables.all())
+        self._schema_ready = True
+
+    def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:
+        """A writer for ``dataset``; creates or verifies its target table (TargetSchemaError)."""
+        if not self._schema_ready:
+            self.ensure_schema()
+        table = ensure_target_table(self.engine, dataset, shape)
+        return BatchWriter(self.engine, self.tables, dataset, shape, table)
+
+    # ------------------------------------------------------------------ runs
+
+    def begin_run(self, run: RunInfo) -> None:
+        """Record a run as ``running``; older ``running`` rows of the dataset become ``abandoned``
+        (their process died without finishing: kill -9, power loss)."""
+        _check_length("run_id", run.run_id)
+        _check_length("trigger", run.trigger)
+        _check_length("watermark", run.watermark_before)
+        runs = self.tables.runs
+        now = datetime.now(UTC)
+        try:
+            with self._writes.begin() as conn:
+                older = sa.update(runs).where(
+                    runs.c.dataset == run.dataset, runs.c.status == "running", runs.c.run_id != run.run_id
+                )
+                abandoned = conn.execute(older.values(status="abandoned", finished_at=now)).rowcount
+                conn.execute(
+                    sa.insert(runs).values(
+                        run_id=run.run_id,
+                        dataset=run.dataset,
+                        started_at=run.started_at,
+                        status="running",
+                        fetched=0,
+                        inserted=0,
+                        updated=0,
+                        deleted=0,
+                        unchanged=0,
+                        quarantined=0,
+                        requests=0,
+                        retries=0,
+                        pages=0,
+                        watermark_before=run.watermark_before,
+                        approval_code=run.approval_code,
+                        purpose=run.purpose,
+                        node=run.node,
+                        trigger=run.trigger,
+                    )
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            doing = f"recording the start of run {run.run_id} of dataset {run.dataset}"
+            raise self._fail(doing, exc) from exc
+        if abandoned:
+            log.warning(
+                "run.abandoned_found",
+                dataset=run.dataset,
+                count=abandoned,
+                hint="an earlier run of this dataset stopped without finishing",
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        dataset: str,
+        *,
+        status: str,
+        counts: RunCounts,
+        error: str | None,
+        watermark: str | None,
+    ) -> None:
+        """Close the run and, when ``watermark`` is given, advance the dataset's watermark —
+        both in ONE transaction, so the watermark never moves without its run record."""
+        _check_length("status", status)
+        _check_length("watermark", watermark)
+        runs, marks = self.tables.runs, self.tables.watermarks
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "finished_at": now,
+            "status": status,
+            **counts.as_dict(),
+            "error": None if error is None else error[:_ERROR_LIMIT],
+            # the watermark in force after the run: the new one, else the one it started from
+            "watermark_after": watermark if watermark is not None else runs.c.watermark_before,
+        }
+        try:
+            with self._writes.begin() as conn:
+                found = conn.execute(
+                    sa.update(runs).where(runs.c.run_id == run_id, runs.c.dataset == dataset).values(values)
+                ).rowcount
+                if not found:
+                    raise TargetError(
+                        f"run {run_id} of dataset {dataset} is not in {runs.name}: begin_run must come first"
+                    )
+                if watermark is not None:
+                    stmt = upsert_statement(conn, marks, ("dataset",), ["value", "updated_at"])
+                    conn.execute(stmt, [{"dataset": dataset, "value": watermark, "updated_at": now}])
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"recording the end of run {run_id} of dataset {dataset}", exc) from exc
+
+    def get_watermark(self, dataset: str) -> str | None:
+        marks = self.tables.watermarks
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(sa.select(marks.c.value).where(marks.c.dataset == dataset)).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"reading the watermark of dataset {dataset}", exc) from exc
+        return None if value is None else str(value)
+
+    # ------------------------------------------------------------------ reads for operators and apps
+
+    def _rows(self, query: sa.Select[Any], doing: str) -> list[dict[str, Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return [dict(r) for r in conn.execute(query).mappings()]
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(doing, exc) from exc
+
+    def last_runs(self, dataset: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs (of one dataset, or of all), newest first."""
+        runs = self.tables.runs
+        query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit)
+        if dataset is not None:
+            query = query.where(runs.c.dataset == dataset)
+        return self._rows(query, "reading the runs")
+
+    def changes(
+        self,
+        dataset: str,
+        since: datetime | None = None,
+        limit: int = 1000,
+        *,
+        after_id: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Change entries of ``dataset`` in feed order (by id; ``newest_first`` reverses it), from
+        ``since`` (changed_at, inclusive) and/or after entry ``after_id``. JSON columns are decoded."""
+        ch = self.tables.changes
+        order = ch.c.id.desc() if newest_first else ch.c.id
+        query = sa.select(ch).where(ch.c.dataset == dataset).order_by(order).limit(limit)
+        if since is not None:
+            query = query.where(ch.c.changed_at >= since)
+        if after_id is not None:
+            query = query.where(ch.c.id > after_id)
+        rows = self._rows(query, f"reading the changes of dataset {dataset}")
+        for row in rows:
+            for name in ("changed_columns", "old_values", "new_values"):
+                row[name] = _decode(row[name])
+        return rows
+
+    def quarantined(self, dataset: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Quarantined records of ``dataset``, most recently seen first; ``raw`` is decoded."""
+        q = self.tables.quarantine
+        query = sa.select(q).where(q.c.dataset == dataset)
+        query = query.order_by(q.c.last_seen.desc(), q.c.raw_hash).limit(limit)
+        rows = self._rows(query, f"reading the quarantine of dataset {dataset}")
+        for row in rows:
+            row["raw"] = _decode(row["raw"])
+        return rows

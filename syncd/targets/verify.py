@@ -1,0 +1,285 @@
+"""Check an existing target table against the mapping, and say exactly what to fix.
+
+The table found in the database (reflected) must have every mapped column with a compatible
+type, the key columns as its primary key or a unique key, and no extra NOT NULL column without
+a default (syncd could not insert rows). Every problem is listed, each with a statement that
+fixes it, plus the alternative of letting syncd create a new table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateColumn, CreateTable
+
+from syncd.config.model import ColumnConfig, DatasetConfig
+from syncd.errors import TargetError
+from syncd.targets.engine import describe_url, dialect_family
+from syncd.targets.sqltypes import declared_type
+
+__all__ = ["TargetSchemaError", "incompatibility", "missing_table_error", "verify_target_table"]
+
+
+class TargetSchemaError(TargetError):
+    """The target table does not fit the mapping. ``missing``, ``incompatible`` and
+    ``key_problem`` hold the individual findings; the message lists them and the fixes."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str,
+        missing: Sequence[str] = (),
+        incompatible: Sequence[str] = (),
+        key_problem: str | None = None,
+    ) -> None:
+        self.table = table
+        self.missing = tuple(missing)
+        self.incompatible = tuple(incompatible)
+        self.key_problem = key_problem
+        super().__init__(message)
+
+
+def _sql_type(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> str:
+    try:
+        return str(type_.compile(dialect=dialect))
+    except Exception:  # noqa: BLE001 - a reflected type the dialect cannot render: show its class
+        return type(type_).__name__.upper()
+
+
+def _string(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    if not isinstance(actual, sa.String):
+        return "not a text type"
+    if spec.length is not None and actual.length is not None and actual.length < spec.length:
+        return f"shorter than the declared length {spec.length}"
+    return None
+
+
+def _int(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    if isinstance(actual, sa.Integer):
+        return None
+    if isinstance(actual, sa.Numeric) and not isinstance(actual, sa.Float) and actual.scale == 0:
+        return None
+    return "not an integer type"
+
+
+def _decimal(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    if isinstance(actual, sa.Integer) and spec.scale == 0:
+        return None
+    if isinstance(actual, sa.Float) or not isinstance(actual, sa.Numeric):
+        return "not an exact decimal type"
+    if actual.scale is not None and actual.scale < spec.scale:
+        return f"has fewer decimal places ({actual.scale}) than declared ({spec.scale})"
+    digits = None if actual.precision is None else actual.precision - (actual.scale or 0)
+    if digits is not None and digits < spec.precision - spec.scale:
+        return f"has fewer integer digits ({digits}) than declared ({spec.precision - spec.scale})"
+    return None
+
+
+def _date(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    return None if isinstance(actual, sa.Date) else "not a DATE type"
+
+
+def _datetime(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    if not isinstance(actual, sa.DateTime):
+        return "not a timestamp type"
+    if actual.timezone:
+        return "a timestamp WITH time zone, while syncd writes local times without a zone"
+    return None
+
+
+def _bool(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    return None if isinstance(actual, sa.Boolean | sa.Integer) else "not a boolean or integer type"
+
+
+_CHECKS: dict[str, Callable[[ColumnConfig, sa.types.TypeEngine[Any]], str | None]] = {
+    "string": _string,
+    "int": _int,
+    "decimal": _decimal,
+    "date": _date,
+    "datetime": _datetime,
+    "bool": _bool,
+}
+
+
+def incompatibility(spec: ColumnConfig, actual: sa.types.TypeEngine[Any]) -> str | None:
+    """Why a database column of type ``actual`` cannot hold the mapped column, or None."""
+    if isinstance(actual, sa.types.NullType):
+        return "a type syncd does not recognise"
+    return _CHECKS[spec.type](spec, actual)
+
+
+def missing_table_error(engine: sa.Engine, table: sa.Table, dataset: DatasetConfig) -> TargetSchemaError:
+    ddl = str(CreateTable(table).compile(dialect=engine.dialect)).strip()
+    return TargetSchemaError(
+        f"dataset {dataset.name}: table {table.name} does not exist in {describe_url(engine.url)} and "
+        f"target.create is false. Create it, for example with:\n{ddl};\n"
+        "or set target.create: true and syncd creates it.",
+        table=table.name,
+    )
+
+
+@dataclass(slots=True)
+class _Findings:
+    missing: list[str] = field(default_factory=list)
+    incompatible: list[str] = field(default_factory=list)
+    key_problem: str | None = None
+    fixes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.incompatible or self.key_problem)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reflected:
+    columns: dict[str, Any]
+    pk: tuple[str, ...]
+    uniques: list[tuple[str, ...]]
+
+
+def _reflect(engine: sa.Engine, name: str) -> _Reflected:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.exc.SAWarning)  # unknown types become NullType
+        inspector = sa.inspect(engine)
+        columns = {c["name"]: c for c in inspector.get_columns(name)}
+        pk = tuple(inspector.get_pk_constraint(name).get("constrained_columns") or ())
+        uniques = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)]
+        uniques += [
+            tuple(str(c) for c in i["column_names"]) for i in inspector.get_indexes(name) if i.get("unique")
+        ]
+    return _Reflected(columns, pk, uniques)
+
+
+def _alter_fix(
+    engine: sa.Engine, table: sa.Table, column: sa.Column[Any], *, retype: bool, drop_not_null: bool
+) -> list[str]:
+    dialect, family = engine.dialect, dialect_family(engine)
+    prep = dialect.identifier_preparer
+    qtable, qcol = prep.quote(table.name), prep.quote(column.name)
+    if family == "postgresql":
+        fixes = (
+            [f"ALTER TABLE {qtable} ALTER COLUMN {qcol} TYPE {_sql_type(column.type, dialect)};"]
+            if retype
+            else []
+        )
+        if drop_not_null:
+            fixes.append(f"ALTER TABLE {qtable} ALTER COLUMN {qcol} DROP NOT NULL;")
+        return fixes
+    if family == "mysql":
+        return [f"ALTER TABLE {qtable} MODIFY COLUMN {CreateColumn(column).compile(dialect=dialect)};"]
+    return [f"-- SQLite cannot change the type of {qcol}: rebuild {qtable} (see below)"]
+
+
+def _check_columns(
+    engine: sa.Engine, table: sa.Table, dataset: DatasetConfig, db: _Reflected, found: _Findings
+) -> None:
+    dialect = engine.dialect
+    qtable = dialect.identifier_preparer.quote(table.name)
+    by_lower = {name.lower(): col for name, col in db.columns.items()}
+    for column in table.columns:
+        actual = db.columns.get(column.name) or by_lower.get(column.name.lower())
+        if actual is None:
+            found.missing.append(column.name)
+            ddl = CreateColumn(column).compile(dialect=dialect)
+            found.fixes.append(f"ALTER TABLE {qtable} ADD COLUMN {ddl};")
+            continue
+        spec = dataset.columns.get(column.name)
+        wanted = "bool (the soft-delete flag)"
+        if spec is None:  # the soft-delete flag, which only syncd writes
+            spec = ColumnConfig(source="-", type="bool", nullable=False)
+        else:
+            wanted = declared_type(spec)
+        actual_sql = _sql_type(actual["type"], dialect)
+        why = incompatibility(spec, actual["type"])
+        retype = why is not None
+        # a column of the table's own (mismatching) primary key is NOT NULL by nature: the key
+        # problem reported below covers it
+        drop_not_null = (
+            not column.primary_key
+            and bool(column.nullable)
+            and not actual["nullable"]
+            and column.name not in db.pk
+        )
+        if why is None and drop_not_null:
+            why = "NOT NULL, while the mapping allows empty values (nullable: true)"
+            actual_sql += " NOT NULL"
+        if why is not None:
+            found.incompatible.append(
+                f"column {column.name} is {actual_sql} in the database but the mapping declares {wanted} "
+                f"({why})"
+            )
+            found.fixes += _alter_fix(engine, table, column, retype=retype, drop_not_null=drop_not_null)
+
+
+def _check_extra_columns(engine: sa.Engine, table: sa.Table, db: _Reflected, found: _Findings) -> None:
+    prep = engine.dialect.identifier_preparer
+    expected = {c.name.lower() for c in table.columns}
+    for name, col in db.columns.items():
+        if name.lower() in expected or col["nullable"] or col.get("default") is not None:
+            continue
+        if col.get("autoincrement") is True or name in db.pk:
+            continue
+        found.incompatible.append(
+            f"column {name} is not in the mapping and is NOT NULL without a default, "
+            "so syncd cannot insert rows"
+        )
+        if dialect_family(engine) == "postgresql":
+            qtable, qcol = prep.quote(table.name), prep.quote(name)
+            found.fixes.append(f"ALTER TABLE {qtable} ALTER COLUMN {qcol} DROP NOT NULL;")
+        else:
+            found.fixes.append(f"-- give {prep.quote(name)} a default value or make it nullable")
+
+
+def _check_key(engine: sa.Engine, table: sa.Table, db: _Reflected, found: _Findings) -> None:
+    prep = engine.dialect.identifier_preparer
+    key = tuple(c.name for c in table.primary_key.columns)
+    wanted = {k.lower() for k in key}
+    if any({c.lower() for c in cols} == wanted for cols in [db.pk, *db.uniques] if cols):
+        return
+    shown = f"({', '.join(db.pk)})" if db.pk else "missing"
+    found.key_problem = (
+        f"the primary key is {shown} in the database but target.key is ({', '.join(key)}), "
+        "and no unique key covers exactly those columns"
+    )
+    cols = ", ".join(prep.quote(k) for k in key)
+    index = prep.quote(f"ux_{table.name}_key")
+    found.fixes.append(f"CREATE UNIQUE INDEX {index} ON {prep.quote(table.name)} ({cols});")
+
+
+def verify_target_table(engine: sa.Engine, table: sa.Table, dataset: DatasetConfig) -> None:
+    """Raise TargetSchemaError listing every way the existing ``table`` differs from ``dataset``."""
+    db = _reflect(engine, table.name)
+    found = _Findings()
+    _check_columns(engine, table, dataset, db, found)
+    _check_extra_columns(engine, table, db, found)
+    _check_key(engine, table, db, found)
+    if not found:
+        return
+    where = f" ({dataset.source_file})" if dataset.source_file else ""
+    lines = [
+        f"dataset {dataset.name}{where}: table {table.name} in {describe_url(engine.url)} "
+        "does not match the mapping:"
+    ]
+    lines += [f"  - column {name} is missing" for name in found.missing]
+    lines += [f"  - {text}" for text in found.incompatible]
+    if found.key_problem:
+        lines.append(f"  - {found.key_problem}")
+    lines.append("Fix the table, for example with:")
+    lines += [f"  {fix}" for fix in found.fixes]
+    sqlite_note = "; SQLite cannot alter column types, so that is the way there"
+    lines.append(
+        "or point target.table at a new table name and let syncd create it (target.create: true)"
+        + (sqlite_note if dialect_family(engine) == "sqlite" else "")
+        + "."
+    )
+    raise TargetSchemaError(
+        "\n".join(lines),
+        table=table.name,
+        missing=found.missing,
+        incompatible=found.incompatible,
+        key_problem=found.key_problem,
+    )

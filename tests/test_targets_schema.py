@@ -1,0 +1,337 @@
+"""Engines and tables on real databases: engine settings, table creation, verification messages."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.errors import TargetError
+from syncd.targets import (
+    StateStore,
+    TargetSchemaError,
+    create_target_engine,
+    describe_url,
+    ensure_target_table,
+    shape_from_dataset,
+    write_engine,
+)
+from tests.test_targets_writer import (
+    RESIDENT_COLUMNS,
+    RUN1,
+    engine,
+    make_dataset,
+    resident,
+    store,
+    table_rows,
+)
+
+__all__ = ["engine", "store"]  # fixtures shared with test_targets_writer
+
+# --------------------------------------------------------------------------- URLs and engines
+
+
+def test_describe_url_hides_secrets() -> None:
+    shown = describe_url("postgresql+psycopg://syncd:Pa55-w0rd@db.county.gov.cn:5432/data?sslpassword=xyz")
+    assert "Pa55-w0rd" not in shown
+    assert "xyz" not in shown
+    assert shown.startswith("postgresql+psycopg://syncd:***@db.county.gov.cn:5432/data")
+    assert describe_url("sqlite:////var/lib/syncd/syncd.db") == "sqlite:////var/lib/syncd/syncd.db"
+    assert describe_url("::not a url::") == "<a database URL that cannot be parsed>"
+
+
+def test_bad_urls_fail_without_leaking_the_password() -> None:
+    with pytest.raises(TargetError) as caught:
+        create_target_engine("oracle://scott:tiger-Secret1@host/orcl")
+    assert "unsupported target database 'oracle'" in str(caught.value)
+    assert "tiger-Secret1" not in str(caught.value)
+    with pytest.raises(TargetError) as caught:
+        create_target_engine("postgres ql://u:tiger-Secret1@host/db")
+    assert "cannot be parsed" in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert "tiger-Secret1" not in repr(caught.value)
+
+
+def test_driver_defaults() -> None:
+    pg = create_target_engine("postgresql://postgres@127.0.0.1:5432/test")
+    my = create_target_engine("mysql://root@127.0.0.1:3306/test?charset=latin1")
+    try:
+        assert pg.dialect.driver == "psycopg"
+        assert my.dialect.driver == "pymysql"
+        assert my.url.query["charset"] == "utf8mb4"
+    finally:
+        pg.dispose()
+        my.dispose()
+
+
+def test_sqlite_engine_settings(sqlite_url: str) -> None:
+    eng = create_target_engine(sqlite_url)
+    try:
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        # a write transaction takes the write lock at BEGIN: a second writer cannot start
+        other = sa.create_engine(sqlite_url, connect_args={"timeout": 0})
+        try:
+            with write_engine(eng).begin(), other.connect() as conn, pytest.raises(sa.exc.OperationalError):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            other.dispose()
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.mariadb
+def test_mariadb_engine_settings(mariadb_url: str) -> None:
+    eng = create_target_engine(mariadb_url.replace("charset=utf8mb4", "charset=utf8"))
+    try:
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("SELECT @@character_set_connection").scalar() == "utf8mb4"
+            assert "STRICT_TRANS_TABLES" in conn.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar()
+            assert conn.exec_driver_sql("SELECT @@tx_isolation").scalar() == "READ-COMMITTED"
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("scheme", ["mysql+pymysql", "mariadb+pymysql", "mariadb"])
+def test_mariadb_tables_are_utf8mb4_bin_whatever_the_database_default(mariadb_url: str, scheme: str) -> None:
+    url = sa.make_url(mariadb_url)
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"ALTER DATABASE `{url.database}` COLLATE utf8mb4_general_ci")
+    finally:
+        admin.dispose()
+    eng = create_target_engine(url.set(drivername=scheme).render_as_string(hide_password=False))
+    try:
+        StateStore(eng).ensure_schema()
+        ds = make_dataset()
+        ensure_target_table(eng, ds, shape_from_dataset(ds))
+        with eng.connect() as conn:
+            collations = dict(
+                conn.exec_driver_sql(
+                    "SELECT table_name, table_collation FROM information_schema.tables "
+                    "WHERE table_schema = DATABASE()"
+                ).all()
+            )
+    finally:
+        eng.dispose()
+    assert len(collations) == 6
+    assert set(collations.values()) == {"utf8mb4_bin"}, collations
+
+
+# --------------------------------------------------------------------------- state tables
+
+
+def test_state_schema_is_idempotent_and_survives_a_race(db_url: str) -> None:
+    engines = [create_target_engine(db_url) for _ in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(engines))
+
+    def create(eng: sa.Engine) -> None:
+        try:
+            start.wait()
+            StateStore(eng).ensure_schema()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(e,)) for e in engines]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        StateStore(engines[0]).ensure_schema()  # and once more, on a complete schema
+        names = set(sa.inspect(engines[0]).get_table_names())
+        assert {f"syncd_{n}" for n in ("row_state", "changes", "watermarks", "runs", "quarantine")} <= names
+        indexes = {i["name"] for i in sa.inspect(engines[0]).get_indexes("syncd_changes")}
+        assert {"ix_syncd_changes_dataset_id", "ix_syncd_changes_dataset_at"} <= indexes
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_table_prefix(engine: sa.Engine) -> None:
+    StateStore(engine, prefix="hl_").ensure_schema()
+    assert "hl_runs" in sa.inspect(engine).get_table_names()
+
+
+# --------------------------------------------------------------------------- target tables
+
+
+def test_target_table_is_created_typed_keyed_and_utf8mb4(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    table = ensure_target_table(engine, ds, shape_from_dataset(ds))
+    assert [c.name for c in table.columns] == list(RESIDENT_COLUMNS)
+    inspector = sa.inspect(engine)
+    assert inspector.get_pk_constraint("resident")["constrained_columns"] == ["id"]
+    types = {c["name"]: c["type"] for c in inspector.get_columns("resident")}
+    assert isinstance(types["id"], sa.String)
+    assert types["id"].length == 32
+    assert types["name"].length == 64
+    assert isinstance(types["birth_date"], sa.Date)
+    assert isinstance(types["income"], sa.Numeric)
+    assert (types["income"].precision, types["income"].scale) == (12, 2)
+    assert isinstance(types["updated_at"], sa.DateTime)
+    assert isinstance(types["verified"], sa.Boolean | sa.Integer)
+    assert isinstance(types["household_size"], sa.BigInteger)
+    assert isinstance(types["remark"], sa.String)
+    assert types["remark"].length is None  # TEXT / LONGTEXT
+    nullable = {c["name"]: c["nullable"] for c in inspector.get_columns("resident")}
+    assert nullable["id"] is False
+    assert nullable["remark"] is True
+
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with engine.connect() as conn:
+            collations = dict(
+                conn.exec_driver_sql(
+                    "SELECT table_name, table_collation FROM information_schema.tables "
+                    "WHERE table_schema = DATABASE()"
+                ).all()
+            )
+        assert set(collations.values()) == {"utf8mb4_bin"}, collations
+
+    # characters outside the BMP and exact decimals survive the round trip
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(1, name="𠮷野家 𪚥", income=Decimal("9999999999.99"))])
+    row = table_rows(engine, "resident")["R00001"]
+    assert row["name"] == "𠮷野家 𪚥"
+    assert row["income"] == Decimal("9999999999.99")
+    assert store.changes("residents")[0]["new_values"]["name"] == "𠮷野家 𪚥"
+    ensure_target_table(engine, ds, shape_from_dataset(ds))  # and it verifies clean
+
+
+def _create_by_hand(engine: sa.Engine, *columns: Any) -> None:
+    metadata = sa.MetaData()
+    sa.Table("resident", metadata, *columns)
+    metadata.create_all(engine)
+
+
+def test_incompatible_existing_table_gets_a_precise_message(engine: sa.Engine) -> None:
+    _create_by_hand(
+        engine,
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("birth_date", sa.String(20)),
+        sa.Column("income", sa.Float()),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("household_size", sa.Integer()),
+        sa.Column("created_by", sa.String(20), nullable=False),
+    )
+    ds = make_dataset()
+    with pytest.raises(TargetSchemaError) as caught:
+        ensure_target_table(engine, ds, shape_from_dataset(ds))
+    err = caught.value
+    assert err.missing == ("verified", "remark")
+    assert (
+        "column birth_date is VARCHAR(20) in the database but the mapping declares date (not a DATE type)"
+        in err.incompatible
+    )
+    assert any(
+        text.startswith("column income is ")
+        and "mapping declares decimal(12,2) (not an exact decimal type)" in text
+        for text in err.incompatible
+    ), err.incompatible
+    created_by = "column created_by is not in the mapping and is NOT NULL without a default"
+    assert f"{created_by}, so syncd cannot insert rows" in err.incompatible
+    assert any(
+        text.startswith("column updated_at is ")  # TIMESTAMP WITHOUT TIME ZONE, DATETIME, …
+        and " NOT NULL in the database but the mapping declares datetime (NOT NULL, while the mapping "
+        "allows empty values (nullable: true))"
+        in text
+        for text in err.incompatible
+    ), err.incompatible
+    # household_size as INTEGER is fine for int; name is NOT NULL as part of the primary key,
+    # which the key problem covers
+    assert len(err.incompatible) == 4
+    assert err.key_problem is not None
+    assert err.key_problem.startswith("the primary key is (name) in the database but target.key is (id)")
+    message = str(err)
+    assert "table resident in " + describe_url(engine.url) in message
+    assert "  - column verified is missing" in message
+    assert "ALTER TABLE resident ADD COLUMN remark" in message
+    assert "CREATE UNIQUE INDEX ux_resident_key ON resident (id);" in message
+    assert "let syncd create it (target.create: true)" in message
+
+
+def test_compatible_existing_table_is_used_as_it_is(store: StateStore, engine: sa.Engine) -> None:
+    _create_by_hand(
+        engine,
+        sa.Column("id", sa.String(40), primary_key=True),  # wider than declared
+        sa.Column("name", sa.Text()),
+        sa.Column("birth_date", sa.Date()),
+        sa.Column("income", sa.Numeric(14, 4)),  # more room both sides
+        sa.Column("updated_at", sa.DateTime()),
+        sa.Column("verified", sa.Boolean()),
+        sa.Column("household_size", sa.Integer()),
+        sa.Column("remark", sa.String(500)),
+        sa.Column("note", sa.String(20)),  # not mapped, nullable
+        sa.Column("source_system", sa.String(20), nullable=False, server_default="province"),
+    )
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    assert writer.write(RUN1, [resident(1)]).inserted == 1
+    assert writer.write(RUN1, [resident(1)]).unchanged == 1  # Numeric(14,4) gives 1235.5000: no change
+    row = table_rows(engine, "resident")["R00001"]
+    assert (row["source_system"], row["note"]) == ("province", None)
+
+
+def test_a_unique_key_is_as_good_as_the_primary_key(store: StateStore, engine: sa.Engine) -> None:
+    _create_by_hand(
+        engine,
+        sa.Column("row_no", sa.Integer(), primary_key=True, autoincrement=True),
+        *(
+            sa.Column(n, sa.String(64) if n != "id" else sa.String(32), unique=n == "id", nullable=n != "id")
+            for n in ("id", "name", "remark")
+        ),
+    )
+    columns = {k: RESIDENT_COLUMNS[k] for k in ("id", "name", "remark")}
+    ds = make_dataset(columns=columns)
+    writer = store.writer(ds, shape_from_dataset(ds))
+    assert writer.write(RUN1, [("R1", "甲", None)]).inserted == 1
+    assert writer.write(RUN1, [("R1", "乙", None)]).updated == 1
+    assert [r["name"] for r in table_rows(engine, "resident").values()] == ["乙"]
+
+
+def test_missing_table_with_create_false(engine: sa.Engine) -> None:
+    ds = make_dataset(create=False)
+    with pytest.raises(TargetSchemaError) as caught:
+        ensure_target_table(engine, ds, shape_from_dataset(ds))
+    message = str(caught.value)
+    assert "table resident does not exist" in message
+    assert "target.create is false" in message
+    assert "CREATE TABLE resident" in message
+    assert "resident" not in sa.inspect(engine).get_table_names()
+
+
+def test_soft_delete_column_is_created_and_required(engine: sa.Engine) -> None:
+    ds = make_dataset(soft=True)
+    ensure_target_table(engine, ds, shape_from_dataset(ds))
+    cols = {c["name"]: c for c in sa.inspect(engine).get_columns("resident")}
+    assert cols["is_deleted"]["nullable"] is False
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE resident RENAME TO resident_old"))
+    hard = make_dataset()
+    ensure_target_table(engine, hard, shape_from_dataset(hard))  # created without the flag
+    with pytest.raises(TargetSchemaError) as caught:
+        ensure_target_table(engine, ds, shape_from_dataset(ds))
+    assert caught.value.missing == ("is_deleted",)
+    fix = next(line for line in str(caught.value).splitlines() if "ADD COLUMN is_deleted" in line)
+    assert "BOOL" in fix
+    assert "NOT NULL" in fix
+    assert "DEFAULT" in fix
+
+
+def test_mapping_keys_must_match_target_key(engine: sa.Engine) -> None:
+    ds = make_dataset()
+    shape = shape_from_dataset(ds)
+    wrong = type(shape)(columns=shape.columns, key_indexes=(1,), specs=shape.specs)
+    with pytest.raises(ValueError, match=r"key columns \(name\) differ from target.key \(id\)"):
+        ensure_target_table(engine, ds, wrong)

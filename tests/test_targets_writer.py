@@ -1,0 +1,516 @@
+"""The batch writer on real SQLite, PostgreSQL and MariaDB: change detection, the feed, atomicity.
+
+Every test runs once per database (the ``db_url`` fixture). Helpers here are reused by the
+other ``test_targets_*`` modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.changes import DELETED_HASH, row_hash
+from syncd.config.model import DatasetConfig
+from syncd.errors import TargetError
+from syncd.targets import (
+    BatchCounts,
+    QuarantineItem,
+    StateStore,
+    create_target_engine,
+    describe_url,
+    shape_from_dataset,
+)
+
+RUN1, RUN2, RUN3 = "1" * 32, "2" * 32, "3" * 32
+
+RESIDENT_COLUMNS: dict[str, Any] = {
+    "id": {"source": "id", "length": 32},
+    "name": {"source": "name", "length": 64},
+    "birth_date": {"source": "birthDate", "type": "date"},
+    "income": {"source": "income", "type": "decimal", "precision": 12, "scale": 2},
+    "updated_at": {"source": "updateTime", "type": "datetime"},
+    "verified": {"source": "verified", "type": "bool"},
+    "household_size": {"source": "size", "type": "int"},
+    "remark": {"source": "remark"},
+}
+
+
+def make_dataset(
+    *,
+    name: str = "residents",
+    table: str = "resident",
+    key: tuple[str, ...] = ("id",),
+    columns: dict[str, Any] | None = None,
+    soft: bool = False,
+    create: bool = True,
+) -> DatasetConfig:
+    target: dict[str, Any] = {"table": table, "key": list(key), "create": create}
+    if soft:
+        target["logical_delete"] = {"field": "isDeleted", "mode": "soft"}
+    return DatasetConfig.model_validate(
+        {
+            "name": name,
+            "source": {"type": "http", "connection": "gw", "path": "/api/residents"},
+            "authorization": {
+                "approval_code": "SJHL-2026-0042",
+                "fields": ["id"],
+                "valid_from": "2026-01-01",
+                "valid_until": "2027-12-31",
+            },
+            "target": target,
+            "columns": columns or RESIDENT_COLUMNS,
+        }
+    )
+
+
+def resident(i: int, **changes: Any) -> tuple[Any, ...]:
+    """A mapped resident row, in RESIDENT_COLUMNS order."""
+    values: dict[str, Any] = {
+        "id": f"R{i:05d}",
+        "name": f"张𠮷{i}",
+        "birth_date": date(1980, 1, 1) + timedelta(days=i),
+        "income": Decimal("1234.50") + i,
+        "updated_at": datetime(2026, 11, 2, 8, 0, 0, 123456) + timedelta(seconds=i),
+        "verified": i % 2 == 0,
+        "household_size": i % 5,
+        "remark": None,
+    }
+    values.update(changes)
+    return tuple(values[c] for c in RESIDENT_COLUMNS)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    eng = create_target_engine(db_url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> StateStore:
+    s = StateStore(engine)
+    s.ensure_schema()
+    return s
+
+
+class StatementLog:
+    """Every statement an engine sends, via SQLAlchemy's before_cursor_execute event."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def writes(self) -> list[str]:
+        return [s for s in self.statements if s.split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+
+
+@contextmanager
+def statement_log(engine: sa.Engine) -> Iterator[StatementLog]:
+    log = StatementLog()
+    sa.event.listen(engine, "before_cursor_execute", log)
+    try:
+        yield log
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", log)
+
+
+def table_rows(engine: sa.Engine, table: str, key: str = "id") -> dict[Any, dict[str, Any]]:
+    with engine.connect() as conn:
+        t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+        return {r[key]: dict(r) for r in conn.execute(sa.select(t)).mappings()}
+
+
+def row_state(engine: sa.Engine, dataset: str = "residents") -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT row_key, row_hash FROM syncd_row_state WHERE dataset = :d"), {"d": dataset}
+        )
+        return {str(k): str(h) for k, h in rows.tuples()}
+
+
+def feed(store: StateStore, dataset: str = "residents") -> list[dict[str, Any]]:
+    return store.changes(dataset, limit=100_000)
+
+
+# --------------------------------------------------------------------------- inserts and idempotence
+
+
+def test_insert_batch_writes_rows_and_one_insert_entry_each(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    counts = writer.write(RUN1, [resident(i) for i in range(5)])
+    assert counts == BatchCounts(inserted=5)
+
+    rows = table_rows(engine, "resident")
+    assert set(rows) == {f"R{i:05d}" for i in range(5)}
+    r2 = rows["R00002"]
+    assert r2["name"] == "张𠮷2"
+    assert r2["birth_date"] == date(1980, 1, 3)
+    assert r2["income"] == Decimal("1236.50")
+    assert r2["updated_at"] == datetime(2026, 11, 2, 8, 0, 2, 123456)
+    assert bool(r2["verified"]) is True
+    assert r2["household_size"] == 2
+    assert r2["remark"] is None
+
+    entries = feed(store)
+    assert [e["op"] for e in entries] == ["insert"] * 5
+    e = entries[2]
+    assert e["row_key"] == "R00002"
+    assert e["run_id"] == RUN1
+    assert e["changed_columns"] == list(RESIDENT_COLUMNS)
+    assert e["old_values"] is None
+    assert e["new_values"] == {
+        "id": "R00002",
+        "name": "张𠮷2",
+        "birth_date": "1980-01-03",
+        "income": "1236.50",
+        "updated_at": "2026-11-02T08:00:02.123456",
+        "verified": True,
+        "household_size": 2,
+        "remark": None,
+    }
+    assert before <= e["changed_at"] <= datetime.now(UTC) + timedelta(seconds=1)
+    assert row_state(engine) == {f"R{i:05d}": row_hash(resident(i)) for i in range(5)}
+
+
+def test_same_batch_again_writes_nothing_even_from_a_new_process(store: StateStore, db_url: str) -> None:
+    """The exactly-once property: a batch committed before a crash, re-sent by the next run."""
+    ds = make_dataset()
+    rows = [resident(i) for i in range(20)]
+    assert store.writer(ds, shape_from_dataset(ds)).write(RUN1, rows).inserted == 20
+
+    fresh = create_target_engine(db_url)  # the process restarted after the crash
+    try:
+        writer = StateStore(fresh).writer(ds, shape_from_dataset(ds))
+        with statement_log(fresh) as log:
+            counts = writer.write(RUN2, rows)
+        assert counts == BatchCounts(unchanged=20)
+        assert log.writes() == []
+    finally:
+        fresh.dispose()
+    assert len(feed(store)) == 20
+
+
+def test_numerically_equal_decimal_is_not_a_change(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(1, income=Decimal("1.5"))])
+    with statement_log(engine) as log:
+        counts = writer.write(RUN2, [resident(1, income=Decimal("1.50"))])
+    assert counts == BatchCounts(unchanged=1)
+    assert log.writes() == []
+    assert feed(store)[0]["new_values"]["income"] == "1.50"
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def test_update_of_one_column_gives_exactly_that_column(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(4)])
+    batch = [
+        resident(0),
+        resident(1, name="李四"),
+        resident(2, income=Decimal("99.9"), remark="已核实"),
+        resident(3),
+    ]
+    counts = writer.write(RUN2, batch)
+    assert counts == BatchCounts(updated=2, unchanged=2)
+
+    updates = [e for e in feed(store) if e["op"] == "update"]
+    assert [(e["row_key"], e["changed_columns"]) for e in updates] == [
+        ("R00001", ["name"]),
+        ("R00002", ["income", "remark"]),
+    ]
+    assert updates[0]["old_values"] == {"name": "张𠮷1"}
+    assert updates[0]["new_values"] == {"name": "李四"}
+    assert updates[1]["old_values"] == {"income": "1236.50", "remark": None}
+    assert updates[1]["new_values"] == {"income": "99.90", "remark": "已核实"}
+    assert all(e["run_id"] == RUN2 for e in updates)
+    rows = table_rows(engine, "resident")
+    assert rows["R00001"]["name"] == "李四"
+    assert rows["R00002"]["income"] == Decimal("99.90")
+    assert row_state(engine)["R00001"] == row_hash(resident(1, name="李四"))
+
+
+def test_stale_hash_without_real_difference_only_refreshes_row_state(
+    store: StateStore, engine: sa.Engine
+) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(1)])
+    with engine.begin() as conn:  # as after a change of the hash encoding
+        conn.execute(sa.text("UPDATE syncd_row_state SET row_hash = :h"), {"h": "0" * 32})
+    with statement_log(engine) as log:
+        counts = writer.write(RUN2, [resident(1)])
+    assert counts == BatchCounts(unchanged=1)
+    assert [s.split(" ")[2] for s in log.writes()] == ["syncd_row_state"]
+    assert row_state(engine) == {"R00001": row_hash(resident(1))}
+    assert len(feed(store)) == 1
+
+
+def test_rows_unknown_to_row_state_are_upserted_and_fed_as_inserts(
+    store: StateStore, engine: sa.Engine
+) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    with engine.begin() as conn:  # a row put there by hand, before syncd managed the table
+        conn.execute(sa.text("INSERT INTO resident (id, name) VALUES ('R00001', '旧名字')"))
+    counts = writer.write(RUN1, [resident(1), resident(2)])
+    assert counts == BatchCounts(inserted=2)
+    assert table_rows(engine, "resident")["R00001"]["name"] == "张𠮷1"
+    assert [e["op"] for e in feed(store)] == ["insert", "insert"]
+
+    with engine.begin() as conn:  # known to row_state, but removed from the table by hand
+        conn.execute(sa.text("DELETE FROM resident WHERE id = 'R00002'"))
+    counts = writer.write(RUN2, [resident(2, name="王五")])
+    assert counts == BatchCounts(inserted=1)
+    assert table_rows(engine, "resident")["R00002"]["name"] == "王五"
+    assert feed(store)[-1]["op"] == "insert"
+
+
+# --------------------------------------------------------------------------- deletes
+
+
+def test_hard_delete(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(3)])
+    counts = writer.write(RUN2, [], deletes=[("R00001",), ("R99999",)])
+    assert counts == BatchCounts(deleted=1, unchanged=1)  # an unknown key is ignored
+    assert set(table_rows(engine, "resident")) == {"R00000", "R00002"}
+    assert "R00001" not in row_state(engine)
+    entry = feed(store)[-1]
+    assert (entry["op"], entry["row_key"], entry["new_values"]) == ("delete", "R00001", None)
+    assert entry["changed_columns"] == list(RESIDENT_COLUMNS)
+    assert entry["old_values"]["name"] == "张𠮷1"
+
+    with statement_log(engine) as log:  # the same delete re-sent: nothing to do
+        assert writer.write(RUN3, [], deletes=[("R00001",)]) == BatchCounts(unchanged=1)
+    assert log.writes() == []
+    assert writer.write(RUN3, [resident(1)]) == BatchCounts(inserted=1)  # and it may come back
+
+
+def test_soft_delete_and_undelete(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset(soft=True)
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(3)])
+    assert feed(store)[0]["new_values"]["is_deleted"] is False
+
+    assert writer.write(RUN2, [], deletes=[resident(1)]) == BatchCounts(deleted=1)  # a whole row works too
+    rows = table_rows(engine, "resident")
+    assert bool(rows["R00001"]["is_deleted"]) is True
+    assert bool(rows["R00000"]["is_deleted"]) is False
+    assert row_state(engine)["R00001"] == DELETED_HASH
+    entry = feed(store)[-1]
+    assert (entry["op"], entry["row_key"]) == ("delete", "R00001")
+    assert entry["old_values"]["is_deleted"] is False
+
+    with statement_log(engine) as log:  # deleted again: nothing
+        assert writer.write(RUN3, [], deletes=[("R00001",)]) == BatchCounts(unchanged=1)
+    assert log.writes() == []
+
+    counts = writer.write(RUN3, [resident(1)])  # comes back as it was
+    assert counts == BatchCounts(updated=1)
+    entry = feed(store)[-1]
+    assert (entry["op"], entry["changed_columns"]) == ("update", ["is_deleted"])
+    assert (entry["old_values"], entry["new_values"]) == ({"is_deleted": True}, {"is_deleted": False})
+    assert bool(table_rows(engine, "resident")["R00001"]["is_deleted"]) is False
+    assert row_state(engine)["R00001"] == row_hash(resident(1))
+
+    writer.write(RUN3, [], deletes=[("R00002",)])
+    writer.write(RUN3, [resident(2, name="赵六")])  # comes back changed
+    assert feed(store)[-1]["changed_columns"] == ["name", "is_deleted"]
+
+
+def test_duplicate_keys_within_a_batch_last_wins(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    counts = writer.write(RUN1, [resident(1, name="first"), resident(2), resident(1, name="last")])
+    assert counts == BatchCounts(inserted=2, unchanged=1)
+    assert counts.total == 3
+    assert table_rows(engine, "resident")["R00001"]["name"] == "last"
+    assert [e["row_key"] for e in feed(store)] == ["R00001", "R00002"]
+
+    counts = writer.write(RUN2, [resident(2, name="gone"), resident(3)], deletes=[("R00002",), ("R00002",)])
+    assert counts == BatchCounts(inserted=1, deleted=1, unchanged=2)  # the delete wins over the row
+    assert set(table_rows(engine, "resident")) == {"R00001", "R00003"}
+
+
+def test_composite_keys(store: StateStore, engine: sa.Engine) -> None:
+    columns = {
+        "division_code": {"source": "code", "length": 12},
+        "year": {"source": "year", "type": "int"},
+        "population": {"source": "pop", "type": "int"},
+        "head": {"source": "head", "length": 16},
+    }
+    ds = make_dataset(name="population", table="population", key=("division_code", "year"), columns=columns)
+    writer = store.writer(ds, shape_from_dataset(ds))
+    rows = [("330102001", 2024, 100, "张三"), ("330102001", 2025, 110, "张三"), ("330102002", 2024, 90, "𠮷")]
+    assert writer.write(RUN1, rows) == BatchCounts(inserted=3)
+    assert set(row_state(engine, "population")) == {
+        '["330102001",2024]',
+        '["330102001",2025]',
+        '["330102002",2024]',
+    }
+    counts = writer.write(
+        RUN2, [("330102001", 2025, 111, "张三"), ("330102002", 2024, 90, "𠮷")], deletes=[("330102001", 2024)]
+    )
+    assert counts == BatchCounts(updated=1, deleted=1, unchanged=1)
+    entries = store.changes("population")
+    assert [(e["op"], e["row_key"]) for e in entries[3:]] == [
+        ("update", '["330102001",2025]'),
+        ("delete", '["330102001",2024]'),
+    ]
+    assert entries[3]["new_values"] == {"population": 111}
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT division_code, year FROM population ORDER BY year, division_code")
+        )
+        assert [tuple(r) for r in left] == [("330102002", 2024), ("330102001", 2025)]
+
+
+def test_keys_with_dates_and_decimals(store: StateStore, engine: sa.Engine) -> None:
+    columns = {
+        "station": {"source": "s", "length": 8},
+        "day": {"source": "d", "type": "date"},
+        "grade": {"source": "g", "type": "decimal", "precision": 4, "scale": 1},
+        "value": {"source": "v", "type": "int"},
+    }
+    ds = make_dataset(name="readings", table="readings", key=("station", "day", "grade"), columns=columns)
+    writer = store.writer(ds, shape_from_dataset(ds))
+    day = date(2026, 11, 2)
+    assert writer.write(RUN1, [("S1", day, Decimal("1.5"), 10), ("S1", day, Decimal("2"), 20)]).inserted == 2
+    assert set(row_state(engine, "readings")) == {'["S1","2026-11-02","1.5"]', '["S1","2026-11-02","2.0"]'}
+    counts = writer.write(RUN2, [("S1", day, Decimal("1.50"), 11)], deletes=[("S1", day, Decimal("2.0"))])
+    assert counts == BatchCounts(updated=1, deleted=1)
+    assert [(e["op"], e["changed_columns"]) for e in store.changes("readings")[2:]] == [
+        ("update", ["value"]),
+        ("delete", ["station", "day", "grade", "value"]),
+    ]
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def test_quarantine_upsert_is_idempotent(store: StateStore) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    items = [
+        QuarantineItem(
+            raw={"id": "R1", "birthDate": "2024年13月45日"},
+            reason="birth_date: impossible date",
+            record_key="R1",
+        ),
+        QuarantineItem(
+            raw={"id": "R2", "idCard": "3.30102E+17"},
+            reason="id_card: looks damaged by Excel",
+            record_key="R2",
+        ),
+    ]
+    assert writer.write(RUN1, [], quarantined=items) == BatchCounts(quarantined=2)
+    writer.write(RUN1, [], quarantined=items)  # the same run sees them again (overlapping pages)
+    listed = {q["record_key"]: q for q in store.quarantined("residents")}
+    assert set(listed) == {"R1", "R2"}
+    assert listed["R1"]["times"] == 1
+    assert listed["R1"]["raw"] == {"id": "R1", "birthDate": "2024年13月45日"}
+    assert listed["R1"]["reason"] == "birth_date: impossible date"
+
+    writer.write(RUN2, [], quarantined=[items[0]])  # the next run
+    listed = {q["record_key"]: q for q in store.quarantined("residents")}
+    assert len(listed) == 2
+    assert (listed["R1"]["times"], listed["R1"]["run_id"]) == (2, RUN2)
+    assert listed["R1"]["last_seen"] >= listed["R1"]["first_seen"]
+    assert listed["R2"]["times"] == 1
+
+
+def test_null_and_overlong_keys_are_quarantined_by_the_writer(store: StateStore, engine: sa.Engine) -> None:
+    columns = {"id": {"source": "id", "length": 700}, "name": {"source": "name"}}
+    ds = make_dataset(columns=columns, table="wide_keys")
+    writer = store.writer(ds, shape_from_dataset(ds))
+    counts = writer.write(RUN1, [(None, "a"), ("x" * 600, "b"), ("ok", "c")])
+    assert counts == BatchCounts(inserted=1, quarantined=2)
+    reasons = sorted(q["reason"] for q in store.quarantined("residents"))
+    assert reasons == ["key column id is empty (null)", "the record key is longer than 512 characters"]
+    assert set(table_rows(engine, "wide_keys")) == {"ok"}
+
+
+# --------------------------------------------------------------------------- atomicity and errors
+
+
+def test_a_failing_batch_leaves_no_trace(store: StateStore, engine: sa.Engine) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(3)])
+    rows_before, state_before = table_rows(engine, "resident"), row_state(engine)
+    with engine.begin() as conn:  # the change-log insert, the last write of a batch, will now fail
+        conn.execute(sa.text("DROP TABLE syncd_changes"))
+
+    with pytest.raises(TargetError) as caught:
+        writer.write(
+            RUN2,
+            [resident(0, name="changed"), resident(7)],
+            deletes=[("R00001",)],
+            quarantined=[QuarantineItem(raw={"id": "x"}, reason="bad")],
+        )
+    message = str(caught.value)
+    assert "writing syncd_changes" in message
+    assert describe_url(engine.url) in message
+    assert "rolled back" in message
+    assert table_rows(engine, "resident") == rows_before  # no insert, no update, no delete kept
+    assert row_state(engine) == state_before
+    assert store.quarantined("residents") == []
+
+
+def test_rows_of_the_wrong_width_are_refused(store: StateStore) -> None:
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    with pytest.raises(ValueError, match="a row has 2 values but the mapping has 8 columns"):
+        writer.write(RUN1, [("R1", "x")])
+    with pytest.raises(ValueError, match="expected the 1 key values"):
+        writer.write(RUN1, [], deletes=[("R1", "x")])
+
+
+# --------------------------------------------------------------------------- no per-row round trips
+
+
+def test_statement_count_does_not_grow_with_rows(store: StateStore, engine: sa.Engine) -> None:
+    def run(dataset: str, n: int) -> list[list[str]]:
+        ds = make_dataset(name=dataset, table=f"t_{dataset}")
+        writer = store.writer(ds, shape_from_dataset(ds))
+        rows = [resident(i) for i in range(n)]
+        changed = [resident(i, name="新", remark="r") for i in range(n)]
+        logs = []
+        for batch, deletes in (
+            (rows, []),
+            (rows, []),
+            (changed, []),
+            ([], [(f"R{i:05d}",) for i in range(n)]),
+        ):
+            with statement_log(engine) as log:
+                writer.write(RUN1, batch, deletes=deletes)
+            logs.append(log.statements)
+        return logs
+
+    # 10,000 rows on SQLite (well under a few seconds); 2,500 on the servers keeps the file fast
+    n = 10_000 if engine.dialect.name == "sqlite" else 2_500
+    small, large = run("small", 100), run("large", n)
+    assert [len(s) for s in small] == [len(s) for s in large]
+    assert all(len(s) <= 8 for s in large), large
+    with engine.connect() as conn:
+        logged = conn.execute(sa.text("SELECT COUNT(*) FROM syncd_changes WHERE dataset = 'large'")).scalar()
+    assert logged == 3 * n  # inserts, updates, deletes; the re-sent batch added nothing
+    (first,) = store.changes("large", limit=1, after_id=0)
+    assert first["new_values"]["id"] == "R00000"
