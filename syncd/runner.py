@@ -1,0 +1,426 @@
+"""One run of one dataset: read pages, map records, write batches, advance the watermark.
+
+The runner only wires the stages (DESIGN §3): the source reads, the compiled mapping maps, the
+batch writer detects changes and commits each batch atomically with its change-log and row-state
+rows. What the runner owns is the run's policy:
+
+* authorization is checked before anything is read (DESIGN §4.7);
+* the read window: ``since = watermark - lookback`` and ``until = start - safety_lag``;
+* the watermark advances only after every batch of the run has committed, to the newest update
+  time seen (never past ``until``) — so a crash at any point re-reads from the old watermark and
+  the hash comparison makes the overlap free (§4.1, §4.3);
+* a record that cannot be mapped is quarantined; past the error limit the run fails (§4.6).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from syncd.changes import key_text
+from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
+from syncd.errors import AuthorizationError, GuardError, RecordError, SyncdError
+from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.paths import MISSING, compile_path
+from syncd.sources import Source, Window, build_source
+from syncd.targets import BatchCounts, QuarantineItem, RunCounts, RunInfo, StateStore, default_node
+
+__all__ = ["RunResult", "check_authorization", "run_dataset"]
+
+log = structlog.get_logger("syncd.runner")
+
+WATERMARK_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass
+class RunResult:
+    """What one run did; printed by the CLI and logged as ``sync.finish``."""
+
+    dataset: str
+    run_id: str
+    status: str  # success | failed | refused
+    counts: RunCounts
+    duration: float
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    freshness_lag_s: int | None = None  # seconds between the run's start and the watermark
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    def summary(self) -> str:
+        c = self.counts
+        parts = [
+            f"{self.dataset}: {self.status}",
+            f"fetched={c.fetched} inserted={c.inserted} updated={c.updated} deleted={c.deleted}",
+            f"unchanged={c.unchanged} quarantined={c.quarantined}",
+            f"in {self.duration:.1f}s",
+        ]
+        if c.reported_total is not None:
+            parts.append(f"reported_total={c.reported_total}")
+        if self.watermark_after:
+            parts.append(f"watermark={self.watermark_after}")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return "  ".join(parts)
+
+
+def check_authorization(dataset: DatasetConfig, today: date) -> int:
+    """Raise AuthorizationError when the dataset may not run today; return days left."""
+    auth = dataset.authorization
+    if today < auth.valid_from:
+        raise AuthorizationError(
+            f"dataset {dataset.name}: authorization {auth.approval_code} is valid only from "
+            f"{auth.valid_from.isoformat()}; it does not run before then"
+        )
+    if today > auth.valid_until:
+        raise AuthorizationError(
+            f"dataset {dataset.name}: authorization {auth.approval_code} expired on "
+            f"{auth.valid_until.isoformat()}; it no longer runs. Renew the approval with the data bureau "
+            "(数据局) and update authorization.valid_until"
+        )
+    return (auth.valid_until - today).days
+
+
+@contextmanager
+def _bound(**values: Any) -> Iterator[None]:
+    """Bind run fields into the log context for the run only (never leaking into the next job)."""
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+class _Run:
+    """The mutable state of one run; created and consumed by :func:`run_dataset`."""
+
+    def __init__(
+        self,
+        app: AppConfig,
+        dataset: DatasetConfig,
+        store: StateStore,
+        now: datetime,
+    ) -> None:
+        self.app = app
+        self.ds = dataset
+        self.store = store
+        self.zone = ZoneInfo(app.timezone)
+        self.started_utc = now.astimezone(UTC)
+        self.started_local = now.astimezone(self.zone).replace(tzinfo=None, microsecond=0)
+        self.run_id = uuid.uuid4().hex
+        self.counts = RunCounts(
+            fetched=0,
+            inserted=0,
+            updated=0,
+            deleted=0,
+            unchanged=0,
+            quarantined=0,
+            reported_total=None,
+            requests=0,
+            retries=0,
+            pages=0,
+        )
+        self.batch_size = dataset.batch_size or app.defaults.batch_size
+        self.error_limit: ErrorLimit = dataset.error_limit or app.defaults.error_limit
+        self.max_seen: datetime | None = None
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ window and watermark
+
+    def window(self, watermark: str | None) -> Window:
+        inc = getattr(self.ds.source, "incremental", None)
+        if inc is None:
+            return Window(since=None, until=None)
+        lookback = inc.lookback if inc.lookback is not None else self.app.defaults.lookback
+        lag = inc.safety_lag if inc.safety_lag is not None else self.app.defaults.safety_lag
+        until = self.started_local - lag
+        if watermark:
+            since: datetime | None = datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
+        else:
+            since = inc.initial.replace(tzinfo=None) if inc.initial else None
+        return Window(since=since, until=until)
+
+    def new_watermark(self, window: Window, before: str | None) -> str | None:
+        """Newest update time seen, capped at the window's end; None keeps the old watermark."""
+        if self.max_seen is None or window.until is None:
+            return None
+        newest = min(self.max_seen, window.until)
+        if before and newest <= datetime.strptime(before, WATERMARK_FORMAT):
+            return None
+        return newest.strftime(WATERMARK_FORMAT)
+
+    # ------------------------------------------------------------------ guards
+
+    def check_error_limit(self, final: bool) -> None:
+        q, n = self.counts.quarantined, self.counts.fetched
+        limit = self.error_limit
+        if q > limit.count:
+            raise GuardError(
+                f"{q} records quarantined, over the error limit of {limit.count} "
+                f"(error_limit.count): fix the mapping or the upstream data, then re-run"
+            )
+        # the ratio is judged once enough records were seen to make it meaningful
+        if n and (final or n >= 10 * self.batch_size) and q / n > limit.ratio:
+            raise GuardError(
+                f"{q} of {n} records quarantined ({q / n:.1%}), over the error limit ratio of "
+                f"{limit.ratio:.1%} (error_limit.ratio): fix the mapping or the upstream data, then re-run"
+            )
+
+
+def _delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
+    ld = dataset.target.logical_delete
+    if ld is None:
+        return None
+    getter = compile_path(ld.field)
+    values = frozenset(ld.values)
+
+    def is_deleted(record: dict[str, Any]) -> bool:
+        v = getter(record)
+        if v is MISSING or v is None:
+            return False
+        if isinstance(v, bool):
+            return str(v).lower() in values
+        return str(v).strip() in values
+
+    return is_deleted
+
+
+def _record_key(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
+    """Best-effort key of an unmappable record, for the quarantine entry."""
+    keys = []
+    for idx in mapping.key_indexes:
+        spec = mapping.specs[mapping.columns[idx]]
+        if spec.source is None:
+            return None
+        v = compile_path(spec.source)(record)
+        if v is MISSING or v is None:
+            return None
+        keys.append(v)
+    return key_text(keys)
+
+
+def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window) -> None:
+    writer = run.store.writer(run.ds, mapping)
+    is_deleted = _delete_flag(run.ds)
+    update_time = source.update_time
+    rows: list[tuple[Any, ...]] = []
+    deletes: list[tuple[Any, ...]] = []
+    quarantined: list[QuarantineItem] = []
+
+    def flush() -> None:
+        if not (rows or deletes or quarantined):
+            return
+        counts: BatchCounts = writer.write(run.run_id, rows, deletes, quarantined)
+        run.counts.inserted += counts.inserted
+        run.counts.updated += counts.updated
+        run.counts.deleted += counts.deleted
+        run.counts.unchanged += counts.unchanged
+        run.counts.quarantined += counts.quarantined
+        rows.clear()
+        deletes.clear()
+        quarantined.clear()
+        run.check_error_limit(final=False)
+
+    for page in source.read(window):
+        run.counts.pages += 1
+        if page.reported_total is not None and run.counts.reported_total is None:
+            run.counts.reported_total = page.reported_total
+        for record in page.records:
+            run.counts.fetched += 1
+            ts = update_time(record)
+            if ts is not None and (run.max_seen is None or ts > run.max_seen):
+                run.max_seen = ts
+            try:
+                row = mapping(record)
+            except RecordError as exc:
+                quarantined.append(
+                    QuarantineItem(
+                        raw=mapping.redact_raw(record),
+                        reason=str(exc),
+                        record_key=_record_key(mapping, record),
+                    )
+                )
+                continue
+            if is_deleted is not None and is_deleted(record):
+                deletes.append(mapping.key_of(row))
+            else:
+                rows.append(row)
+        if len(rows) + len(deletes) + len(quarantined) >= run.batch_size:
+            flush()
+    flush()
+    run.check_error_limit(final=True)
+
+
+def run_dataset(
+    app: AppConfig,
+    dataset: DatasetConfig,
+    store: StateStore,
+    *,
+    now: datetime | None = None,
+    trigger: str = "manual",
+    source_factory: Callable[[AppConfig, DatasetConfig], Source] = build_source,
+) -> RunResult:
+    """Run ``dataset`` once. Never raises for a failed run: the result says what happened."""
+    started = time.monotonic()
+    run = _Run(app, dataset, store, now or datetime.now(UTC))
+    with _bound(dataset=dataset.name, run_id=run.run_id):
+        try:
+            before = _start(run, trigger)
+        except AuthorizationError as exc:
+            log.error("sync.refused", reason=str(exc))
+            _record_refusal(run, trigger, str(exc))
+            return RunResult(
+                dataset.name, run.run_id, "refused", run.counts, time.monotonic() - started, error=str(exc)
+            )
+        except SyncdError as exc:
+            log.error("sync.failed", error=str(exc), error_type=type(exc).__name__)
+            return RunResult(
+                dataset.name, run.run_id, "failed", run.counts, time.monotonic() - started, error=str(exc)
+            )
+        status, error, after = _read_and_write(run, before, trigger, source_factory)
+        return _finish(run, started, status, error, before=before, after=after)
+
+
+def _run_info(run: _Run, trigger: str, before: str | None) -> RunInfo:
+    auth = run.ds.authorization
+    return RunInfo(
+        run_id=run.run_id,
+        dataset=run.ds.name,
+        started_at=run.started_utc.replace(tzinfo=None),
+        approval_code=auth.approval_code,
+        purpose=auth.purpose,
+        node=default_node(),
+        trigger=trigger,
+        watermark_before=before,
+    )
+
+
+def _start(run: _Run, trigger: str) -> str | None:
+    """Check the authorization, prepare the state tables and open the run record; return the watermark."""
+    auth = run.ds.authorization
+    days_left = check_authorization(run.ds, run.started_local.date())
+    if days_left <= auth.warn_days:
+        run.warnings.append(
+            f"authorization {auth.approval_code} expires in {days_left} days ({auth.valid_until})"
+        )
+        log.warning("authorization.expiring", approval_code=auth.approval_code, days_left=days_left)
+    run.store.ensure_schema()
+    before = run.store.get_watermark(run.ds.name)
+    run.store.begin_run(_run_info(run, trigger, before))
+    return before
+
+
+def _record_refusal(run: _Run, trigger: str, reason: str) -> None:
+    """Auditors see refused runs too (使用留痕); a database problem here only costs the record."""
+    try:
+        run.store.ensure_schema()
+        run.store.begin_run(_run_info(run, trigger, None))
+        run.store.finish_run(
+            run.run_id, run.ds.name, status="refused", counts=run.counts, error=reason, watermark=None
+        )
+    except SyncdError as exc:
+        log.warning("sync.refusal_not_recorded", error=str(exc))
+
+
+def _read_and_write(
+    run: _Run,
+    before: str | None,
+    trigger: str,
+    source_factory: Callable[[AppConfig, DatasetConfig], Source],
+) -> tuple[str, str | None, str | None]:
+    """Read the window, write every batch; return (status, error, new watermark)."""
+    window = run.window(before)
+    log.info(
+        "sync.start",
+        trigger=trigger,
+        watermark=before,
+        window_since=window.since.isoformat(sep=" ") if window.since else None,
+        window_until=window.until.isoformat(sep=" ") if window.until else None,
+    )
+    source: Source | None = None
+    try:
+        mapping = compile_mapping(run.ds, run.app.code_tables)
+        source = source_factory(run.app, run.ds)
+        _process(run, source, mapping, window)
+        stats = source.stats
+        run.warnings.extend(stats.warnings)
+        if not stats.complete:
+            raise GuardError("the source stopped before the end of the data; the watermark is kept")
+        total = run.counts.reported_total
+        if total is not None and total != run.counts.fetched:
+            run.warnings.append(f"upstream reported {total} records but {run.counts.fetched} were received")
+            log.warning("sync.total_mismatch", reported_total=total, received=run.counts.fetched)
+        return "success", None, run.new_watermark(window, before)
+    except Exception as exc:  # every failure is recorded on the run, then reported (BLE allows re-logging)
+        known = isinstance(exc, SyncdError)
+        error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        log.error("sync.failed", error=error, error_type=type(exc).__name__, exc_info=not known)
+        return "failed", error, None
+    finally:
+        if source is not None:
+            run.counts.requests = source.stats.requests
+            run.counts.retries = source.stats.retries
+            source.close()
+
+
+def _finish(
+    run: _Run, started: float, status: str, error: str | None, *, before: str | None, after: str | None
+) -> RunResult:
+    """Record the run's end (and the new watermark, in the same transaction) and log ``sync.finish``."""
+    ds, auth, counts = run.ds, run.ds.authorization, run.counts
+    duration = time.monotonic() - started
+    try:
+        run.store.finish_run(run.run_id, ds.name, status=status, counts=counts, error=error, watermark=after)
+    except SyncdError as exc:
+        status, error = "failed", f"{error + '; ' if error else ''}could not record the run: {exc}"
+        after = None
+        log.error("sync.failed", error=error)
+    result = RunResult(
+        ds.name,
+        run.run_id,
+        status,
+        counts,
+        duration,
+        watermark_before=before,
+        watermark_after=after or before,
+        error=error,
+        warnings=run.warnings,
+    )
+    lag = None
+    if result.watermark_after:
+        wm = datetime.strptime(result.watermark_after, WATERMARK_FORMAT)
+        lag = round((run.started_local - wm) / timedelta(seconds=1))
+    result.freshness_lag_s = lag
+    log.info(
+        "sync.finish",
+        status=status,
+        duration_s=round(duration, 3),
+        fetched=counts.fetched,
+        inserted=counts.inserted,
+        updated=counts.updated,
+        deleted=counts.deleted,
+        unchanged=counts.unchanged,
+        quarantined=counts.quarantined,
+        reported_total=counts.reported_total,
+        requests=counts.requests,
+        retries=counts.retries,
+        pages=counts.pages,
+        watermark=result.watermark_after,
+        freshness_lag_s=lag,
+        approval_code=auth.approval_code,
+        purpose=auth.purpose,
+        error=error,
+    )
+    return result
