@@ -1,6 +1,6 @@
-"""The ``syncd`` command line.
+"""The ``syncd`` command line. Each subcommand is a module in :mod:`syncd.commands`.
 
-Exit codes (documented in README.md and docs/cli.md; scripts and systemd rely on them):
+Exit codes (documented in README.md; scripts and systemd rely on them):
 
     0  everything asked for succeeded
     1  at least one dataset run failed or was refused (expired authorization)
@@ -11,25 +11,14 @@ Exit codes (documented in README.md and docs/cli.md; scripts and systemd rely on
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from syncd import __version__
+from syncd.commands import discover
+from syncd.commands.common import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
-
-DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
-
-
-def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,79 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=["auto", "json", "console"], help="override logging.format")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    sub.add_parser("check", help="validate the whole configuration; exit 2 on any error")
-
-    s = sub.add_parser("sync", help="run datasets once now and print a summary line each")
-    s.add_argument("datasets", nargs="*", metavar="DATASET", help="dataset names (see `syncd check`)")
-    s.add_argument("--all", action="store_true", help="every enabled dataset")
-
-    d = sub.add_parser("demo", help="run the demo: a simulated gateway on loopback into a local SQLite file")
-    d.add_argument(
-        "--workdir", default="syncd-demo", help="where the demo database goes (default: ./syncd-demo)"
-    )
-    d.add_argument("--records", type=int, default=500, help="number of upstream records (default: 500)")
+    for module in discover():
+        cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(handler=module.run)
     return p
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from syncd.config import load_config
-    from syncd.errors import ConfigError
-
-    path = _config_path(args)
-    try:
-        app = load_config(path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        print(f"configuration invalid: {len(exc.issues)} problem(s) in {path}", file=sys.stderr)
-        return EXIT_CONFIG
-    names = ", ".join(sorted(app.datasets)) or "none"
-    print(f"configuration OK: {path} ({len(app.datasets)} datasets: {names})")
-    return EXIT_OK
-
-
-def cmd_sync(args: argparse.Namespace) -> int:
-    from syncd.config import load_config
-    from syncd.errors import ConfigError
-    from syncd.logs import configure_logging
-    from syncd.runner import run_dataset
-    from syncd.targets import StateStore, create_target_engine
-
-    path = _config_path(args)
-    try:
-        app = load_config(path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(args.log_level or app.logging.level, args.log_format or app.logging.format)
-    if args.all == bool(args.datasets):
-        print("syncd sync: name one or more datasets, or give --all (not both)", file=sys.stderr)
-        return EXIT_CONFIG
-    names = [n for n, d in app.datasets.items() if d.enabled] if args.all else list(args.datasets)
-    unknown = [n for n in names if n not in app.datasets]
-    if unknown:
-        known = ", ".join(sorted(app.datasets)) or "none"
-        print(f"syncd sync: unknown dataset(s) {', '.join(unknown)}; configured: {known}", file=sys.stderr)
-        return EXIT_CONFIG
-    engine = create_target_engine(app.target.url.get_secret_value(), pool_size=app.target.pool_size)
-    store = StateStore(engine, app.target.table_prefix)
-    failed = 0
-    try:
-        for name in names:
-            result = run_dataset(app, app.datasets[name], store)
-            print(result.summary(), flush=True)
-            failed += not result.ok
-    finally:
-        engine.dispose()
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from syncd.demo import run_demo
-
-    return run_demo(Path(args.workdir), records=args.records)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,12 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # warnings raised while the configuration loads (e.g. a credential file readable by others) need a
     # logger before the configuration's own logging settings are known; reconfigured once it has loaded
     configure_logging(args.log_level or "INFO", args.log_format or "auto")
-    handlers = {"check": cmd_check, "sync": cmd_sync, "demo": cmd_demo}
     try:
-        return handlers[args.command](args)
+        code: int = args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

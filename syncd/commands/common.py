@@ -1,0 +1,65 @@
+"""What every command shares: exit codes, the config path, loading with printed errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from syncd.config.model import AppConfig
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from syncd.targets import StateStore
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "config_path",
+    "load_or_report",
+    "open_store",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_or_report(args: argparse.Namespace) -> AppConfig | None:
+    """Load the configuration; on errors print every positioned issue to stderr and return None."""
+    from syncd.config import load_config
+    from syncd.errors import ConfigError
+
+    path = config_path(args)
+    try:
+        app = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"configuration invalid: {len(exc.issues)} problem(s) in {path}", file=sys.stderr)
+        return None
+    from syncd.logs import configure_logging
+
+    configure_logging(args.log_level or app.logging.level, args.log_format or app.logging.format)
+    return app
+
+
+def open_store(app: AppConfig) -> tuple[sa.Engine, StateStore]:
+    """The target engine and the state store on it (the caller disposes of the engine)."""
+    from syncd.targets import StateStore, create_target_engine
+
+    engine = create_target_engine(app.target.url.get_secret_value(), pool_size=app.target.pool_size)
+    return engine, StateStore(engine, app.target.table_prefix)
