@@ -9,7 +9,8 @@
     │   └── PermanentUpstreamError  fails the run at once (bad credentials, not authorized, 4xx)
     ├── RecordError                 one record cannot be mapped or validated: quarantined, run continues
     ├── TargetError                 the target database refused or is unreachable: run fails, nothing lost
-    └── GuardError                  a safety guard stopped the run (error limit, delete ratio)
+    ├── GuardError                  a safety guard stopped the run (error limit, delete ratio)
+    └── StopRequested               the service is stopping: the run ends between batches
 
 Messages never contain secret values; they name the dataset, the field and what to do.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "GuardError",
     "PermanentUpstreamError",
     "RecordError",
+    "StopRequested",
     "SyncdError",
     "TargetError",
     "TransientUpstreamError",
@@ -111,3 +113,7 @@ class TargetError(SyncdError):
 
 class GuardError(SyncdError):
     """A safety guard refused to go on (too many bad records, too many deletes)."""
+
+
+class StopRequested(SyncdError):
+    """The process is shutting down: the run stopped between two batches (nothing half-written)."""

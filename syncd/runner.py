@@ -27,7 +27,7 @@ import structlog
 
 from syncd.changes import key_text
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
-from syncd.errors import AuthorizationError, GuardError, RecordError, SyncdError
+from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.paths import MISSING, compile_path
 from syncd.sources import Source, Window, build_source
@@ -46,7 +46,7 @@ class RunResult:
 
     dataset: str
     run_id: str
-    status: str  # success | failed | refused
+    status: str  # success | failed | refused | interrupted
     counts: RunCounts
     duration: float
     watermark_before: str | None = None
@@ -136,6 +136,14 @@ class _Run:
         self.error_limit: ErrorLimit = dataset.error_limit or app.defaults.error_limit
         self.max_seen: datetime | None = None
         self.warnings: list[str] = []
+        self.should_stop: Callable[[], bool] = lambda: False
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise StopRequested(
+                "the service is stopping; committed batches are kept and the next run resumes "
+                "from the unchanged watermark"
+            )
 
     # ------------------------------------------------------------------ window and watermark
 
@@ -222,6 +230,7 @@ def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window
     def flush() -> None:
         if not (rows or deletes or quarantined):
             return
+        run.check_stop()  # a batch is committed whole or not started
         counts: BatchCounts = writer.write(run.run_id, rows, deletes, quarantined)
         run.counts.inserted += counts.inserted
         run.counts.updated += counts.updated
@@ -234,6 +243,7 @@ def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window
         run.check_error_limit(final=False)
 
     for page in source.read(window):
+        run.check_stop()
         run.counts.pages += 1
         if page.reported_total is not None and run.counts.reported_total is None:
             run.counts.reported_total = page.reported_total
@@ -271,10 +281,17 @@ def run_dataset(
     now: datetime | None = None,
     trigger: str = "manual",
     source_factory: Callable[[AppConfig, DatasetConfig], Source] = build_source,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Run ``dataset`` once. Never raises for a failed run: the result says what happened."""
+    """Run ``dataset`` once. Never raises for a failed run: the result says what happened.
+
+    ``should_stop`` is polled between pages and before each batch is written; when it returns
+    True the run ends with status ``interrupted`` (the daemon's SIGTERM), keeping what committed.
+    """
     started = time.monotonic()
     run = _Run(app, dataset, store, now or datetime.now(UTC))
+    if should_stop is not None:
+        run.should_stop = should_stop
     with _bound(dataset=dataset.name, run_id=run.run_id):
         try:
             before = _start(run, trigger)
@@ -363,6 +380,9 @@ def _read_and_write(
             run.warnings.append(f"upstream reported {total} records but {run.counts.fetched} were received")
             log.warning("sync.total_mismatch", reported_total=total, received=run.counts.fetched)
         return "success", None, run.new_watermark(window, before)
+    except StopRequested as exc:
+        log.warning("sync.interrupted", reason=str(exc))
+        return "interrupted", str(exc), None
     except Exception as exc:  # every failure is recorded on the run, then reported (BLE allows re-logging)
         known = isinstance(exc, SyncdError)
         error = str(exc) if known else f"{type(exc).__name__}: {exc}"

@@ -245,3 +245,27 @@ def test_secret_never_in_logs(
     out = capsys.readouterr()
     assert "sync.finish" in out.err
     assert SECRET not in out.err + out.out
+
+
+def test_stop_request_ends_the_run_between_batches(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    s = Syncer(
+        write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, page_size=100, batch_size=100)
+    )
+    polls = 0
+
+    def stop_after_three_pages() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 5  # page 1, batch 1, page 2, batch 2, page 3 -> stop before batch 3
+
+    try:
+        stopped = s.run(should_stop=stop_after_three_pages)
+        assert stopped.status == "interrupted"
+        assert stopped.watermark_after is None  # the watermark did not move
+        assert len(target_rows(sqlite_url)) == 200  # two whole batches committed, the third not started
+        resumed = s.run()
+        assert resumed.ok
+        assert_target_equals_upstream(sqlite_url, gateway)
+        assert_no_duplicate_changes(sqlite_url)
+    finally:
+        s.close()
