@@ -255,13 +255,9 @@ def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window
             try:
                 row = mapping(record)
             except RecordError as exc:
-                quarantined.append(
-                    QuarantineItem(
-                        raw=mapping.redact_raw(record),
-                        reason=str(exc),
-                        record_key=_record_key(mapping, record),
-                    )
-                )
+                redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
+                key = _record_key(mapping, redacted)
+                quarantined.append(QuarantineItem(raw=redacted, reason=str(exc), record_key=key))
                 continue
             if is_deleted is not None and is_deleted(record):
                 deletes.append(mapping.key_of(row))
