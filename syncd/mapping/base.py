@@ -6,6 +6,8 @@
   a plain ``value -> value`` function, optionally with a statement template that the compiler
   pastes into the generated record function to save a call on the hot path.
 * :class:`StepContext` — what a step factory may know about the column it is built for.
+* the transform registry (:data:`TRANSFORMS`, :func:`register_transform`), filled by
+  :mod:`.transforms` and :mod:`.masking`.
 * value helpers used by several stages: :func:`text_of` (numbers as text without ``.0``
   artefacts), :func:`describe` (a value for an error message, truncated) and
   :func:`check_options` (reject options a transform or validator does not use).
@@ -22,23 +24,34 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from syncd.config.model import ColumnConfig
+from syncd.config.model import ColumnConfig, TransformConfig
 from syncd.errors import RecordError
 
 __all__ = [
     "DESCRIBE_LIMIT",
+    "GENERATORS",
+    "SENSITIVE",
+    "STRIP_CHARS",
+    "TRANSFORMS",
+    "TRANSFORM_OPTIONS",
     "MappingSpecError",
     "SpecPath",
     "Step",
     "StepContext",
     "StrResult",
+    "TransformFactory",
     "check_options",
     "describe",
     "float_text",
+    "register_transform",
     "render_path",
     "suggest",
     "text_of",
 ]
+
+# Every character str.isspace() strips, plus the zero-width characters and BOM that Excel
+# and Windows tools leave around values (U+3000 ideographic space is among the former).
+STRIP_CHARS = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace()) + "\u200b\u200c\u200d\u2060\ufeff"
 
 SpecPath = tuple[str | int, ...]
 StrResult = Literal["str", "str|None", "any"]
@@ -103,6 +116,35 @@ class Step:
     ``None``, or anything."""
     none_safe: bool = False
     """True when the step maps ``None`` to ``None`` and never raises for it."""
+    on_stripped: str | None = None
+    """Like ``on_str``, for a ``str`` known to carry no surrounding blanks (after ``strip``)."""
+    stripped_out: Literal["yes", "keep", "no"] = "no"
+    """Whether a ``str`` result has no surrounding blanks: always, when the input had none, or
+    not known."""
+
+
+TransformFactory = Callable[[TransformConfig, StepContext], Step]
+
+TRANSFORMS: dict[str, TransformFactory] = {}
+"""The transform registry: ``type:`` name -> factory (filled by the modules defining them)."""
+TRANSFORM_OPTIONS: dict[str, frozenset[str]] = {}
+"""``type:`` name -> the options that transform accepts (everything else is rejected)."""
+
+GENERATORS = frozenset({"constant", "concat"})
+"""Transforms that produce the value instead of reading ``source:``."""
+SENSITIVE = frozenset({"mask", "hash"})
+"""Transforms that protect personal data (validation happens before them)."""
+
+
+def register_transform(name: str, *options: str) -> Callable[[TransformFactory], TransformFactory]:
+    """Decorator: register a transform factory under ``name`` with the options it takes."""
+
+    def add(factory: TransformFactory) -> TransformFactory:
+        TRANSFORMS[name] = factory
+        TRANSFORM_OPTIONS[name] = frozenset(options)
+        return factory
+
+    return add
 
 
 def float_text(value: float) -> str:

@@ -28,8 +28,7 @@ from typing import Any
 
 from syncd.config.model import ColumnConfig
 from syncd.errors import RecordError
-from syncd.mapping.base import MappingSpecError, Step, text_of
-from syncd.mapping.transforms import STRIP_CHARS
+from syncd.mapping.base import STRIP_CHARS, MappingSpecError, Step, text_of
 
 __all__ = ["INT_MAX", "INT_MIN", "build_cast", "required_step"]
 
@@ -49,7 +48,7 @@ def required_step(reason: str) -> Step:
             raise RecordError(reason)
         return v
 
-    return Step(required, "if {v} is None: {f}({v})", on_str="", str_result="str")
+    return Step(required, "if {v} is None: {f}({v})", on_str="", str_result="str", stripped_out="keep")
 
 
 def build_cast(config: ColumnConfig, describe: Describe) -> Step:
@@ -95,6 +94,7 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
             on_str="",
             str_result="str",
             none_safe=True,
+            stripped_out="keep",
         )
     return Step(
         to_string,
@@ -105,6 +105,7 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
         on_str="if len({v}) > {length}: {f}({v})",
         str_result="str",
         none_safe=True,
+        stripped_out="keep",
     )
 
 

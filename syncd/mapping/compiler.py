@@ -7,10 +7,12 @@ or hashed the validators run on the value just *before* the first ``mask``/``has
 that an ID number is checksummed while it is still readable and stored masked; the error
 messages of such a column never show the clear value.
 
-All columns are then generated as Python statements of ONE function (``exec`` of source that
-syncd writes itself: config values are bound as globals, never pasted into the text), so a
-record costs one call plus the real work. The happy path has no per-column ``try``: a single
-handler names the failing column from a counter.
+All columns then become Python statements of ONE generated function (:mod:`.codegen`), so
+a record costs one call plus the real work, and a failing record raises a
+:class:`~syncd.errors.RecordError` naming its column.
+
+Key columns are never NULL (a record without its key cannot be upserted): they get the same
+check as ``nullable: false``, with the reason "required value missing (key column)".
 """
 
 from __future__ import annotations
@@ -22,20 +24,27 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import structlog
-
 from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
 from syncd.errors import RecordError
-from syncd.mapping.base import MappingSpecError, SpecPath, Step, StepContext, describe, text_of
+from syncd.mapping.base import (
+    GENERATORS,
+    SENSITIVE,
+    STRIP_CHARS,
+    MappingSpecError,
+    SpecPath,
+    Step,
+    StepContext,
+    describe,
+    text_of,
+)
 from syncd.mapping.casts import build_cast, required_step
+from syncd.mapping.codegen import ColumnPlan, generate
 from syncd.mapping.masking import mask_function
-from syncd.mapping.transforms import GENERATORS, SENSITIVE, STRIP_CHARS, build_transform
+from syncd.mapping.transforms import build_transform
 from syncd.mapping.validators import build_validator
-from syncd.paths import MISSING, compile_path
+from syncd.paths import MISSING
 
 __all__ = ["CompiledMapping", "compile_mapping"]
-
-log = structlog.get_logger(__name__)
 
 Row = tuple[Any, ...]
 HIDDEN = "(a hidden value)"
@@ -99,7 +108,7 @@ def compile_mapping(
         _plan_column(name, cfg, is_key=name in keys, code_tables=tables)
         for name, cfg in dataset.columns.items()
     ]
-    source, fn = _generate(dataset.name, plans, inline=inline)
+    source, fn = generate(dataset.name, plans, inline=inline)
     columns = tuple(dataset.columns)
     key_indexes = tuple(columns.index(k) for k in dataset.target.key)
     paths = frozenset(p for plan in plans for p in plan.reads)
@@ -118,19 +127,9 @@ def compile_mapping(
     )
 
 
-@dataclass(frozen=True)
-class _Plan:
-    name: str
-    source: str | None  # None: the first step is a generator
-    steps: tuple[Step, ...]
-    reads: tuple[str, ...]
-    redactor: Callable[[Any], Any] | None
-    sensitive: bool
-
-
 def _plan_column(
     name: str, cfg: ColumnConfig, *, is_key: bool, code_tables: Mapping[str, Mapping[str, str]]
-) -> _Plan:
+) -> ColumnPlan:
     base: SpecPath = ("columns", name)
     transforms = cfg.transforms
     for i, t in enumerate(transforms):
@@ -186,7 +185,7 @@ def _plan_column(
     steps = tuple(step for _, step in body)
     reads = (cfg.source,) if cfg.source is not None else tuple(generator.fields or ()) if generator else ()
     redactor = _redactor(built[sensitive_at][1]) if sensitive_at is not None else None
-    return _Plan(
+    return ColumnPlan(
         name=name,
         source=cfg.source,
         steps=steps,
@@ -256,162 +255,6 @@ def _redactor(step: Step) -> Callable[[Any], Any]:
             return "[redacted]"
 
     return redact
-
-
-# --------------------------------------------------------------------------- code generation
-
-
-def _generate(
-    dataset: str, plans: list[_Plan], *, inline: bool
-) -> tuple[str, Callable[[Mapping[str, Any]], Row]]:
-    """Write the record function's source, bind every value it uses, ``exec`` it.
-
-    The failing column is found from the line number of the statement that raised (a table
-    from line to column), so the happy path carries no bookkeeping at all.
-    """
-    ns: dict[str, Any] = {"_RecordError": RecordError, "_MISSING": MISSING}
-    lines = ["def _map(record):", "    try:", "        get = record.get"]
-    line_columns: dict[int, int] = {}
-    for index, plan in enumerate(plans):
-        first_line = len(lines) + 1
-        steps = plan.steps
-        if plan.source is None and steps[0].reads_record:  # concat
-            ns[f"_c{index}_gen"] = steps[0].fn
-            lines.append(f"        v = _c{index}_gen(record)")
-            steps = steps[1:]
-        elif plan.source is None:  # constant: its own step sets v
-            lines.append("        v = None")
-        elif "." not in plan.source and not plan.source.lstrip("-").isdigit():
-            ns[f"_c{index}_key"] = plan.source
-            lines.append(f"        v = get(_c{index}_key)")
-        else:
-            lines.extend(_path_lines(plan.source, f"_c{index}_", ns))
-        body = _step_lines(
-            steps,
-            f"_c{index}_",
-            ns,
-            inline=inline,
-            branch=plan.source is not None or bool(plan.steps and plan.steps[0].reads_record),
-        )
-        lines.extend("        " + line for line in body)
-        lines.append(f"        r{index} = v")
-        line_columns.update(dict.fromkeys(range(first_line, len(lines) + 1), index))
-    lines.append(f"        return ({''.join(f'r{i}, ' for i in range(len(plans)))})")
-    lines.append("    except _RecordError as exc:")
-    lines.append("        raise _relabel(exc, record) from None")
-    lines.append("    except Exception as exc:")
-    lines.append("        raise _relabel(exc, record) from exc")
-    source = "\n".join(lines) + "\n"
-    filename = f"<syncd mapping of dataset {dataset}>"
-    ns["_relabel"] = _relabeller(plans, line_columns)
-    compiled = compile(source, filename, "exec")
-    exec(compiled, ns)  # noqa: S102 - the source is syncd's own templates; config values are bound, not pasted
-    fn: Callable[[Mapping[str, Any]], Row] = ns["_map"]
-    return source, fn
-
-
-def _step_lines(
-    steps: tuple[Step, ...], prefix: str, ns: dict[str, Any], *, inline: bool, branch: bool
-) -> list[str]:
-    """The statements of a column's steps, operating on ``v``.
-
-    With ``branch``, two versions are written: one for a ``str`` (the common case: each step's
-    ``on_str`` form, with no type checks while ``v`` is known to be a ``str``, and one
-    ``if v is not None:`` after a step that may yield None) and the general one for the rest.
-    """
-    bound: list[tuple[Step, str, dict[str, str]]] = []
-    for j, step in enumerate(steps):
-        names = {key: f"{prefix}{j}_{key}" for key in step.env}
-        for key, value in step.env.items():
-            ns[names[key]] = value
-        ns[f"{prefix}{j}_f"] = step.fn
-        bound.append((step, f"{prefix}{j}_f", names))
-    if not inline:
-        return [line for _, f, names in bound for line in _render("{v} = {f}({v})", f, names)]
-    general = [
-        line for step, f, names in bound for line in _render(step.inline or "{v} = {f}({v})", f, names)
-    ]
-    if not branch or not steps:
-        return general
-    for_str: list[str] = []
-    indent, state = "", "str"
-    for i, (step, f, names) in enumerate(bound):
-        if state != "str":
-            for_str.extend(indent + line for line in _render(step.inline or "{v} = {f}({v})", f, names))
-            continue
-        on_str = step.on_str if step.on_str is not None else "{v} = {f}({v})"
-        for_str.extend(indent + line for line in _render(on_str, f, names))
-        state = step.str_result
-        rest = steps[i + 1 :]
-        if state == "str|None" and all(s.none_safe for s in rest):
-            for_str.append(indent + "if v is not None:")
-            indent += "    "
-            state = "str"
-    while for_str and for_str[-1].strip() == "if v is not None:":  # nothing left to guard
-        for_str.pop()
-    return [
-        "if v.__class__ is str:",
-        *("    " + line for line in for_str or ["pass"]),
-        "else:",
-        *("    " + line for line in general or ["pass"]),
-    ]
-
-
-def _render(template: str, f: str, names: dict[str, str]) -> list[str]:
-    code = template.format(v="v", f=f, **names)
-    return code.split("\n") if code else []
-
-
-def _path_lines(path: str, prefix: str, ns: dict[str, Any]) -> list[str]:
-    """Statements reading a dotted path into ``v``: dict look-ups inline while the containers
-    are dicts, :func:`compile_path`'s getter (missing -> None) for anything else."""
-    getter = compile_path(path)
-
-    def slow(record: Any) -> Any:
-        value = getter(record)
-        return None if value is MISSING else value
-
-    ns[prefix + "path"] = slow
-    parts = path.split(".")
-    if any(p.lstrip("-").isdigit() for p in parts):  # list indexes: leave them to the getter
-        return [f"        v = {prefix}path(record)"]
-    for depth, part in enumerate(parts):
-        ns[f"{prefix}p{depth}"] = part
-
-    def descend(depth: int, indent: str) -> list[str]:
-        if depth == len(parts):
-            return []
-        return [
-            f"{indent}if v.__class__ is dict:",
-            f"{indent}    v = v.get({prefix}p{depth})",
-            *descend(depth + 1, indent + "    "),
-            f"{indent}else:",
-            f"{indent}    v = {prefix}path(record)",
-        ]
-
-    return [f"        v = record.get({prefix}p0)", *descend(1, "        ")]
-
-
-def _relabeller(plans: list[_Plan], line_columns: dict[int, int]) -> Callable[[Exception, Any], RecordError]:
-    names = [p.name for p in plans]
-    sensitive = [p.sensitive for p in plans]
-
-    def relabel(exc: Exception, record: Any) -> RecordError:
-        # the first traceback entry is the generated function, at the statement that raised
-        tb = exc.__traceback__
-        index = line_columns.get(tb.tb_lineno) if tb is not None else None
-        if isinstance(exc, RecordError):
-            column = exc.column or (names[index] if index is not None else None)
-            return RecordError(exc.reason, column=column)
-        if not isinstance(record, Mapping):
-            return RecordError(f"the record is not a JSON object (got {type(record).__name__})")
-        if index is None:  # cannot happen: every statement after `get` belongs to a column
-            return RecordError(f"could not map the record ({type(exc).__name__})")
-        log.warning("mapping.unexpected_error", column=names[index], error=type(exc).__name__)
-        detail = "" if sensitive[index] else f": {str(exc)[:200]}"
-        return RecordError(f"could not map the value ({type(exc).__name__}{detail})", column=names[index])
-
-    return relabel
 
 
 # --------------------------------------------------------------------------- keys and redaction

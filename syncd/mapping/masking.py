@@ -15,12 +15,23 @@ kind           keeps                                  example
 
 A value no longer than the characters a mask would keep is masked completely (a short value
 must not leak whole); the one exception is a one-character name, which is only a surname.
+
+``hash`` replaces a value with the hex digest of ``salt + value`` (UTF-8), sha256 by default
+or SM3 (国密) where OpenSSL provides it: equal inputs stay joinable, but the value cannot be
+recovered by hashing every possible ID number without the salt. The salt is a ``SecretStr``
+and appears in no message, log line or generated source.
+
+Both transforms (``mask``, ``hash``) are registered here.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
+
+from syncd.config.model import TransformConfig
+from syncd.mapping.base import MappingSpecError, Step, StepContext, register_transform, text_of
 
 __all__ = ["MASK_KINDS", "hasher", "mask_function", "mask_text", "sm3_available"]
 
@@ -87,3 +98,72 @@ def hasher(algorithm: str, salt: bytes) -> Callable[[str], str]:
         return h.hexdigest()
 
     return digest
+
+
+# --------------------------------------------------------------------------- the transforms
+
+
+@register_transform("mask", "kind", "keep_first", "keep_last")
+def _mask(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.kind is None:
+        raise MappingSpecError((), "mask needs a `kind`: id_number, phone, name or keep")
+    if cfg.kind != "keep":
+        for opt in ("keep_first", "keep_last"):
+            if opt in cfg.model_fields_set:
+                raise MappingSpecError((opt,), f"{opt} applies to kind: keep only (kind {cfg.kind} is fixed)")
+    for opt in ("keep_first", "keep_last"):
+        n = getattr(cfg, opt)
+        if n is not None and n < 0:
+            raise MappingSpecError((opt,), f"{opt} must be 0 or more")
+    mask = mask_function(cfg.kind, cfg.keep_first or 0, cfg.keep_last or 0)
+
+    def masked(v: Any) -> Any:
+        if v is None:
+            return None
+        return mask(v if v.__class__ is str else text_of(v))
+
+    return Step(
+        masked,
+        "if {v}.__class__ is str: {v} = {mask}({v})\nelif {v} is not None: {v} = {f}({v})",
+        {"mask": mask},
+        on_str="{v} = {mask}({v})",
+        str_result="str",
+        none_safe=True,
+        stripped_out="keep",
+    )
+
+
+@register_transform("hash", "salt", "algorithm")
+def _hash(cfg: TransformConfig, ctx: StepContext) -> Step:
+    if cfg.salt is None:
+        raise MappingSpecError(
+            (),
+            "hash needs a `salt` (write it as ${credential:NAME} or ${ENV}): an unsalted hash of "
+            "an ID number or phone number is reversed by trying every possible number",
+        )
+    salt = cfg.salt.get_secret_value()
+    if not salt:
+        raise MappingSpecError(("salt",), "the hash salt is empty")
+    algorithm = cfg.algorithm or "sha256"
+    if algorithm == "sm3" and not sm3_available():
+        raise MappingSpecError(
+            ("algorithm",),
+            "sm3 is not available from this machine's OpenSSL (hashlib.new('sm3') fails): "
+            "use algorithm: sha256, or install an OpenSSL build with SM3",
+        )
+    digest = hasher(algorithm, salt.encode("utf-8"))
+
+    def hashed(v: Any) -> Any:
+        if v is None:
+            return None
+        return digest(v if v.__class__ is str else text_of(v))
+
+    return Step(
+        hashed,
+        "if {v}.__class__ is str: {v} = {digest}({v})\nelif {v} is not None: {v} = {f}({v})",
+        {"digest": digest},
+        on_str="{v} = {digest}({v})",
+        str_result="str",
+        none_safe=True,
+        stripped_out="yes",
+    )

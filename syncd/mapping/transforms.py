@@ -1,4 +1,4 @@
-"""The transform registry: each ``type:`` of a column's ``transforms:`` list is a factory here.
+"""The transforms: each ``type:`` of a column's ``transforms:`` list is a factory in the registry.
 
 A factory receives its :class:`~syncd.config.model.TransformConfig` and the column's
 :class:`~syncd.mapping.base.StepContext`, validates the options (raising
@@ -10,26 +10,41 @@ Every function passes ``None`` through (except ``default`` and the generators) a
 numbers as well as strings (numbers are read as text without ``.0`` artefacts).
 
 Generators (``constant``, ``concat``) produce the value instead of reading ``source:``; they
-must be the first transform of a column without ``source:``.
+must be the first transform of a column without ``source:``. ``mask`` and ``hash`` live in
+:mod:`syncd.mapping.masking`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
 from syncd.config.model import TransformConfig
 from syncd.errors import RecordError
-from syncd.mapping.base import MappingSpecError, Step, StepContext, check_options, suggest, text_of
+from syncd.mapping import masking  # noqa: F401 - importing it registers mask and hash
+from syncd.mapping.base import (
+    GENERATORS,
+    SENSITIVE,
+    STRIP_CHARS,
+    TRANSFORM_OPTIONS,
+    TRANSFORMS,
+    MappingSpecError,
+    Step,
+    StepContext,
+    TransformFactory,
+    check_options,
+    register_transform,
+    suggest,
+    text_of,
+)
 from syncd.mapping.dates import (
     DEFAULT_DATE_FORMATS,
     DEFAULT_DATETIME_FORMATS,
     build_parser,
     check_format,
 )
-from syncd.mapping.masking import hasher, mask_function, sm3_available
 from syncd.paths import MISSING, compile_path
 
 __all__ = [
@@ -44,37 +59,12 @@ __all__ = [
     "build_transform",
 ]
 
-TransformFactory = Callable[[TransformConfig, StepContext], Step]
-
-TRANSFORMS: dict[str, TransformFactory] = {}
-"""type name -> factory."""
-TRANSFORM_OPTIONS: dict[str, frozenset[str]] = {}
-"""type name -> the options that transform accepts (everything else is rejected)."""
-
-GENERATORS = frozenset({"constant", "concat"})
-SENSITIVE = frozenset({"mask", "hash"})
-
 PARSE_CACHE_SIZE = 65_536
 """Entries kept per date/datetime transform (cleared when full: memory stays bounded)."""
 
 DEFAULT_NULL_VALUES: tuple[str, ...] = ("无", "/", "-", "--", "null", "NULL", "None", "N/A", "")
 
-# Every character str.isspace() strips, plus the zero-width characters and BOM that Excel
-# and Windows tools leave around values (U+3000 ideographic space is among the former).
-STRIP_CHARS = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace()) + (
-    "\u200b\u200c\u200d\u2060\ufeff"
-)
-
 _HALFWIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
-
-
-def _register(name: str, *options: str) -> Callable[[TransformFactory], TransformFactory]:
-    def add(factory: TransformFactory) -> TransformFactory:
-        TRANSFORMS[name] = factory
-        TRANSFORM_OPTIONS[name] = frozenset(options)
-        return factory
-
-    return add
 
 
 def build_transform(cfg: TransformConfig, ctx: StepContext) -> Step:
@@ -98,7 +88,7 @@ def _single_value(value: Any, what: str) -> None:
 # --------------------------------------------------------------------------- text clean-up
 
 
-@_register("strip")
+@register_transform("strip")
 def _strip(cfg: TransformConfig, ctx: StepContext) -> Step:
     chars = STRIP_CHARS
 
@@ -112,10 +102,12 @@ def _strip(cfg: TransformConfig, ctx: StepContext) -> Step:
         on_str="{v} = {v}.strip({chars})",
         str_result="str",
         none_safe=True,
+        on_stripped="",
+        stripped_out="yes",
     )
 
 
-@_register("halfwidth")
+@register_transform("halfwidth")
 def _halfwidth(cfg: TransformConfig, ctx: StepContext) -> Step:
     table = _HALFWIDTH
 
@@ -129,10 +121,11 @@ def _halfwidth(cfg: TransformConfig, ctx: StepContext) -> Step:
         on_str="if not {v}.isascii(): {v} = {v}.translate({table})",
         str_result="str",
         none_safe=True,
+        stripped_out="keep",  # U+3000 becomes a space only inside the text
     )
 
 
-@_register("upper")
+@register_transform("upper")
 def _upper(cfg: TransformConfig, ctx: StepContext) -> Step:
     def upper(v: Any) -> Any:
         return v.upper() if v.__class__ is str else v
@@ -143,10 +136,11 @@ def _upper(cfg: TransformConfig, ctx: StepContext) -> Step:
         on_str="{v} = {v}.upper()",
         str_result="str",
         none_safe=True,
+        stripped_out="keep",
     )
 
 
-@_register("lower")
+@register_transform("lower")
 def _lower(cfg: TransformConfig, ctx: StepContext) -> Step:
     def lower(v: Any) -> Any:
         return v.lower() if v.__class__ is str else v
@@ -157,10 +151,11 @@ def _lower(cfg: TransformConfig, ctx: StepContext) -> Step:
         on_str="{v} = {v}.lower()",
         str_result="str",
         none_safe=True,
+        stripped_out="keep",
     )
 
 
-@_register("null_if", "values")
+@register_transform("null_if", "values")
 def _null_if(cfg: TransformConfig, ctx: StepContext) -> Step:
     if cfg.values is not None and not cfg.values:
         raise MappingSpecError(("values",), "null_if lists no values: omit `values` for the default list")
@@ -186,13 +181,15 @@ def _null_if(cfg: TransformConfig, ctx: StepContext) -> Step:
         on_str="if {v}.strip({chars}) in {values}: {v} = None",
         str_result="str|None",
         none_safe=True,
+        on_stripped="if {v} in {values}: {v} = None",
+        stripped_out="keep",
     )
 
 
 # --------------------------------------------------------------------------- values
 
 
-@_register("default", "value")
+@register_transform("default", "value")
 def _default(cfg: TransformConfig, ctx: StepContext) -> Step:
     if "value" not in cfg.model_fields_set or cfg.value is None:
         raise MappingSpecError((), "default needs a `value` to use when the field is empty")
@@ -202,10 +199,17 @@ def _default(cfg: TransformConfig, ctx: StepContext) -> Step:
     def default(v: Any) -> Any:
         return value if v is None else v
 
-    return Step(default, "if {v} is None: {v} = {value}", {"value": value})
+    return Step(
+        default,
+        "if {v} is None: {v} = {value}",
+        {"value": value},
+        on_str="",
+        str_result="str",
+        stripped_out="keep",
+    )
 
 
-@_register("constant", "value")
+@register_transform("constant", "value")
 def _constant(cfg: TransformConfig, ctx: StepContext) -> Step:
     if "value" not in cfg.model_fields_set:
         raise MappingSpecError((), "constant needs a `value` (write value: null for an always-empty column)")
@@ -267,17 +271,17 @@ def _date_step(cfg: TransformConfig, ctx: StepContext, want: type[date]) -> Step
     )
 
 
-@_register("date", "formats")
+@register_transform("date", "formats")
 def _date(cfg: TransformConfig, ctx: StepContext) -> Step:
     return _date_step(cfg, ctx, date)
 
 
-@_register("datetime", "formats")
+@register_transform("datetime", "formats")
 def _datetime(cfg: TransformConfig, ctx: StepContext) -> Step:
     return _date_step(cfg, ctx, datetime)
 
 
-@_register("code_table", "table", "unknown")
+@register_transform("code_table", "table", "unknown")
 def _code_table(cfg: TransformConfig, ctx: StepContext) -> Step:
     table = cfg.table
     if table is None:
@@ -331,7 +335,7 @@ def _code_table(cfg: TransformConfig, ctx: StepContext) -> Step:
     )
 
 
-@_register("regex_extract", "pattern", "group")
+@register_transform("regex_extract", "pattern", "group")
 def _regex_extract(cfg: TransformConfig, ctx: StepContext) -> Step:
     if cfg.pattern is None:
         raise MappingSpecError((), "regex_extract needs a `pattern`")
@@ -361,7 +365,7 @@ def _regex_extract(cfg: TransformConfig, ctx: StepContext) -> Step:
     return Step(regex_extract, str_result="str|None", none_safe=True)
 
 
-@_register("concat", "fields", "separator")
+@register_transform("concat", "fields", "separator")
 def _concat(cfg: TransformConfig, ctx: StepContext) -> Step:
     if not cfg.fields:
         raise MappingSpecError(("fields",), "concat needs `fields`: the dotted source paths to join")
@@ -380,70 +384,3 @@ def _concat(cfg: TransformConfig, ctx: StepContext) -> Step:
         return sep.join(parts) if parts else None
 
     return Step(concat, reads_record=True)
-
-
-# --------------------------------------------------------------------------- protection
-
-
-@_register("mask", "kind", "keep_first", "keep_last")
-def _mask(cfg: TransformConfig, ctx: StepContext) -> Step:
-    if cfg.kind is None:
-        raise MappingSpecError((), "mask needs a `kind`: id_number, phone, name or keep")
-    if cfg.kind != "keep":
-        for opt in ("keep_first", "keep_last"):
-            if opt in cfg.model_fields_set:
-                raise MappingSpecError((opt,), f"{opt} applies to kind: keep only (kind {cfg.kind} is fixed)")
-    for opt in ("keep_first", "keep_last"):
-        n = getattr(cfg, opt)
-        if n is not None and n < 0:
-            raise MappingSpecError((opt,), f"{opt} must be 0 or more")
-    mask = mask_function(cfg.kind, cfg.keep_first or 0, cfg.keep_last or 0)
-
-    def masked(v: Any) -> Any:
-        if v is None:
-            return None
-        return mask(v if v.__class__ is str else text_of(v))
-
-    return Step(
-        masked,
-        "if {v}.__class__ is str: {v} = {mask}({v})\nelif {v} is not None: {v} = {f}({v})",
-        {"mask": mask},
-        on_str="{v} = {mask}({v})",
-        str_result="str",
-        none_safe=True,
-    )
-
-
-@_register("hash", "salt", "algorithm")
-def _hash(cfg: TransformConfig, ctx: StepContext) -> Step:
-    if cfg.salt is None:
-        raise MappingSpecError(
-            (),
-            "hash needs a `salt` (write it as ${credential:NAME} or ${ENV}): an unsalted hash of "
-            "an ID number or phone number is reversed by trying every possible number",
-        )
-    salt = cfg.salt.get_secret_value()
-    if not salt:
-        raise MappingSpecError(("salt",), "the hash salt is empty")
-    algorithm = cfg.algorithm or "sha256"
-    if algorithm == "sm3" and not sm3_available():
-        raise MappingSpecError(
-            ("algorithm",),
-            "sm3 is not available from this machine's OpenSSL (hashlib.new('sm3') fails): "
-            "use algorithm: sha256, or install an OpenSSL build with SM3",
-        )
-    digest = hasher(algorithm, salt.encode("utf-8"))
-
-    def hashed(v: Any) -> Any:
-        if v is None:
-            return None
-        return digest(v if v.__class__ is str else text_of(v))
-
-    return Step(
-        hashed,
-        "if {v}.__class__ is str: {v} = {digest}({v})\nelif {v} is not None: {v} = {f}({v})",
-        {"digest": digest},
-        on_str="{v} = {digest}({v})",
-        str_result="str",
-        none_safe=True,
-    )

@@ -24,8 +24,15 @@ from typing import Any
 
 from syncd.config.model import ValidatorConfig
 from syncd.errors import RecordError
-from syncd.mapping.base import MappingSpecError, Step, StepContext, check_options, suggest, text_of
-from syncd.mapping.transforms import STRIP_CHARS
+from syncd.mapping.base import (
+    STRIP_CHARS,
+    MappingSpecError,
+    Step,
+    StepContext,
+    check_options,
+    suggest,
+    text_of,
+)
 
 __all__ = [
     "EXCEL_DAMAGED",
@@ -93,6 +100,8 @@ def _required(cfg: ValidatorConfig, ctx: StepContext) -> Step:
         {"chars": chars},
         on_str="if not {v}.strip({chars}): {f}({v})",
         str_result="str",
+        on_stripped="if not {v}: {f}({v})",
+        stripped_out="keep",
     )
 
 
@@ -140,6 +149,8 @@ def _not_excel_damaged(cfg: ValidatorConfig, ctx: StepContext) -> Step:
         on_str="if 'e' in {v} or 'E' in {v} or {v}.rstrip({chars}).endswith(('0000', '.0')): {f}({v})",
         str_result="str",
         none_safe=True,
+        on_stripped="if 'e' in {v} or 'E' in {v} or {v}.endswith(('0000', '.0')): {f}({v})",
+        stripped_out="keep",
     )
 
 
@@ -215,7 +226,7 @@ def _id_number(cfg: ValidatorConfig, ctx: StepContext) -> Step:
             raise error(_ID_PREFIX + EXCEL_DAMAGED)
         raise error(_ID_PREFIX + f"18 characters expected, got {n}")
 
-    return Step(id_number, str_result="str", none_safe=True)
+    return Step(id_number, str_result="str", none_safe=True, stripped_out="keep")
 
 
 # --------------------------------------------------------------------------- regex, length, range
@@ -248,6 +259,7 @@ def _regex(cfg: ValidatorConfig, ctx: StepContext) -> Step:
         on_str="if {fullmatch}({v}) is None: {f}({v})",
         str_result="str",
         none_safe=True,
+        stripped_out="keep",
     )
 
 
@@ -285,7 +297,7 @@ def _length(cfg: ValidatorConfig, ctx: StepContext) -> Step:
             raise error(f"{describe(v)} is too long ({n} > {longest} characters)")
         return v
 
-    return Step(length, str_result="str", none_safe=True)
+    return Step(length, str_result="str", none_safe=True, stripped_out="keep")
 
 
 @_register("range", "min", "max")
@@ -315,4 +327,4 @@ def _range(cfg: ValidatorConfig, ctx: StepContext) -> Step:
             raise error(f"{describe(v)} is above the maximum {hi}")
         return v
 
-    return Step(in_range, str_result="str", none_safe=True)
+    return Step(in_range, str_result="str", none_safe=True, stripped_out="keep")
