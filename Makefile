@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest clean schema docs wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/syncd demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check syncd tests bench
+	$(BIN)/ruff check syncd tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,6 +27,16 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# JSON Schemas and the configuration reference, generated from the model (commit the result)
+schema docs: $(STAMP)
+	$(BIN)/python tools/gen_docs.py
+
+# every wheel syncd needs, for an offline (政务外网) install:
+#   pip install --no-index --find-links wheelhouse syncd
+wheelhouse: $(STAMP)
+	rm -rf wheelhouse
+	$(BIN)/python -m pip wheel --quiet . -w wheelhouse
 
 clean:
 	rm -rf $(VENV) syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

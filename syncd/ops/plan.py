@@ -1,0 +1,296 @@
+"""``syncd plan``: what a run of a dataset WOULD do, without writing anything.
+
+The plan reads exactly what a run would read (same source, same window from the stored
+watermark, lookback and safety lag), maps every record with the compiled mapping, and compares
+the rows with the stored row hashes (:mod:`syncd.changes`) — the same classification the batch
+writer makes — in batches of the dataset's batch size, with one read-only query per chunk of
+keys. Update candidates are compared column by column with the current target row, as the
+writer does, so a plan's "update" is a real change.
+
+Nothing is written: no run record, no watermark, no table is created (a missing state or target
+table simply means every row would be inserted). Memory grows only with the number of keys the
+plan would change (to count a key seen twice in one pull once), never with unchanged rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from syncd.changes import DELETED_HASH, changed_indexes, classify, key_text, normaliser_for, row_hash
+from syncd.config.model import AppConfig, DatasetConfig
+from syncd.errors import AuthorizationError, RecordError
+from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.paths import MISSING, compile_path
+from syncd.runner import WATERMARK_FORMAT, check_authorization
+from syncd.sources import Source, Window, build_source
+from syncd.targets import state_tables, target_table
+from syncd.targets.dialects import chunked, param_budget
+
+__all__ = ["Category", "PlanResult", "delete_flag", "plan_dataset", "plan_window"]
+
+Row = tuple[Any, ...]
+CATEGORIES = ("insert", "update", "delete", "unchanged", "quarantine")
+
+
+@dataclass
+class Category:
+    """How many records fall into one category, and the first few of them."""
+
+    count: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, sample: dict[str, Any], limit: int) -> None:
+        self.count += 1
+        if len(self.samples) < limit:
+            self.samples.append(sample)
+
+
+@dataclass
+class PlanResult:
+    """The outcome of :func:`plan_dataset`."""
+
+    dataset: str
+    window: Window
+    watermark: str | None
+    fetched: int = 0
+    reported_total: int | None = None
+    categories: dict[str, Category] = field(default_factory=lambda: {c: Category() for c in CATEGORIES})
+    refused: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_watermark(conn: sa.Connection, marks: sa.Table, dataset: str, exists: bool) -> str | None:
+    if not exists:
+        return None
+    value = conn.execute(sa.select(marks.c.value).where(marks.c.dataset == dataset)).scalar()
+    return None if value is None else str(value)
+
+
+def plan_window(app: AppConfig, dataset: DatasetConfig, watermark: str | None, now: datetime) -> Window:
+    """The window a run starting at ``now`` would read (the runner's rule, DESIGN §4.3)."""
+    inc = getattr(dataset.source, "incremental", None)
+    if inc is None:
+        return Window(since=None, until=None)
+    started = now.astimezone(ZoneInfo(app.timezone)).replace(tzinfo=None, microsecond=0)
+    lookback = inc.lookback if inc.lookback is not None else app.defaults.lookback
+    lag = inc.safety_lag if inc.safety_lag is not None else app.defaults.safety_lag
+    if watermark:
+        since: datetime | None = datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
+    else:
+        since = inc.initial.replace(tzinfo=None) if inc.initial else None
+    return Window(since=since, until=started - lag)
+
+
+class _Planner:
+    """Classifies batches of mapped rows against the stored state, read-only."""
+
+    def __init__(
+        self, engine: sa.Engine, prefix: str, mapping: CompiledMapping, result: PlanResult, *,
+        dataset: DatasetConfig, samples: int,
+    ) -> None:
+        self.engine = engine
+        self.ds = dataset
+        self.mapping = mapping
+        self.result = result
+        self.samples = samples
+        self.tables = state_tables(sa.MetaData(), prefix)
+        self.target = target_table(sa.MetaData(), dataset, mapping)
+        inspector = sa.inspect(engine)
+        self.has_state = inspector.has_table(self.tables.row_state.name)
+        self.has_target = inspector.has_table(self.target.name)
+        self.columns = mapping.columns
+        self.norms = tuple(normaliser_for(mapping.specs[c]) for c in self.columns)
+        self.key_norms = tuple(self.norms[i] for i in mapping.key_indexes)
+        soft = dataset.target.logical_delete
+        self.soft = soft.soft_column if soft is not None and soft.mode == "soft" else None
+        self.chunk = max(1, param_budget(engine) // max(1, len(mapping.key_indexes)) - 1)
+        self.planned: dict[str, str] = {}  # row key → hash this plan would store (changed keys only)
+        key_cols = [self.target.c[self.columns[i]] for i in mapping.key_indexes]
+        self.key_expr: Any = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
+
+    def _add(self, category: str, sample: dict[str, Any]) -> None:
+        self.result.categories[category].add(sample, self.samples)
+
+    def key_of(self, row: Row) -> tuple[str, Row] | None:
+        """(row key text, normalised key values) of a mapped row; None when a key value is null."""
+        return self.key_of_values(tuple(row[i] for i in self.mapping.key_indexes))
+
+    def key_of_values(self, values: Row) -> tuple[str, Row] | None:
+        kv = tuple(n(v) for n, v in zip(self.key_norms, values, strict=True))
+        return None if any(v is None for v in kv) else (key_text(kv), kv)
+
+    def stored(self, conn: sa.Connection, keys: list[str]) -> dict[str, str]:
+        found = {k: self.planned[k] for k in keys if k in self.planned}
+        rest = [k for k in keys if k not in found]
+        if not self.has_state or not rest:
+            return found
+        rs = self.tables.row_state
+        query = sa.select(rs.c.row_key, rs.c.row_hash).where(rs.c.dataset == self.ds.name)
+        for part in chunked(rest, self.chunk):
+            found.update(dict(conn.execute(query.where(rs.c.row_key.in_(part))).tuples().all()))
+        return found
+
+    def current(self, conn: sa.Connection, keys: list[Row]) -> dict[str, Row]:
+        if not self.has_target or not keys:
+            return {}
+        out_cols = [self.target.c[c] for c in self.columns]
+        if self.soft:
+            out_cols.append(self.target.c[self.soft])
+        rows: dict[str, Row] = {}
+        for part in chunked(keys, self.chunk):
+            params = [k[0] if len(k) == 1 else k for k in part]
+            for db_row in conn.execute(sa.select(*out_cols).where(self.key_expr.in_(params))):
+                values = tuple(n(v) for n, v in zip(self.norms, db_row, strict=False))
+                if self.soft:
+                    values = (*values, bool(db_row[-1]))
+                found = self.key_of(values[: len(self.columns)])
+                if found is not None:
+                    rows[found[0]] = values
+        return rows
+
+    def batch(self, rows: list[Row], deletes: list[Row]) -> None:
+        by_key: dict[str, tuple[Row, Row]] = {}
+        for row in rows:
+            found = self.key_of(row)
+            if found is None:
+                self._add("quarantine", {"reason": "key column is empty (null)", "record_key": None})
+                continue
+            if found[0] in by_key:
+                self._add("unchanged", {"key": found[0], "note": "superseded in the same batch"})
+            by_key[found[0]] = (row, found[1])
+        gone: dict[str, Row] = {}
+        for kv in deletes:
+            found = self.key_of_values(kv)
+            if found is None or found[0] in gone:
+                continue
+            by_key.pop(found[0], None)
+            gone[found[0]] = found[1]
+        hashes = {k: row_hash(r) for k, (r, _) in by_key.items()}
+        with self.engine.connect() as conn:
+            stored = self.stored(conn, [*hashes, *gone])
+            verdict = classify(hashes, gone, stored)
+            wanted = [by_key[k][1] for k in verdict.update_candidates] + [gone[k] for k in verdict.deletes]
+            current = self.current(conn, wanted)
+        self._classified(by_key, hashes, verdict.inserts, verdict.update_candidates, current)
+        for key in verdict.unchanged:
+            self._add("unchanged", {"key": key})
+        for key in verdict.ignored_deletes:
+            self._add("unchanged", {"key": key, "note": "delete of a row that is not stored"})
+        for key in verdict.deletes:
+            self.planned[key] = DELETED_HASH
+            self._add("delete", {"key": key, "mode": "soft" if self.soft else "hard"})
+
+    def _classified(self, by_key: dict[str, tuple[Row, Row]], hashes: dict[str, str], inserts: list[str],
+                    candidates: list[str], current: dict[str, Row]) -> None:
+        for key in inserts:
+            self.planned[key] = hashes[key]
+            self._add("insert", {"key": key, "row": dict(zip(self.columns, by_key[key][0], strict=True))})
+        for key in candidates:
+            self.planned[key] = hashes[key]
+            new = tuple(n(v) for n, v in zip(self.norms, by_key[key][0], strict=True))
+            if self.soft:
+                new = (*new, False)
+            old = current.get(key)
+            if old is None:
+                self._add("insert", {"key": key, "row": dict(zip(self.columns, by_key[key][0], strict=True))})
+                continue
+            positions = changed_indexes(old, new)
+            if not positions:
+                self._add("unchanged", {"key": key})
+                continue
+            names = (*self.columns, *((self.soft,) if self.soft else ()))
+            change = {names[i]: {"old": old[i], "new": new[i]} for i in positions}
+            self._add("update", {"key": key, "changes": change})
+
+
+def plan_dataset(
+    app: AppConfig,
+    dataset: DatasetConfig,
+    engine: sa.Engine,
+    *,
+    now: datetime | None = None,
+    samples: int = 5,
+    source_factory: Callable[[AppConfig, DatasetConfig], Source] = build_source,
+) -> PlanResult:
+    """Pull, map and classify ``dataset`` as a run would, writing nothing (see the module docstring)."""
+    now = now or datetime.now(UTC)
+    prefix = app.target.table_prefix
+    marks = state_tables(sa.MetaData(), prefix).watermarks
+    with engine.connect() as conn:
+        watermark = _read_watermark(conn, marks, dataset.name, sa.inspect(conn).has_table(marks.name))
+    window = plan_window(app, dataset, watermark, now)
+    result = PlanResult(dataset=dataset.name, window=window, watermark=watermark)
+    local_today = now.astimezone(ZoneInfo(app.timezone)).date()
+    try:
+        days = check_authorization(dataset, local_today)
+    except AuthorizationError as exc:
+        result.refused = str(exc)
+        return result
+    if days <= dataset.authorization.warn_days:
+        result.warnings.append(f"authorization {dataset.authorization.approval_code} expires in {days} days")
+    mapping = compile_mapping(dataset, app.code_tables)
+    planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
+    batch_size = dataset.batch_size or app.defaults.batch_size
+    is_deleted = delete_flag(dataset)
+    source = source_factory(app, dataset)
+    rows: list[Row] = []
+    deletes: list[Row] = []
+    try:
+        for page in source.read(window):
+            if page.reported_total is not None and result.reported_total is None:
+                result.reported_total = page.reported_total
+            for record in page.records:
+                result.fetched += 1
+                try:
+                    row = mapping(record)
+                except RecordError as exc:
+                    key = _raw_key(mapping, record)
+                    result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
+                    continue
+                if is_deleted(record):
+                    deletes.append(mapping.key_of(row))
+                else:
+                    rows.append(row)
+            if len(rows) + len(deletes) >= batch_size:
+                planner.batch(rows, deletes)
+                rows, deletes = [], []
+        planner.batch(rows, deletes)
+        result.warnings.extend(source.stats.warnings)
+        if not source.stats.complete:
+            result.warnings.append("the source stopped before the end of the data: the plan is partial")
+    finally:
+        source.close()
+    return result
+
+
+def delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool]:
+    ld = dataset.target.logical_delete
+    if ld is None:
+        return lambda record: False
+    getter, values = compile_path(ld.field), frozenset(ld.values)
+
+    def is_deleted(record: dict[str, Any]) -> bool:
+        v = getter(record)
+        if v is MISSING or v is None:
+            return False
+        return (str(v).lower() if isinstance(v, bool) else str(v).strip()) in values
+
+    return is_deleted
+
+
+def _raw_key(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
+    parts = []
+    for idx in mapping.key_indexes:
+        source = mapping.specs[mapping.columns[idx]].source
+        value = MISSING if source is None else compile_path(source)(record)
+        if value is MISSING or value is None:
+            return None
+        parts.append(value)
+    return key_text(parts)
+

@@ -1,0 +1,97 @@
+"""``syncd plan``: counts match what the next real run does, and nothing is written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.config import load_config
+from syncd.gateway import Gateway
+from syncd.ops.plan import plan_dataset
+from syncd.runner import run_dataset
+from syncd.targets import StateStore, create_target_engine
+from tests.e2e import SECRET, SECRET_ENV, write_config
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    gw = Gateway(records=300, seed=5, app_secret=SECRET)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def snapshot(engine: sa.Engine) -> dict[str, Any]:
+    """Every table and every row of the database (what 'writes nothing' is checked against)."""
+    inspector = sa.inspect(engine)
+    out: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for name in sorted(inspector.get_table_names()):
+            rows = conn.execute(sa.text(f'SELECT * FROM "{name}"')).all()  # noqa: S608 - names from the DB
+            out[name] = sorted(map(repr, rows))
+    return out
+
+
+def test_plan_predicts_the_run_and_writes_nothing(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    app = load_config(write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, batch_size=120))
+    ds = app.datasets["residents"]
+    engine = create_target_engine(sqlite_url)
+    store = StateStore(engine, app.target.table_prefix)
+    try:
+        # first plan on an empty database: everything would be inserted, no table gets created
+        first = plan_dataset(app, ds, engine, samples=3)
+        assert snapshot(engine) == {}
+        assert first.watermark is None
+        inserts = first.categories["insert"]
+        assert inserts.count > 250 and len(inserts.samples) == 3
+        assert "resident_id" in inserts.samples[0]["row"]
+        assert first.categories["update"].count == 0
+
+        done = run_dataset(app, ds, store)
+        assert done.ok, done.error
+        assert done.counts.inserted == inserts.count
+        assert done.counts.quarantined == first.categories["quarantine"].count
+
+        # change upstream: updates, logical deletes, new rows
+        ids = gateway.store.ids()
+        gateway.store.update(ids[:7], remark="地址变更")
+        gateway.store.logical_delete(ids[10:13])
+        gateway.store.insert(4)
+        before = snapshot(engine)
+        second = plan_dataset(app, ds, engine, samples=10)
+        assert snapshot(engine) == before, "plan must not write anything"
+        assert second.watermark == done.watermark_after
+        cats = {name: c.count for name, c in second.categories.items()}
+        assert cats["update"] >= 1 and cats["delete"] == 3 and cats["insert"] >= 1
+        update = second.categories["update"].samples[0]
+        assert update["changes"]["remark"]["new"] == "地址变更"
+
+        rerun = run_dataset(app, ds, store)
+        assert rerun.ok, rerun.error
+        assert (rerun.counts.inserted, rerun.counts.updated, rerun.counts.deleted) == (
+            cats["insert"], cats["update"], cats["delete"]
+        )
+    finally:
+        engine.dispose()
+
+
+def test_plan_of_an_expired_dataset_says_refused(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    cfg = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url,
+                       replace=[("valid_until: 2027-12-31", "valid_until: 2025-12-31"),
+                                ("valid_from: 2026-01-01", "valid_from: 2025-01-01")])
+    app = load_config(cfg)
+    engine = create_target_engine(sqlite_url)
+    try:
+        result = plan_dataset(app, app.datasets["residents"], engine)
+    finally:
+        engine.dispose()
+    assert result.refused is not None and "expired on 2025-12-31" in result.refused
+    assert result.fetched == 0
+    assert gateway.request_log == []

@@ -1,0 +1,111 @@
+"""Quarantine replay: records quarantined by a too-strict validator land after the YAML is relaxed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.config import load_config
+from syncd.gateway import Gateway
+from syncd.ops.quarantine import find_entry, list_entries, replay_quarantine
+from syncd.runner import run_dataset
+from syncd.targets import StateStore, create_target_engine
+from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, write_config
+
+HOUSEHOLD = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
+STRICT = HOUSEHOLD + "    validators: [{range: {max: 3}}]\n"
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    gw = Gateway(records=200, seed=3, app_secret=SECRET)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, SECRET_ENV: SECRET}
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(config), "quarantine", *args],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )
+
+
+def test_replay_lands_records_after_the_yaml_is_relaxed(
+    tmp_path: Path, gateway: Gateway, db_url: str
+) -> None:
+    config = write_config(tmp_path, db_url=db_url, gateway_url=gateway.url, replace=[(HOUSEHOLD, STRICT)])
+    strict = load_config(config)
+    engine = create_target_engine(db_url)
+    store = StateStore(engine, strict.target.table_prefix)
+    try:
+        first = run_dataset(strict, strict.datasets["residents"], store)
+        assert first.ok, first.error
+        held = first.counts.quarantined
+        assert held >= 5
+        entries = list_entries(store, "residents", limit=1000)
+        assert len(entries) == held
+        assert any("household_size" in e["reason"] for e in entries)
+        one = entries[0]
+        assert find_entry(store, "residents", one["raw_hash"][:10])[0]["raw_hash"] == one["raw_hash"]
+        landed_before = set(target_rows(db_url))
+
+        # the CLI shows them too
+        shown = cli(config, "list", "residents", "--limit", "3")
+        assert shown.returncode == 0, shown.stderr
+        assert "3 quarantined record(s) shown" in shown.stdout
+        detail = cli(config, "show", "residents", one["raw_hash"][:12])
+        assert detail.returncode == 0 and "household_size" in detail.stdout
+
+        # relax the YAML and replay
+        (tmp_path / "datasets" / "residents.yaml").write_text(
+            (tmp_path / "datasets" / "residents.yaml").read_text(encoding="utf-8").replace(STRICT, HOUSEHOLD),
+            encoding="utf-8",
+        )
+        relaxed = load_config(config)
+        result = replay_quarantine(relaxed, relaxed.datasets["residents"], store)
+        failing = sum(1 for e in entries if "household_size" not in e["reason"])
+        assert result.examined == held
+        assert result.inserted + result.deleted + result.unchanged == held - failing
+        assert result.still_failing == failing
+        assert len(list_entries(store, "residents", limit=1000)) == failing
+        rows = target_rows(db_url)
+        new_keys = set(rows) - landed_before
+        assert len(new_keys) == result.inserted
+        assert all(rows[k]["household_size"] is None or rows[k]["household_size"] > 3 for k in new_keys)
+        inserts = [c for c in change_log(db_url) if c["run_id"] == result.run_id]
+        assert len(inserts) == result.inserted + result.deleted
+        runs = [r for r in store.last_runs("residents") if r["run_id"] == result.run_id]
+        assert runs[0]["trigger"] == "replay" and runs[0]["status"] == "success"
+
+        # a second replay changes nothing
+        again = replay_quarantine(relaxed, relaxed.datasets["residents"], store)
+        assert again.examined == failing and again.inserted == 0
+    finally:
+        engine.dispose()
+
+
+def test_replay_via_cli_reports_counts(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, replace=[(HOUSEHOLD, STRICT)])
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    try:
+        assert run_dataset(app, app.datasets["residents"], StateStore(engine)).ok
+    finally:
+        engine.dispose()
+    path = tmp_path / "datasets" / "residents.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace(STRICT, HOUSEHOLD), encoding="utf-8")
+    done = cli(config, "replay", "residents")
+    assert done.returncode == 0, done.stderr
+    assert "replayed" in done.stdout and "inserted=" in done.stdout
+    missing = cli(config, "show", "residents", "ffffffffffff")
+    assert missing.returncode == 1 and "no record" in missing.stderr
