@@ -9,7 +9,12 @@ rows. What the runner owns is the run's policy:
 * the watermark advances only after every batch of the run has committed, to the newest update
   time seen (never past ``until``) — so a crash at any point re-reads from the old watermark and
   the hash comparison makes the overlap free (§4.1, §4.3);
-* a record that cannot be mapped is quarantined; past the error limit the run fails (§4.6).
+* a record that cannot be mapped is quarantined; past the error limit the run fails (§4.6);
+* full-snapshot delete detection (``target.snapshot_delete``): each batch's keys are marked
+  seen after it committed; only a run that read the whole dataset deletes the unseen keys, and
+  only within the guard (:mod:`syncd.targets.snapshot`);
+* a source with a ``finish(success)`` method (the file source) is told how the run ended, after
+  every batch committed, so it can move what it read.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from syncd.errors import AuthorizationError, GuardError, RecordError, StopReques
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.paths import MISSING, compile_path
 from syncd.sources import Source, Window, build_source
-from syncd.targets import BatchCounts, QuarantineItem, RunCounts, RunInfo, StateStore, default_node
+from syncd.targets import (
+    BatchCounts,
+    BatchWriter,
+    QuarantineItem,
+    RunCounts,
+    RunInfo,
+    StateStore,
+    default_node,
+)
+from syncd.targets.snapshot import SnapshotDeletes
 
 __all__ = ["RunResult", "check_authorization", "run_dataset"]
 
@@ -219,7 +233,18 @@ def _record_key(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
     return key_text(keys)
 
 
-def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window) -> None:
+def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:
+    cfg = run.ds.target.snapshot_delete
+    if cfg is None or not cfg.enabled:
+        return None
+    tracker = SnapshotDeletes(run.store, run.ds, mapping, run.run_id, cfg)
+    tracker.prepare()
+    return tracker
+
+
+def _process(
+    run: _Run, source: Source, mapping: CompiledMapping, window: Window, snapshot: SnapshotDeletes | None
+) -> BatchWriter:
     writer = run.store.writer(run.ds, mapping)
     is_deleted = _delete_flag(run.ds)
     update_time = source.update_time
@@ -237,6 +262,10 @@ def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window
         run.counts.deleted += counts.deleted
         run.counts.unchanged += counts.unchanged
         run.counts.quarantined += counts.quarantined
+        if snapshot is not None:  # after the batch committed: its keys were seen by this run
+            keys = snapshot.row_keys(rows)
+            keys += [q.record_key for q in quarantined if q.record_key is not None]
+            snapshot.mark_seen(keys)
         rows.clear()
         deletes.clear()
         quarantined.clear()
@@ -267,7 +296,21 @@ def _process(run: _Run, source: Source, mapping: CompiledMapping, window: Window
             flush()
     flush()
     run.check_error_limit(final=True)
+    return writer
 
+
+def _snapshot_deletes(
+    run: _Run, source: Source, window: Window, snapshot: SnapshotDeletes | None, writer: BatchWriter
+) -> None:
+    """Delete the keys a complete full read did not see (guarded; see syncd.targets.snapshot)."""
+    if snapshot is None:
+        return
+    if window.since is not None or not getattr(source, "snapshot_read", True):
+        log.info("snapshot.skipped", reason="this run did not read the whole dataset")
+        return
+    run.check_stop()
+    counts = snapshot.apply(writer, run.batch_size)
+    run.counts.deleted += counts.deleted
 
 def run_dataset(
     app: AppConfig,
@@ -363,14 +406,18 @@ def _read_and_write(
         window_until=window.until.isoformat(sep=" ") if window.until else None,
     )
     source: Source | None = None
+    success = False
     try:
         mapping = compile_mapping(run.ds, run.app.code_tables)
+        snapshot = _snapshot(run, mapping)
         source = source_factory(run.app, run.ds)
-        _process(run, source, mapping, window)
+        writer = _process(run, source, mapping, window, snapshot)
         stats = source.stats
         run.warnings.extend(stats.warnings)
         if not stats.complete:
             raise GuardError("the source stopped before the end of the data; the watermark is kept")
+        _snapshot_deletes(run, source, window, snapshot, writer)
+        success = True
         total = run.counts.reported_total
         if total is not None and total != run.counts.fetched:
             run.warnings.append(f"upstream reported {total} records but {run.counts.fetched} were received")
@@ -388,7 +435,20 @@ def _read_and_write(
         if source is not None:
             run.counts.requests = source.stats.requests
             run.counts.retries = source.stats.retries
+            _tell_finish(run, source, success)
             source.close()
+
+
+def _tell_finish(run: _Run, source: Source, success: bool) -> None:
+    """Tell a source that has ``finish(success)`` how the run ended (e.g. move the files read)."""
+    finish = getattr(source, "finish", None)
+    if finish is None:
+        return
+    try:
+        finish(success)
+    except Exception as exc:  # noqa: BLE001 - the rows are committed: a failed move only costs a warning
+        run.warnings.append(f"the source could not finish cleanly: {exc}")
+        log.warning("sync.source_finish_failed", error=str(exc), error_type=type(exc).__name__)
 
 
 def _finish(

@@ -325,7 +325,7 @@ def test_dataset_named_after_an_invalid_file_name(ws: Workspace) -> None:
 
 @pytest.mark.parametrize(("file", "old", "new", "needle", "path", "message"), [
     (RES, "  type: http\n", "  type: htp\n", "htp", "source.type",
-     "unknown type 'htp'; known types: http (did you mean `http`?)"),
+     "unknown type 'htp'; known types: http, sql, file (did you mean `http`?)"),
     (MAIN, "      type: token\n", "      type: tokn\n", "tokn", "connections.gateway.auth.type",
      "unknown type 'tokn'; known types: none, static_key, token, hmac_headers, signed, two_tier_secret "
      "(did you mean `token`?)"),

@@ -1,13 +1,16 @@
 """Checks that span several parts of the configuration, run after each file validated.
 
 - the target database URL parses and names a database kind SQLAlchemy knows;
-- a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type;
+- a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type
+  (file sources have none); ``type: sql`` connection URLs name a database kind SQLAlchemy knows;
+- a SQL source (前置库) reads plain columns: every mapped source path is one column name;
 - code tables referenced by name exist under ``code_tables:``;
 - the mapping compiles (:func:`syncd.mapping.compile_mapping`), which also yields every source
   path the mapping reads;
-- authorization (授权): every source path read — by a column, ``source.incremental.field`` or
-  ``target.logical_delete.field`` — is covered by ``authorization.fields`` (the path itself or
-  one of its dotted prefixes, so ``address`` covers ``address.code``);
+- authorization (授权): every source path read — by a column, ``source.incremental.field``,
+  ``target.logical_delete.field`` or a SQL source's ``key`` — is covered by
+  ``authorization.fields`` (the path itself or one of its dotted prefixes, so ``address``
+  covers ``address.code``);
 - target tables stay clear of syncd's own tables (``target.table_prefix``) and of each other;
 - dataset names are unique; column names do not differ only in letter case.
 
@@ -61,7 +64,35 @@ def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     except NoSuchModuleError:
         return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:///…, "
                           "postgresql+psycopg://… or mysql+pymysql://… (MariaDB)")]
-    return []
+    return _sql_connections(app, doc)
+
+
+def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    """Front-end database (前置库) URLs must parse and name a known kind. Never quotes the URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    issues = []
+    for name, conn in app.connections.items():
+        if conn.type != "sql":
+            continue
+        at = ("connections", name, "url")
+        try:
+            url = make_url(conn.url.get_secret_value())
+        except ArgumentError:
+            issues.append(doc.issue(at, "this is not a database URL: write it like "
+                                    "postgresql+psycopg://user:${credential:qzk_password}@host:5432/db"))
+            continue
+        if url.get_backend_name() in ("postgresql", "mysql", "mariadb") and "+" not in url.drivername:
+            continue  # syncd picks psycopg / PyMySQL itself
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            issues.append(doc.issue(at, f"unknown database kind `{url.drivername}`: use "
+                                    "postgresql+psycopg://… (also KingbaseES, openGauss), "
+                                    "mysql+pymysql://… (MariaDB, OceanBase) "
+                                    "or sqlite:///…; DM (达梦) needs its own SQLAlchemy dialect installed"))
+    return issues
 
 
 def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list[ConfigIssue]:
@@ -69,7 +100,7 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
     # imported here: syncd.mapping imports syncd.config.model, which runs this package's __init__
     from syncd.mapping import MappingSpecError, compile_mapping
 
-    issues = _connection(dataset, app, doc) + _code_tables(dataset, app, doc)
+    issues = _connection(dataset, app, doc) + _code_tables(dataset, app, doc) + _sql_columns(dataset, doc)
     compiled_paths: frozenset[str] = frozenset()
     try:
         compiled_paths = compile_mapping(dataset, app.code_tables).source_paths
@@ -93,7 +124,22 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
     return issues
 
 
+def _sql_columns(dataset: DatasetConfig, doc: Document) -> list[ConfigIssue]:
+    """A SQL source selects columns by name: a dotted path cannot name one."""
+    if dataset.source.type != "sql":
+        return []
+    return [
+        _issue(doc, ("columns", column, "source"), (
+            f"`{cfg.source}` is not a column name: a SQL source (前置库) reads table columns, "
+            "write the column name itself (letters, digits, underscores)"))
+        for column, cfg in dataset.columns.items()
+        if cfg.source is not None and "." in cfg.source
+    ]
+
+
 def _connection(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    if dataset.source.type == "file":
+        return []  # a drop folder needs no connection
     name = dataset.source.connection
     connection = app.connections.get(name)
     if connection is None:
@@ -138,9 +184,12 @@ def _authorization(dataset: DatasetConfig, doc: Document, compiled: frozenset[st
         for i, t in enumerate(cfg.transforms):
             for j, f in enumerate(t.fields or ()):
                 reads.setdefault(f, (("columns", column, "transforms", i, "fields", j), "remove this field"))
-    if dataset.source.incremental is not None:
+    if dataset.source.type != "file" and dataset.source.incremental is not None:
         reads.setdefault(dataset.source.incremental.field,
                          (("source", "incremental", "field"), "choose another update-time field"))
+    if dataset.source.type == "sql":
+        for i, key in enumerate(dataset.source.key):
+            reads.setdefault(key, (("source", "key", i), "choose other key columns"))
     if dataset.target.logical_delete is not None:
         reads.setdefault(dataset.target.logical_delete.field,
                          (("target", "logical_delete", "field"), "remove logical_delete"))

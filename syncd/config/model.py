@@ -30,14 +30,20 @@ __all__ = [
     "AuthConfig",
     "AuthorizationConfig",
     "ColumnConfig",
+    "DaemonConfig",
     "DatasetConfig",
     "EnvelopeConfig",
+    "FileSourceConfig",
     "HttpConnection",
     "HttpSourceConfig",
     "IncrementalConfig",
     "LocatedValueError",
     "PaginationConfig",
     "SignatureRecipe",
+    "SnapshotDeleteConfig",
+    "SqlConnection",
+    "SqlIncrementalConfig",
+    "SqlSourceConfig",
     "TargetTableConfig",
     "TransformConfig",
     "ValidatorConfig",
@@ -325,7 +331,88 @@ class HttpSourceConfig(_Model):
     incremental: IncrementalConfig | None = None
 
 
-SourceConfig = Annotated[HttpSourceConfig, Field(discriminator="type")]
+_SOURCE_COLUMN = re.compile(r"^[^\W\d]\w{0,62}$")
+
+
+def _source_column(value: str) -> str:
+    """A column of a front-end database (前置库): letters (Chinese too), digits, underscores."""
+    if not isinstance(value, str) or not _SOURCE_COLUMN.match(value):
+        raise ValueError(
+            f"{value!r} is not a column name: use letters, digits and underscores, starting with a "
+            "letter, at most 63 characters"
+        )
+    return value
+
+
+SourceColumn = Annotated[str, AfterValidator(_source_column)]
+"""A column name in a front-end database; quoted by SQLAlchemy, never spliced as text."""
+
+
+class SqlIncrementalConfig(_Model):
+    """Incremental reads of a front-end database by an update-time column (keyset paged)."""
+
+    field: SourceColumn = Field(description="the update-time column, e.g. update_time or GXSJ")
+    lookback: Duration | None = None  # default: defaults.lookback
+    safety_lag: Duration | None = None  # default: defaults.safety_lag
+    initial: datetime | None = Field(None, description="where the first run starts; empty = everything")
+
+
+class SqlSourceConfig(_Model):
+    """A front-end database (前置库): a table, a view or an operator-written query."""
+
+    type: Literal["sql"]
+    connection: str = Field(description="name of a `type: sql` connection under `connections:`")
+    schema_name: Identifier | None = Field(None, alias="schema", description="database schema of `table`")
+    table: Identifier | None = Field(None, description="table or view to read")
+    query: str | None = Field(None, description="a SELECT written by the operator (trusted config)")
+    key: tuple[SourceColumn, ...] = Field(min_length=1, description="unique key columns, for keyset paging")
+    incremental: SqlIncrementalConfig | None = None
+    page_size: int = Field(5000, ge=1, le=1_000_000)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSourceConfig:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of `table:` (a table or view) and `query:` (a SELECT)")
+        if self.query is not None and self.schema_name is not None:
+            raise LocatedValueError("`schema:` goes with `table:`; write the schema inside the query",
+                                    at=("schema",))
+        return self
+
+
+class FileSourceConfig(_Model):
+    """A drop folder of CSV, XLSX or JSONL files; each file (by content hash) is taken once."""
+
+    type: Literal["file"]
+    path: str = Field(description="the drop folder, e.g. /var/lib/syncd/drop/residents")
+    pattern: str = Field("*.csv", description="glob of the files to take, e.g. *.csv or 人口_*.xlsx")
+    format: Literal["csv", "xlsx", "jsonl"] | None = Field(None, description="default: from the extension")
+    encoding: str | None = Field(None, description="e.g. gb18030; default: UTF-8 (BOM) → UTF-8 → GB18030")
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    header_row: int = Field(1, ge=1, le=1000, description="1-based row holding the column names")
+    sheet: str | None = Field(None, description="XLSX sheet name; default: the first sheet")
+    complete_when: Literal["marker", "stable"] = "marker"
+    marker_suffix: str = Field(".ok", min_length=1, description="marker file: name.csv.ok")
+    stable_for: Duration = timedelta(minutes=1)
+    page_size: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str | None) -> str | None:
+        import codecs
+
+        if v is not None:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown encoding {v!r}: use utf-8, utf-8-sig, gbk or gb18030") from None
+        return v
+
+
+SourceConfig = Annotated[
+    HttpSourceConfig | SqlSourceConfig | FileSourceConfig, Field(discriminator="type")
+]
 
 # --------------------------------------------------------------------------- mapping
 
@@ -465,11 +552,24 @@ class LogicalDeleteConfig(_Model):
         return v
 
 
+class SnapshotDeleteConfig(_Model):
+    """Full-snapshot delete detection: keys a complete full read did not see are deleted.
+
+    Deletes are hard, or soft when ``target.logical_delete.mode`` is soft (its ``soft_column``).
+    Guarded: a run that would delete more than ``max_ratio`` of the rows fails instead.
+    """
+
+    enabled: bool = True
+    max_ratio: float = Field(0.1, ge=0.0, le=1.0, description="largest share of rows one run may delete")
+    missing_runs: int = Field(1, ge=1, le=1000, description="complete runs a key must be missing in a row")
+
+
 class TargetTableConfig(_Model):
     table: Identifier
     key: tuple[Identifier, ...] = Field(min_length=1, description="primary-key columns")
     create: bool = True  # create the table when absent; otherwise verify it
     logical_delete: LogicalDeleteConfig | None = None
+    snapshot_delete: SnapshotDeleteConfig | None = None
 
 
 class ErrorLimit(_Model):
@@ -487,10 +587,10 @@ class CronSchedule(_Model):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, v: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+        from syncd.daemon.cron import cron_trigger
 
         try:
-            CronTrigger.from_crontab(v, timezone="UTC")
+            cron_trigger(v, "UTC")
         except ValueError as exc:
             raise ValueError(
                 f"{v!r} is not a cron expression ({exc}): write five fields, minute hour day month "
@@ -538,6 +638,13 @@ class DatasetConfig(_Model):
                 f"target.key names {names}, which are not under columns: every key column must be mapped",
                 at=("target", "key", missing[0]),
             )
+        sd = self.target.snapshot_delete
+        if sd is not None and sd.enabled and getattr(self.source, "incremental", None) is not None:
+            raise LocatedValueError(
+                "target.snapshot_delete needs a full snapshot (全量): an incremental read does not see "
+                "every key. Remove source.incremental or snapshot_delete",
+                at=("target", "snapshot_delete"),
+            )
         ld = self.target.logical_delete
         if ld is not None and ld.mode == "soft" and ld.soft_column in self.columns:
             raise LocatedValueError(
@@ -583,7 +690,15 @@ class HttpConnection(_Model):
         return v.rstrip("/")
 
 
-ConnectionConfig = Annotated[HttpConnection, Field(discriminator="type")]
+class SqlConnection(_Model):
+    """A front-end database (前置库). The URL holds the password: only from ${ENV}/${credential:…}."""
+
+    type: Literal["sql"]
+    url: SecretStr = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user:${credential:qzk}@host/db")
+    connect_timeout: Duration = timedelta(seconds=10)
+
+
+ConnectionConfig = Annotated[HttpConnection | SqlConnection, Field(discriminator="type")]
 
 
 class DatabaseConfig(_Model):
@@ -607,12 +722,34 @@ class LoggingConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class DaemonConfig(_Model):
+    """``syncd run``: the scheduler, supervision and the monitoring endpoint (docs/daemon.md)."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics and /healthz")
+    max_concurrent_runs: int = Field(4, ge=1, le=64)
+    misfire_grace_time: Duration = timedelta(minutes=10)
+    heartbeat_interval: Duration = timedelta(seconds=10)
+    heartbeat_timeout: Duration = timedelta(seconds=60)
+    stop_timeout: Duration = timedelta(seconds=75)
+    unhealthy_after_failures: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_order(self) -> DaemonConfig:
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise LocatedValueError(
+                "heartbeat_timeout must be more than twice heartbeat_interval", at=("heartbeat_timeout",)
+            )
+        return self
+
+
 class AppConfig(_Model):
     timezone: str = "Asia/Shanghai"
     target: DatabaseConfig
     connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
     logging: LoggingConfig = LoggingConfig()
+    daemon: DaemonConfig = DaemonConfig()
     code_tables: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="shared 字典 code tables, referenced by name from code_table"
     )

@@ -1,4 +1,4 @@
-"""Source kinds, registered by their YAML ``type``."""
+"""Source kinds, registered by their YAML ``type``: http (gateways), sql (前置库), file (drop folders)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ SOURCES: dict[str, Callable[..., Source]] = {}
 
 
 def _register_builtin() -> None:
+    from syncd.sources.files import FileSource
     from syncd.sources.http.source import HttpSource
+    from syncd.sources.sql import SqlSource
 
     SOURCES.setdefault("http", HttpSource.from_config)
+    SOURCES.setdefault("sql", SqlSource.from_config)
+    SOURCES.setdefault("file", FileSource.from_config)
 
 
 def build_source(app: Any, dataset: Any) -> Source:

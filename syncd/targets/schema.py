@@ -4,7 +4,8 @@ The state tables live in the target database beside the data, so that a batch's 
 hashes and change entries commit in one transaction (DESIGN §4.2). Names carry a prefix
 (default ``syncd_``):
 
-- ``row_state``  (dataset, row_key) → row_hash of the last written content
+- ``row_state``  (dataset, row_key) → row_hash of the last written content (and ``seen_run``,
+  the last full-snapshot run that saw the key, for snapshot delete detection)
 - ``changes``    the change feed local applications read (one row per insert/update/delete)
 - ``watermarks`` dataset → the incremental position of the last successful run
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
@@ -112,6 +113,8 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("dataset", dataset, primary_key=True),
         sa.Column("row_key", sa.String(ROW_KEY_LENGTH), primary_key=True),
         sa.Column("row_hash", sa.CHAR(32), nullable=False),
+        # the last full-snapshot run that saw the key (syncd.targets.snapshot); NULL otherwise
+        sa.Column("seen_run", sa.String(32)),
         **MYSQL_TABLE_OPTIONS,
     )
     changes = sa.Table(

@@ -117,7 +117,11 @@ class HttpSource:
     def from_config(cls, app: AppConfig, dataset: DatasetConfig) -> HttpSource:
         """Build the source of ``dataset``, resolving its connection in ``app.connections``."""
         src = dataset.source
+        if not isinstance(src, HttpSourceConfig):
+            raise TypeError(f"dataset {dataset.name} has a {src.type} source, not an http one")
         connection = app.connections.get(src.connection)
+        if not isinstance(connection, HttpConnection | None):
+            raise TypeError(f"connection {src.connection!r} is of type {connection.type}, not http")
         if connection is None:
             known = ", ".join(sorted(app.connections)) or "none are defined"
             main = app.source_file or "syncd.yaml"

@@ -1,0 +1,202 @@
+"""The file source: a drop folder (落地目录) of CSV, XLSX or JSONL files.
+
+Each run:
+
+1. lists the files matching ``pattern`` (oldest first) and takes only complete ones — with a
+   marker file (``name.csv.ok``) or, with ``complete_when: stable``, unmodified for
+   ``stable_for`` — so a half-written file is never read;
+2. hashes each file (sha256) and skips content the ledger (``{prefix}files``) already holds,
+   or that appeared twice in this run: a file dropped twice is processed once;
+3. streams the records of each new file in pages of ``page_size``.
+
+Nothing moves while the run is going. The runner calls :meth:`FileSource.finish` once every batch
+committed: on success the files read are recorded in the ledger, then moved to ``processed/``
+with a ``name.reason.txt`` saying what happened; files that could not be read go to
+``failed/`` with the reason. After a failed run the files read stay in place for the next run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from syncd.config.model import AppConfig, DatasetConfig, FileSourceConfig
+from syncd.errors import PermanentUpstreamError
+from syncd.sources.base import Page, ReadStats, Window
+from syncd.sources.files.ledger import FileLedger
+from syncd.sources.files.readers import FileProblem, inspect_file, read_records
+from syncd.targets.engine import create_target_engine
+
+__all__ = ["FileSource"]
+
+log = structlog.get_logger(__name__)
+
+PROCESSED = "processed"
+FAILED = "failed"
+REASON_SUFFIX = ".reason.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    path: Path
+    sha256: str
+    size: int
+    records: int
+
+
+class FileSource:
+    """A :class:`~syncd.sources.base.Source` reading the files dropped for one dataset."""
+
+    def __init__(self, *, dataset: str, source: FileSourceConfig, ledger: FileLedger) -> None:
+        self.name = dataset
+        self.cfg = source
+        self.stats = ReadStats()
+        self.folder = Path(source.path)
+        self._ledger = ledger
+        self._taken: list[_Taken] = []
+        self._skipped: list[tuple[Path, str]] = []  # duplicates → processed/
+        self._failed: list[tuple[Path, str]] = []  # unreadable → failed/
+
+    @classmethod
+    def from_config(cls, app: AppConfig, dataset: DatasetConfig) -> FileSource:
+        src = dataset.source
+        if not isinstance(src, FileSourceConfig):
+            raise TypeError(f"dataset {dataset.name} has a {src.type} source, not a file one")
+        engine = create_target_engine(app.target.url.get_secret_value(), pool_size=1)
+        ledger = FileLedger(engine, dataset.name, app.target.table_prefix)
+        return cls(dataset=dataset.name, source=src, ledger=ledger)
+
+    def __repr__(self) -> str:
+        return f"FileSource({self.name}, {self.folder})"
+
+    @property
+    def snapshot_read(self) -> bool:
+        """A run that took no file says nothing about deletions (snapshot delete detection)."""
+        return bool(self._taken)
+
+    # ------------------------------------------------------------------ discovery
+
+    def _is_auxiliary(self, path: Path) -> bool:
+        name = path.name
+        return name.endswith((self.cfg.marker_suffix, REASON_SUFFIX)) or name.startswith(".")
+
+    def _complete(self, path: Path, now: float) -> bool:
+        if self.cfg.complete_when == "marker":
+            return path.with_name(path.name + self.cfg.marker_suffix).exists()
+        return now - path.stat().st_mtime >= self.cfg.stable_for.total_seconds()
+
+    def candidates(self) -> list[Path]:
+        """Complete files waiting in the folder, oldest first."""
+        if not self.folder.is_dir():
+            raise PermanentUpstreamError(
+                f"drop folder {self.folder} does not exist or is not a folder "
+                f"(source.path of dataset {self.name})"
+            )
+        now = time.time()
+        found = [p for p in self.folder.glob(self.cfg.pattern) if p.is_file() and not self._is_auxiliary(p)]
+        ready = []
+        for path in sorted(found, key=lambda p: (p.stat().st_mtime, p.name)):
+            if self._complete(path, now):
+                ready.append(path)
+            else:
+                log.info("file.waiting", dataset=self.name, file=path.name, until=self.cfg.complete_when)
+        return ready
+
+    # ------------------------------------------------------------------ Source protocol
+
+    def read(self, window: Window) -> Iterator[Page]:
+        del window  # a drop folder has no update-time window
+        seen: dict[str, str] = {}
+        for path in self.candidates():
+            try:
+                info = inspect_file(path, self.cfg)
+            except (FileProblem, OSError) as exc:
+                self._fail(path, str(exc))
+                continue
+            self.stats.bytes += info.size
+            first = seen.get(info.sha256)
+            if first is None:
+                entry = self._ledger.processed(info.sha256)
+                first = None if entry is None else f"{entry['file_name']} at {entry['processed_at']}"
+            if first is not None:
+                self._skipped.append((path, f"duplicate: the same content (sha256 {info.sha256}) was "
+                                            f"already processed as {first}; not read again"))
+                log.info("file.duplicate", dataset=self.name, file=path.name, sha256=info.sha256)
+                continue
+            seen[info.sha256] = path.name
+            log.info("file.reading", dataset=self.name, file=path.name, enc=info.encoding, size=info.size)
+            count = 0
+            try:
+                for page in self._pages(path, info.encoding):
+                    count += len(page.records)
+                    yield page
+            except (FileProblem, OSError, UnicodeDecodeError) as exc:
+                self._fail(path, str(exc))
+                raise PermanentUpstreamError(f"file {path.name} could not be read to the end: {exc}; "
+                                             f"it goes to {FAILED}/ and the run fails") from exc
+            self._taken.append(_Taken(path, info.sha256, info.size, count))
+        self.stats.complete = True
+
+    def _pages(self, path: Path, encoding: str | None) -> Iterator[Page]:
+        size = self.cfg.page_size
+        records: list[dict[str, Any]] = []
+        for record in read_records(path, self.cfg, encoding):
+            records.append(record)
+            if len(records) >= size:
+                yield self._page(records)
+                records = []
+        if records:
+            yield self._page(records)
+
+    def _page(self, records: list[dict[str, Any]]) -> Page:
+        self.stats.pages += 1
+        self.stats.records += len(records)
+        return Page(records=records, number=self.stats.pages)
+
+    def _fail(self, path: Path, reason: str) -> None:
+        log.warning("file.failed", dataset=self.name, file=path.name, reason=reason)
+        self._failed.append((path, reason))
+
+    def update_time(self, record: dict[str, Any]) -> datetime | None:
+        return None
+
+    def finish(self, success: bool) -> None:
+        """Called by the runner after the run ended; ``success`` means every batch committed."""
+        for path, reason in self._failed:
+            _move(path, self.folder / FAILED, reason, self.cfg.marker_suffix)
+        if not success:
+            if self._taken:
+                log.info("file.kept", dataset=self.name, files=[t.path.name for t in self._taken],
+                         reason="the run did not succeed; the files are read again next run")
+            return
+        self._ledger.record([(t.sha256, t.path.name, t.size, t.records) for t in self._taken])
+        for t in self._taken:
+            _move(t.path, self.folder / PROCESSED, f"processed: {t.records} records, sha256 {t.sha256}",
+                  self.cfg.marker_suffix)
+        for path, reason in self._skipped:
+            _move(path, self.folder / PROCESSED, reason, self.cfg.marker_suffix)
+
+    def close(self) -> None:
+        self._ledger.close()
+
+
+def _move(path: Path, folder: Path, reason: str, marker_suffix: str) -> None:
+    """Move ``path`` (and its marker) into ``folder`` with ``name.reason.txt`` beside it."""
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if target.exists():  # a same-named file was moved before: keep both
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = folder / f"{path.stem}.{stamp}{path.suffix}"
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    target.with_name(target.name + REASON_SUFFIX).write_text(f"{when} {reason}\n", encoding="utf-8")
+    path.replace(target)
+    marker = path.with_name(path.name + marker_suffix)
+    if marker.exists():
+        marker.replace(target.with_name(target.name + marker_suffix))
+    log.info("file.moved", file=path.name, to=str(target), reason=reason)

@@ -1,0 +1,149 @@
+"""Full-snapshot delete detection through the runner, with a SQLite front-end database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.runner import run_dataset
+from syncd.targets import StateStore
+from tests.sources_kit import local_rows, make_app, store_for, upstream_table
+
+NOW = datetime(2026, 3, 1, 12, 0, 0)
+_ENGINES: list[sa.Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    yield
+    while _ENGINES:
+        _ENGINES.pop().dispose()
+
+
+def _track(engine: sa.Engine) -> sa.Engine:
+    _ENGINES.append(engine)
+    return engine
+
+
+def _store(url: str) -> StateStore:
+    store = store_for(url)
+    _track(store.engine)
+    return store
+
+
+def _setup(tmp_path: Path, db_url: str, rows: int, **snapshot: object):
+    front = f"sqlite:///{tmp_path / 'front.db'}"
+    engine = _track(sa.create_engine(front))
+    table = upstream_table(engine, rows, when=NOW)
+    app, ds = make_app(
+        db_url,
+        {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"], "page_size": 37},
+        connections={"qzk": {"type": "sql", "url": front}},
+        target={"snapshot_delete": {"max_ratio": 0.1, **snapshot}},
+    )
+    return engine, table, app, ds, _store(db_url)
+
+
+def _delete(engine: sa.Engine, table: sa.Table, ids: list[str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.id.in_(ids)))
+
+
+def test_missing_keys_are_deleted_once_and_logged(tmp_path: Path, db_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 200)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00003", "p00150"])
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.ok, result.error
+    assert result.counts.deleted == 2
+    rows = local_rows(store)
+    assert len(rows) == 198 and "p00003" not in rows and "p00150" not in rows
+    deletes = [c for c in store.changes("people") if c["op"] == "delete"]
+    assert sorted(c["row_key"] for c in deletes) == ["p00003", "p00150"]
+    again = run_dataset(app, ds, store, now=NOW)
+    assert again.ok and again.counts.deleted == 0
+    assert len([c for c in store.changes("people") if c["op"] == "delete"]) == 2
+
+
+def test_a_snapshot_missing_90_percent_is_refused_and_nothing_deleted(tmp_path: Path, db_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 200)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, [f"p{i:05d}" for i in range(180)])
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.status == "failed"
+    assert result.error is not None
+    assert "180 of 200" in result.error and "90.0%" in result.error
+    assert "target.snapshot_delete.max_ratio" in result.error
+    assert len(local_rows(store)) == 200
+    assert not [c for c in store.changes("people") if c["op"] == "delete"]
+
+
+def test_an_empty_upstream_never_wipes_the_table(tmp_path: Path, db_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 50)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, [f"p{i:05d}" for i in range(50)])
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.status == "failed" and "50 of 50" in (result.error or "")
+    assert len(local_rows(store)) == 50
+
+
+def test_missing_runs_waits_for_consecutive_complete_runs(tmp_path: Path, db_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 100, missing_runs=2)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00010"])
+    first = run_dataset(app, ds, store, now=NOW)
+    assert first.ok and first.counts.deleted == 0 and "p00010" in local_rows(store)
+    second = run_dataset(app, ds, store, now=NOW)
+    assert second.ok and second.counts.deleted == 1 and "p00010" not in local_rows(store)
+
+
+def test_a_key_seen_again_restarts_its_streak(tmp_path: Path, sqlite_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, sqlite_url, 100, missing_runs=2)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00010"])
+    assert run_dataset(app, ds, store, now=NOW).counts.deleted == 0
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": "p00010", "name": "回来", "amount": 10, "upd": NOW}])
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00010"])
+    assert run_dataset(app, ds, store, now=NOW).counts.deleted == 0  # streak 1 again
+    assert run_dataset(app, ds, store, now=NOW).counts.deleted == 1
+
+
+def test_soft_snapshot_deletes_set_the_flag(tmp_path: Path, sqlite_url: str) -> None:
+    front = f"sqlite:///{tmp_path / 'front.db'}"
+    engine = _track(sa.create_engine(front))
+    table = upstream_table(engine, 40, when=NOW)
+    app, ds = make_app(
+        sqlite_url,
+        {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+        connections={"qzk": {"type": "sql", "url": front}},
+        target={"snapshot_delete": {"max_ratio": 0.5},
+                "logical_delete": {"field": "gone", "mode": "soft", "soft_column": "is_deleted"}},
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE people ADD gone VARCHAR(1)"))
+    store = _store(sqlite_url)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00001"])
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.ok and result.counts.deleted == 1
+    with store.engine.connect() as conn:
+        flags = dict(conn.execute(sa.text("SELECT pid, is_deleted FROM people_local")).all())
+    assert flags["p00001"] in (1, True) and sum(bool(v) for v in flags.values()) == 1
+    assert run_dataset(app, ds, store, now=NOW).counts.deleted == 0
+
+
+def test_an_interrupted_read_infers_no_deletes(tmp_path: Path, sqlite_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, sqlite_url, 200)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00199"])
+    calls = iter(range(1000))
+    result = run_dataset(app, ds, store, now=NOW, should_stop=lambda: next(calls) > 3)
+    assert result.status == "interrupted" and result.counts.deleted == 0
+    assert "p00199" in local_rows(store)
+    assert run_dataset(app, ds, store, now=NOW).counts.deleted == 1

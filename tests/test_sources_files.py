@@ -1,0 +1,135 @@
+"""The file source: real CSV (GBK, GB18030, UTF-8 with BOM), XLSX and JSONL files in a drop folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openpyxl import Workbook
+
+from syncd.runner import run_dataset
+from syncd.targets import StateStore
+from tests.sources_kit import local_rows, make_app, store_for
+
+ROWS = [("p1", "张三", "10"), ("p2", "李四", "20"), ("p3", "王五", "30")]
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[StateStore]:
+    s = store_for(sqlite_url)
+    yield s
+    s.engine.dispose()
+
+
+def _app(url: str, drop: Path, **src: Any) -> tuple[Any, Any]:
+    return make_app(url, {"type": "file", "path": str(drop), "pattern": "*.*", "page_size": 2, **src})
+
+
+def _csv(path: Path, rows: list[tuple[str, str, str]], encoding: str, marker: bool = True) -> Path:
+    text = "id,name,amount\r\n" + "".join(",".join(r) + "\r\n" for r in rows)
+    path.write_bytes(text.encode(encoding))
+    if marker:
+        path.with_name(path.name + ".ok").touch()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [("gbk", "张三"), ("gb18030", "𠮷野"), ("utf-8-sig", "𠮷野"), ("utf-8", "𠮷野")],
+)
+def test_csv_encodings_are_detected_and_rare_characters_survive(
+    tmp_path: Path, sqlite_url: str, store: StateStore, encoding: str, name: str
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", [("p1", name, "1"), ("p2", "李四", "2")], encoding)
+    app, ds = _app(sqlite_url, drop)
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert local_rows(store) == {"p1": (name, 1), "p2": ("李四", 2)}
+    assert (drop / "processed" / "a.csv").exists() and (drop / "processed" / "a.csv.ok").exists()
+    assert "processed: 2 records" in (drop / "processed" / "a.csv.reason.txt").read_text(encoding="utf-8")
+    assert not (drop / "a.csv").exists()
+
+
+def test_xlsx_and_jsonl_files(tmp_path: Path, sqlite_url: str, store: StateStore) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["导出时间 2026-03-01"])  # a title row above the header
+    sheet.append(["id", "name", "amount"])
+    sheet.append(["x1", "𠮷", 7])
+    sheet.append(["x2", "赵六", 8.0])
+    book.save(drop / "a.xlsx")
+    (drop / "a.xlsx.ok").touch()
+    app, ds = _app(sqlite_url, drop, header_row=2, pattern="*.xlsx")
+    assert run_dataset(app, ds, store).ok
+    lines = [json.dumps({"id": "j1", "name": "钱七", "amount": 3}, ensure_ascii=False), ""]
+    (drop / "b.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    (drop / "b.jsonl.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.jsonl")
+    assert run_dataset(app, ds, store).ok
+    assert local_rows(store) == {"x1": ("𠮷", 7), "x2": ("赵六", 8), "j1": ("钱七", 3)}
+
+
+def test_a_half_written_file_is_not_taken(tmp_path: Path, sqlite_url: str, store: StateStore) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", ROWS, "utf-8", marker=False)
+    app, ds = _app(sqlite_url, drop)
+    assert run_dataset(app, ds, store).counts.fetched == 0  # no marker yet
+    app, ds = _app(sqlite_url, drop, complete_when="stable", stable_for="1h")
+    assert run_dataset(app, ds, store).counts.fetched == 0  # modified just now
+    old = time.time() - 7200
+    os.utime(drop / "a.csv", (old, old))
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.inserted == 3
+
+
+def test_a_file_dropped_twice_is_processed_once(tmp_path: Path, sqlite_url: str, store: StateStore) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", ROWS, "utf-8")
+    _csv(drop / "copy.csv", ROWS, "utf-8")  # the same content twice in one run
+    app, ds = _app(sqlite_url, drop)
+    first = run_dataset(app, ds, store)
+    assert first.ok and first.counts.fetched == 3
+    _csv(drop / "a.csv", ROWS, "utf-8")  # dropped again after a restart
+    second = run_dataset(app, ds, store)
+    assert second.ok and second.counts.fetched == 0
+    reasons = sorted(p.name for p in (drop / "processed").glob("*.reason.txt"))
+    assert len(reasons) == 3 and not list(drop.glob("*.csv"))
+    assert sum("duplicate" in p.read_text(encoding="utf-8") for p in (drop / "processed").glob("*.txt")) == 2
+
+
+def test_files_stay_in_place_when_the_run_fails(tmp_path: Path, sqlite_url: str, store: StateStore) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", [("p1", "张三", "not a number")] * 1, "utf-8")
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop)})
+    app = app.model_copy(update={"defaults": app.defaults.model_copy(
+        update={"error_limit": app.defaults.error_limit.model_copy(update={"count": 0})})})
+    result = run_dataset(app, ds, store)
+    assert result.status == "failed"
+    assert (drop / "a.csv").exists() and not (drop / "processed").exists()
+
+
+def test_an_unreadable_file_goes_to_failed_with_the_reason(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "bad.csv").write_bytes("id,name\r\np1,张三\r\n".encode() + b"\xff\xfe\x00")
+    (drop / "bad.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop, encoding="utf-8")
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 0
+    assert (drop / "failed" / "bad.csv").exists()
+    assert "not valid text in utf-8" in (drop / "failed" / "bad.csv.reason.txt").read_text(encoding="utf-8")
