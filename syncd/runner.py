@@ -47,7 +47,7 @@ from syncd.targets import (
 )
 from syncd.targets.snapshot import SnapshotDeletes
 
-__all__ = ["RunResult", "check_authorization", "run_dataset"]
+__all__ = ["Backfill", "Progress", "RunResult", "check_authorization", "run_dataset"]
 
 log = structlog.get_logger("syncd.runner")
 
@@ -88,6 +88,31 @@ class RunResult:
         if self.error:
             parts.append(f"error: {self.error}")
         return "  ".join(parts)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """Re-read a window instead of resuming from the watermark (``syncd sync --from/--to/--full``).
+
+    ``full`` re-reads everything up to the run's start minus the safety lag. The usual change
+    tracking applies, so re-reading unchanged data writes nothing; the watermark only ever moves
+    forward, so re-reading an old window never moves it back.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Handed to ``on_progress`` after every page of a run."""
+
+    dataset: str
+    pages: int
+    records: int
+    reported_total: int | None
+    elapsed: float
 
 
 def check_authorization(dataset: DatasetConfig, today: date) -> int:
@@ -151,6 +176,9 @@ class _Run:
         self.max_seen: datetime | None = None
         self.warnings: list[str] = []
         self.should_stop: Callable[[], bool] = lambda: False
+        self.backfill: Backfill | None = None
+        self.on_progress: Callable[[Progress], None] | None = None
+        self.started_mono = time.monotonic()
 
     def check_stop(self) -> None:
         if self.should_stop():
@@ -168,6 +196,9 @@ class _Run:
         lookback = inc.lookback if inc.lookback is not None else self.app.defaults.lookback
         lag = inc.safety_lag if inc.safety_lag is not None else self.app.defaults.safety_lag
         until = self.started_local - lag
+        if self.backfill is not None:
+            bf = self.backfill
+            return Window(since=None if bf.full else bf.since, until=min(bf.until or until, until))
         if watermark:
             since: datetime | None = datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
         else:
@@ -294,6 +325,16 @@ def _process(
                 rows.append(row)
         if len(rows) + len(deletes) + len(quarantined) >= run.batch_size:
             flush()
+        if run.on_progress is not None:
+            run.on_progress(
+                Progress(
+                    run.ds.name,
+                    run.counts.pages,
+                    run.counts.fetched,
+                    run.counts.reported_total,
+                    time.monotonic() - run.started_mono,
+                )
+            )
     flush()
     run.check_error_limit(final=True)
     return writer
@@ -321,16 +362,21 @@ def run_dataset(
     trigger: str = "manual",
     source_factory: Callable[[AppConfig, DatasetConfig], Source] = build_source,
     should_stop: Callable[[], bool] | None = None,
+    backfill: Backfill | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> RunResult:
     """Run ``dataset`` once. Never raises for a failed run: the result says what happened.
 
     ``should_stop`` is polled between pages and before each batch is written; when it returns
     True the run ends with status ``interrupted`` (the daemon's SIGTERM), keeping what committed.
+    ``backfill`` re-reads a window (see :class:`Backfill`); ``on_progress`` is called after every page.
     """
     started = time.monotonic()
     run = _Run(app, dataset, store, now or datetime.now(UTC))
     if should_stop is not None:
         run.should_stop = should_stop
+    run.backfill = backfill
+    run.on_progress = on_progress
     with _bound(dataset=dataset.name, run_id=run.run_id):
         try:
             before = _start(run, trigger)
