@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         prerender=args.prerender,
         bad_ratio=args.bad_ratio,
     )
+    # handlers before the banner: whoever reads the banner may signal us at once
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         url = gateway.start()
     except OSError as exc:
@@ -79,13 +87,6 @@ def main(argv: list[str] | None = None) -> int:
           "  appKey=zj-app appSecret=zj-secret", flush=True)
     print("Ctrl-C to stop.", flush=True)
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     rng = random.Random(args.seed)
     try:
         while not stop.wait(args.churn_every if args.churn_every > 0 else 3600):
