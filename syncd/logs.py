@@ -1,21 +1,31 @@
 """Logging: structlog for syncd's own events, stdlib records rendered through the same pipeline.
 
-JSON lines (one event per line, UTC timestamps, ECS-style names) when stdout is not a terminal —
-journald and log shippers read them; a readable console rendering on a terminal. Secrets are
-redacted by key name and passwords are removed from URLs before anything is rendered.
+* JSON lines (one event per line, ``ensure_ascii=False``) when running under systemd
+  (``JOURNAL_STREAM`` is set) or when the stream is not a terminal; a readable console rendering
+  on a terminal. ``logging.format`` (auto | json | console) overrides the choice.
+* Field names (stable: monitoring depends on them, see docs/logging.md): ``@timestamp`` (UTC,
+  ISO 8601), ``log.level``, ``log.logger``, ``event`` (the event name, e.g. ``sync.finish``),
+  then the event's own fields; ``exception`` holds a structured traceback WITHOUT local variables.
+* Records of SQLAlchemy, urllib3 and APScheduler (stdlib ``logging``) go through the same
+  processors; their text is the ``event``.
+* Secrets: a field whose key looks secret (password, token, secret, sign …) is replaced by
+  ``***`` at any depth (dicts, lists, tuples); passwords inside URLs are replaced in every string,
+  exception messages included.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
-__all__ = ["configure_logging", "redact_text", "redact_value"]
+__all__ = ["configure_logging", "redact_text", "redact_value", "use_json"]
 
 _SECRET_KEY = re.compile(
     r"(pass(word)?|passwd|secret|token|api[_-]?key|app[_-]?secret|authorization|signature|sign|salt|credential)",
@@ -23,6 +33,7 @@ _SECRET_KEY = re.compile(
 )
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
 _REDACTED = "***"
+_NOT_SECRET_KEYS = frozenset({"event", "log.logger", "logger"})
 
 
 def redact_text(text: str) -> str:
@@ -31,12 +42,15 @@ def redact_text(text: str) -> str:
 
 
 def redact_value(key: str, value: Any) -> Any:
-    if _SECRET_KEY.search(key) and value not in (None, ""):
+    """``value`` with secrets removed: by ``key`` name, inside URLs, in nested dicts and lists."""
+    if key not in _NOT_SECRET_KEYS and _SECRET_KEY.search(key) and value not in (None, ""):
         return _REDACTED
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
         return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value("", v) for v in value]
     return value
 
 
@@ -47,14 +61,32 @@ def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> 
 
 
 def _ecs_names(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Rename structlog's keys to ECS-style names monitoring expects."""
-    if "level" in event_dict:
-        event_dict["log.level"] = event_dict.pop("level")
-    if "logger" in event_dict:
-        event_dict["log.logger"] = event_dict.pop("logger")
-    if "timestamp" in event_dict:
-        event_dict["@timestamp"] = event_dict.pop("timestamp")
-    return event_dict
+    """ECS-style names, in a fixed order: ``@timestamp``, ``log.level``, ``log.logger``, ``event``, …"""
+    head = {
+        "@timestamp": event_dict.pop("timestamp", None),
+        "log.level": event_dict.pop("level", None),
+        "log.logger": event_dict.pop("logger", None),
+        "event": event_dict.pop("event", None),
+    }
+    return {**head, **event_dict}
+
+
+#: exceptions as data; show_locals=False: local variables may hold secrets (DESIGN §6)
+_dict_tracebacks = structlog.processors.ExceptionRenderer(
+    ExceptionDictTransformer(show_locals=False, use_rich=False)
+)
+
+
+def use_json(fmt: Literal["auto", "json", "console"], stream: TextIO) -> bool:
+    """JSON unless ``console`` is asked for, or ``auto`` on an interactive terminal outside systemd."""
+    if fmt != "auto":
+        return fmt == "json"
+    if os.environ.get("JOURNAL_STREAM"):
+        return True
+    try:
+        return not stream.isatty()
+    except ValueError:  # a closed stream
+        return True
 
 
 def configure_logging(
@@ -62,44 +94,39 @@ def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog and the stdlib root logger to render through one pipeline."""
+    """Configure structlog and the stdlib root logger to render through one pipeline.
+
+    ``stream`` defaults to stderr (commands print their results on stdout); ``syncd run`` logs to
+    stdout, which systemd sends to the journal.
+    """
     out = stream if stream is not None else sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    as_json = use_json(fmt, out)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
-        _redact_processor,
     ]
     renderer: Any
-    if use_json:
-        shared_tail: list[Any] = [
-            structlog.processors.dict_tracebacks,  # structured, and never with local variables
-            _ecs_names,
-        ]
-        renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
+    if as_json:
+        tail: list[Any] = [_dict_tracebacks, _redact_processor, _ecs_names]
+        renderer = structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
     else:
-        shared_tail = []
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        tail = [_redact_processor]
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *shared_tail,
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)

@@ -1,0 +1,70 @@
+"""Crontab expressions → APScheduler 3 cron triggers, with crontab's weekday numbering.
+
+``CronTrigger.from_crontab`` reads the weekday field with APScheduler's own numbering (Monday=0),
+so ``0 2 * * 1`` would fire on Tuesdays. Here the five fields are read like crontab(5): the weekday
+numbers 0 and 7 mean Sunday, 1 Monday … 6 Saturday; names (``sun``, ``mon`` …), lists, ranges and
+steps work. The weekday field is expanded into explicit day names, so no numbering is ambiguous.
+The time zone is always explicit (a trigger without one uses the host's zone).
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+
+__all__ = ["cron_trigger", "crontab_weekdays"]
+
+_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _day_number(token: str) -> int:
+    token = token.strip().lower()
+    if token[:3] in _NAMES and token.isalpha():
+        return _NAMES.index(token[:3])
+    if not token.isdigit():
+        raise ValueError(f"weekday {token!r} is neither 0-7 nor a day name such as mon")
+    n = int(token)
+    if n > 7:
+        raise ValueError(f"weekday {n} is out of range: 0-7, where 0 and 7 are Sunday")
+    return n % 7
+
+
+def crontab_weekdays(field: str) -> str:
+    """The crontab weekday field as APScheduler's comma list of day names (``*`` stays ``*``)."""
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        if step_text and not step_text.isdigit():
+            raise ValueError(f"weekday step {step_text!r} must be a positive number")
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise ValueError(f"weekday step {step_text!r} must be a positive number")
+        if base == "*":
+            first, last = 0, 6
+        elif "-" in base:
+            lo, hi = base.split("-", 1)
+            first = _day_number(lo)
+            last = 7 if hi.strip() == "7" else _day_number(hi)
+            if last < first:
+                raise ValueError(f"weekday range {base!r} runs backwards")
+        else:
+            first = _day_number(base)
+            last = first if not step_text else 6
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return ",".join(_NAMES[d] for d in sorted(days))
+
+
+def cron_trigger(expression: str, timezone: str | tzinfo) -> CronTrigger:
+    """A trigger for a five-field crontab expression in ``timezone`` (raises ValueError)."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, weekday = fields
+    zone = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+    return CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday), timezone=zone
+    )

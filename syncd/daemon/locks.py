@@ -1,0 +1,100 @@
+"""Per-dataset run locks, so that several daemons on one configuration never run a dataset twice.
+
+* PostgreSQL: ``pg_try_advisory_xact_lock`` — a TRANSACTION-scoped advisory lock, taken on a
+  dedicated connection whose transaction stays open for the whole run and is rolled back at the
+  end. The lock cannot outlive the run (session-level locks leak through a connection pool, DESIGN
+  §6), and when a node dies its connection closes and the lock goes with it.
+* MariaDB / MySQL: ``GET_LOCK(name, 0)`` is session-scoped, so it is held on a dedicated,
+  unpooled connection that is released with ``RELEASE_LOCK`` and then closed, whatever happens.
+* SQLite: a single-host database; within one daemon the scheduler never starts two runs of a
+  dataset (``max_instances=1``), so no lock is taken. Do not run two daemons on one SQLite file.
+
+The locker owns a small engine of its own with no pool (``NullPool``): every lock is a fresh
+connection, closed when the run ends, never handed to other code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.pool import NullPool
+
+from syncd.errors import TargetError
+
+__all__ = ["DatasetLocker", "lock_key"]
+
+log = structlog.get_logger(__name__)
+
+
+def lock_key(dataset: str) -> int:
+    """A stable signed 64-bit key for ``dataset`` (the same on every node and Python version)."""
+    digest = hashlib.sha256(f"syncd:{dataset}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class DatasetLocker:
+    """``with locker.hold(name) as acquired:`` — run only when ``acquired`` is True."""
+
+    def __init__(self, url: str | sa.URL) -> None:
+        self._engine: sa.Engine | None = None
+        parsed = sa.make_url(url)
+        backend = parsed.get_backend_name()
+        families = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+        self.family = families.get(backend, "sqlite")
+        if self.family in ("postgresql", "mysql"):
+            self._engine = sa.create_engine(parsed, poolclass=NullPool, hide_parameters=True)
+
+    @property
+    def enabled(self) -> bool:
+        """False on SQLite (single host: nothing to coordinate)."""
+        return self._engine is not None
+
+    @contextmanager
+    def hold(self, dataset: str) -> Iterator[bool]:
+        """Try to take the dataset's lock without waiting; yield whether it was acquired."""
+        if self._engine is None:
+            yield True
+            return
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetError(f"cannot connect to take the run lock of dataset {dataset}: {exc}") from exc
+        try:
+            if self.family == "postgresql":
+                yield from self._hold_postgres(conn, dataset)
+            else:
+                yield from self._hold_mysql(conn, dataset)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _hold_postgres(conn: sa.Connection, dataset: str) -> Iterator[bool]:
+        with conn.begin() as tx:  # the transaction (and the lock) lasts for the whole run
+            query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
+            acquired = bool(conn.execute(query, {"key": lock_key(dataset)}).scalar())
+            try:
+                yield acquired
+            finally:
+                tx.rollback()
+
+    @staticmethod
+    def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[bool]:
+        name = f"syncd:{dataset}"[:64]
+        acquired = conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                except sa.exc.SQLAlchemyError:  # closing the session releases it anyway
+                    log.warning("lock.release_failed", dataset=dataset, exc_info=True)
+            conn.rollback()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()

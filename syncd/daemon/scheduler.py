@@ -1,0 +1,187 @@
+"""The dataset scheduler: APScheduler 3 jobs built from the YAML, plus a heartbeat.
+
+One job per scheduled dataset (id = dataset name) in a :class:`MemoryJobStore` — nothing is
+pickled, the YAML is the only source of jobs. Every trigger gets the configured time zone
+explicitly; every job has ``coalesce=True`` (a backlog of missed runs becomes one run),
+``max_instances=1`` (never two runs of one dataset at once in this process) and a generous
+``misfire_grace_time`` (APScheduler's default of 1 s silently skips a run that starts late, e.g.
+because every worker was busy). Dataset runs share a pool of ``max_concurrent`` worker threads;
+the heartbeat has an executor of its own so busy workers never delay it.
+
+The heartbeat proves the scheduler thread still dispatches jobs: :meth:`heartbeat_age` grows
+when it stops (DESIGN §6: a job-store error can kill the thread while the scheduler still says
+RUNNING), and :attr:`alive` checks the thread itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from syncd.config.model import CronSchedule, IntervalSchedule
+from syncd.daemon.cron import cron_trigger
+
+__all__ = ["HEARTBEAT_JOB", "DatasetScheduler", "SchedulePlan", "build_trigger"]
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_JOB = "syncd:heartbeat"
+Schedule = CronSchedule | IntervalSchedule
+
+
+def build_trigger(schedule: Schedule, timezone: str | tzinfo) -> BaseTrigger:
+    """The APScheduler trigger of a dataset's schedule, always in ``timezone``."""
+    zone = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+    jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
+    if isinstance(schedule, CronSchedule):
+        trigger = cron_trigger(schedule.cron, zone)
+        trigger.jitter = jitter
+        return trigger
+    return IntervalTrigger(seconds=schedule.every.total_seconds(), timezone=zone, jitter=jitter)
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """What :meth:`DatasetScheduler.apply` changed."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rescheduled: list[str] = field(default_factory=list)
+
+
+class DatasetScheduler:
+    """A BackgroundScheduler running ``run_fn(dataset)`` on each dataset's schedule."""
+
+    def __init__(
+        self,
+        run_fn: Callable[[str], None],
+        *,
+        timezone: str,
+        max_concurrent: int = 4,
+        misfire_grace_time: timedelta = timedelta(minutes=10),
+        heartbeat_interval: timedelta = timedelta(seconds=10),
+        on_heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self._run_fn = run_fn
+        self._zone = ZoneInfo(timezone)
+        self._grace = max(1, int(misfire_grace_time.total_seconds()))
+        self._beat_every = heartbeat_interval.total_seconds()
+        self._on_heartbeat = on_heartbeat
+        self._schedules: dict[str, Schedule] = {}
+        self._lock = threading.Lock()
+        self._last_beat = time.monotonic()
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={
+                "default": ThreadPoolExecutor(max_concurrent),
+                "heartbeat": ThreadPoolExecutor(1),
+            },
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": self._grace},
+            timezone=self._zone,
+            daemon=True,
+        )
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self._beat()
+        self._scheduler.add_job(
+            self._beat,
+            IntervalTrigger(seconds=self._beat_every, timezone=self._zone),
+            id=HEARTBEAT_JOB,
+            name=HEARTBEAT_JOB,
+            executor="heartbeat",
+        )
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop dispatching; running jobs go on (the daemon waits for them with its own timeout)."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    @property
+    def alive(self) -> bool:
+        """The scheduler says it runs AND its thread is alive."""
+        thread: threading.Thread | None = getattr(self._scheduler, "_thread", None)
+        return bool(self._scheduler.running and thread is not None and thread.is_alive())
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the heartbeat job last ran."""
+        return time.monotonic() - self._last_beat
+
+    def _job(self, name: str) -> None:
+        """Every dataset job starts and ends with an empty log context: worker threads are reused,
+        and a context variable bound by one run must never show up in the next one's log lines."""
+        structlog.contextvars.clear_contextvars()
+        try:
+            self._run_fn(name)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
+
+    # ------------------------------------------------------------------ jobs
+
+    def apply(self, schedules: Mapping[str, Schedule]) -> SchedulePlan:
+        """Make the jobs match ``schedules`` exactly: add, remove and reschedule."""
+        plan = SchedulePlan()
+        with self._lock:
+            for name in sorted(set(self._schedules) - set(schedules)):
+                self._scheduler.remove_job(name)
+                del self._schedules[name]
+                plan.removed.append(name)
+            for name, schedule in sorted(schedules.items()):
+                old = self._schedules.get(name)
+                if old == schedule:
+                    continue
+                trigger = build_trigger(schedule, self._zone)
+                if old is None:
+                    self._scheduler.add_job(
+                        self._job, trigger, args=[name], id=name, name=name, executor="default"
+                    )
+                    plan.added.append(name)
+                else:
+                    self._scheduler.reschedule_job(name, trigger=trigger)
+                    plan.rescheduled.append(name)
+                self._schedules[name] = schedule
+        return plan
+
+    def next_run_times(self) -> dict[str, datetime | None]:
+        """Next fire time of every dataset job (None while paused)."""
+        out: dict[str, datetime | None] = {}
+        for job in self._scheduler.get_jobs():
+            if job.id != HEARTBEAT_JOB:
+                out[job.id] = job.next_run_time
+        return out
+
+    @property
+    def datasets(self) -> list[str]:
+        with self._lock:
+            return sorted(self._schedules)
+
+    def job_options(self, name: str) -> dict[str, Any]:
+        """The options APScheduler holds for a job (for tests and diagnostics)."""
+        job = self._scheduler.get_job(name)
+        if job is None:
+            raise KeyError(name)
+        return {
+            "coalesce": job.coalesce,
+            "max_instances": job.max_instances,
+            "misfire_grace_time": job.misfire_grace_time,
+            "trigger": job.trigger,
+        }

@@ -1,0 +1,330 @@
+"""The long-running daemon behind ``syncd run``: supervision, reload, stop, metrics and health.
+
+Threads and who owns what:
+
+* the MAIN thread owns signals, reloads, supervision and systemd notifications. Signal handlers
+  only set flags and wake it up; it polls once a second;
+* the scheduler thread dispatches jobs; dataset runs execute in its worker pool
+  (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`;
+* the HTTP thread serves ``/metrics`` and ``/healthz``.
+
+Exit codes of :meth:`Daemon.serve`: 0 after a clean stop (SIGTERM/SIGINT: no new runs start,
+running ones end between batches with status ``interrupted``); 1 when the scheduler died
+(``daemon.scheduler_dead``: thread gone or heartbeat stale) or runs did not end within
+``daemon.stop_timeout`` — systemd then restarts the service.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from syncd.config import load_config
+from syncd.config.model import AppConfig
+from syncd.daemon.http import HealthServer
+from syncd.daemon.locks import DatasetLocker
+from syncd.daemon.notify import SystemdNotifier
+from syncd.daemon.scheduler import DatasetScheduler, Schedule
+from syncd.daemon.state import RunBook
+from syncd.errors import ConfigError
+from syncd.metrics import Metrics
+from syncd.runner import RunResult, run_dataset
+from syncd.targets import RunCounts, StateStore, create_target_engine
+
+__all__ = ["Daemon", "schedules_of"]
+
+log = structlog.get_logger(__name__)
+
+_TICK = 1.0  # seconds between supervision checks of the main thread
+_STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else changed
+
+
+def schedules_of(app: AppConfig) -> dict[str, Schedule]:
+    """The datasets that get a job: enabled and with a schedule."""
+    return {n: d.schedule for n, d in app.datasets.items() if d.enabled and d.schedule is not None}
+
+
+def _empty_counts() -> RunCounts:
+    return RunCounts(
+        fetched=0,
+        inserted=0,
+        updated=0,
+        deleted=0,
+        unchanged=0,
+        quarantined=0,
+        reported_total=None,
+        requests=0,
+        retries=0,
+        pages=0,
+    )
+
+
+class Daemon:
+    """``Daemon(path, app).serve()`` runs until stopped; see the module docstring."""
+
+    def __init__(self, config_path: Path, app: AppConfig, *, notifier: SystemdNotifier | None = None) -> None:
+        self.config_path = config_path
+        self.app = app
+        self.notifier = notifier if notifier is not None else SystemdNotifier(unset_environment=True)
+        d = app.daemon
+        self.metrics = Metrics()
+        self.book = RunBook(d.unhealthy_after_failures)
+        url = app.target.url.get_secret_value()
+        self.engine = create_target_engine(
+            url, pool_size=max(app.target.pool_size, d.max_concurrent_runs + 1)
+        )
+        self.store = StateStore(self.engine, app.target.table_prefix)
+        self.locker = DatasetLocker(url)
+        self.scheduler = DatasetScheduler(
+            self.run_job,
+            timezone=app.timezone,
+            max_concurrent=d.max_concurrent_runs,
+            misfire_grace_time=d.misfire_grace_time,
+            heartbeat_interval=d.heartbeat_interval,
+            on_heartbeat=self.metrics.heartbeat,
+        )
+        self.server: HealthServer | None = None
+        if d.metrics_port:
+            self.server = HealthServer(self.metrics, self.health, host=d.metrics_host, port=d.metrics_port)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._active: set[str] = set()
+        self._active_cv = threading.Condition()
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to stop (what SIGTERM does)."""
+        self._on_stop(signal.SIGTERM, None)
+
+    def request_reload(self) -> None:
+        """Ask :meth:`serve` to reload the configuration (what SIGHUP does)."""
+        self._on_reload(signal.SIGHUP, None)
+
+    def _install_signals(self) -> dict[int, Any]:
+        """Route SIGTERM/SIGINT/SIGHUP to flags; return the previous handlers (restored on exit)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for signum, handler in (
+            (signal.SIGTERM, self._on_stop),
+            (signal.SIGINT, self._on_stop),
+            (signal.SIGHUP, self._on_reload),
+        ):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    # ------------------------------------------------------------------ the main loop
+
+    def serve(self) -> int:
+        """Start everything, supervise until stopped; return the process exit code."""
+        previous = self._install_signals()
+        try:
+            return self._serve()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _serve(self) -> int:
+        self.store.ensure_schema()
+        if self.server is not None:
+            self.server.start()
+        self.metrics.config_reloaded(True)
+        self._adopt(self.app)
+        self.scheduler.start()
+        plan = self.scheduler.apply(schedules_of(self.app))
+        log.info(
+            "daemon.started",
+            config=str(self.config_path),
+            datasets=sorted(self.app.datasets),
+            scheduled=plan.added,
+            timezone=self.app.timezone,
+            max_concurrent_runs=self.app.daemon.max_concurrent_runs,
+        )
+        self.notifier.ready(self._status())
+        code = self._supervise()
+        return self._shutdown(code)
+
+    def _supervise(self) -> int:
+        watchdog_every = self.notifier.watchdog_interval()
+        last_ping = last_status = 0.0
+        timeout = self.app.daemon.heartbeat_timeout.total_seconds()
+        while True:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            if self._stop.is_set():
+                return 0
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+                last_status = time.monotonic()
+            age = self.scheduler.heartbeat_age()
+            if not self.scheduler.alive or age > timeout:
+                log.critical(
+                    "daemon.scheduler_dead",
+                    thread_alive=self.scheduler.alive,
+                    heartbeat_age_s=round(age, 1),
+                    hint="the scheduler stopped dispatching jobs; exiting so that systemd restarts syncd",
+                )
+                return 1
+            now = time.monotonic()
+            if watchdog_every is not None and now - last_ping >= watchdog_every:
+                self.notifier.watchdog()  # only reached while the heartbeat is fresh
+                last_ping = now
+            if now - last_status >= _STATUS_EVERY:
+                self.notifier.status(self._status())
+                last_status = now
+
+    def _shutdown(self, code: int) -> int:
+        self._stop.set()  # running jobs see it through should_stop and end between batches
+        self.notifier.stopping("stopping: waiting for running datasets to finish their batch")
+        log.info(
+            "daemon.stopping", reason="scheduler_dead" if code else "signal", running=sorted(self._active)
+        )
+        self.scheduler.shutdown()
+        deadline = time.monotonic() + self.app.daemon.stop_timeout.total_seconds()
+        with self._active_cv:
+            while self._active and time.monotonic() < deadline:
+                self._active_cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            left = sorted(self._active)
+        if left:
+            log.error(
+                "daemon.stop_timeout", running=left, stop_timeout_s=self.app.daemon.stop_timeout.seconds
+            )
+            code = code or 1
+        if self.server is not None:
+            self.server.stop()
+        self.locker.close()
+        self.engine.dispose()
+        log.info("daemon.stopped", exit_code=code)
+        return code
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Datasets whose run was still going when :meth:`serve` returned."""
+        with self._active_cv:
+            return sorted(self._active)
+
+    # ------------------------------------------------------------------ one job
+
+    def run_job(self, name: str) -> None:
+        """The scheduler's job: one run of ``name`` under its lock; never raises."""
+        structlog.contextvars.clear_contextvars()  # pool threads are reused: start clean
+        try:
+            app = self.app  # one consistent configuration for the whole run
+            ds = app.datasets.get(name)
+            if ds is None or not ds.enabled or self._stop.is_set():
+                return
+            with self._active_cv:
+                self._active.add(name)
+            try:
+                result = self._locked_run(app, name)
+            finally:
+                with self._active_cv:
+                    self._active.discard(name)
+                    self._active_cv.notify_all()
+            if result.status != "interrupted":
+                self.metrics.observe_run(result)
+            self.book.record(name, result.status)
+            self._set_days_left(app, name)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _locked_run(self, app: AppConfig, name: str) -> RunResult:
+        started = time.monotonic()
+        try:
+            with self.locker.hold(name) as acquired:
+                if acquired:
+                    return run_dataset(
+                        app, app.datasets[name], self.store, trigger="schedule", should_stop=self._stop.is_set
+                    )
+            log.info("sync.skipped_locked", dataset=name, hint="another node is running this dataset")
+            return RunResult(name, "", "skipped_locked", _empty_counts(), time.monotonic() - started)
+        except Exception as exc:  # a job must never kill its worker; the run is reported as failed
+            log.error("daemon.job_failed", dataset=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return RunResult(name, "", "failed", _empty_counts(), time.monotonic() - started, error=str(exc))
+
+    # ------------------------------------------------------------------ configuration
+
+    def _adopt(self, app: AppConfig) -> None:
+        """Metrics series, run book and authorization gauges for the datasets of ``app``."""
+        for name in self.metrics.datasets - set(app.datasets):
+            self.metrics.forget_dataset(name)
+        for name in app.datasets:
+            self.metrics.register_dataset(name)
+            self._set_days_left(app, name)
+        self.book.track(app.datasets)
+
+    def _set_days_left(self, app: AppConfig, name: str) -> None:
+        ds = app.datasets.get(name)
+        if ds is not None:
+            today = datetime.now(UTC).astimezone(ZoneInfo(app.timezone)).date()
+            self.metrics.set_authorization_days(name, (ds.authorization.valid_until - today).days)
+
+    def reload(self) -> bool:
+        """Re-read and validate the configuration; apply it whole, or keep the old one. True when applied."""
+        self.notifier.reloading("reloading the configuration")
+        log.info("config.reloading", config=str(self.config_path))
+        try:
+            new = load_config(self.config_path)
+            if new.target != self.app.target:
+                raise ValueError("the target section changed; restart syncd to use another target database")
+        except (ConfigError, ValueError) as exc:
+            issues = [str(i) for i in exc.issues] if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("config.reload_failed", config=str(self.config_path), errors=len(issues), issues=issues)
+            self.metrics.config_reloaded(False, errors=len(issues))
+            self.book.reload_problem = (
+                f"reload failed with {len(issues)} error(s), running the previous configuration: {issues[0]}"
+            )
+            self.notifier.ready(self._status())
+            return False
+        restart_only = [
+            k for k in ("daemon", "timezone", "logging") if getattr(new, k) != getattr(self.app, k)
+        ]
+        self.app = new
+        plan = self.scheduler.apply(schedules_of(new))
+        self._adopt(new)
+        self.metrics.config_reloaded(True)
+        self.book.reload_problem = None
+        log.info(
+            "config.reloaded",
+            config=str(self.config_path),
+            datasets=len(new.datasets),
+            added=plan.added,
+            removed=plan.removed,
+            rescheduled=plan.rescheduled,
+        )
+        if restart_only:
+            log.warning(
+                "config.restart_needed", sections=restart_only, hint="these take effect after a restart"
+            )
+        self.notifier.ready(self._status())
+        return True
+
+    # ------------------------------------------------------------------ reporting
+
+    def _status(self) -> str:
+        return self.book.status_line(len(self.scheduler.datasets))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok, details = self.book.health(
+            self.scheduler.heartbeat_age(), self.app.daemon.heartbeat_timeout.total_seconds()
+        )
+        return ok, dict(details)

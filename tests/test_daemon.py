@@ -1,0 +1,112 @@
+"""`syncd run` as a real process: systemd notifications, reload (SIGHUP), stop (SIGTERM), JSON logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.gateway import FaultPlan, Gateway
+from tests.daemon_proc import DaemonProcess, NotifySocket, daemon_config
+from tests.e2e import SECRET, SECRET_ENV
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    gw = Gateway(records=300, seed=3, app_secret=SECRET)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_daemon_reload_and_stop(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, notify: NotifySocket
+) -> None:
+    config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url)
+    residents = tmp_path / "datasets" / "residents.yaml"
+    good = residents.read_text(encoding="utf-8")
+    daemon = DaemonProcess(config, notify=notify)
+    try:
+        assert "datasets scheduled" in notify.wait_for("READY=1")
+        daemon.wait_event("sync.finish", status="success")
+
+        # a broken file: the old configuration keeps running, the error is reported with its position
+        residents.write_text(good + "no_such_key: 1\n", encoding="utf-8")
+        notify.messages.clear()
+        daemon.signal(signal.SIGHUP)
+        failed = daemon.wait_event("config.reload_failed")
+        assert failed["errors"] >= 1
+        assert any("residents.yaml:" in issue for issue in failed["issues"])
+        assert "reload failed" in notify.wait_for("READY=1")
+        notify.wait_for("RELOADING=1")
+        finishes = len([e for e in daemon.events() if e["event"] == "sync.finish"])
+        daemon.wait_event("sync.finish", count=finishes + 1)  # still running on the old configuration
+
+        # a valid change: a second dataset gets a job; removing it again removes the job
+        residents.write_text(good, encoding="utf-8")
+        second = good.replace("name: residents", "name: residents2").replace(
+            "table: resident_info", "table: resident_info2"
+        )
+        (tmp_path / "datasets" / "residents2.yaml").write_text(second, encoding="utf-8")
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait_event("config.reloaded")["added"] == ["residents2"]
+        daemon.wait_event("sync.finish", dataset="residents2")
+        (tmp_path / "datasets" / "residents2.yaml").unlink()
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait_event("config.reloaded", count=2)["removed"] == ["residents2"]
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr_text()
+    notify.wait_for("STOPPING=1")
+    events = daemon.events()  # every line is JSON (json.loads raised otherwise)
+    text = "".join(daemon.lines)
+    assert SECRET not in text
+    assert events[-1]["event"] == "daemon.stopped"
+    for e in events:
+        assert {"@timestamp", "log.level", "log.logger", "event"} <= set(e)
+        assert e["@timestamp"].endswith("Z")
+
+
+def test_sigterm_during_slow_upstream_keeps_batches_whole(tmp_path: Path, sqlite_url: str) -> None:
+    faults = FaultPlan(rate=1.0, kinds=("slow",), slow_seconds=0.25)
+    with Gateway(records=600, seed=5, app_secret=SECRET, faults=faults) as gw:
+        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, batch_size=250)
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_event("sync.start")
+            time.sleep(1.0)  # inside the run: some pages read, a batch maybe written
+            daemon.signal(signal.SIGTERM)
+            code = daemon.proc.wait(30)
+        finally:
+            daemon.stop()
+    assert code == 0, daemon.stderr_text()
+    finish = daemon.wait_event("sync.finish")
+    assert finish["status"] == "interrupted"
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM resident_info")).scalar()
+        changes = conn.execute(sa.text("SELECT count(*) FROM syncd_changes")).scalar()
+        run = conn.execute(sa.text("SELECT status, inserted, watermark_after FROM syncd_runs")).one()
+    engine.dispose()
+    assert run.status == "interrupted"
+    assert rows == changes == run.inserted  # what committed is whole: rows with their change entries
+    assert rows % 300 == 0 and rows < 600  # whole batches of 3 pages, and the run did not finish
+    assert run.watermark_after is None  # the watermark did not move
+    assert json.dumps(finish)  # the finish line is plain JSON

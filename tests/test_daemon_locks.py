@@ -1,0 +1,71 @@
+"""Two real `syncd run` processes on one PostgreSQL target never run one dataset at the same time."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.daemon.locks import DatasetLocker, lock_key
+from syncd.gateway import FaultPlan, Gateway
+from tests.daemon_proc import DaemonProcess, daemon_config
+from tests.e2e import SECRET
+
+pytestmark = pytest.mark.postgres
+
+
+def test_lock_key_is_stable() -> None:
+    assert lock_key("residents") == lock_key("residents") != lock_key("residents2")
+    assert -(2**63) <= lock_key("residents") < 2**63
+
+
+def test_advisory_lock_is_exclusive_and_released(pg_url: str) -> None:
+    a, b = DatasetLocker(pg_url), DatasetLocker(pg_url)
+    try:
+        with a.hold("residents") as first:
+            assert first
+            with b.hold("residents") as second, b.hold("other") as third:
+                assert not second and third
+        with b.hold("residents") as again:
+            assert again  # released with the transaction
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_two_daemons_never_overlap_on_a_dataset(tmp_path: Path, pg_url: str) -> None:
+    faults = FaultPlan(rate=1.0, kinds=("slow",), slow_seconds=0.3)
+    with Gateway(records=400, seed=4, app_secret=SECRET, faults=faults) as gw:
+        config = daemon_config(tmp_path, db_url=pg_url, gateway_url=gw.url, every="1s")
+        first = DaemonProcess(config)
+        second = DaemonProcess(config)
+        try:
+            first.wait_event("daemon.started")
+            second.wait_event("daemon.started")
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                skipped = [
+                    e for p in (first, second) for e in p.events() if e["event"] == "sync.skipped_locked"
+                ]
+                finished = [e for p in (first, second) for e in p.events() if e["event"] == "sync.finish"]
+                if len(skipped) >= 2 and len(finished) >= 3:
+                    break
+                time.sleep(0.2)
+        finally:
+            codes = [first.stop(), second.stop()]
+    assert codes == [0, 0]
+    assert len(skipped) >= 2
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        runs = conn.execute(
+            sa.text("SELECT node, status, started_at, finished_at FROM syncd_runs ORDER BY started_at")
+        ).all()
+    engine.dispose()
+    assert len({r.node for r in runs}) >= 1 and len(runs) >= 3
+    assert all(r.status in ("success", "interrupted") for r in runs), runs  # no "abandoned" overlap
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.finished_at <= later.started_at, (earlier, later)

@@ -1,0 +1,225 @@
+"""Scheduler and supervision in-process: crontab weekdays, time zones, misfire grace, log context,
+a dead scheduler, metrics and health."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import structlog
+from apscheduler.events import EVENT_JOB_MISSED
+
+from syncd.config import load_config
+from syncd.config.model import CronSchedule, IntervalSchedule
+from syncd.daemon.cron import crontab_weekdays
+from syncd.daemon.notify import SystemdNotifier
+from syncd.daemon.scheduler import DatasetScheduler, build_trigger
+from syncd.daemon.service import Daemon
+from syncd.daemon.state import RunBook
+from syncd.gateway import Gateway
+from tests.daemon_proc import daemon_config
+from tests.e2e import SECRET, SECRET_ENV
+from tests.test_metrics import promtool_check
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def every(seconds: float) -> IntervalSchedule:
+    return IntervalSchedule(type="interval", every=timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("*", "*"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("6,7", "sun,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("MON-wed", "mon,tue,wed"),
+    ],
+)
+def test_crontab_weekdays_count_sunday_as_zero(field: str, days: str) -> None:
+    assert crontab_weekdays(field) == days
+
+
+@pytest.mark.parametrize("bad", ["8", "5-1", "mon/0", "funday"])
+def test_bad_weekday_fields_are_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        crontab_weekdays(bad)
+
+
+def test_cron_fires_in_the_configured_zone_on_a_utc_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        trigger = build_trigger(CronSchedule(type="cron", cron="0 2 * * *"), "Asia/Shanghai")
+        now = datetime(2025, 3, 3, 12, 0, tzinfo=ZoneInfo("UTC"))  # 20:00 in Shanghai
+        fire = trigger.get_next_fire_time(None, now)
+        assert fire is not None
+        assert fire.astimezone(SHANGHAI).replace(tzinfo=None) == datetime(2025, 3, 4, 2, 0)
+        assert fire.astimezone(ZoneInfo("UTC")).hour == 18
+        monday = build_trigger(CronSchedule(type="cron", cron="30 6 * * 1"), "Asia/Shanghai")
+        fire = monday.get_next_fire_time(None, now)
+        assert fire is not None and fire.astimezone(SHANGHAI).strftime("%a %H:%M") == "Mon 06:30"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+@pytest.mark.parametrize(("grace", "missed"), [(timedelta(minutes=10), False), (timedelta(seconds=1), True)])
+def test_a_busy_pool_runs_the_job_late_instead_of_skipping_it(grace: timedelta, missed: bool) -> None:
+    ran: list[tuple[str, float]] = []
+    start = time.monotonic()
+
+    def run(name: str) -> None:
+        ran.append((name, time.monotonic() - start))
+        if name == "a" and len(ran) == 1:
+            time.sleep(2.5)  # the only worker is busy when "b" is due
+
+    sched = DatasetScheduler(run, timezone="Asia/Shanghai", max_concurrent=1, misfire_grace_time=grace)
+    misses: list[str] = []
+    sched._scheduler.add_listener(lambda e: misses.append(e.job_id), EVENT_JOB_MISSED)
+    sched.start()
+    try:
+        sched.apply({"a": every(1), "b": every(1.05)})
+        assert sched.job_options("b")["misfire_grace_time"] == int(grace.total_seconds())
+        assert sched.job_options("b")["coalesce"] is True
+        assert sched.job_options("b")["max_instances"] == 1
+        time.sleep(3.8)
+    finally:
+        sched.shutdown()
+    first_b = next((t for n, t in ran if n == "b"), None)
+    if missed:
+        assert "b" in misses
+    else:
+        assert misses == []
+        assert first_b is not None and first_b >= 3.0  # ran late, right after "a" freed the worker
+
+
+def test_log_context_does_not_leak_between_jobs() -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    done = threading.Event()
+
+    def run(name: str) -> None:
+        seen.setdefault(name, structlog.contextvars.get_contextvars())
+        if name == "a":
+            structlog.contextvars.bind_contextvars(dataset="a", run_id="leaky")  # and never reset
+        if len(seen) == 2:
+            done.set()
+
+    sched = DatasetScheduler(run, timezone="Asia/Shanghai", max_concurrent=1)  # one reused thread
+    sched.start()
+    try:
+        sched.apply({"a": every(0.5), "b": every(0.8)})
+        assert done.wait(5)
+    finally:
+        sched.shutdown()
+    assert seen["b"] == {}
+
+
+def test_reload_plan_adds_reschedules_and_removes() -> None:
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai")
+    sched.start()
+    try:
+        assert sched.apply({"a": every(60), "b": every(60)}).added == ["a", "b"]
+        plan = sched.apply({"a": every(120), "c": CronSchedule(type="cron", cron="0 2 * * *")})
+        assert (plan.added, plan.removed, plan.rescheduled) == (["c"], ["b"], ["a"])
+        assert set(sched.next_run_times()) == {"a", "c"}
+    finally:
+        sched.shutdown()
+
+
+def test_runbook_status_and_health_rule() -> None:
+    book = RunBook(unhealthy_after_failures=2)
+    book.track(["a", "b"])
+    book.record("a", "success", now=100.0)
+    book.record("b", "failed", now=110.0)
+    assert book.status_line(2, now=113.0) == "2 datasets scheduled, last: b failed 3s ago, 1 failing"
+    assert book.health(1.0, 60.0)[0]
+    book.record("b", "refused", now=120.0)
+    ok, details = book.health(1.0, 60.0)
+    assert not ok and details["reasons"] == ["dataset b: last 2 runs failed"]
+    assert not book.health(90.0, 60.0)[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    with Gateway(records=200, seed=2, app_secret=SECRET) as gw:
+        port = _free_port()
+        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, metrics_port=port)
+        yield Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_metrics_and_health_of_a_running_daemon(daemon: Daemon) -> None:
+    port = daemon.app.daemon.metrics_port
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.serve()))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if b'outcome="success"} 1.0' in _get(port, "/metrics")[1]:
+                    break
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.2)
+        status, body = _get(port, "/metrics")
+        assert b'syncd_runs_total{dataset="residents",outcome="success"} 1.0' in body
+        assert b"syncd_heartbeat_timestamp_seconds" in body
+        assert b"syncd_authorization_remaining_seconds" in body
+        check = promtool_check(body)
+        assert check.returncode == 0, check.stdout + check.stderr
+        status, body = _get(port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+    assert result == [0]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_scheduler_thread_makes_the_daemon_exit_non_zero(daemon: Daemon) -> None:
+    inner = daemon.scheduler._scheduler
+
+    def broken() -> float:
+        raise RuntimeError("job store exploded")
+
+    def kill_soon() -> None:
+        time.sleep(0.5)
+        inner._process_jobs = broken
+        inner.wakeup()
+
+    threading.Thread(target=kill_soon, daemon=True).start()
+    with structlog.testing.capture_logs() as events:
+        code = daemon.serve()
+    assert code == 1
+    assert any(e["event"] == "daemon.scheduler_dead" for e in events)

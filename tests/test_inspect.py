@@ -1,0 +1,76 @@
+"""`syncd status`, `syncd runs` and `syncd changes` against a target database that one sync filled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import main
+from syncd.gateway import Gateway
+from tests.daemon_proc import daemon_config
+from tests.e2e import SECRET, SECRET_ENV
+
+
+@pytest.fixture
+def config(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    with Gateway(records=120, seed=9, app_secret=SECRET) as gw:
+        path = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, every="15m")
+        assert main(["-c", str(path), "--log-format", "json", "sync", "residents"]) == 0
+        yield path
+
+
+def test_status_table_and_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["-c", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["dataset", "status", "last_run"]
+    assert "residents" in out and "success" in out
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["datasets"]
+    assert row["status"] == "success" and row["inserted"] == row["fetched"] > 0
+    assert row["watermark"] and row["next_run"] and row["days_left"] > 0
+
+
+def test_runs_history(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(config), "sync", "residents"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(config), "runs", "residents", "--limit", "5", "--json"]) == 0
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in runs] == ["success", "success"]
+    assert runs[0]["inserted"] == 0 and runs[1]["inserted"] > 0  # newest first
+    assert main(["-c", str(config), "runs", "nosuch"]) == 2
+
+
+def test_changes_feed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert (
+        main(["-c", str(config), "changes", "residents", "--since", "2000-01-01", "--format", "jsonl"]) == 0
+    )
+    feed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert feed and {c["op"] for c in feed} == {"insert"}
+    assert (
+        main(
+            [
+                "-c",
+                str(config),
+                "changes",
+                "residents",
+                "--after-id",
+                str(feed[-3]["id"]),
+                "--format",
+                "jsonl",
+            ]
+        )
+        == 0
+    )
+    assert [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()] == [c["id"] for c in feed[-2:]]
+    assert main(["-c", str(config), "changes", "residents", "--since", "2000-01-01", "--limit", "3"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["id", "changed_at", "op", "row_key", "changed_columns", "run_id"]
+    assert len(table) == 4
+    assert main(["-c", str(config), "changes", "residents"]) == 2
+    assert main(["-c", str(config), "changes", "residents", "--since", "yesterday"]) == 2
