@@ -1,12 +1,13 @@
 # syncd — two commands on a fresh clone (only Python ≥3.11, pip and make needed):
 #   make demo   run the demo (simulated gateway on loopback → local SQLite)
 #   make test   lint, type-check and run the whole test suite
+#   make bench N=100000   syncd beside dlt and the raw database ceiling (see bench/README.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest clean schema docs wheelhouse
+.PHONY: demo test lint typecheck pytest clean bench schema docs wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +39,34 @@ wheelhouse: $(STAMP)
 	rm -rf wheelhouse
 	$(BIN)/python -m pip wheel --quiet . -w wheelhouse
 
+# the benchmark's own venv: syncd plus dlt (never a dependency of syncd itself)
+BENCH_VENV  ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+N     ?= 100000
+DBS   ?= sqlite,postgresql,mariadb
+SIDES ?= syncd,dlt,ceiling
+
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt -e .
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) $(if $(WRITE),--write-results)
+
 clean:
-	rm -rf $(VENV) syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# the full reliability proof behind docs/reliability.md: kill -9 trials, upstream and database
+# faults, hostile input, security checks on all three databases (about 25 min on 2 cores).
+#   make reliability TRIALS=20 ROWS=50000 REPORT=reliability.jsonl
+.PHONY: reliability
+TRIALS ?= 20
+ROWS   ?= 50000
+REPORT ?= reliability.jsonl
+reliability: $(STAMP)
+	SYNCD_RELIABILITY=1 SYNCD_REL_TRIALS=$(TRIALS) SYNCD_REL_ROWS=$(ROWS) SYNCD_REL_REPORT=$(REPORT) \
+	$(BIN)/python -m pytest -q tests/test_reliability_crash.py tests/test_reliability_upstream.py \
+	  tests/test_reliability_database.py tests/test_hostile_records.py tests/test_hostile_config.py \
+	  tests/test_hostile_http.py tests/test_security.py

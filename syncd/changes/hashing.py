@@ -44,6 +44,8 @@ from decimal import Decimal
 from hashlib import blake2b
 from typing import Any
 
+import orjson
+
 __all__ = ["decimal_text", "json_text", "key_text", "raw_hash", "row_hash"]
 
 
@@ -92,11 +94,24 @@ def _encoder(value: Any) -> Callable[[Any], str]:
 
 
 def _encode(row: Sequence[Any]) -> bytes:
+    # the hot path of every batch: str and None (most values) are encoded inline
     encoders = _ENCODERS
     parts: list[str] = []
+    append = parts.append
     for value in row:
-        enc = encoders.get(type(value))
-        parts.append(enc(value) if enc is not None else _encoder(value)(value))
+        kind = type(value)
+        if kind is str:
+            append(f"s{len(value)}:{value}")
+        elif value is None:
+            append("N0:")
+        elif kind is date:
+            append(f"D10:{value.isoformat()}")  # YYYY-MM-DD (years 1-9999)
+        elif kind is int:
+            text = str(value)
+            append(f"i{len(text)}:{text}")
+        else:
+            enc = encoders.get(kind)
+            append(enc(value) if enc is not None else _encoder(value)(value))
     return "".join(parts).encode("utf-8", "surrogatepass")
 
 
@@ -115,11 +130,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode a value of type {type(value).__name__} as JSON")
 
 
+_ORJSON = orjson.OPT_NON_STR_KEYS
+_ORJSON_SORTED = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
+
+
 def json_text(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON text for the change feed and the quarantine (Decimal as string, ISO dates)."""
-    return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), default=_json_default, sort_keys=sort_keys
-    )
+    """Compact JSON text for the change feed and the quarantine (Decimal as string, ISO dates).
+
+    orjson does the work (several times faster: every insert writes its row into the feed);
+    what it refuses (lone surrogates, integers beyond 64 bits) goes through the standard library,
+    which writes the same text for everything else mapped rows hold.
+    """
+    try:
+        option = _ORJSON_SORTED if sort_keys else _ORJSON
+        return orjson.dumps(value, default=_json_default, option=option).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), default=_json_default, sort_keys=sort_keys
+        )
 
 
 def raw_hash(raw: Any) -> str:

@@ -39,7 +39,7 @@ from syncd.changes.detector import (
 from syncd.changes.hashing import json_text, key_text, raw_hash, row_hash
 from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
-from syncd.targets.dialects import chunked, param_budget, upsert_statement
+from syncd.targets.dialects import BulkWriter, GrowthAnalyzer, chunked, param_budget, upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts, QuarantineItem
 from syncd.targets.schema import ROW_KEY_LENGTH, MappingShape, StateTables, key_column_names
@@ -96,17 +96,22 @@ class BatchWriter:
         self._norms = tuple(normaliser_for(shape.specs[c]) for c in self._columns)
         self._stage = ""  # what the writer is doing, for error messages
         self._key_norms = tuple(self._norms[i] for i in self._key_idx)
+        identity = normaliser_for_type("string")
+        self._norm_at = tuple((i, n) for i, n in enumerate(self._norms) if n is not identity)
         soft = dataset.target.logical_delete
         self._soft = soft.soft_column if soft is not None and soft.mode == "soft" else None
         self._out = self._columns + ((self._soft,) if self._soft else ())
+        self._all_json = json_text(list(self._out))  # changed_columns of every insert and delete
         self._out_norms = (*self._norms, *((normaliser_for_type("bool"),) if self._soft else ()))
         budget = param_budget(engine)
         self._key_chunk = max(1, budget // len(self._key_idx))
         self._state_chunk = budget - 1
         non_key = [c for c in self._out if c not in self._key_names]
-        self._upsert_rows = upsert_statement(engine, table, self._key_names, non_key)
+        self._upsert_rows = BulkWriter(engine, table, self._key_names, non_key)
         rs = tables.row_state
-        self._upsert_state = upsert_statement(engine, rs, ("dataset", "row_key"), ["row_hash"])
+        self._upsert_state = BulkWriter(engine, rs, ("dataset", "row_key"), ["row_hash"])
+        self._insert_changes = BulkWriter(engine, tables.changes)
+        self._analyzer = GrowthAnalyzer(engine, [table, rs])
         q = tables.quarantine
         self._upsert_quarantine = upsert_statement(
             engine,
@@ -185,6 +190,7 @@ class BatchWriter:
                 f"dataset {self._dataset}: a batch failed while {self._stage} in {self._where} and was "
                 f"rolled back, nothing of it was kept: {reason[:500]}"
             ) from exc
+        self._analyzer.added(batch.counts.inserted)
         log.debug("target.batch", dataset=self._dataset, run_id=run_id, **counts_dict(batch.counts))
         return batch.counts
 
@@ -251,8 +257,12 @@ class BatchWriter:
     # ------------------------------------------------------------------ plan
 
     def _normalised(self, row: Row) -> Row:
-        values = tuple(norm(v) for norm, v in zip(self._norms, row, strict=True))
-        return (*values, False) if self._soft else values
+        values = list(row)
+        for i, norm in self._norm_at:  # only the columns whose normaliser changes anything
+            values[i] = norm(values[i])
+        if self._soft:
+            values.append(False)
+        return tuple(values)
 
     def _change(
         self,
@@ -269,7 +279,7 @@ class BatchWriter:
             "run_id": batch.run_id,
             "op": op.value,
             "row_key": key,
-            "changed_columns": json_text(list(columns)),
+            "changed_columns": self._all_json if columns is self._out else json_text(list(columns)),
             "old_values": None if old is None else json_text(old),
             "new_values": None if new is None else json_text(new),
             "changed_at": batch.now,
@@ -349,8 +359,7 @@ class BatchWriter:
         """Execute the plan inside the caller's transaction."""
         table, rs = self._table, self._tables.row_state
         self._stage = f"writing {table.name}"
-        if plan.upserts:
-            conn.execute(self._upsert_rows, plan.upserts)
+        self._upsert_rows.write(conn, plan.upserts)
         for chunk in chunked(plan.hard_deletes, self._key_chunk):
             conn.execute(sa.delete(table).where(self._key_expr.in_([self._key_param(k) for k in chunk])))
         for chunk in chunked(plan.soft_deletes, self._key_chunk):
@@ -360,13 +369,11 @@ class BatchWriter:
                 .values({self._soft: True})
             )
         self._stage = f"writing {rs.name}"
-        if plan.state_upserts:
-            conn.execute(self._upsert_state, plan.state_upserts)
+        self._upsert_state.write(conn, plan.state_upserts)
         for keys in chunked(plan.state_deletes, self._state_chunk):
             conn.execute(sa.delete(rs).where(rs.c.dataset == self._dataset, rs.c.row_key.in_(keys)))
         self._stage = f"writing {self._tables.changes.name}"
-        if plan.changes:
-            conn.execute(self._tables.changes.insert(), plan.changes)
+        self._insert_changes.write(conn, plan.changes)
         self._stage = f"writing {self._tables.quarantine.name}"
         if quarantine:
             conn.execute(self._upsert_quarantine, quarantine)

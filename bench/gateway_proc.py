@@ -1,0 +1,82 @@
+"""The benchmark's upstream: the simulated gateway in its own process, driven over stdin/stdout.
+
+Run by :mod:`bench.harness` as ``python bench/gateway_proc.py --records N --seed S``; the
+gateway's CPU and memory stay out of the measured processes. Pages are pre-rendered
+(``prerender=True``) so the server's own cost stays small. One command per line on stdin, one
+JSON answer per line on stdout:
+
+``url``                the base URL
+``now``                the gateway clock (``YYYY-mm-dd HH:MM:SS``), for a dlt incremental window
+``update FRACTION``    change that share of records (phone and remark), stamped now
+``delete FRACTION``    logically delete that share of records (``isDeleted = "1"``), stamped now
+``quit``               stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from typing import Any
+
+import structlog
+
+from syncd.gateway import Gateway, shanghai_now
+from syncd.gateway.data import format_time
+
+__all__ = ["main"]
+
+
+def _pick(gateway: Gateway, fraction: float, rng: random.Random) -> list[str]:
+    ids = gateway.store.ids()
+    return rng.sample(ids, max(1, round(len(ids) * fraction)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--records", type=int, required=True)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    # stdout is the command channel: the gateway's own log lines go to stderr, warnings only
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(30),
+    )
+    gateway = Gateway(records=args.records, seed=args.seed, prerender=True, prerender_max_bytes=4 << 30)
+    url = gateway.start()
+    rng = random.Random(args.seed)
+    print(json.dumps({"ready": url}), flush=True)
+    try:
+        for line in sys.stdin:
+            cmd, *rest = line.split()
+            answer: dict[str, Any]
+            if cmd == "url":
+                answer = {"url": url}
+            elif cmd == "now":
+                answer = {"now": format_time(shanghai_now())}
+            elif cmd == "update":
+                ids = _pick(gateway, float(rest[0]), rng)
+
+                def touch(record: dict[str, Any]) -> None:
+                    record["phone"] = f"1{rng.choice('3589')}{rng.randrange(10**9):09d}"
+                    record["remark"] = rng.choice(("信息已核实", "地址变更", "户口迁入"))
+
+                gateway.store.update(ids, touch)
+                answer = {"updated": len(ids)}
+            elif cmd == "delete":
+                ids = _pick(gateway, float(rest[0]), rng)
+                gateway.store.logical_delete(ids)
+                answer = {"deleted": len(ids)}
+            elif cmd == "quit":
+                break
+            else:
+                answer = {"error": f"unknown command {cmd!r}"}
+            print(json.dumps(answer), flush=True)
+    finally:
+        gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

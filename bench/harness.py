@@ -1,0 +1,271 @@
+"""The benchmark: syncd beside dlt and beside the raw database ceiling, one command.
+
+    make bench N=100000 [DBS=sqlite,postgresql,mariadb] [SIDES=syncd,dlt,ceiling]
+    .venv-bench/bin/python bench/harness.py --records 100000 --dbs sqlite,postgresql
+
+One simulated gateway (its own process, pages of 1,000 pre-rendered) serves N seeded resident
+records over loopback HTTP. Every measurement is a fresh process (``run_syncd.py``,
+``run_dlt.py``, ``run_ceiling.py``) that reports its own wall time and peak RSS. Scenarios, in
+order, each on every database before the next:
+
+1. ``initial``       a full load into empty tables (syncd, dlt, ceiling);
+2. ``incremental``   1% of the records changed upstream; syncd reads by update time, dlt reads the
+                     records updated since just before the change;
+3. ``snapshot``      another 1% changed; syncd with the dataset WITHOUT ``incremental`` (every
+                     row read and compared, 1% written), dlt reloads everything with merge;
+4. ``snapshot-del``  1% logically deleted (``isDeleted = "1"``); the same full snapshot (syncd
+                     deletes those rows; dlt merges them as updated rows — it has no notion of
+                     the flag without extra configuration).
+
+Results go to ``bench/out/results-<N>.json`` and a Markdown table on stdout; ``--write-results``
+also rewrites ``bench/RESULTS.md`` with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from report import machine_info, markdown_table, write_results
+
+# sibling modules: the harness runs as a script, so its directory is on sys.path
+from config import APP_SECRET, SECRET_ENV, write_config
+
+__all__ = ["Measurement", "main"]
+
+HERE = Path(__file__).resolve().parent
+DB_URLS = {
+    "sqlite": "sqlite:///{dir}/{name}.db",
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/{name}",
+}
+SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del")
+
+
+@dataclass
+class Measurement:
+    n: int
+    db: str
+    scenario: str
+    side: str
+    status: str
+    wall_s: float = 0.0
+    rows: int = 0
+    peak_rss_mb: float = 0.0
+    detail: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s else 0.0
+
+
+class GatewayProcess:
+    """The gateway child (``gateway_proc.py``): one command line in, one JSON line out."""
+
+    def __init__(self, records: int, seed: int) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / "gateway_proc.py"), "--records", str(records), "--seed", str(seed)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.url: str = self._read()["ready"]
+
+    def _read(self) -> dict[str, Any]:
+        out: IO[str] | None = self._proc.stdout
+        line = out.readline() if out is not None else ""
+        if not line:
+            raise RuntimeError("the gateway process ended unexpectedly")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        if self._proc.stdin is None:  # pragma: no cover - always a pipe
+            raise RuntimeError("the gateway process has no stdin")
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self._proc.poll() is None and self._proc.stdin is not None:
+            self._proc.stdin.write("quit\n")
+            self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+
+
+def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
+    """Fresh, empty databases for the syncd, dlt and ceiling sides; returns their URLs."""
+    import sqlalchemy as sa
+
+    names = {"syncd": "bench_syncd", "dlt": "bench_dlt", "ceiling": "bench_ceiling"}
+    urls = {side: DB_URLS[db].format(dir=workdir, name=name) for side, name in names.items()}
+    shutil.rmtree(workdir / "dlt-pipelines", ignore_errors=True)  # dlt's local state of an earlier run
+    if db == "sqlite":
+        for path in workdir.glob("bench_*.db*"):
+            path.unlink()
+        return urls
+    admin = DB_URLS[db].format(dir=workdir, name="postgres" if db == "postgresql" else "mysql")
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        for name in names.values():
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return urls
+
+
+def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeout: float) -> Measurement:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"  {db:<10} {scenario:<12} {side:<7} timeout", flush=True)
+        return Measurement(n, db, scenario, side, "timeout", wall_s=timeout, detail=f"over {timeout:.0f} s")
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = " ".join(done.stderr.strip().splitlines()[-3:])[:300]
+        print(f"  {db:<10} {scenario:<12} {side:<7} error    {tail}", flush=True)
+        return Measurement(n, db, scenario, side, "error", detail=tail)
+    data = json.loads(lines[-1])
+    detail = ""
+    if side == "syncd":
+        detail = (
+            f"ins {data['inserted']} upd {data['updated']} del {data['deleted']} "
+            f"same {data['unchanged']} quar {data['quarantined']}"
+        )
+        if data.get("error"):
+            detail += f" error: {data['error'][:200]}"
+    m = Measurement(
+        n, db, scenario, side, data["status"], data["wall_s"], data["rows"], data["peak_rss_mb"], detail
+    )
+    print(
+        f"  {db:<10} {scenario:<12} {side:<7} {m.status:<8} {m.rows:>8} rows {m.wall_s:8.2f} s "
+        f"{m.rows_per_s:>10,.0f} rows/s {m.peak_rss_mb:7.1f} MB  {detail}",
+        flush=True,
+    )
+    return m
+
+
+def run(args: argparse.Namespace) -> list[Measurement]:
+    n, dbs, sides = args.records, args.dbs, args.sides
+    out = Path(args.out).resolve()
+    results: list[Measurement] = []
+    gateway = GatewayProcess(n, args.seed)
+    py = sys.executable
+    try:
+        setup: dict[str, dict[str, Any]] = {}
+        for db in dbs:
+            work = out / f"{db}-{n}"
+            work.mkdir(parents=True, exist_ok=True)
+            urls = _reset_databases(db, work)
+            inc = write_config(
+                work / "incremental",
+                db_url=urls["syncd"],
+                gateway_url=gateway.url,
+                batch_size=args.batch_size,
+            )
+            snap = write_config(
+                work / "snapshot",
+                db_url=urls["syncd"],
+                gateway_url=gateway.url,
+                incremental=False,
+                batch_size=args.batch_size,
+            )
+            ceil = write_config(work / "ceiling", db_url=urls["ceiling"], gateway_url=gateway.url)
+            setup[db] = {"work": work, "urls": urls, "inc": inc, "snap": snap, "ceil": ceil}
+        since: str | None = None
+        for scenario in SCENARIOS[: args.scenarios]:
+            if scenario == "incremental":
+                since = gateway.ask("now")["now"]
+                gateway.ask("update 0.01")
+            elif scenario == "snapshot":
+                since = None
+                gateway.ask("update 0.01")
+            elif scenario == "snapshot-del":
+                gateway.ask("delete 0.01")
+            print(f"{scenario} (N={n:,})", flush=True)
+            for db in dbs:
+                s = setup[db]
+                if "syncd" in sides:
+                    cfg = s["inc"] if scenario in ("initial", "incremental") else s["snap"]
+                    results.append(
+                        _measure(
+                            [py, str(HERE / "run_syncd.py"), str(cfg), "residents"],
+                            n,
+                            db,
+                            scenario,
+                            "syncd",
+                            timeout=args.timeout,
+                        )
+                    )
+                if "dlt" in sides and scenario != "snapshot-del":
+                    cmd = [
+                        py,
+                        str(HERE / "run_dlt.py"),
+                        "--gateway",
+                        gateway.url,
+                        "--db",
+                        s["urls"]["dlt"],
+                        "--workdir",
+                        str(s["work"] / "dlt-pipelines"),
+                    ]
+                    if scenario == "incremental" and since:
+                        cmd += ["--since", since]
+                    results.append(_measure(cmd, n, db, scenario, "dlt", timeout=args.timeout))
+                if "ceiling" in sides and scenario == "initial":
+                    cmd = [
+                        py,
+                        str(HERE / "run_ceiling.py"),
+                        str(s["ceil"]),
+                        "residents",
+                        "--records",
+                        str(n),
+                        "--seed",
+                        str(args.seed),
+                    ]
+                    results.append(_measure(cmd, n, db, scenario, "ceiling", timeout=args.timeout))
+    finally:
+        gateway.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", "-n", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dbs", type=lambda s: s.split(","), default=["sqlite", "postgresql", "mariadb"])
+    p.add_argument("--sides", type=lambda s: s.split(","), default=["syncd", "dlt", "ceiling"])
+    p.add_argument("--scenarios", type=int, default=len(SCENARIOS), help="run only the first K scenarios")
+    p.add_argument("--batch-size", type=int, default=1000, help="defaults.batch_size of the syncd side")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per measurement")
+    p.add_argument("--out", default=str(HERE / "out"))
+    p.add_argument("--write-results", action="store_true", help="rewrite bench/RESULTS.md")
+    args = p.parse_args(argv)
+    if "dlt" in args.sides:
+        try:
+            import dlt  # noqa: F401
+        except ImportError:
+            print("dlt is not installed here: the dlt side is skipped (make bench installs it)", flush=True)
+            args.sides = [s for s in args.sides if s != "dlt"]
+    os.environ.setdefault(SECRET_ENV, APP_SECRET)
+    results = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(m) | {"rows_per_s": m.rows_per_s} for m in results]
+    payload: dict[str, Any] = {"machine": machine_info(), "results": rows}
+    (out / f"results-{args.records}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    print(markdown_table(payload["results"]))
+    if args.write_results:
+        write_results(HERE / "RESULTS.md", HERE / "out")
+    failed = [m for m in results if m.status != "success"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

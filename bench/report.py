@@ -1,0 +1,137 @@
+"""The benchmark's tables: per-scenario figures, the ratios the goals speak of, the machine.
+
+:func:`markdown_table` turns the measurements of one run into a Markdown table plus a ratio
+table (syncd/dlt and syncd/ceiling rows/s; initial-load time over re-sync time);
+:func:`write_results` rewrites ``bench/RESULTS.md`` from every ``results-*.json`` in the output
+directory, headed by the machine the figures came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine_info", "markdown_table", "write_results"]
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor() or "unknown"
+    found = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
+    return found.group(1).strip() if found else "unknown"
+
+
+def _ram_gb() -> float:
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="utf-8")
+    except OSError:
+        return 0.0
+    found = re.search(r"^MemTotal:\s*(\d+) kB", text, flags=re.M)
+    return int(found.group(1)) / 1024 / 1024 if found else 0.0
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else "unavailable"
+
+
+def machine_info() -> dict[str, str]:
+    import sqlite3
+
+    info = {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "ram": f"{_ram_gb():.1f} GB",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": _version(["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"]),
+        "mariadb": _version(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-e", "SELECT VERSION()"]),
+    }
+    try:
+        from importlib.metadata import version
+
+        info["dlt"] = version("dlt")
+    except Exception:  # noqa: BLE001 - dlt is optional here
+        info["dlt"] = "not installed"
+    return info
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _ratios(rows: Sequence[dict[str, Any]]) -> list[str]:
+    # a timed-out comparison side still bounds the ratio: its wall time is the timeout
+    kept = ("success", "timeout")
+    by = {(r["n"], r["db"], r["scenario"], r["side"]): r for r in rows if r["status"] in kept}
+    lines = [
+        "| N | db | syncd/dlt initial (rows/s) | syncd/ceiling initial | initial ÷ incremental (time) "
+        "| snapshot: dlt ÷ syncd (time) | snapshot scan rows/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, db in sorted({(r["n"], r["db"]) for r in rows}):
+        s_init = by.get((n, db, "initial", "syncd"))
+        d_init = by.get((n, db, "initial", "dlt"))
+        c_init = by.get((n, db, "initial", "ceiling"))
+        s_inc = by.get((n, db, "incremental", "syncd"))
+        s_snap = by.get((n, db, "snapshot", "syncd"))
+        d_snap = by.get((n, db, "snapshot", "dlt"))
+
+        def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
+            if not (a and b and b[key]) or b["status"] != "success":
+                return "–"
+            if a["status"] == "timeout":  # its true time is longer still: a lower bound
+                return f"> {a[key] / b[key]:.0f}×" if key == "wall_s" else "–"
+            return f"{a[key] / b[key]:.2f}×"
+
+        lines.append(
+            f"| {n:,} | {db} | {ratio(s_init, d_init, 'rows_per_s')} | {ratio(s_init, c_init, 'rows_per_s')} "
+            f"| {ratio(s_init, s_inc, 'wall_s')} | {ratio(d_snap, s_snap, 'wall_s')} "
+            f"| {_fmt(s_snap['rows_per_s']) if s_snap else '–'} |"
+        )
+    return lines
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| N | db | scenario | side | status | rows | wall s | rows/s | peak RSS MB | detail |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']:,} | {r['db']} | {r['scenario']} | {r['side']} | {r['status']} | {r['rows']:,} "
+            f"| {r['wall_s']:.2f} | {_fmt(r['rows_per_s'])} | {r['peak_rss_mb']:.0f} | {r['detail']} |"
+        )
+    return "\n".join([*lines, "", *_ratios(rows)])
+
+
+def write_results(path: Path, out: Path) -> None:
+    """Rewrite RESULTS.md from every ``results-*.json`` under ``out`` (smallest N first)."""
+    runs = []
+    for file in sorted(out.glob("results-*.json"), key=lambda f: int(f.stem.split("-")[1])):
+        runs.append(json.loads(file.read_text(encoding="utf-8")))
+    if not runs:
+        return
+    machine = runs[-1]["machine"]
+    rows = [r for run in runs for r in run["results"]]
+    head = [
+        "# Benchmark results (latest)",
+        "",
+        "Written by `make bench N=… WRITE=1` (`bench/harness.py --write-results`); see `bench/README.md`.",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
+        "",
+    ]
+    path.write_text("\n".join([*head, markdown_table(rows), ""]), encoding="utf-8")

@@ -1,0 +1,70 @@
+"""One measured syncd run, in its own process: ``python bench/run_syncd.py CONFIG DATASET``.
+
+Loads the configuration, runs the dataset once with :func:`syncd.runner.run_dataset` (exactly
+what ``syncd sync DATASET`` does) and prints one JSON line: status, counts, wall seconds of the
+run and the process's own peak RSS (``ru_maxrss`` at exit, so every scenario is measured alone).
+``--profile FILE`` writes a cProfile of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("config", type=Path)
+    p.add_argument("dataset")
+    p.add_argument("--profile", type=Path, default=None, help="write a cProfile of the run here")
+    args = p.parse_args()
+
+    from syncd.config import load_config
+    from syncd.runner import run_dataset
+    from syncd.targets import StateStore, create_target_engine
+
+    app = load_config(args.config)
+    engine = create_target_engine(app.target.url.get_secret_value())
+    store = StateStore(engine, app.target.table_prefix)
+    profiler = None
+    if args.profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    started = time.perf_counter()
+    result = run_dataset(app, app.datasets[args.dataset], store, trigger="bench")
+    wall = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(args.profile))
+    engine.dispose()
+    c = result.counts
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "error": result.error,
+                "wall_s": wall,
+                "rows": c.fetched,
+                "inserted": c.inserted,
+                "updated": c.updated,
+                "deleted": c.deleted,
+                "unchanged": c.unchanged,
+                "quarantined": c.quarantined,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        ),
+        flush=True,
+    )
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
