@@ -14,6 +14,8 @@ Adding a scheme is adding a module with an :class:`AuthScheme` subclass and one 
 
 from __future__ import annotations
 
+from typing import Any
+
 from syncd.sources.http.auth.base import AnyAuthConfig, AuthScheme
 from syncd.sources.http.auth.signing import SignedScheme, Signer
 from syncd.sources.http.auth.simple import HmacHeadersScheme, NoAuthScheme, StaticKeyScheme
@@ -35,7 +37,7 @@ __all__ = [
     "build_auth",
 ]
 
-AUTH: dict[str, type[AuthScheme]] = {
+AUTH: dict[str, type[AuthScheme[Any]]] = {
     cls.type_name: cls
     for cls in (
         NoAuthScheme,
@@ -55,7 +57,7 @@ def build_auth(
     envelope: Envelope,
     config_file: str = "",
     config_path: str = "auth",
-) -> AuthScheme:
+) -> AuthScheme[Any]:
     """The scheme for ``cfg``; an unknown ``type`` names the known ones."""
     try:
         cls = AUTH[cfg.type]

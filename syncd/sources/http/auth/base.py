@@ -14,7 +14,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from syncd.config.model import (
     HmacHeadersAuth,
@@ -46,25 +46,39 @@ _SHARED: dict[tuple[str, ...], Any] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-class AuthScheme(ABC):
-    """Puts credentials into a request; refreshes them when the gateway says they expired."""
+C = TypeVar("C", NoAuth, StaticKeyAuth, TokenAuth, HmacHeadersAuth, SignedAuth, TwoTierSecretAuth)
+
+
+class AuthScheme(ABC, Generic[C]):
+    """Puts credentials into a request; refreshes them when the gateway says they expired.
+
+    A scheme names its secret values in :meth:`secret_values`; the base class hands them to the
+    client's redactor, so no message or log line can carry them.
+    """
 
     type_name: ClassVar[str]
     refreshable: ClassVar[bool] = False  # True when refresh() fetches a new credential
 
     def __init__(
         self,
-        cfg: AnyAuthConfig,
+        cfg: C,
         *,
         client: HttpClient,
         envelope: Envelope,
         config_file: str = "",
         config_path: str = "auth",
     ) -> None:
+        self.cfg: C = cfg
         self._client = client
         self._envelope = envelope
         self._config_file = config_file
         self._config_path = config_path
+        for value in self.secret_values():
+            client.redactor.add(value)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The secret values this scheme sends or signs with (redacted from every message)."""
+        return ()
 
     @abstractmethod
     def apply(
@@ -72,7 +86,7 @@ class AuthScheme(ABC):
     ) -> None:
         """Add the credentials to the request parts (``params`` and ``headers`` are mutated)."""
 
-    def refresh(self) -> None:  # noqa: B027 - deliberately a no-op for schemes without a fetched credential
+    def refresh(self) -> None:
         """Fetch a new credential (called once after the gateway said the current one expired)."""
 
     def __repr__(self) -> str:

@@ -144,7 +144,7 @@ class Signer:
         (headers if self.recipe.placement == "header" else params).update(values)
 
 
-class SignedScheme(AuthScheme):
+class SignedScheme(AuthScheme[SignedAuth]):
     """A static secret and a signature recipe (e.g. Guangdong TIF sha256, SM3 where 国密 is required)."""
 
     type_name = "signed"
@@ -161,9 +161,10 @@ class SignedScheme(AuthScheme):
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
         )
-        self.cfg = cfg
         self._signer = Signer(cfg.recipe, config_file=config_file, config_path=f"{config_path}.recipe")
-        client.redactor.add(cfg.secret.get_secret_value())
+
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.cfg.secret.get_secret_value(),)
 
     def apply(
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None

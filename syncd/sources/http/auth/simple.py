@@ -15,15 +15,13 @@ import hashlib
 import hmac
 from typing import Any
 
-from syncd.config.model import HmacHeadersAuth, StaticKeyAuth
+from syncd.config.model import HmacHeadersAuth, NoAuth, StaticKeyAuth
 from syncd.sources.http.auth.base import AuthScheme, new_nonce, now_stamp
-from syncd.sources.http.client import HttpClient
-from syncd.sources.http.envelope import Envelope
 
 __all__ = ["HmacHeadersScheme", "NoAuthScheme", "StaticKeyScheme"]
 
 
-class NoAuthScheme(AuthScheme):
+class NoAuthScheme(AuthScheme[NoAuth]):
     """No credentials (a gateway reachable only from the intranet, or a 前置机 proxy that adds them)."""
 
     type_name = "none"
@@ -34,25 +32,13 @@ class NoAuthScheme(AuthScheme):
         return None
 
 
-class StaticKeyScheme(AuthScheme):
+class StaticKeyScheme(AuthScheme[StaticKeyAuth]):
     """A fixed key in a header (``X-API-Key: …``) or query parameter, with an optional prefix."""
 
     type_name = "static_key"
 
-    def __init__(
-        self,
-        cfg: StaticKeyAuth,
-        *,
-        client: HttpClient,
-        envelope: Envelope,
-        config_file: str = "",
-        config_path: str = "auth",
-    ) -> None:
-        super().__init__(
-            cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
-        )
-        self.cfg = cfg
-        client.redactor.add(cfg.value.get_secret_value())
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.cfg.value.get_secret_value(),)
 
     def apply(
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
@@ -64,25 +50,13 @@ class StaticKeyScheme(AuthScheme):
             params[self.cfg.name] = value
 
 
-class HmacHeadersScheme(AuthScheme):
+class HmacHeadersScheme(AuthScheme[HmacHeadersAuth]):
     """Shandong style HMAC-SHA256 over client id + timestamp + nonce, in four headers."""
 
     type_name = "hmac_headers"
 
-    def __init__(
-        self,
-        cfg: HmacHeadersAuth,
-        *,
-        client: HttpClient,
-        envelope: Envelope,
-        config_file: str = "",
-        config_path: str = "auth",
-    ) -> None:
-        super().__init__(
-            cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
-        )
-        self.cfg = cfg
-        client.redactor.add(cfg.secret.get_secret_value())
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.cfg.secret.get_secret_value(),)
 
     def apply(
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None

@@ -51,7 +51,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-class TokenScheme(AuthScheme):
+class TokenScheme(AuthScheme[TokenAuth]):
     """Bearer token from a token endpoint, cached until shortly before it expires."""
 
     type_name = "token"
@@ -69,14 +69,15 @@ class TokenScheme(AuthScheme):
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
         )
-        self.cfg = cfg
         secret = cfg.app_secret.get_secret_value()
         self._url = client.resolve(cfg.url)
         self._state = shared_state(("token", self._url, cfg.app_key, fingerprint(secret)), _TokenState)
         self._used: str | None = None
         self._token_at = compile_path(cfg.token_path)
         self._ttl_at = compile_path(cfg.expires_in_path) if cfg.expires_in_path else None
-        client.redactor.add(secret)
+
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.cfg.app_secret.get_secret_value(),)
 
     def apply(
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None

@@ -53,7 +53,7 @@ class _RefreshRejected(PermanentUpstreamError):
     """refreshTokenBySec refused the refresh secret: fall back to refreshTokenByKey."""
 
 
-class TwoTierSecretScheme(AuthScheme):
+class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
     """Zhejiang IRS two-tier secrets with md5-signed calls."""
 
     type_name = "two_tier_secret"
@@ -71,7 +71,6 @@ class TwoTierSecretScheme(AuthScheme):
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
         )
-        self.cfg = cfg
         app_secret = cfg.app_secret.get_secret_value()
         self._signer = Signer(cfg.recipe, config_file=config_file, config_path=f"{config_path}.recipe")
         self._send_app_key = "appKey" not in cfg.recipe.extra
@@ -82,7 +81,9 @@ class TwoTierSecretScheme(AuthScheme):
             ("two_tier", self._by_key_url, cfg.app_key, fingerprint(app_secret)), _Secrets
         )
         self._used: str | None = None
-        client.redactor.add(app_secret)
+
+    def secret_values(self) -> tuple[str, ...]:
+        return (self.cfg.app_secret.get_secret_value(),)
 
     def apply(
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
