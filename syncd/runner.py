@@ -180,6 +180,12 @@ class _Run:
         self.on_progress: Callable[[Progress], None] | None = None
         self.started_mono = time.monotonic()
 
+    def report_progress(self) -> None:
+        if self.on_progress is not None:
+            c = self.counts
+            elapsed = time.monotonic() - self.started_mono
+            self.on_progress(Progress(self.ds.name, c.pages, c.fetched, c.reported_total, elapsed))
+
     def check_stop(self) -> None:
         if self.should_stop():
             raise StopRequested(
@@ -232,6 +238,12 @@ class _Run:
             )
 
 
+def _storable(text: str | None) -> str | None:
+    """``text`` with NUL characters spelled out: PostgreSQL text cannot hold them, and a bad
+    record's reason or key must never make its quarantine batch fail (DESIGN §4.6)."""
+    return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
+
+
 def _delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
     ld = dataset.target.logical_delete
     if ld is None:
@@ -273,69 +285,90 @@ def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:
     return tracker
 
 
-def _process(
-    run: _Run, source: Source, mapping: CompiledMapping, window: Window, snapshot: SnapshotDeletes | None
-) -> BatchWriter:
-    writer = run.store.writer(run.ds, mapping)
-    is_deleted = _delete_flag(run.ds)
-    update_time = source.update_time
-    rows: list[tuple[Any, ...]] = []
-    deletes: list[tuple[Any, ...]] = []
-    quarantined: list[QuarantineItem] = []
+class _Batch:
+    """The batch being assembled: mapped rows, logical deletes and quarantined records."""
 
-    def flush() -> None:
-        if not (rows or deletes or quarantined):
+    def __init__(
+        self, run: _Run, writer: BatchWriter, mapping: CompiledMapping, snapshot: SnapshotDeletes | None
+    ) -> None:
+        self.run = run
+        self.writer = writer
+        self.mapping = mapping
+        self.snapshot = snapshot
+        self.is_deleted = _delete_flag(run.ds)
+        self.rows: list[tuple[Any, ...]] = []
+        self.deletes: list[tuple[Any, ...]] = []
+        self.quarantined: list[QuarantineItem] = []
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.deletes) + len(self.quarantined)
+
+    def add(self, record: dict[str, Any]) -> None:
+        mapping = self.mapping
+        try:
+            row = mapping(record)
+        except RecordError as exc:
+            redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
+            key = _storable(_record_key(mapping, redacted))
+            self.quarantined.append(
+                QuarantineItem(raw=redacted, reason=_storable(str(exc)) or "", record_key=key)
+            )
             return
+        if self.is_deleted is not None and self.is_deleted(record):
+            self.deletes.append(mapping.key_of(row))
+        else:
+            self.rows.append(row)
+
+    def flush(self) -> None:
+        """Write the batch in one transaction (or not at all when a stop was requested)."""
+        if not len(self):
+            return
+        run = self.run
         run.check_stop()  # a batch is committed whole or not started
-        counts: BatchCounts = writer.write(run.run_id, rows, deletes, quarantined)
+        counts: BatchCounts = self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined)
         run.counts.inserted += counts.inserted
         run.counts.updated += counts.updated
         run.counts.deleted += counts.deleted
         run.counts.unchanged += counts.unchanged
         run.counts.quarantined += counts.quarantined
-        if snapshot is not None:  # after the batch committed: its keys were seen by this run
-            keys = snapshot.row_keys(rows)
-            keys += [q.record_key for q in quarantined if q.record_key is not None]
-            snapshot.mark_seen(keys)
-        rows.clear()
-        deletes.clear()
-        quarantined.clear()
+        if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
+            keys = self.snapshot.row_keys(self.rows)
+            keys += [q.record_key for q in self.quarantined if q.record_key is not None]
+            self.snapshot.mark_seen(keys)
+        self.rows.clear()
+        self.deletes.clear()
+        self.quarantined.clear()
         run.check_error_limit(final=False)
 
-    for page in source.read(window):
-        run.check_stop()
-        run.counts.pages += 1
-        if page.reported_total is not None and run.counts.reported_total is None:
-            run.counts.reported_total = page.reported_total
-        for record in page.records:
-            run.counts.fetched += 1
-            ts = update_time(record)
-            if ts is not None and (run.max_seen is None or ts > run.max_seen):
-                run.max_seen = ts
-            try:
-                row = mapping(record)
-            except RecordError as exc:
-                redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
-                key = _record_key(mapping, redacted)
-                quarantined.append(QuarantineItem(raw=redacted, reason=str(exc), record_key=key))
-                continue
-            if is_deleted is not None and is_deleted(record):
-                deletes.append(mapping.key_of(row))
-            else:
-                rows.append(row)
-        if len(rows) + len(deletes) + len(quarantined) >= run.batch_size:
-            flush()
-        if run.on_progress is not None:
-            run.on_progress(
-                Progress(
-                    run.ds.name,
-                    run.counts.pages,
-                    run.counts.fetched,
-                    run.counts.reported_total,
-                    time.monotonic() - run.started_mono,
-                )
-            )
-    flush()
+
+def _process(
+    run: _Run, source: Source, mapping: CompiledMapping, window: Window, snapshot: SnapshotDeletes | None
+) -> BatchWriter:
+    writer = run.store.writer(run.ds, mapping)
+    batch = _Batch(run, writer, mapping, snapshot)
+    update_time = source.update_time
+    pages = source.read(window)
+    try:
+        for page in pages:
+            run.check_stop()
+            run.counts.pages += 1
+            if page.reported_total is not None and run.counts.reported_total is None:
+                run.counts.reported_total = page.reported_total
+            for record in page.records:
+                run.counts.fetched += 1
+                ts = update_time(record)
+                if ts is not None and (run.max_seen is None or ts > run.max_seen):
+                    run.max_seen = ts
+                batch.add(record)
+            if len(batch) >= run.batch_size:
+                batch.flush()
+            run.report_progress()
+    finally:
+        # an early end (stop request, guard, failed batch) must release the source's cursor now
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+    batch.flush()
     run.check_error_limit(final=True)
     return writer
 
@@ -352,6 +385,7 @@ def _snapshot_deletes(
     run.check_stop()
     counts = snapshot.apply(writer, run.batch_size)
     run.counts.deleted += counts.deleted
+
 
 def run_dataset(
     app: AppConfig,

@@ -2,7 +2,8 @@
 
 =============  ==============================================================================
 ``string``     ``str``; numbers as text without ``.0`` artefacts (3.0 -> "3"), dates in ISO;
-               ``length`` enforced ("too long (N > length)"); JSON objects/arrays rejected
+               ``length`` enforced ("too long (N > length)"); JSON objects/arrays and text
+               holding a NUL character (which PostgreSQL cannot store) rejected
 ``int``        ``int`` from 3, "3", 3.0, "3.0"; "3.5", "1e3", "1_000" rejected; 64-bit range
 ``decimal``    ``Decimal`` quantized to ``scale`` (half up, 四舍五入); at most
                ``precision - scale`` digits before the point
@@ -70,6 +71,9 @@ def _not_single(v: Any, describe: Describe, expected: str) -> RecordError:
     return RecordError(f"{got} is not {expected}")
 
 
+_NUL = "\x00"
+
+
 def _string(config: ColumnConfig, describe: Describe) -> Step:
     length = config.length
 
@@ -85,13 +89,18 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
                 raise _not_single(v, describe, "text (column type string)") from None
         if length is not None and len(text) > length:
             raise RecordError(f"{describe(text)} is too long ({len(text)} > {length})")
+        if _NUL in text:  # PostgreSQL cannot store it: one such record must not fail every batch
+            raise RecordError(f"{describe(text)} contains a NUL character (\\x00), which no database stores")
         return text
 
     if length is None:
         return Step(
             to_string,
-            "if {v}.__class__ is not str and {v} is not None: {v} = {f}({v})",
-            on_str="",
+            "if {v}.__class__ is str:\n"
+            "    if {nul} in {v}: {f}({v})\n"
+            "elif {v} is not None: {v} = {f}({v})",
+            {"nul": _NUL},
+            on_str="if {nul} in {v}: {f}({v})",
             str_result="str",
             none_safe=True,
             stripped_out="keep",
@@ -99,10 +108,10 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
     return Step(
         to_string,
         "if {v}.__class__ is str:\n"
-        "    if len({v}) > {length}: {f}({v})\n"
+        "    if len({v}) > {length} or {nul} in {v}: {f}({v})\n"
         "elif {v} is not None: {v} = {f}({v})",
-        {"length": length},
-        on_str="if len({v}) > {length}: {f}({v})",
+        {"length": length, "nul": _NUL},
+        on_str="if len({v}) > {length} or {nul} in {v}: {f}({v})",
         str_result="str",
         none_safe=True,
         stripped_out="keep",
