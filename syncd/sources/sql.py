@@ -194,14 +194,19 @@ class SqlSource:
                     self.stats.requests += 1
                     streamed = conn.execution_options(stream_results=True, yield_per=min(limit, _FETCH))
                     result = streamed.execute(self._query(window, after)).mappings()
-                    for part in result.partitions():
-                        records = [dict(r) for r in part]
-                        seen += len(records)
-                        last = records[-1]
-                        after = tuple(last[c] for c in self._order_names)
-                        self.stats.pages += 1
-                        self.stats.records += len(records)
-                        yield Page(records=records, number=self.stats.pages)
+                    try:
+                        for part in result.partitions():
+                            records = [dict(r) for r in part]
+                            seen += len(records)
+                            last = records[-1]
+                            after = tuple(last[c] for c in self._order_names)
+                            self.stats.pages += 1
+                            self.stats.records += len(records)
+                            yield Page(records=records, number=self.stats.pages)
+                    finally:
+                        # a run that stops early (stop request, guard, failed batch) closes this
+                        # generator: close the server-side cursor now, not at garbage collection
+                        result.close()
             except sa.exc.SQLAlchemyError as exc:
                 raise PermanentUpstreamError(
                     f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
