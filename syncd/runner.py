@@ -37,7 +37,6 @@ from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.paths import MISSING, compile_path
 from syncd.sources import Source, Window, build_source
 from syncd.targets import (
-    BatchCounts,
     BatchWriter,
     QuarantineItem,
     RunCounts,
@@ -159,18 +158,7 @@ class _Run:
         self.started_utc = now.astimezone(UTC)
         self.started_local = now.astimezone(self.zone).replace(tzinfo=None, microsecond=0)
         self.run_id = uuid.uuid4().hex
-        self.counts = RunCounts(
-            fetched=0,
-            inserted=0,
-            updated=0,
-            deleted=0,
-            unchanged=0,
-            quarantined=0,
-            reported_total=None,
-            requests=0,
-            retries=0,
-            pages=0,
-        )
+        self.counts = RunCounts()
         self.batch_size = dataset.batch_size or app.defaults.batch_size
         self.error_limit: ErrorLimit = dataset.error_limit or app.defaults.error_limit
         self.max_seen: datetime | None = None
@@ -325,12 +313,7 @@ class _Batch:
             return
         run = self.run
         run.check_stop()  # a batch is committed whole or not started
-        counts: BatchCounts = self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined)
-        run.counts.inserted += counts.inserted
-        run.counts.updated += counts.updated
-        run.counts.deleted += counts.deleted
-        run.counts.unchanged += counts.unchanged
-        run.counts.quarantined += counts.quarantined
+        run.counts.add(self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined))
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
             keys = self.snapshot.row_keys(self.rows)
             keys += [q.record_key for q in self.quarantined if q.record_key is not None]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from syncd.config.model import AppConfig
+from syncd.config.model import AppConfig, DatasetConfig
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -22,6 +22,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "config_path",
+    "dataset_or_report",
     "load_or_report",
     "open_store",
 ]
@@ -55,6 +56,15 @@ def load_or_report(args: argparse.Namespace) -> AppConfig | None:
 
     configure_logging(args.log_level or app.logging.level, args.log_format or app.logging.format)
     return app
+
+
+def dataset_or_report(app: AppConfig, name: str, command: str) -> DatasetConfig | None:
+    """The named dataset; None (after printing the configured names to stderr) when unknown."""
+    dataset = app.datasets.get(name)
+    if dataset is None:
+        known = ", ".join(sorted(app.datasets)) or "none"
+        print(f"syncd {command}: unknown dataset {name}; configured: {known}", file=sys.stderr)
+    return dataset
 
 
 def open_store(app: AppConfig) -> tuple[sa.Engine, StateStore]:

@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+from syncd.commands.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    dataset_or_report,
+    load_or_report,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from syncd.ops.plan import PlanResult
@@ -59,10 +66,8 @@ def run(args: argparse.Namespace) -> int:
     app = load_or_report(args)
     if app is None:
         return EXIT_CONFIG
-    dataset = app.datasets.get(args.dataset)
+    dataset = dataset_or_report(app, args.dataset, "plan")
     if dataset is None:
-        known = ", ".join(sorted(app.datasets)) or "none"
-        print(f"syncd plan: unknown dataset {args.dataset}; configured: {known}", file=sys.stderr)
         return EXIT_CONFIG
     engine, _ = open_store(app)
     try:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+from syncd.commands.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    dataset_or_report,
+    load_or_report,
+    open_store,
+)
 
 NAME = "quarantine"
 HELP = "list or show quarantined records (隔离区), or replay them after fixing the YAML"
@@ -31,18 +38,18 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
     app = load_or_report(args)
     if app is None:
         return EXIT_CONFIG
-    dataset = app.datasets.get(args.dataset)
+    dataset = dataset_or_report(app, args.dataset, "quarantine")
     if dataset is None:
-        known = ", ".join(sorted(app.datasets)) or "none"
-        print(f"syncd quarantine: unknown dataset {args.dataset}; configured: {known}", file=sys.stderr)
         return EXIT_CONFIG
     engine, store = open_store(app)
     try:
         if args.action == "list":
             entries = ops.list_entries(store, dataset.name, limit=args.limit)
             for e in entries:
-                print(f"{e['raw_hash']}  key={e['record_key'] or '-'}  seen={e['times']}x  "
-                      f"last={e['last_seen']:%Y-%m-%d %H:%M:%S}  {e['reason']}")
+                print(
+                    f"{e['raw_hash']}  key={e['record_key'] or '-'}  seen={e['times']}x  "
+                    f"last={e['last_seen']:%Y-%m-%d %H:%M:%S}  {e['reason']}"
+                )
             print(f"{len(entries)} quarantined record(s) shown for {dataset.name}")
             return EXIT_OK
         if args.action == "show":

@@ -52,21 +52,6 @@ def schedules_of(app: AppConfig) -> dict[str, Schedule]:
     return {n: d.schedule for n, d in app.datasets.items() if d.enabled and d.schedule is not None}
 
 
-def _empty_counts() -> RunCounts:
-    return RunCounts(
-        fetched=0,
-        inserted=0,
-        updated=0,
-        deleted=0,
-        unchanged=0,
-        quarantined=0,
-        reported_total=None,
-        requests=0,
-        retries=0,
-        pages=0,
-    )
-
-
 class Daemon:
     """``Daemon(path, app).serve()`` runs until stopped; see the module docstring."""
 
@@ -256,10 +241,10 @@ class Daemon:
                         app, app.datasets[name], self.store, trigger="schedule", should_stop=self._stop.is_set
                     )
             log.info("sync.skipped_locked", dataset=name, hint="another node is running this dataset")
-            return RunResult(name, "", "skipped_locked", _empty_counts(), time.monotonic() - started)
+            return RunResult(name, "", "skipped_locked", RunCounts(), time.monotonic() - started)
         except Exception as exc:  # a job must never kill its worker; the run is reported as failed
             log.error("daemon.job_failed", dataset=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return RunResult(name, "", "failed", _empty_counts(), time.monotonic() - started, error=str(exc))
+            return RunResult(name, "", "failed", RunCounts(), time.monotonic() - started, error=str(exc))
 
     # ------------------------------------------------------------------ configuration
 
