@@ -238,10 +238,17 @@ def create_tables(engine: sa.Engine, tables: Iterable[sa.Table], *, attempts: in
             time.sleep(0.05 * attempt)
 
 
-def ensure_target_table(engine: sa.Engine, dataset: DatasetConfig, shape: MappingShape) -> sa.Table:
+def ensure_target_table(
+    engine: sa.Engine, dataset: DatasetConfig, shape: MappingShape, *, table: sa.Table | None = None
+) -> sa.Table:
     """Return the target table, creating it when absent and ``target.create`` allows, else
-    verifying the existing one (TargetSchemaError lists every mismatch and how to fix it)."""
-    table = target_table(sa.MetaData(), dataset, shape)
+    verifying the existing one (TargetSchemaError lists every mismatch and how to fix it).
+
+    ``table`` is the definition built for an earlier run of the same dataset configuration:
+    reusing it keeps SQLAlchemy's compiled-statement cache hitting instead of filling it with a
+    copy of the table per run (that grew a long-running daemon's memory with every run)."""
+    if table is None:
+        table = target_table(sa.MetaData(), dataset, shape)
     where = describe_url(engine.url)
     try:
         exists = sa.inspect(engine).has_table(table.name)

@@ -55,6 +55,8 @@ class StateStore:
         self._writes = write_engine(engine)
         self._where = describe_url(engine.url)
         self._schema_ready = False
+        # dataset name -> (the configuration it was built from, its target table definition)
+        self._targets: dict[str, tuple[DatasetConfig, sa.Table]] = {}
 
     def __repr__(self) -> str:
         return f"StateStore({self._where}, prefix={self.prefix!r})"
@@ -74,7 +76,10 @@ class StateStore:
         """A writer for ``dataset``; creates or verifies its target table (TargetSchemaError)."""
         if not self._schema_ready:
             self.ensure_schema()
-        table = ensure_target_table(self.engine, dataset, shape)
+        cached = self._targets.get(dataset.name)
+        known = cached[1] if cached is not None and cached[0] == dataset else None
+        table = ensure_target_table(self.engine, dataset, shape, table=known)
+        self._targets[dataset.name] = (dataset, table)
         return BatchWriter(self.engine, self.tables, dataset, shape, table)
 
     # ------------------------------------------------------------------ runs
