@@ -59,7 +59,9 @@ clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # the full reliability proof behind docs/reliability.md: kill -9 trials, upstream and database
-# faults, hostile input, security checks on all three databases (about 25 min on 2 cores).
+# faults, hostile input, security checks on all three databases (about 25 min on 2 cores), plus the
+# daemon's SIGTERM and database-outage trials. The long run is separate (opt-in, see docs/reliability.md):
+#   SYNCD_LONG_RUN_MINUTES=30 make reliability
 #   make reliability TRIALS=20 ROWS=50000 REPORT=reliability.jsonl
 .PHONY: reliability
 TRIALS ?= 20
@@ -69,4 +71,4 @@ reliability: $(STAMP)
 	SYNCD_RELIABILITY=1 SYNCD_REL_TRIALS=$(TRIALS) SYNCD_REL_ROWS=$(ROWS) SYNCD_REL_REPORT=$(REPORT) \
 	$(BIN)/python -m pytest -q tests/test_reliability_crash.py tests/test_reliability_upstream.py \
 	  tests/test_reliability_database.py tests/test_hostile_records.py tests/test_hostile_config.py \
-	  tests/test_hostile_http.py tests/test_security.py
+	  tests/test_hostile_http.py tests/test_security.py tests/test_reliability_daemon.py
