@@ -30,9 +30,11 @@ __all__ = [
     "PG_BIN",
     "PrivateMariaDB",
     "PrivatePostgres",
+    "add_password_user",
     "free_port",
     "mariadb_available",
     "postgres_available",
+    "require_binaries",
     "server_root",
 ]
 
@@ -258,3 +260,25 @@ class PrivateMariaDB:
     ) -> None:
         self.stop()
         shutil.rmtree(self.root.parent if self.root.name == "srv" else self.root, ignore_errors=True)
+
+
+def require_binaries(available: bool, what: str) -> None:
+    """Skip (or, with SYNCD_REQUIRE_DBS=1 as in CI, fail) when a private server cannot be run here."""
+    if not available:
+        import pytest
+
+        msg = f"{what} binaries (or root, to run them as their own user) are not available"
+        if os.environ.get("SYNCD_REQUIRE_DBS") == "1":
+            pytest.fail(msg + "; SYNCD_REQUIRE_DBS=1 makes this a failure", pytrace=False)
+        pytest.skip(msg)
+
+
+def add_password_user(server: PrivateMariaDB, password: str) -> None:
+    """A user ``syncd`` with a password, so a test can look for the password in what syncd prints."""
+    engine = sa.create_engine(server.admin_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE USER 'syncd'@'127.0.0.1' IDENTIFIED BY '{password}'"))
+            conn.execute(sa.text("GRANT ALL ON *.* TO 'syncd'@'127.0.0.1'"))
+    finally:
+        engine.dispose()

@@ -46,9 +46,11 @@ from tests.daemon_proc import DaemonProcess, daemon_config
 from tests.dbserver import (
     PrivateMariaDB,
     PrivatePostgres,
+    add_password_user,
     free_port,
     mariadb_available,
     postgres_available,
+    require_binaries,
     server_root,
 )
 from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active
@@ -71,7 +73,6 @@ STOP_TIMEOUT = 20.0  # daemon_config() sets daemon.stop_timeout: 20s
 LONG_RUN_MINUTES = float(os.environ.get("SYNCD_LONG_RUN_MINUTES", "0"))
 SAMPLE_EVERY = float(os.environ.get("SYNCD_LONG_RUN_SAMPLE_S", "30"))
 WARM_UP_S = 60.0
-REQUIRE = os.environ.get("SYNCD_REQUIRE_DBS") == "1"
 DB_PASSWORD = "Db-pw-4Kd-never-shown"
 DB_PASSWORD_ENV = "SYNCD_TEST_DB_PASSWORD"
 
@@ -235,30 +236,18 @@ def test_sigterm_at_random_moments_converges_exactly(
 # --------------------------------------------------------------------------- 2. database outage
 
 
-def _need(available: bool, what: str) -> None:
-    if not available:
-        msg = f"{what} binaries (or root, to run them as their own user) are not available"
-        if REQUIRE:
-            pytest.fail(msg + "; SYNCD_REQUIRE_DBS=1 makes this a failure", pytrace=False)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def daemon_pg() -> Iterator[PrivatePostgres]:
-    _need(postgres_available(), "PostgreSQL")
+    require_binaries(postgres_available(), "PostgreSQL")
     with PrivatePostgres(server_root("syncd-dpg-")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def daemon_mariadb() -> Iterator[PrivateMariaDB]:
-    _need(mariadb_available(), "MariaDB")
+    require_binaries(mariadb_available(), "MariaDB")
     with PrivateMariaDB(server_root("syncd-dmariadb-")) as server:
-        engine = sa.create_engine(server.admin_url)
-        with engine.begin() as conn:  # a user with a password, so the test can look for it
-            conn.execute(sa.text(f"CREATE USER 'syncd'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'"))
-            conn.execute(sa.text("GRANT ALL ON *.* TO 'syncd'@'127.0.0.1'"))
-        engine.dispose()
+        add_password_user(server, DB_PASSWORD)
         yield server
 
 

@@ -25,38 +25,33 @@ from syncd.config import load_config
 from syncd.gateway import FaultPlan, Gateway
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import StateStore, create_target_engine
-from tests.dbserver import PrivateMariaDB, PrivatePostgres, mariadb_available, postgres_available, server_root
+from tests.dbserver import (
+    PrivateMariaDB,
+    PrivatePostgres,
+    add_password_user,
+    mariadb_available,
+    postgres_available,
+    require_binaries,
+    server_root,
+)
 from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
 
-REQUIRE = os.environ.get("SYNCD_REQUIRE_DBS") == "1"
 DB_PASSWORD = "Db-pw-7Qz-never-shown"
 DB_PASSWORD_ENV = "SYNCD_TEST_DB_PASSWORD"
 
 
-def _need(available: bool, what: str) -> None:
-    if not available:
-        msg = f"{what} binaries (or root, to run them as their own user) are not available"
-        if REQUIRE:
-            pytest.fail(msg + "; SYNCD_REQUIRE_DBS=1 makes this a failure", pytrace=False)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="session")
 def private_pg() -> Iterator[PrivatePostgres]:
-    _need(postgres_available(), "PostgreSQL")
+    require_binaries(postgres_available(), "PostgreSQL")
     with PrivatePostgres(server_root("syncd-pg-")) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def private_mariadb() -> Iterator[PrivateMariaDB]:
-    _need(mariadb_available(), "MariaDB")
+    require_binaries(mariadb_available(), "MariaDB")
     with PrivateMariaDB(server_root("syncd-mariadb-")) as server:
-        engine = sa.create_engine(server.admin_url)
-        with engine.begin() as conn:  # a user with a password, so the test can look for it
-            conn.execute(sa.text(f"CREATE USER 'syncd'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'"))
-            conn.execute(sa.text("GRANT ALL ON *.* TO 'syncd'@'127.0.0.1'"))
-        engine.dispose()
+        add_password_user(server, DB_PASSWORD)
         yield server
 
 
