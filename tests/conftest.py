@@ -94,6 +94,15 @@ def mariadb_url() -> Iterator[str]:
     yield from _fresh_mariadb()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_credentials() -> Iterator[None]:
+    """Tokens are cached process-wide by gateway URL; a later test's gateway may reuse a port."""
+    yield
+    from syncd.sources.http.auth.base import forget_shared_state
+
+    forget_shared_state()
+
+
 # --------------------------------------------------------------------------- secret scan
 # The end-to-end tests configure this value as the gateway's app secret (tests/e2e.py). It must never
 # appear in anything a test prints or logs: every test's captured stdout, stderr and log records are

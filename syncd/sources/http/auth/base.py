@@ -33,6 +33,7 @@ __all__ = [
     "AuthScheme",
     "config_error",
     "fingerprint",
+    "forget_shared_state",
     "new_nonce",
     "now_stamp",
     "shared_state",
@@ -119,6 +120,12 @@ def shared_state(key: tuple[str, ...], factory: Callable[[], S]) -> S:
         if state is None:
             state = _SHARED[key] = factory()
         return state
+
+
+def forget_shared_state() -> None:
+    """Drop every cached credential (tests: a new gateway on a reused port must not see old tokens)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 
 def config_error(file: str, path: str, message: str) -> ConfigError:
