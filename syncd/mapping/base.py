@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -43,6 +43,7 @@ __all__ = [
     "check_options",
     "describe",
     "float_text",
+    "lookup_factory",
     "register_transform",
     "render_path",
     "suggest",
@@ -206,6 +207,24 @@ def suggest(name: str, known: Iterable[str]) -> str:
     """`` (did you mean 'upper'?)`` when ``name`` is close to a known name, else ``""``."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+F = TypeVar("F")
+
+
+def lookup_factory(
+    registry: Mapping[str, F], options: Mapping[str, frozenset[str]], kind: str, cfg: Any
+) -> F:
+    """The factory registered for ``cfg.type``, its options checked; unknown types name the known ones."""
+    factory = registry.get(cfg.type)
+    if factory is None:
+        raise MappingSpecError(
+            (),
+            f"unknown {kind} {cfg.type!r}{suggest(cfg.type, registry)}; "
+            f"known {kind}s are: {', '.join(sorted(registry))}",
+        )
+    check_options(cfg, kind, cfg.type, options[cfg.type])
+    return factory
 
 
 def check_options(cfg: BaseModel, kind: str, name: str, allowed: Iterable[str]) -> None:

@@ -96,9 +96,7 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
     if length is None:
         return Step(
             to_string,
-            "if {v}.__class__ is str:\n"
-            "    if {nul} in {v}: {f}({v})\n"
-            "elif {v} is not None: {v} = {f}({v})",
+            "if {v}.__class__ is str:\n    if {nul} in {v}: {f}({v})\nelif {v} is not None: {v} = {f}({v})",
             {"nul": _NUL},
             on_str="if {nul} in {v}: {f}({v})",
             str_result="str",

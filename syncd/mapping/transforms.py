@@ -34,7 +34,7 @@ from syncd.mapping.base import (
     Step,
     StepContext,
     TransformFactory,
-    check_options,
+    lookup_factory,
     register_transform,
     suggest,
     text_of,
@@ -69,15 +69,7 @@ _HALFWIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
 
 def build_transform(cfg: TransformConfig, ctx: StepContext) -> Step:
     """Validate ``cfg`` and build its step (errors are positioned relative to the transform)."""
-    factory = TRANSFORMS.get(cfg.type)
-    if factory is None:
-        raise MappingSpecError(
-            (),
-            f"unknown transform {cfg.type!r}{suggest(cfg.type, TRANSFORMS)}; "
-            f"known transforms are: {', '.join(sorted(TRANSFORMS))}",
-        )
-    check_options(cfg, "transform", cfg.type, TRANSFORM_OPTIONS[cfg.type])
-    return factory(cfg, ctx)
+    return lookup_factory(TRANSFORMS, TRANSFORM_OPTIONS, "transform", cfg)(cfg, ctx)
 
 
 def _single_value(value: Any, what: str) -> None:

@@ -29,8 +29,7 @@ from syncd.mapping.base import (
     MappingSpecError,
     Step,
     StepContext,
-    check_options,
-    suggest,
+    lookup_factory,
     text_of,
 )
 
@@ -63,15 +62,7 @@ def _register(name: str, *options: str) -> Callable[[ValidatorFactory], Validato
 
 def build_validator(cfg: ValidatorConfig, ctx: StepContext) -> Step:
     """Validate ``cfg`` and build its step (errors are positioned relative to the validator)."""
-    factory = VALIDATORS.get(cfg.type)
-    if factory is None:
-        raise MappingSpecError(
-            (),
-            f"unknown validator {cfg.type!r}{suggest(cfg.type, VALIDATORS)}; "
-            f"known validators are: {', '.join(sorted(VALIDATORS))}",
-        )
-    check_options(cfg, "validator", cfg.type, VALIDATOR_OPTIONS[cfg.type])
-    return factory(cfg, ctx)
+    return lookup_factory(VALIDATORS, VALIDATOR_OPTIONS, "validator", cfg)(cfg, ctx)
 
 
 def _fail(message: str | None) -> Callable[[str], RecordError]:
