@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd.changes import key_text
+from syncd.changes import key_text, record_digester
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
 from syncd.mapping import CompiledMapping, compile_mapping
@@ -274,24 +274,60 @@ def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:
 
 
 class _Batch:
-    """The batch being assembled: mapped rows, logical deletes and quarantined records."""
+    """The batch being assembled: mapped rows, logical deletes and quarantined records.
+
+    Records are not mapped at once when the dataset already has row state (``skip_unchanged``):
+    each waits with its row key (from the key columns alone) and its digest
+    (:func:`~syncd.changes.hashing.record_digester`). At ``flush`` one query reads the stored
+    digests of the waiting keys; a record whose digest equals its key's stored digest maps to the
+    row already written, so it is counted unchanged without being mapped, hashed or written (the
+    snapshot re-sync's common case). The others are mapped in their original order. A key that
+    occurs twice among the waiting records is always mapped, so "last wins" holds as before.
+    """
 
     def __init__(
-        self, run: _Run, writer: BatchWriter, mapping: CompiledMapping, snapshot: SnapshotDeletes | None
+        self,
+        run: _Run,
+        writer: BatchWriter,
+        mapping: CompiledMapping,
+        snapshot: SnapshotDeletes | None,
+        *,
+        skip_unchanged: bool,
     ) -> None:
         self.run = run
         self.writer = writer
         self.mapping = mapping
         self.snapshot = snapshot
         self.is_deleted = _delete_flag(run.ds)
+        self.digest = record_digester(mapping.record_fields, mapping.fingerprint)
+        self.skip_unchanged = skip_unchanged
+        self.waiting: list[tuple[str, str | None, dict[str, Any]]] = []
         self.rows: list[tuple[Any, ...]] = []
+        self.digests: list[str | None] = []
         self.deletes: list[tuple[Any, ...]] = []
         self.quarantined: list[QuarantineItem] = []
+        self.skipped_keys: list[str] = []
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.deletes) + len(self.quarantined)
+        return len(self.rows) + len(self.deletes) + len(self.quarantined) + len(self.waiting)
 
     def add(self, record: dict[str, Any]) -> None:
+        digest = self.digest(record)
+        if self.skip_unchanged:
+            key = self._row_key(record)
+            if key is not None:
+                self.waiting.append((key, digest, record))
+                return
+            # no usable key: the full mapping quarantines it (or the writer rejects the row)
+        self._map(record, digest)
+
+    def _row_key(self, record: dict[str, Any]) -> str | None:
+        try:
+            return self.writer.row_key(self.mapping.key_record(record))
+        except RecordError:
+            return None
+
+    def _map(self, record: dict[str, Any], digest: str | None) -> None:
         mapping = self.mapping
         try:
             row = mapping(record)
@@ -306,6 +342,27 @@ class _Batch:
             self.deletes.append(mapping.key_of(row))
         else:
             self.rows.append(row)
+            self.digests.append(digest)
+
+    def _resolve_waiting(self) -> int:
+        """Skip the waiting records whose digest is stored for their key; map the rest."""
+        waiting = self.waiting
+        if not waiting:
+            return 0
+        stored = self.writer.stored_digests([key for key, digest, _ in waiting if digest is not None])
+        seen: dict[str, int] = {}
+        for key, _, _ in waiting:
+            seen[key] = seen.get(key, 0) + 1
+        skipped = 0
+        for key, digest, record in waiting:
+            if digest is not None and seen[key] == 1 and stored.get(key) == digest:
+                skipped += 1
+                if self.snapshot is not None:
+                    self.skipped_keys.append(key)
+            else:
+                self._map(record, digest)
+        waiting.clear()
+        return skipped
 
     def flush(self) -> None:
         """Write the batch in one transaction (or not at all when a stop was requested)."""
@@ -313,14 +370,18 @@ class _Batch:
             return
         run = self.run
         run.check_stop()  # a batch is committed whole or not started
-        run.counts.add(self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined))
+        skipped = self._resolve_waiting()
+        run.counts.add(self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined, self.digests))
+        run.counts.unchanged += skipped
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
-            keys = self.snapshot.row_keys(self.rows)
+            keys = self.snapshot.row_keys(self.rows) + self.skipped_keys
             keys += [q.record_key for q in self.quarantined if q.record_key is not None]
             self.snapshot.mark_seen(keys)
         self.rows.clear()
+        self.digests.clear()
         self.deletes.clear()
         self.quarantined.clear()
+        self.skipped_keys.clear()
         run.check_error_limit(final=False)
 
 
@@ -328,7 +389,7 @@ def _process(
     run: _Run, source: Source, mapping: CompiledMapping, window: Window, snapshot: SnapshotDeletes | None
 ) -> BatchWriter:
     writer = run.store.writer(run.ds, mapping)
-    batch = _Batch(run, writer, mapping, snapshot)
+    batch = _Batch(run, writer, mapping, snapshot, skip_unchanged=writer.has_state())
     update_time = source.update_time
     pages = source.read(window)
     try:

@@ -103,6 +103,24 @@ def _fresh_credentials() -> Iterator[None]:
     forget_shared_state()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A test that calls ``configure_logging`` points the process's logging at its own captured
+    stream; left in place, every later test would log into that closed stream (a logging error
+    per event, and traced memory growing with each: the memory tests failed after such a test)."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
 # --------------------------------------------------------------------------- secret scan
 # The end-to-end tests configure this value as the gateway's app secret (tests/e2e.py). It must never
 # appear in anything a test prints or logs: every test's captured stdout, stderr and log records are

@@ -11,7 +11,7 @@ from syncd.changes.detector import (
     normaliser_for,
     normaliser_for_type,
 )
-from syncd.changes.hashing import decimal_text, json_text, key_text, raw_hash, row_hash
+from syncd.changes.hashing import decimal_text, json_text, key_text, raw_hash, record_digester, row_hash
 
 __all__ = [
     "DELETED_HASH",
@@ -25,5 +25,6 @@ __all__ = [
     "normaliser_for",
     "normaliser_for_type",
     "raw_hash",
+    "record_digester",
     "row_hash",
 ]

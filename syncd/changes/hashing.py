@@ -30,6 +30,15 @@ Row key (``key_text``)
     A single key column → ``str`` of the value; a composite key → a compact JSON array.
     Decimals are written in fixed point, dates and datetimes in ISO 8601.
 
+Record digest (``record_digester``)
+    blake2b (16 bytes), keyed with the compiled mapping's fingerprint, over the orjson encoding
+    of the values of the top-level fields the mapping reads, in sorted field order. Values that
+    are not JSON types (the SQL and XLSX sources' Decimal, datetime, bytes…) are encoded as a
+    tagged object ``{"\u0000": type name, "v": text}``; such sources never yield objects of
+    their own, and JSON sources never yield anything else, so the encoding stays injective
+    within one source kind (which the fingerprint names). ``row_state.raw_hash`` keeps it: a
+    record whose digest equals the stored one maps to the stored row, so it is not mapped again.
+
 Change-feed JSON (``json_text``)
     Compact JSON, non-ASCII kept as is; Decimal as a string (``"1.50"``), date and datetime
     in ISO 8601, bool as ``true``/``false``.
@@ -46,7 +55,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["decimal_text", "json_text", "key_text", "raw_hash", "row_hash"]
+__all__ = ["decimal_text", "json_text", "key_text", "raw_hash", "record_digester", "row_hash"]
 
 
 def decimal_text(value: Decimal) -> str:
@@ -154,6 +163,34 @@ def raw_hash(raw: Any) -> str:
     """32 hex characters identifying a raw upstream record (key order does not matter)."""
     text = json_text(raw, sort_keys=True)
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _tagged_value(value: Any) -> Any:
+    text = value.isoformat() if isinstance(value, datetime | date | time) else str(value)
+    return {"\x00": type(value).__qualname__, "v": text}
+
+
+_DIGEST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_SORT_KEYS
+
+
+def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | None]:
+    """``record -> 32 hex characters`` over the values of ``fields`` (see the module docstring),
+    or None when the record cannot be encoded (not an object, an integer beyond 64 bits, a lone
+    surrogate): such a record is simply mapped every time."""
+    names = tuple(sorted(fields))
+    dumps, digest = orjson.dumps, blake2b
+
+    def record_digest(record: Any) -> str | None:
+        if record.__class__ is not dict:
+            return None
+        get = record.get
+        try:
+            payload = dumps([get(name) for name in names], default=_tagged_value, option=_DIGEST_OPTIONS)
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        return digest(payload, digest_size=16, key=key).hexdigest()
+
+    return record_digest
 
 
 def _key_part(value: Any) -> Any:

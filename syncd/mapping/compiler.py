@@ -18,12 +18,17 @@ check as ``nullable: false``, with the reason "required value missing (key colum
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import SecretStr
+
+from syncd import __version__
 from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
 from syncd.errors import RecordError
 from syncd.mapping.base import (
@@ -67,6 +72,16 @@ class CompiledMapping:
     """The generated record function itself (what ``__call__`` calls; bind it in tight loops)."""
     python_source: str = field(repr=False)
     """The generated source of ``map_record``, for debugging."""
+    key_record: Callable[[Mapping[str, Any]], Row] = field(repr=False)
+    """The key columns alone, mapped from a raw record (their own generated function): what a
+    record's row key will be without mapping the whole record. Raises RecordError like ``map_record``."""
+    fingerprint: bytes = field(repr=False)
+    """16 bytes that change whenever anything the mapping's result depends on changes: the
+    columns and their transforms (salts included), the key, the logical-delete rule, the code
+    tables, the source kind and syncd's version. A stored digest of a raw record is only
+    trusted under the same fingerprint (see :func:`syncd.changes.hashing.record_digester`)."""
+    record_fields: tuple[str, ...] = field(repr=False)
+    """The top-level record fields the mapping and the logical-delete rule read, sorted."""
     _key_getter: Callable[[Row], Row] = field(repr=False)
     _redactions: tuple[tuple[tuple[str | int, ...], Callable[[Any], Any]], ...] = field(repr=False)
 
@@ -111,7 +126,11 @@ def compile_mapping(
     source, fn = generate(dataset.name, plans, inline=inline)
     columns = tuple(dataset.columns)
     key_indexes = tuple(columns.index(k) for k in dataset.target.key)
+    _, key_fn = generate(dataset.name, [plans[i] for i in key_indexes], inline=inline)
     paths = frozenset(p for plan in plans for p in plan.reads)
+    fields = {p.split(".", 1)[0] for p in paths}
+    if dataset.target.logical_delete is not None:
+        fields.add(dataset.target.logical_delete.field.split(".", 1)[0])
     redactions = tuple(
         (_path_parts(p), plan.redactor) for plan in plans if plan.redactor is not None for p in plan.reads
     )
@@ -122,6 +141,9 @@ def compile_mapping(
         source_paths=paths,
         map_record=fn,
         python_source=source,
+        key_record=key_fn,
+        fingerprint=_fingerprint(dataset, tables, source),
+        record_fields=tuple(sorted(fields)),
         _key_getter=_key_getter(key_indexes),
         _redactions=redactions,
     )
@@ -255,6 +277,36 @@ def _redactor(step: Step) -> Callable[[Any], Any]:
             return "[redacted]"
 
     return redact
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with secrets revealed (they feed a digest, never any output) and tuples as lists."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    return value
+
+
+def _fingerprint(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, str]], source: str) -> bytes:
+    """See :attr:`CompiledMapping.fingerprint`. Any doubt makes it differ, which only costs one
+    run that maps every record again: a stale fingerprint would skip a real change."""
+    parts = {
+        "syncd": __version__,
+        "code": source,
+        "columns": _plain({n: c.model_dump() for n, c in dataset.columns.items()}),
+        "target": _plain(dataset.target.model_dump(include={"key", "logical_delete"})),
+        "source": dataset.source.type,
+        "code_tables": _plain(code_tables),
+    }
+    text = json.dumps(parts, sort_keys=True, default=repr, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 # --------------------------------------------------------------------------- keys and redaction

@@ -4,8 +4,9 @@ The state tables live in the target database beside the data, so that a batch's 
 hashes and change entries commit in one transaction (DESIGN §4.2). Names carry a prefix
 (default ``syncd_``):
 
-- ``row_state``  (dataset, row_key) → row_hash of the last written content (and ``seen_run``,
-  the last full-snapshot run that saw the key, for snapshot delete detection)
+- ``row_state``  (dataset, row_key) → row_hash of the last written content, ``record_digest``
+  (the digest of the raw record it was mapped from, so an unchanged record is not mapped again)
+  and ``seen_run`` (the last full-snapshot run that saw the key, for snapshot delete detection)
 - ``changes``    the change feed local applications read (one row per insert/update/delete)
 - ``watermarks`` dataset → the incremental position of the last successful run
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
@@ -33,11 +34,13 @@ from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type
 from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
 
 __all__ = [
+    "ADDED_STATE_COLUMNS",
     "MYSQL_TABLE_OPTIONS",
     "DatasetShape",
     "MappingShape",
     "StateTables",
     "TargetSchemaError",
+    "add_missing_columns",
     "create_tables",
     "ensure_target_table",
     "key_column_names",
@@ -115,6 +118,9 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("row_hash", sa.CHAR(32), nullable=False),
         # the last full-snapshot run that saw the key (syncd.targets.snapshot); NULL otherwise
         sa.Column("seen_run", sa.String(32)),
+        # digest of the raw record the row was mapped from (syncd.changes.hashing.record_digester);
+        # NULL for deleted keys and rows written without one
+        sa.Column("record_digest", sa.CHAR(32)),
         **MYSQL_TABLE_OPTIONS,
     )
     changes = sa.Table(
@@ -236,6 +242,40 @@ def create_tables(engine: sa.Engine, tables: Iterable[sa.Table], *, attempts: in
                 ) from exc
             log.debug("create_tables.retry", attempt=attempt, error=str(exc.orig))
             time.sleep(0.05 * attempt)
+
+
+ADDED_STATE_COLUMNS: dict[str, str] = {"seen_run": "VARCHAR(32)", "record_digest": "CHAR(32)"}
+"""Nullable ``row_state`` columns added after the first release, with their DDL types: a
+database made by an older syncd gets them added (:func:`add_missing_columns`)."""
+
+
+def add_missing_columns(engine: sa.Engine, table: sa.Table, columns: Mapping[str, str]) -> list[str]:
+    """``ALTER TABLE … ADD`` the nullable ``columns`` (name → DDL type) that ``table`` lacks in the
+    database; returns the names added. A column added meanwhile by another process is fine."""
+    try:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    except sa.exc.DBAPIError as exc:
+        where = describe_url(engine.url)
+        raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
+    added = []
+    name = engine.dialect.identifier_preparer.format_table(table)
+    for column, ddl in columns.items():
+        if column in present:
+            continue
+        quoted = engine.dialect.identifier_preparer.quote(column)
+        try:
+            with write_engine(engine).begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {name} ADD {quoted} {ddl}")
+        except sa.exc.DBAPIError as exc:
+            fresh = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+            if column in fresh:  # another process added it first
+                continue
+            raise TargetError(
+                f"cannot add column {column} to {table.name} in {describe_url(engine.url)}: {exc.orig}. "
+                f"Add it yourself: ALTER TABLE {table.name} ADD {column} {ddl}"
+            ) from exc
+        added.append(column)
+    return added
 
 
 def ensure_target_table(

@@ -106,17 +106,9 @@ class SnapshotDeletes:
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Create the streak table, and add ``row_state.seen_run`` to a database made before it."""
-        engine, rs = self._store.engine, self._rs
-        try:
-            columns = {c["name"] for c in sa.inspect(engine).get_columns(rs.name)}
-            if "seen_run" not in columns:
-                with self._writes.begin() as conn:
-                    conn.execute(sa.text(f"ALTER TABLE {rs.name} ADD seen_run VARCHAR(32)"))
-                log.info("snapshot.column_added", table=rs.name, column="seen_run")
-        except sa.exc.SQLAlchemyError as exc:
-            raise TargetError(f"cannot prepare {rs.name} for snapshot deletes: {exc}") from exc
-        create_tables(engine, [self._missing])
+        """Create the streak table (``row_state.seen_run`` comes with :meth:`StateStore.ensure_schema`)."""
+        self._store.ensure_schema()
+        create_tables(self._store.engine, [self._missing])
 
     # ------------------------------------------------------------------ per batch
 

@@ -23,7 +23,14 @@ from syncd.errors import TargetError
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import RunCounts, RunInfo
-from syncd.targets.schema import MappingShape, create_tables, ensure_target_table, state_tables
+from syncd.targets.schema import (
+    ADDED_STATE_COLUMNS,
+    MappingShape,
+    add_missing_columns,
+    create_tables,
+    ensure_target_table,
+    state_tables,
+)
 from syncd.targets.writer import BatchWriter
 
 __all__ = ["StateStore"]
@@ -70,6 +77,9 @@ class StateStore:
     def ensure_schema(self) -> None:
         """Create the state tables and indexes that are missing. Safe when processes race."""
         create_tables(self.engine, self.tables.all())
+        rs = self.tables.row_state
+        for column in add_missing_columns(self.engine, rs, ADDED_STATE_COLUMNS):
+            log.info("state.column_added", table=rs.name, column=column)
         self._schema_ready = True
 
     def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:

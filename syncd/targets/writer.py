@@ -9,6 +9,8 @@
 4. read the current target rows of update candidates and deletes (one query per chunk) and
    compare normalised values: the changed columns go to the feed; a candidate with no real
    difference only refreshes its stored hash;
+   A row whose content is unchanged but whose record digest is new (or was never stored) only
+   gets its ``row_state.record_digest`` refreshed, so the runner can skip mapping it next time;
 5. in ONE transaction: bulk upsert rows, bulk delete (hard: DELETE; soft: set the flag and keep
    the key's state with :data:`DELETED_HASH`), upsert row state, insert change entries, upsert
    quarantine items. Any database error rolls everything back and raises TargetError.
@@ -60,6 +62,7 @@ class _Batch:
     rejects: list[QuarantineItem]
     rows: dict[str, Row] = field(default_factory=dict)
     keys: dict[str, Row] = field(default_factory=dict)
+    digests: dict[str, str | None] = field(default_factory=dict)  # row key → record digest
     deletes: dict[str, Row] = field(default_factory=dict)
     counts: BatchCounts = field(default_factory=BatchCounts)
 
@@ -109,7 +112,7 @@ class BatchWriter:
         non_key = [c for c in self._out if c not in self._key_names]
         self._upsert_rows = BulkWriter(engine, table, self._key_names, non_key)
         rs = tables.row_state
-        self._upsert_state = BulkWriter(engine, rs, ("dataset", "row_key"), ["row_hash"])
+        self._upsert_state = BulkWriter(engine, rs, ("dataset", "row_key"), ["row_hash", "record_digest"])
         self._insert_changes = BulkWriter(engine, tables.changes)
         self._analyzer = GrowthAnalyzer(engine, [table, rs])
         q = tables.quarantine
@@ -137,6 +140,52 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ keys
 
+    def row_key(self, key_values: Row) -> str | None:
+        """The ``row_key`` text the writer would give a row with these key values (in
+        ``key_indexes`` order), or None when such a row would be rejected (a null or too long key)."""
+        kv = self._key_values(key_values)
+        if any(v is None for v in kv):
+            return None
+        key = key_text(kv)
+        return key if len(key) <= ROW_KEY_LENGTH else None
+
+    def has_state(self) -> bool:
+        """Whether ``row_state`` holds any key of the dataset (a first load has none)."""
+        rs = self._tables.row_state
+        query = sa.select(rs.c.row_key).where(rs.c.dataset == self._dataset).limit(1)
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(query).first() is not None
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failed("reading " + rs.name, exc) from exc
+
+    def stored_digests(self, keys: Sequence[str]) -> dict[str, str]:
+        """Row key → stored record digest, for those of ``keys`` that have one (one query per chunk).
+
+        Read outside the batch's transaction: the runner uses it to skip mapping records whose
+        digest is unchanged. That is safe because only one run of a dataset writes at a time
+        (the daemon's dataset lock) and the digest is stored in the same transaction as the row."""
+        rs = self._tables.row_state
+        query = sa.select(rs.c.row_key, rs.c.record_digest).where(
+            rs.c.dataset == self._dataset, rs.c.record_digest.is_not(None)
+        )
+        stored: dict[str, str] = {}
+        try:
+            with self._engine.connect() as conn:
+                for chunk in chunked(list(keys), self._state_chunk):
+                    for key, digest in conn.execute(query.where(rs.c.row_key.in_(chunk))).tuples():
+                        stored[key] = digest
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failed("reading " + rs.name, exc) from exc
+        return stored
+
+    def _failed(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        return TargetError(
+            f"dataset {self._dataset}: a batch failed while {doing} in {self._where} and was "
+            f"rolled back, nothing of it was kept: {reason[:500]}"
+        )
+
     def _key_values(self, values: Row) -> Row:
         """Key values normalised per column type, as the database holds them."""
         return tuple(norm(v) for norm, v in zip(self._key_norms, values, strict=True))
@@ -155,6 +204,7 @@ class BatchWriter:
         rows: Sequence[Row],
         deletes: Sequence[Row] = (),
         quarantined: Sequence[QuarantineItem] = (),
+        digests: Sequence[str | None] | None = None,
     ) -> BatchCounts:
         """Write one batch atomically; returns what it did.
 
@@ -162,10 +212,13 @@ class BatchWriter:
         key values in ``key_indexes`` order, as ``CompiledMapping.key_of`` gives them) or whole
         mapped rows; a key both in ``rows`` and ``deletes`` is deleted. ``quarantined`` items
         are upserted into the quarantine table. A row whose key is null or longer than 512
-        characters is quarantined by the writer itself.
+        characters is quarantined by the writer itself. ``digests`` (parallel to ``rows``) are the
+        digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
         """
         batch = _Batch(run_id=run_id, now=datetime.now(UTC), rejects=list(quarantined))
-        self._collect_rows(batch, rows)
+        if digests is not None and len(digests) != len(rows):
+            raise ValueError(f"{len(digests)} digests for {len(rows)} rows")
+        self._collect_rows(batch, rows, digests)
         self._collect_deletes(batch, deletes)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
@@ -175,28 +228,24 @@ class BatchWriter:
         try:
             with self._engine.begin() as conn:
                 self._stage = f"reading {self._tables.row_state.name}"
-                stored = self._stored_hashes(conn, [*hashes, *batch.deletes])
+                stored, stored_digests = self._stored_hashes(conn, [*hashes, *batch.deletes])
                 verdict = classify(hashes, batch.deletes, stored)
                 self._stage = f"reading {self._table.name}"
                 wanted = [batch.keys[k] for k in verdict.update_candidates]
                 wanted += [batch.deletes[k] for k in verdict.deletes]
                 current = self._current_rows(conn, wanted)
-                plan = self._plan(batch, hashes, verdict, current)
+                plan = self._plan(batch, hashes, verdict, current, stored_digests)
                 self._apply(conn, plan, self._quarantine_rows(batch))
                 self._stage = "committing"
         except sa.exc.SQLAlchemyError as exc:
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            raise TargetError(
-                f"dataset {self._dataset}: a batch failed while {self._stage} in {self._where} and was "
-                f"rolled back, nothing of it was kept: {reason[:500]}"
-            ) from exc
+            raise self._failed(self._stage, exc) from exc
         self._analyzer.added(batch.counts.inserted)
         log.debug("target.batch", dataset=self._dataset, run_id=run_id, **counts_dict(batch.counts))
         return batch.counts
 
-    def _collect_rows(self, batch: _Batch, rows: Sequence[Row]) -> None:
+    def _collect_rows(self, batch: _Batch, rows: Sequence[Row], digests: Sequence[str | None] | None) -> None:
         width = len(self._columns)
-        for row in rows:
+        for n, row in enumerate(rows):
             if len(row) != width:
                 raise ValueError(f"a row has {len(row)} values but the mapping has {width} columns")
             kv = self._key_values(tuple(row[i] for i in self._key_idx))
@@ -213,6 +262,7 @@ class BatchWriter:
                 batch.counts.unchanged += 1  # superseded by a later row with the same key
             batch.rows[key] = row
             batch.keys[key] = kv
+            batch.digests[key] = None if digests is None else digests[n]
 
     def _collect_deletes(self, batch: _Batch, deletes: Sequence[Row]) -> None:
         width, nkeys = len(self._columns), len(self._key_idx)
@@ -234,14 +284,21 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ reads
 
-    def _stored_hashes(self, conn: sa.Connection, keys: list[str]) -> dict[str, str]:
+    def _stored_hashes(
+        self, conn: sa.Connection, keys: list[str]
+    ) -> tuple[dict[str, str], dict[str, str | None]]:
+        """(row key → stored row hash, row key → stored record digest) of ``keys``."""
         rs = self._tables.row_state
-        stored: dict[str, str] = {}
-        query = sa.select(rs.c.row_key, rs.c.row_hash).where(rs.c.dataset == self._dataset)
+        hashes: dict[str, str] = {}
+        digests: dict[str, str | None] = {}
+        query = sa.select(rs.c.row_key, rs.c.row_hash, rs.c.record_digest).where(
+            rs.c.dataset == self._dataset
+        )
         for chunk in chunked(keys, self._state_chunk):
-            for row_key, digest in conn.execute(query.where(rs.c.row_key.in_(chunk))):
-                stored[row_key] = digest
-        return stored
+            for row_key, row_hash_, digest in conn.execute(query.where(rs.c.row_key.in_(chunk))).tuples():
+                hashes[row_key] = row_hash_
+                digests[row_key] = digest
+        return hashes, digests
 
     def _current_rows(self, conn: sa.Connection, keys: list[Row]) -> dict[str, Row]:
         """The current target rows of ``keys``, normalised, by row key."""
@@ -285,20 +342,32 @@ class BatchWriter:
             "changed_at": batch.now,
         }
 
+    def _state(self, key: str, row_hash_: str, digest: str | None) -> dict[str, Any]:
+        return {"dataset": self._dataset, "row_key": key, "row_hash": row_hash_, "record_digest": digest}
+
     def _plan(
-        self, batch: _Batch, hashes: dict[str, str], verdict: Classification, current: dict[str, Row]
+        self,
+        batch: _Batch,
+        hashes: dict[str, str],
+        verdict: Classification,
+        current: dict[str, Row],
+        stored_digests: dict[str, str | None],
     ) -> _Plan:
         plan = _Plan()
         out, counts = self._out, batch.counts
         inserts = set(verdict.inserts)
         candidates = set(verdict.update_candidates)
         counts.unchanged += len(verdict.unchanged) + len(verdict.ignored_deletes)
+        for key in verdict.unchanged:  # same content from a new record: keep its digest for next time
+            digest = batch.digests[key]
+            if digest is not None and digest != stored_digests.get(key):
+                plan.state_upserts.append(self._state(key, hashes[key], digest))
         for key, row in batch.rows.items():
             if key not in inserts and key not in candidates:
                 continue
             new = self._normalised(row)
             old = current.get(key) if key in candidates else None
-            plan.state_upserts.append({"dataset": self._dataset, "row_key": key, "row_hash": hashes[key]})
+            plan.state_upserts.append(self._state(key, hashes[key], batch.digests[key]))
             if old is None:  # a new key, or one known to row_state but gone from the table
                 values = dict(zip(out, new, strict=True))
                 plan.upserts.append(values)
@@ -327,9 +396,7 @@ class BatchWriter:
             plan.changes.append(self._change(batch, Op.DELETE, key, out, old=old_values))
             if self._soft:
                 plan.soft_deletes.append(batch.deletes[key])
-                plan.state_upserts.append(
-                    {"dataset": self._dataset, "row_key": key, "row_hash": DELETED_HASH}
-                )
+                plan.state_upserts.append(self._state(key, DELETED_HASH, None))
             else:
                 plan.hard_deletes.append(batch.deletes[key])
                 plan.state_deletes.append(key)

@@ -1,0 +1,288 @@
+"""Records whose digest is unchanged are not mapped again (row_state.record_digest).
+
+The fast path of a re-sync: a record whose digest (over the fields the mapping reads, keyed
+with the mapping's fingerprint) equals the one stored for its key maps to the row already
+written, so the runner counts it unchanged without mapping, hashing or writing it. These
+tests prove it is skipped when it may be and never when it may not: a changed field, a
+changed configuration (code table, salt), a key twice in one batch, an older database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.changes import record_digester
+from syncd.config import load_config
+from syncd.config.model import DatasetConfig
+from syncd.gateway import Gateway
+from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.runner import Backfill, RunResult, run_dataset
+from syncd.sources import Page, ReadStats, Window
+from syncd.targets import StateStore, create_target_engine
+from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    gw = Gateway(records=400, seed=11, app_key="demo-app", app_secret=SECRET)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+class CountingSync:
+    """`syncd sync residents --full`, counting the records the compiled mapping maps."""
+
+    def __init__(self, config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.config = config
+        self.mapped = 0
+        self.app = load_config(config)
+        self.engine = create_target_engine(self.app.target.url.get_secret_value())
+        self.store = StateStore(self.engine, self.app.target.table_prefix)
+
+        def counting_compile(dataset: DatasetConfig, tables: Any = None, **kw: Any) -> CompiledMapping:
+            mapping = compile_mapping(dataset, tables, **kw)
+            inner = mapping.map_record
+
+            def map_record(record: Any) -> tuple[Any, ...]:
+                self.mapped += 1
+                return inner(record)
+
+            return dataclasses.replace(mapping, map_record=map_record)
+
+        monkeypatch.setattr("syncd.runner.compile_mapping", counting_compile)
+
+    def reload(self) -> None:
+        self.app = load_config(self.config)
+
+    def run(self, **kw: Any) -> RunResult:
+        self.mapped = 0
+        result = run_dataset(
+            self.app, self.app.datasets["residents"], self.store, backfill=Backfill(full=True), **kw
+        )
+        assert result.ok, result.error
+        return result
+
+
+@pytest.fixture
+def sync(
+    tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CountingSync]:
+    s = CountingSync(write_config(tmp_path, db_url=db_url, gateway_url=gateway.url), monkeypatch)
+    try:
+        yield s
+    finally:
+        s.engine.dispose()
+
+
+def never_skipped(gateway: Gateway, result: RunResult) -> int:
+    """Records mapped on every run: quarantined ones and logically deleted ones (no live state)."""
+    flagged = len(gateway.store.records()) - len(upstream_active(gateway.store))
+    return result.counts.quarantined + flagged
+
+
+def test_a_resync_maps_only_the_changed_records(sync: CountingSync, gateway: Gateway, db_url: str) -> None:
+    first = sync.run()
+    assert sync.mapped == first.counts.fetched  # a first load maps everything
+    entries = len(change_log(db_url))
+
+    second = sync.run()
+    assert second.counts.fetched == first.counts.fetched
+    assert (second.counts.inserted, second.counts.updated, second.counts.deleted) == (0, 0, 0)
+    assert sync.mapped == never_skipped(gateway, second)
+    assert len(change_log(db_url)) == entries
+
+    ids = sorted(upstream_active(gateway.store))[:5]
+    gateway.store.update(ids, remark="已核实")
+    third = sync.run()
+    assert (third.counts.inserted, third.counts.updated, third.counts.deleted) == (0, 5, 0)
+    assert sync.mapped == never_skipped(gateway, third) + 5
+    new = change_log(db_url)[entries:]
+    assert sorted(e["row_key"] for e in new) == ids
+    assert all(json.loads(e["new_values"])["remark"] == "已核实" for e in new)
+    assert {k: r["remark"] for k, r in target_rows(db_url).items() if k in ids} == dict.fromkeys(
+        ids, "已核实"
+    )
+
+
+def test_a_field_the_mapping_does_not_read_is_not_a_change(sync: CountingSync, gateway: Gateway) -> None:
+    sync.run()
+    ids = sorted(upstream_active(gateway.store))[:5]
+    for rid in ids:  # `relation` is authorized but not mapped; the update time stays
+        record = gateway.store.get(rid)
+        assert record is not None
+        gateway.store.update([rid], relation="99", updateTime=record["updateTime"])
+    again = sync.run()
+    assert (again.counts.inserted, again.counts.updated) == (0, 0)
+    assert sync.mapped == never_skipped(gateway, again)
+
+
+def test_a_changed_code_table_remaps_every_record(
+    sync: CountingSync, gateway: Gateway, db_url: str, tmp_path: Path
+) -> None:
+    sync.run()
+    before = target_rows(db_url)
+    graduates = sorted(k for k, r in before.items() if r["education"] == "大学本科")
+    assert graduates, "the generated data has no 大学本科 record; pick another code"
+    main = tmp_path / "syncd.yaml"
+    main.write_text(
+        main.read_text(encoding="utf-8").replace('"20": 大学本科', '"20": 本科'), encoding="utf-8"
+    )
+    sync.reload()
+
+    changed = sync.run()
+    assert sync.mapped == changed.counts.fetched, "a new mapping must not trust digests made by the old one"
+    assert changed.counts.updated == len(graduates)
+    after = target_rows(db_url)
+    assert sorted(k for k, r in after.items() if r["education"] == "本科") == graduates
+    steady = sync.run()
+    assert steady.counts.updated == 0
+    assert sync.mapped == never_skipped(gateway, steady)
+
+
+def _salted_dataset(salt: str) -> DatasetConfig:
+    return DatasetConfig.model_validate(
+        {
+            "name": "people",
+            "source": {"type": "http", "connection": "gw", "path": "/p"},
+            "authorization": {
+                "approval_code": "T-1",
+                "fields": ["id", "card"],
+                "valid_from": "2026-01-01",
+                "valid_until": "2027-12-31",
+            },
+            "target": {"table": "people", "key": ["pid"]},
+            "columns": {
+                "pid": {"source": "id"},
+                "card": {"source": "card", "length": 64, "transforms": [{"hash": {"salt": salt}}]},
+            },
+        }
+    )
+
+
+def test_the_fingerprint_follows_every_input_of_the_mapping() -> None:
+    base = compile_mapping(_salted_dataset("salt-one"))
+    assert base.fingerprint == compile_mapping(_salted_dataset("salt-one")).fingerprint
+    assert base.fingerprint != compile_mapping(_salted_dataset("salt-two")).fingerprint
+    assert (
+        base.fingerprint != compile_mapping(_salted_dataset("salt-one"), {"unused": {"1": "a"}}).fingerprint
+    )
+    assert base.record_fields == ("card", "id")
+    assert "salt-one" not in repr(base)
+
+
+def test_the_record_digest_is_exact_about_values_and_types() -> None:
+    digest = record_digester(["a", "b"], b"k" * 16)
+    other_key = record_digester(["a", "b"], b"j" * 16)
+    one = digest({"a": "1", "b": {"x": 1, "y": 2}})
+    assert one is not None and len(one) == 32
+    assert digest({"b": {"y": 2, "x": 1}, "a": "1", "unread": 5}) == one  # order and unread fields
+    assert other_key({"a": "1", "b": {"x": 1, "y": 2}}) != one
+    variants = [
+        {"a": 1},
+        {"a": "1"},
+        {"a": 1.0},
+        {"a": True},
+        {"a": None},
+        {},
+        {"a": "2024-01-02"},
+        {"a": datetime(2024, 1, 2).date()},
+        {"a": "1.50"},
+        {"a": __import__("decimal").Decimal("1.50")},
+        {"a": __import__("decimal").Decimal("1.5")},
+    ]
+    digests = [digest(v) for v in variants]
+    assert digests[4] == digests[5], "a missing field reads as null, as the mapping reads it"
+    del digests[5]
+    assert len(set(digests)) == len(digests)
+    assert digest(["not", "an", "object"]) is None
+    assert digest({"a": 2**70}) is None  # mapped every time instead
+
+
+class ListSource:
+    """A source of fixed pages (the runner's contract, no upstream)."""
+
+    snapshot_read = True
+
+    def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
+        self.pages = pages
+        self.stats = ReadStats()
+
+    def read(self, window: Window) -> Iterator[Page]:
+        for n, records in enumerate(self.pages, 1):
+            yield Page(records=records, number=n)
+        self.stats.complete = True
+
+    def update_time(self, record: dict[str, Any]) -> datetime | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_key_twice_in_one_batch_still_ends_with_the_last_record(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = CountingSync(write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url), monkeypatch)
+    sync.run()
+    record = next(r for r in gateway.store.records() if r["id"] in upstream_active(gateway.store))
+    stale = dict(record, remark="旧备注")
+    synced_remark = target_rows(sqlite_url)[record["id"]]["remark"]
+
+    def pages(*batch: dict[str, Any]) -> Callable[..., ListSource]:
+        return lambda app, ds: ListSource([list(batch)])
+
+    # the stored state is `record`: the later, different record wins although the first one is unchanged
+    result = sync.run(source_factory=pages(record, stale))
+    assert result.counts.updated == 1
+    assert target_rows(sqlite_url)[record["id"]]["remark"] == "旧备注"
+    # and back: the first is the changed one, the last equals what is now stored
+    result = sync.run(source_factory=pages(record, stale))
+    assert (result.counts.updated, result.counts.unchanged) == (0, 2)
+    result = sync.run(source_factory=pages(stale, record))
+    assert result.counts.updated == 1
+    assert target_rows(sqlite_url)[record["id"]]["remark"] == synced_remark
+    sync.engine.dispose()
+
+
+def test_an_older_row_state_gets_its_record_digest_column(db_url: str) -> None:
+    engine = create_target_engine(db_url)
+    try:
+        with engine.begin() as conn:  # the row_state of syncd 0.1 databases
+            conn.exec_driver_sql(
+                "CREATE TABLE syncd_row_state (dataset VARCHAR(64) NOT NULL, row_key VARCHAR(512) NOT NULL, "
+                "row_hash CHAR(32) NOT NULL, PRIMARY KEY (dataset, row_key))"
+            )
+            conn.exec_driver_sql("INSERT INTO syncd_row_state VALUES ('d', 'k', 'h')")
+        StateStore(engine).ensure_schema()
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("syncd_row_state")}
+        assert {"seen_run", "record_digest"} <= columns
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT row_key, record_digest, seen_run FROM syncd_row_state").one()
+        assert tuple(row) == ("k", None, None)
+        StateStore(engine).ensure_schema()  # and again: nothing left to add
+    finally:
+        engine.dispose()
+
+
+def test_every_live_row_keeps_its_digest(sync: CountingSync, db_url: str) -> None:
+    sync.run()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            digests = [d for (d,) in conn.exec_driver_sql("SELECT record_digest FROM syncd_row_state")]
+    finally:
+        engine.dispose()
+    assert digests and all(d is not None and re.fullmatch(r"[0-9a-f]{32}", d) for d in digests)
