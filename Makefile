@@ -45,6 +45,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 N     ?= 100000
 DBS   ?= sqlite,postgresql,mariadb
 SIDES ?= syncd,dlt,ceiling
+LATENCY_MS ?= 0
 
 $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -53,7 +54,7 @@ $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) $(if $(WRITE),--write-results)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) $(if $(WRITE),--write-results)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -37,13 +37,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--records", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every answer (a distant gateway)")
     args = p.parse_args()
     # stdout is the command channel: the gateway's own log lines go to stderr, warnings only
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(30),
     )
-    gateway = Gateway(records=args.records, seed=args.seed, prerender=True, prerender_max_bytes=4 << 30)
+    gateway = Gateway(
+        records=args.records,
+        seed=args.seed,
+        prerender=True,
+        prerender_max_bytes=4 << 30,
+        latency=args.latency_ms / 1000,
+    )
     url = gateway.start()
     rng = random.Random(args.seed)
     print(json.dumps({"ready": url}), flush=True)

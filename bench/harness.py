@@ -69,9 +69,13 @@ class Measurement:
 class GatewayProcess:
     """The gateway child (``gateway_proc.py``): one command line in, one JSON line out."""
 
-    def __init__(self, records: int, seed: int) -> None:
+    def __init__(self, records: int, seed: int, latency_ms: float = 0.0) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, str(HERE / "gateway_proc.py"), "--records", str(records), "--seed", str(seed)],
+            [
+                sys.executable,
+                str(HERE / "gateway_proc.py"),
+                *("--records", str(records), "--seed", str(seed), "--latency-ms", str(latency_ms)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
     n, dbs, sides = args.records, args.dbs, args.sides
     out = Path(args.out).resolve()
     results: list[Measurement] = []
-    gateway = GatewayProcess(n, args.seed)
+    gateway = GatewayProcess(n, args.seed, args.latency_ms)
     py = sys.executable
     try:
         setup: dict[str, dict[str, Any]] = {}
@@ -242,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dbs", type=lambda s: s.split(","), default=["sqlite", "postgresql", "mariadb"])
     p.add_argument("--sides", type=lambda s: s.split(","), default=["syncd", "dlt", "ceiling"])
     p.add_argument("--scenarios", type=int, default=len(SCENARIOS), help="run only the first K scenarios")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds the gateway waits before every answer (0: loopback as is; 50: a distant gateway)",
+    )
     p.add_argument("--batch-size", type=int, default=1000, help="defaults.batch_size of the syncd side")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per measurement")
     p.add_argument("--out", default=str(HERE / "out"))

@@ -36,6 +36,7 @@ from syncd.errors import AuthorizationError, GuardError, RecordError, StopReques
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.paths import MISSING, compile_path
 from syncd.sources import Source, Window, build_source
+from syncd.sources.prefetch import Prefetcher
 from syncd.targets import (
     BatchWriter,
     QuarantineItem,
@@ -391,7 +392,8 @@ def _process(
     writer = run.store.writer(run.ds, mapping)
     batch = _Batch(run, writer, mapping, snapshot, skip_unchanged=writer.has_state())
     update_time = source.update_time
-    pages = source.read(window)
+    # the next page is read while this one is mapped and written (syncd.sources.prefetch)
+    pages = Prefetcher(source.read(window), name=f"syncd-read-{run.ds.name}")
     try:
         for page in pages:
             run.check_stop()
@@ -409,9 +411,7 @@ def _process(
             run.report_progress()
     finally:
         # an early end (stop request, guard, failed batch) must release the source's cursor now
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
+        pages.close()
     batch.flush()
     run.check_error_limit(final=True)
     return writer

@@ -22,7 +22,11 @@ N = 2000
 @pytest.mark.slow
 def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCH / "harness.py"), "-n", str(N), "--dbs", "sqlite", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(BENCH / "harness.py"),
+            *("-n", str(N), "--dbs", "sqlite", "--out", str(tmp_path), "--latency-ms", "1"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -130,8 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(response)
 
     def _write(self, response: Response) -> None:
-        if response.delay:
-            time.sleep(response.delay)
+        delay = response.delay + self.server.gateway.latency
+        if delay:
+            time.sleep(delay)
         if response.fault == "reset":
             self._reset()
             return
@@ -198,6 +199,7 @@ class Gateway:
         bad_ratio: float = 0.0,
         start_time: datetime | None = None,
         server_time_offset: float = 0.0,
+        latency: float = 0.0,
     ) -> None:
         self.store = store if store is not None else ResidentStore(seed=seed)
         if records:
@@ -206,6 +208,9 @@ class Gateway:
             self.store.generate(records, first, bad_ratio=bad_ratio)
         self._host = host
         self._port = port
+        if latency < 0:
+            raise ValueError("latency cannot be negative")
+        self.latency = latency  # seconds added to every answer: a gateway far away or busy
         self._ctx = Context(
             self.store,
             faults or FaultPlan(),

@@ -22,7 +22,15 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from syncd.targets.engine import Family, dialect_family
 
-__all__ = ["BulkWriter", "GrowthAnalyzer", "SetBuilder", "chunked", "param_budget", "upsert_statement"]
+__all__ = [
+    "BulkWriter",
+    "GrowthAnalyzer",
+    "SetBuilder",
+    "StateLookup",
+    "chunked",
+    "param_budget",
+    "upsert_statement",
+]
 
 T = TypeVar("T")
 
@@ -49,6 +57,51 @@ def param_budget(engine: sa.Engine) -> int:
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class StateLookup:
+    """Columns of ``row_state`` for many row keys of one dataset, in as few statements as possible.
+
+    The batch writer reads the stored hashes of every key of every batch, so this is hot. An
+    expanding ``IN`` built by SQLAlchemy costs more than the database's own work here: on
+    PostgreSQL one ``row_key = ANY(%s)`` with the keys as one array parameter (a single statement
+    text, prepared once by the server), elsewhere ``IN (?, …)`` with the placeholder text built
+    once per chunk length. Rows come back as plain tuples, ``columns`` in order.
+    """
+
+    def __init__(self, bind: sa.Engine, table: sa.Table, columns: Sequence[str], budget: int) -> None:
+        q = bind.dialect.identifier_preparer
+        self._family = dialect_family(bind)
+        cols = ", ".join(q.quote(c) for c in columns)
+        dataset, row_key = q.quote("dataset"), q.quote("row_key")
+        self._head = f"SELECT {cols} FROM {q.format_table(table)} WHERE {dataset} = "  # noqa: S608
+        self._row_key = row_key
+        self._mark = "?" if self._family == "sqlite" else "%s"
+        self._chunk = 10_000 if self._family == "postgresql" else max(1, budget - 1)
+        self._texts: dict[int, str] = {}
+
+    def _text(self, n: int) -> str:
+        text = self._texts.get(n)
+        if text is None:
+            if self._family == "postgresql":
+                text = f"{self._head}%s AND {self._row_key} = ANY(%s)"
+            else:
+                marks = ", ".join([self._mark] * n)
+                text = f"{self._head}{self._mark} AND {self._row_key} IN ({marks})"
+            if len(self._texts) > 64:  # a run's chunk lengths: the full one and a few tails
+                self._texts.clear()
+            self._texts[n] = text
+        return text
+
+    def fetch(self, conn: sa.Connection, dataset: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        for chunk in chunked(keys, self._chunk):
+            if self._family == "postgresql":
+                params: tuple[Any, ...] = (dataset, list(chunk))
+                text = self._text(0)
+            else:
+                params = (dataset, *chunk)
+                text = self._text(len(chunk))
+            yield from conn.exec_driver_sql(text, params).tuples()
 
 
 def upsert_statement(

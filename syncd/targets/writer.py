@@ -41,7 +41,14 @@ from syncd.changes.detector import (
 from syncd.changes.hashing import json_text, key_text, raw_hash, row_hash
 from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
-from syncd.targets.dialects import BulkWriter, GrowthAnalyzer, chunked, param_budget, upsert_statement
+from syncd.targets.dialects import (
+    BulkWriter,
+    GrowthAnalyzer,
+    StateLookup,
+    chunked,
+    param_budget,
+    upsert_statement,
+)
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts, QuarantineItem
 from syncd.targets.schema import ROW_KEY_LENGTH, MappingShape, StateTables, key_column_names
@@ -112,6 +119,8 @@ class BatchWriter:
         non_key = [c for c in self._out if c not in self._key_names]
         self._upsert_rows = BulkWriter(engine, table, self._key_names, non_key)
         rs = tables.row_state
+        self._state_of = StateLookup(engine, rs, ("row_key", "row_hash", "record_digest"), budget)
+        self._digest_of = StateLookup(engine, rs, ("row_key", "record_digest"), budget)
         self._upsert_state = BulkWriter(engine, rs, ("dataset", "row_key"), ["row_hash", "record_digest"])
         self._insert_changes = BulkWriter(engine, tables.changes)
         self._analyzer = GrowthAnalyzer(engine, [table, rs])
@@ -165,18 +174,14 @@ class BatchWriter:
         Read outside the batch's transaction: the runner uses it to skip mapping records whose
         digest is unchanged. That is safe because only one run of a dataset writes at a time
         (the daemon's dataset lock) and the digest is stored in the same transaction as the row."""
-        rs = self._tables.row_state
-        query = sa.select(rs.c.row_key, rs.c.record_digest).where(
-            rs.c.dataset == self._dataset, rs.c.record_digest.is_not(None)
-        )
         stored: dict[str, str] = {}
         try:
             with self._engine.connect() as conn:
-                for chunk in chunked(list(keys), self._state_chunk):
-                    for key, digest in conn.execute(query.where(rs.c.row_key.in_(chunk))).tuples():
+                for key, digest in self._digest_of.fetch(conn, self._dataset, keys):
+                    if digest is not None:
                         stored[key] = digest
         except sa.exc.SQLAlchemyError as exc:
-            raise self._failed("reading " + rs.name, exc) from exc
+            raise self._failed("reading " + self._tables.row_state.name, exc) from exc
         return stored
 
     def _failed(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
@@ -288,16 +293,11 @@ class BatchWriter:
         self, conn: sa.Connection, keys: list[str]
     ) -> tuple[dict[str, str], dict[str, str | None]]:
         """(row key → stored row hash, row key → stored record digest) of ``keys``."""
-        rs = self._tables.row_state
         hashes: dict[str, str] = {}
         digests: dict[str, str | None] = {}
-        query = sa.select(rs.c.row_key, rs.c.row_hash, rs.c.record_digest).where(
-            rs.c.dataset == self._dataset
-        )
-        for chunk in chunked(keys, self._state_chunk):
-            for row_key, row_hash_, digest in conn.execute(query.where(rs.c.row_key.in_(chunk))).tuples():
-                hashes[row_key] = row_hash_
-                digests[row_key] = digest
+        for row_key, row_hash_, digest in self._state_of.fetch(conn, self._dataset, keys):
+            hashes[row_key] = row_hash_
+            digests[row_key] = digest
         return hashes, digests
 
     def _current_rows(self, conn: sa.Connection, keys: list[Row]) -> dict[str, Row]:
