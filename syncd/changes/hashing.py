@@ -209,6 +209,8 @@ def key_text(parts: Sequence[Any]) -> str:
     gives the same text as the mapped one.
     """
     if len(parts) == 1:
+        if parts[0].__class__ is str:  # the common key: one text column
+            return parts[0]
         part = _key_part(parts[0])
         return part if isinstance(part, str) else str(part)
     return json_text([_key_part(p) for p in parts])

@@ -39,6 +39,7 @@ _log = structlog.get_logger(__name__)
 SetBuilder = Callable[[Any], list[tuple[str, Any]]]
 """Given the incoming-row accessor (``excluded`` / ``inserted``), the ordered SET assignments."""
 
+_UNSET = object()
 _SERVER_BUDGET = 30_000  # PostgreSQL caps a statement at 65,535 parameters; MariaDB's packets at MBs
 
 
@@ -218,13 +219,18 @@ class BulkWriter:
         sql, stage, procs = self._compiled(columns)
         getter = _getter(columns)
         converting = [(i, p) for i, p in enumerate(procs) if p is not None]
+        values: list[Any]
         if converting:
-            values = []
-            for row in rows:
-                items = list(getter(row))
-                for i, proc in converting:  # only the columns whose type converts anything
-                    items[i] = proc(items[i])
-                values.append(tuple(items))
+            values = [list(getter(row)) for row in rows]
+            for i, proc in converting:  # only the columns whose type converts anything, column-wise:
+                last: Any = _UNSET  # a value repeated in the batch (changed_at, a date) converts once
+                out: Any = None
+                for items in values:
+                    value = items[i]
+                    if value is not last:
+                        last, out = value, proc(value)
+                    items[i] = out
+            values = [tuple(items) for items in values]  # SQLAlchemy takes a list of tuples
         else:
             values = [tuple(getter(row)) for row in rows]
         if self._family != "postgresql":

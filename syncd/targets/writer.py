@@ -96,6 +96,7 @@ class BatchWriter:
         table: sa.Table,
     ) -> None:
         self._engine = write_engine(engine)
+        self._reads = engine  # plain transactions (no write lock on SQLite) for look-ups outside a batch
         self._where = describe_url(engine.url)
         self._tables = tables
         self._dataset = dataset.name
@@ -163,7 +164,7 @@ class BatchWriter:
         rs = self._tables.row_state
         query = sa.select(rs.c.row_key).where(rs.c.dataset == self._dataset).limit(1)
         try:
-            with self._engine.connect() as conn:
+            with self._reads.connect() as conn:
                 return conn.execute(query).first() is not None
         except sa.exc.SQLAlchemyError as exc:
             raise self._failed("reading " + rs.name, exc) from exc
@@ -176,7 +177,7 @@ class BatchWriter:
         (the daemon's dataset lock) and the digest is stored in the same transaction as the row."""
         stored: dict[str, str] = {}
         try:
-            with self._engine.connect() as conn:
+            with self._reads.connect() as conn:
                 for key, digest in self._digest_of.fetch(conn, self._dataset, keys):
                     if digest is not None:
                         stored[key] = digest
@@ -193,7 +194,10 @@ class BatchWriter:
 
     def _key_values(self, values: Row) -> Row:
         """Key values normalised per column type, as the database holds them."""
-        return tuple(norm(v) for norm, v in zip(self._key_norms, values, strict=True))
+        norms = self._key_norms
+        if len(norms) == 1:  # the common key: one column
+            return (norms[0](values[0]),)
+        return tuple(norm(v) for norm, v in zip(norms, values, strict=True))
 
     def _key_param(self, values: Row) -> Any:
         return values[0] if len(values) == 1 else values
