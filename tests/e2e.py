@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+
+from syncd.gateway import Gateway
 
 DEMO_DATASETS = Path(__file__).resolve().parent.parent / "syncd" / "demo" / "datasets"
 SECRET = "s3cr3t-Vx9-never-logged"
 SECRET_ENV = "SYNCD_TEST_GW_SECRET"
+
+
+@contextmanager
+def demo_gateway(monkeypatch: pytest.MonkeyPatch, *, records: int, seed: int) -> Iterator[Gateway]:
+    """A started simulated gateway whose app secret the configs of :func:`write_config` read."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    gw = Gateway(records=records, seed=seed, app_key="demo-app", app_secret=SECRET)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 def write_config(

@@ -28,18 +28,13 @@ from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.runner import Backfill, RunResult, run_dataset
 from syncd.sources import Page, ReadStats, Window
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+from tests.e2e import change_log, demo_gateway, target_rows, upstream_active, write_config
 
 
 @pytest.fixture
 def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
-    gw = Gateway(records=400, seed=11, app_key="demo-app", app_secret=SECRET)
-    gw.start()
-    try:
+    with demo_gateway(monkeypatch, records=400, seed=11) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 class CountingSync:

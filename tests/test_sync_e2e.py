@@ -16,7 +16,7 @@ from syncd.config import load_config
 from syncd.gateway import Gateway
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+from tests.e2e import SECRET, change_log, demo_gateway, target_rows, upstream_active, write_config
 
 ZONE = ZoneInfo("Asia/Shanghai")
 
@@ -27,13 +27,8 @@ def local_now() -> datetime:
 
 @pytest.fixture
 def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
-    gw = Gateway(records=600, seed=7, app_key="demo-app", app_secret=SECRET)
-    gw.start()
-    try:
+    with demo_gateway(monkeypatch, records=600, seed=7) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 class Syncer:
