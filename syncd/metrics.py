@@ -22,6 +22,10 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 ``syncd_config_errors``                     gauge      no label: positioned errors of the last bad reload
 ``syncd_heartbeat_timestamp_seconds``       gauge      no label: last heartbeat of the scheduler
 ``syncd_build_info{version,python}``        gauge      no ``dataset`` label; always 1
+``process_resident_memory_bytes``, ``process_open_fds`` …  the standard process series of
+                                                       prometheus_client (RSS, open files, CPU time,
+                                                       start time): a daemon running for years is
+                                                       watched for slow growth with them
 =========================================== =========  ==============================================
 
 ``observe_run(result)`` takes any object shaped like :class:`syncd.runner.RunResult` (duck type):
@@ -53,7 +57,7 @@ from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 
@@ -169,6 +173,7 @@ class Metrics:
             "syncd_build_info", "syncd build information; always 1.", ("version", "python"), registry=reg
         )
         self.build_info.labels(version=version, python=platform.python_version()).set(1)
+        ProcessCollector(registry=reg)  # process_resident_memory_bytes, process_open_fds, … (Linux)
 
     # ------------------------------------------------------------------ datasets
 

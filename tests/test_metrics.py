@@ -201,6 +201,14 @@ def test_daemon_state_gauges(metrics: Metrics) -> None:
     assert value(metrics, "syncd_build_info", version=__version__, python=platform.python_version()) == 1
 
 
+def test_process_series_for_long_running_watch(metrics: Metrics) -> None:
+    """RSS and open files of the daemon itself: how a slow leak shows up in monitoring."""
+    rss = value(metrics, "process_resident_memory_bytes")
+    fds = value(metrics, "process_open_fds")
+    assert rss is not None and rss > 10 * 2**20
+    assert fds is not None and fds >= 3
+
+
 def test_own_registry_and_no_created_series() -> None:
     a, b = Metrics(), Metrics()
     a.observe_run(run())
