@@ -11,11 +11,29 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from syncd.config import load_config
 from syncd.gateway import Gateway
+from syncd.runner import RunResult, run_dataset
+from syncd.targets import StateStore, create_target_engine
 
 DEMO_DATASETS = Path(__file__).resolve().parent.parent / "syncd" / "demo" / "datasets"
 SECRET = "s3cr3t-Vx9-never-logged"
 SECRET_ENV = "SYNCD_TEST_GW_SECRET"
+
+
+class Syncer:
+    """Runs the residents dataset the way `syncd sync` does, against one target database."""
+
+    def __init__(self, config: Path) -> None:
+        self.app = load_config(config)
+        self.engine = create_target_engine(self.app.target.url.get_secret_value())
+        self.store = StateStore(self.engine, self.app.target.table_prefix)
+
+    def run(self, **kw: Any) -> RunResult:
+        return run_dataset(self.app, self.app.datasets["residents"], self.store, **kw)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 @contextmanager

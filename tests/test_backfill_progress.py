@@ -15,8 +15,7 @@ import pytest
 from syncd.gateway import Gateway
 from syncd.progress import ProgressReporter, format_progress
 from syncd.runner import Backfill, Progress
-from tests.e2e import SECRET, SECRET_ENV, target_rows, upstream_active, write_config
-from tests.test_sync_e2e import Syncer
+from tests.e2e import SECRET, SECRET_ENV, Syncer, target_rows, upstream_active, write_config
 
 FMT = "%Y-%m-%d %H:%M:%S"
 

@@ -20,7 +20,6 @@ appends its figures as one JSON line.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -32,65 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from syncd.gateway import Gateway
 from tests.e2e import SECRET, SECRET_ENV, change_log, write_config
+from tests.reliability_kit import FULL, active, databases, real_changes, report, target_state
 
 ROOT = Path(__file__).resolve().parent.parent
-FULL = os.environ.get("SYNCD_RELIABILITY") == "1"
 TRIALS = int(os.environ.get("SYNCD_REL_TRIALS", "20" if FULL else "5"))
 ROWS = int(os.environ.get("SYNCD_REL_ROWS", "50000" if FULL else "10000"))
-DBS = (
-    [
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-    if FULL
-    else ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+DBS = databases(2)
 # the dataset file sets its own 10-minute lookback; a 10-year one re-reads the whole dataset
 FULL_WINDOW = ("lookback: 10m ", "lookback: 3650d ")
 ENV = {**os.environ, SECRET_ENV: SECRET}
 PAGE = 500
-
-
-def report(figures: dict[str, Any]) -> None:
-    """Append one JSON line of figures to $SYNCD_REL_REPORT (if set) — docs/reliability.md quotes them."""
-    path = os.environ.get("SYNCD_REL_REPORT")
-    if path:
-        with Path(path).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(figures, ensure_ascii=False) + "\n")
-
-
-def active(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in records if str(r.get("isDeleted", "0")) != "1"}
-
-
-def real_changes(
-    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
-) -> Counter[tuple[str, str]]:
-    """The change-log entries an exact sync must produce for upstream going from ``before`` to ``after``."""
-    out: Counter[tuple[str, str]] = Counter()
-    for rid, rec in after.items():
-        if rid not in before:
-            out[(rid, "insert")] += 1
-        elif before[rid] != rec:  # every touch moves updateTime, which is mapped (updated_at)
-            out[(rid, "update")] += 1
-    for rid in before.keys() - after.keys():
-        out[(rid, "delete")] += 1
-    return out
-
-
-def target_state(db_url: str) -> dict[str, tuple[str | None, str]]:
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT resident_id, name, updated_at FROM resident_info")).all()
-    finally:
-        engine.dispose()
-    return {r[0]: (r[1], str(r[2])[:19]) for r in rows}
 
 
 def start_sync(cfg: Path) -> subprocess.Popen[bytes]:

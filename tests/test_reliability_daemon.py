@@ -54,20 +54,11 @@ from tests.dbserver import (
     server_root,
 )
 from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active
-from tests.test_reliability_crash import active, real_changes, report, target_state
+from tests.reliability_kit import FULL, active, databases, real_changes, report, target_state
 
-FULL = os.environ.get("SYNCD_RELIABILITY") == "1"
 TRIALS = int(os.environ.get("SYNCD_REL_TRIALS", "20" if FULL else "3"))
 ROWS = int(os.environ.get("SYNCD_REL_ROWS", "50000" if FULL else "20000"))
-DBS = (
-    [
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-    if FULL
-    else ["sqlite"]
-)
+DBS = databases(1)
 PAGE = 500
 STOP_TIMEOUT = 20.0  # daemon_config() sets daemon.stop_timeout: 20s
 LONG_RUN_MINUTES = float(os.environ.get("SYNCD_LONG_RUN_MINUTES", "0"))

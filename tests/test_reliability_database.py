@@ -9,7 +9,6 @@ target equals upstream, and the change log holds one insert per row.
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -21,10 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncd.config import load_config
 from syncd.gateway import FaultPlan, Gateway
-from syncd.runner import RunResult, run_dataset
-from syncd.targets import StateStore, create_target_engine
 from tests.dbserver import (
     PrivateMariaDB,
     PrivatePostgres,
@@ -34,7 +30,8 @@ from tests.dbserver import (
     require_binaries,
     server_root,
 )
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+from tests.e2e import SECRET, SECRET_ENV, Syncer, change_log, target_rows, upstream_active, write_config
+from tests.reliability_kit import report
 
 DB_PASSWORD = "Db-pw-7Qz-never-shown"
 DB_PASSWORD_ENV = "SYNCD_TEST_DB_PASSWORD"
@@ -63,19 +60,6 @@ def _pg_url(server: PrivatePostgres, name: str) -> str:
 def _mariadb_url(server: PrivateMariaDB, name: str) -> str:
     server.create_database(name)
     return f"mysql+pymysql://syncd:${{{DB_PASSWORD_ENV}}}@127.0.0.1:{server.port}/{name}?charset=utf8mb4"
-
-
-class Syncer:
-    def __init__(self, config: Path) -> None:
-        self.app = load_config(config)
-        self.engine = create_target_engine(self.app.target.url.get_secret_value())
-        self.store = StateStore(self.engine, self.app.target.table_prefix)
-
-    def run(self) -> RunResult:
-        return run_dataset(self.app, self.app.datasets["residents"], self.store)
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 def _stop_after(gw: Gateway, pages: int, stop: Callable[[], None]) -> threading.Thread:
@@ -145,13 +129,7 @@ def _outage_then_converge(  # noqa: PLR0917 - a test helper: each caller passes 
 
 
 def _report(db: str, figures: dict[str, Any]) -> None:
-    path = os.environ.get("SYNCD_REL_REPORT")
-    if path:
-        with Path(path).open("a", encoding="utf-8") as fh:
-            fh.write(
-                json.dumps({"test": "database_outage", "db": db, **figures, "held": True}, ensure_ascii=False)
-                + "\n"
-            )
+    report({"test": "database_outage", "db": db, **figures, "held": True})
 
 
 @pytest.mark.slow

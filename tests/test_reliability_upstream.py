@@ -20,24 +20,13 @@ from typing import Any
 
 import pytest
 
-from syncd.config import load_config
 from syncd.gateway import ALL_KINDS, FaultPlan, Gateway
-from syncd.runner import RunResult, run_dataset
-from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, write_config
+from tests.e2e import SECRET, SECRET_ENV, Syncer, change_log, target_rows, write_config
+from tests.reliability_kit import FULL, active, databases, real_changes
 
-FULL = os.environ.get("SYNCD_RELIABILITY") == "1"
 ROUNDS = int(os.environ.get("SYNCD_REL_FAULT_ROUNDS", "12" if FULL else "4"))
 RECORDS = 2000 if FULL else 1200
-DBS = (
-    [
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-    if FULL
-    else ["sqlite"]
-)
+DBS = databases(1)
 
 FULL_WINDOW = ("lookback: 10m ", "lookback: 3650d ")  # the dataset file's own lookback
 
@@ -46,37 +35,6 @@ CAUSE = re.compile(
     r"502|429|busy|繁忙|50001|time(d )?out|truncat|incomplete|IncompleteRead|JSON|json|reset|"
     r"connection|Connection|token|40101|expired|total",
 )
-
-
-class Syncer:
-    def __init__(self, config: Path) -> None:
-        self.app = load_config(config)
-        self.engine = create_target_engine(self.app.target.url.get_secret_value())
-        self.store = StateStore(self.engine, self.app.target.table_prefix)
-
-    def run(self) -> RunResult:
-        return run_dataset(self.app, self.app.datasets["residents"], self.store)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def active(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in records if str(r.get("isDeleted", "0")) != "1"}
-
-
-def real_changes(
-    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
-) -> Counter[tuple[str, str]]:
-    out: Counter[tuple[str, str]] = Counter()
-    for rid, rec in after.items():
-        if rid not in before:
-            out[(rid, "insert")] += 1
-        elif before[rid] != rec:
-            out[(rid, "update")] += 1
-    for rid in before.keys() - after.keys():
-        out[(rid, "delete")] += 1
-    return out
 
 
 @pytest.fixture

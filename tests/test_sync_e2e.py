@@ -7,16 +7,12 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from syncd.config import load_config
 from syncd.gateway import Gateway
-from syncd.runner import RunResult, run_dataset
-from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, change_log, demo_gateway, target_rows, upstream_active, write_config
+from tests.e2e import SECRET, Syncer, change_log, demo_gateway, target_rows, upstream_active, write_config
 
 ZONE = ZoneInfo("Asia/Shanghai")
 
@@ -29,21 +25,6 @@ def local_now() -> datetime:
 def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     with demo_gateway(monkeypatch, records=600, seed=7) as gw:
         yield gw
-
-
-class Syncer:
-    """Runs the residents dataset the way `syncd sync` does, against one target database."""
-
-    def __init__(self, config: Path) -> None:
-        self.app = load_config(config)
-        self.engine = create_target_engine(self.app.target.url.get_secret_value())
-        self.store = StateStore(self.engine, self.app.target.table_prefix)
-
-    def run(self, **kw: Any) -> RunResult:
-        return run_dataset(self.app, self.app.datasets["residents"], self.store, **kw)
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 @pytest.fixture

@@ -106,8 +106,8 @@ class SnapshotDeletes:
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Create the streak table (``row_state.seen_run`` comes with :meth:`StateStore.ensure_schema`)."""
-        self._store.ensure_schema()
+        """Create the streak table. ``row_state.seen_run`` comes with :meth:`StateStore.ensure_schema`,
+        which the runner has called when the run started."""
         create_tables(self._store.engine, [self._missing])
 
     # ------------------------------------------------------------------ per batch
