@@ -1,30 +1,42 @@
 """Deterministic encodings of mapped values: row hashes, row keys and change-feed JSON.
 
 Row hash (``row_hash``)
-    blake2b with a 16-byte digest (32 hex characters) over a type-tagged, length-prefixed
-    encoding of the mapped tuple. Each value becomes ``<tag><length>:<payload>`` and the parts
-    are concatenated, so the encoding is injective: no two different tuples share a byte string.
+    blake2b with a 16-byte digest (32 hex characters). Its input names the row's value types
+    first, then the values, so the encoding is injective: no two different tuples share it.
 
-    =========  ===  =====================================================================
-    type       tag  payload
-    =========  ===  =====================================================================
-    None       ``N``  empty
-    str        ``s``  the string itself (UTF-8; lone surrogates kept via ``surrogatepass``)
-    bool       ``b``  ``1`` or ``0``
-    int        ``i``  decimal digits
-    Decimal    ``d``  the numeric value in fixed-point, trailing fractional zeros removed
-    float      ``f``  ``repr(value)``
-    datetime   ``t``  ``isoformat()`` (an aware value keeps its offset)
-    date       ``D``  ``isoformat()``
-    time       ``T``  ``isoformat()``
-    bytes      ``B``  hex
-    =========  ===  =====================================================================
+    The fast form (every row a mapping produces): ``J`` + one type letter per value + ``\0`` +
+    the orjson array of the values. Given the type letters, the JSON text decodes to exactly one
+    tuple, so types never collide even where the JSON does (``date(2024, 1, 2)`` and the string
+    ``"2024-01-02"`` both write ``"2024-01-02"``; their letters differ).
+
+    =========  ======  =================================================================
+    type       letter  JSON value
+    =========  ======  =================================================================
+    None       ``N``   ``null``
+    str        ``s``   the string (a ``str`` subclass counts as ``str``)
+    bool       ``b``   ``true`` / ``false``
+    int        ``i``   the number (64-bit range)
+    Decimal    ``d``   the numeric value as a string, fixed-point, trailing fractional zeros removed
+    date       ``D``   ``"YYYY-MM-DD"``
+    datetime   ``t``   ISO 8601 as orjson writes it (microseconds when not 0; an aware value
+                       keeps its offset)
+    =========  ======  =================================================================
+
+    The full form, for what orjson cannot or should not write (float, time, bytes, an integer
+    beyond 64 bits, a lone surrogate, a subclass of date): ``L`` + each value as
+    ``<tag><length>:<payload>`` (tags ``N s b i d f t D T B``; str as UTF-8 with
+    ``surrogatepass``, float as ``repr``, bytes as hex). The leading ``J``/``L`` keeps the two
+    forms apart.
 
     So ``None``, ``""`` and ``"None"`` differ, and ``1`` differs from ``"1"`` and ``True``.
     **Decision:** ``Decimal("1.5")`` and ``Decimal("1.50")`` hash the same. A DECIMAL column
     stores both as the same number and the change detector compares numerically, so letting
     the representation leak into the hash would only produce update candidates that turn out
     to change nothing.
+
+    Earlier builds stored the full form for every row. Their hashes differ from the fast form,
+    so after the upgrade each row is an update candidate once: it is compared with the stored row
+    and, with no real difference, only its stored hash is refreshed (docs/upgrade.md).
 
 Row key (``key_text``)
     A single key column → ``str`` of the value; a composite key → a compact JSON array.
@@ -93,6 +105,8 @@ _FALLBACK_ORDER: tuple[type, ...] = (bool, int, str, Decimal, float, datetime, d
 
 
 def _encoder(value: Any) -> Callable[[Any], str]:
+    if value is None:
+        return _enc_none
     for kind in _FALLBACK_ORDER:
         if isinstance(value, kind):
             return _ENCODERS[kind]
@@ -102,31 +116,62 @@ def _encoder(value: Any) -> Callable[[Any], str]:
     )
 
 
-def _encode(row: Sequence[Any]) -> bytes:
-    # the hot path of every batch: str and None (most values) are encoded inline
-    encoders = _ENCODERS
-    parts: list[str] = []
-    append = parts.append
-    for value in row:
-        kind = type(value)
-        if kind is str:
-            append(f"s{len(value)}:{value}")
-        elif value is None:
-            append("N0:")
-        elif kind is date:
-            append(f"D10:{value.isoformat()}")  # YYYY-MM-DD (years 1-9999)
-        elif kind is int:
-            text = str(value)
-            append(f"i{len(text)}:{text}")
-        else:
-            enc = encoders.get(kind)
-            append(enc(value) if enc is not None else _encoder(value)(value))
-    return "".join(parts).encode("utf-8", "surrogatepass")
+def _encode_full(row: Sequence[Any]) -> bytes:
+    """The full form (``L`` + tagged, length-prefixed values): every type row_hash accepts."""
+    return ("L" + "".join(_encoder(value)(value) for value in row)).encode("utf-8", "surrogatepass")
+
+
+# The fast form's type letters; a type not here (or a str subclass, mapped to "s") takes the full form.
+_LETTERS: dict[type, str] = {
+    type(None): "N",
+    str: "s",
+    bool: "b",
+    int: "i",
+    Decimal: "d",
+    date: "D",
+    datetime: "t",
+}
+
+
+def _signature(types: tuple[type, ...]) -> bytes | None:
+    """``J`` + the type letters + NUL for rows of these value types; None: use the full form."""
+    letters = []
+    for kind in types:
+        letter = _LETTERS.get(kind)
+        if letter is None:
+            if not issubclass(kind, str):  # orjson writes a str subclass exactly like a str
+                return None
+            letter = "s"
+        letters.append(letter)
+    return ("J" + "".join(letters) + "\x00").encode()
+
+
+_SIGNATURES: dict[tuple[type, ...], bytes | None] = {}
+
+
+def _hash_default(value: Any) -> Any:
+    if value.__class__ is Decimal:
+        return decimal_text(value)
+    raise TypeError  # cannot happen: the signature admitted only types orjson writes or Decimal
 
 
 def row_hash(row: Sequence[Any]) -> str:
     """32 hex characters identifying the content of a mapped row (see the module docstring)."""
-    return blake2b(_encode(row), digest_size=16).hexdigest()
+    types = tuple(map(type, row))
+    try:
+        signature = _SIGNATURES[types]
+    except KeyError:
+        signature = _signature(types)
+        if len(_SIGNATURES) < 4096:  # a dataset has a handful of shapes (None in some columns)
+            _SIGNATURES[types] = signature
+    if signature is not None:
+        try:
+            payload = signature + orjson.dumps(row, default=_hash_default)
+        except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits
+            payload = _encode_full(row)
+    else:
+        payload = _encode_full(row)
+    return blake2b(payload, digest_size=16).hexdigest()
 
 
 def _json_default(value: Any) -> Any:

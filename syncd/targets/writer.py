@@ -59,6 +59,17 @@ log = structlog.get_logger(__name__)
 
 Row = tuple[Any, ...]
 
+CHANGE_COLUMNS = (
+    "dataset",
+    "run_id",
+    "op",
+    "row_key",
+    "changed_columns",
+    "old_values",
+    "new_values",
+    "changed_at",
+)
+
 
 @dataclass(slots=True)
 class _Batch:
@@ -76,12 +87,16 @@ class _Batch:
 
 @dataclass(slots=True)
 class _Plan:
-    upserts: list[dict[str, Any]] = field(default_factory=list)
+    """What one batch writes; every row a tuple in its BulkWriter's column order."""
+
+    inserts: list[Row] = field(default_factory=list)  # keys row_state does not know
+    upserts: list[Row] = field(default_factory=list)
     hard_deletes: list[Row] = field(default_factory=list)
     soft_deletes: list[Row] = field(default_factory=list)
-    state_upserts: list[dict[str, Any]] = field(default_factory=list)
+    state_inserts: list[Row] = field(default_factory=list)  # (dataset, row_key, row_hash, record_digest)
+    state_upserts: list[Row] = field(default_factory=list)
     state_deletes: list[str] = field(default_factory=list)
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[Row] = field(default_factory=list)  # CHANGE_COLUMNS
 
 
 class BatchWriter:
@@ -118,13 +133,14 @@ class BatchWriter:
         self._key_chunk = max(1, budget // len(self._key_idx))
         self._state_chunk = budget - 1
         non_key = [c for c in self._out if c not in self._key_names]
-        self._upsert_rows = BulkWriter(engine, table, self._key_names, non_key)
+        self._upsert_rows = BulkWriter(engine, table, self._out, self._key_names, non_key)
         rs = tables.row_state
         self._state_of = StateLookup(engine, rs, ("row_key", "row_hash", "record_digest"), budget)
         self._digest_of = StateLookup(engine, rs, ("row_key", "record_digest"), budget)
-        self._upsert_state = BulkWriter(engine, rs, ("dataset", "row_key"), ["row_hash", "record_digest"])
-        self._insert_changes = BulkWriter(engine, tables.changes)
-        self._analyzer = GrowthAnalyzer(engine, [table, rs])
+        state_columns = ("dataset", "row_key", "row_hash", "record_digest")
+        self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
+        self._insert_changes = BulkWriter(engine, tables.changes, CHANGE_COLUMNS)
+        self._analyzer = GrowthAnalyzer(engine, [(table, self._key_names), (rs, ("dataset", "row_key"))])
         q = tables.quarantine
         self._upsert_quarantine = upsert_statement(
             engine,
@@ -334,20 +350,18 @@ class BatchWriter:
         *,
         old: dict[str, Any] | None = None,
         new: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "dataset": self._dataset,
-            "run_id": batch.run_id,
-            "op": op.value,
-            "row_key": key,
-            "changed_columns": self._all_json if columns is self._out else json_text(list(columns)),
-            "old_values": None if old is None else json_text(old),
-            "new_values": None if new is None else json_text(new),
-            "changed_at": batch.now,
-        }
-
-    def _state(self, key: str, row_hash_: str, digest: str | None) -> dict[str, Any]:
-        return {"dataset": self._dataset, "row_key": key, "row_hash": row_hash_, "record_digest": digest}
+    ) -> Row:
+        """A change-log row in CHANGE_COLUMNS order."""
+        return (
+            self._dataset,
+            batch.run_id,
+            op.value,
+            key,
+            self._all_json if columns is self._out else json_text(list(columns)),
+            None if old is None else json_text(old),
+            None if new is None else json_text(new),
+            batch.now,
+        )
 
     def _plan(
         self,
@@ -358,23 +372,32 @@ class BatchWriter:
         stored_digests: dict[str, str | None],
     ) -> _Plan:
         plan = _Plan()
-        out, counts = self._out, batch.counts
-        inserts = set(verdict.inserts)
+        out, counts, dataset = self._out, batch.counts, self._dataset
         candidates = set(verdict.update_candidates)
         counts.unchanged += len(verdict.unchanged) + len(verdict.ignored_deletes)
+        digests = batch.digests
         for key in verdict.unchanged:  # same content from a new record: keep its digest for next time
-            digest = batch.digests[key]
+            digest = digests[key]
             if digest is not None and digest != stored_digests.get(key):
-                plan.state_upserts.append(self._state(key, hashes[key], digest))
-        for key, row in batch.rows.items():
-            if key not in inserts and key not in candidates:
+                plan.state_upserts.append((dataset, key, hashes[key], digest))
+        insert_json, normalised, rows = self._all_json, self._normalised, batch.rows
+        run_id, now, insert_op = batch.run_id, batch.now, Op.INSERT.value
+        for key in verdict.inserts:  # keys row_state does not know: written without a merge
+            new = normalised(rows[key])
+            plan.state_inserts.append((dataset, key, hashes[key], digests[key]))
+            plan.inserts.append(new)
+            new_json = json_text(dict(zip(out, new, strict=True)))
+            plan.changes.append((dataset, run_id, insert_op, key, insert_json, None, new_json, now))
+        counts.inserted += len(verdict.inserts)
+        for key, row in rows.items():
+            if key not in candidates:
                 continue
-            new = self._normalised(row)
-            old = current.get(key) if key in candidates else None
-            plan.state_upserts.append(self._state(key, hashes[key], batch.digests[key]))
-            if old is None:  # a new key, or one known to row_state but gone from the table
+            new = normalised(row)
+            old = current.get(key)
+            plan.state_upserts.append((dataset, key, hashes[key], digests[key]))
+            if old is None:  # known to row_state but gone from the table
+                plan.upserts.append(new)
                 values = dict(zip(out, new, strict=True))
-                plan.upserts.append(values)
                 plan.changes.append(self._change(batch, Op.INSERT, key, out, new=values))
                 counts.inserted += 1
                 continue
@@ -382,7 +405,7 @@ class BatchWriter:
             if not positions:  # e.g. Decimal("1.5") vs "1.50": only the stored hash is refreshed
                 counts.unchanged += 1
                 continue
-            plan.upserts.append(dict(zip(out, new, strict=True)))
+            plan.upserts.append(new)
             plan.changes.append(
                 self._change(
                     batch,
@@ -400,7 +423,7 @@ class BatchWriter:
             plan.changes.append(self._change(batch, Op.DELETE, key, out, old=old_values))
             if self._soft:
                 plan.soft_deletes.append(batch.deletes[key])
-                plan.state_upserts.append(self._state(key, DELETED_HASH, None))
+                plan.state_upserts.append((dataset, key, DELETED_HASH, None))
             else:
                 plan.hard_deletes.append(batch.deletes[key])
                 plan.state_deletes.append(key)
@@ -430,6 +453,7 @@ class BatchWriter:
         """Execute the plan inside the caller's transaction."""
         table, rs = self._table, self._tables.row_state
         self._stage = f"writing {table.name}"
+        self._upsert_rows.write(conn, plan.inserts, fresh=True)
         self._upsert_rows.write(conn, plan.upserts)
         for chunk in chunked(plan.hard_deletes, self._key_chunk):
             conn.execute(sa.delete(table).where(self._key_expr.in_([self._key_param(k) for k in chunk])))
@@ -440,6 +464,7 @@ class BatchWriter:
                 .values({self._soft: True})
             )
         self._stage = f"writing {rs.name}"
+        self._upsert_state.write(conn, plan.state_inserts, fresh=True)
         self._upsert_state.write(conn, plan.state_upserts)
         for keys in chunked(plan.state_deletes, self._state_chunk):
             conn.execute(sa.delete(rs).where(rs.c.dataset == self._dataset, rs.c.row_key.in_(keys)))
