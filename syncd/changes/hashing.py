@@ -59,6 +59,7 @@ Change-feed JSON (``json_text``)
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -224,13 +225,20 @@ def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | 
     surrogate): such a record is simply mapped every time."""
     names = tuple(sorted(fields))
     dumps, digest = orjson.dumps, blake2b
+    # itemgetter picks the values in C; a record missing a field takes the .get() path. Both give
+    # the same JSON array (orjson writes a tuple and a list alike), so the digest does not depend on it.
+    pick = operator.itemgetter(*names) if len(names) > 1 else None
 
     def record_digest(record: Any) -> str | None:
         if record.__class__ is not dict:
             return None
-        get = record.get
         try:
-            payload = dumps([get(name) for name in names], default=_tagged_value, option=_DIGEST_OPTIONS)
+            values: Any = pick(record) if pick is not None else [record.get(names[0])] if names else []
+        except KeyError:
+            get = record.get
+            values = [get(name) for name in names]
+        try:
+            payload = dumps(values, default=_tagged_value, option=_DIGEST_OPTIONS)
         except (TypeError, orjson.JSONEncodeError):
             return None
         return digest(payload, digest_size=16, key=key).hexdigest()
