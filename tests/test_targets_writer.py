@@ -541,6 +541,15 @@ def test_postgresql_copies_new_keys_without_a_merge(pg_url: str) -> None:
         assert any(s.startswith("INSERT INTO resident") for s in log.writes())
         assert table_rows(engine, "resident")["R00009"]["name"] == "张𠮷9"
         assert [e["op"] for e in feed(store)] == ["insert"] * 5
+
+        # current rows and deletes are matched with one array parameter, not an IN list per key
+        with statement_log(engine) as log:
+            changed = writer.write(RUN3, [resident(i, name="新") for i in range(3)], deletes=[("R00009",)])
+        assert changed == BatchCounts(updated=3, deleted=1)
+        reads = [s for s in log.statements if s.startswith("SELECT resident.id")]
+        assert reads and all("= ANY (%(param_1)s::VARCHAR(32)[])" in s for s in reads), reads
+        (delete,) = [s for s in log.statements if s.startswith("DELETE FROM resident")]
+        assert "ANY" in delete and " IN " not in delete
     finally:
         engine.dispose()
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql
 
 from syncd.changes.detector import (
     DELETED_HASH,
@@ -162,6 +163,10 @@ class BatchWriter:
         )
         key_cols = [table.c[k] for k in self._key_names]
         self._key_expr: Any = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
+        # PostgreSQL, one key column: "key = ANY(array)", one parameter and one cached statement,
+        # instead of an IN list SQLAlchemy expands to a thousand parameters on every batch
+        single_pg = engine.dialect.name == "postgresql" and len(key_cols) == 1
+        self._key_array: Any = postgresql.ARRAY(key_cols[0].type) if single_pg else None
         self._select_current = sa.select(*(table.c[c] for c in self._out))
 
     # ------------------------------------------------------------------ keys
@@ -217,6 +222,13 @@ class BatchWriter:
 
     def _key_param(self, values: Row) -> Any:
         return values[0] if len(values) == 1 else values
+
+    def _keys_match(self, keys: Sequence[Row]) -> Any:
+        """WHERE clause: the key is one of ``keys`` (key values in ``key_indexes`` order)."""
+        params = [self._key_param(k) for k in keys]
+        if self._key_array is not None:
+            return self._key_expr == sa.any_(sa.bindparam(None, params, type_=self._key_array))
+        return self._key_expr.in_(params)
 
     def _reject(self, row: Row, reason: str) -> QuarantineItem:
         return QuarantineItem(raw=dict(zip(self._columns, row, strict=False)), reason=reason)
@@ -325,8 +337,7 @@ class BatchWriter:
         current: dict[str, Row] = {}
         norms = self._out_norms
         for chunk in chunked(keys, self._key_chunk):
-            params = [self._key_param(k) for k in chunk]
-            for db_row in conn.execute(self._select_current.where(self._key_expr.in_(params))):
+            for db_row in conn.execute(self._select_current.where(self._keys_match(chunk))):
                 values = tuple(norm(v) for norm, v in zip(norms, db_row, strict=True))
                 current[key_text(tuple(values[i] for i in self._key_idx))] = values
         return current
@@ -456,11 +467,11 @@ class BatchWriter:
         self._upsert_rows.write(conn, plan.inserts, fresh=True)
         self._upsert_rows.write(conn, plan.upserts)
         for chunk in chunked(plan.hard_deletes, self._key_chunk):
-            conn.execute(sa.delete(table).where(self._key_expr.in_([self._key_param(k) for k in chunk])))
+            conn.execute(sa.delete(table).where(self._keys_match(chunk)))
         for chunk in chunked(plan.soft_deletes, self._key_chunk):
             conn.execute(
                 sa.update(table)
-                .where(self._key_expr.in_([self._key_param(k) for k in chunk]))
+                .where(self._keys_match(chunk))
                 .values({self._soft: True})
             )
         self._stage = f"writing {rs.name}"
