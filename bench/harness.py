@@ -104,21 +104,65 @@ class GatewayProcess:
         self._proc.wait(timeout=60)
 
 
-def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
-    """Fresh, empty databases for the syncd, dlt and ceiling sides; returns their URLs."""
+DB_NAMES = {"syncd": "bench_syncd", "dlt": "bench_dlt", "ceiling": "bench_ceiling"}
+# dlt's dataset and its staging dataset: schemas inside bench_dlt on PostgreSQL, but databases of
+# their own on MariaDB, which dropping bench_dlt does not remove
+DLT_MARIADB_DATABASES = ("dlt_bench", "dlt_bench_staging")
+
+
+def _admin_engine(db: str) -> Any:
     import sqlalchemy as sa
 
-    names = {"syncd": "bench_syncd", "dlt": "bench_dlt", "ceiling": "bench_ceiling"}
-    urls = {side: DB_URLS[db].format(dir=workdir, name=name) for side, name in names.items()}
+    admin = DB_URLS[db].format(dir="", name="postgres" if db == "postgresql" else "mysql")
+    return sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+
+
+def _stop_sessions(db: str) -> int:
+    """End every server session on the benchmark's databases; returns how many were ended.
+
+    A measurement killed at its timeout leaves its last statement running in the server (dlt's
+    merge DELETE on MariaDB ran on for 15 minutes): it would take a core from every later
+    measurement and hold locks on tables the next run drops."""
+    if db == "sqlite":
+        return 0
+    names = [*DB_NAMES.values(), *DLT_MARIADB_DATABASES]
+    engine = _admin_engine(db)
+    try:
+        with engine.connect() as conn:
+            if db == "postgresql":
+                ended = conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = ANY(%(names)s) AND pid <> pg_backend_pid()",
+                    {"names": names},
+                ).all()
+                return len(ended)
+            ids = conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db IN %(names)s AND id <> CONNECTION_ID()",
+                {"names": tuple(names)},
+            ).scalars().all()
+            for session in ids:
+                conn.exec_driver_sql(f"KILL {int(session)}")
+            return len(ids)
+    finally:
+        engine.dispose()
+
+
+def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
+    """Fresh, empty databases for the syncd, dlt and ceiling sides; returns their URLs."""
+    urls = {side: DB_URLS[db].format(dir=workdir, name=name) for side, name in DB_NAMES.items()}
     shutil.rmtree(workdir / "dlt-pipelines", ignore_errors=True)  # dlt's local state of an earlier run
     if db == "sqlite":
         for path in workdir.glob("bench_*.db*"):
             path.unlink()
         return urls
-    admin = DB_URLS[db].format(dir=workdir, name="postgres" if db == "postgresql" else "mysql")
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    _stop_sessions(db)
+    engine = _admin_engine(db)
     with engine.connect() as conn:
-        for name in names.values():
+        if db == "mariadb":
+            for name in DLT_MARIADB_DATABASES:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        for name in DB_NAMES.values():
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
@@ -129,7 +173,8 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        print(f"  {db:<10} {scenario:<12} {side:<7} timeout", flush=True)
+        ended = _stop_sessions(db)  # the killed process's statement would run on in the server
+        print(f"  {db:<10} {scenario:<12} {side:<7} timeout (server sessions ended: {ended})", flush=True)
         return Measurement(n, db, scenario, side, "timeout", wall_s=timeout, detail=f"over {timeout:.0f} s")
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if not lines:
