@@ -20,6 +20,7 @@ from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets import (
     BatchCounts,
+    BatchWriter,
     QuarantineItem,
     StateStore,
     create_target_engine,
@@ -519,59 +520,62 @@ def test_statement_count_does_not_grow_with_rows(store: StateStore, engine: sa.E
 # --------------------------------------------------------------------------- PostgreSQL bulk path
 
 
-@pytest.mark.postgres
-def test_postgresql_copies_new_keys_without_a_merge(pg_url: str) -> None:
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[tuple[sa.Engine, StateStore, BatchWriter]]:
+    """A fresh PostgreSQL database: its engine, the state store and a writer for ``make_dataset()``."""
     engine = create_target_engine(pg_url)
     try:
         store = StateStore(engine)
         store.ensure_schema()
         ds = make_dataset()
-        writer = store.writer(ds, shape_from_dataset(ds))
-        with statement_log(engine) as log:  # COPY goes past SQLAlchemy; a merge would not
-            assert writer.write(RUN1, [resident(i) for i in range(3)]) == BatchCounts(inserted=3)
-        assert not [s for s in log.writes() if s.startswith("INSERT INTO")], log.statements
-        assert len(table_rows(engine, "resident")) == 3
-        assert row_state(engine) == {f"R{i:05d}": row_hash(resident(i)) for i in range(3)}
-
-        with engine.begin() as conn:  # a row put there by hand: the copy fails, the merge takes over
-            conn.execute(sa.text("INSERT INTO resident (id, name) VALUES ('R00009', '旧名字')"))
-        with statement_log(engine) as log:
-            assert writer.write(RUN2, [resident(8), resident(9)]) == BatchCounts(inserted=2)
-        assert any(s.startswith("ROLLBACK TO SAVEPOINT") for s in log.statements), log.statements
-        assert any(s.startswith("INSERT INTO resident") for s in log.writes())
-        assert table_rows(engine, "resident")["R00009"]["name"] == "张𠮷9"
-        assert [e["op"] for e in feed(store)] == ["insert"] * 5
-
-        # current rows and deletes are matched with one array parameter, not an IN list per key
-        with statement_log(engine) as log:
-            changed = writer.write(RUN3, [resident(i, name="新") for i in range(3)], deletes=[("R00009",)])
-        assert changed == BatchCounts(updated=3, deleted=1)
-        reads = [s for s in log.statements if s.startswith("SELECT resident.id")]
-        assert reads and all("= ANY (%(param_1)s::VARCHAR(32)[])" in s for s in reads), reads
-        (delete,) = [s for s in log.statements if s.startswith("DELETE FROM resident")]
-        assert "ANY" in delete and " IN " not in delete
+        yield engine, store, store.writer(ds, shape_from_dataset(ds))
     finally:
         engine.dispose()
 
 
 @pytest.mark.postgres
-def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(pg_url: str) -> None:
-    engine = create_target_engine(pg_url)
-    try:
-        store = StateStore(engine)
-        store.ensure_schema()
-        ds = make_dataset()
-        writer = store.writer(ds, shape_from_dataset(ds))
-        for start in range(0, 6_000, 2_000):  # past the first ANALYZE at 5,000 added rows
-            writer.write(RUN1, [resident(i) for i in range(start, start + 2_000)])
-        with engine.connect() as conn:
-            stats = conn.execute(
-                sa.text("SELECT tablename, attname FROM pg_stats WHERE schemaname = 'public' ORDER BY 1, 2")
-            ).all()
-            sizes = "SELECT relname, reltuples FROM pg_class WHERE relname IN ('resident', 'syncd_row_state')"
-            tuples = dict(conn.execute(sa.text(sizes)).all())
-        # only the columns the per-batch look-ups filter on; the size estimate is what the planner needed
-        assert stats == [("resident", "id"), ("syncd_row_state", "dataset"), ("syncd_row_state", "row_key")]
-        assert tuples["resident"] >= 5_000 and tuples["syncd_row_state"] >= 5_000
-    finally:
-        engine.dispose()
+def test_postgresql_copies_new_keys_without_a_merge(
+    pg_store: tuple[sa.Engine, StateStore, BatchWriter],
+) -> None:
+    engine, store, writer = pg_store
+    with statement_log(engine) as log:  # COPY goes past SQLAlchemy; a merge would not
+        assert writer.write(RUN1, [resident(i) for i in range(3)]) == BatchCounts(inserted=3)
+    assert not [s for s in log.writes() if s.startswith("INSERT INTO")], log.statements
+    assert len(table_rows(engine, "resident")) == 3
+    assert row_state(engine) == {f"R{i:05d}": row_hash(resident(i)) for i in range(3)}
+
+    with engine.begin() as conn:  # a row put there by hand: the copy fails, the merge takes over
+        conn.execute(sa.text("INSERT INTO resident (id, name) VALUES ('R00009', '旧名字')"))
+    with statement_log(engine) as log:
+        assert writer.write(RUN2, [resident(8), resident(9)]) == BatchCounts(inserted=2)
+    assert any(s.startswith("ROLLBACK TO SAVEPOINT") for s in log.statements), log.statements
+    assert any(s.startswith("INSERT INTO resident") for s in log.writes())
+    assert table_rows(engine, "resident")["R00009"]["name"] == "张𠮷9"
+    assert [e["op"] for e in feed(store)] == ["insert"] * 5
+
+    # current rows and deletes are matched with one array parameter, not an IN list per key
+    with statement_log(engine) as log:
+        changed = writer.write(RUN3, [resident(i, name="新") for i in range(3)], deletes=[("R00009",)])
+    assert changed == BatchCounts(updated=3, deleted=1)
+    reads = [s for s in log.statements if s.startswith("SELECT resident.id")]
+    assert reads and all("= ANY (%(param_1)s::VARCHAR(32)[])" in s for s in reads), reads
+    (delete,) = [s for s in log.statements if s.startswith("DELETE FROM resident")]
+    assert "ANY" in delete and " IN " not in delete
+
+
+@pytest.mark.postgres
+def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(
+    pg_store: tuple[sa.Engine, StateStore, BatchWriter],
+) -> None:
+    engine, _, writer = pg_store
+    for start in range(0, 6_000, 2_000):  # past the first ANALYZE at 5,000 added rows
+        writer.write(RUN1, [resident(i) for i in range(start, start + 2_000)])
+    with engine.connect() as conn:
+        stats = conn.execute(
+            sa.text("SELECT tablename, attname FROM pg_stats WHERE schemaname = 'public' ORDER BY 1, 2")
+        ).all()
+        sizes = "SELECT relname, reltuples FROM pg_class WHERE relname IN ('resident', 'syncd_row_state')"
+        tuples = dict(conn.execute(sa.text(sizes)).all())
+    # only the columns the per-batch look-ups filter on; the size estimate is what the planner needed
+    assert stats == [("resident", "id"), ("syncd_row_state", "dataset"), ("syncd_row_state", "row_key")]
+    assert tuples["resident"] >= 5_000 and tuples["syncd_row_state"] >= 5_000
