@@ -30,13 +30,14 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd.changes import key_text, record_digester
+from syncd.changes import record_digester
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.paths import MISSING, compile_path
+from syncd.mapping.records import RecordSorter
 from syncd.sources import Source, Window, build_source
 from syncd.sources.prefetch import Prefetcher
+from syncd.sources.worker import MappedPage, ReadWorker
 from syncd.targets import (
     BatchWriter,
     QuarantineItem,
@@ -52,6 +53,9 @@ __all__ = ["Backfill", "Progress", "RunResult", "check_authorization", "run_data
 log = structlog.get_logger("syncd.runner")
 
 WATERMARK_FORMAT = "%Y-%m-%d %H:%M:%S"
+WORKER_MIN_RECORDS = 30_000
+"""``read_worker: auto`` hands a first load over to the read worker from this many records on: the
+worker's start (~0.35 s) pays for itself from about 25,000 records (bench/RESULTS.md)."""
 
 
 @dataclass
@@ -227,44 +231,6 @@ class _Run:
             )
 
 
-def _storable(text: str | None) -> str | None:
-    """``text`` with NUL characters spelled out: PostgreSQL text cannot hold them, and a bad
-    record's reason or key must never make its quarantine batch fail (DESIGN §4.6)."""
-    return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
-
-
-def _delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
-    ld = dataset.target.logical_delete
-    if ld is None:
-        return None
-    getter = compile_path(ld.field)
-    values = frozenset(ld.values)
-
-    def is_deleted(record: dict[str, Any]) -> bool:
-        v = getter(record)
-        if v is MISSING or v is None:
-            return False
-        if isinstance(v, bool):
-            return str(v).lower() in values
-        return str(v).strip() in values
-
-    return is_deleted
-
-
-def _record_key(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
-    """Best-effort key of an unmappable record, for the quarantine entry."""
-    keys = []
-    for idx in mapping.key_indexes:
-        spec = mapping.specs[mapping.columns[idx]]
-        if spec.source is None:
-            return None
-        v = compile_path(spec.source)(record)
-        if v is MISSING or v is None:
-            return None
-        keys.append(v)
-    return key_text(keys)
-
-
 def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:
     cfg = run.ds.target.snapshot_delete
     if cfg is None or not cfg.enabled:
@@ -278,12 +244,16 @@ class _Batch:
     """The batch being assembled: mapped rows, logical deletes and quarantined records.
 
     Records are not mapped at once when the dataset already has row state (``skip_unchanged``):
-    each waits with its row key (from the key columns alone) and its digest
-    (:func:`~syncd.changes.hashing.record_digester`). At ``flush`` one query reads the stored
-    digests of the waiting keys; a record whose digest equals its key's stored digest maps to the
-    row already written, so it is counted unchanged without being mapped, hashed or written (the
-    snapshot re-sync's common case). The others are mapped in their original order. A key that
-    occurs twice among the waiting records is always mapped, so "last wins" holds as before.
+    each waits with its row key and its digest (:func:`~syncd.changes.hashing.record_digester`).
+    At ``flush`` one query reads the stored digests of the waiting keys; a record whose digest
+    equals its key's stored digest maps to the row already written, so it is counted unchanged
+    without being mapped, hashed or written (the snapshot re-sync's common case). The others are
+    mapped in their original order. A key that occurs twice among the waiting records is always
+    mapped, so "last wins" holds as before.
+
+    Records come either raw (``add``: mapped here, the waiting key from the key columns alone)
+    or already mapped by the read worker (``add_page``: the waiting entry holds the row and its
+    hash). The decision to skip is taken here in both cases, when the batch is written.
     """
 
     def __init__(
@@ -299,18 +269,17 @@ class _Batch:
         self.writer = writer
         self.mapping = mapping
         self.snapshot = snapshot
-        self.is_deleted = _delete_flag(run.ds)
+        self.sorter = RecordSorter(run.ds, mapping)
         self.digest = record_digester(mapping.record_fields, mapping.fingerprint)
         self.skip_unchanged = skip_unchanged
-        self.waiting: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.rows: list[tuple[Any, ...]] = []
-        self.digests: list[str | None] = []
-        self.deletes: list[tuple[Any, ...]] = []
+        self.waiting: list[tuple[str, str | None, Any]] = []
+        self.hashes: list[str] | None = None  # row hashes, when the rows come from the read worker
         self.quarantined: list[QuarantineItem] = []
         self.skipped_keys: list[str] = []
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.deletes) + len(self.quarantined) + len(self.waiting)
+        sorter = self.sorter
+        return len(sorter.rows) + len(sorter.deletes) + len(sorter.rejected) + len(self.waiting)
 
     def add(self, record: dict[str, Any]) -> None:
         digest = self.digest(record)
@@ -320,30 +289,35 @@ class _Batch:
                 self.waiting.append((key, digest, record))
                 return
             # no usable key: the full mapping quarantines it (or the writer rejects the row)
-        self._map(record, digest)
+        self.sorter.sort(record, digest)
+
+    def add_page(self, page: MappedPage) -> None:
+        """Take a page the read worker mapped."""
+        sorter = self.sorter
+        hashes = self.hashes if self.hashes is not None else []
+        self.hashes = hashes
+        if self.skip_unchanged:
+            waiting = self.waiting.append
+            entries = zip(page.keys, page.digests, page.rows, page.hashes, strict=True)
+            for key, digest, row, row_hash in entries:
+                if key is None:  # the writer rejects it
+                    sorter.rows.append(row)
+                    sorter.digests.append(digest)
+                    hashes.append(row_hash)
+                else:
+                    waiting((key, digest, (row, row_hash)))
+        else:
+            sorter.rows.extend(page.rows)
+            sorter.digests.extend(page.digests)
+            hashes.extend(page.hashes)
+        sorter.deletes.extend(page.deletes)
+        sorter.rejected.extend(page.rejected)
 
     def _row_key(self, record: dict[str, Any]) -> str | None:
         try:
             return self.writer.row_key(self.mapping.key_record(record))
         except RecordError:
             return None
-
-    def _map(self, record: dict[str, Any], digest: str | None) -> None:
-        mapping = self.mapping
-        try:
-            row = mapping(record)
-        except RecordError as exc:
-            redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
-            key = _storable(_record_key(mapping, redacted))
-            self.quarantined.append(
-                QuarantineItem(raw=redacted, reason=_storable(str(exc)) or "", record_key=key)
-            )
-            return
-        if self.is_deleted is not None and self.is_deleted(record):
-            self.deletes.append(mapping.key_of(row))
-        else:
-            self.rows.append(row)
-            self.digests.append(digest)
 
     def _resolve_waiting(self) -> int:
         """Skip the waiting records whose digest is stored for their key; map the rest."""
@@ -355,13 +329,18 @@ class _Batch:
         for key, _, _ in waiting:
             seen[key] = seen.get(key, 0) + 1
         skipped = 0
-        for key, digest, record in waiting:
+        sorter, hashes = self.sorter, self.hashes
+        for key, digest, item in waiting:
             if digest is not None and seen[key] == 1 and stored.get(key) == digest:
                 skipped += 1
                 if self.snapshot is not None:
                     self.skipped_keys.append(key)
-            else:
-                self._map(record, digest)
+            elif hashes is None:
+                sorter.sort(item, digest)
+            else:  # mapped by the read worker
+                sorter.rows.append(item[0])
+                sorter.digests.append(digest)
+                hashes.append(item[1])
         waiting.clear()
         return skipped
 
@@ -369,34 +348,124 @@ class _Batch:
         """Write the batch in one transaction (or not at all when a stop was requested)."""
         if not len(self):
             return
-        run = self.run
+        run, sorter = self.run, self.sorter
         run.check_stop()  # a batch is committed whole or not started
         skipped = self._resolve_waiting()
-        run.counts.add(self.writer.write(run.run_id, self.rows, self.deletes, self.quarantined, self.digests))
+        quarantined = [QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k in sorter.rejected]
+        counts = self.writer.write(
+            run.run_id, sorter.rows, sorter.deletes, quarantined, sorter.digests, hashes=self.hashes
+        )
+        run.counts.add(counts)
         run.counts.unchanged += skipped
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
-            keys = self.snapshot.row_keys(self.rows) + self.skipped_keys
-            keys += [q.record_key for q in self.quarantined if q.record_key is not None]
+            keys = self.snapshot.row_keys(sorter.rows) + self.skipped_keys
+            keys += [key for _, _, key in sorter.rejected if key is not None]
             self.snapshot.mark_seen(keys)
-        self.rows.clear()
-        self.digests.clear()
-        self.deletes.clear()
-        self.quarantined.clear()
+        sorter.clear()
+        if self.hashes is not None:
+            self.hashes.clear()
         self.skipped_keys.clear()
         run.check_error_limit(final=False)
 
 
+class _Reading:
+    """Where the run's records come from: its source read in this process, or the read worker.
+
+    ``defaults.read_worker`` (docs/performance.md): ``always`` starts the worker before anything
+    else; ``auto`` reads in this process, and the first load of an http dataset hands over to the
+    worker after the first page when upstream reports at least :data:`WORKER_MIN_RECORDS` records
+    (that page is read again by the worker; nothing of it was kept). A re-sync never hands over:
+    it maps only the records whose digest changed, which the worker cannot know."""
+
+    def __init__(
+        self,
+        run: _Run,
+        window: Window,
+        source_factory: Callable[[AppConfig, DatasetConfig], Source],
+        *,
+        first_load: bool,
+    ) -> None:
+        self.run = run
+        self.window = window
+        self.first_load = first_load
+        self.factory = source_factory
+        self.source: Source | ReadWorker | None = None
+        mode = run.app.defaults.read_worker
+        usable = mode != "never" and source_factory is build_source and run.ds.source.type == "http"
+        self.worker_now = usable and mode == "always"
+        self.switch_at = WORKER_MIN_RECORDS if usable and mode == "auto" and first_load else None
+
+    def start_early(self) -> None:
+        """``always``: start the worker now; its start-up (imports, the first request) overlaps
+        the run's own set-up (mapping, target table)."""
+        if self.worker_now:
+            self._start_worker(None)
+
+    def open(self) -> Source | ReadWorker:
+        if self.source is None:
+            self.source = self.factory(self.run.app, self.run.ds)
+        return self.source
+
+    def to_worker(self, reported_total: int | None) -> ReadWorker:
+        """Close the source read so far (its requests still count) and start the worker."""
+        old, self.source = self.source, None
+        if old is not None:
+            self._count(old)
+            old.close()
+        return self._start_worker(reported_total)
+
+    def _start_worker(self, reported_total: int | None) -> ReadWorker:
+        worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load)
+        self.source = worker
+        log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
+        return worker
+
+    def _count(self, source: Source | ReadWorker) -> None:
+        self.run.counts.requests += source.stats.requests
+        self.run.counts.retries += source.stats.retries
+
+    def close(self, success: bool) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            self._count(source)
+            _tell_finish(self.run, source, success)
+            source.close()
+
+
 def _process(
-    run: _Run, source: Source, mapping: CompiledMapping, window: Window, snapshot: SnapshotDeletes | None
+    run: _Run,
+    reading: _Reading,
+    mapping: CompiledMapping,
+    snapshot: SnapshotDeletes | None,
 ) -> BatchWriter:
     writer = run.store.writer(run.ds, mapping)
-    batch = _Batch(run, writer, mapping, snapshot, skip_unchanged=writer.has_state())
+    batch = _Batch(run, writer, mapping, snapshot, skip_unchanged=not reading.first_load)
+    source = reading.open()
+    if isinstance(source, ReadWorker):
+        _take_mapped(run, source, batch)
+    else:
+        handover = _take_records(run, source, reading.window, batch, reading.switch_at)
+        if handover is not None:
+            _take_mapped(run, reading.to_worker(handover), batch)
+    batch.flush()
+    run.check_error_limit(final=True)
+    return writer
+
+
+def _take_records(
+    run: _Run, source: Source, window: Window, batch: _Batch, switch_at: int | None
+) -> int | None:
+    """Read and map in this process. Returns upstream's reported total instead, taking nothing,
+    when the first page says the read is large enough for the read worker (``switch_at``)."""
     update_time = source.update_time
     # the next page is read while this one is mapped and written (syncd.sources.prefetch)
     pages = Prefetcher(source.read(window), name=f"syncd-read-{run.ds.name}")
     try:
         for page in pages:
             run.check_stop()
+            total = page.reported_total
+            if switch_at is not None and page.number == 1 and total is not None and total >= switch_at:
+                return total
             run.counts.pages += 1
             if page.reported_total is not None and run.counts.reported_total is None:
                 run.counts.reported_total = page.reported_total
@@ -412,13 +481,32 @@ def _process(
     finally:
         # an early end (stop request, guard, failed batch) must release the source's cursor now
         pages.close()
-    batch.flush()
-    run.check_error_limit(final=True)
-    return writer
+    return None
+
+
+def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
+    """Take the pages the read worker read and mapped (syncd.sources.worker)."""
+    for page in worker.pages():
+        run.check_stop()
+        run.counts.pages += 1
+        if page.reported_total is not None and run.counts.reported_total is None:
+            run.counts.reported_total = page.reported_total
+        run.counts.fetched += page.fetched
+        ts = page.max_seen
+        if ts is not None and (run.max_seen is None or ts > run.max_seen):
+            run.max_seen = ts
+        batch.add_page(page)
+        if len(batch) >= run.batch_size:
+            batch.flush()
+        run.report_progress()
 
 
 def _snapshot_deletes(
-    run: _Run, source: Source, window: Window, snapshot: SnapshotDeletes | None, writer: BatchWriter
+    run: _Run,
+    source: Source | ReadWorker,
+    window: Window,
+    snapshot: SnapshotDeletes | None,
+    writer: BatchWriter,
 ) -> None:
     """Delete the keys a complete full read did not see (guarded; see syncd.targets.snapshot)."""
     if snapshot is None:
@@ -529,13 +617,15 @@ def _read_and_write(
         window_since=window.since.isoformat(sep=" ") if window.since else None,
         window_until=window.until.isoformat(sep=" ") if window.until else None,
     )
-    source: Source | None = None
+    reading: _Reading | None = None
     success = False
     try:
+        reading = _Reading(run, window, source_factory, first_load=not run.store.has_row_state(run.ds.name))
+        reading.start_early()
         mapping = compile_mapping(run.ds, run.app.code_tables)
         snapshot = _snapshot(run, mapping)
-        source = source_factory(run.app, run.ds)
-        writer = _process(run, source, mapping, window, snapshot)
+        writer = _process(run, reading, mapping, snapshot)
+        source = reading.open()
         stats = source.stats
         run.warnings.extend(stats.warnings)
         if not stats.complete:
@@ -556,14 +646,11 @@ def _read_and_write(
         log.error("sync.failed", error=error, error_type=type(exc).__name__, exc_info=not known)
         return "failed", error, None
     finally:
-        if source is not None:
-            run.counts.requests = source.stats.requests
-            run.counts.retries = source.stats.retries
-            _tell_finish(run, source, success)
-            source.close()
+        if reading is not None:
+            reading.close(success)
 
 
-def _tell_finish(run: _Run, source: Source, success: bool) -> None:
+def _tell_finish(run: _Run, source: Source | ReadWorker, success: bool) -> None:
     """Tell a source that has ``finish(success)`` how the run ended (e.g. move the files read)."""
     finish = getattr(source, "finish", None)
     if finish is None:

@@ -715,6 +715,13 @@ class Defaults(_Model):
     lookback: Duration = timedelta(minutes=10)
     safety_lag: Duration = timedelta(seconds=30)
     error_limit: ErrorLimit = ErrorLimit()
+    read_worker: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description=(
+            "http sources: read, decode and map records in a second process (docs/performance.md); "
+            "auto = first loads of 30,000 records or more, always, never"
+        ),
+    )
 
 
 class LoggingConfig(_Model):

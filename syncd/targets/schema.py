@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, write_engine
@@ -56,7 +57,6 @@ _MYSQL_OPTIONS = {"engine": "InnoDB", "charset": "utf8mb4", "collate": "utf8mb4_
 MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     f"{dialect}_{name}": value for dialect in ("mysql", "mariadb") for name, value in _MYSQL_OPTIONS.items()
 }
-ROW_KEY_LENGTH = 512
 
 
 class MappingShape(Protocol):

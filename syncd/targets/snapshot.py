@@ -28,6 +28,7 @@ import sqlalchemy as sa
 import structlog
 
 from syncd.changes import DELETED_HASH, key_text, normaliser_for
+from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig, SnapshotDeleteConfig
 from syncd.errors import GuardError, TargetError
 from syncd.targets.dialects import chunked, upsert_statement
@@ -35,7 +36,6 @@ from syncd.targets.engine import write_engine
 from syncd.targets.records import BatchCounts
 from syncd.targets.schema import (
     MYSQL_TABLE_OPTIONS,
-    ROW_KEY_LENGTH,
     MappingShape,
     create_tables,
     key_column_names,

@@ -198,6 +198,16 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(doing, exc) from exc
 
+    def has_row_state(self, dataset: str) -> bool:
+        """Whether ``row_state`` holds any key of ``dataset`` (a first load has none)."""
+        rs = self.tables.row_state
+        query = sa.select(rs.c.row_key).where(rs.c.dataset == dataset).limit(1)
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).first() is not None
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"reading the row state of dataset {dataset}", exc) from exc
+
     def last_runs(self, dataset: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The latest runs (of one dataset, or of all), newest first."""
         runs = self.tables.runs

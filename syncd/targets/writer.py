@@ -40,6 +40,7 @@ from syncd.changes.detector import (
     normaliser_for_type,
 )
 from syncd.changes.hashing import json_text, key_text, raw_hash, row_hash
+from syncd.changes.keys import ROW_KEY_LENGTH, row_key_function
 from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.dialects import (
@@ -52,7 +53,7 @@ from syncd.targets.dialects import (
 )
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts, QuarantineItem
-from syncd.targets.schema import ROW_KEY_LENGTH, MappingShape, StateTables, key_column_names
+from syncd.targets.schema import MappingShape, StateTables, key_column_names
 
 __all__ = ["BatchWriter"]
 
@@ -82,6 +83,7 @@ class _Batch:
     rows: dict[str, Row] = field(default_factory=dict)
     keys: dict[str, Row] = field(default_factory=dict)
     digests: dict[str, str | None] = field(default_factory=dict)  # row key → record digest
+    hashes: dict[str, str] = field(default_factory=dict)  # row key → row hash, when the caller gave them
     deletes: dict[str, Row] = field(default_factory=dict)
     counts: BatchCounts = field(default_factory=BatchCounts)
 
@@ -123,6 +125,7 @@ class BatchWriter:
         self._norms = tuple(normaliser_for(shape.specs[c]) for c in self._columns)
         self._stage = ""  # what the writer is doing, for error messages
         self._key_norms = tuple(self._norms[i] for i in self._key_idx)
+        self._row_key = row_key_function([shape.specs[self._columns[i]] for i in self._key_idx])
         identity = normaliser_for_type("string")
         self._norm_at = tuple((i, n) for i, n in enumerate(self._norms) if n is not identity)
         soft = dataset.target.logical_delete
@@ -174,21 +177,7 @@ class BatchWriter:
     def row_key(self, key_values: Row) -> str | None:
         """The ``row_key`` text the writer would give a row with these key values (in
         ``key_indexes`` order), or None when such a row would be rejected (a null or too long key)."""
-        kv = self._key_values(key_values)
-        if any(v is None for v in kv):
-            return None
-        key = key_text(kv)
-        return key if len(key) <= ROW_KEY_LENGTH else None
-
-    def has_state(self) -> bool:
-        """Whether ``row_state`` holds any key of the dataset (a first load has none)."""
-        rs = self._tables.row_state
-        query = sa.select(rs.c.row_key).where(rs.c.dataset == self._dataset).limit(1)
-        try:
-            with self._reads.connect() as conn:
-                return conn.execute(query).first() is not None
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._failed("reading " + rs.name, exc) from exc
+        return self._row_key(key_values)
 
     def stored_digests(self, keys: Sequence[str]) -> dict[str, str]:
         """Row key → stored record digest, for those of ``keys`` that have one (one query per chunk).
@@ -242,6 +231,8 @@ class BatchWriter:
         deletes: Sequence[Row] = (),
         quarantined: Sequence[QuarantineItem] = (),
         digests: Sequence[str | None] | None = None,
+        *,
+        hashes: Sequence[str] | None = None,
     ) -> BatchCounts:
         """Write one batch atomically; returns what it did.
 
@@ -251,27 +242,34 @@ class BatchWriter:
         are upserted into the quarantine table. A row whose key is null or longer than 512
         characters is quarantined by the writer itself. ``digests`` (parallel to ``rows``) are the
         digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
+        ``hashes`` (parallel to ``rows``), when given, are the rows' :func:`row_hash` values, already
+        computed where the rows were mapped (the read worker); otherwise the writer computes them.
         """
         batch = _Batch(run_id=run_id, now=datetime.now(UTC), rejects=list(quarantined))
         if digests is not None and len(digests) != len(rows):
             raise ValueError(f"{len(digests)} digests for {len(rows)} rows")
-        self._collect_rows(batch, rows, digests)
+        if hashes is not None and len(hashes) != len(rows):
+            raise ValueError(f"{len(hashes)} hashes for {len(rows)} rows")
+        self._collect_rows(batch, rows, digests, hashes)
         self._collect_deletes(batch, deletes)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
             return batch.counts
-        hashes = {key: row_hash(row) for key, row in batch.rows.items()}
+        if hashes is None:
+            row_hashes = {key: row_hash(row) for key, row in batch.rows.items()}
+        else:
+            row_hashes = {key: batch.hashes[key] for key in batch.rows}
         self._stage = "starting a transaction"
         try:
             with self._engine.begin() as conn:
                 self._stage = f"reading {self._tables.row_state.name}"
-                stored, stored_digests = self._stored_hashes(conn, [*hashes, *batch.deletes])
-                verdict = classify(hashes, batch.deletes, stored)
+                stored, stored_digests = self._stored_hashes(conn, [*row_hashes, *batch.deletes])
+                verdict = classify(row_hashes, batch.deletes, stored)
                 self._stage = f"reading {self._table.name}"
                 wanted = [batch.keys[k] for k in verdict.update_candidates]
                 wanted += [batch.deletes[k] for k in verdict.deletes]
                 current = self._current_rows(conn, wanted)
-                plan = self._plan(batch, hashes, verdict, current, stored_digests)
+                plan = self._plan(batch, row_hashes, verdict, current, stored_digests)
                 self._apply(conn, plan, self._quarantine_rows(batch))
                 self._stage = "committing"
         except sa.exc.SQLAlchemyError as exc:
@@ -280,7 +278,13 @@ class BatchWriter:
         log.debug("target.batch", dataset=self._dataset, run_id=run_id, **counts_dict(batch.counts))
         return batch.counts
 
-    def _collect_rows(self, batch: _Batch, rows: Sequence[Row], digests: Sequence[str | None] | None) -> None:
+    def _collect_rows(
+        self,
+        batch: _Batch,
+        rows: Sequence[Row],
+        digests: Sequence[str | None] | None,
+        hashes: Sequence[str] | None,
+    ) -> None:
         width = len(self._columns)
         for n, row in enumerate(rows):
             if len(row) != width:
@@ -300,6 +304,8 @@ class BatchWriter:
             batch.rows[key] = row
             batch.keys[key] = kv
             batch.digests[key] = None if digests is None else digests[n]
+            if hashes is not None:
+                batch.hashes[key] = hashes[n]
 
     def _collect_deletes(self, batch: _Batch, deletes: Sequence[Row]) -> None:
         width, nkeys = len(self._columns), len(self._key_idx)

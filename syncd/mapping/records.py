@@ -1,0 +1,108 @@
+"""One raw record → what the batch writer needs: a row, a delete or a quarantine entry.
+
+Shared by the runner (records mapped in the run's own process) and the read worker
+(:mod:`syncd.sources.worker`, records mapped in a child process), so both sort records the same
+way. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from syncd.changes.hashing import key_text
+from syncd.config.model import DatasetConfig
+from syncd.errors import RecordError
+from syncd.mapping.compiler import CompiledMapping
+from syncd.paths import MISSING, compile_path
+
+__all__ = ["RecordSorter", "Rejected", "storable"]
+
+Row = tuple[Any, ...]
+
+Rejected = tuple[dict[str, Any], str, str | None]
+"""A record that could not be mapped: (raw record, masked as the columns mask it; reason; row key
+or None), the fields of a quarantine entry."""
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` with NUL characters spelled out: PostgreSQL text cannot hold them, and a bad
+    record's reason or key must never make its quarantine batch fail (DESIGN §4.6)."""
+    return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
+
+
+def _delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
+    ld = dataset.target.logical_delete
+    if ld is None:
+        return None
+    getter = compile_path(ld.field)
+    values = frozenset(ld.values)
+
+    def is_deleted(record: dict[str, Any]) -> bool:
+        v = getter(record)
+        if v is MISSING or v is None:
+            return False
+        if isinstance(v, bool):
+            return str(v).lower() in values
+        return str(v).strip() in values
+
+    return is_deleted
+
+
+class RecordSorter:
+    """Maps records of one dataset and sorts them into rows, deletes and rejected records.
+
+    ``sort(record, digest)`` appends to exactly one of ``rows`` (with ``digests`` in parallel),
+    ``deletes`` (the key values of a record flagged deleted upstream) or ``rejected``.
+    """
+
+    def __init__(self, dataset: DatasetConfig, mapping: CompiledMapping) -> None:
+        self.mapping = mapping
+        self.is_deleted = _delete_flag(dataset)
+        self.rows: list[Row] = []
+        self.digests: list[str | None] = []
+        self.deletes: list[Row] = []
+        self.rejected: list[Rejected] = []
+        self._key_paths = self._key_sources(mapping)
+
+    @staticmethod
+    def _key_sources(mapping: CompiledMapping) -> list[Callable[[Any], Any]] | None:
+        paths = []
+        for idx in mapping.key_indexes:
+            spec = mapping.specs[mapping.columns[idx]]
+            if spec.source is None:
+                return None
+            paths.append(compile_path(spec.source))
+        return paths
+
+    def sort(self, record: dict[str, Any], digest: str | None) -> None:
+        mapping = self.mapping
+        try:
+            row = mapping.map_record(record)
+        except RecordError as exc:
+            redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
+            self.rejected.append((redacted, storable(str(exc)) or "", storable(self._record_key(redacted))))
+            return
+        if self.is_deleted is not None and self.is_deleted(record):
+            self.deletes.append(mapping.key_of(row))
+        else:
+            self.rows.append(row)
+            self.digests.append(digest)
+
+    def _record_key(self, record: dict[str, Any]) -> str | None:
+        """Best-effort key of an unmappable record, for the quarantine entry."""
+        if self._key_paths is None:
+            return None
+        keys = []
+        for getter in self._key_paths:
+            v = getter(record)
+            if v is MISSING or v is None:
+                return None
+            keys.append(v)
+        return key_text(keys)
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.digests.clear()
+        self.deletes.clear()
+        self.rejected.clear()

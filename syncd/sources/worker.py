@@ -1,0 +1,399 @@
+"""The read worker: a child process that reads, decodes, digests and maps a dataset's records.
+
+A large read (a first load, a full-snapshot re-sync) is CPU-bound in one Python process: HTTP,
+JSON decoding, record digests and the mapping take about half of it, the batch writer the other
+half, and the two halves share one interpreter lock. With a read worker the first half runs in a
+child process on the other core; the run's own process only classifies and writes.
+
+- The child is ``python -P -m syncd.sources.worker PARENT_PID`` (``-P``: the working directory is
+  never on its import path). It gets the app config, the dataset and the window as one pickle on
+  stdin, builds the source and the compiled mapping itself, reads the pages one ahead (as the
+  runner does) and sends each page back on stdout as a :class:`MappedPage`: the mapped rows with
+  their record digests, row hashes and row keys, the deletes, and the records it could not map
+  (masked, with the reason). Pickle is safe here: both ends are this program, over a private pipe.
+- Nothing is written by the child: batches, row state, the change feed and the watermark stay in
+  the run's process, so every invariant of DESIGN §4 holds as without the worker. The stored
+  record digests are compared in the run's process when the batch is written, never in the
+  child, so a digest stored while a page is in flight cannot be missed.
+- Back-pressure: the child blocks on the pipe when the run's process has not taken the last page,
+  so at most about two pages are in flight (memory stays flat).
+- Logging: the child renders nothing itself; each event is sent to the parent and logged there,
+  with the run's ``dataset``/``run_id`` fields, through the parent's handlers and redaction.
+- Ending: the child is killed with the parent (``PR_SET_PDEATHSIG``; a kill -9 of syncd leaves no
+  orphan reading the gateway), stopped with SIGTERM when the run ends early (a stop request, a
+  failed batch, an error guard), and an error in the child (an upstream error, a bad mapping)
+  is raised in the parent as the same exception. A child that dies without saying why is a
+  :class:`ReadWorkerError` naming its exit status; the run fails and keeps its watermark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from syncd.errors import SyncdError
+from syncd.sources.base import ReadStats, Window
+
+__all__ = ["MappedPage", "ReadWorker", "ReadWorkerError"]
+
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_STOP_WAIT_S = 5.0  # SIGTERM first; SIGKILL after this
+
+
+class ReadWorkerError(SyncdError):
+    """The read worker could not be started or ended without saying why."""
+
+
+@dataclass(slots=True)
+class MappedPage:
+    """One upstream page after the worker mapped it. ``rows``, ``digests``, ``hashes`` and ``keys``
+    are parallel (``keys`` is empty when the run did not ask for them: a first load skips no
+    record); ``rejected`` are (masked record, reason, row key) of records it could not map."""
+
+    number: int
+    reported_total: int | None
+    fetched: int
+    max_seen: datetime | None
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    digests: list[str | None] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+    deletes: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+
+
+_STATS_FIELDS = ("requests", "retries", "pages", "records", "bytes", "reported_total", "complete", "warnings")
+
+
+def _stats_dict(stats: ReadStats) -> dict[str, Any]:
+    return {name: getattr(stats, name) for name in _STATS_FIELDS}
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class ReadWorker:
+    """A running read worker for one run; iterate :meth:`pages`, then read ``stats``. Always
+    ``close()`` it (idempotent): that ends the child if the run stopped early."""
+
+    snapshot_read = True  # an http source reads the whole window
+
+    def __init__(self, app: Any, dataset: Any, window: Window, *, keys: bool = True) -> None:
+        self.stats = ReadStats()
+        self.pid = 0
+        self._log = structlog.get_logger("syncd.sources.worker")
+        package_root = str(Path(__file__).resolve().parents[2])  # the syncd this process runs
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-P", "-m", "syncd.sources.worker", str(os.getpid())]
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                bufsize=1 << 20,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ReadWorkerError(f"could not start the read worker ({sys.executable}): {exc}") from exc
+        self.pid = self._proc.pid
+        self._finished = False
+        init = {
+            "app": app,
+            "dataset": dataset,
+            "window": window,
+            "keys": keys,
+            "level": logging.getLogger().getEffectiveLevel(),
+        }
+        payload = pickle.dumps(init, protocol=_PICKLE)
+        # written from a thread: the child reads it only once its imports are done (~0.3 s), and a
+        # config larger than the pipe's buffer must not hold the run up until then
+        self._init_thread = threading.Thread(
+            target=self._send_init, args=(payload,), name="syncd-worker-init", daemon=True
+        )
+        self._init_thread.start()
+        self._log.debug("worker.started", pid=self.pid)
+
+    def _send_init(self, payload: bytes) -> None:
+        stdin = self._proc.stdin
+        if stdin is None:  # pragma: no cover - Popen was given stdin=PIPE
+            return
+        with contextlib.suppress(OSError):  # a child that died early: pages() reports its exit status
+            stdin.write(payload)
+            stdin.close()
+
+    def pages(self) -> Iterator[MappedPage]:
+        """The mapped pages in order; raises what the child raised, after the pages before it."""
+        stdout = self._proc.stdout
+        if stdout is None:  # pragma: no cover - Popen was given stdout=PIPE
+            raise ReadWorkerError("the read worker has no output pipe")
+        while True:
+            try:
+                message = pickle.load(stdout)  # noqa: S301 - from our own child over a private pipe
+            except EOFError as exc:
+                raise self._died() from exc
+            except Exception as exc:
+                self.close()
+                raise ReadWorkerError(
+                    f"the read worker (pid {self.pid}) sent a message this process cannot read "
+                    f"({type(exc).__name__}: {exc}); the run stops and keeps its watermark"
+                ) from exc
+            kind = message[0]
+            if kind == "page":
+                yield message[1]
+            elif kind == "log":
+                _relog(message[1], message[2], message[3])
+            elif kind == "end":
+                self._take_stats(message[1])
+                self._finished = True
+                return
+            elif kind == "error":
+                self._take_stats(message[1])
+                self._finished = True
+                raise _rebuild(message[2], message[3], message[4])
+            else:  # pragma: no cover - both ends are this module
+                raise ReadWorkerError(f"the read worker sent an unknown message {kind!r}")
+
+    def _take_stats(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            setattr(self.stats, name, value)
+
+    def _died(self) -> ReadWorkerError:
+        try:
+            code = self._proc.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with status {code}"
+        return ReadWorkerError(
+            f"the read worker (pid {self.pid}) {how} before the end of the data; nothing it read "
+            "after the last committed batch was kept and the watermark is unchanged. Its log lines "
+            "above say why; defaults.read_worker: never reads in the run's own process instead"
+        )
+
+    def close(self) -> None:
+        """End the child (SIGTERM, then SIGKILL) unless it already finished; reap it."""
+        proc = self._proc
+        if proc.poll() is None and not self._finished:
+            proc.terminate()
+        try:
+            proc.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stdin):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._init_thread.join(timeout=_STOP_WAIT_S)
+
+
+def _relog(level: int, logger: str, fields: dict[str, Any]) -> None:
+    """Log an event of the child through this process's pipeline (its handlers, its redaction and
+    the run's bound ``dataset``/``run_id``)."""
+    event = fields.pop("event", "")
+    name = logging.getLevelName(level).lower()
+    method = getattr(structlog.get_logger(logger), name if name in _LEVEL_METHODS else "info")
+    method(event, **fields)
+
+
+_LEVEL_METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+def _rebuild(pickled: bytes | None, type_name: str, message: str) -> BaseException:
+    """The child's exception, as itself when it could be pickled, else a ReadWorkerError."""
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)  # noqa: S301 - from our own child over a private pipe
+        except Exception:  # noqa: BLE001 - fall back to the text
+            exc = None
+        if isinstance(exc, SyncdError) and str(exc) == message:
+            return exc
+    return ReadWorkerError(f"the read worker failed: {type_name}: {message}")
+
+
+# --------------------------------------------------------------------------- child side
+
+
+class _Channel:
+    """Pickled messages to the parent on the real stdout (the reader thread logs too: one lock)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=_PICKLE)
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+
+def _plain(value: Any) -> Any:
+    try:
+        pickle.dumps(value, protocol=_PICKLE)
+    except Exception:  # noqa: BLE001 - anything unpicklable is sent as its text
+        return str(value)
+    return value
+
+
+class _ForwardHandler(logging.Handler):
+    """stdlib records of the child (urllib3's, say) → the parent."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"event": record.getMessage()}
+            if record.exc_info:
+                fields["exception"] = logging.Formatter().formatException(record.exc_info)
+            self._channel.send(("log", record.levelno, record.name, fields))
+        except Exception:  # noqa: BLE001 - a log line must never break the read
+            self.handleError(record)
+
+
+def _forward_logs(channel: _Channel, level: int) -> None:
+    def forward(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        levelno = logging.getLevelName(event_dict.pop("level", method).upper())
+        name = event_dict.pop("logger", None) or getattr(logger, "name", "syncd")
+        fields = {k: _plain(v) for k, v in event_dict.items()}
+        channel.send(("log", levelno if isinstance(levelno, int) else logging.INFO, name, fields))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.format_exc_info,
+            forward,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardHandler(channel)]
+    root.setLevel(level)
+    for noisy in ("urllib3", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the parent dies (Linux), and exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats]) -> None:
+    """Read, map and send every page; ``reading`` gets the source's stats as soon as it exists."""
+    from syncd.changes.hashing import record_digester, row_hash
+    from syncd.changes.keys import row_key_function
+    from syncd.mapping import compile_mapping
+    from syncd.mapping.records import RecordSorter
+    from syncd.sources import build_source
+    from syncd.sources.prefetch import Prefetcher
+
+    app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
+    mapping = compile_mapping(dataset, app.code_tables)
+    sorter = RecordSorter(dataset, mapping)
+    digest = record_digester(mapping.record_fields, mapping.fingerprint)
+    key_of = mapping.key_of
+    row_key = row_key_function([mapping.specs[mapping.columns[i]] for i in mapping.key_indexes])
+    source = build_source(app, dataset)
+    try:
+        pages = Prefetcher(source.read(window), name=f"syncd-read-{dataset.name}")
+        reading.append(source.stats)  # read() starts fresh stats
+        update_time = source.update_time
+        try:
+            for page in pages:
+                newest: datetime | None = None
+                sort = sorter.sort
+                for record in page.records:
+                    ts = update_time(record)
+                    if ts is not None and (newest is None or ts > newest):
+                        newest = ts
+                    sort(record, digest(record))
+                rows = sorter.rows
+                mapped = MappedPage(
+                    number=page.number,
+                    reported_total=page.reported_total,
+                    fetched=len(page.records),
+                    max_seen=newest,
+                    rows=rows,
+                    digests=sorter.digests,
+                    hashes=[row_hash(row) for row in rows],
+                    keys=[row_key(key_of(row)) for row in rows] if want_keys else [],
+                    deletes=sorter.deletes,
+                    rejected=sorter.rejected,
+                )
+                channel.send(("page", mapped))
+                sorter.rows, sorter.digests, sorter.deletes, sorter.rejected = [], [], [], []
+        finally:
+            pages.close()
+    finally:
+        source.close()
+
+
+def _child_main(argv: list[str]) -> int:
+    parent = int(argv[1]) if len(argv) > 1 else -1
+    _die_with_parent(parent)
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the channel
+    channel = _Channel(out)
+    init = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our parent over a private pipe
+    _forward_logs(channel, init["level"])
+    log = structlog.get_logger("syncd.sources.worker")
+    started = time.monotonic()
+    reading: list[ReadStats] = []
+    try:
+        _read_pages(channel, init, reading)
+    except Exception as exc:
+        if not isinstance(exc, SyncdError):
+            log.error("worker.failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        try:
+            pickled: bytes | None = pickle.dumps(exc, protocol=_PICKLE)
+        except Exception:  # noqa: BLE001 - sent as its text instead
+            pickled = None
+        stats = _stats_dict(reading[-1] if reading else ReadStats())
+        channel.send(("error", stats, pickled, type(exc).__name__, str(exc)))
+        return 1
+    log.debug("worker.finished", seconds=round(time.monotonic() - started, 3))
+    channel.send(("end", _stats_dict(reading[-1])))
+    return 0
+
+
+if __name__ == "__main__":
+    # run as the module syncd.sources.worker, not as __main__: the classes it pickles must carry
+    # the name the parent unpickles them by
+    from syncd.sources.worker import _child_main as child_main
+
+    sys.exit(child_main(sys.argv))

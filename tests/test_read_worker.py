@@ -1,0 +1,274 @@
+"""The read worker (syncd.sources.worker): the first load of an http dataset is read, decoded and
+mapped in a child process. These tests prove it writes exactly what the in-process path writes,
+that every way it can end is reported and leaves no process behind, and that its log events reach
+the run's log with the run's fields.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.config import load_config
+from syncd.errors import UpstreamError
+from syncd.gateway import Gateway
+from syncd.logs import configure_logging
+from syncd.runner import Backfill, RunResult, run_dataset
+from syncd.sources.base import Window
+from syncd.sources.worker import ReadWorker, ReadWorkerError, _rebuild
+from syncd.targets import StateStore, create_target_engine
+from tests.e2e import SECRET, SECRET_ENV, demo_gateway, write_config
+
+RECORDS = 600
+
+
+def _worker_config(root: Path, db_url: str, gateway_url: str, mode: str, prefix: str = "syncd_") -> Path:
+    """The demo config with ``defaults.read_worker: mode``; another ``prefix`` also renames the
+    target table (``resident_info_{prefix}``), so two configs can share one database."""
+    table = _table(prefix)
+    cfg = write_config(
+        root,
+        db_url=db_url,
+        gateway_url=gateway_url,
+        page_size=100,
+        batch_size=250,
+        replace=[("table: resident_info", f"table: {table}")],
+    )
+    text = cfg.read_text(encoding="utf-8").replace("defaults:\n", f"defaults:\n  read_worker: {mode}\n", 1)
+    cfg.write_text(
+        text.replace(f"  url: {db_url}\n", f"  url: {db_url}\n  table_prefix: {prefix}\n", 1), "utf-8"
+    )
+    return cfg
+
+
+def _sync(cfg: Path, **kw: Any) -> RunResult:
+    app = load_config(cfg)
+    engine = create_target_engine(app.target.url.get_secret_value())
+    try:
+        return run_dataset(app, app.datasets["residents"], StateStore(engine, app.target.table_prefix), **kw)
+    finally:
+        engine.dispose()
+
+
+def _json_log() -> io.StringIO:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    return stream
+
+
+def _events(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+def _worker_pid(events: list[dict[str, Any]]) -> int:
+    started = [e for e in events if e["event"] == "sync.read_worker"]
+    assert len(started) == 1, [e["event"] for e in events]
+    return int(started[0]["pid"])
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (reaped, or a zombie nobody waits for) within the time."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text(encoding="ascii").split(")")[-1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _table(prefix: str) -> str:
+    return "resident_info" if prefix == "syncd_" else f"resident_info_{prefix.strip('_')}"
+
+
+def _select(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(sa.text(sql)))
+    finally:
+        engine.dispose()
+
+
+def _written(db_url: str, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Target rows, change feed, quarantine and row state written under ``prefix``."""
+    queries = {  # names from this test only
+        "rows": f"SELECT * FROM {_table(prefix)}",  # noqa: S608
+        "changes": f"SELECT op, row_key, changed_columns, old_values, new_values FROM {prefix}changes",  # noqa: S608
+        "quarantine": f"SELECT raw_hash, record_key, reason, raw FROM {prefix}quarantine",  # noqa: S608
+        "state": f"SELECT row_key, row_hash, record_digest FROM {prefix}row_state",  # noqa: S608
+    }
+    return {part: _select(db_url, sql) for part, sql in queries.items()}
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    with demo_gateway(monkeypatch, records=RECORDS, seed=23) as gw:
+        yield gw
+
+
+def test_worker_writes_exactly_what_the_run_itself_writes(
+    tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First load (auto → worker) and a re-sync through the worker (always) give the same rows,
+    change feed, quarantine and row state, value for value, as the in-process path writing the
+    same database under another prefix. The first load takes ``auto``'s path: one page read in
+    this process, then the hand-over to the worker, which reads from the first page again."""
+    monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
+    gateway.store.generate(30, gateway.store.clock() - timedelta(minutes=10), bad_ratio=1.0)  # unmappable
+    worker_cfg = _worker_config(tmp_path / "w", db_url, gateway.url, "auto")
+    inproc_cfg = _worker_config(tmp_path / "p", db_url, gateway.url, "never", prefix="ref_")
+
+    log = _json_log()
+    first = _sync(worker_cfg)
+    assert first.ok, first.error
+    assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # the first page once
+    pid = _worker_pid(_events(log))
+    assert _gone(pid)
+    assert _sync(inproc_cfg).ok
+    assert [e["event"] for e in _events(log)].count("sync.read_worker") == 1  # "never": in-process
+    assert first.counts.quarantined > 0 and first.counts.inserted > 0
+
+    gateway.store.churn(120, random.Random(4))  # updates, logical deletes, new records
+    always = worker_cfg.read_text(encoding="utf-8").replace("read_worker: auto", "read_worker: always")
+    worker_cfg.write_text(always, encoding="utf-8")
+    second = _sync(worker_cfg, backfill=Backfill(full=True))  # every record read, most unchanged
+    assert second.ok, second.error
+    again = _sync(inproc_cfg, backfill=Backfill(full=True))
+    assert again.ok
+    assert (second.counts.inserted, second.counts.updated, second.counts.deleted) == (
+        again.counts.inserted,
+        again.counts.updated,
+        again.counts.deleted,
+    )
+    assert second.counts.unchanged == again.counts.unchanged > RECORDS // 2
+
+    written, reference = _written(db_url, "syncd_"), _written(db_url, "ref_")
+    assert len(written["rows"]) > RECORDS // 2 and written["quarantine"]
+    for part in ("rows", "changes", "quarantine", "state"):
+        assert written[part] == reference[part], part
+
+
+def test_worker_log_events_carry_the_run_fields(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    log = _json_log()
+    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
+    assert result.ok, result.error
+    events = _events(log)
+    token = [e for e in events if e["event"] == "http.token_fetched"]
+    assert token, "the worker's own request log did not reach the run's log"
+    assert token[0]["run_id"] == result.run_id and token[0]["dataset"] == "residents"
+    assert token[0]["log.logger"].startswith("syncd.sources.http")
+    assert SECRET not in log.getvalue()
+
+
+def test_upstream_error_in_the_worker_fails_the_run_with_the_same_error(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "a-wrong-secret")
+    log = _json_log()
+    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
+    assert result.status == "failed"
+    events = _events(log)
+    failed = [e for e in events if e["event"] == "sync.failed"]
+    assert failed and failed[0]["error_type"] not in ("ReadWorkerError", "AttributeError"), failed
+    assert "a-wrong-secret" not in log.getvalue()
+    assert _gone(_worker_pid(events))
+    assert result.watermark_after is None
+
+
+def test_stop_request_ends_the_worker(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with demo_gateway(monkeypatch, records=3_000, seed=5) as gw:
+        gw.latency = 0.05
+        log = _json_log()
+        pages: list[int] = []
+        result = _sync(
+            _worker_config(tmp_path, sqlite_url, gw.url, "always"),
+            should_stop=lambda: len(pages) >= 3,
+            on_progress=lambda p: pages.append(p.pages),
+        )
+    assert result.status == "interrupted"
+    assert 0 < result.counts.fetched < 3_000
+    assert _gone(_worker_pid(_events(log)))
+
+
+def test_a_worker_that_dies_is_reported_by_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with demo_gateway(monkeypatch, records=2_000, seed=3) as gw:
+        gw.latency = 0.05
+        cfg = _worker_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", gw.url, "always")
+        app = load_config(cfg)
+        worker = ReadWorker(app, app.datasets["residents"], Window(None, None))
+        try:
+            pages = worker.pages()
+            first = next(pages)
+            assert first.fetched == 100 and len(first.rows) + len(first.rejected) + len(first.deletes) == 100
+            os.kill(worker.pid, signal.SIGKILL)
+            with pytest.raises(ReadWorkerError, match="killed by signal SIGKILL"):
+                for _ in pages:
+                    pass
+        finally:
+            worker.close()
+    assert _gone(worker.pid)
+
+
+def test_worker_dies_with_a_killed_syncd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of `syncd sync` leaves no read worker behind (PR_SET_PDEATHSIG)."""
+    with demo_gateway(monkeypatch, records=5_000, seed=9) as gw:
+        gw.latency = 0.05
+        cfg = _worker_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", gw.url, "always")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(cfg), "sync", "residents"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, SECRET_ENV: SECRET},
+        )
+        assert proc.stderr is not None
+        pid = None
+        for line in proc.stderr:
+            found = re.search(r'"event": "sync.read_worker".*?"pid": (\d+)', line)
+            if found:
+                pid = int(found.group(1))
+                break
+        assert pid is not None, "the run did not start a read worker"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stderr.close()
+        assert _gone(pid), "the read worker outlived its killed parent"
+
+
+def test_rebuild_keeps_syncd_errors_and_wraps_the_rest() -> None:
+    import pickle
+
+    err = UpstreamError("the gateway said no")
+    assert _rebuild(pickle.dumps(err), "UpstreamError", str(err)) is not err
+    rebuilt = _rebuild(pickle.dumps(err), "UpstreamError", str(err))
+    assert isinstance(rebuilt, UpstreamError) and str(rebuilt) == "the gateway said no"
+    other = _rebuild(None, "KeyError", "'x'")
+    assert isinstance(other, ReadWorkerError) and "KeyError: 'x'" in str(other)
+
+
+def test_auto_reads_a_small_first_load_in_process(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    """Below WORKER_MIN_RECORDS the worker's start would cost more than it saves."""
+    log = _json_log()
+    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    assert result.ok and result.counts.inserted > 0
+    assert "sync.read_worker" not in [e["event"] for e in _events(log)]
