@@ -10,7 +10,9 @@ After every trial:
 
 Half the trials use a full-window configuration (the whole dataset is re-read and hash-compared,
 so a kill lands in the middle of tens of thousands of rows) and half the normal 10-minute lookback
-(a kill lands in the middle of an incremental run). Both configurations share one target.
+(a kill lands in the middle of an incremental run). Every other full-window trial reads through the
+read worker (``read_worker: always``), so kills also land while a child process reads and maps,
+and the recovery runs through it too. All configurations share one target.
 
 Default suite: 5 trials x 10,000 rows on SQLite and PostgreSQL. The full proof
 (``make reliability``, or ``SYNCD_RELIABILITY=1``): 20 trials x 50,000 rows on all three databases;
@@ -108,6 +110,16 @@ def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: st
             lookback="3650d",
             replace=[FULL_WINDOW],
         )
+        worker = tmp_path / "worker"
+        (worker / "datasets").mkdir(parents=True)
+        (worker / "datasets" / "residents.yaml").write_bytes(
+            (tmp_path / "full/datasets/residents.yaml").read_bytes()
+        )
+        text = (tmp_path / "full" / "syncd.yaml").read_text(encoding="utf-8")
+        (worker / "syncd.yaml").write_text(
+            text.replace("defaults:\n", "defaults:\n  read_worker: always\n", 1)
+        )
+        through_worker = worker / "syncd.yaml"
         incr = write_config(
             tmp_path / "incr",
             db_url=db_url,
@@ -124,8 +136,8 @@ def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: st
                 churned.update(gw.store.churn(max(ROWS // 20, 10), rng))
             after = active(gw.store.records())
             expected += real_changes(before, after)
-            cfg = full if trial % 2 == 0 else incr
-            pages = (len(gw.store) if cfg is full or trial == 0 else ROWS // 10) // PAGE + 1
+            cfg = (full if trial % 4 == 0 else through_worker) if trial % 2 == 0 else incr
+            pages = (len(gw.store) if cfg is not incr or trial == 0 else ROWS // 10) // PAGE + 1
             kills[kill_at_random(cfg, gw, rng, pages)] += 1
             if rng.random() < 0.3:  # killed again while recovering
                 kills["second kill: " + kill_at_random(cfg, gw, rng, pages).split()[0]] += 1
