@@ -55,6 +55,25 @@ def param_budget(engine: sa.Engine) -> int:
     return max(100, min(limit - 50, 100_000))
 
 
+class DriverCalls:
+    """Statements sent to the DB-API connection directly (the hot paths), with driver errors
+    raised as SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` — as if SQLAlchemy had run them,
+    so callers catch one family — and never with the parameters (row keys can be ID numbers)."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.error: type[Exception] = dialect.loaded_dbapi.Error
+
+    @staticmethod
+    def dbapi(conn: sa.Connection) -> Any:
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is None:  # pragma: no cover - a live connection always has one
+            raise RuntimeError("no database connection")
+        return dbapi
+
+    def wrapped(self, sql: str, exc: Exception) -> sa.exc.StatementError:
+        return sa.exc.DBAPIError.instance(sql, None, exc, self.error)
+
+
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -80,7 +99,7 @@ class StateLookup:
         self._mark = "?" if self._family == "sqlite" else "%s"
         self._chunk = 10_000 if self._family == "postgresql" else max(1, budget - 1)
         self._texts: dict[int, str] = {}
-        self._driver_error: type[Exception] = bind.dialect.loaded_dbapi.Error
+        self._driver = DriverCalls(bind.dialect)
 
     def _text(self, n: int) -> str:
         text = self._texts.get(n)
@@ -102,9 +121,8 @@ class StateLookup:
         thousand-key look-up (6.2 vs 1.3 ms on SQLite), so the statement goes to the driver
         directly; a driver error is raised as SQLAlchemy's DBAPIError, without the parameters
         (row keys can be ID numbers)."""
-        dbapi = conn.connection.dbapi_connection
-        if dbapi is None:  # pragma: no cover - a live connection always has one
-            raise RuntimeError("no database connection")
+        driver = self._driver
+        dbapi = driver.dbapi(conn)
         for chunk in chunked(keys, self._chunk):
             if self._family == "postgresql":
                 params: tuple[Any, ...] = (dataset, list(chunk))
@@ -119,8 +137,8 @@ class StateLookup:
                     rows = cursor.fetchall()
                 finally:
                     cursor.close()
-            except self._driver_error as exc:
-                raise sa.exc.DBAPIError.instance(text, None, exc, self._driver_error) from exc
+            except driver.error as exc:
+                raise driver.wrapped(text, exc) from exc
             yield from rows
 
 
@@ -191,7 +209,7 @@ class BulkWriter:
     ) -> None:
         self._family: Family = dialect_family(bind)
         dialect = bind.dialect
-        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
+        self._driver = DriverCalls(dialect)
         self.columns = tuple(columns)
         key, update = tuple(key), [c for c in update if c in self.columns]
         q = dialect.identifier_preparer
@@ -202,9 +220,9 @@ class BulkWriter:
         self._converting = [(i, p) for i, p in enumerate(procs) if p is not None]
         names = ", ".join(q.quote(c) for c in self.columns)
         keys = ", ".join(q.quote(k) for k in key)
-        self._copy_direct = f"COPY {name} ({names}) FROM STDIN"
-        self._stage_ddl = self._copy_stage = self._truncate_stage = ""
+        self._copy_direct = self._stage_ddl = self._copy_stage = self._truncate_stage = ""
         if self._family == "postgresql":
+            self._copy_direct = f"COPY {name} ({names}) FROM STDIN"
             self._sql = ""
             if key:
                 digest = hashlib.blake2b(table.name.encode(), digest_size=4).hexdigest()
@@ -228,10 +246,11 @@ class BulkWriter:
                 ]
                 self._sql += " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
 
-    def _bound(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """The rows with every converting column run through its bind processor, column-wise."""
+    def _bound(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+        """The rows with every converting column run through its bind processor, column-wise
+        (``rows`` itself when no column converts: the drivers take any sequence of tuples)."""
         if not self._converting:
-            return list(rows)
+            return rows
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
         for i, proc in self._converting:
             last: Any = _UNSET  # a value repeated in the batch (changed_at, a date) converts once
@@ -251,7 +270,8 @@ class BulkWriter:
             return
         values = self._bound(rows)
         if self._family != "postgresql":
-            conn.exec_driver_sql(self._sql, values)  # a list of tuples: executemany
+            # a list of tuples is an executemany (SQLAlchemy reads a tuple as one row's parameters)
+            conn.exec_driver_sql(self._sql, values if isinstance(values, list) else list(values))
             return
         if not self._sql:  # a plain insert
             self._copy(conn, self._copy_direct, values)
@@ -273,18 +293,16 @@ class BulkWriter:
         conn.exec_driver_sql(self._sql)  # through SQLAlchemy, so its events and echo see the statements
         conn.exec_driver_sql(self._truncate_stage)
 
-    def _copy(self, conn: sa.Connection, sql: str, values: list[tuple[Any, ...]]) -> None:
-        dbapi = conn.connection.dbapi_connection
-        if dbapi is None:  # pragma: no cover - a live transaction always has one
-            raise RuntimeError("no database connection")
+    def _copy(self, conn: sa.Connection, sql: str, values: Sequence[tuple[Any, ...]]) -> None:
+        driver = self._driver
         try:
-            cursor: Any = dbapi.cursor()  # a psycopg 3 cursor
+            cursor: Any = driver.dbapi(conn).cursor()  # a psycopg 3 cursor
             with cursor, cursor.copy(sql) as copy:
                 write_row = copy.write_row
                 for item in values:
                     write_row(item)
-        except self._driver_error as exc:  # as SQLAlchemy would have wrapped it
-            raise sa.exc.DBAPIError.instance(sql, None, exc, self._driver_error) from exc
+        except driver.error as exc:
+            raise driver.wrapped(sql, exc) from exc
 
 
 # SQLAlchemy's SQLite DATE/DATETIME storage formats, spelled by ``isoformat`` exactly and several

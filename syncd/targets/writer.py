@@ -61,6 +61,8 @@ log = structlog.get_logger(__name__)
 
 Row = tuple[Any, ...]
 
+_INSERT_OP = Op.INSERT.value
+
 CHANGE_COLUMNS = (
     "dataset",
     "run_id",
@@ -380,6 +382,12 @@ class BatchWriter:
             batch.now,
         )
 
+    def _insert_change(self, batch: _Batch, key: str, new: Row) -> Row:
+        """The change-log row of an insert (every column, the new values): ``_change`` spelled out,
+        as it runs for every row of a first load."""
+        new_values = json_text(dict(zip(self._out, new, strict=True)))
+        return (self._dataset, batch.run_id, _INSERT_OP, key, self._all_json, None, new_values, batch.now)
+
     def _plan(
         self,
         batch: _Batch,
@@ -397,14 +405,12 @@ class BatchWriter:
             digest = digests[key]
             if digest is not None and digest != stored_digests.get(key):
                 plan.state_upserts.append((dataset, key, hashes[key], digest))
-        insert_json, normalised, rows = self._all_json, self._normalised, batch.rows
-        run_id, now, insert_op = batch.run_id, batch.now, Op.INSERT.value
+        normalised, rows, insert_change = self._normalised, batch.rows, self._insert_change
         for key in verdict.inserts:  # keys row_state does not know: written without a merge
             new = normalised(rows[key])
             plan.state_inserts.append((dataset, key, hashes[key], digests[key]))
             plan.inserts.append(new)
-            new_json = json_text(dict(zip(out, new, strict=True)))
-            plan.changes.append((dataset, run_id, insert_op, key, insert_json, None, new_json, now))
+            plan.changes.append(insert_change(batch, key, new))
         counts.inserted += len(verdict.inserts)
         for key, row in rows.items():
             if key not in candidates:
@@ -414,8 +420,7 @@ class BatchWriter:
             plan.state_upserts.append((dataset, key, hashes[key], digests[key]))
             if old is None:  # known to row_state but gone from the table
                 plan.upserts.append(new)
-                values = dict(zip(out, new, strict=True))
-                plan.changes.append(self._change(batch, Op.INSERT, key, out, new=values))
+                plan.changes.append(insert_change(batch, key, new))
                 counts.inserted += 1
                 continue
             positions = changed_indexes(old, new)
@@ -475,11 +480,7 @@ class BatchWriter:
         for chunk in chunked(plan.hard_deletes, self._key_chunk):
             conn.execute(sa.delete(table).where(self._keys_match(chunk)))
         for chunk in chunked(plan.soft_deletes, self._key_chunk):
-            conn.execute(
-                sa.update(table)
-                .where(self._keys_match(chunk))
-                .values({self._soft: True})
-            )
+            conn.execute(sa.update(table).where(self._keys_match(chunk)).values({self._soft: True}))
         self._stage = f"writing {rs.name}"
         self._upsert_state.write(conn, plan.state_inserts, fresh=True)
         self._upsert_state.write(conn, plan.state_upserts)
