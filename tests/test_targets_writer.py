@@ -27,6 +27,7 @@ from syncd.targets import (
     describe_url,
     shape_from_dataset,
 )
+from syncd.targets.dialects import StateLookup
 
 RUN1, RUN2, RUN3 = "1" * 32, "2" * 32, "3" * 32
 
@@ -579,3 +580,36 @@ def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(
     # only the columns the per-batch look-ups filter on; the size estimate is what the planner needed
     assert stats == [("resident", "id"), ("syncd_row_state", "dataset"), ("syncd_row_state", "row_key")]
     assert tuples["resident"] >= 5_000 and tuples["syncd_row_state"] >= 5_000
+
+
+def _plan_of_lookup(engine: sa.Engine, store: StateStore, keys: list[str]) -> str:
+    lookup = StateLookup(engine, store.tables.row_state, ("row_key", "record_digest"), 30_000)
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("EXPLAIN " + lookup._text(0), ("d", keys))
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_postgres_lookups_of_a_batch_use_the_primary_key(
+    pg_store: tuple[sa.Engine, StateStore, BatchWriter], pg_url: str
+) -> None:
+    """A batch's thousand row_state keys are probed through the primary key, not by reading the
+    whole table: under the server's default random_page_cost (4) PostgreSQL 15 plans a sequential
+    scan of 10⁵ rows for this (8-11 ms per batch instead of 3.5 ms); syncd's sessions set 1.1."""
+    engine, store, _ = pg_store
+    rs = store.tables.row_state
+    with engine.begin() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {rs.name} (dataset, row_key, row_hash) FROM STDIN") as copy:
+            for i in range(100_000):
+                copy.write_row(("d", f"R{i:08d}", "0" * 32))
+        cursor.execute(f"ANALYZE {rs.name}")
+    keys = [f"R{i:08d}" for i in range(0, 100_000, 100)]
+    assert "Index" in _plan_of_lookup(engine, store, keys)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW random_page_cost").scalar() == "1.1"
+    plain = sa.create_engine(sa.make_url(pg_url).set(drivername="postgresql+psycopg"))
+    try:  # the control: the server's default plans the scan this setting avoids
+        assert "Seq Scan" in _plan_of_lookup(plain, store, keys)
+    finally:
+        plain.dispose()
