@@ -110,3 +110,27 @@ def test_sigterm_during_slow_upstream_keeps_batches_whole(tmp_path: Path, sqlite
     assert rows % 300 == 0 and rows < 600  # whole batches of 3 pages, and the run did not finish
     assert run.watermark_after is None  # the watermark did not move
     assert json.dumps(finish)  # the finish line is plain JSON
+
+
+def test_a_burst_of_signals_never_hangs_the_daemon(tmp_path: Path, sqlite_url: str, gateway: Gateway) -> None:
+    """Signals arrive at any bytecode of the main thread, also inside the handler of the signal
+    before. The handlers once called Event.set and deadlocked on the event's lock (seen in the
+    reliability run: SIGTERM, then the second SIGTERM of the stop, and the daemon hung). A burst
+    of SIGHUPs (each a reload) and then of SIGTERMs, until the stop is under way, must end in a
+    clean exit every time."""
+    config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url)
+    for _ in range(3):
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_event("daemon.started")
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline:
+                daemon.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not any(e["event"] == "daemon.stopping" for e in daemon.events()):
+                assert time.monotonic() < deadline, "SIGTERM was not handled"
+                daemon.signal(signal.SIGTERM)  # until the main loop has taken the stop
+            code = daemon.proc.wait(30)
+        finally:
+            daemon.stop()
+        assert code == 0, daemon.stderr_text()

@@ -16,9 +16,13 @@ running ones end between batches with status ``interrupted``); 1 when the schedu
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
 import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -42,6 +46,13 @@ from syncd.targets import RunCounts, StateStore, create_target_engine
 __all__ = ["Daemon", "schedules_of"]
 
 log = structlog.get_logger(__name__)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
 
 _TICK = 1.0  # seconds between supervision checks of the main thread
 _STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else changed
@@ -79,21 +90,44 @@ class Daemon:
         self.server: HealthServer | None = None
         if d.metrics_port:
             self.server = HealthServer(self.metrics, self.health, host=d.metrics_host, port=d.metrics_port)
-        self._stop = threading.Event()
-        self._reload = threading.Event()
-        self._wake = threading.Event()
+        self._stop = threading.Event()  # running jobs poll it (should_stop); set by the main loop
+        # what the signal handlers set: plain flags and a byte down a pipe, never a lock
+        self._stop_asked = False
+        self._reload_asked = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)  # open while anyone can poke
         self._active: set[str] = set()
         self._active_cv = threading.Condition()
 
     # ------------------------------------------------------------------ signals
 
+    # A signal handler runs in the main thread between two bytecodes of whatever it was doing,
+    # also inside the handler of a signal that came just before. It must not take a lock:
+    # Event.set here deadlocked the daemon when a SIGTERM landed while the main loop held the
+    # same event's lock in Event.wait, or while the first of two quick SIGTERMs was in Event.set.
+
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stop_asked = True
+        self._poke()
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
-        self._reload.set()
-        self._wake.set()
+        self._reload_asked = True
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the main loop (a full pipe already will)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait until poked or ``seconds`` passed; empty the pipe."""
+        with contextlib.suppress(InterruptedError, OSError, ValueError):
+            select.select([self._wake_r], [], [], seconds)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop (what SIGTERM does)."""
@@ -152,12 +186,11 @@ class Daemon:
         last_ping = last_status = 0.0
         timeout = self.app.daemon.heartbeat_timeout.total_seconds()
         while True:
-            self._wake.wait(_TICK)
-            self._wake.clear()
-            if self._stop.is_set():
+            self._sleep(_TICK)
+            if self._stop_asked:
                 return 0
-            if self._reload.is_set():
-                self._reload.clear()
+            if self._reload_asked:
+                self._reload_asked = False
                 self.reload()
                 last_status = time.monotonic()
             age = self.scheduler.heartbeat_age()
