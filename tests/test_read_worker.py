@@ -272,3 +272,35 @@ def test_auto_reads_a_small_first_load_in_process(tmp_path: Path, gateway: Gatew
     result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
     assert result.ok and result.counts.inserted > 0
     assert "sync.read_worker" not in [e["event"] for e in _events(log)]
+
+
+def test_a_service_stop_sent_to_the_whole_group_interrupts_the_run(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's control-group kill (and Ctrl-C) signal the worker too: it ignores them, the daemon
+    stops the run between batches (interrupted, not failed) and then ends the worker."""
+    from tests.daemon_proc import DaemonProcess, daemon_config
+
+    with demo_gateway(monkeypatch, records=4_000, seed=13) as gw:
+        gw.latency = 0.03
+        cfg = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, page_size=100, batch_size=100)
+        cfg.write_text(
+            cfg.read_text("utf-8").replace("defaults:\n", "defaults:\n  read_worker: always\n", 1), "utf-8"
+        )
+        daemon = DaemonProcess(cfg)
+        try:
+            started = daemon.wait_event("sync.read_worker")
+            pid = int(started["pid"])
+            base = len(gw.request_log)
+            while len(gw.request_log) - base < 5:
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGTERM)  # as the group signal reaches it
+            os.kill(pid, signal.SIGINT)
+            daemon.signal(signal.SIGTERM)
+            code = daemon.proc.wait(30)
+        finally:
+            daemon.stop()
+        assert code == 0, daemon.stderr_text()
+        finish = daemon.wait_event("sync.finish")
+        assert finish["status"] == "interrupted", finish
+        assert _gone(pid)

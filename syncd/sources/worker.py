@@ -20,10 +20,12 @@ child process on the other core; the run's own process only classifies and write
 - Logging: the child renders nothing itself; each event is sent to the parent and logged there,
   with the run's ``dataset``/``run_id`` fields, through the parent's handlers and redaction.
 - Ending: the child is killed with the parent (``PR_SET_PDEATHSIG``; a kill -9 of syncd leaves no
-  orphan reading the gateway), stopped with SIGTERM when the run ends early (a stop request, a
-  failed batch, an error guard), and an error in the child (an upstream error, a bad mapping)
-  is raised in the parent as the same exception. A child that dies without saying why is a
-  :class:`ReadWorkerError` naming its exit status; the run fails and keeps its watermark.
+  orphan reading the gateway), killed when the run ends early (a stop request, a failed batch,
+  an error guard); it ignores SIGTERM and SIGINT, which a service stop or Ctrl-C sends to the
+  whole process group: the stop is the parent's to carry out. An error in the child (an upstream
+  error, a bad mapping) is raised in the parent as the same exception. A child that dies without
+  saying why is a :class:`ReadWorkerError` naming its exit status; the run fails and keeps its
+  watermark.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from syncd.sources.base import ReadStats, Window
 __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError"]
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
-_STOP_WAIT_S = 5.0  # SIGTERM first; SIGKILL after this
+_STOP_WAIT_S = 5.0  # how long a finished child may take to exit
 
 
 class ReadWorkerError(SyncdError):
@@ -191,13 +193,14 @@ class ReadWorker:
         )
 
     def close(self) -> None:
-        """End the child (SIGTERM, then SIGKILL) unless it already finished; reap it."""
+        """End the child unless it already finished (SIGKILL: it ignores SIGTERM and holds
+        nothing to save); reap it."""
         proc = self._proc
         if proc.poll() is None and not self._finished:
-            proc.terminate()
+            proc.kill()
         try:
             proc.wait(timeout=_STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # a finished child that does not exit
             proc.kill()
             proc.wait()
         for stream in (proc.stdout, proc.stdin):
@@ -366,6 +369,10 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
 def _child_main(argv: list[str]) -> int:
     parent = int(argv[1]) if len(argv) > 1 else -1
     _die_with_parent(parent)
+    # a stop is the parent's to handle: SIGTERM to the whole service (systemd's control-group
+    # kill) or Ctrl-C in a terminal reaches this process too, and must not fail the run here
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the channel
     channel = _Channel(out)
