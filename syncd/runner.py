@@ -173,6 +173,11 @@ class _Run:
         self.on_progress: Callable[[Progress], None] | None = None
         self.started_mono = time.monotonic()
 
+    def took_page(self, reported_total: int | None) -> None:
+        self.counts.pages += 1
+        if reported_total is not None and self.counts.reported_total is None:
+            self.counts.reported_total = reported_total
+
     def report_progress(self) -> None:
         if self.on_progress is not None:
             c = self.counts
@@ -344,6 +349,12 @@ class _Batch:
         waiting.clear()
         return skipped
 
+    def flush_when_full(self) -> None:
+        """At the end of a page: write the batch once it holds ``batch_size`` records; report."""
+        if len(self) >= self.run.batch_size:
+            self.flush()
+        self.run.report_progress()
+
     def flush(self) -> None:
         """Write the batch in one transaction (or not at all when a stop was requested)."""
         if not len(self):
@@ -466,18 +477,14 @@ def _take_records(
             total = page.reported_total
             if switch_at is not None and page.number == 1 and total is not None and total >= switch_at:
                 return total
-            run.counts.pages += 1
-            if page.reported_total is not None and run.counts.reported_total is None:
-                run.counts.reported_total = page.reported_total
+            run.took_page(total)
             for record in page.records:
                 run.counts.fetched += 1
                 ts = update_time(record)
                 if ts is not None and (run.max_seen is None or ts > run.max_seen):
                     run.max_seen = ts
                 batch.add(record)
-            if len(batch) >= run.batch_size:
-                batch.flush()
-            run.report_progress()
+            batch.flush_when_full()
     finally:
         # an early end (stop request, guard, failed batch) must release the source's cursor now
         pages.close()
@@ -488,17 +495,13 @@ def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
     """Take the pages the read worker read and mapped (syncd.sources.worker)."""
     for page in worker.pages():
         run.check_stop()
-        run.counts.pages += 1
-        if page.reported_total is not None and run.counts.reported_total is None:
-            run.counts.reported_total = page.reported_total
+        run.took_page(page.reported_total)
         run.counts.fetched += page.fetched
         ts = page.max_seen
         if ts is not None and (run.max_seen is None or ts > run.max_seen):
             run.max_seen = ts
         batch.add_page(page)
-        if len(batch) >= run.batch_size:
-            batch.flush()
-        run.report_progress()
+        batch.flush_when_full()
 
 
 def _snapshot_deletes(
