@@ -345,7 +345,7 @@ class BatchWriter:
         current: dict[str, Row] = {}
         norms = self._out_norms
         for chunk in chunked(keys, self._key_chunk):
-            for db_row in conn.execute(self._select_current.where(self._keys_match(chunk))):
+            for db_row in conn.execute(self._select_current.where(self._keys_match(chunk))).all():
                 values = tuple(norm(v) for norm, v in zip(norms, db_row, strict=True))
                 current[key_text(tuple(values[i] for i in self._key_idx))] = values
         return current
