@@ -304,3 +304,13 @@ def test_a_service_stop_sent_to_the_whole_group_interrupts_the_run(
         finish = daemon.wait_event("sync.finish")
         assert finish["status"] == "interrupted", finish
         assert _gone(pid)
+
+
+def test_the_worker_imports_the_same_syncd_without_shadowing_the_standard_library() -> None:
+    from syncd.sources.worker import child_environment
+
+    checkout = child_environment(Path("/src/syncd-checkout"), {"PATH": "/bin", "PYTHONPATH": "/extra"})
+    assert checkout["PYTHONPATH"] == os.pathsep.join(["/src/syncd-checkout", "/extra"])
+    assert checkout["PATH"] == "/bin"
+    installed = child_environment(Path("/opt/venv/lib/python3.11/site-packages"), {"PATH": "/bin"})
+    assert "PYTHONPATH" not in installed  # PYTHONPATH precedes the standard library

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ import structlog
 from syncd.errors import SyncdError
 from syncd.sources.base import ReadStats, Window
 
-__all__ = ["MappedPage", "ReadWorker", "ReadWorkerError"]
+__all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _STOP_WAIT_S = 5.0  # how long a finished child may take to exit
@@ -98,9 +98,7 @@ class ReadWorker:
         self.stats = ReadStats()
         self.pid = 0
         self._log = structlog.get_logger("syncd.sources.worker")
-        package_root = str(Path(__file__).resolve().parents[2])  # the syncd this process runs
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env = child_environment(Path(__file__).resolve().parents[2], os.environ)
         command = [sys.executable, "-P", "-m", "syncd.sources.worker", str(os.getpid())]
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
@@ -208,6 +206,19 @@ class ReadWorker:
                 with contextlib.suppress(OSError):
                     stream.close()
         self._init_thread.join(timeout=_STOP_WAIT_S)
+
+
+def child_environment(package_root: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: this process's, so that it imports the same syncd.
+
+    An installed syncd (its package in site-packages) is found by the child as by this process.
+    A syncd run from a source checkout (``python -m syncd`` in the checkout, which ``-P`` keeps off
+    the child's path) needs the checkout on ``PYTHONPATH``; site-packages itself never goes there,
+    because ``PYTHONPATH`` comes before the standard library."""
+    env = dict(environ)
+    if package_root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _relog(level: int, logger: str, fields: dict[str, Any]) -> None:
