@@ -279,7 +279,6 @@ class _Batch:
         self.skip_unchanged = skip_unchanged
         self.waiting: list[tuple[str, str | None, Any]] = []
         self.hashes: list[str] | None = None  # row hashes, when the rows come from the read worker
-        self.quarantined: list[QuarantineItem] = []
         self.skipped_keys: list[str] = []
 
     def __len__(self) -> int:

@@ -311,8 +311,8 @@ def _forward_logs(channel: _Channel, level: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_ForwardHandler(channel)]
     root.setLevel(level)
-    for noisy in ("urllib3", "sqlalchemy"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+    # the only library the worker logs through; its chatter stays at WARNING, as in the parent
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
 
 
 def _die_with_parent(parent: int) -> None:
