@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     log = structlog.get_logger("syncd.commands.run")
     try:
         daemon = Daemon(config_path(args).resolve(), app)
-        code = daemon.serve()
+        code = daemon.serve(then_exit=True)
     except (SyncdError, OSError) as exc:
         log.critical("daemon.start_failed", error=str(exc), error_type=type(exc).__name__)
         return EXIT_FAILED

@@ -108,18 +108,27 @@ class Daemon:
     # Event.set here deadlocked the daemon when a SIGTERM landed while the main loop held the
     # same event's lock in Event.wait, or while the first of two quick SIGTERMs was in Event.set.
 
+    # A repeated signal returns at once: a flood of them (kill in a loop) otherwise nests handler
+    # in handler until the recursion limit.
+
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self._stop_asked:
+            return
         self._stop_asked = True
         self._poke()
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        if self._reload_asked:  # the reload asked for has not started yet: it covers this one too
+            return
         self._reload_asked = True
         self._poke()
 
     def _poke(self) -> None:
         """Wake the main loop (a full pipe already will)."""
-        with contextlib.suppress(BlockingIOError, OSError):
+        try:  # noqa: SIM105 - a signal handler: as few bytecodes as possible, no context manager
             os.write(self._wake_w, b"\0")
+        except OSError:  # BlockingIOError included
+            pass
 
     def _sleep(self, seconds: float) -> None:
         """Wait until poked or ``seconds`` passed; empty the pipe."""
@@ -152,14 +161,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ the main loop
 
-    def serve(self) -> int:
-        """Start everything, supervise until stopped; return the process exit code."""
+    def serve(self, *, then_exit: bool = False) -> int:
+        """Start everything, supervise until stopped; return the process exit code.
+
+        ``then_exit``: the process exits right after (``syncd run``). SIGTERM and SIGINT are then
+        ignored from the end of the stop on, instead of getting their previous handlers back: a
+        second SIGTERM during the last steps (or the interpreter's shutdown, which resets Python
+        handlers to the default) would otherwise kill the process, exit status -15."""
         previous = self._install_signals()
         try:
             return self._serve()
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                ignore = then_exit and signum in (signal.SIGTERM, signal.SIGINT)
+                signal.signal(signum, signal.SIG_IGN if ignore else handler)
 
     def _serve(self) -> int:
         self.store.ensure_schema()
