@@ -7,13 +7,15 @@ from typing import Any
 
 from syncd.sources.base import Page, ReadStats, Source, Window
 
-__all__ = ["SOURCES", "Page", "ReadStats", "Source", "Window", "build_source"]
+__all__ = ["SOURCES", "Page", "ReadStats", "Source", "Window", "build_source", "load_builtin_sources"]
 
 # type name -> factory(app_config, dataset_config) -> Source
 SOURCES: dict[str, Callable[..., Source]] = {}
 
 
-def _register_builtin() -> None:
+def load_builtin_sources() -> None:
+    """Import and register the built-in source kinds (done by the first :func:`build_source`;
+    the HTTP stack's imports take about 0.1 s, which a caller may want to pay up front)."""
     from syncd.sources.files import FileSource
     from syncd.sources.http.source import HttpSource
     from syncd.sources.sql import SqlSource
@@ -25,7 +27,7 @@ def _register_builtin() -> None:
 
 def build_source(app: Any, dataset: Any) -> Source:
     if not SOURCES:
-        _register_builtin()
+        load_builtin_sources()
     kind = dataset.source.type
     try:
         factory = SOURCES[kind]
