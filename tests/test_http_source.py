@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +69,29 @@ def test_build_source_registry_resolves_the_connection(server: LoopbackServer) -
     assert isinstance(source, HttpSource)
     assert [r["id"] for p in source.read(ALL) for r in p.records] == [0, 1, 2]
     source.close()
+
+
+def test_an_http_source_imports_only_its_own_kind() -> None:
+    """The read worker builds one http source: the sql kind's SQLAlchemy (about 10 MB of the
+    worker's memory) must not come with it."""
+    code = (
+        "import sys\n"
+        "from syncd.sources import SOURCES, _load_builtin, load_builtin_sources\n"
+        "_load_builtin('http')\n"
+        "print(sorted(SOURCES), 'sqlalchemy' in sys.modules)\n"
+        "load_builtin_sources()\n"
+        "print(sorted(SOURCES), 'sqlalchemy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["['http'] False", "['file', 'http', 'sql'] True"]
+
+
+def test_an_unknown_source_type_names_the_known_ones() -> None:
+    app = app_config(connection("http://127.0.0.1:9"))
+    dataset = dataset_config({"path": "/x"})
+    odd = dataset.model_copy(update={"source": dataset.source.model_copy(update={"type": "ftp"})})
+    with pytest.raises(ValueError, match="unknown source type 'ftp'; known types: file, http, sql"):
+        build_source(app, odd)
 
 
 def test_unknown_connection_is_a_config_error(server: LoopbackServer) -> None:
