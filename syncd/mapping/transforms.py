@@ -59,8 +59,12 @@ __all__ = [
     "build_transform",
 ]
 
-PARSE_CACHE_SIZE = 65_536
-"""Entries kept per date/datetime transform (cleared when full: memory stays bounded)."""
+PARSE_CACHE_SIZE = 4_096
+"""Entries kept per date/datetime transform (cleared when full: memory stays bounded). Small on
+purpose: parsing a known format is about as cheap as a miss in a large dict, and 65,536 entries
+(the first choice) held 4-5 MB per column of mostly unique update stamps while mapping more slowly
+(8.1 against 6.9 µs per benchmark record, 200,000 records); 4,096 still catches a run of equal
+values (a batch registered on one day)."""
 
 DEFAULT_NULL_VALUES: tuple[str, ...] = ("无", "/", "-", "--", "null", "NULL", "None", "N/A", "")
 
