@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -450,14 +450,16 @@ def _process(
 ) -> BatchWriter:
     writer = run.store.writer(run.ds, mapping)
     batch = _Batch(run, writer, mapping, snapshot, skip_unchanged=not reading.first_load)
-    source = reading.open()
-    if isinstance(source, ReadWorker):
-        _take_mapped(run, source, batch)
-    else:
-        handover = _take_records(run, source, reading.window, batch, reading.switch_at)
-        if handover is not None:
-            _take_mapped(run, reading.to_worker(handover), batch)
-    batch.flush()
+    # a re-sync reads the stored digests of every batch: on one connection held for the run
+    with writer.digest_reads() if batch.skip_unchanged else nullcontext():
+        source = reading.open()
+        if isinstance(source, ReadWorker):
+            _take_mapped(run, source, batch)
+        else:
+            handover = _take_records(run, source, reading.window, batch, reading.switch_at)
+            if handover is not None:
+                _take_mapped(run, reading.to_worker(handover), batch)
+        batch.flush()
     run.check_error_limit(final=True)
     return writer
 

@@ -476,6 +476,49 @@ def test_a_failing_batch_leaves_no_trace(store: StateStore, engine: sa.Engine) -
     assert store.quarantined("residents") == []
 
 
+def test_a_resyncs_digest_reads_hold_one_connection_outside_any_transaction(
+    store: StateStore, engine: sa.Engine
+) -> None:
+    """A re-sync looks up the stored digests of every batch. On PostgreSQL and MariaDB those
+    look-ups share one connection held for the run, in autocommit: one round trip each, no pool
+    check-out (with its ping) per batch, and no transaction left open between batches. SQLite
+    (in-process, no ping) checks one out per look-up. The connection is returned at the end,
+    also when the run fails."""
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    digests = [f"{i:032d}" for i in range(6)]
+    writer.write(RUN1, [resident(i) for i in range(6)], digests=digests)
+    keys = [f"R{i:05d}" for i in range(6)]
+    checkouts: list[object] = []
+
+    def count(*_: object) -> None:
+        checkouts.append(None)
+
+    sa.event.listen(engine, "checkout", count)
+    try:
+        with writer.digest_reads():
+            for part in (keys[:2], keys[2:4], keys[4:]):
+                assert writer.stored_digests(part) == {k: digests[keys.index(k)] for k in part}
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as other:
+                    states = other.exec_driver_sql(
+                        "SELECT state FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).scalars().all()
+                assert states == ["idle"]  # not "idle in transaction"
+                checkouts.pop()  # the one for that check
+        assert len(checkouts) == (3 if engine.dialect.name == "sqlite" else 1)
+        assert engine.pool.checkedout() == 0
+
+        with pytest.raises(RuntimeError), writer.digest_reads():
+            writer.stored_digests(keys)
+            raise RuntimeError("the run failed")
+        assert engine.pool.checkedout() == 0
+        assert writer.stored_digests(keys[:1]) == {keys[0]: digests[0]}  # and outside a block as before
+    finally:
+        sa.event.remove(engine, "checkout", count)
+
+
 def test_rows_of_the_wrong_width_are_refused(store: StateStore) -> None:
     ds = make_dataset()
     writer = store.writer(ds, shape_from_dataset(ds))

@@ -21,7 +21,8 @@ zero change entries — the exactly-once effect.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +118,7 @@ class BatchWriter:
     ) -> None:
         self._engine = write_engine(engine)
         self._reads = engine  # plain transactions (no write lock on SQLite) for look-ups outside a batch
+        self._held: sa.Connection | None = None  # the run's look-up connection (digest_reads)
         self._where = describe_url(engine.url)
         self._tables = tables
         self._dataset = dataset.name
@@ -181,6 +183,30 @@ class BatchWriter:
         ``key_indexes`` order), or None when such a row would be rejected (a null or too long key)."""
         return self._row_key(key_values)
 
+    @contextmanager
+    def digest_reads(self) -> Iterator[None]:
+        """Hold one connection for :meth:`stored_digests` during the block (a re-sync's batches).
+
+        On PostgreSQL and MariaDB it is in autocommit, so each look-up is one round trip: no pool
+        check-out with its ping, no BEGIN, no ROLLBACK on return, and no transaction left open
+        between batches. On a busy 2-core machine each round trip waits for the server's turn on
+        a core, so the three saved per batch showed as 8 % of a PostgreSQL snapshot re-sync. An
+        SQLite connection is in-process and has no ping: SQLite keeps one connection per look-up.
+        The connection goes back to the pool when the block ends, also on an error."""
+        if self._held is not None or self._reads.dialect.name == "sqlite":
+            yield
+            return
+        try:
+            conn = self._reads.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failed("connecting to read " + self._tables.row_state.name, exc) from exc
+        self._held = conn
+        try:
+            yield
+        finally:
+            self._held = None
+            conn.close()
+
     def stored_digests(self, keys: Sequence[str]) -> dict[str, str]:
         """Row key → stored record digest, for those of ``keys`` that have one (one query per chunk).
 
@@ -189,7 +215,8 @@ class BatchWriter:
         (the daemon's dataset lock) and the digest is stored in the same transaction as the row."""
         stored: dict[str, str] = {}
         try:
-            with self._reads.connect() as conn:
+            held = self._held
+            with self._reads.connect() if held is None else nullcontext(held) as conn:
                 for key, digest in self._digest_of.fetch(conn, self._dataset, keys):
                     if digest is not None:
                         stored[key] = digest
