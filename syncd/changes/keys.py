@@ -22,6 +22,18 @@ def row_key_function(key_specs: Sequence[ColumnConfig]) -> Callable[[Row], str |
     database holds them, then :func:`~syncd.changes.hashing.key_text`; None when the writer would
     reject such a row (a null key value, or a key longer than :data:`ROW_KEY_LENGTH`)."""
     norms = tuple(normaliser_for(spec) for spec in key_specs)
+    if len(norms) == 1:  # the common key, one column: called for every record of a re-sync
+        norm = norms[0]
+
+        def row_key_of_one(values: Row) -> str | None:
+            (value,) = values
+            v = norm(value)
+            if v is None:
+                return None
+            key = v if v.__class__ is str else key_text((v,))
+            return key if len(key) <= ROW_KEY_LENGTH else None
+
+        return row_key_of_one
 
     def row_key(values: Row) -> str | None:
         kv = tuple(norm(v) for norm, v in zip(norms, values, strict=True))
