@@ -224,7 +224,9 @@ def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | 
     or None when the record cannot be encoded (not an object, an integer beyond 64 bits, a lone
     surrogate): such a record is simply mapped every time."""
     names = tuple(sorted(fields))
-    dumps, digest = orjson.dumps, blake2b
+    dumps = orjson.dumps
+    # the key's block is compressed once here; each digest copies that state (0.56 against 0.75 µs)
+    keyed = blake2b(digest_size=16, key=key)
     # itemgetter picks the values in C; a record missing a field takes the .get() path. Both give
     # the same JSON array (orjson writes a tuple and a list alike), so the digest does not depend on it.
     pick = operator.itemgetter(*names) if len(names) > 1 else None
@@ -241,7 +243,9 @@ def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | 
             payload = dumps(values, default=_tagged_value, option=_DIGEST_OPTIONS)
         except (TypeError, orjson.JSONEncodeError):
             return None
-        return digest(payload, digest_size=16, key=key).hexdigest()
+        h = keyed.copy()
+        h.update(payload)
+        return h.hexdigest()
 
     return record_digest
 
