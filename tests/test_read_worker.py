@@ -29,7 +29,7 @@ from syncd.gateway import Gateway
 from syncd.logs import configure_logging
 from syncd.runner import Backfill, RunResult, run_dataset
 from syncd.sources.base import Window
-from syncd.sources.worker import ReadWorker, ReadWorkerError, _rebuild
+from syncd.sources.worker import PIPE_BYTES, ReadWorker, ReadWorkerError, _rebuild
 from syncd.targets import StateStore, create_target_engine
 from tests.e2e import SECRET, SECRET_ENV, demo_gateway, write_config
 
@@ -226,6 +226,20 @@ def test_a_worker_that_dies_is_reported_by_signal(tmp_path: Path, monkeypatch: p
         finally:
             worker.close()
     assert _gone(worker.pid)
+
+
+def test_the_pages_pipe_holds_several_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux's default pipe (64 KiB) is smaller than one pickled page of 1,000 rows: the worker
+    would wait for the run to unpickle each page before mapping the next. It asks for 1 MiB."""
+    with demo_gateway(monkeypatch, records=300, seed=3) as gw:
+        cfg = _worker_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", gw.url, "always")
+        app = load_config(cfg)
+        worker = ReadWorker(app, app.datasets["residents"], Window(None, None))
+        try:
+            assert worker.pipe_bytes == PIPE_BYTES
+            assert sum(page.fetched for page in worker.pages()) == 300
+        finally:
+            worker.close()
 
 
 def test_worker_dies_with_a_killed_syncd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,11 @@ child process on the other core; the run's own process only classifies and write
   the run's process, so every invariant of DESIGN §4 holds as without the worker. The stored
   record digests are compared in the run's process when the batch is written, never in the
   child, so a digest stored while a page is in flight cannot be missed.
-- Back-pressure: the child blocks on the pipe when the run's process has not taken the last page,
-  so at most about two pages are in flight (memory stays flat).
+- Back-pressure: the child blocks on the pipe when it is full. The pipe's kernel buffer is raised
+  to :data:`PIPE_BYTES` (Linux's default of 64 KiB is less than one pickled page of 1,000 rows,
+  so the child could not map page k+1 until the run had unpickled page k, and each side waited
+  for the other once per page): a few pages of slack, held by the kernel, never by either
+  process, so memory stays flat.
 - Logging: the child renders nothing itself; each event is sent to the parent and logged there,
   with the run's ``dataset``/``run_id`` fields, through the parent's handlers and redaction.
 - Ending: the child is killed with the parent (``PR_SET_PDEATHSIG``; a kill -9 of syncd leaves no
@@ -31,6 +34,7 @@ child process on the other core; the run's own process only classifies and write
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -54,6 +58,10 @@ __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _STOP_WAIT_S = 5.0  # how long a finished child may take to exit
+PIPE_BYTES = 1 << 20
+"""Kernel buffer asked for the pages pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is also the default
+``/proc/sys/fs/pipe-max-size`` an unprivileged process may ask for). Where it is refused the pipe
+keeps the system's size: slower, never wrong."""
 
 
 class ReadWorkerError(SyncdError):
@@ -113,6 +121,7 @@ class ReadWorker:
             raise ReadWorkerError(f"could not start the read worker ({sys.executable}): {exc}") from exc
         self.pid = self._proc.pid
         self._finished = False
+        self.pipe_bytes = _widen_pipe(self._proc.stdout)
         init = {
             "app": app,
             "dataset": dataset,
@@ -127,7 +136,7 @@ class ReadWorker:
             target=self._send_init, args=(payload,), name="syncd-worker-init", daemon=True
         )
         self._init_thread.start()
-        self._log.debug("worker.started", pid=self.pid)
+        self._log.debug("worker.started", pid=self.pid, pipe_bytes=self.pipe_bytes)
 
     def _send_init(self, payload: bytes) -> None:
         stdin = self._proc.stdin
@@ -206,6 +215,22 @@ class ReadWorker:
                 with contextlib.suppress(OSError):
                     stream.close()
         self._init_thread.join(timeout=_STOP_WAIT_S)
+
+
+def _widen_pipe(pipe: IO[bytes] | None) -> int:
+    """Ask for :data:`PIPE_BYTES` of kernel buffer on ``pipe``; returns the size it has."""
+    if pipe is None:  # pragma: no cover - Popen was given stdout=PIPE
+        return 0
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if set_size is None or get_size is None:  # pragma: no cover - not Linux
+        return 0
+    with contextlib.suppress(OSError):  # refused (a lower pipe-max-size): keep the system's size
+        fcntl.fcntl(pipe.fileno(), set_size, PIPE_BYTES)
+    try:
+        return int(fcntl.fcntl(pipe.fileno(), get_size))
+    except OSError:  # pragma: no cover - the pipe was just created
+        return 0
 
 
 def child_environment(package_root: Path, environ: Mapping[str, str]) -> dict[str, str]:
