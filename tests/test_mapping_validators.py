@@ -11,7 +11,7 @@ import pytest
 from syncd.config.model import DatasetConfig
 from syncd.errors import RecordError
 from syncd.mapping import compile_mapping
-from syncd.mapping.validators import looks_excel_damaged
+from syncd.mapping.validators import looks_excel_damaged, plausible_birth
 
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
@@ -117,6 +117,18 @@ def test_id_number_birth_date(column: Column) -> None:
     assert "not plausible" in reason(validate, future)
     ancient = id_number("330102", date(1899, 12, 31), 1)
     assert "not plausible" in reason(validate, ancient)
+
+
+def test_plausible_birth_is_exactly_the_real_dates_from_1900_to_today() -> None:
+    """Every 8-digit YYYYMMDD from 1890 to 2040 (month 00-13, day 00-32) against the calendar."""
+    today = date(2026, 11, 30)
+    real = set()
+    day = date(1900, 1, 1)
+    while day <= today:
+        real.add(day.strftime("%Y%m%d"))
+        day += timedelta(days=1)
+    texts = [f"{y:04d}{m:02d}{d:02d}" for y in range(1890, 2041) for m in range(14) for d in range(33)]
+    assert {t for t in texts if plausible_birth(t, "20261130")} == real
 
 
 def test_id_number_old_15_digit(column: Column) -> None:
