@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import random
 import re
 import signal
@@ -240,6 +241,30 @@ def test_the_pages_pipe_holds_several_pages(tmp_path: Path, monkeypatch: pytest.
             assert sum(page.fetched for page in worker.pages()) == 300
         finally:
             worker.close()
+
+
+def test_the_worker_imports_neither_sqlalchemy_nor_the_yaml_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the worker does before its first page (unpickle the config, compile the mapping,
+    build the http source) needs neither SQLAlchemy nor ruamel.yaml and the config loader."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    cfg = _worker_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", "http://127.0.0.1:9", "always")
+    app = load_config(cfg)
+    init = tmp_path / "init.pickle"
+    init.write_bytes(pickle.dumps((app, app.datasets["residents"])))
+    code = (
+        "import pickle, sys\n"
+        "import syncd.sources.worker\n"
+        "from syncd.mapping import compile_mapping\n"
+        "from syncd.sources import build_source\n"
+        f"app, ds = pickle.loads(open({str(init)!r}, 'rb').read())\n"
+        "compile_mapping(ds, app.code_tables)\n"
+        "build_source(app, ds).close()\n"
+        "print(sorted(m for m in ('sqlalchemy', 'ruamel', 'syncd.config.loader') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_worker_dies_with_a_killed_syncd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
