@@ -53,11 +53,21 @@ $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt -e .
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
-	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) $(if $(WRITE),--write-results)
+# the syncd side runs as deployed: syncd and its runtime dependencies, without dlt's
+BENCH_SYNCD_VENV  ?= .venv-bench-syncd
+BENCH_SYNCD_STAMP := $(BENCH_SYNCD_VENV)/.installed-stamp
+
+$(BENCH_SYNCD_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_SYNCD_VENV)
+	$(BENCH_SYNCD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_SYNCD_VENV)/bin/python -m pip install --quiet -e .
+	touch $(BENCH_SYNCD_STAMP)
+
+bench: $(BENCH_STAMP) $(BENCH_SYNCD_STAMP)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_SYNCD_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # the full reliability proof behind docs/reliability.md: kill -9 trials, upstream and database
 # faults, hostile input, security checks on all three databases (about 25 min on 2 cores), plus the

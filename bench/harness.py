@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                     cfg = s["inc"] if scenario in ("initial", "incremental") else s["snap"]
                     results.append(
                         _measure(
-                            [py, str(HERE / "run_syncd.py"), str(cfg), "residents"],
+                            [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"],
                             n,
                             db,
                             scenario,
@@ -284,6 +284,14 @@ def run(args: argparse.Namespace) -> list[Measurement]:
     return results
 
 
+def _interpreter_label(python: str) -> str:
+    """Which environment ran the syncd side, for the results' machine line."""
+    # absolute, not resolved: every venv's python is a link to the same base interpreter
+    if Path(python).absolute() == Path(sys.executable).absolute():
+        return "the harness's venv (with dlt)"
+    return f"{Path(python).parent.parent.name} (syncd's runtime dependencies only)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", "-n", type=int, default=100_000)
@@ -299,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=1000, help="defaults.batch_size of the syncd side")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per measurement")
+    p.add_argument(
+        "--syncd-python",
+        default=sys.executable,
+        help="the interpreter of the syncd side: `make bench` passes a venv holding syncd's runtime "
+        "dependencies only, as deployed, so that dlt's own (rich, pygments, ...) are not imported by "
+        "syncd's libraries and counted in its time and memory",
+    )
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--write-results", action="store_true", help="rewrite bench/RESULTS.md")
     args = p.parse_args(argv)
@@ -313,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(m) | {"rows_per_s": m.rows_per_s} for m in results]
-    payload: dict[str, Any] = {"machine": machine_info(), "results": rows}
+    machine = machine_info()
+    machine["syncd side"] = _interpreter_label(args.syncd_python)
+    payload: dict[str, Any] = {"machine": machine, "results": rows}
     (out / f"results-{args.records}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     print(markdown_table(payload["results"]))
     if args.write_results:
