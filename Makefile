@@ -46,6 +46,7 @@ N     ?= 100000
 DBS   ?= sqlite,postgresql,mariadb
 SIDES ?= syncd,dlt,ceiling
 LATENCY_MS ?= 0
+TIMEOUT ?= 900
 
 $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -64,7 +65,7 @@ $(BENCH_SYNCD_STAMP): pyproject.toml
 	touch $(BENCH_SYNCD_STAMP)
 
 bench: $(BENCH_STAMP) $(BENCH_SYNCD_STAMP)
-	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --timeout $(TIMEOUT) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_SYNCD_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
