@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from syncd.procmem import peak_rss_bytes
 
 __all__ = ["main"]
 
@@ -118,7 +119,7 @@ def main() -> int:  # noqa: PLR0915 - one linear recipe per database family
                 "status": "success",
                 "wall_s": spent,
                 "rows": written,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_bytes() / 2**20,
             }
         ),
         flush=True,

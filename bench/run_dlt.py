@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import requests
+
+from syncd.procmem import peak_rss_bytes
 
 __all__ = ["main"]
 
@@ -89,7 +90,7 @@ def main() -> int:
                 "status": "success",
                 "wall_s": wall,
                 "rows": counter[0],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_bytes() / 2**20,
             }
         ),
         flush=True,

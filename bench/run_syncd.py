@@ -2,9 +2,11 @@
 
 Loads the configuration, runs the dataset once with :func:`syncd.runner.run_dataset` (exactly
 what ``syncd sync DATASET`` does) and prints one JSON line: status, counts, wall seconds of the
-run and its peak RSS (``ru_maxrss`` at exit, so every scenario is measured alone): the process's
-own plus, when the run used the read worker (a first load), the worker's — the sum of the two
-peaks, an upper bound of what both held at once.
+run and its peak RSS (``VmHWM``, :func:`syncd.procmem.peak_rss_bytes`; every scenario is a fresh
+process, so each is measured alone): the process's own plus, when the run used the read worker
+(a first load), the worker's own as it reported it — the sum of the two peaks, an upper bound of
+what both held at once. Not ``ru_maxrss``: Linux carries the spawning process's high-water mark
+into it (the harness's 82 MB floored every figure; the worker's, the run's size when it started).
 ``--profile FILE`` writes a cProfile of the run.
 """
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
+
+from syncd.procmem import peak_rss_bytes
 
 __all__ = ["main"]
 
@@ -65,11 +68,7 @@ def main() -> int:
                 "deleted": c.deleted,
                 "unchanged": c.unchanged,
                 "quarantined": c.quarantined,
-                "peak_rss_mb": (
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                )
-                / 1024,
+                "peak_rss_mb": (peak_rss_bytes() + (result.worker_peak_rss_bytes or 0)) / 2**20,
             }
         ),
         flush=True,

@@ -72,6 +72,7 @@ class RunResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     freshness_lag_s: int | None = None  # seconds between the run's start and the watermark
+    worker_peak_rss_bytes: int | None = None  # the read worker's peak memory, when the run had one
 
     @property
     def ok(self) -> bool:
@@ -172,6 +173,7 @@ class _Run:
         self.backfill: Backfill | None = None
         self.on_progress: Callable[[Progress], None] | None = None
         self.started_mono = time.monotonic()
+        self.worker_peak_rss: int | None = None
 
     def took_page(self, reported_total: int | None) -> None:
         self.counts.pages += 1
@@ -440,6 +442,9 @@ class _Reading:
             self._count(source)
             _tell_finish(self.run, source, success)
             source.close()
+            if isinstance(source, ReadWorker) and source.peak_rss_bytes is not None:
+                self.run.worker_peak_rss = source.peak_rss_bytes
+                log.info("sync.read_worker_done", peak_rss_mb=round(source.peak_rss_bytes / 2**20, 1))
 
 
 def _process(
@@ -688,6 +693,7 @@ def _finish(
         watermark_after=after or before,
         error=error,
         warnings=run.warnings,
+        worker_peak_rss_bytes=run.worker_peak_rss,
     )
     lag = None
     if result.watermark_after:

@@ -142,7 +142,12 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # the first page once
     pid = _worker_pid(_events(log))
     assert _gone(pid)
-    assert _sync(inproc_cfg).ok
+    # the worker's own peak memory, as it reported it (VmHWM: not the run's size it started from)
+    assert first.worker_peak_rss_bytes is not None and 20 * 2**20 < first.worker_peak_rss_bytes < 1024 * 2**20
+    done = [e for e in _events(log) if e["event"] == "sync.read_worker_done"]
+    assert [e["peak_rss_mb"] for e in done] == [round(first.worker_peak_rss_bytes / 2**20, 1)]
+    reference_first = _sync(inproc_cfg)
+    assert reference_first.ok and reference_first.worker_peak_rss_bytes is None
     assert [e["event"] for e in _events(log)].count("sync.read_worker") == 1  # "never": in-process
     assert first.counts.quarantined > 0 and first.counts.inserted > 0
 

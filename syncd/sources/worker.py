@@ -52,6 +52,7 @@ from typing import IO, Any
 import structlog
 
 from syncd.errors import SyncdError
+from syncd.procmem import peak_rss_bytes
 from syncd.sources.base import ReadStats, Window
 
 __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
@@ -121,6 +122,7 @@ class ReadWorker:
             raise ReadWorkerError(f"could not start the read worker ({sys.executable}): {exc}") from exc
         self.pid = self._proc.pid
         self._finished = False
+        self.peak_rss_bytes: int | None = None  # the child's own, reported when it ends
         self.pipe_bytes = _widen_pipe(self._proc.stdout)
         init = {
             "app": app,
@@ -169,10 +171,12 @@ class ReadWorker:
                 _relog(message[1], message[2], message[3])
             elif kind == "end":
                 self._take_stats(message[1])
+                self.peak_rss_bytes = message[2]
                 self._finished = True
                 return
             elif kind == "error":
                 self._take_stats(message[1])
+                self.peak_rss_bytes = message[5]
                 self._finished = True
                 raise _rebuild(message[2], message[3], message[4])
             else:  # pragma: no cover - both ends are this module
@@ -427,10 +431,12 @@ def _child_main(argv: list[str]) -> int:
         except Exception:  # noqa: BLE001 - sent as its text instead
             pickled = None
         stats = _stats_dict(reading[-1] if reading else ReadStats())
-        channel.send(("error", stats, pickled, type(exc).__name__, str(exc)))
+        channel.send(("error", stats, pickled, type(exc).__name__, str(exc), peak_rss_bytes()))
         return 1
-    log.debug("worker.finished", seconds=round(time.monotonic() - started, 3))
-    channel.send(("end", _stats_dict(reading[-1])))
+    peak = peak_rss_bytes()
+    seconds = round(time.monotonic() - started, 3)
+    log.debug("worker.finished", seconds=seconds, peak_rss_mb=round(peak / 2**20, 1))
+    channel.send(("end", _stats_dict(reading[-1]), peak))
     return 0
 
 
