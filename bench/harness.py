@@ -335,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(payload["results"]))
     if args.write_results:
         write_results(HERE / "RESULTS.md", HERE / "out")
-    failed = [m for m in results if m.status != "success"]
+    return exit_status(results)
+
+
+def exit_status(results: list[Measurement]) -> int:
+    """1 when a syncd or ceiling measurement did not succeed; dlt's timeouts (its merge re-loads
+    on SQLite and MariaDB take far longer than syncd's) are results, shown in the table."""
+    failed = [m for m in results if m.status != "success" and not (m.side == "dlt" and m.status == "timeout")]
     return 1 if failed else 0
 
 
