@@ -193,7 +193,6 @@ def _id_number(cfg: ValidatorConfig, ctx: StepContext) -> Step:
     error = _fail(cfg.message)
     today = date.today()
     today_text = today.strftime("%Y%m%d")
-    first, month_days, isleap = _FIRST_BIRTH_TEXT, _MONTH_DAYS, calendar.isleap
     checks = _CHECK_DIGITS
 
     def id_number(v: Any) -> Any:
@@ -210,9 +209,7 @@ def _id_number(cfg: ValidatorConfig, ctx: StepContext) -> Step:
                 body.isdigit()
                 and body.isascii()
                 and checks[2 * int(body, 13) % 11] == text[17]
-                and (ymd := text[6:14])[4:] in month_days  # plausible_birth, inline
-                and first <= ymd <= today_text
-                and (ymd[4:] != "0229" or isleap(int(ymd[:4])))
+                and plausible_birth(text[6:14], today_text)
             ):
                 return text
             raise error(id_number_problem(text, today) or _ID_PREFIX + "unreadable")
