@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,16 @@ from syncd.gateway import Gateway
 from syncd.logs import configure_logging
 from syncd.runner import Backfill, RunResult, run_dataset
 from syncd.sources.base import Window
-from syncd.sources.worker import PIPE_BYTES, ReadWorker, ReadWorkerError, _rebuild
+from syncd.sources.worker import (
+    PIPE_BYTES,
+    MappedPage,
+    ReadWorker,
+    ReadWorkerError,
+    _Channel,
+    _decode_rows,
+    _encode_rows,
+    _rebuild,
+)
 from syncd.targets import StateStore, create_target_engine
 from tests.e2e import SECRET, SECRET_ENV, demo_gateway, write_config
 
@@ -308,6 +318,93 @@ def test_rebuild_keeps_syncd_errors_and_wraps_the_rest() -> None:
     assert isinstance(rebuilt, UpstreamError) and str(rebuilt) == "the gateway said no"
     other = _rebuild(None, "KeyError", "'x'")
     assert isinstance(other, ReadWorkerError) and "KeyError: 'x'" in str(other)
+
+
+def _through_the_pipe(page: MappedPage) -> MappedPage:
+    """What the parent reads when the child sends ``page`` (the channel's own pickling)."""
+    out = io.BytesIO()
+    _Channel(out).send(("page", page))
+    kind, received = pickle.loads(out.getvalue())  # noqa: S301 - the test's own bytes
+    assert kind == "page" and isinstance(received, MappedPage)
+    return received
+
+
+def test_a_page_arrives_with_equal_values_of_the_same_classes() -> None:
+    shanghai = timezone(timedelta(hours=8), "CST")
+    rows: list[tuple[Any, ...]] = [
+        (
+            "R1",
+            date(1990, 2, 28),
+            datetime(2024, 5, 1, 8, 30, 0, 123456),
+            Decimal("1234.50"),
+            7,
+            True,
+            None,
+            datetime(2024, 5, 1, 8, 30, tzinfo=shanghai),  # an aware value keeps its zone's name
+            b"\x00raw",
+            {"nested": [1, 2]},
+        ),
+        (
+            "R2",
+            date(5, 1, 1),
+            datetime(2024, 11, 3, 1, 30, fold=1),  # the fold is not in isoformat(): sent as is
+            Decimal("-0"),
+            None,
+            False,
+            None,
+            None,
+            None,
+            None,
+        ),
+        ("R3", None, None, Decimal("NaN"), 0, None, None, None, None, None),
+        ("R4", None, None, Decimal("1E+3"), -1, None, None, None, None, None),
+    ]
+    page = MappedPage(
+        number=3,
+        reported_total=10,
+        fetched=4,
+        max_seen=datetime(2024, 5, 1),
+        rows=rows,
+        digests=["d1", None, "d3", "d4"],
+        hashes=["h1", "h2", "h3", "h4"],
+        keys=["R1", "R2", "R3", "R4"],
+        deletes=[("R9",)],
+        rejected=[({"id": "R8"}, "bad", "R8")],
+    )
+    got = _through_the_pipe(page)
+    assert (got.number, got.reported_total, got.fetched, got.max_seen) == (3, 10, 4, datetime(2024, 5, 1))
+    assert (got.digests, got.hashes, got.keys) == (page.digests, page.hashes, page.keys)
+    assert (got.deletes, got.rejected) == (page.deletes, page.rejected)
+    assert len(got.rows) == len(rows)
+    for sent, arrived in zip(rows, got.rows, strict=True):
+        assert isinstance(arrived, tuple)
+        for a, b in zip(sent, arrived, strict=True):
+            assert type(a) is type(b)
+            if isinstance(a, Decimal):
+                assert str(a) == str(b)  # NaN != NaN; the text is exact (scale, sign, exponent)
+            else:
+                assert a == b
+            if isinstance(a, datetime):
+                assert (a.tzinfo, a.fold) == (b.tzinfo, b.fold)
+    assert got.rows[0][7].tzinfo.tzname(None) == "CST"
+    assert got.rows[1][2].fold == 1
+
+
+def test_dates_and_decimals_travel_as_text() -> None:
+    """The point of the codec: no date, datetime or Decimal object is pickled one by one."""
+    rows = [
+        (f"R{i}", date(2000, 1, 1 + i % 28), datetime(2024, 1, 1, i % 24), Decimal(f"{i}.10"))
+        for i in range(50)
+    ]
+    tags, columns = _encode_rows(rows)
+    assert tags == ("", "date", "datetime", "decimal")
+    assert all(isinstance(v, str) for column in columns[1:] for v in column)
+    assert _decode_rows((tags, columns)) == rows
+    # a column mixing classes (a datetime is a date) is sent as it is
+    mixed = [(date(2000, 1, 1),), (datetime(2000, 1, 1, 5),)]
+    assert _encode_rows(mixed)[0] == ("",)
+    assert _decode_rows(_encode_rows(mixed)) == mixed
+    assert _decode_rows(_encode_rows([])) == []
 
 
 def test_auto_reads_a_small_first_load_in_process(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import pickle
@@ -43,9 +44,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,6 +87,89 @@ class MappedPage:
     keys: list[str | None] = field(default_factory=list)
     deletes: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the rows travel column by column, dates and Decimals as their text (_encode_rows)
+        return (
+            _page_from_wire,
+            (
+                self.number,
+                self.reported_total,
+                self.fetched,
+                self.max_seen,
+                _encode_rows(self.rows),
+                self.digests,
+                self.hashes,
+                self.keys,
+                self.deletes,
+                self.rejected,
+            ),
+        )
+
+
+def _page_from_wire(
+    number: int,
+    reported_total: int | None,
+    fetched: int,
+    max_seen: datetime | None,
+    rows: tuple[tuple[str, ...], list[list[Any]]],
+    *rest: Any,
+) -> MappedPage:
+    return MappedPage(number, reported_total, fetched, max_seen, _decode_rows(rows), *rest)
+
+
+# --------------------------------------------------------------------------- rows on the wire
+#
+# Pickling a row's date, datetime and Decimal values costs more than mapping them: each goes
+# through its class's __reduce__ (about 0.5 µs a value; 4.9 µs for the whole 18-column benchmark
+# row, 1.4 µs as below). A page's rows are sent instead as columns; a column whose values (None
+# aside) are all of exactly one of the classes below is sent as their text, which the parent
+# turns back into equal values of the same class. Any other column is pickled as it is.
+
+
+def _naive(value: datetime) -> bool:
+    # isoformat() keeps an offset but not a zone's name, and never the fold
+    return value.tzinfo is None and not value.fold
+
+
+_Codec = tuple[str, Callable[[Any], str], Callable[[str], Any], Callable[[Any], bool] | None]
+_TEXT_CODECS: dict[type, _Codec] = {
+    date: ("date", date.isoformat, date.fromisoformat, None),
+    datetime: ("datetime", datetime.isoformat, datetime.fromisoformat, _naive),
+    Decimal: ("decimal", str, Decimal, None),  # str() and Decimal() round-trip exactly, NaN and -0 too
+}
+_DECODERS: dict[str, Callable[[str], Any]] = {tag: dec for tag, _enc, dec, _ok in _TEXT_CODECS.values()}
+
+
+def _encode_rows(rows: list[tuple[Any, ...]]) -> tuple[tuple[str, ...], list[list[Any]]]:
+    """``rows`` as (one tag per column, the columns); tag ``""`` is a column sent as it is."""
+    if not rows:
+        return (), []
+    columns: list[Any] = list(zip(*rows, strict=True))
+    tags: list[str] = []
+    for i, column in enumerate(columns):
+        classes = set(map(type, column))
+        classes.discard(type(None))
+        codec = _TEXT_CODECS.get(classes.pop()) if len(classes) == 1 else None
+        check = None if codec is None else codec[3]
+        if codec is None or (check is not None and not all(check(v) for v in column if v is not None)):
+            tags.append("")
+        else:
+            tag, encode = codec[0], codec[1]
+            columns[i] = [None if v is None else encode(v) for v in column]
+            tags.append(tag)
+    return tuple(tags), columns
+
+
+def _decode_rows(wire: tuple[tuple[str, ...], list[list[Any]]]) -> list[tuple[Any, ...]]:
+    tags, columns = wire
+    if not tags:
+        return []
+    for i, tag in enumerate(tags):
+        if tag:
+            decode = _DECODERS[tag]
+            columns[i] = [None if v is None else decode(v) for v in columns[i]]
+    return list(zip(*columns, strict=True))
 
 
 _STATS_FIELDS = ("requests", "retries", "pages", "records", "bytes", "reported_total", "complete", "warnings")
@@ -285,7 +370,16 @@ class _Channel:
         self._lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=_PICKLE)
+        if message[0] == "page":
+            # without the memo (a third faster): a page holds no object twice that matters, and
+            # nothing refers to itself (fast mode would raise, never loop, if something did)
+            buffer = io.BytesIO()
+            pickler = pickle.Pickler(buffer, protocol=_PICKLE)
+            pickler.fast = True
+            pickler.dump(message)
+            data = buffer.getvalue()
+        else:
+            data = pickle.dumps(message, protocol=_PICKLE)
         with self._lock:
             self._out.write(data)
             self._out.flush()
