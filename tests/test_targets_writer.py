@@ -6,7 +6,7 @@ other ``test_targets_*`` modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +27,7 @@ from syncd.targets import (
     describe_url,
     shape_from_dataset,
 )
-from syncd.targets.dialects import StateLookup
+from syncd.targets.dialects import BulkWriter, StateLookup
 
 RUN1, RUN2, RUN3 = "1" * 32, "2" * 32, "3" * 32
 
@@ -104,7 +104,10 @@ def store(engine: sa.Engine) -> StateStore:
 
 
 class StatementLog:
-    """Every statement an engine sends, via SQLAlchemy's before_cursor_execute event."""
+    """Every statement an engine sends through SQLAlchemy (its before_cursor_execute event), and
+    MariaDB's multi-row INSERTs of literals, which syncd sends past SQLAlchemy, once per call by
+    their text with placeholders, as SQLAlchemy saw the executemany they replace. PostgreSQL's
+    COPY is not in it."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
@@ -119,10 +122,18 @@ class StatementLog:
 @contextmanager
 def statement_log(engine: sa.Engine) -> Iterator[StatementLog]:
     log = StatementLog()
+    literals = BulkWriter._insert_literals
+
+    def logged_literals(writer: BulkWriter, conn: sa.Connection, values: Sequence[tuple[Any, ...]]) -> None:
+        log(conn, None, writer._sql)
+        literals(writer, conn, values)
+
     sa.event.listen(engine, "before_cursor_execute", log)
+    BulkWriter._insert_literals = logged_literals  # type: ignore[method-assign,assignment]
     try:
         yield log
     finally:
+        BulkWriter._insert_literals = literals  # type: ignore[method-assign]
         sa.event.remove(engine, "before_cursor_execute", log)
 
 
