@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -243,3 +244,38 @@ def test_a_failed_statement_names_no_value(engine: sa.Engine) -> None:
         writer.write(conn, rows)
     assert "INSERT INTO" in str(caught.value)
     assert secret not in str(caught.value).replace("Duplicate entry '1'", "")
+
+
+def test_a_connection_in_another_charset_keeps_pymysqls_own_escaping(mariadb_url: str) -> None:
+    """GBK has multi-byte characters whose second byte is 0x5c (a backslash): there only
+    PyMySQL's executemany, which encodes in the connection's charset, may write the rows."""
+    url = sa.make_url(mariadb_url).update_query_dict({"charset": "gbk"})
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE g (k INT PRIMARY KEY, s VARCHAR(64)) CHARACTER SET gbk")
+        table = sa.Table("g", sa.MetaData(), autoload_with=engine)
+        # 運 and 誠 end with the byte 0x5c in GBK: escaped as UTF-8 text, their backslash byte would
+        # be doubled or would swallow the closing quote
+        texts = ["運", "誠'", "運' OR '1'='1", "'\\'", "中文"]
+        with engine.begin() as conn, statement_sql(conn) as sent:
+            BulkWriter(engine, table, ("k", "s")).write(conn, list(enumerate(texts)))
+        assert sent == ["INSERT INTO g (k, s) VALUES (%s, %s)"]  # through SQLAlchemy and PyMySQL
+        with engine.connect() as conn:
+            assert [r[0] for r in conn.execute(sa.text("SELECT s FROM g ORDER BY k"))] == texts
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def statement_sql(conn: sa.Connection) -> Iterator[list[str]]:
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(conn, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(conn, "before_cursor_execute", record)

@@ -308,10 +308,17 @@ class BulkWriter:
         ``executemany`` builds them (at most :data:`MYSQL_STATEMENT_BYTES` each) but without its
         per-value dispatch (:func:`mysql_literal_function`): 40 % of a first load's CPU was
         PyMySQL escaping the rows. A failed statement is reported with the statement's text
-        with placeholders, never with the values."""
+        with placeholders, never with the values.
+
+        Only on a UTF-8 connection (syncd's own engines force ``charset=utf8mb4``): the escaping
+        relies on no multi-byte character holding the byte of a backslash, which GBK or Big5 do;
+        on any other connection charset PyMySQL's ``executemany`` writes the rows as before."""
         driver = self._driver
+        raw = driver.dbapi(conn)
+        if getattr(raw, "encoding", None) not in _UTF8_CODECS:
+            conn.exec_driver_sql(self._sql, values if isinstance(values, list) else list(values))
+            return
         try:
-            raw = driver.dbapi(conn)
             literal = mysql_literal_function(raw)
             head, tail = self._mysql_head, self._mysql_tail
             room = MYSQL_STATEMENT_BYTES - len(head) - len(tail)
@@ -348,6 +355,7 @@ MYSQL_STATEMENT_BYTES = 1_024_000
 """Largest multi-row INSERT sent to MariaDB/MySQL: PyMySQL's own ``executemany`` limit, well under
 the server's ``max_allowed_packet`` (16 MiB by default since MariaDB 10.2; 1 MiB on the oldest)."""
 
+_UTF8_CODECS = ("utf8", "utf-8", "utf8mb4")  # PyMySQL's Python codec name of the connection charset
 _NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES, as the server reports its sql_mode
 
 
