@@ -306,9 +306,9 @@ class BulkWriter:
     def _insert_literals(self, conn: sa.Connection, values: Sequence[tuple[Any, ...]]) -> None:
         """MariaDB/MySQL: multi-row INSERTs with the values written as SQL literals, as PyMySQL's
         ``executemany`` builds them (at most :data:`MYSQL_STATEMENT_BYTES` each) but without its
-        per-value dispatch (:func:`mysql_literal_function`): 40 % of a first load's CPU was
-        PyMySQL escaping the rows. A failed statement is reported with the statement's text
-        with placeholders, never with the values.
+        per-value dispatch (:func:`mysql_literal_function`): PyMySQL escaping the rows was 40 % of
+        the run process's CPU in a first load. A failed statement is reported with the statement's
+        text with placeholders, never with the values.
 
         Only on a UTF-8 connection (syncd's own engines force ``charset=utf8mb4``): the escaping
         relies on no multi-byte character holding the byte of a backslash, which GBK or Big5 do;
