@@ -155,13 +155,15 @@ def _encode_rows(rows: list[tuple[Any, ...]]) -> tuple[tuple[str, ...], list[lis
         classes = set(map(type, column))
         classes.discard(type(None))
         codec = _TEXT_CODECS.get(classes.pop()) if len(classes) == 1 else None
-        check = None if codec is None else codec[3]
-        if codec is None or (check is not None and not all(check(v) for v in column if v is not None)):
+        if codec is None:
             tags.append("")
-        else:
-            tag, encode = codec[0], codec[1]
-            columns[i] = [None if v is None else encode(v) for v in column]
-            tags.append(tag)
+            continue
+        tag, encode, _decode, check = codec
+        if check is not None and not all(check(v) for v in column if v is not None):
+            tags.append("")
+            continue
+        columns[i] = [None if v is None else encode(v) for v in column]
+        tags.append(tag)
     return tuple(tags), columns
 
 

@@ -248,8 +248,9 @@ class BulkWriter:
                 sets = [f"{q.quote(c)} = VALUES({q.quote(c)})" for c in update] or [
                     f"{q.quote(key[0])} = {q.quote(key[0])}"
                 ]
-                self._mysql_tail = (" ON DUPLICATE KEY UPDATE " + ", ".join(sets)).encode("utf-8")
-                self._sql += self._mysql_tail.decode("utf-8")
+                tail = " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
+                self._sql += tail
+                self._mysql_tail = tail.encode()
             if self._family == "mysql":
                 self._mysql_head = f"INSERT INTO {name} ({names}) VALUES ".encode()  # noqa: S608
 
@@ -280,8 +281,7 @@ class BulkWriter:
             self._insert_literals(conn, values)
             return
         if self._family != "postgresql":
-            # a list of tuples is an executemany (SQLAlchemy reads a tuple as one row's parameters)
-            conn.exec_driver_sql(self._sql, values if isinstance(values, list) else list(values))
+            self._executemany(conn, values)
             return
         if not self._sql:  # a plain insert
             self._copy(conn, self._copy_direct, values)
@@ -303,6 +303,12 @@ class BulkWriter:
         conn.exec_driver_sql(self._sql)  # through SQLAlchemy, so its events and echo see the statements
         conn.exec_driver_sql(self._truncate_stage)
 
+    def _executemany(self, conn: sa.Connection, values: Sequence[tuple[Any, ...]]) -> None:
+        """The statement through SQLAlchemy and the driver's ``executemany`` (SQLite; MariaDB on a
+        connection that is not UTF-8)."""
+        # a list of tuples is an executemany (SQLAlchemy reads a tuple as one row's parameters)
+        conn.exec_driver_sql(self._sql, values if isinstance(values, list) else list(values))
+
     def _insert_literals(self, conn: sa.Connection, values: Sequence[tuple[Any, ...]]) -> None:
         """MariaDB/MySQL: multi-row INSERTs with the values written as SQL literals, as PyMySQL's
         ``executemany`` builds them (at most :data:`MYSQL_STATEMENT_BYTES` each) but without its
@@ -316,7 +322,7 @@ class BulkWriter:
         driver = self._driver
         raw = driver.dbapi(conn)
         if getattr(raw, "encoding", None) not in _UTF8_CODECS:
-            conn.exec_driver_sql(self._sql, values if isinstance(values, list) else list(values))
+            self._executemany(conn, values)
             return
         try:
             literal = mysql_literal_function(raw)
