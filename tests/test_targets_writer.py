@@ -27,7 +27,7 @@ from syncd.targets import (
     describe_url,
     shape_from_dataset,
 )
-from syncd.targets.dialects import BulkWriter, StateLookup
+from syncd.targets.dialects import BulkWriter, KeyLookup
 
 RUN1, RUN2, RUN3 = "1" * 32, "2" * 32, "3" * 32
 
@@ -608,12 +608,13 @@ def test_postgresql_copies_new_keys_without_a_merge(
     assert table_rows(engine, "resident")["R00009"]["name"] == "张𠮷9"
     assert [e["op"] for e in feed(store)] == ["insert"] * 5
 
-    # current rows and deletes are matched with one array parameter, not an IN list per key
+    # current rows and deletes are matched with one array parameter, not an IN list per key; the
+    # current rows are read past SQLAlchemy (KeyLookup)
     with statement_log(engine) as log:
         changed = writer.write(RUN3, [resident(i, name="新") for i in range(3)], deletes=[("R00009",)])
     assert changed == BatchCounts(updated=3, deleted=1)
-    reads = [s for s in log.statements if s.startswith("SELECT resident.id")]
-    assert reads and all("= ANY (%(param_1)s::VARCHAR(32)[])" in s for s in reads), reads
+    assert not [s for s in log.statements if s.startswith("SELECT")], log.statements
+    assert writer._rows_of._text(3).endswith(" WHERE id = ANY(%s)")
     (delete,) = [s for s in log.statements if s.startswith("DELETE FROM resident")]
     assert "ANY" in delete and " IN " not in delete
 
@@ -636,8 +637,45 @@ def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(
     assert tuples["resident"] >= 5_000 and tuples["syncd_row_state"] >= 5_000
 
 
+def test_key_lookup_reads_what_sqlalchemy_reads(store: StateStore, engine: sa.Engine) -> None:
+    """KeyLookup sends its SELECT to the driver, but its rows are SQLAlchemy's: every column type
+    through its result processor (SQLite's dates are text, its bools integers), single and
+    composite keys bound through the key columns' bind processors (a date key), keys in chunks."""
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(50)])
+    names = list(RESIDENT_COLUMNS)
+    typed = writer._table  # the writer's own definition: the types the mapping declared
+    keys = [f"R{i:05d}" for i in range(0, 60, 3)]  # 40 of them do not exist
+    lookup = KeyLookup(engine, typed, names, ("id",), 7)  # chunks of 7 keys
+    with engine.connect() as conn:
+        got = sorted(lookup.fetch(conn, keys))
+        select = sa.select(*(typed.c[c] for c in names)).where(typed.c.id.in_(keys))
+        want = sorted(tuple(r) for r in conn.execute(select))
+    assert got == want and len(got) == 17
+    assert [type(v) for v in got[0]] == [type(v) for v in want[0]]
+    assert isinstance(got[0][2], date) and isinstance(got[0][3], Decimal) and got[0][5] is True
+
+    columns = {
+        "station": {"source": "s", "length": 8},
+        "day": {"source": "d", "type": "date"},
+        "v": {"source": "v", "type": "int"},
+    }
+    ds2 = make_dataset(name="readings", table="readings", key=("station", "day"), columns=columns)
+    w2 = store.writer(ds2, shape_from_dataset(ds2))
+    day = date(2026, 11, 2)
+    w2.write(RUN1, [(f"S{i}", day + timedelta(days=i % 3), i) for i in range(30)])
+    # S20-S38 do not exist; S1 is on day + 1
+    pairs = [(f"S{i}", day + timedelta(days=i % 3)) for i in range(0, 40, 2)] + [("S1", day)]
+    composite = KeyLookup(engine, w2._table, ("station", "day", "v"), ("station", "day"), 5)
+    with engine.connect() as conn:
+        rows = sorted(composite.fetch(conn, pairs), key=lambda r: r[2])
+    assert rows == [(f"S{i}", day + timedelta(days=i % 3), i) for i in range(0, 30, 2)]
+
+
 def _plan_of_lookup(engine: sa.Engine, store: StateStore, keys: list[str]) -> str:
-    lookup = StateLookup(engine, store.tables.row_state, ("row_key", "record_digest"), 30_000)
+    rs = store.tables.row_state
+    lookup = KeyLookup(engine, rs, ("row_key", "record_digest"), ("row_key",), 30_000, scope="dataset")
     with engine.connect() as conn:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("EXPLAIN " + lookup._text(0), ("d", keys))

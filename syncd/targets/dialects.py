@@ -27,8 +27,8 @@ __all__ = [
     "MYSQL_STATEMENT_BYTES",
     "BulkWriter",
     "GrowthAnalyzer",
+    "KeyLookup",
     "SetBuilder",
-    "StateLookup",
     "chunked",
     "mysql_literal_function",
     "param_budget",
@@ -82,67 +82,128 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-class StateLookup:
-    """Columns of ``row_state`` for many row keys of one dataset, in as few statements as possible.
+def _unchanged(value: Any) -> Any:
+    return value
 
-    The batch writer reads the stored hashes of every key of every batch, so this is hot. An
-    expanding ``IN`` built by SQLAlchemy costs more than the database's own work here: on
-    PostgreSQL one ``row_key = ANY(%s)`` with the keys as one array parameter (a single statement
-    text, prepared once by the server), elsewhere ``IN (?, …)`` with the placeholder text built
-    once per chunk length. Rows come back as plain tuples, ``columns`` in order.
+
+class KeyLookup:
+    """Rows of one table for many keys, in as few statements as possible, read with the DB-API.
+
+    The batch writer reads the stored hashes of every key of every batch (``row_state``) and the
+    current rows of every update candidate (the target table), so this is hot. SQLAlchemy's
+    expanding ``IN``, statement compilation and result layer cost more than the database's own
+    work here (6.2 vs 1.3 ms for a thousand ``row_state`` keys on SQLite), so the statement goes
+    to the driver directly:
+
+    - PostgreSQL, one key column: ``key = ANY(%s)`` with the keys as one array parameter (a single
+      statement text, prepared once by the server);
+    - otherwise ``key IN (?, …)``, or ``(k1, k2) IN ((?, ?), …)`` for a composite key, with the
+      placeholder text built once per chunk length.
+
+    ``scope`` names a leading equality column (``row_state.dataset``). Key values go through the
+    key columns' bind processors and the read values through the columns' result processors (as
+    SQLAlchemy would: a date from SQLite's text, a bool from its integer), so the rows are what a
+    SQLAlchemy ``select`` would return, as plain tuples in ``columns`` order. A driver error is
+    raised as SQLAlchemy's DBAPIError, without the parameters (keys can be ID numbers).
     """
 
-    def __init__(self, bind: sa.Engine, table: sa.Table, columns: Sequence[str], budget: int) -> None:
-        q = bind.dialect.identifier_preparer
+    def __init__(
+        self,
+        bind: sa.Engine,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
+        budget: int,
+        *,
+        scope: str | None = None,
+    ) -> None:
+        dialect = bind.dialect
+        q = dialect.identifier_preparer
         self._family = dialect_family(bind)
+        self._dialect = dialect
+        self._types = [table.c[c].type for c in columns]
+        self._nkeys = len(key)
+        key_procs = [_bind_processor(table.c[k].type, dialect) for k in key]
+        self._key_procs: list[Callable[[Any], Any]] | None = None
+        if any(p is not None for p in key_procs):
+            self._key_procs = [_unchanged if p is None else p for p in key_procs]
         cols = ", ".join(q.quote(c) for c in columns)
-        dataset, row_key = q.quote("dataset"), q.quote("row_key")
-        self._head = f"SELECT {cols} FROM {q.format_table(table)} WHERE {dataset} = "  # noqa: S608
-        self._row_key = row_key
+        where = f"{q.quote(scope)} = {{mark}} AND " if scope is not None else ""
+        self._scoped = scope is not None
         self._mark = "?" if self._family == "sqlite" else "%s"
-        self._chunk = 10_000 if self._family == "postgresql" else max(1, budget - 1)
+        self._head = f"SELECT {cols} FROM {q.format_table(table)} WHERE " + where.format(mark=self._mark)  # noqa: S608
+        names = [q.quote(k) for k in key]
+        self._key_sql = names[0] if len(names) == 1 else f"({', '.join(names)})"
+        self._array = self._family == "postgresql" and len(key) == 1
+        usable = budget - (1 if self._scoped else 0)
+        self._chunk = 10_000 if self._array else max(1, usable // len(key))
         self._texts: dict[int, str] = {}
-        self._driver = DriverCalls(bind.dialect)
+        self._procs: dict[tuple[Any, ...], list[tuple[int, Callable[[Any], Any]]]] = {}
+        self._driver = DriverCalls(dialect)
 
     def _text(self, n: int) -> str:
         text = self._texts.get(n)
         if text is None:
-            if self._family == "postgresql":
-                text = f"{self._head}%s AND {self._row_key} = ANY(%s)"
+            if self._array:
+                text = f"{self._head}{self._key_sql} = ANY({self._mark})"
             else:
-                marks = ", ".join([self._mark] * n)
-                text = f"{self._head}{self._mark} AND {self._row_key} IN ({marks})"
+                one = self._mark if self._nkeys == 1 else f"({', '.join([self._mark] * self._nkeys)})"
+                text = f"{self._head}{self._key_sql} IN ({', '.join([one] * n)})"
             if len(self._texts) > 64:  # a run's chunk lengths: the full one and a few tails
                 self._texts.clear()
             self._texts[n] = text
         return text
 
-    def fetch(self, conn: sa.Connection, dataset: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-        """The rows of ``keys`` (any order), read with the DB-API cursor of ``conn``.
+    def _params(self, scope: Any, chunk: Sequence[Any]) -> tuple[Any, ...]:
+        lead = (scope,) if self._scoped else ()
+        procs = self._key_procs
+        if self._nkeys == 1:
+            values = list(chunk) if procs is None else [procs[0](v) for v in chunk]
+            return (*lead, values) if self._array else (*lead, *values)
+        flat: list[Any] = list(lead)
+        for item in chunk:
+            flat.extend(item if procs is None else (p(v) for p, v in zip(procs, item, strict=True)))
+        return tuple(flat)
 
-        SQLAlchemy's statement and result layers cost four times the database's own work for a
-        thousand-key look-up (6.2 vs 1.3 ms on SQLite), so the statement goes to the driver
-        directly; a driver error is raised as SQLAlchemy's DBAPIError, without the parameters
-        (row keys can be ID numbers)."""
+    def _result_procs(self, description: Sequence[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
+        """(position, processor) of the columns whose values SQLAlchemy would convert, for the
+        driver's column type codes (psycopg's numeric processor depends on them)."""
+        codes = tuple(d[1] for d in description)
+        procs = self._procs.get(codes)
+        if procs is None:
+            procs = []
+            for i, (type_, code) in enumerate(zip(self._types, codes, strict=True)):
+                proc = type_.dialect_impl(self._dialect).result_processor(self._dialect, code)
+                if proc is not None:
+                    procs.append((i, proc))
+            self._procs[codes] = procs
+        return procs
+
+    def fetch(self, conn: sa.Connection, keys: Sequence[Any], scope: Any = None) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``keys`` (any order): key values (a tuple of them for a composite key), in
+        the scope ``scope`` when the lookup has one."""
         driver = self._driver
         dbapi = driver.dbapi(conn)
         for chunk in chunked(keys, self._chunk):
-            if self._family == "postgresql":
-                params: tuple[Any, ...] = (dataset, list(chunk))
-                text = self._text(0)
-            else:
-                params = (dataset, *chunk)
-                text = self._text(len(chunk))
+            text = self._text(0 if self._array else len(chunk))
             try:
                 cursor = dbapi.cursor()
                 try:
-                    cursor.execute(text, params)
+                    cursor.execute(text, self._params(scope, chunk))
                     rows = cursor.fetchall()
+                    procs = self._result_procs(cursor.description) if rows else []
                 finally:
                     cursor.close()
             except driver.error as exc:
                 raise driver.wrapped(text, exc) from exc
-            yield from rows
+            if not procs:
+                yield from rows
+                continue
+            for row in rows:
+                values = list(row)
+                for i, proc in procs:
+                    values[i] = proc(values[i])
+                yield tuple(values)
 
 
 def upsert_statement(

@@ -47,7 +47,7 @@ from syncd.errors import TargetError
 from syncd.targets.dialects import (
     BulkWriter,
     GrowthAnalyzer,
-    StateLookup,
+    KeyLookup,
     chunked,
     param_budget,
     upsert_statement,
@@ -143,8 +143,10 @@ class BatchWriter:
         non_key = [c for c in self._out if c not in self._key_names]
         self._upsert_rows = BulkWriter(engine, table, self._out, self._key_names, non_key)
         rs = tables.row_state
-        self._state_of = StateLookup(engine, rs, ("row_key", "row_hash", "record_digest"), budget)
-        self._digest_of = StateLookup(engine, rs, ("row_key", "record_digest"), budget)
+        state_cols, state_key = ("row_key", "row_hash", "record_digest"), ("row_key",)
+        self._state_of = KeyLookup(engine, rs, state_cols, state_key, budget, scope="dataset")
+        self._digest_of = KeyLookup(engine, rs, state_cols[::2], state_key, budget, scope="dataset")
+        self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget)
         state_columns = ("dataset", "row_key", "row_hash", "record_digest")
         self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
         self._insert_changes = BulkWriter(engine, tables.changes, CHANGE_COLUMNS)
@@ -174,7 +176,6 @@ class BatchWriter:
         # instead of an IN list SQLAlchemy expands to a thousand parameters on every batch
         single_pg = engine.dialect.name == "postgresql" and len(key_cols) == 1
         self._key_array: Any = postgresql.ARRAY(key_cols[0].type) if single_pg else None
-        self._select_current = sa.select(*(table.c[c] for c in self._out))
 
     # ------------------------------------------------------------------ keys
 
@@ -222,7 +223,7 @@ class BatchWriter:
         try:
             held = self._held
             with self._reads.connect() if held is None else nullcontext(held) as conn:
-                for key, digest in self._digest_of.fetch(conn, self._dataset, keys):
+                for key, digest in self._digest_of.fetch(conn, keys, self._dataset):
                     if digest is not None:
                         stored[key] = digest
         except sa.exc.SQLAlchemyError as exc:
@@ -367,7 +368,7 @@ class BatchWriter:
         """(row key → stored row hash, row key → stored record digest) of ``keys``."""
         hashes: dict[str, str] = {}
         digests: dict[str, str | None] = {}
-        for row_key, row_hash_, digest in self._state_of.fetch(conn, self._dataset, keys):
+        for row_key, row_hash_, digest in self._state_of.fetch(conn, keys, self._dataset):
             hashes[row_key] = row_hash_
             digests[row_key] = digest
         return hashes, digests
@@ -375,11 +376,10 @@ class BatchWriter:
     def _current_rows(self, conn: sa.Connection, keys: list[Row]) -> dict[str, Row]:
         """The current target rows of ``keys``, normalised, by row key."""
         current: dict[str, Row] = {}
-        norms = self._out_norms
-        for chunk in chunked(keys, self._key_chunk):
-            for db_row in conn.execute(self._select_current.where(self._keys_match(chunk))).all():
-                values = tuple(norm(v) for norm, v in zip(norms, db_row, strict=True))
-                current[key_text(tuple(values[i] for i in self._key_idx))] = values
+        norms, key_idx = self._out_norms, self._key_idx
+        for db_row in self._rows_of.fetch(conn, [self._key_param(k) for k in keys]):
+            values = tuple(norm(v) for norm, v in zip(norms, db_row, strict=True))
+            current[key_text(tuple(values[i] for i in key_idx))] = values
         return current
 
     # ------------------------------------------------------------------ plan
