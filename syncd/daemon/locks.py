@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.pool import NullPool
 
 from syncd.errors import TargetError
+from syncd.targets.engine import mysql_tls_args
 
 __all__ = ["DatasetLocker", "lock_key"]
 
@@ -46,7 +47,10 @@ class DatasetLocker:
         families = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
         self.family = families.get(backend, "sqlite")
         if self.family in ("postgresql", "mysql"):
-            self._engine = sa.create_engine(parsed, poolclass=NullPool, hide_parameters=True)
+            tls = mysql_tls_args(parsed) if self.family == "mysql" else {}  # each lock is a new connection
+            self._engine = sa.create_engine(
+                parsed, poolclass=NullPool, hide_parameters=True, connect_args=tls
+            )
 
     @property
     def enabled(self) -> bool:

@@ -33,7 +33,7 @@ from sqlalchemy import event
 from syncd.config.model import AppConfig, DatasetConfig, SqlConnection, SqlSourceConfig
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
-from syncd.targets.engine import describe_url
+from syncd.targets.engine import describe_url, mysql_tls_args
 
 __all__ = ["SqlSource", "columns_read", "source_engine"]
 
@@ -85,7 +85,7 @@ def source_engine(url: str, *, connect_timeout: float = 10.0) -> sa.Engine:
         if "+" not in parsed.drivername:
             parsed = parsed.set(drivername=f"{backend}+pymysql")
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        connect_args = {"connect_timeout": timeout}
+        connect_args = {"connect_timeout": timeout, **mysql_tls_args(parsed)}
     engine = sa.create_engine(parsed, pool_size=1, pool_pre_ping=True, hide_parameters=True,
                               connect_args=connect_args)
     if backend in ("mysql", "mariadb", "sqlite"):
