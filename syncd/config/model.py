@@ -705,7 +705,11 @@ class DatabaseConfig(_Model):
     """The target database. syncd's own tables (row state, change log, watermarks, runs,
     quarantine) live in the same database, so each batch commits atomically (DESIGN §4.2)."""
 
-    url: SecretStr = Field(description="SQLAlchemy URL, e.g. sqlite:///var/lib/syncd/syncd.db")
+    url: SecretStr = Field(
+        description="SQLAlchemy URL, e.g. sqlite:///var/lib/syncd/syncd.db. MariaDB/MySQL on this "
+        "machine (localhost, 127.0.0.1, ::1, unix_socket) is reached without TLS unless the URL "
+        "sets ssl_ca (verified TLS)"
+    )
     table_prefix: Identifier = "syncd_"
     pool_size: int = Field(5, ge=1, le=100)
 
