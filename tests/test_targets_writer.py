@@ -673,6 +673,39 @@ def test_key_lookup_reads_what_sqlalchemy_reads(store: StateStore, engine: sa.En
     assert rows == [(f"S{i}", day + timedelta(days=i % 3), i) for i in range(0, 30, 2)]
 
 
+def test_packed_state_lookup_reads_text_exactly(store: StateStore, engine: sa.Engine) -> None:
+    """On SQLite the row_state look-ups come back as one JSON row (KeyLookup packed=True): every
+    text reads back exactly (quotes, backslashes, control characters, 𠮷 and emoji), NULL stays
+    None; an SQLite without JSON functions falls back to plain rows."""
+    rs = store.tables.row_state
+    keys = ['a"b', "c\\d", "e\nf\tg", "张𠮷", "🙂", "x" * 512, "'; DROP TABLE t; --", "\x01\x1f"]
+    rows = [
+        {"dataset": "d", "row_key": k, "row_hash": "h" * 32, "record_digest": None if i % 2 else k[:32]}
+        for i, k in enumerate(keys)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(rs), rows)
+    cols = ("row_key", "row_hash", "record_digest")
+    plain = KeyLookup(engine, rs, cols, ("row_key",), 3, scope="dataset")
+    packed = KeyLookup(engine, rs, cols, ("row_key",), 3, scope="dataset", packed=True)
+    asked = [*keys, "missing"]
+    with engine.connect() as conn:
+        want = sorted(plain.fetch(conn, asked, "d"))
+        assert len(want) == len(keys)
+        assert sorted(packed.fetch(conn, asked, "d")) == want
+        assert list(packed.fetch(conn, ["missing"], "d")) == []
+        if engine.dialect.name == "sqlite":
+            assert "json_group_array" in packed._text(3)
+            packed._head = packed._head.replace("json_group_array", "json_group_arrayx")
+            packed._texts.clear()
+            assert sorted(packed.fetch(conn, asked, "d")) == want  # the fallback
+            assert "json" not in packed._text(3)
+        else:
+            assert "json" not in packed._text(3)  # packing is SQLite's only
+    with pytest.raises(ValueError, match="text columns only"):
+        KeyLookup(engine, store.tables.runs, ("run_id", "fetched"), ("run_id",), 3, packed=True)
+
+
 def _plan_of_lookup(engine: sa.Engine, store: StateStore, keys: list[str]) -> str:
     rs = store.tables.row_state
     lookup = KeyLookup(engine, rs, ("row_key", "record_digest"), ("row_key",), 30_000, scope="dataset")

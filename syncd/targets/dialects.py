@@ -17,6 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -100,6 +101,13 @@ class KeyLookup:
     - otherwise ``key IN (?, …)``, or ``(k1, k2) IN ((?, ?), …)`` for a composite key, with the
       placeholder text built once per chunk length.
 
+    ``packed`` (text columns only) asks SQLite for one row, the matching rows as one JSON array
+    (``json_group_array``), decoded by orjson: the sqlite3 module releases the GIL for every row it
+    steps, and while the read-ahead thread decodes the next page each release can wait out the
+    thread's switch interval (5 ms). A re-sync's thousand-key ``row_state`` look-up took 7.3 ms
+    per batch so, against 1.1 ms alone; packed it takes 1.0 ms alone. Text round-trips JSON
+    exactly. Without SQLite's JSON functions (built in since 3.38) it reads rows as usual.
+
     ``scope`` names a leading equality column (``row_state.dataset``). Key values go through the
     key columns' bind processors and the read values through the columns' result processors (as
     SQLAlchemy would: a date from SQLite's text, a bool from its integer), so the rows are what a
@@ -116,6 +124,7 @@ class KeyLookup:
         budget: int,
         *,
         scope: str | None = None,
+        packed: bool = False,
     ) -> None:
         dialect = bind.dialect
         q = dialect.identifier_preparer
@@ -127,11 +136,17 @@ class KeyLookup:
         self._key_procs: list[Callable[[Any], Any]] | None = None
         if any(p is not None for p in key_procs):
             self._key_procs = [_unchanged if p is None else p for p in key_procs]
+        if packed and not all(isinstance(t, sa.String) for t in self._types):
+            raise ValueError("a packed look-up reads text columns only")
+        self._packed = packed and self._family == "sqlite"
         cols = ", ".join(q.quote(c) for c in columns)
-        where = f"{q.quote(scope)} = {{mark}} AND " if scope is not None else ""
         self._scoped = scope is not None
         self._mark = "?" if self._family == "sqlite" else "%s"
-        self._head = f"SELECT {cols} FROM {q.format_table(table)} WHERE " + where.format(mark=self._mark)  # noqa: S608
+        where = f"{q.quote(scope)} = {self._mark} AND " if scope is not None else ""
+        source = f" FROM {q.format_table(table)} WHERE {where}"
+        self._plain_head = f"SELECT {cols}{source}"
+        packed_head = f"SELECT json_group_array(json_array({cols})){source}"
+        self._head = packed_head if self._packed else self._plain_head
         names = [q.quote(k) for k in key]
         self._key_sql = names[0] if len(names) == 1 else f"({', '.join(names)})"
         self._array = self._family == "postgresql" and len(key) == 1
@@ -185,17 +200,28 @@ class KeyLookup:
         driver = self._driver
         dbapi = driver.dbapi(conn)
         for chunk in chunked(keys, self._chunk):
+            params = self._params(scope, chunk)
             text = self._text(0 if self._array else len(chunk))
             try:
                 cursor = dbapi.cursor()
                 try:
-                    cursor.execute(text, self._params(scope, chunk))
+                    try:
+                        cursor.execute(text, params)
+                    except driver.error as exc:
+                        if not (self._packed and "json_" in str(exc)):
+                            raise
+                        self._unpack()  # an SQLite built without its JSON functions (before 3.38)
+                        text = self._text(len(chunk))
+                        cursor.execute(text, params)
                     rows = cursor.fetchall()
-                    procs = self._result_procs(cursor.description) if rows else []
+                    procs = self._result_procs(cursor.description) if rows and not self._packed else []
                 finally:
                     cursor.close()
             except driver.error as exc:
                 raise driver.wrapped(text, exc) from exc
+            if self._packed:
+                yield from map(tuple, orjson.loads(rows[0][0]))
+                continue
             if not procs:
                 yield from rows
                 continue
@@ -204,6 +230,11 @@ class KeyLookup:
                 for i, proc in procs:
                     values[i] = proc(values[i])
                 yield tuple(values)
+
+    def _unpack(self) -> None:
+        self._packed = False
+        self._head = self._plain_head
+        self._texts.clear()
 
 
 def upsert_statement(

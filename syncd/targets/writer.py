@@ -143,9 +143,10 @@ class BatchWriter:
         non_key = [c for c in self._out if c not in self._key_names]
         self._upsert_rows = BulkWriter(engine, table, self._out, self._key_names, non_key)
         rs = tables.row_state
-        state_cols, state_key = ("row_key", "row_hash", "record_digest"), ("row_key",)
-        self._state_of = KeyLookup(engine, rs, state_cols, state_key, budget, scope="dataset")
-        self._digest_of = KeyLookup(engine, rs, state_cols[::2], state_key, budget, scope="dataset")
+        cols, key = ("row_key", "row_hash", "record_digest"), ("row_key",)
+        # all text columns: read as one JSON row on SQLite (KeyLookup)
+        self._state_of = KeyLookup(engine, rs, cols, key, budget, scope="dataset", packed=True)
+        self._digest_of = KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True)
         self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget)
         state_columns = ("dataset", "row_key", "row_hash", "record_digest")
         self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
