@@ -614,7 +614,7 @@ def test_postgresql_copies_new_keys_without_a_merge(
         changed = writer.write(RUN3, [resident(i, name="新") for i in range(3)], deletes=[("R00009",)])
     assert changed == BatchCounts(updated=3, deleted=1)
     assert not [s for s in log.statements if s.startswith("SELECT")], log.statements
-    assert writer._rows_of._text(3).endswith(" WHERE id = ANY(%s)")
+    assert writer._rows_of._text(-1).endswith(" WHERE id = ANY(string_to_array(%s, chr(31)))")
     (delete,) = [s for s in log.statements if s.startswith("DELETE FROM resident")]
     assert "ANY" in delete and " IN " not in delete
 
@@ -706,12 +706,37 @@ def test_packed_state_lookup_reads_text_exactly(store: StateStore, engine: sa.En
         KeyLookup(engine, store.tables.runs, ("run_id", "fetched"), ("run_id",), 3, packed=True)
 
 
+@pytest.mark.postgres
+def test_postgres_text_keys_go_as_one_text_unless_one_holds_the_separator(
+    pg_store: tuple[sa.Engine, StateStore, BatchWriter],
+) -> None:
+    """psycopg dumps a list of str element by element in Python: text keys go as one text split by
+    the server on chr(31); a chunk with a key holding chr(31), a single key (string_to_array('')
+    is empty) or a non-text key column goes as an array. Every shape finds exactly its rows."""
+    engine, store, _ = pg_store
+    rs = store.tables.row_state
+    keys = ["a", "b,c", "{d}", 'e"f', "g\\h", "", "张𠮷", "with\x1fseparator", "NULL"]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(rs), [{"dataset": "d", "row_key": k, "row_hash": "h" * 32} for k in keys])
+    lookup = KeyLookup(engine, rs, ("row_key",), ("row_key",), 30_000, scope="dataset")
+    plain = [k for k in keys if "\x1f" not in k]
+    with engine.connect() as conn:
+        for asked, shape in ((plain, -1), (keys, 0), ([""], 0), (["a"], 0), (["", "a"], -1)):
+            assert lookup._params("d", asked)[0] == shape, asked
+            got = sorted(row[0] for row in lookup.fetch(conn, [*asked, "missing"], "d"))
+            assert got == sorted(asked), (asked, got)
+    counts = KeyLookup(engine, store.tables.runs, ("run_id",), ("fetched",), 30_000)
+    assert counts._params(None, [1, 2])[0] == 0  # a BIGINT key: an array
+
+
 def _plan_of_lookup(engine: sa.Engine, store: StateStore, keys: list[str]) -> str:
     rs = store.tables.row_state
     lookup = KeyLookup(engine, rs, ("row_key", "record_digest"), ("row_key",), 30_000, scope="dataset")
     with engine.connect() as conn:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute("EXPLAIN " + lookup._text(0), ("d", keys))
+        shape, params = lookup._params("d", keys)
+        assert shape == -1  # text keys: one text the server splits
+        cursor.execute("EXPLAIN " + lookup._text(shape), params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
