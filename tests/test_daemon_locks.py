@@ -36,6 +36,25 @@ def test_advisory_lock_is_exclusive_and_released(pg_url: str) -> None:
         b.close()
 
 
+@pytest.mark.parametrize(
+    "fixture",
+    ["pg_url", pytest.param("mariadb_url", marks=pytest.mark.mariadb)],
+)
+def test_a_url_without_a_driver_gets_syncds_driver(request: pytest.FixtureRequest, fixture: str) -> None:
+    """The target engine reads ``postgresql://`` as psycopg 3 and ``mysql://`` as PyMySQL; the
+    daemon's lock engine did not (SQLAlchemy's defaults, psycopg2 and mysqlclient, are not
+    installed) and the daemon could not start with such a URL."""
+    url = sa.make_url(request.getfixturevalue(fixture))
+    bare = url.set(drivername=url.get_backend_name())
+    assert "+" not in bare.drivername
+    locker = DatasetLocker(bare.render_as_string(hide_password=False))
+    try:
+        with locker.hold("residents") as acquired:
+            assert acquired
+    finally:
+        locker.close()
+
+
 @pytest.mark.slow
 def test_two_daemons_never_overlap_on_a_dataset(tmp_path: Path, pg_url: str) -> None:
     faults = FaultPlan(rate=1.0, kinds=("slow",), slow_seconds=0.3)

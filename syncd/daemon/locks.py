@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy.pool import NullPool
 
 from syncd.errors import TargetError
-from syncd.targets.engine import mysql_tls_args
+from syncd.targets.engine import mysql_tls_args, with_driver
 
 __all__ = ["DatasetLocker", "lock_key"]
 
@@ -42,7 +42,7 @@ class DatasetLocker:
 
     def __init__(self, url: str | sa.URL) -> None:
         self._engine: sa.Engine | None = None
-        parsed = sa.make_url(url)
+        parsed = with_driver(sa.make_url(url))  # postgresql:// alone would ask for psycopg2
         backend = parsed.get_backend_name()
         families = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
         self.family = families.get(backend, "sqlite")

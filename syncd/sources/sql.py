@@ -33,7 +33,7 @@ from sqlalchemy import event
 from syncd.config.model import AppConfig, DatasetConfig, SqlConnection, SqlSourceConfig
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
-from syncd.targets.engine import describe_url, mysql_tls_args
+from syncd.targets.engine import describe_url, mysql_tls_args, with_driver
 
 __all__ = ["SqlSource", "columns_read", "source_engine"]
 
@@ -71,20 +71,16 @@ def source_engine(url: str, *, connect_timeout: float = 10.0) -> sa.Engine:
             "${credential:qzk_password}@host:5432/db or mysql+pymysql://user:…@host:3306/db"
         ) from None
     backend = parsed.get_backend_name()
+    parsed = with_driver(parsed)
     timeout = max(1, round(connect_timeout))
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername="postgresql+psycopg")
         connect_args = {
             "connect_timeout": timeout,
             "application_name": "syncd",
             "options": "-c default_transaction_read_only=on",
         }
     elif backend in ("mysql", "mariadb"):
-        if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername=f"{backend}+pymysql")
-        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         connect_args = {"connect_timeout": timeout, **mysql_tls_args(parsed)}
     engine = sa.create_engine(parsed, pool_size=1, pool_pre_ping=True, hide_parameters=True,
                               connect_args=connect_args)

@@ -38,6 +38,7 @@ __all__ = [
     "describe_url",
     "dialect_family",
     "mysql_tls_args",
+    "with_driver",
     "write_engine",
 ]
 
@@ -53,6 +54,20 @@ _MYSQL_STRICT = (
 Family = Literal["sqlite", "postgresql", "mysql"]
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def with_driver(url: sa.URL) -> sa.URL:
+    """``url`` with syncd's driver where it names none: ``postgresql://`` → psycopg 3,
+    ``mysql://`` / ``mariadb://`` → PyMySQL with ``charset=utf8mb4`` (SQLAlchemy's own defaults,
+    psycopg2 and mysqlclient, are not installed)."""
+    backend = url.get_backend_name()
+    if backend == "postgresql" and "+" not in url.drivername:
+        return url.set(drivername="postgresql+psycopg")
+    if backend in ("mysql", "mariadb"):
+        if "+" not in url.drivername:
+            url = url.set(drivername=f"{backend}+pymysql")
+        return url.update_query_dict({"charset": "utf8mb4"})
+    return url
 
 
 def mysql_tls_args(url: sa.URL) -> dict[str, Any]:
@@ -119,11 +134,10 @@ def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
             "mysql+pymysql://user:password@host:3306/db"
         ) from None
     backend = parsed.get_backend_name()
+    parsed = with_driver(parsed)
     if backend == "sqlite":
         return _sqlite_engine(parsed, pool_size)
     if backend == "postgresql":
-        if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername="postgresql+psycopg")
         engine = sa.create_engine(
             parsed,
             pool_size=pool_size,
@@ -134,9 +148,6 @@ def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
         event.listen(engine, "connect", _postgres_session)
         return engine
     if backend in ("mysql", "mariadb"):
-        if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername=f"{backend}+pymysql")
-        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         return sa.create_engine(
             parsed,
             pool_size=pool_size,
