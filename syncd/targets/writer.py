@@ -144,7 +144,7 @@ class BatchWriter:
         self._upsert_rows = BulkWriter(engine, table, self._out, self._key_names, non_key)
         rs = tables.row_state
         cols, key = ("row_key", "row_hash", "record_digest"), ("row_key",)
-        # all text columns: read as one JSON row on SQLite (KeyLookup)
+        # all text columns: read as one JSON row on SQLite and MariaDB (KeyLookup)
         self._state_of = KeyLookup(engine, rs, cols, key, budget, scope="dataset", packed=True)
         self._digest_of = KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True)
         self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget)
