@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,24 @@ def test_plan_predicts_the_run_and_writes_nothing(tmp_path: Path, gateway: Gatew
         )
     finally:
         engine.dispose()
+
+
+def test_plan_on_a_missing_sqlite_file_creates_no_file(
+    tmp_path: Path, gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`syncd plan` before the first run: everything would be inserted, and the dry run leaves no
+    database file behind (connecting to SQLite would have created it, with its -wal and -shm)."""
+    from syncd.cli import main
+
+    db = tmp_path / "data" / "syncd.db"
+    db.parent.mkdir()
+    cfg = write_config(tmp_path, db_url=f"sqlite:///{db}", gateway_url=gateway.url)
+    assert main(["-c", str(cfg), "plan", "residents", "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "watermark: none (first run)" in out, out
+    inserts = re.search(r"would insert \(新增\): (\d+)", out)
+    assert inserts is not None and int(inserts.group(1)) > 250, out
+    assert list(db.parent.iterdir()) == []
 
 
 def test_plan_of_an_expired_dataset_says_refused(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from syncd.commands.common import (
@@ -59,6 +60,20 @@ def render(result: PlanResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sqlite_file_missing(url: str) -> bool:
+    """True for an SQLite target whose database file does not exist yet (connecting creates it)."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return False  # open_store reports it
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or parsed.query.get("uri"):
+        return False
+    return not Path(path).exists()
+
+
 def run(args: argparse.Namespace) -> int:
     from syncd.errors import SyncdError
     from syncd.ops.plan import plan_dataset
@@ -69,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_or_report(app, args.dataset, "plan")
     if dataset is None:
         return EXIT_CONFIG
-    engine, _ = open_store(app)
+    if _sqlite_file_missing(app.target.url.get_secret_value()):
+        # nothing to read yet (a first run) and a dry run must not create the database file
+        from syncd.targets import create_target_engine
+
+        engine = create_target_engine("sqlite://")
+    else:
+        engine, _ = open_store(app)
     try:
         result = plan_dataset(app, dataset, engine, samples=max(0, args.samples))
     except SyncdError as exc:
