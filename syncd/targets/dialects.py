@@ -157,8 +157,10 @@ class KeyLookup:
         source = f" FROM {q.format_table(table)} WHERE {where}"
         self._plain_head = f"SELECT {cols}{source}"
         self._table_name = table.name
-        aggregate, row = _PACKED_AGGREGATE.get(self._family, ("", ""))
-        self._packed_head = f"SELECT COUNT(*), {aggregate}({row}({cols})){source}"
+        self._packed_head = ""
+        if self._packed:
+            aggregate, row = _PACKED_AGGREGATE[self._family]
+            self._packed_head = f"SELECT COUNT(*), {aggregate}({row}({cols})){source}"
         names = [q.quote(k) for k in key]
         self._key_sql = names[0] if len(names) == 1 else f"({', '.join(names)})"
         self._array = self._family == "postgresql" and len(key) == 1
