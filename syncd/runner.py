@@ -33,6 +33,7 @@ import structlog
 from syncd.changes import record_digester
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
+from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter
 from syncd.sources import Source, Window, build_source
@@ -566,7 +567,8 @@ def run_dataset(
             return RunResult(
                 dataset.name, run.run_id, "failed", run.counts, time.monotonic() - started, error=str(exc)
             )
-        status, error, after = _read_and_write(run, before, trigger, source_factory)
+        with fewer_collections():  # syncd.gcpolicy
+            status, error, after = _read_and_write(run, before, trigger, source_factory)
         return _finish(run, started, status, error, before=before, after=after)
 
 

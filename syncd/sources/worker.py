@@ -54,6 +54,7 @@ from typing import IO, Any
 import structlog
 
 from syncd.errors import SyncdError
+from syncd.gcpolicy import settle_worker
 from syncd.procmem import peak_rss_bytes
 from syncd.sources.base import ReadStats, Window
 
@@ -517,6 +518,7 @@ def _child_main(argv: list[str]) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the channel
     channel = _Channel(out)
     init = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our parent over a private pipe
+    settle_worker()  # syncd.gcpolicy: its imports are done, what it allocates now dies young
     _forward_logs(channel, init["level"])
     log = structlog.get_logger("syncd.sources.worker")
     started = time.monotonic()
