@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from syncd.changes import DELETED_HASH, row_hash
 from syncd.config.model import DatasetConfig
@@ -512,10 +513,14 @@ def test_a_resyncs_digest_reads_hold_one_connection_outside_any_transaction(
                 assert writer.stored_digests(part) == {k: digests[keys.index(k)] for k in part}
             if engine.dialect.name == "postgresql":
                 with engine.connect() as other:
-                    states = other.exec_driver_sql(
-                        "SELECT state FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    ).scalars().all()
+                    states = (
+                        other.exec_driver_sql(
+                            "SELECT state FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                        .scalars()
+                        .all()
+                    )
                 assert states == ["idle"]  # not "idle in transaction"
                 checkouts.pop()  # the one for that check
         assert len(checkouts) == (3 if engine.dialect.name == "sqlite" else 1)
@@ -706,6 +711,8 @@ def test_packed_state_lookup_reads_text_exactly(store: StateStore, engine: sa.En
             lookup = packed()
             head = lookup._packed_head
             lookup._packed_head = head.replace("_ARRAY", "_ARRAYX").replace("_array", "_arrayx")
+            json_table, rows_of = lookup._json_table_sql  # MariaDB: the same aggregate after JSON_TABLE
+            lookup._json_table_sql = (json_table.replace("_ARRAY", "_ARRAYX"), rows_of)
             assert sorted(lookup.fetch(conn, asked, "d")) == want
             assert lookup._packed is False
         if engine.dialect.name in {"mariadb", "mysql"}:
@@ -718,6 +725,59 @@ def test_packed_state_lookup_reads_text_exactly(store: StateStore, engine: sa.En
             assert lookup._packed is False
     with pytest.raises(ValueError, match="text columns only"):
         KeyLookup(engine, store.tables.runs, ("run_id", "fetched"), ("run_id",), 3, packed=True)
+
+
+@pytest.mark.mariadb
+def test_mariadb_state_keys_go_as_one_json_table_unless_a_key_cannot(mariadb_url: str) -> None:
+    """MariaDB reads a chunk of row_state keys as one JSON array (JSON_TABLE joined on the primary
+    key) and finds exactly the rows an IN list finds: case kept apart (utf8mb4_bin), trailing
+    spaces alike (its PAD SPACE), a key twice. A key longer than the column, with a NUL or a lone
+    surrogate goes in an IN list; a server that refuses the statement gets IN lists from then on."""
+    engine = create_target_engine(mariadb_url)
+    try:
+        store = StateStore(engine)
+        store.ensure_schema()
+        rs = store.tables.row_state
+        stored = ["abc", "ABD", "张𠮷", "🙂", 'q"uo\\te', "\\u0041", "x" * 512, "tab\tand\x01"]
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(rs),
+                [
+                    {"dataset": "d", "row_key": k, "row_hash": "h" * 32, "record_digest": f"{i:032d}"}
+                    for i, k in enumerate(stored)
+                ],
+            )
+        cols = ("row_key", "record_digest")
+        listed = KeyLookup(engine, rs, cols, ("row_key",), 30_000, scope="dataset")
+        lookup = KeyLookup(engine, rs, cols, ("row_key",), 30_000, scope="dataset", packed=True)
+        asked = [*stored, "ABC", "abd", "abc ", "abc", "A", "missing", "x" * 513]
+        with engine.connect() as conn:
+            want = set(listed.fetch(conn, asked, "d"))
+            assert {k for k, _ in want} == set(stored)  # "abc " is "abc" to MariaDB, "abd" is not "ABD"
+            assert lookup._params("d", stored)[0] == -2  # one JSON array
+            assert set(lookup.fetch(conn, [*stored, "ABC", "abc ", "abc"], "d")) == {
+                r for r in want if r[0] in stored
+            }
+            assert lookup._params("d", asked)[0] == len(asked)  # a key past 512: an IN list
+            assert set(lookup.fetch(conn, asked, "d")) == want
+            for odd in ("nul\x00key", "lone\ud800"):
+                assert lookup._params("d", ["abc", odd])[0] == 2, odd
+            assert set(lookup.fetch(conn, ["abc", "nul\x00key"], "d")) == {r for r in want if r[0] == "abc"}
+
+            refused = KeyLookup(engine, rs, cols, ("row_key",), 30_000, scope="dataset", packed=True)
+            packed_sql, rows_sql = refused._json_table_sql
+            refused._json_table_sql = (
+                packed_sql.replace("JSON_TABLE", "JSON_TABLEX"),
+                rows_sql.replace("JSON_TABLE", "JSON_TABLEX"),
+            )
+            with capture_logs() as logs:
+                assert set(refused.fetch(conn, stored, "d")) == {r for r in want if r[0] in stored}
+            assert [e["event"] for e in logs] == ["target.lookup_unpacked"]
+            assert "JSON_TABLE" in logs[0]["reason"]
+            assert refused._params("d", stored)[0] == len(stored)  # an IN list from now on
+            assert refused._packed is True  # still one JSON row
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.postgres
