@@ -13,8 +13,9 @@ it in full collections, all of it holding the interpreter lock the read-ahead th
 (``gc.freeze``: left out of every collection until the run ends) and a young collection waits
 for :data:`YOUNG_THRESHOLD` allocations. Runs of the daemon overlap in threads and the settings
 are the process's: the first run in sets them, the last one out restores them. A threshold of 0
-(collection switched off by whoever embeds syncd) is left as it is. Memory does not grow: the
-collector only ever frees cycles, and a cycle now waits for at most 10,000 allocations.
+(collection switched off by whoever embeds syncd) is left as it is. Memory does not grow in
+practice: the collector only frees reference cycles, which a run hardly makes; a new one now waits
+for 10,000 allocations instead of 700, and one among the frozen objects for the end of the run.
 
 The read worker is a process of its own that only reads: :func:`settle_worker` sets the same once.
 """
