@@ -776,6 +776,19 @@ def test_mariadb_state_keys_go_as_one_json_table_unless_a_key_cannot(mariadb_url
             assert "JSON_TABLE" in logs[0]["reason"]
             assert refused._params("d", stored)[0] == len(stored)  # an IN list from now on
             assert refused._packed is True  # still one JSON row
+
+        # a lost connection is reported as itself, not retried as another statement
+        lookup = KeyLookup(engine, rs, cols, ("row_key",), 30_000, scope="dataset", packed=True)
+        with engine.connect() as conn:
+            victim = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+            with engine.connect() as other:
+                other.exec_driver_sql(f"KILL CONNECTION {int(victim)}")
+            with capture_logs() as logs, pytest.raises(sa.exc.DBAPIError) as lost:
+                list(lookup.fetch(conn, stored, "d"))
+            conn.invalidate()
+        assert logs == []
+        assert lost.value.orig.args[0] in (2006, 2013), lost.value.orig
+        assert lookup._json_key_length == 512
     finally:
         engine.dispose()
 

@@ -99,6 +99,15 @@ _SPLIT, _ARRAY, _JSON_TABLE = -1, 0, -2
 keys as one text PostgreSQL splits, as one array, as one JSON array MariaDB/MySQL reads as a table."""
 
 
+def _server_refused(exc: sa.exc.DBAPIError) -> bool:
+    """The MariaDB/MySQL server answered with an error of its own (codes 1000-1999: syntax, an
+    unknown function or collation), not a lost connection (client codes 2000 and up, 0): only
+    then is another statement worth a try; otherwise the first error is the one to report."""
+    args = getattr(exc.orig, "args", ())
+    code = args[0] if args else None
+    return isinstance(code, int) and 1000 <= code < 2000
+
+
 def _json_table_support(dialect: sa.Dialect) -> bool:
     """MariaDB 10.6 and MySQL 8.0.4 brought ``JSON_TABLE``."""
     version = getattr(dialect, "server_version_info", None) or ()
@@ -298,7 +307,7 @@ class KeyLookup:
             try:
                 rows = self._fetch_chunk(dbapi, shape, params)
             except sa.exc.DBAPIError as exc:
-                if shape != _JSON_TABLE:
+                if shape != _JSON_TABLE or not _server_refused(exc):
                     raise
                 # a server that refuses the statement after all: the IN list from now on
                 self._json_key_length = 0
