@@ -850,3 +850,15 @@ def test_postgres_lookups_of_a_batch_use_the_primary_key(
         assert "Seq Scan" in _plan_of_lookup(plain, store, keys)
     finally:
         plain.dispose()
+
+
+def test_a_connection_pymysql_found_closed_is_named_in_the_error() -> None:
+    """PyMySQL's whole message for a connection the server closed is ``(0, '')``."""
+    from syncd.targets.writer import failure_reason
+
+    closed = sa.exc.InterfaceError("SELECT 1", None, Exception(0, ""))
+    assert failure_reason(closed) == (
+        "the connection to the database was closed (server stopped or restarted?) (0, '')"
+    )
+    other = sa.exc.OperationalError("SELECT 1", None, Exception(2013, "Lost connection\nduring query"))
+    assert failure_reason(other) == "(2013, 'Lost connection\\nduring query')"

@@ -56,7 +56,7 @@ from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts, QuarantineItem
 from syncd.targets.schema import MappingShape, StateTables, key_column_names
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "failure_reason"]
 
 log = structlog.get_logger(__name__)
 
@@ -232,7 +232,7 @@ class BatchWriter:
         return stored
 
     def _failed(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        reason = failure_reason(exc)
         return TargetError(
             f"dataset {self._dataset}: a batch failed while {doing} in {self._where} and was "
             f"rolled back, nothing of it was kept: {reason[:500]}"
@@ -524,6 +524,16 @@ class BatchWriter:
         self._stage = f"writing {self._tables.quarantine.name}"
         if quarantine:
             conn.execute(self._upsert_quarantine, quarantine)
+
+
+def failure_reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's message on one line. PyMySQL says only ``(0, '')`` for a connection the
+    server closed under it (stopped, restarted, killed): that gets words an operator can act on."""
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig or exc).split())
+    if orig is not None and tuple(getattr(orig, "args", ())) == (0, ""):
+        reason = f"the connection to the database was closed (server stopped or restarted?) {reason}"
+    return reason
 
 
 def counts_dict(counts: BatchCounts) -> dict[str, int]:
