@@ -34,6 +34,16 @@ YOUNG_THRESHOLD = 10_000
 10,000 and 50,000 measured the same; 2,000 kept a third of the collector's cost."""
 
 
+def _collect_less() -> tuple[int, int, int]:
+    """Freeze the heap and raise the young threshold (unless collection is off); returns the
+    thresholds as they were."""
+    threshold = gc.get_threshold()
+    if threshold[0] > 0:
+        gc.freeze()
+        gc.set_threshold(max(threshold[0], YOUNG_THRESHOLD), *threshold[1:])
+    return threshold
+
+
 class _Setting:
     """The process's collector setting, shared by overlapping runs."""
 
@@ -45,10 +55,7 @@ class _Setting:
     def enter(self) -> None:
         with self._lock:
             if self._runs == 0:
-                self._saved = gc.get_threshold()
-                if self._saved[0] > 0:
-                    gc.freeze()
-                    gc.set_threshold(max(self._saved[0], YOUNG_THRESHOLD), *self._saved[1:])
+                self._saved = _collect_less()
             self._runs += 1
 
     def leave(self) -> None:
@@ -76,7 +83,4 @@ def fewer_collections() -> Iterator[None]:
 def settle_worker() -> None:
     """The read worker's setting, once its imports are done: as :func:`fewer_collections`, for
     the rest of the process."""
-    threshold = gc.get_threshold()
-    if threshold[0] > 0:
-        gc.freeze()
-        gc.set_threshold(max(threshold[0], YOUNG_THRESHOLD), *threshold[1:])
+    _collect_less()

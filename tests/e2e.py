@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from syncd.config import load_config
 from syncd.gateway import Gateway
 from syncd.runner import RunResult, run_dataset
+from syncd.sources import Page, ReadStats, Window
 from syncd.targets import StateStore, create_target_engine
 
 DEMO_DATASETS = Path(__file__).resolve().parent.parent / "syncd" / "demo" / "datasets"
@@ -135,3 +137,24 @@ def change_log(db_url: str, dataset: str = "residents") -> list[dict[str, Any]]:
 
 def upstream_active(store: Any) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in store.records() if str(r.get("isDeleted", "0")) != "1"}
+
+
+class ListSource:
+    """A source of fixed pages (the runner's contract, no upstream)."""
+
+    snapshot_read = True
+
+    def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
+        self.pages = pages
+        self.stats = ReadStats()
+
+    def read(self, window: Window) -> Iterator[Page]:
+        for n, records in enumerate(self.pages, 1):
+            yield Page(records=records, number=n)
+        self.stats.complete = True
+
+    def update_time(self, record: dict[str, Any]) -> datetime | None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 from syncd.config import load_config
 from syncd.gcpolicy import YOUNG_THRESHOLD, fewer_collections
 from syncd.runner import run_dataset
-from syncd.sources import Page, ReadStats, Window
+from syncd.sources import Page, Window
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import demo_gateway, write_config
+from tests.e2e import ListSource, demo_gateway, write_config
 
 
 @pytest.fixture
@@ -33,26 +32,16 @@ def default_collector() -> Iterator[None]:
         gc.set_threshold(*saved)
 
 
-class _WatchingSource:
+class _WatchingSource(ListSource):
     """One page of the demo's records; notes the collector's setting while it is read."""
 
-    snapshot_read = True
-
     def __init__(self, records: list[dict[str, Any]], seen: list[tuple[int, int]]) -> None:
-        self.records = records
+        super().__init__([records])
         self.seen = seen
-        self.stats = ReadStats()
 
     def read(self, window: Window) -> Iterator[Page]:
         self.seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
-        yield Page(records=self.records, number=1)
-        self.stats.complete = True
-
-    def update_time(self, record: dict[str, Any]) -> datetime | None:
-        return None
-
-    def close(self) -> None:
-        pass
+        yield from super().read(window)
 
 
 def test_a_run_reads_with_fewer_collections_and_restores_them(

@@ -26,9 +26,8 @@ from syncd.config.model import DatasetConfig
 from syncd.gateway import Gateway
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.runner import Backfill, RunResult, run_dataset
-from syncd.sources import Page, ReadStats, Window
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import change_log, demo_gateway, target_rows, upstream_active, write_config
+from tests.e2e import ListSource, change_log, demo_gateway, target_rows, upstream_active, write_config
 
 
 @pytest.fixture
@@ -209,27 +208,6 @@ def test_the_record_digest_is_exact_about_values_and_types() -> None:
     assert len(set(digests)) == len(digests)
     assert digest(["not", "an", "object"]) is None
     assert digest({"a": 2**70}) is None  # mapped every time instead
-
-
-class ListSource:
-    """A source of fixed pages (the runner's contract, no upstream)."""
-
-    snapshot_read = True
-
-    def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
-        self.pages = pages
-        self.stats = ReadStats()
-
-    def read(self, window: Window) -> Iterator[Page]:
-        for n, records in enumerate(self.pages, 1):
-            yield Page(records=records, number=n)
-        self.stats.complete = True
-
-    def update_time(self, record: dict[str, Any]) -> datetime | None:
-        return None
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_key_twice_in_one_batch_still_ends_with_the_last_record(
