@@ -1,6 +1,9 @@
 """Checks that span several parts of the configuration, run after each file validated.
 
-- the target database URL parses and names a database kind SQLAlchemy knows;
+- the target database URL parses and names a database kind SQLAlchemy knows; its TLS options
+  mean what they say (:func:`syncd.targets.dbtls.tls_url_problem`), and a connection to another
+  machine that would not check the server's certificate is logged as a warning with its line
+  (``config.database_tls_unverified``; the same for ``type: sql`` connections);
 - a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type
   (file sources have none); ``type: sql`` connection URLs name a database kind SQLAlchemy knows;
 - a SQL source (前置库) reads plain columns: every mapped source path is one column name;
@@ -22,13 +25,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from syncd.config.messages import locate
 from syncd.config.model import AppConfig, DatasetConfig
-from syncd.config.positions import Document, Path
+from syncd.config.positions import Document, Path, format_path
 from syncd.errors import ConfigIssue
 
 __all__ = ["Loaded", "check_app", "check_dataset", "check_unique"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +72,30 @@ def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     except NoSuchModuleError:
         return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:///…, "
                           "postgresql+psycopg://… or mysql+pymysql://… (MariaDB)")]
-    return _sql_connections(app, doc)
+    return _tls(doc, ("target", "url"), url) + _sql_connections(app, doc)
+
+
+def _tls(doc: Document, at: Path, url: Any) -> list[ConfigIssue]:
+    """A TLS option the driver would misread is an error; a connection to another machine that would
+    not check the server's certificate is a warning (the operator may accept it, e.g. a 前置库
+    without TLS in a closed network, by saying sslmode=disable / ssl_disabled=true)."""
+    from syncd.targets.dbtls import tls_url_problem, unverified_tls
+
+    problem = tls_url_problem(url)
+    if problem is not None:
+        return [doc.issue(at, problem)]
+    reason = unverified_tls(url)
+    if reason is not None:
+        pos = doc.position(at)
+        log.warning(
+            "config.database_tls_unverified",
+            file=doc.file,
+            line=pos.line,
+            field=format_path(at),
+            host=url.host,
+            reason=reason,
+        )
+    return []
 
 
 def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
@@ -84,6 +115,7 @@ def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
                                     "postgresql+psycopg://user:${credential:qzk_password}@host:5432/db"))
             continue
         if url.get_backend_name() in ("postgresql", "mysql", "mariadb") and "+" not in url.drivername:
+            issues += _tls(doc, at, url)
             continue  # syncd picks psycopg / PyMySQL itself
         try:
             url.get_dialect()
@@ -92,6 +124,8 @@ def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
                                     "postgresql+psycopg://… (also KingbaseES, openGauss), "
                                     "mysql+pymysql://… (MariaDB, OceanBase) "
                                     "or sqlite:///…; DM (达梦) needs its own SQLAlchemy dialect installed"))
+            continue
+        issues += _tls(doc, at, url)
     return issues
 
 

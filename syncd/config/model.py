@@ -694,7 +694,12 @@ class SqlConnection(_Model):
     """A front-end database (前置库). The URL holds the password: only from ${ENV}/${credential:…}."""
 
     type: Literal["sql"]
-    url: SecretStr = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user:${credential:qzk}@host/db")
+    url: SecretStr = Field(
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:${credential:qzk}@host/db?sslmode=verify-full"
+        "&sslrootcert=/etc/syncd/qzk-ca.pem. Another host without a checked certificate is warned about "
+        "(config.database_tls_unverified): add the CA (sslrootcert= / ssl_ca=) or write sslmode=disable / "
+        "ssl_disabled=true"
+    )
     connect_timeout: Duration = timedelta(seconds=10)
 
 
@@ -708,7 +713,9 @@ class DatabaseConfig(_Model):
     url: SecretStr = Field(
         description="SQLAlchemy URL, e.g. sqlite:///var/lib/syncd/syncd.db. MariaDB/MySQL on this "
         "machine (localhost, 127.0.0.1, ::1, unix_socket) is reached without TLS unless the URL "
-        "sets ssl_ca (verified TLS)"
+        "sets ssl_ca (verified TLS). Another host without a checked certificate is warned about "
+        "(config.database_tls_unverified): add the CA (PostgreSQL sslmode=verify-full&sslrootcert=…, "
+        "MariaDB ssl_ca=…) or write sslmode=disable / ssl_disabled=true"
     )
     table_prefix: Identifier = "syncd_"
     pool_size: int = Field(5, ge=1, le=100)

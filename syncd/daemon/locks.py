@@ -24,7 +24,8 @@ import structlog
 from sqlalchemy.pool import NullPool
 
 from syncd.errors import TargetError
-from syncd.targets.engine import mysql_tls_args, with_driver
+from syncd.targets.dbtls import mysql_tls_args
+from syncd.targets.engine import with_driver
 
 __all__ = ["DatasetLocker", "lock_key"]
 

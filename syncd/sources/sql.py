@@ -33,7 +33,8 @@ from sqlalchemy import event
 from syncd.config.model import AppConfig, DatasetConfig, SqlConnection, SqlSourceConfig
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
-from syncd.targets.engine import describe_url, mysql_tls_args, with_driver
+from syncd.targets.dbtls import mysql_tls_args
+from syncd.targets.engine import describe_url, with_driver
 
 __all__ = ["SqlSource", "columns_read", "source_engine"]
 

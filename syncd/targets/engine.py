@@ -17,7 +17,8 @@ Each backend is set up for a daemon that writes batches for years:
   option, which a pooler such as PgBouncer may refuse.
 - MariaDB/MySQL (PyMySQL): pre-ping, connections recycled hourly, ``charset=utf8mb4`` forced,
   READ COMMITTED, and strict SQL mode so an over-long value is an error, never silently cut. No
-  TLS on a connection to this machine itself unless the URL asks for it (:func:`mysql_tls_args`).
+  TLS on a connection to this machine itself unless the URL asks for it, the URL's TLS flags as
+  booleans (:func:`syncd.targets.dbtls.mysql_tls_args`).
 
 Every engine hides statement parameters from error messages (``hide_parameters``): rows hold
 personal data, and errors end up in logs.
@@ -31,13 +32,13 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from syncd.errors import TargetError
+from syncd.targets.dbtls import mysql_tls_args
 
 __all__ = [
     "WRITE_OPTION",
     "create_target_engine",
     "describe_url",
     "dialect_family",
-    "mysql_tls_args",
     "with_driver",
     "write_engine",
 ]
@@ -53,9 +54,6 @@ _MYSQL_STRICT = (
 
 Family = Literal["sqlite", "postgresql", "mysql"]
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def with_driver(url: sa.URL) -> sa.URL:
     """``url`` with syncd's driver where it names none: ``postgresql://`` → psycopg 3,
     ``mysql://`` / ``mariadb://`` → PyMySQL with ``charset=utf8mb4`` (SQLAlchemy's own defaults,
@@ -68,24 +66,6 @@ def with_driver(url: sa.URL) -> sa.URL:
             url = url.set(drivername=f"{backend}+pymysql")
         return url.update_query_dict({"charset": "utf8mb4"})
     return url
-
-
-def mysql_tls_args(url: sa.URL) -> dict[str, Any]:
-    """PyMySQL connect arguments for TLS: ``ssl_disabled`` on a connection that never leaves the
-    machine (``localhost``, ``127.0.0.1``, ``::1`` or a ``unix_socket``) and whose URL sets no
-    ``ssl_*`` option; nothing otherwise (PyMySQL's own behaviour, or the URL's TLS settings).
-
-    PyMySQL 1.2 tries TLS on every connection the URL says nothing about ("preferred": without a
-    CA it does not verify the server) and builds a TLS context from the system's CA store for it
-    each time, TLS or not: 22 ms of CPU per connection, 15 % of an incremental run on MariaDB. On
-    the loopback interface TLS protects nothing. An operator who wants it there anyway adds an
-    ``ssl_ca`` (verified) to the URL."""
-    if any(key.startswith("ssl") for key in url.query):
-        return {}
-    host = (url.host or "localhost").strip("[]").lower()
-    if host in _LOOPBACK_HOSTS or "unix_socket" in url.query:
-        return {"ssl_disabled": True}
-    return {}
 
 
 def describe_url(url: str | sa.URL) -> str:
