@@ -862,3 +862,9 @@ def test_a_connection_pymysql_found_closed_is_named_in_the_error() -> None:
     )
     other = sa.exc.OperationalError("SELECT 1", None, Exception(2013, "Lost connection\nduring query"))
     assert failure_reason(other) == "(2013, 'Lost connection\\nduring query')"
+    # the state store (runs, watermarks) words its errors the same way
+    store = StateStore(sa.create_engine("sqlite://"), "syncd_")
+    assert str(store._fail("reading the watermark of dataset d", closed)) == (
+        "reading the watermark of dataset d in sqlite:// failed: the connection to the database was closed "
+        "(server stopped or restarted?) (0, '')"
+    )

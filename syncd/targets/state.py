@@ -31,7 +31,7 @@ from syncd.targets.schema import (
     ensure_target_table,
     state_tables,
 )
-from syncd.targets.writer import BatchWriter
+from syncd.targets.writer import BatchWriter, failure_reason
 
 __all__ = ["StateStore"]
 
@@ -69,8 +69,7 @@ class StateStore:
         return f"StateStore({self._where}, prefix={self.prefix!r})"
 
     def _fail(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return TargetError(f"{doing} in {self._where} failed: {' '.join(reason)[:500]}")
+        return TargetError(f"{doing} in {self._where} failed: {failure_reason(exc)[:500]}")
 
     # ------------------------------------------------------------------ schema
 
