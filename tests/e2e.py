@@ -108,6 +108,16 @@ code_tables:
     return path
 
 
+def read_whole_with_snapshot_deletes(root: Path, max_ratio: float = 0.1) -> None:
+    """Turn the residents dataset :func:`write_config` wrote under ``root`` into a full-snapshot one:
+    no ``incremental:`` block (every run reads everything) and ``target.snapshot_delete``."""
+    dataset = root / "datasets" / "residents.yaml"
+    text = re.sub(r"\n  incremental:.*?\n(?=\S)", "\n", dataset.read_text(encoding="utf-8"), flags=re.S)
+    assert "incremental:" not in text
+    text = text.replace("  create: true", f"  create: true\n  snapshot_delete: {{max_ratio: {max_ratio}}}", 1)
+    dataset.write_text(text, encoding="utf-8")
+
+
 def target_rows(db_url: str, table: str = "resident_info") -> dict[str, dict[str, Any]]:
     engine = sa.create_engine(db_url)
     try:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from syncd.config import load_config
 from syncd.errors import UpstreamError
-from syncd.gateway import Gateway
+from syncd.gateway import FaultPlan, Gateway
 from syncd.logs import configure_logging
 from syncd.runner import Backfill, RunResult, run_dataset
 from syncd.sources.base import Window
@@ -42,7 +42,7 @@ from syncd.sources.worker import (
     _rebuild,
 )
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, demo_gateway, write_config
+from tests.e2e import SECRET, SECRET_ENV, demo_gateway, read_whole_with_snapshot_deletes, write_config
 
 RECORDS = 600
 
@@ -455,3 +455,26 @@ def test_the_worker_imports_the_same_syncd_without_shadowing_the_standard_librar
     assert checkout["PATH"] == "/bin"
     installed = child_environment(Path("/opt/venv/lib/python3.11/site-packages"), {"PATH": "/bin"})
     assert "PYTHONPATH" not in installed  # PYTHONPATH precedes the standard library
+
+
+def test_a_total_that_changed_in_the_worker_holds_snapshot_deletes_in_the_run(
+    tmp_path: Path, gateway: Gateway, db_url: str
+) -> None:
+    """The worker's read statistics reach the run whole: a reported total that changed between
+    pages (read in the worker) makes the run defer its snapshot deletes, as a read in the run's
+    own process does (tests/test_snapshot.py)."""
+    cfg = _worker_config(tmp_path, db_url, gateway.url, "always")
+    read_whole_with_snapshot_deletes(tmp_path)
+    assert _sync(cfg).ok
+    gone = gateway.store.ids()[-1]
+    gateway.store.hard_delete([gone])
+    # page 1 says 7 fewer than the others: every record arrives (more than the first total), and
+    # only the change of the total between pages tells that the result moved while it was paged
+    gateway.faults = FaultPlan(drift=-7)
+    gateway.faults.fail_next("total_drift")
+    drifted = _sync(cfg)
+    assert drifted.ok, drifted.error
+    assert drifted.counts.deleted == 0
+    assert any("reported total changed while paging" in w for w in drifted.warnings)
+    settled = _sync(cfg)
+    assert settled.ok and settled.counts.deleted == 1

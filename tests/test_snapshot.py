@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from syncd.runner import run_dataset
+from syncd.runner import Progress, run_dataset
 from syncd.targets import StateStore
+from tests.e2e import (
+    Syncer,
+    change_log,
+    demo_gateway,
+    read_whole_with_snapshot_deletes,
+    target_rows,
+    upstream_active,
+    write_config,
+)
 from tests.sources_kit import local_rows, make_app, store_for, upstream_table
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)
@@ -147,3 +156,50 @@ def test_an_interrupted_read_infers_no_deletes(tmp_path: Path, sqlite_url: str) 
     assert result.status == "interrupted" and result.counts.deleted == 0
     assert "p00199" in local_rows(store)
     assert run_dataset(app, ds, store, now=NOW).counts.deleted == 1
+
+
+# --------------------------------------------------------------------------- over HTTP, page numbers
+
+
+def _http_snapshot_syncer(tmp_path: Path, db_url: str, gateway_url: str) -> Syncer:
+    """The demo residents dataset read whole each run (no ``incremental:``) with snapshot deletes."""
+    cfg = write_config(tmp_path, db_url=db_url, gateway_url=gateway_url, page_size=100, batch_size=100)
+    read_whole_with_snapshot_deletes(tmp_path)
+    return Syncer(cfg)
+
+
+def test_a_record_skipped_by_a_shifting_page_is_not_deleted(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that leaves the upstream result while it is paged by page number shifts the rest
+    one place up: the first record of a later page moves onto a page already read, and the read
+    never sees it. Deleting what such a read did not see would delete a live record (and the next
+    run would insert it again: a delete and an insert in the change feed for nothing)."""
+    with demo_gateway(monkeypatch, records=450, seed=11) as gateway:
+        syncer = _http_snapshot_syncer(tmp_path, db_url, gateway.url)
+        try:
+            first = syncer.run()
+            assert first.ok and first.counts.inserted > 400, first.error
+            gone = gateway.store.ids()[0]  # first in the gateway's order: on page 1
+
+            def remove_during_the_read(progress: Progress) -> None:
+                if progress.pages == 1:  # page 2 may already be read ahead; pages 3-5 shift
+                    gateway.store.hard_delete([gone])
+
+            shifted = syncer.run(on_progress=remove_during_the_read)
+            assert shifted.ok, shifted.error
+            assert shifted.counts.fetched < len(gateway.store.records()) + 1  # one was never seen
+            assert shifted.counts.deleted == 0
+            assert any("snapshot deletes wait for the next complete read" in w for w in shifted.warnings)
+            assert gone in target_rows(db_url)
+
+            settled = syncer.run()
+            assert settled.ok, settled.error
+            assert settled.counts.deleted == 1  # only the record really gone
+            rows = target_rows(db_url)
+            assert gone not in rows
+            assert set(rows) == set(upstream_active(gateway.store))
+            deletes = [c["row_key"] for c in change_log(db_url) if c["op"] == "delete"]
+            assert deletes == [gone]
+        finally:
+            syncer.close()

@@ -179,7 +179,17 @@ def _decode_rows(wire: tuple[tuple[str, ...], list[list[Any]]]) -> list[tuple[An
     return list(zip(*columns, strict=True))
 
 
-_STATS_FIELDS = ("requests", "retries", "pages", "records", "bytes", "reported_total", "complete", "warnings")
+_STATS_FIELDS = (
+    "requests",
+    "retries",
+    "pages",
+    "records",
+    "bytes",
+    "reported_total",
+    "complete",
+    "total_changed",
+    "warnings",
+)
 
 
 def _stats_dict(stats: ReadStats) -> dict[str, Any]:

@@ -200,6 +200,7 @@ class HttpSource:
                 if stats.reported_total is None and stats.pages == 1:
                     stats.reported_total = page.total
                 elif last_total is not None and page.total != last_total:
+                    stats.total_changed = True
                     stats.warnings.append(
                         f"the gateway's reported total changed while paging (from {last_total} to "
                         f"{page.total} at page {stats.pages}): records changed upstream during the read"
