@@ -511,15 +511,14 @@ def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
         batch.flush_when_full()
 
 
-def _unsure_snapshot(run: _Run, stats: ReadStats) -> str | None:
+def _unsure_snapshot(stats: ReadStats) -> str | None:
     """Why this complete read may still have missed a live record, or None. Records that enter or
     leave the upstream result while it is paged by page number or offset shift the rest: one at a
     page boundary is skipped, and would be deleted here (and inserted again by the next run)."""
     if stats.total_changed:
         return "the gateway's reported total changed while paging: a record may have been skipped"
-    total = run.counts.reported_total
-    if total is not None and run.counts.fetched < total:
-        return f"upstream reported {total} records but {run.counts.fetched} were received"
+    if stats.reported_total is not None and stats.records < stats.reported_total:
+        return f"upstream reported {stats.reported_total} records but {stats.records} were received"
     return None
 
 
@@ -536,7 +535,7 @@ def _snapshot_deletes(
     if window.since is not None or not getattr(source, "snapshot_read", True):
         log.info("snapshot.skipped", reason="this run did not read the whole dataset")
         return
-    unsure = _unsure_snapshot(run, source.stats)
+    unsure = _unsure_snapshot(source.stats)
     if unsure is not None:
         log.warning("snapshot.deferred", reason=unsure)
         run.warnings.append(f"snapshot deletes wait for the next complete read: {unsure}")
@@ -653,17 +652,17 @@ def _read_and_write(
         mapping = compile_mapping(run.ds, run.app.code_tables)
         snapshot = _snapshot(run, mapping)
         writer = _process(run, reading, mapping, snapshot)
-        source = reading.open()
-        stats = source.stats
-        run.warnings.extend(stats.warnings)
-        if not stats.complete:
-            raise GuardError("the source stopped before the end of the data; the watermark is kept")
-        _snapshot_deletes(run, source, window, snapshot, writer)
+        stats = _read_to_the_end(run, reading)
+        if stats.total_changed:
+            reading.close(True)
+            reading = _Reading(run, window, source_factory, first_load=False)
+            writer, stats = _read_again(run, reading, mapping, snapshot, stats)
+        _snapshot_deletes(run, reading.open(), window, snapshot, writer)
         success = True
-        total = run.counts.reported_total
-        if total is not None and total != run.counts.fetched:
-            run.warnings.append(f"upstream reported {total} records but {run.counts.fetched} were received")
-            log.warning("sync.total_mismatch", reported_total=total, received=run.counts.fetched)
+        total, received = stats.reported_total, stats.records
+        if total is not None and total != received:
+            run.warnings.append(f"upstream reported {total} records but {received} were received")
+            log.warning("sync.total_mismatch", reported_total=total, received=received)
         return "success", None, run.new_watermark(window, before)
     except StopRequested as exc:
         log.warning("sync.interrupted", reason=str(exc))
@@ -676,6 +675,57 @@ def _read_and_write(
     finally:
         if reading is not None:
             reading.close(success)
+
+
+def _read_to_the_end(run: _Run, reading: _Reading) -> ReadStats:
+    """The statistics of a read that ended; GuardError when the source stopped before the end."""
+    stats = reading.open().stats
+    run.warnings.extend(stats.warnings)
+    if not stats.complete:
+        raise GuardError("the source stopped before the end of the data; the watermark is kept")
+    return stats
+
+
+def _read_again(
+    run: _Run,
+    reading: _Reading,
+    mapping: CompiledMapping,
+    snapshot: SnapshotDeletes | None,
+    first: ReadStats,
+) -> tuple[BatchWriter, ReadStats]:
+    """Read the same window once more, after a read whose reported total changed between pages.
+
+    Records that leave (or enter) the upstream result while it is paged by page number or offset
+    shift the rest: the record at a page boundary moves onto a page already read and that read
+    never sees it. Its update time lies inside the window, usually well before the new watermark,
+    so no later incremental run would read it again. The second read finds it (a record skipped
+    twice needs two such moves at the same moment); the records the first read wrote are skipped
+    by their digests (``row_state.record_digest``), so it costs the requests and little more.
+
+    The second read's fetched/unchanged/quarantined are not added to the run's counts (the same
+    records, counted once; the error limit judges one read); what it writes is."""
+    log.warning(
+        "sync.reread",
+        reason="the gateway's reported total changed while paging: a record may have been skipped",
+        pages=first.pages,
+        records=first.records,
+    )
+    counted = run.counts
+    run.counts = RunCounts(reported_total=counted.reported_total)
+    try:
+        writer = _process(run, reading, mapping, snapshot)
+    finally:
+        again, run.counts = run.counts, counted
+        for name in ("inserted", "updated", "deleted", "pages"):
+            setattr(counted, name, getattr(counted, name) + getattr(again, name))
+    stats = _read_to_the_end(run, reading)
+    if stats.total_changed:
+        log.warning("sync.read_unstable", reason="the reported total changed again during the second read")
+        run.warnings.append(
+            "upstream kept changing while it was read twice: a record may have been skipped; "
+            f"a backfill reads it again (syncd sync {run.ds.name} --full, or --from/--to around the window)"
+        )
+    return writer, stats
 
 
 def _tell_finish(run: _Run, source: Source | ReadWorker, success: bool) -> None:

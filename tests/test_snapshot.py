@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
+from syncd.gateway import FaultPlan
 from syncd.runner import Progress, run_dataset
 from syncd.targets import StateStore
 from tests.e2e import (
@@ -168,13 +170,16 @@ def _http_snapshot_syncer(tmp_path: Path, db_url: str, gateway_url: str) -> Sync
     return Syncer(cfg)
 
 
-def test_a_record_skipped_by_a_shifting_page_is_not_deleted(
+def test_a_record_skipped_by_a_shifting_page_is_read_again_not_deleted(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record that leaves the upstream result while it is paged by page number shifts the rest
     one place up: the first record of a later page moves onto a page already read, and the read
     never sees it. Deleting what such a read did not see would delete a live record (and the next
-    run would insert it again: a delete and an insert in the change feed for nothing)."""
+    run would insert it again). The reported total changed between pages, so the run reads the
+    snapshot a second time and sees every live record: nothing live is deleted, and the deletes are
+    not deferred either (the second read was steady). The record removed after its page was read
+    was seen by this run; the next run deletes it, and only it."""
     with demo_gateway(monkeypatch, records=450, seed=11) as gateway:
         syncer = _http_snapshot_syncer(tmp_path, db_url, gateway.url)
         try:
@@ -186,20 +191,46 @@ def test_a_record_skipped_by_a_shifting_page_is_not_deleted(
                 if progress.pages == 1:  # page 2 may already be read ahead; pages 3-5 shift
                     gateway.store.hard_delete([gone])
 
-            shifted = syncer.run(on_progress=remove_during_the_read)
+            with capture_logs() as logs:
+                shifted = syncer.run(on_progress=remove_during_the_read)
             assert shifted.ok, shifted.error
-            assert shifted.counts.fetched < len(gateway.store.records()) + 1  # one was never seen
-            assert shifted.counts.deleted == 0
-            assert any("snapshot deletes wait for the next complete read" in w for w in shifted.warnings)
-            assert gone in target_rows(db_url)
-
+            events = [e["event"] for e in logs]
+            assert "sync.reread" in events
+            assert "sync.read_unstable" not in events and "snapshot.deferred" not in events
+            assert shifted.counts.deleted == 0  # without the second read: the skipped live record
+            assert set(target_rows(db_url)) == set(upstream_active(gateway.store)) | {gone}
             settled = syncer.run()
-            assert settled.ok, settled.error
-            assert settled.counts.deleted == 1  # only the record really gone
-            rows = target_rows(db_url)
-            assert gone not in rows
-            assert set(rows) == set(upstream_active(gateway.store))
+            assert settled.ok and settled.counts.deleted == 1
+            assert set(target_rows(db_url)) == set(upstream_active(gateway.store))
             deletes = [c["row_key"] for c in change_log(db_url) if c["op"] == "delete"]
             assert deletes == [gone]
+        finally:
+            syncer.close()
+
+
+def test_snapshot_deletes_wait_when_both_reads_moved(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway whose total changes between pages of the second read too: the run deletes
+    nothing and says why; the next steady read deletes."""
+    with demo_gateway(monkeypatch, records=450, seed=11) as gateway:
+        syncer = _http_snapshot_syncer(tmp_path, db_url, gateway.url)
+        try:
+            assert syncer.run().ok
+            gone = gateway.store.ids()[-1]
+            gateway.store.hard_delete([gone])
+            gateway.faults = FaultPlan(rate=0.5, kinds=["total_drift"], seed=3)  # some pages, both reads
+            with capture_logs() as logs:
+                drifting = syncer.run()
+            assert drifting.ok, drifting.error
+            events = [e["event"] for e in logs]
+            assert events.count("sync.reread") == 1 and events.count("sync.read_unstable") == 1
+            assert "snapshot.deferred" in events
+            assert drifting.counts.deleted == 0 and gone in target_rows(db_url)
+            assert any("snapshot deletes wait for the next complete read" in w for w in drifting.warnings)
+            assert any("upstream kept changing while it was read twice" in w for w in drifting.warnings)
+            gateway.faults = FaultPlan()
+            settled = syncer.run()
+            assert settled.ok and settled.counts.deleted == 1 and gone not in target_rows(db_url)
         finally:
             syncer.close()
