@@ -34,6 +34,7 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
   (seconds) and ``result.counts`` — all required;
 * ``counts.inserted / updated / deleted / unchanged / quarantined / requests / retries`` — ints,
   each read with ``getattr(counts, name, 0)``, so a missing one counts as 0;
+* ``result.warnings`` — optional, a sequence; its length is added to the warnings counter;
 * ``result.freshness_lag_s: float | None`` and ``result.days_left: int | None`` — optional
   (``getattr(result, name, None)``); when present and not None they set the two gauges.
 
@@ -133,6 +134,12 @@ class Metrics:
         self.upstream_retries = Counter(
             "syncd_upstream_retries", "Upstream requests that were retries.", ds, registry=reg
         )
+        self.run_warnings = Counter(
+            "syncd_run_warnings",
+            "Warnings of finished runs: upstream total changed while paging (the window read again), "
+            "snapshot deletes deferred, totals that do not match, an authorization about to expire.",
+            ds, registry=reg,
+        )
         self.run_duration = Histogram(
             "syncd_run_duration_seconds", "Duration of dataset runs that did work (success or failed).",
             ds, buckets=DURATION_BUCKETS, registry=reg,
@@ -187,7 +194,7 @@ class Metrics:
             self.runs.labels(name, outcome)
         for op in OPS:
             self.rows.labels(name, op)
-        for counter in (self.quarantined, self.upstream_requests, self.upstream_retries):
+        for counter in (self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings):
             counter.labels(name)
         self.run_duration.labels(name)
 
@@ -200,7 +207,8 @@ class Metrics:
         for op in OPS:
             self.rows.remove(name, op)
         for metric in (
-            self.quarantined, self.upstream_requests, self.upstream_retries, self.run_duration,
+            self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
+            self.run_duration,
             self.last_success, self.last_run, self.watermark_lag, self.authorization_remaining,
         ):
             metric.remove(name)
@@ -234,6 +242,9 @@ class Metrics:
             n = getattr(counts, attr, 0) or 0
             if n:
                 counter.labels(name).inc(n)
+        warnings = len(getattr(result, "warnings", None) or ())
+        if warnings:
+            self.run_warnings.labels(name).inc(warnings)
         now = self._clock()
         if status in _DID_WORK:
             self.run_duration.labels(name).observe(max(0.0, float(result.duration)))

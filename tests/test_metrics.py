@@ -85,7 +85,7 @@ def promtool_check(body: bytes) -> subprocess.CompletedProcess[str]:
 
 
 def test_successful_run(metrics: Metrics) -> None:
-    metrics.observe_run(run(freshness_lag_s=90.5, days_left=30))
+    metrics.observe_run(run(freshness_lag_s=90.5, days_left=30, warnings=["total changed", "deferred"]))
     s = samples(metrics)
     ds = (("dataset", "residents"),)
     assert s[("syncd_runs_total", (*ds, ("outcome", "success")))] == 1
@@ -95,6 +95,7 @@ def test_successful_run(metrics: Metrics) -> None:
     assert s[("syncd_quarantined_records_total", ds)] == 2
     assert s[("syncd_upstream_requests_total", ds)] == 5
     assert s[("syncd_upstream_retries_total", ds)] == 1
+    assert s[("syncd_run_warnings_total", ds)] == 2
     assert s[("syncd_run_duration_seconds_count", ds)] == 1
     assert s[("syncd_run_duration_seconds_sum", ds)] == 4.0
     assert s[("syncd_run_duration_seconds_bucket", (*ds, ("le", "2.5")))] == 0
@@ -144,6 +145,7 @@ def test_duck_type_defaults(metrics: Metrics) -> None:
     metrics.observe_run(NS(dataset="bare", status="success", duration=1.0, counts=NS(inserted=None)))
     s = samples(metrics)
     assert s[("syncd_rows_total", (("dataset", "bare"), ("op", "insert")))] == 0
+    assert s[("syncd_run_warnings_total", (("dataset", "bare"),))] == 0
     assert ("syncd_watermark_lag_seconds", (("dataset", "bare"),)) not in s
     assert ("syncd_authorization_remaining_seconds", (("dataset", "bare"),)) not in s
 
@@ -169,6 +171,7 @@ def test_register_dataset_creates_zero_series(metrics: Metrics) -> None:
     for op in OPS:
         assert s[("syncd_rows_total", (ds, ("op", op)))] == 0
     assert s[("syncd_run_duration_seconds_count", (ds,))] == 0
+    assert s[("syncd_run_warnings_total", (ds,))] == 0
     assert metrics.datasets == frozenset({"households"})
 
 
