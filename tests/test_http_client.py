@@ -464,3 +464,26 @@ def test_client_repr_shows_no_secret() -> None:
     cfg = connection("https://gw.example.gov.cn", auth={"type": "static_key", "name": "k", "value": SECRET})
     with HttpClient(HttpConnection.model_validate(cfg), name="gw") as client:
         assert SECRET not in repr(client)
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def test_a_netrc_file_adds_no_credentials(
+    server: LoopbackServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncd's secrets come only from the environment or credential files: a ``~/.netrc`` (or
+    ``$NETRC``) naming the gateway's host must not put a Basic Authorization header on requests,
+    as requests does by default for a request without an auth of its own."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-Secret-1\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text(netrc.read_text())
+    (tmp_path / ".netrc").chmod(0o600)
+    server.queue(envelope([{"id": 1}], total=1))
+    with make_client(server) as client:
+        assert fetch(client).records == [{"id": 1}]
+    (request,) = server.requests
+    assert request.header("Authorization") is None

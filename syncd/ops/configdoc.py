@@ -28,7 +28,8 @@ syncd 有两类配置文件 / two kinds of files:
   JSON Schema: [`syncd-dataset.schema.json`](syncd-dataset.schema.json)
 
 在 YAML 文件第一行写上 `# yaml-language-server: $schema=...`，VS Code 等编辑器即可补全和检查。
-密钥字段（标注 *secret*）只能写 `${环境变量}` 或 `${credential:名称}`，不能写明文。
+密钥字段（标注 *secret*）只能写 `${环境变量}` 或 `${credential:名称}`，不能写明文；
+syncd 不读取 `~/.netrc`（请求网关时不会从中带上用户名口令）。
 时长（duration）写作 `250ms`、`30s`、`5m`、`2h`、`1d` 或秒数。
 
 类型列中 `A | B` 表示两者之一，`[X]` 表示列表，`{名称: X}` 表示映射，链接指向下文对应的小节。

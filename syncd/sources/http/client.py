@@ -103,6 +103,13 @@ def _with_message(exc: UpstreamError, message: str) -> UpstreamError:
     return type(exc)(message, code=exc.code, status=exc.status)
 
 
+class _NoNetrc(requests.auth.AuthBase):
+    """The session's auth: adds nothing; its presence keeps requests away from ``~/.netrc``."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 class HttpClient:
     """A ``requests.Session`` with syncd's timeouts, size limit, retries and redaction."""
 
@@ -125,6 +132,11 @@ class HttpClient:
         self._backoff = wait_exponential(multiplier=initial, max=self._backoff_max) + wait_random(0, initial)
         self._skew_warned = False
         self._session = requests.Session()
+        # ~/.netrc is no source of syncd's credentials (secrets come only from the environment or
+        # credential files): an auth that adds nothing stops requests from reading it, which it
+        # otherwise does for every request without an auth of its own (two stat calls, each a
+        # release and re-acquisition of the interpreter lock in the read-ahead thread)
+        self._session.auth = _NoNetrc()
         self._session.headers["User-Agent"] = _USER_AGENT
         self._session.headers["Accept"] = "application/json"
         self._session.headers.update(connection.headers)
