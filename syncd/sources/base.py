@@ -48,7 +48,7 @@ class ReadStats:
     reported_total: int | None = None
     complete: bool = False  # True once the source has read to the end of the window
     # the reported total differed between two pages: records entered or left the result while it
-    # was paged, so a page-number or offset read may have skipped one (snapshot deletes wait)
+    # was paged, so a page-number or offset read may have skipped one (the run reads it again)
     total_changed: bool = False
     warnings: list[str] = field(default_factory=list)
 
