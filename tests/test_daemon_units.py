@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import structlog
 from apscheduler.events import EVENT_JOB_MISSED
+from structlog.testing import capture_logs
 
 from syncd.config import load_config
 from syncd.config.model import CronSchedule, IntervalSchedule
@@ -223,3 +224,61 @@ def test_a_dead_scheduler_thread_makes_the_daemon_exit_non_zero(daemon: Daemon) 
         code = daemon.serve()
     assert code == 1
     assert any(e["event"] == "daemon.scheduler_dead" for e in events)
+
+
+# --------------------------------------------------------------------------- first run after a start
+
+
+def _first_runs(schedules: dict[str, Any], last: dict[str, datetime | None]) -> dict[str, datetime | None]:
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai", last_started=last.get)
+    sched._scheduler.start(paused=True)  # next run times are computed; nothing is dispatched
+    try:
+        sched.apply(schedules)
+        return sched.next_run_times()
+    finally:
+        sched.shutdown()
+
+
+def test_a_restart_does_not_starve_interval_datasets() -> None:
+    """An interval dataset runs ``every`` after its last run started, not ``every`` after each start
+    of the daemon (a daemon restarted more often than every 6 h never ran a 6-hour dataset)."""
+    now = datetime.now(SHANGHAI)
+    six_hours = IntervalSchedule(type="interval", every=timedelta(hours=6))
+    first = _first_runs(
+        {"recent": six_hours, "overdue": six_hours, "never": six_hours},
+        {"recent": now - timedelta(hours=1), "overdue": now - timedelta(hours=7), "never": None},
+    )
+    recent, overdue, never = first["recent"], first["overdue"], first["never"]
+    assert recent is not None and abs(recent - (now + timedelta(hours=5))) < timedelta(seconds=5)
+    for due in (overdue, never):  # at once, within the catch-up spread (no jitter configured)
+        assert due is not None and now - timedelta(seconds=1) <= due <= now + timedelta(seconds=35)
+
+
+def test_a_cron_run_missed_while_the_daemon_was_down_runs_at_start() -> None:
+    now = datetime.now(SHANGHAI)
+    hourly = CronSchedule(type="cron", cron="0 * * * *")  # every hour on the hour
+    first = _first_runs(
+        {"missed": hourly, "current": hourly, "never": hourly},
+        {"missed": now - timedelta(hours=2), "current": now - timedelta(seconds=1), "never": None},
+    )
+    on_the_hour = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    missed = first["missed"]
+    assert missed is not None and missed <= now + timedelta(seconds=35)  # the 2-hours-ago slot passed
+    assert first["current"] == on_the_hour  # ran this hour already: the next slot
+    assert first["never"] == on_the_hour  # cron is chosen for the hours a gateway allows: no run now
+
+
+def test_an_unreadable_run_history_leaves_the_trigger_alone() -> None:
+    def broken(name: str) -> datetime | None:
+        raise RuntimeError("database down")
+
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai", last_started=broken)
+    sched._scheduler.start(paused=True)
+    try:
+        with capture_logs() as logs:
+            sched.apply({"a": IntervalSchedule(type="interval", every=timedelta(hours=6))})
+        due = sched.next_run_times()["a"]
+    finally:
+        sched.shutdown()
+    assert due is not None and due > datetime.now(SHANGHAI) + timedelta(hours=5)
+    assert [e["event"] for e in logs] == ["schedule.last_run_unknown"]

@@ -159,3 +159,21 @@ def test_changes_since_and_after_id(store: StateStore, engine: sa.Engine) -> Non
         everything[2]["id"]
     ]
     assert store.changes("households") == []
+
+
+def test_last_started_is_the_latest_run_that_ended(store: StateStore) -> None:
+    """The scheduler's memory across restarts (syncd/daemon/scheduler.py): the start of the latest
+    success, failure or refusal, in UTC; interrupted, abandoned and running runs do not count."""
+    naive = T0.replace(tzinfo=None, microsecond=0)  # as the runner stores it: naive UTC
+    assert store.last_started("residents") is None
+    for i, (run_id, status) in enumerate(
+        (("a" * 32, "success"), ("b" * 32, "failed"), ("c" * 32, "interrupted"), ("d" * 32, None))
+    ):
+        store.begin_run(run_info(run_id, at=naive + timedelta(hours=i)))
+        if status is not None:
+            done = RunCounts()
+            store.finish_run(run_id, "residents", status=status, counts=done, error=None, watermark=None)
+    store.begin_run(run_info("e" * 32, dataset="households", at=naive + timedelta(hours=9)))
+    store.finish_run("e" * 32, "households", status="success", counts=RunCounts(), error=None, watermark=None)
+    assert store.last_started("residents") == naive.replace(tzinfo=UTC) + timedelta(hours=1)  # the failure
+    assert store.last_started("households") == naive.replace(tzinfo=UTC) + timedelta(hours=9)

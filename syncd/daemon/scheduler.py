@@ -8,6 +8,16 @@ explicitly; every job has ``coalesce=True`` (a backlog of missed runs becomes on
 because every worker was busy). Dataset runs share a pool of ``max_concurrent`` worker threads;
 the heartbeat has an executor of its own so busy workers never delay it.
 
+A job added when the daemon starts (or a reload adds a dataset) takes the dataset's last run into
+account (``last_started``, from the runs table: any node, also ``syncd sync``), so a restart never
+starves a dataset: an interval dataset runs ``every`` after its last run started, at once when that
+is past or it never ran; a cron dataset whose scheduled time passed since its last run (the daemon
+was down at 02:00) runs at once, and otherwise waits for its next scheduled time, as does a cron
+dataset that never ran (cron is chosen for the hours the gateway allows). A catch-up run starts
+within the schedule's ``jitter`` (or :data:`CATCH_UP_SPREAD`), so many datasets due after a long
+stop do not all hit the gateway in the same second (an interval dataset within one interval at
+most, when that is shorter).
+
 The heartbeat proves the scheduler thread still dispatches jobs: :meth:`heartbeat_age` grows
 when it stops (DESIGN §6: a job-store error can kill the thread while the scheduler still says
 RUNNING), and :attr:`alive` checks the thread itself.
@@ -15,6 +25,7 @@ RUNNING), and :attr:`alive` checks the thread itself.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +50,9 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT_JOB = "syncd:heartbeat"
 Schedule = CronSchedule | IntervalSchedule
+CATCH_UP_SPREAD = timedelta(seconds=30)
+"""Catch-up runs of datasets without a ``jitter`` start within this long after they are due (an
+interval dataset within one interval, when that is shorter)."""
 
 
 def build_trigger(schedule: Schedule, timezone: str | tzinfo) -> BaseTrigger:
@@ -73,8 +87,10 @@ class DatasetScheduler:
         misfire_grace_time: timedelta = timedelta(minutes=10),
         heartbeat_interval: timedelta = timedelta(seconds=10),
         on_heartbeat: Callable[[], None] | None = None,
+        last_started: Callable[[str], datetime | None] | None = None,
     ) -> None:
         self._run_fn = run_fn
+        self._last_started = last_started
         self._zone = ZoneInfo(timezone)
         self._grace = max(1, int(misfire_grace_time.total_seconds()))
         self._beat_every = heartbeat_interval.total_seconds()
@@ -151,8 +167,10 @@ class DatasetScheduler:
                     continue
                 trigger = build_trigger(schedule, self._zone)
                 if old is None:
+                    first = self._first_run(name, schedule, trigger)
+                    when = {} if first is None else {"next_run_time": first}
                     self._scheduler.add_job(
-                        self._job, trigger, args=[name], id=name, name=name, executor="default"
+                        self._job, trigger, args=[name], id=name, name=name, executor="default", **when
                     )
                     plan.added.append(name)
                 else:
@@ -160,6 +178,40 @@ class DatasetScheduler:
                     plan.rescheduled.append(name)
                 self._schedules[name] = schedule
         return plan
+
+    def _first_run(self, name: str, schedule: Schedule, trigger: BaseTrigger) -> datetime | None:
+        """The first run time of a job added now, from the dataset's last run (module docstring);
+        None leaves it to the trigger."""
+        if self._last_started is None:
+            return None
+        try:
+            last = self._last_started(name)
+        except Exception as exc:  # noqa: BLE001 - a database problem only costs the catch-up
+            log.warning("schedule.last_run_unknown", dataset=name, error=str(exc))
+            return None
+        now = datetime.now(self._zone)
+        spread = (schedule.jitter or CATCH_UP_SPREAD).total_seconds()
+        if isinstance(schedule, IntervalSchedule):  # a short interval starts within one interval
+            spread = min(spread, schedule.every.total_seconds())
+        catch_up = now + timedelta(seconds=random.uniform(0, spread))  # noqa: S311 - spreading, not security
+        if isinstance(schedule, IntervalSchedule):
+            due = None if last is None else last.astimezone(self._zone) + schedule.every
+            first = catch_up if due is None or due <= now else due
+        else:
+            if last is None:
+                return None
+            missed = trigger.get_next_fire_time(None, last.astimezone(self._zone))
+            if missed is None or missed > now:
+                return None
+            first = catch_up
+        log.info(
+            "schedule.first_run",
+            dataset=name,
+            last_started=None if last is None else last.isoformat(),
+            first_run=first.isoformat(),
+            catch_up=first is catch_up,
+        )
+        return first
 
     def next_run_times(self) -> dict[str, datetime | None]:
         """Next fire time of every dataset job (None while paused)."""

@@ -86,6 +86,7 @@ class Daemon:
             misfire_grace_time=d.misfire_grace_time,
             heartbeat_interval=d.heartbeat_interval,
             on_heartbeat=self.metrics.heartbeat,
+            last_started=self.store.last_started,
         )
         self.server: HealthServer | None = None
         if d.metrics_port:

@@ -207,6 +207,24 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"reading the row state of dataset {dataset}", exc) from exc
 
+    def last_started(self, dataset: str) -> datetime | None:
+        """When the dataset's latest run that ended (success, failed or refused: not interrupted,
+        abandoned or still running) started, in UTC; None when it never ran. On any node."""
+        runs = self.tables.runs
+        query = sa.select(sa.func.max(runs.c.started_at)).where(
+            runs.c.dataset == dataset, runs.c.status.in_(("success", "failed", "refused"))
+        )
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"reading the runs of dataset {dataset}", exc) from exc
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite without declared types round-trips text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
     def last_runs(self, dataset: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The latest runs (of one dataset, or of all), newest first."""
         runs = self.tables.runs
