@@ -211,8 +211,13 @@ class StateStore:
         """When the dataset's latest run that ended (success, failed or refused: not interrupted,
         abandoned or still running) started, in UTC; None when it never ran. On any node."""
         runs = self.tables.runs
-        query = sa.select(sa.func.max(runs.c.started_at)).where(
-            runs.c.dataset == dataset, runs.c.status.in_(("success", "failed", "refused"))
+        # newest first through the (dataset, started_at) index, stopping at the first ended run: a
+        # daemon asks once per dataset at start, and the runs of years stay in the table
+        query = (
+            sa.select(runs.c.started_at)
+            .where(runs.c.dataset == dataset, runs.c.status.in_(("success", "failed", "refused")))
+            .order_by(runs.c.started_at.desc())
+            .limit(1)
         )
         try:
             with self.engine.connect() as conn:
