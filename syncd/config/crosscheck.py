@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -33,6 +33,9 @@ from syncd.config.messages import locate
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.config.positions import Document, Path, format_path
 from syncd.errors import ConfigIssue
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["Loaded", "check_app", "check_dataset", "check_unique"]
 
@@ -75,7 +78,7 @@ def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     return _tls(doc, ("target", "url"), url) + _sql_connections(app, doc)
 
 
-def _tls(doc: Document, at: Path, url: Any) -> list[ConfigIssue]:
+def _tls(doc: Document, at: Path, url: URL) -> list[ConfigIssue]:
     """A TLS option the driver would misread is an error; a connection to another machine that would
     not check the server's certificate is a warning (the operator may accept it, e.g. a 前置库
     without TLS in a closed network, by saying sslmode=disable / ssl_disabled=true)."""

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -179,17 +179,7 @@ def _decode_rows(wire: tuple[tuple[str, ...], list[list[Any]]]) -> list[tuple[An
     return list(zip(*columns, strict=True))
 
 
-_STATS_FIELDS = (
-    "requests",
-    "retries",
-    "pages",
-    "records",
-    "bytes",
-    "reported_total",
-    "complete",
-    "total_changed",
-    "warnings",
-)
+_STATS_FIELDS = tuple(f.name for f in fields(ReadStats))  # every counter and flag travels back
 
 
 def _stats_dict(stats: ReadStats) -> dict[str, Any]:

@@ -26,20 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.util import asbool
 
 __all__ = ["mysql_tls_args", "tls_url_problem", "unverified_tls"]
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_WORDS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
 MYSQL_TLS_FLAGS = ("ssl_disabled", "ssl_verify_cert", "ssl_verify_identity")
 """PyMySQL's boolean TLS arguments, which a URL can only give as text."""
 _PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -58,13 +49,14 @@ def _query_text(url: sa.URL, name: str) -> str | None:
 
 
 def _flag(url: sa.URL, name: str) -> bool | None:
-    """The boolean a URL query flag means; None when absent. ValueError for another word."""
+    """The boolean a URL query flag means, read as SQLAlchemy reads its own (``ssl_check_hostname``):
+    true/yes/on/1 (y, t), false/no/off/0 (n, f); None when absent. ValueError for another word."""
     text = _query_text(url, name)
     if text is None:
         return None
     try:
-        return _WORDS[text.strip().lower()]
-    except KeyError:
+        return bool(asbool(text))
+    except ValueError:
         raise ValueError(text) from None
 
 

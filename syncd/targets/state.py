@@ -221,13 +221,11 @@ class StateStore:
         )
         try:
             with self.engine.connect() as conn:
-                value = conn.execute(query).scalar()
+                value: datetime | None = conn.execute(query).scalar()
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"reading the runs of dataset {dataset}", exc) from exc
         if value is None:
             return None
-        if isinstance(value, str):  # SQLite without declared types round-trips text
-            value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def last_runs(self, dataset: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
