@@ -37,8 +37,9 @@ from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter
 from syncd.sources import ReadStats, Source, Window, build_source
+from syncd.sources.base import Page, ResumePoint
 from syncd.sources.prefetch import Prefetcher
-from syncd.sources.worker import MappedPage, ReadWorker
+from syncd.sources.worker import MappedPage, ReadWorker, ReadWorkerError
 from syncd.targets import (
     BatchWriter,
     QuarantineItem,
@@ -57,6 +58,9 @@ WATERMARK_FORMAT = "%Y-%m-%d %H:%M:%S"
 WORKER_MIN_RECORDS = 30_000
 """``read_worker: auto`` hands a first load over to the read worker from this many records on: the
 worker's start (~0.35 s) pays for itself from about 25,000 records (bench/RESULTS.md)."""
+READY_WAIT_S = 0.0
+"""How long the run waits at a page boundary for the held read worker to be ready: not at all (it
+reads on in its own process meanwhile). Tests raise it to hand over at a known page."""
 
 
 @dataclass
@@ -385,10 +389,14 @@ class _Reading:
     """Where the run's records come from: its source read in this process, or the read worker.
 
     ``defaults.read_worker`` (docs/performance.md): ``always`` starts the worker before anything
-    else; ``auto`` reads in this process, and the first load of an http dataset hands over to the
-    worker after the first page when upstream reports at least :data:`WORKER_MIN_RECORDS` records
-    (that page is read again by the worker; nothing of it was kept). A re-sync never hands over:
-    it maps only the records whose digest changed, which the worker cannot know."""
+    else; ``auto`` reads in this process, and when the first page of an http dataset's first load
+    reports at least :data:`WORKER_MIN_RECORDS` records, starts the worker *held* (it imports and
+    prepares, ~0.3 s) while this process goes on reading, mapping and writing. At the first page
+    boundary after the worker said it is ready, this process stops reading and the worker reads on
+    from the next page (the page's :class:`~syncd.sources.base.ResumePoint`: paging state and
+    statistics), so no page is read twice and no start-up time is spent waiting. A worker that
+    fails before it is ready only costs the speed: the read stays in this process. A re-sync
+    never hands over: it maps only the records whose digest changed, which the worker cannot know."""
 
     def __init__(
         self,
@@ -403,6 +411,7 @@ class _Reading:
         self.first_load = first_load
         self.factory = source_factory
         self.source: Source | ReadWorker | None = None
+        self.pending: ReadWorker | None = None  # started held, not reading yet
         mode = run.app.defaults.read_worker
         usable = mode != "never" and source_factory is build_source and run.ds.source.type == "http"
         self.worker_now = usable and mode == "always"
@@ -417,15 +426,53 @@ class _Reading:
     def open(self) -> Source | ReadWorker:
         if self.source is None:
             self.source = self.factory(self.run.app, self.run.ds)
+            if self.switch_at is not None and hasattr(self.source, "offer_resume"):
+                self.source.offer_resume = True  # each page says where the worker could read on
         return self.source
 
-    def to_worker(self, reported_total: int | None) -> ReadWorker:
-        """Close the source read so far (its requests still count) and start the worker."""
-        old, self.source = self.source, None
+    def worth_a_worker(self, page: Page) -> bool:
+        """Whether this first page starts the worker (``auto``: a large enough first load)."""
+        total = page.reported_total
+        return (
+            self.switch_at is not None
+            and self.pending is None
+            and page.number == 1
+            and total is not None
+            and total >= self.switch_at
+        )
+
+    def start_held_worker(self, reported_total: int | None) -> None:
+        self.pending = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=True)
+        log.info("sync.read_worker", pid=self.pending.pid, reported_total=reported_total)
+
+    def worker_ready(self) -> bool:
+        """Whether the held worker is ready to read on. One that failed is given up (logged once)."""
+        worker = self.pending
+        if worker is None:
+            return False
+        if worker.wait_ready(READY_WAIT_S):
+            return True
+        if worker.unavailable is not None:
+            log.warning("sync.read_worker_unavailable", pid=worker.pid, reason=worker.unavailable[:500])
+            self.pending = None
+            worker.close()
+            if self.source is not None and hasattr(self.source, "offer_resume"):
+                self.source.offer_resume = False
+        return False
+
+    def hand_over(self, resume: ResumePoint) -> ReadWorker:
+        """Close the source read so far (its requests still count); the held worker reads on after
+        ``resume``'s page."""
+        worker, self.pending = self.pending, None
+        if worker is None:  # pragma: no cover - _take_records hands over only to a ready worker
+            raise ReadWorkerError("no read worker to hand the read over to")
+        old, self.source = self.source, worker
         if old is not None:
             self._count(old)
             old.close()
-        return self._start_worker(reported_total)
+        worker.go(resume)
+        log.info("sync.read_worker_took_over", after_page=resume.stats.pages, records=resume.stats.records)
+        return worker
 
     def _start_worker(self, reported_total: int | None) -> ReadWorker:
         worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load)
@@ -438,6 +485,9 @@ class _Reading:
         self.run.counts.retries += source.stats.retries
 
     def close(self, success: bool) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:  # the read ended (or failed) before the worker took over
+            pending.close()
         source, self.source = self.source, None
         if source is not None:
             self._count(source)
@@ -462,28 +512,28 @@ def _process(
         if isinstance(source, ReadWorker):
             _take_mapped(run, source, batch)
         else:
-            handover = _take_records(run, source, reading.window, batch, reading.switch_at)
-            if handover is not None:
-                _take_mapped(run, reading.to_worker(handover), batch)
+            resume = _take_records(run, source, reading, batch)
+            if resume is not None:
+                worker = reading.hand_over(resume)
+                batch.flush()  # the records this process read, written while the worker reads on
+                _take_mapped(run, worker, batch)
         batch.flush()
     run.check_error_limit(final=True)
     return writer
 
 
-def _take_records(
-    run: _Run, source: Source, window: Window, batch: _Batch, switch_at: int | None
-) -> int | None:
-    """Read and map in this process. Returns upstream's reported total instead, taking nothing,
-    when the first page says the read is large enough for the read worker (``switch_at``)."""
+def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -> ResumePoint | None:
+    """Read and map in this process. Returns where the read stands instead, once the read worker
+    started for a large first load is ready to read on from there (:class:`_Reading`)."""
     update_time = source.update_time
     # the next page is read while this one is mapped and written (syncd.sources.prefetch)
-    pages = Prefetcher(source.read(window), name=f"syncd-read-{run.ds.name}")
+    pages = Prefetcher(source.read(reading.window), name=f"syncd-read-{run.ds.name}")
     try:
         for page in pages:
             run.check_stop()
             total = page.reported_total
-            if switch_at is not None and page.number == 1 and total is not None and total >= switch_at:
-                return total
+            if reading.worth_a_worker(page):
+                reading.start_held_worker(total)
             run.took_page(total)
             for record in page.records:
                 run.counts.fetched += 1
@@ -492,8 +542,11 @@ def _take_records(
                     run.max_seen = ts
                 batch.add(record)
             batch.flush_when_full()
+            if page.resume is not None and reading.worker_ready():
+                return page.resume
     finally:
-        # an early end (stop request, guard, failed batch) must release the source's cursor now
+        # an early end (stop request, guard, failed batch, the hand-over) releases the source's
+        # cursor now; a request already sent for the next page is finished first
         pages.close()
     return None
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -240,6 +241,96 @@ def test_cursor_paging_end_to_end(server: LoopbackServer) -> None:
     )
     assert [r["id"] for p in source.read(ALL) for r in p.records] == [1, 2, 3, 4, 5]
     source.close()
+
+
+# --------------------------------------------------------------------------- resuming a read
+
+
+def paged(total: int, *, drift_after: int | None = None) -> Any:
+    """A gateway over ``total`` records in all three paging styles (page_number's pageNo, offset's
+    offset, cursor's cursor = the next offset as text); with ``drift_after``, the reported total
+    grows by one from that record on."""
+
+    def handle(req: Recorded) -> Reply:
+        q = req.query
+        size = int(q.get("pageSize") or q.get("limit") or 10)
+        if "pageNo" in q:
+            start = (int(q["pageNo"]) - 1) * size
+        else:
+            start = int(q.get("offset") or q.get("cursor") or 0)
+        ids = list(range(start, min(start + size, total)))
+        shown = total + (1 if drift_after is not None and start >= drift_after else 0)
+        nxt = str(start + size) if start + size < total else None
+        data = {"list": [{"id": i} for i in ids], "total": shown, "next": nxt}
+        return Reply(json={"code": 0, "data": data})
+
+    return handle
+
+
+STYLES = {
+    "page_number": {"pagination": {"type": "page_number", "page_size": 10}},
+    "offset": {"pagination": {"type": "offset", "page_size": 10}},
+    "cursor": {
+        "pagination": {"type": "cursor", "page_size": 10},
+        "envelope": {"cursor_path": "data.next"},
+    },
+}
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_a_read_resumed_after_a_page_reads_on_from_the_next(
+    server: LoopbackServer, style: str, stop_after: int
+) -> None:
+    """The read worker takes over a first load at a page boundary (syncd.runner._Reading): a
+    second source, given the ResumePoint of page k (pickled, as it travels), reads pages k+1… and
+    ends with the statistics of one whole read; nothing is read twice or skipped."""
+    server.handler = paged(95)
+    first = make(server, STYLES[style])
+    first.offer_resume = True
+    pages = first.read(ALL)
+    taken = [next(pages) for _ in range(stop_after)]
+    assert all(p.resume is not None for p in taken)
+    next(pages)  # read ahead, as the runner's Prefetcher does: the point must not move with the read
+    point = pickle.loads(pickle.dumps(taken[-1].resume))  # noqa: S301 - our own object, as the worker gets it
+    first.close()
+
+    second = make(server, STYLES[style])
+    rest = list(second.read(ALL, resume=point))
+    second.close()
+    assert all(p.resume is None for p in rest)  # only a source asked to offers resume points
+    seen = [r["id"] for p in taken + rest for r in p.records]
+    assert seen == list(range(95))
+    assert [p.number for p in rest] == list(range(stop_after + 1, 11))
+    stats = second.stats
+    assert (stats.pages, stats.records, stats.complete, stats.total_changed) == (10, 95, True, False)
+    assert stats.reported_total == 95
+    assert stats.requests == 10 - stop_after  # its own requests only: the first source counts its own
+
+
+def test_a_total_that_changes_at_the_resumed_page_is_noticed(server: LoopbackServer) -> None:
+    """The total of the page after the resume point is compared with the last one before it."""
+    server.handler = paged(95, drift_after=30)
+    first = make(server, STYLES["page_number"])
+    first.offer_resume = True
+    pages = first.read(ALL)
+    point = [next(pages) for _ in range(3)][-1].resume
+    first.close()
+    assert point is not None and not point.stats.total_changed
+    second = make(server, STYLES["page_number"])
+    list(second.read(ALL, resume=point))
+    second.close()
+    assert second.stats.total_changed and second.stats.reported_total == 95
+    assert any("from 95 to 96 at page 4" in w for w in second.stats.warnings)
+
+
+def test_the_last_page_offers_no_resume_point(server: LoopbackServer) -> None:
+    server.handler = paged(25)
+    source = make(server, STYLES["offset"])
+    source.offer_resume = True
+    pages = list(source.read(ALL))
+    source.close()
+    assert [p.resume is not None for p in pages] == [True, True, False]
 
 
 # --------------------------------------------------------------------------- parameters

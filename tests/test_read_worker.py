@@ -135,14 +135,27 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
         yield gw
 
 
+def _hand_over_after(page: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``auto``'s hand-over happen after ``page``: the run asks whether the held worker is
+    ready once per page; the first ``page - 1`` answers are no, then it waits for the worker."""
+    asked = iter(range(1, 10_000))
+    ready = ReadWorker.wait_ready
+    monkeypatch.setattr(
+        ReadWorker, "wait_ready", lambda self, timeout=0.0: next(asked) >= page and ready(self, 60)
+    )
+
+
+@pytest.mark.parametrize("after_page", [1, 3])
 def test_worker_writes_exactly_what_the_run_itself_writes(
-    tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch, after_page: int
 ) -> None:
     """First load (auto → worker) and a re-sync through the worker (always) give the same rows,
     change feed, quarantine and row state, value for value, as the in-process path writing the
-    same database under another prefix. The first load takes ``auto``'s path: one page read in
-    this process, then the hand-over to the worker, which reads from the first page again."""
+    same database under another prefix. The first load takes ``auto``'s path: the first pages
+    read, mapped and written in this process while the worker starts, then the hand-over: the
+    worker reads on from the next page (no page twice, none missed)."""
     monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
+    _hand_over_after(after_page, monkeypatch)
     gateway.store.generate(30, gateway.store.clock() - timedelta(minutes=10), bad_ratio=1.0)  # unmappable
     worker_cfg = _worker_config(tmp_path / "w", db_url, gateway.url, "auto")
     inproc_cfg = _worker_config(tmp_path / "p", db_url, gateway.url, "never", prefix="ref_")
@@ -150,7 +163,9 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     log = _json_log()
     first = _sync(worker_cfg)
     assert first.ok, first.error
-    assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # the first page once
+    assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # every record once
+    took_over = [e for e in _events(log) if e["event"] == "sync.read_worker_took_over"]
+    assert [(e["after_page"], e["records"]) for e in took_over] == [(after_page, after_page * 100)]
     pid = _worker_pid(_events(log))
     assert _gone(pid)
     # the worker's own peak memory, as it reported it (VmHWM: not the run's size it started from)
@@ -180,6 +195,47 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     assert len(written["rows"]) > RECORDS // 2 and written["quarantine"]
     for part in ("rows", "changes", "quarantine", "state"):
         assert written[part] == reference[part], part
+
+
+def test_a_worker_that_dies_while_starting_leaves_the_read_in_the_run(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto`` starts the worker held; one that dies before it is ready costs only the speed: the
+    run reads on in its own process, says why in the log, and writes every record once."""
+
+    class DiesAtStart(ReadWorker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            os.kill(self.pid, signal.SIGKILL)
+
+    monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
+    monkeypatch.setattr("syncd.runner.READY_WAIT_S", 60.0)  # the run asks after page 1 and waits
+    monkeypatch.setattr("syncd.runner.ReadWorker", DiesAtStart)
+    log = _json_log()
+    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    assert result.ok, result.error
+    assert result.counts.fetched == result.counts.reported_total == RECORDS
+    assert result.counts.inserted + result.counts.quarantined + result.counts.deleted == RECORDS
+    events = _events(log)
+    unavailable = [e for e in events if e["event"] == "sync.read_worker_unavailable"]
+    assert len(unavailable) == 1 and "killed by signal SIGKILL" in unavailable[0]["reason"]
+    assert unavailable[0]["log.level"] == "warning" and unavailable[0]["run_id"] == result.run_id
+    assert "sync.read_worker_took_over" not in [e["event"] for e in events]
+    assert _gone(_worker_pid(events))
+
+
+def test_a_worker_not_ready_before_the_read_ends_is_ended(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
+    monkeypatch.setattr(ReadWorker, "wait_ready", lambda self, timeout=0.0: False)
+    log = _json_log()
+    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    assert result.ok, result.error
+    assert result.counts.fetched == RECORDS and result.worker_peak_rss_bytes is None
+    events = _events(log)
+    assert "sync.read_worker_took_over" not in [e["event"] for e in events]
+    assert _gone(_worker_pid(events))
 
 
 def test_worker_log_events_carry_the_run_fields(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-__all__ = ["Page", "ReadStats", "Source", "Window"]
+__all__ = ["Page", "ReadStats", "ResumePoint", "Source", "Window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,9 @@ class Page:
     records: list[dict[str, Any]]
     number: int  # 1-based sequence number of this page in the run
     reported_total: int | None = None  # the upstream's own count of matching records, if given
+    # where the read stands after this page, when the source was asked for it (HttpSource's
+    # offer_resume) and another page follows: another process can read on from there
+    resume: ResumePoint | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +54,19 @@ class ReadStats:
     # was paged, so a page-number or offset read may have skipped one (the run reads it again)
     total_changed: bool = False
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a read stands after one of its pages, so that another reader (the read worker) can
+    read on from the next page instead of from the first: the source's own paging state after the
+    page, the next page's request parameters, and the read's statistics so far (requests, retries
+    and bytes are left out: they count what each reader itself sent and received)."""
+
+    paging: Any  # the source's own state (the http source: a copy of its paginator)
+    params: dict[str, Any]  # the next page's request parameters
+    stats: ReadStats
+    last_total: int | None  # the total the last page reported (a change on the next is a warning)
 
 
 class Source(Protocol):

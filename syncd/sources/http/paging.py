@@ -15,6 +15,7 @@ size while the total says more exist (a gateway silently capping the page size).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -50,6 +51,11 @@ class Paginator(ABC):
     @abstractmethod
     def first(self) -> dict[str, Any]:
         """The parameters of the first page."""
+
+    def snapshot(self) -> Paginator:
+        """A copy that goes on from this paginator's state, independent of it (a read worker
+        reads on from a page this one stopped at: :class:`~syncd.sources.base.ResumePoint`)."""
+        return copy.copy(self)  # its state is ints and a tuple replaced, never changed, per page
 
     def next(self, page: ParsedPage) -> dict[str, Any] | None:
         """The parameters of the page after ``page``, or None when ``page`` was the last."""
@@ -157,6 +163,11 @@ class CursorPaginator(Paginator):
     def first(self) -> dict[str, Any]:
         self._cursors.clear()
         return {self.cfg.size_param: self.page_size} if self.cfg.size_param else {}
+
+    def snapshot(self) -> Paginator:
+        other = copy.copy(self)
+        other._cursors = set(self._cursors)  # the one state changed in place
+        return other
 
     def _short_page_ends(self) -> bool:
         return False

@@ -13,6 +13,7 @@ the query for GET, and into the JSON body (merged over ``body``) for POST.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError
 from syncd.paths import compile_path
-from syncd.sources.base import Page, ReadStats, Window
+from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 from syncd.sources.http.auth import build_auth
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, ParsedPage
@@ -94,6 +95,9 @@ class HttpSource:
         self.name = dataset
         self.cfg = source
         self.stats = ReadStats()
+        # set by the runner for a first load that may hand over to the read worker: each page then
+        # carries its ResumePoint (a copy of the paginator and the statistics, per page)
+        self.offer_resume = False
         self._tz = tz
         self._client = HttpClient(connection, name=connection_name, stats=self.stats)
         try:
@@ -148,11 +152,19 @@ class HttpSource:
 
     # ------------------------------------------------------------------ Source protocol
 
-    def read(self, window: Window) -> Iterator[Page]:
-        """Yield the window's pages in order; ``stats`` restarts with each read."""
-        self.stats = ReadStats()
+    def read(self, window: Window, resume: ResumePoint | None = None) -> Iterator[Page]:
+        """Yield the window's pages in order; ``stats`` restarts with each read.
+
+        ``resume``: read on after the page another reader of the same window stopped at (the
+        :class:`~syncd.sources.base.ResumePoint` of that page, from a source whose
+        ``offer_resume`` was set): the pages that follow it, numbered on from it, with its
+        statistics carried over."""
+        if resume is None:
+            self.stats = ReadStats()
+        else:
+            self.stats = replace(resume.stats, warnings=list(resume.stats.warnings))
         self._client.stats = self.stats
-        return self._pages(window)
+        return self._pages(window, resume)
 
     def update_time(self, record: dict[str, Any]) -> datetime | None:
         """The record's ``incremental.field`` as a naive datetime in the app's time zone, or None."""
@@ -186,12 +198,16 @@ class HttpSource:
 
     # ------------------------------------------------------------------ internals
 
-    def _pages(self, window: Window) -> Iterator[Page]:
+    def _pages(self, window: Window, resume: ResumePoint | None) -> Iterator[Page]:
         stats = self.stats
-        paginator = build_paginator(self.cfg.pagination)
         fixed = self._window_params(window)
-        params = paginator.first()
-        last_total: int | None = None
+        paginator: Paginator
+        if resume is None:
+            paginator = build_paginator(self.cfg.pagination)
+            params = paginator.first()
+            last_total: int | None = None
+        else:
+            paginator, params, last_total = resume.paging.snapshot(), dict(resume.params), resume.last_total
         while True:
             page = self._fetch({**fixed, **params}, paginator)
             stats.pages += 1
@@ -207,7 +223,15 @@ class HttpSource:
                     )
                 last_total = page.total
             following = paginator.next(page)
-            yield Page(records=page.records, number=stats.pages, reported_total=page.total)
+            point = None
+            if self.offer_resume and following is not None:
+                point = ResumePoint(
+                    paging=paginator.snapshot(),
+                    params=following,
+                    stats=replace(stats, requests=0, retries=0, bytes=0, warnings=list(stats.warnings)),
+                    last_total=last_total,
+                )
+            yield Page(records=page.records, number=stats.pages, reported_total=page.total, resume=point)
             if following is None:
                 break
             params = following
