@@ -442,8 +442,13 @@ class _Reading:
         )
 
     def start_held_worker(self, reported_total: int | None) -> None:
-        self.pending = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=True)
-        log.info("sync.read_worker", pid=self.pending.pid, reported_total=reported_total)
+        try:
+            worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=True)
+        except ReadWorkerError as exc:  # it could not even be started: the read stays here
+            self._read_here(None, str(exc))
+            return
+        self.pending = worker
+        log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
 
     def worker_ready(self) -> bool:
         """Whether the held worker is ready to read on. One that failed is given up (logged once)."""
@@ -453,12 +458,16 @@ class _Reading:
         if worker.wait_ready(READY_WAIT_S):
             return True
         if worker.unavailable is not None:
-            log.warning("sync.read_worker_unavailable", pid=worker.pid, reason=worker.unavailable[:500])
             self.pending = None
             worker.close()
-            if self.source is not None and hasattr(self.source, "offer_resume"):
-                self.source.offer_resume = False
+            self._read_here(worker.pid, worker.unavailable)
         return False
+
+    def _read_here(self, pid: int | None, reason: str) -> None:
+        """No worker for this read after all: this process reads it to the end."""
+        log.warning("sync.read_worker_unavailable", pid=pid, reason=reason[:500])
+        if self.source is not None and hasattr(self.source, "offer_resume"):
+            self.source.offer_resume = False
 
     def hand_over(self, resume: ResumePoint) -> ReadWorker:
         """Close the source read so far (its requests still count); the held worker reads on after

@@ -197,20 +197,28 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
         assert written[part] == reference[part], part
 
 
-def test_a_worker_that_dies_while_starting_leaves_the_read_in_the_run(
-    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["killed", "not started"])
+def test_a_worker_that_fails_while_starting_leaves_the_read_in_the_run(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """``auto`` starts the worker held; one that dies before it is ready costs only the speed: the
-    run reads on in its own process, says why in the log, and writes every record once."""
+    """``auto`` starts the worker held; one that dies before it is ready, or cannot be started at
+    all, costs only the speed: the run reads on in its own process, says why in the log, and
+    writes every record once."""
 
     class DiesAtStart(ReadWorker):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             os.kill(self.pid, signal.SIGKILL)
 
+    def no_process(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(24, "Too many open files")
+
     monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
     monkeypatch.setattr("syncd.runner.READY_WAIT_S", 60.0)  # the run asks after page 1 and waits
-    monkeypatch.setattr("syncd.runner.ReadWorker", DiesAtStart)
+    if how == "killed":
+        monkeypatch.setattr("syncd.runner.ReadWorker", DiesAtStart)
+    else:
+        monkeypatch.setattr(subprocess, "Popen", no_process)
     log = _json_log()
     result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
     assert result.ok, result.error
@@ -218,10 +226,12 @@ def test_a_worker_that_dies_while_starting_leaves_the_read_in_the_run(
     assert result.counts.inserted + result.counts.quarantined + result.counts.deleted == RECORDS
     events = _events(log)
     unavailable = [e for e in events if e["event"] == "sync.read_worker_unavailable"]
-    assert len(unavailable) == 1 and "killed by signal SIGKILL" in unavailable[0]["reason"]
+    why = "killed by signal SIGKILL" if how == "killed" else "could not start the read worker"
+    assert len(unavailable) == 1 and why in unavailable[0]["reason"], unavailable
     assert unavailable[0]["log.level"] == "warning" and unavailable[0]["run_id"] == result.run_id
     assert "sync.read_worker_took_over" not in [e["event"] for e in events]
-    assert _gone(_worker_pid(events))
+    if how == "killed":
+        assert _gone(_worker_pid(events))
 
 
 def test_a_worker_not_ready_before_the_read_ends_is_ended(
