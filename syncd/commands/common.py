@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ __all__ = [
     "dataset_or_report",
     "load_or_report",
     "open_store",
+    "run_locks",
 ]
 
 EXIT_OK = 0
@@ -73,3 +76,30 @@ def open_store(app: AppConfig) -> tuple[sa.Engine, StateStore]:
 
     engine = create_target_engine(app.target.url.get_secret_value(), pool_size=app.target.pool_size)
     return engine, StateStore(engine, app.target.table_prefix)
+
+
+@contextmanager
+def run_locks(app: AppConfig, command: str) -> Iterator[Callable[[str], AbstractContextManager[bool]]]:
+    """The datasets' run locks for a command that writes them (``syncd sync``, ``syncd quarantine
+    replay``): ``with locks(name) as acquired:``, as the daemon takes them (syncd.daemon.locks). When
+    ``acquired`` is False another syncd process is running the dataset; a line on stdout says so."""
+    from syncd.daemon.locks import DatasetLocker
+
+    locker = DatasetLocker(app.target.url.get_secret_value())
+
+    @contextmanager
+    def hold(name: str) -> Iterator[bool]:
+        with locker.hold(name) as acquired:
+            if not acquired:
+                print(
+                    f"{name}: skipped  another syncd process is running this dataset now (the daemon, "
+                    f"or another `syncd {command}`); nothing was read or written by this one. Run it "
+                    f"again when that run has ended (`syncd runs {name}` shows it)",
+                    flush=True,
+                )
+            yield acquired
+
+    try:
+        yield hold
+    finally:
+        locker.close()

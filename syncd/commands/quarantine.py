@@ -12,6 +12,7 @@ from syncd.commands.common import (
     dataset_or_report,
     load_or_report,
     open_store,
+    run_locks,
 )
 
 NAME = "quarantine"
@@ -64,7 +65,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
             print("raw (masked/hashed source fields are stored redacted):")
             print(json_text(e["raw"]))
             return EXIT_OK
-        result = ops.replay_quarantine(app, dataset, store)
+        with run_locks(app, "quarantine replay") as lock, lock(dataset.name) as acquired:
+            if not acquired:
+                return EXIT_FAILED
+            result = ops.replay_quarantine(app, dataset, store)
     except SyncdError as exc:
         print(f"syncd quarantine: {exc}", file=sys.stderr)
         return EXIT_FAILED

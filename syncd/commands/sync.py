@@ -13,7 +13,8 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store, run_locks
+from syncd.errors import SyncdError
 
 if TYPE_CHECKING:
     from syncd.config.model import AppConfig
@@ -109,19 +110,29 @@ def run(args: argparse.Namespace) -> int:
     engine, store = open_store(app)
     failed = 0
     try:
-        for name in names:
-            result = run_dataset(
-                app,
-                app.datasets[name],
-                store,
-                trigger="backfill" if backfill else "manual",
-                backfill=backfill,
-                on_progress=reporter,
-            )
-            if reporter is not None:
-                reporter.done()
-            print(result.summary(), flush=True)
-            failed += not result.ok
+        with run_locks(app, NAME) as lock:
+            for name in names:
+                try:
+                    with lock(name) as acquired:
+                        if not acquired:
+                            failed += 1
+                            continue
+                        result = run_dataset(
+                            app,
+                            app.datasets[name],
+                            store,
+                            trigger="backfill" if backfill else "manual",
+                            backfill=backfill,
+                            on_progress=reporter,
+                        )
+                except SyncdError as exc:  # the lock itself (database unreachable, directory read-only)
+                    print(f"{name}: failed  error: {exc}", flush=True)
+                    failed += 1
+                    continue
+                if reporter is not None:
+                    reporter.done()
+                print(result.summary(), flush=True)
+                failed += not result.ok
     finally:
         engine.dispose()
     return EXIT_FAILED if failed else EXIT_OK

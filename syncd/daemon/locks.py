@@ -6,8 +6,17 @@
   §6), and when a node dies its connection closes and the lock goes with it.
 * MariaDB / MySQL: ``GET_LOCK(name, 0)`` is session-scoped, so it is held on a dedicated,
   unpooled connection that is released with ``RELEASE_LOCK`` and then closed, whatever happens.
-* SQLite: a single-host database; within one daemon the scheduler never starts two runs of a
-  dataset (``max_instances=1``), so no lock is taken. Do not run two daemons on one SQLite file.
+* SQLite: a single-host database, so an ``flock`` on a file per dataset beside it
+  (``<database>.syncd-locks/<dataset>.lock``): the daemon and a ``syncd sync`` or
+  ``syncd quarantine replay`` started by hand while it runs exclude each other, as two daemons on
+  one file do. The kernel drops the lock when the process ends (kill -9 included); the files stay
+  (empty) and mean nothing by themselves. An in-memory database takes no lock.
+
+Every writer of a dataset holds its lock: the daemon's runs, ``syncd sync`` and ``syncd quarantine
+replay``. Two runs of one dataset at once overwrite each other's ``row_state.seen_run`` marks, and
+the full-snapshot run that ends first deletes live rows as gone upstream (syncd.targets.snapshot);
+they also classify the same new key as an insert each, and the second marks the first
+``abandoned`` in the runs table while it is still running.
 
 The locker owns a small engine of its own with no pool (``NullPool``): every lock is a fresh
 connection, closed when the run ends, never handed to other code.
@@ -15,9 +24,13 @@ connection, closed when the run ends, never handed to other code.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 import structlog
@@ -27,7 +40,7 @@ from syncd.errors import TargetError
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import with_driver
 
-__all__ = ["DatasetLocker", "lock_key"]
+__all__ = ["DatasetLocker", "lock_key", "sqlite_lock_dir"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,11 +51,26 @@ def lock_key(dataset: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def sqlite_lock_dir(url: sa.URL) -> Path | None:
+    """The directory of the dataset lock files of a SQLite database (beside its file), or None for
+    an in-memory database."""
+    database = url.database or ""
+    if database.startswith("file:"):  # a URI filename (?uri=true)
+        database, _, query = database[5:].partition("?")
+        if "mode=memory" in query:
+            return None
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    path = Path(database).expanduser().absolute()  # relative: to the working directory, as SQLite's
+    return path.with_name(path.name + ".syncd-locks")
+
+
 class DatasetLocker:
     """``with locker.hold(name) as acquired:`` — run only when ``acquired`` is True."""
 
     def __init__(self, url: str | sa.URL) -> None:
         self._engine: sa.Engine | None = None
+        self._lock_dir: Path | None = None
         parsed = with_driver(sa.make_url(url))  # postgresql:// alone would ask for psycopg2
         backend = parsed.get_backend_name()
         families = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
@@ -52,15 +80,20 @@ class DatasetLocker:
             self._engine = sa.create_engine(
                 parsed, poolclass=NullPool, hide_parameters=True, connect_args=tls
             )
+        else:
+            self._lock_dir = sqlite_lock_dir(parsed)
 
     @property
     def enabled(self) -> bool:
-        """False on SQLite (single host: nothing to coordinate)."""
-        return self._engine is not None
+        """False only for an in-memory SQLite database (one process: nothing to coordinate)."""
+        return self._engine is not None or self._lock_dir is not None
 
     @contextmanager
     def hold(self, dataset: str) -> Iterator[bool]:
         """Try to take the dataset's lock without waiting; yield whether it was acquired."""
+        if self._lock_dir is not None:
+            yield from self._hold_file(self._lock_dir, dataset)
+            return
         if self._engine is None:
             yield True
             return
@@ -75,6 +108,31 @@ class DatasetLocker:
                 yield from self._hold_mysql(conn, dataset)
         finally:
             conn.close()
+
+    @staticmethod
+    def _hold_file(directory: Path, dataset: str) -> Iterator[bool]:
+        path = directory / f"{dataset}.lock"  # dataset names are identifiers (config validation)
+        try:
+            # readable by whoever may read the database: flock needs no write access to the file
+            directory.mkdir(mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot take the run lock of dataset {dataset}: {path}: {exc.strerror}; syncd needs to "
+                "write in the SQLite database's directory (its -wal and -shm files live there too)"
+            ) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                acquired = True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    reason = f"{path}: {exc.strerror}"
+                    raise TargetError(f"cannot take the run lock of dataset {dataset}: {reason}") from exc
+                acquired = False
+            yield acquired
+        finally:
+            os.close(fd)  # releases the lock
 
     @staticmethod
     def _hold_postgres(conn: sa.Connection, dataset: str) -> Iterator[bool]:

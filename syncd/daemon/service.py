@@ -289,7 +289,11 @@ class Daemon:
                     return run_dataset(
                         app, app.datasets[name], self.store, trigger="schedule", should_stop=self._stop.is_set
                     )
-            log.info("sync.skipped_locked", dataset=name, hint="another node is running this dataset")
+            log.info(
+                "sync.skipped_locked",
+                dataset=name,
+                hint="another syncd process is running this dataset (another node, or a command run by hand)",
+            )
             return RunResult(name, "", "skipped_locked", RunCounts(), time.monotonic() - started)
         except Exception as exc:  # a job must never kill its worker; the run is reported as failed
             log.error("daemon.job_failed", dataset=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
