@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,9 +21,26 @@ from syncd.runner import RunResult, run_dataset
 from syncd.sources import Page, ReadStats, Window
 from syncd.targets import StateStore, create_target_engine
 
-DEMO_DATASETS = Path(__file__).resolve().parent.parent / "syncd" / "demo" / "datasets"
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATASETS = ROOT / "syncd" / "demo" / "datasets"
 SECRET = "s3cr3t-Vx9-never-logged"
 SECRET_ENV = "SYNCD_TEST_GW_SECRET"
+
+
+def syncd_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m syncd ARGS`` as an operator runs it, from the checkout, with the test gateway's
+    secret in the environment (``env`` adds to or overrides the variables)."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, SECRET_ENV: SECRET, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 class Syncer:

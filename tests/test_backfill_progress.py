@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 from syncd.gateway import Gateway
 from syncd.progress import ProgressReporter, format_progress
 from syncd.runner import Backfill, Progress
-from tests.e2e import SECRET, SECRET_ENV, Syncer, target_rows, upstream_active, write_config
+from tests.e2e import SECRET, SECRET_ENV, Syncer, syncd_cli, target_rows, upstream_active, write_config
 
 FMT = "%Y-%m-%d %H:%M:%S"
 
@@ -67,26 +64,15 @@ def test_window_backfill_picks_up_a_row_changed_behind_the_watermark(
         s.close()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, SECRET_ENV: SECRET},
-    )
-
-
 def test_cli_backfill_flags(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
     cfg = str(write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, page_size=50))
-    both = _cli("-c", cfg, "sync", "residents", "--full", "--from", "2026-01-01")
+    both = syncd_cli("-c", cfg, "sync", "residents", "--full", "--from", "2026-01-01")
     assert both.returncode == 2
     assert "--full re-reads everything" in both.stderr
-    bad = _cli("-c", cfg, "sync", "residents", "--from", "yesterday")
+    bad = syncd_cli("-c", cfg, "sync", "residents", "--from", "yesterday")
     assert bad.returncode == 2
     assert "is not a time" in bad.stderr
-    full = _cli("-c", cfg, "sync", "residents", "--full", "--progress", "lines")
+    full = syncd_cli("-c", cfg, "sync", "residents", "--full", "--progress", "lines")
     assert full.returncode == 0, full.stderr
     assert f"inserted={len(upstream_active(gateway.store))}" in full.stdout
 

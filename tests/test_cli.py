@@ -16,22 +16,9 @@ import pytest
 
 from syncd.gateway import Gateway
 from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+from tests.e2e import syncd_cli as syncd
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def syncd(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture

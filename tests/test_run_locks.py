@@ -10,7 +10,6 @@ MariaDB: ``GET_LOCK``).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,21 +21,7 @@ import sqlalchemy as sa
 from syncd.daemon.locks import DatasetLocker, sqlite_lock_dir
 from syncd.errors import TargetError
 from syncd.gateway import Gateway
-from tests.e2e import SECRET, SECRET_ENV, change_log, upstream_active, write_config
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def syncd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncd", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, SECRET_ENV: SECRET},
-        cwd=ROOT,
-    )
+from tests.e2e import ROOT, SECRET, change_log, syncd_cli, upstream_active, write_config
 
 
 @pytest.fixture
@@ -57,15 +42,15 @@ def test_a_manual_sync_waits_for_no_one_and_writes_nothing_while_the_dataset_run
     try:
         with locker.hold("residents") as held:
             assert held
-            refused = syncd("-c", cfg, "sync", "residents")
-            replay = syncd("-c", cfg, "quarantine", "replay", "residents")
+            refused = syncd_cli("-c", cfg, "sync", "residents")
+            replay = syncd_cli("-c", cfg, "quarantine", "replay", "residents")
         assert refused.returncode == 1, refused.stderr
         assert refused.stdout.startswith("residents: skipped  another syncd process is running this dataset")
         assert "syncd runs residents" in refused.stdout
         assert replay.returncode == 1, replay.stderr
         assert "residents: skipped" in replay.stdout and "syncd quarantine replay" in replay.stdout
 
-        done = syncd("-c", cfg, "sync", "residents")  # the lock is free again
+        done = syncd_cli("-c", cfg, "sync", "residents")  # the lock is free again
     finally:
         locker.close()
     assert done.returncode == 0, done.stdout + done.stderr
