@@ -161,9 +161,13 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     inproc_cfg = _worker_config(tmp_path / "p", db_url, gateway.url, "never", prefix="ref_")
 
     log = _json_log()
+    asked_before = len(gateway.request_log)
     first = _sync(worker_cfg)
     assert first.ok, first.error
     assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # every record once
+    # every page requested once: this process reads no page ahead while the worker may take over
+    asked = [int(e.params["pageNo"]) for e in gateway.request_log[asked_before:]]
+    assert sorted(asked) == list(range(1, 8)), asked
     took_over = [e for e in _events(log) if e["event"] == "sync.read_worker_took_over"]
     assert [(e["after_page"], e["records"]) for e in took_over] == [(after_page, after_page * 100)]
     pid = _worker_pid(_events(log))
