@@ -27,8 +27,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -117,35 +119,67 @@ def _admin_engine(db: str) -> Any:
     return sa.create_engine(admin, isolation_level="AUTOCOMMIT")
 
 
+IDLE_WAIT_S = 900.0
+"""How long :func:`_stop_sessions` waits for the server to finish the sessions it ended."""
+
+
+def _sessions(conn: Any, db: str, names: list[str]) -> list[int]:
+    """Server sessions (other than this one) on the benchmark's databases."""
+    if db == "postgresql":
+        query = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%(names)s) AND pid <> pg_backend_pid()"
+        )
+        return list(conn.exec_driver_sql(query, {"names": names}).scalars().all())
+    query = "SELECT id FROM information_schema.processlist WHERE db IN %(names)s AND id <> CONNECTION_ID()"
+    return list(conn.exec_driver_sql(query, {"names": tuple(names)}).scalars().all())
+
+
 def _stop_sessions(db: str) -> int:
-    """End every server session on the benchmark's databases; returns how many were ended.
+    """End every server session on the benchmark's databases and wait until the server has
+    finished them; returns how many were ended.
 
     A measurement killed at its timeout leaves its last statement running in the server (dlt's
     merge DELETE on MariaDB ran on for 15 minutes): it would take a core from every later
-    measurement and hold locks on tables the next run drops."""
+    measurement and hold locks on tables the next run drops. Ending it is not enough either:
+    MariaDB rolls a killed statement's transaction back in the background (the session stays in
+    the process list as ``Killed``), and that took the CPU of the next measurement (SQLite's
+    snapshot-del after dlt's MariaDB snapshot: 4.9 s instead of 1.1 s)."""
     if db == "sqlite":
         return 0
     names = [*DB_NAMES.values(), *DLT_MARIADB_DATABASES]
     engine = _admin_engine(db)
     try:
         with engine.connect() as conn:
-            if db == "postgresql":
-                ended = conn.exec_driver_sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = ANY(%(names)s) AND pid <> pg_backend_pid()",
-                    {"names": names},
-                ).all()
-                return len(ended)
-            ids = conn.exec_driver_sql(
-                "SELECT id FROM information_schema.processlist "
-                "WHERE db IN %(names)s AND id <> CONNECTION_ID()",
-                {"names": tuple(names)},
-            ).scalars().all()
+            ids = _sessions(conn, db, names)
             for session in ids:
-                conn.exec_driver_sql(f"KILL {int(session)}")
+                if db == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": session})
+                else:
+                    conn.exec_driver_sql(f"KILL {int(session)}")
+            started = time.monotonic()
+            while ids and _sessions(conn, db, names) and time.monotonic() - started < IDLE_WAIT_S:
+                time.sleep(0.5)
+            if ids:
+                waited = time.monotonic() - started
+                print(f"  {db:<10} {len(ids)} ended session(s) finished in the server after {waited:.1f} s")
             return len(ids)
     finally:
         engine.dispose()
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run one measurement in a process group of its own; at the timeout the whole group is
+    killed (a side's own child processes too, which would otherwise run on beside the next)."""
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
@@ -171,7 +205,7 @@ def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
 
 def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeout: float) -> Measurement:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        done = _run(cmd, timeout)
     except subprocess.TimeoutExpired:
         ended = _stop_sessions(db)  # the killed process's statement would run on in the server
         print(f"  {db:<10} {scenario:<12} {side:<7} timeout (server sessions ended: {ended})", flush=True)

@@ -575,7 +575,12 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
             if reading.worth_a_worker(page):
                 reading.start_held_worker(total)
             run.took_page(total)
-            for record in page.records:
+            # taken off the page one by one: a record mapped on a first load is not kept, so the
+            # page's raw records are gone before the batch is written (the run's memory peak)
+            records = page.records
+            records.reverse()
+            while records:
+                record = records.pop()
                 run.counts.fetched += 1
                 ts = update_time(record)
                 if ts is not None and (run.max_seen is None or ts > run.max_seen):

@@ -563,7 +563,13 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
             for page in pages:
                 newest: datetime | None = None
                 sort = sorter.sort
-                for record in page.records:
+                fetched = len(page.records)
+                # taken off the page one by one: the raw records are gone before the page's rows are
+                # encoded and pickled (this process's memory peak)
+                records = page.records
+                records.reverse()
+                while records:
+                    record = records.pop()
                     ts = update_time(record)
                     if ts is not None and (newest is None or ts > newest):
                         newest = ts
@@ -572,7 +578,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                 mapped = MappedPage(
                     number=page.number,
                     reported_total=page.reported_total,
-                    fetched=len(page.records),
+                    fetched=fetched,
                     max_seen=newest,
                     rows=rows,
                     digests=sorter.digests,
