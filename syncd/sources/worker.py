@@ -11,6 +11,11 @@ child process on the other core; the run's own process only classifies and write
   runner does) and sends each page back on stdout as a :class:`MappedPage`: the mapped rows with
   their record digests, row hashes and row keys, the deletes, and the records it could not map
   (masked, with the reason). Pickle is safe here: both ends are this program, over a private pipe.
+- Held start (``hold=True``; ``read_worker: auto`` on a large first load): the child imports and
+  prepares everything (mapping, source), sends ``ready`` and waits for ``go`` with a
+  :class:`~syncd.sources.base.ResumePoint` (or None: from the first page). Meanwhile the run reads
+  in its own process; it hands over at a page boundary and the child reads on from the next page.
+  A held child that fails or dies before ``ready`` sets ``unavailable``: the run keeps the read.
 - Nothing is written by the child: batches, row state, the change feed and the watermark stay in
   the run's process, so every invariant of DESIGN §4 holds as without the worker. The stored
   record digests are compared in the run's process when the batch is written, never in the
