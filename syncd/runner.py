@@ -421,7 +421,7 @@ class _Reading:
         """``always``: start the worker now; its start-up (imports, the first request) overlaps
         the run's own set-up (mapping, target table)."""
         if self.worker_now:
-            self._start_worker(None)
+            self.source = self._spawn(None, hold=False)
 
     def open(self) -> Source | ReadWorker:
         if self.source is None:
@@ -443,12 +443,9 @@ class _Reading:
 
     def start_held_worker(self, reported_total: int | None) -> None:
         try:
-            worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=True)
+            self.pending = self._spawn(reported_total, hold=True)
         except ReadWorkerError as exc:  # it could not even be started: the read stays here
             self._read_here(None, str(exc))
-            return
-        self.pending = worker
-        log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
 
     def worker_ready(self) -> bool:
         """Whether the held worker is ready to read on. One that failed is given up (logged once)."""
@@ -483,9 +480,8 @@ class _Reading:
         log.info("sync.read_worker_took_over", after_page=resume.stats.pages, records=resume.stats.records)
         return worker
 
-    def _start_worker(self, reported_total: int | None) -> ReadWorker:
-        worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load)
-        self.source = worker
+    def _spawn(self, reported_total: int | None, *, hold: bool) -> ReadWorker:
+        worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=hold)
         log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
         return worker
 

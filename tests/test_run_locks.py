@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from syncd.daemon.locks import DatasetLocker, sqlite_lock_dir
 from syncd.errors import TargetError
 from syncd.gateway import Gateway
+from syncd.targets import StateStore, create_target_engine
 from tests.e2e import ROOT, SECRET, change_log, syncd_cli, upstream_active, write_config
 
 
@@ -58,13 +59,12 @@ def test_a_manual_sync_waits_for_no_one_and_writes_nothing_while_the_dataset_run
     active = len(upstream_active(gateway.store))
     assert f"inserted={active}" in done.stdout
     assert [e["op"] for e in change_log(db_url)].count("insert") == active
-    engine = sa.create_engine(db_url)
+    engine = create_target_engine(db_url)
     try:
-        with engine.connect() as conn:
-            runs = conn.execute(sa.text("SELECT status FROM syncd_runs WHERE dataset = 'residents'")).all()
+        runs = StateStore(engine).last_runs("residents")
     finally:
         engine.dispose()
-    assert [r[0] for r in runs] == ["success"]
+    assert [r["status"] for r in runs] == ["success"]
 
 
 def test_sqlite_lock_files_exclude_each_other_and_go_with_the_holder(tmp_path: Path) -> None:
