@@ -188,6 +188,56 @@ def test_state_schema_is_idempotent_and_survives_a_race(db_url: str) -> None:
             e.dispose()
 
 
+def test_a_complete_state_schema_is_checked_without_waiting_for_writers(db_url: str) -> None:
+    """Every run checks the state tables. On a complete schema that must not wait for another
+    dataset's open batch: PostgreSQL's CREATE INDEX IF NOT EXISTS queues for a SHARE lock behind
+    it (and every later writer behind that), SQLite's DDL for the write lock (30 s busy wait)."""
+    eng = create_target_engine(db_url)
+    StateStore(eng).ensure_schema()
+    batch = write_engine(eng).connect()
+    checked = threading.Event()
+    try:
+        batch.begin()  # another dataset's batch, not committed yet
+        batch.exec_driver_sql(
+            "INSERT INTO syncd_row_state (dataset, row_key, row_hash) VALUES ('other', 'k', 'h')"
+        )
+        batch.exec_driver_sql(
+            "INSERT INTO syncd_changes (dataset, run_id, row_key, op, changed_columns, changed_at) "
+            "VALUES ('other', 'r', 'k', 'insert', '[]', '2026-12-06 10:00:00')"
+        )
+        def check() -> None:
+            StateStore(eng).ensure_schema()
+            checked.set()
+
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert checked.is_set(), "ensure_schema waited for an open write transaction"
+    finally:
+        batch.rollback()
+        batch.close()
+        thread.join(60)
+        eng.dispose()
+
+
+def _index_names(eng: sa.Engine, table: str) -> set[str]:
+    return {str(i["name"]) for i in sa.inspect(eng).get_indexes(table)}
+
+
+def test_a_dropped_state_index_is_created_again(db_url: str) -> None:
+    eng = create_target_engine(db_url)
+    try:
+        StateStore(eng).ensure_schema()
+        with eng.begin() as conn:
+            on = " ON syncd_changes" if eng.dialect.name in ("mysql", "mariadb") else ""
+            conn.exec_driver_sql(f"DROP INDEX ix_syncd_changes_dataset_at{on}")
+        assert "ix_syncd_changes_dataset_at" not in _index_names(eng, "syncd_changes")
+        StateStore(eng).ensure_schema()
+        assert "ix_syncd_changes_dataset_at" in _index_names(eng, "syncd_changes")
+    finally:
+        eng.dispose()
+
+
 def test_table_prefix(engine: sa.Engine) -> None:
     StateStore(engine, prefix="hl_").ensure_schema()
     assert "hl_runs" in sa.inspect(engine).get_table_names()

@@ -30,7 +30,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
-from syncd.targets.engine import describe_url, write_engine
+from syncd.targets.engine import describe_url, dialect_family, write_engine
 from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type
 from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
 
@@ -218,20 +218,79 @@ def target_table(metadata: sa.MetaData, dataset: DatasetConfig, shape: MappingSh
     return sa.Table(dataset.target.table, metadata, *columns, **MYSQL_TABLE_OPTIONS)
 
 
+# The names a connection would create tables in, read from the catalogue: tables as (name, ""),
+# indexes as (table, index). PostgreSQL and SQLite name indexes per schema, MariaDB per table.
+_CATALOGUE = {
+    "sqlite": (
+        "SELECT tbl_name, CASE type WHEN 'index' THEN name ELSE '' END FROM sqlite_master "
+        "WHERE type IN ('table', 'index') AND tbl_name IN :names"
+    ),
+    "postgresql": (
+        "SELECT tablename, '' FROM pg_catalog.pg_tables "
+        "WHERE schemaname = current_schema() AND tablename IN :names "
+        "UNION ALL SELECT tablename, indexname FROM pg_catalog.pg_indexes "
+        "WHERE schemaname = current_schema() AND tablename IN :names"
+    ),
+    "mysql": (
+        "SELECT table_name, '' FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() AND table_name IN :names "
+        "UNION SELECT table_name, index_name FROM information_schema.statistics "
+        "WHERE table_schema = DATABASE() AND table_name IN :names"
+    ),
+}
+_COLUMNS = {
+    "sqlite": "SELECT name FROM pragma_table_info(:table)",
+    "postgresql": (
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = :table"
+    ),
+    "mysql": (
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = :table"
+    ),
+}
+
+
+def _missing_ddl(engine: sa.Engine, tables: tuple[sa.Table, ...]) -> list[Any]:
+    """``CREATE … IF NOT EXISTS`` for the tables and indexes the catalogue does not list.
+
+    The check reads the catalogue only. The DDL itself is not harmless on a complete schema:
+    PostgreSQL's ``CREATE INDEX IF NOT EXISTS`` takes its SHARE lock on the table before it finds
+    the index, so it waits for every open write transaction on that table, and every writer
+    that comes after waits behind it (each run start stalled the other datasets' batches);
+    SQLite's DDL waits for the database's write lock."""
+    wanted: list[tuple[tuple[str, str], Any]] = []
+    for table in tables:
+        wanted.append(((table.name, ""), CreateTable(table, if_not_exists=True)))
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+            wanted.append(((table.name, str(index.name)), CreateIndex(index, if_not_exists=True)))
+    query = sa.text(_CATALOGUE[dialect_family(engine)]).bindparams(sa.bindparam("names", expanding=True))
+    names = [t.name for t in tables]
+    try:
+        with engine.connect() as conn:
+            present = {(str(t), str(i or "")) for t, i in conn.execute(query, {"names": names})}
+    except sa.exc.DBAPIError as exc:  # the DDL decides, as it did before this check
+        log.debug("create_tables.catalogue_unreadable", error=str(exc.orig))
+        present = set()
+    return [ddl for name, ddl in wanted if name not in present]
+
+
 def create_tables(engine: sa.Engine, tables: Iterable[sa.Table], *, attempts: int = 4) -> None:
     """Create the tables (and their indexes) that do not exist yet.
 
-    Safe when several processes do it at the same moment: ``IF NOT EXISTS`` everywhere, and
-    a lost race (PostgreSQL can report a duplicate catalogue entry) is retried.
+    Nothing is executed when the catalogue lists them all (:func:`_missing_ddl`: every run
+    checks its tables). Safe when several processes do it at the same moment: ``IF NOT EXISTS``
+    everywhere, and a lost race (PostgreSQL can report a duplicate catalogue entry) is retried.
     """
     tables = tuple(tables)
     for attempt in range(1, attempts + 1):
         try:
+            missing = _missing_ddl(engine, tables)
+            if not missing:
+                return
             with write_engine(engine).begin() as conn:
-                for table in tables:
-                    conn.execute(CreateTable(table, if_not_exists=True))
-                    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-                        conn.execute(CreateIndex(index, if_not_exists=True))
+                for ddl in missing:
+                    conn.execute(ddl)
             return
         except sa.exc.DBAPIError as exc:
             if attempt == attempts:
@@ -244,6 +303,12 @@ def create_tables(engine: sa.Engine, tables: Iterable[sa.Table], *, attempts: in
             time.sleep(0.05 * attempt)
 
 
+def _column_names(engine: sa.Engine, table: sa.Table) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(_COLUMNS[dialect_family(engine)]), {"table": table.name})
+        return {str(name) for (name,) in rows}
+
+
 ADDED_STATE_COLUMNS: dict[str, str] = {"seen_run": "VARCHAR(32)", "record_digest": "CHAR(32)"}
 """Nullable ``row_state`` columns added after the first release, with their DDL types: a
 database made by an older syncd gets them added (:func:`add_missing_columns`)."""
@@ -253,7 +318,7 @@ def add_missing_columns(engine: sa.Engine, table: sa.Table, columns: Mapping[str
     """``ALTER TABLE … ADD`` the nullable ``columns`` (name → DDL type) that ``table`` lacks in the
     database; returns the names added. A column added meanwhile by another process is fine."""
     try:
-        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+        present = _column_names(engine, table)
     except sa.exc.DBAPIError as exc:
         where = describe_url(engine.url)
         raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
@@ -267,7 +332,7 @@ def add_missing_columns(engine: sa.Engine, table: sa.Table, columns: Mapping[str
             with write_engine(engine).begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {name} ADD {quoted} {ddl}")
         except sa.exc.DBAPIError as exc:
-            fresh = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+            fresh = _column_names(engine, table)
             if column in fresh:  # another process added it first
                 continue
             raise TargetError(
