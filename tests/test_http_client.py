@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import traceback
@@ -487,3 +488,33 @@ def test_a_netrc_file_adds_no_credentials(
         assert fetch(client).records == [{"id": 1}]
     (request,) = server.requests
     assert request.header("Authorization") is None
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def test_environment_proxies_apply_per_origin(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY and NO_PROXY from the environment (a 前置机 proxy) decide for each origin: the
+    client reads them once per origin, so a bypassed origin after a proxied one goes direct."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, server.url)  # the loopback server plays the proxy
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1")
+    server.queue(envelope([{"id": 1}], total=1), envelope([{"id": 2}], total=1))
+    with serve_direct() as direct, make_client(server) as client:
+        direct.queue(envelope([{"id": 3}], total=1))
+        env = Envelope(EnvelopeConfig.model_validate({}))
+        far = "http://gateway.invalid:8080/api/q"
+        proxied = [client.fetch("GET", far, parse=env.parse) for _ in range(2)]
+        bypassed = client.fetch("GET", f"{direct.url}/api/q", parse=env.parse)
+    assert [p.records for p in proxied] == [[{"id": 1}], [{"id": 2}]]
+    assert [r.header("Host") for r in server.to("/api/q")] == ["gateway.invalid:8080"] * 2
+    assert bypassed.records == [{"id": 3}]
+    assert len(direct.to("/api/q")) == 1
+
+
+@contextlib.contextmanager
+def serve_direct() -> Iterator[LoopbackServer]:
+    yield from serve()

@@ -141,6 +141,7 @@ class HttpClient:
         self._session.headers["Accept"] = "application/json"
         self._session.headers.update(connection.headers)
         self._session.verify = self._verify
+        self._env_settings: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -262,9 +263,7 @@ class HttpClient:
             )
         )
         call.shown_url = self.redactor.scrub(sanitize_url(prepared.url or call.url), call.secrets)
-        settings = self._session.merge_environment_settings(
-            prepared.url or call.url, {}, True, self._verify, None
-        )
+        settings = self._settings_for(prepared.url or call.url)
         self.stats.requests += 1
         # failures are raised outside the except blocks: the requests/orjson exceptions carry the
         # full URL (signatures, tokens) and body, and must not ride along as __context__
@@ -294,6 +293,18 @@ class HttpClient:
             call.reason = f"business code {exc.code}" if exc.code else type(exc).__name__
             failure = self._error(call, exc)
         raise failure
+
+    def _settings_for(self, url: str) -> Any:
+        """requests' settings from the environment (proxies, ``NO_PROXY``, a CA bundle) for the
+        origin of ``url``, read once per origin: requests reads every variable of the environment
+        for each request (0.7 ms of a 1,000-record page, in the read-ahead thread)."""
+        origin = url.split("?", 1)[0].split("/", 3)[:3]  # scheme, "", host[:port]
+        key = (origin[0], origin[-1])
+        settings = self._env_settings.get(key)
+        if settings is None:
+            settings = self._session.merge_environment_settings(url, {}, True, self._verify, None)
+            self._env_settings[key] = settings
+        return settings
 
     def _added_values(self, call: _Call, params: dict[str, Any], headers: dict[str, str]) -> list[str]:
         """Values the auth scheme put into the request: treated as secrets in every message."""
