@@ -75,6 +75,8 @@ def test_sqlite_engine_settings(sqlite_url: str) -> None:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 10_000
+            assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == 64 << 20
         # a write transaction takes the write lock at BEGIN: a second writer cannot start
         other = sa.create_engine(sqlite_url, connect_args={"timeout": 0})
         try:

@@ -2,7 +2,8 @@
 
 Each backend is set up for a daemon that writes batches for years:
 
-- SQLite: WAL journal, ``busy_timeout`` 30 s, ``synchronous=NORMAL``. The stdlib driver's own
+- SQLite: WAL journal, ``busy_timeout`` 30 s, ``synchronous=NORMAL``, a checkpoint every
+  :data:`SQLITE_WAL_PAGES` pages and the WAL file cut back to 64 MB after one. The stdlib driver's own
   transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself (the recipe of the
   SQLAlchemy SQLite docs, "Serializable isolation / Savepoints / Transactional DDL"), so DDL is
   transactional and a write transaction can start with ``BEGIN IMMEDIATE`` (see
@@ -157,6 +158,17 @@ def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.autocommit = autocommit
 
 
+SQLITE_WAL_PAGES = 10_000
+"""SQLite checkpoints the WAL into the database once it holds this many pages (40 MB at 4 KiB;
+SQLite's default is 1,000). A first load's batches touch the same table and index pages again and
+again: checkpointed less often, each page is copied to the database file fewer times and fewer
+checkpoints wait for their fsync. First load of 10⁵ rows, 16 alternating pairs on two days' hosts:
+13 faster, medians -3 % and -13 %; 10⁶ rows: 55.9 → 53.1 s and 59.3 → 56.4 s."""
+SQLITE_WAL_KEEP_BYTES = 64 << 20
+"""Size the WAL file is cut back to after a checkpoint: a WAL that grew while a local
+application's long read held the checkpoint back does not keep its size on disk for good."""
+
+
 def _sqlite_engine(url: sa.URL, pool_size: int) -> sa.Engine:
     engine = sa.create_engine(url, pool_size=pool_size, hide_parameters=True, connect_args={"timeout": 30})
 
@@ -169,6 +181,8 @@ def _sqlite_engine(url: sa.URL, pool_size: int) -> sa.Engine:
             cursor.execute("PRAGMA busy_timeout = 30000")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")
+            cursor.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_KEEP_BYTES}")
         finally:
             cursor.close()
 
