@@ -6,6 +6,8 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 
 =========================================== =========  ==============================================
 ``syncd_runs_total{dataset,outcome}``       counter    outcome: success | failed | refused | skipped_locked
+                                                       | skipped_running | skipped_missed (scheduled
+                                                       runs that did not start: :meth:`run_skipped`)
 ``syncd_rows_total{dataset,op}``            counter    op: insert | update | delete | unchanged
 ``syncd_quarantined_records_total``         counter    records sent to quarantine (隔离区)
 ``syncd_upstream_requests_total``           counter    HTTP requests made to the gateway
@@ -13,7 +15,7 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 ``syncd_run_duration_seconds``              histogram  runs that did work (success and failed)
 ``syncd_last_success_timestamp_seconds``    gauge      Unix time of the last successful run
 ``syncd_last_run_timestamp_seconds``        gauge      Unix time of the last run (any outcome but
-                                                       skipped_locked, which another node ran)
+                                                       the skipped ones)
 ``syncd_watermark_lag_seconds``             gauge      how far the data lags behind now (freshness)
 ``syncd_authorization_remaining_seconds``   gauge      time until the authorization (授权) expires, in
                                                        whole days × 86400 (negative once expired)
@@ -71,7 +73,7 @@ log = structlog.get_logger(__name__)
 #: Content type of :meth:`Metrics.render` (text exposition format 0.0.4, read by every Prometheus).
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
-OUTCOMES: Final = ("success", "failed", "refused", "skipped_locked")
+OUTCOMES: Final = ("success", "failed", "refused", "skipped_locked", "skipped_running", "skipped_missed")
 OPS: Final = ("insert", "update", "delete", "unchanged")
 #: Run durations from 0.1 s (an empty incremental pull) to 1 h (a full snapshot of 10⁷ rows).
 DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -149,7 +151,7 @@ class Metrics:
         )
         self.last_run = Gauge(
             "syncd_last_run_timestamp_seconds",
-            "Unix time of the last run on this node, whatever its outcome (skipped_locked excepted).",
+            "Unix time of the last run on this node, whatever its outcome (skipped runs excepted).",
             ds, registry=reg,
         )
         self.watermark_lag = Gauge(
@@ -248,7 +250,7 @@ class Metrics:
         now = self._clock()
         if status in _DID_WORK:
             self.run_duration.labels(name).observe(max(0.0, float(result.duration)))
-        if status != "skipped_locked":
+        if not status.startswith("skipped_"):
             self.last_run.labels(name).set(now)
         if status == "success":
             self.last_success.labels(name).set(now)
@@ -258,6 +260,12 @@ class Metrics:
         days = getattr(result, "days_left", None)
         if days is not None:
             self.set_authorization_days(name, days)
+
+    def run_skipped(self, dataset: str, outcome: str) -> None:
+        """A scheduled run that never started: ``skipped_running`` (the dataset's previous run was
+        still running) or ``skipped_missed`` (it could not start within the misfire grace time)."""
+        self.register_dataset(dataset)
+        self.runs.labels(dataset, outcome).inc()
 
     def set_watermark_lag(self, dataset: str, seconds: float) -> None:
         """Data freshness: seconds between now and the newest update time synced."""

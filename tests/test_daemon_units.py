@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
-from apscheduler.events import EVENT_JOB_MISSED
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from structlog.testing import capture_logs
 
 from syncd.config import load_config
@@ -88,23 +88,36 @@ def test_a_busy_pool_runs_the_job_late_instead_of_skipping_it(grace: timedelta, 
         if name == "a" and len(ran) == 1:
             time.sleep(2.5)  # the only worker is busy when "b" is due
 
-    sched = DatasetScheduler(run, timezone="Asia/Shanghai", max_concurrent=1, misfire_grace_time=grace)
-    misses: list[str] = []
-    sched._scheduler.add_listener(lambda e: misses.append(e.job_id), EVENT_JOB_MISSED)
+    skips: list[tuple[str, str]] = []
+    sched = DatasetScheduler(
+        run,
+        timezone="Asia/Shanghai",
+        max_concurrent=1,
+        misfire_grace_time=grace,
+        on_skipped=lambda name, outcome: skips.append((name, outcome)),
+    )
     sched.start()
     try:
         sched.apply({"a": every(1), "b": every(1.05)})
         assert sched.job_options("b")["misfire_grace_time"] == int(grace.total_seconds())
         assert sched.job_options("b")["coalesce"] is True
         assert sched.job_options("b")["max_instances"] == 1
-        time.sleep(3.8)
+        with capture_logs() as logs:
+            time.sleep(3.8)
     finally:
         sched.shutdown()
     first_b = next((t for n, t in ran if n == "b"), None)
+    # "a" was due again twice while its first run slept: each is a skipped run, named and explained
+    assert ("a", "skipped_running") in skips
+    events = [e for e in logs if e["event"] == "schedule.skipped"]
+    assert {(e["dataset"], e["outcome"]) for e in events} == set(skips)
+    assert all(e["log_level"] == "warning" and e["hint"] and e["due"] for e in events)
     if missed:
-        assert "b" in misses
+        assert ("b", "skipped_missed") in skips
+        hint = next(e["hint"] for e in events if e["outcome"] == "skipped_missed")
+        assert "misfire_grace_time (1 s)" in hint
     else:
-        assert misses == []
+        assert ("b", "skipped_missed") not in skips
         assert first_b is not None and first_b >= 3.0  # ran late, right after "a" freed the worker
 
 
@@ -196,6 +209,10 @@ def test_metrics_and_health_of_a_running_daemon(daemon: Daemon) -> None:
         status, body = _get(port, "/metrics")
         assert b'syncd_runs_total{dataset="residents",outcome="success"} 1.0' in body
         assert b"syncd_heartbeat_timestamp_seconds" in body
+        # the scheduler's skipped runs reach the runs counter (each outcome exported from the start)
+        assert b'syncd_runs_total{dataset="residents",outcome="skipped_running"} 0.0' in body
+        daemon.scheduler._skipped(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "residents", "default", []))
+        assert b'outcome="skipped_running"} 1.0' in _get(port, "/metrics")[1]
         assert b"syncd_authorization_remaining_seconds" in body
         check = promtool_check(body)
         assert check.returncode == 0, check.stdout + check.stderr

@@ -140,6 +140,18 @@ def test_refused_and_skipped_runs_do_not_skew_durations(metrics: Metrics) -> Non
     assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="households") is None
 
 
+def test_scheduled_runs_that_never_started_are_counted_by_outcome(metrics: Metrics) -> None:
+    metrics.run_skipped("residents", "skipped_running")
+    metrics.run_skipped("residents", "skipped_running")
+    metrics.run_skipped("households", "skipped_missed")
+    assert value(metrics, "syncd_runs_total", dataset="residents", outcome="skipped_running") == 2
+    assert value(metrics, "syncd_runs_total", dataset="residents", outcome="skipped_missed") == 0
+    assert value(metrics, "syncd_runs_total", dataset="households", outcome="skipped_missed") == 1
+    # nothing ran: no run time, no duration
+    assert value(metrics, "syncd_last_run_timestamp_seconds", dataset="residents") is None
+    assert value(metrics, "syncd_run_duration_seconds_count", dataset="residents") == 0
+
+
 def test_duck_type_defaults(metrics: Metrics) -> None:
     # counts without attributes count as 0; optional result attributes absent → gauges absent
     metrics.observe_run(NS(dataset="bare", status="success", duration=1.0, counts=NS(inserted=None)))

@@ -35,6 +35,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -88,8 +89,12 @@ class DatasetScheduler:
         heartbeat_interval: timedelta = timedelta(seconds=10),
         on_heartbeat: Callable[[], None] | None = None,
         last_started: Callable[[str], datetime | None] | None = None,
+        on_skipped: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_skipped(dataset, outcome)`` hears of each scheduled run that did not start
+        (``skipped_running`` or ``skipped_missed``, see :meth:`_skipped`)."""
         self._run_fn = run_fn
+        self._on_skipped = on_skipped
         self._last_started = last_started
         self._zone = ZoneInfo(timezone)
         self._grace = max(1, int(misfire_grace_time.total_seconds()))
@@ -108,6 +113,7 @@ class DatasetScheduler:
             timezone=self._zone,
             daemon=True,
         )
+        self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -145,6 +151,40 @@ class DatasetScheduler:
             self._run_fn(name)
         finally:
             structlog.contextvars.clear_contextvars()
+
+    def _skipped(self, event: JobEvent) -> None:
+        """A scheduled run that did not start. APScheduler's own warning says only that a job was
+        skipped or missed; this names the dataset, why, and what to change, for the log and the
+        ``syncd_runs_total`` outcomes. Still running: the dataset's previous run had not ended
+        (``max_instances=1``). Missed: it was due more than ``misfire_grace_time`` ago when a
+        worker became free (every worker busy, the machine suspended, the clock stepped)."""
+        name = event.job_id
+        if name == HEARTBEAT_JOB:  # a stalled heartbeat shows in heartbeat_age
+            return
+        times = getattr(event, "scheduled_run_times", None) or [getattr(event, "scheduled_run_time", None)]
+        due = times[-1]
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            outcome = "skipped_running"
+            hint = (
+                "the dataset's previous run had not finished: a run takes longer than its schedule "
+                "allows; give it a longer interval (or cron) if this repeats"
+            )
+        else:
+            outcome = "skipped_missed"
+            hint = (
+                f"it could not start within daemon.misfire_grace_time ({self._grace} s) of its time: "
+                "every worker was busy (daemon.max_concurrent_runs) or the machine was suspended; "
+                "the next run of the dataset reads what this one would have"
+            )
+        log.warning(
+            "schedule.skipped",
+            dataset=name,
+            outcome=outcome,
+            due=due.isoformat() if isinstance(due, datetime) else None,
+            hint=hint,
+        )
+        if self._on_skipped is not None:
+            self._on_skipped(name, outcome)
 
     def _beat(self) -> None:
         self._last_beat = time.monotonic()

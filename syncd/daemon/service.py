@@ -87,6 +87,7 @@ class Daemon:
             heartbeat_interval=d.heartbeat_interval,
             on_heartbeat=self.metrics.heartbeat,
             last_started=self.store.last_started,
+            on_skipped=self.metrics.run_skipped,
         )
         self.server: HealthServer | None = None
         if d.metrics_port:
