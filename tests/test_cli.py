@@ -15,20 +15,23 @@ from pathlib import Path
 import pytest
 
 from syncd.gateway import Gateway
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active, write_config
+from tests.e2e import (
+    ROOT,
+    SECRET,
+    SECRET_ENV,
+    change_log,
+    demo_gateway,
+    target_rows,
+    upstream_active,
+    write_config,
+)
 from tests.e2e import syncd_cli as syncd
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def gateway() -> Iterator[Gateway]:
-    gw = Gateway(records=300, seed=11, app_key="demo-app", app_secret=SECRET)
-    gw.start()
-    try:
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    with demo_gateway(monkeypatch, records=300, seed=11) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 ENV = {SECRET_ENV: SECRET}

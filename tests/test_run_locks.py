@@ -22,17 +22,13 @@ from syncd.daemon.locks import DatasetLocker, sqlite_lock_dir
 from syncd.errors import TargetError
 from syncd.gateway import Gateway
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import ROOT, SECRET, change_log, syncd_cli, upstream_active, write_config
+from tests.e2e import ROOT, change_log, demo_gateway, syncd_cli, upstream_active, write_config
 
 
 @pytest.fixture
-def gateway() -> Iterator[Gateway]:
-    gw = Gateway(records=200, seed=17, app_key="demo-app", app_secret=SECRET)
-    gw.start()
-    try:
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    with demo_gateway(monkeypatch, records=200, seed=17) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def test_a_manual_sync_waits_for_no_one_and_writes_nothing_while_the_dataset_runs(

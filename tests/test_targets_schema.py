@@ -161,6 +161,10 @@ def test_mariadb_tables_are_utf8mb4_bin_whatever_the_database_default(mariadb_ur
 # --------------------------------------------------------------------------- state tables
 
 
+def _index_names(eng: sa.Engine, table: str) -> set[str]:
+    return {str(i["name"]) for i in sa.inspect(eng).get_indexes(table)}
+
+
 def test_state_schema_is_idempotent_and_survives_a_race(db_url: str) -> None:
     engines = [create_target_engine(db_url) for _ in range(4)]
     errors: list[BaseException] = []
@@ -183,7 +187,7 @@ def test_state_schema_is_idempotent_and_survives_a_race(db_url: str) -> None:
         StateStore(engines[0]).ensure_schema()  # and once more, on a complete schema
         names = set(sa.inspect(engines[0]).get_table_names())
         assert {f"syncd_{n}" for n in ("row_state", "changes", "watermarks", "runs", "quarantine")} <= names
-        indexes = {i["name"] for i in sa.inspect(engines[0]).get_indexes("syncd_changes")}
+        indexes = _index_names(engines[0], "syncd_changes")
         assert {"ix_syncd_changes_dataset_id", "ix_syncd_changes_dataset_at"} <= indexes
     finally:
         for e in engines:
@@ -220,10 +224,6 @@ def test_a_complete_state_schema_is_checked_without_waiting_for_writers(db_url: 
         batch.close()
         thread.join(60)
         eng.dispose()
-
-
-def _index_names(eng: sa.Engine, table: str) -> set[str]:
-    return {str(i["name"]) for i in sa.inspect(eng).get_indexes(table)}
 
 
 def test_a_dropped_state_index_is_created_again(db_url: str) -> None:
