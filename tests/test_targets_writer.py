@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -640,6 +640,182 @@ def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(
     # only the columns the per-batch look-ups filter on; the size estimate is what the planner needed
     assert stats == [("resident", "id"), ("syncd_row_state", "dataset"), ("syncd_row_state", "row_key")]
     assert tuples["resident"] >= 5_000 and tuples["syncd_row_state"] >= 5_000
+
+
+_COPY_TYPES = {
+    "t_text": "text",
+    "t_varchar": "varchar(8)",
+    "t_char": "char(4)",
+    "t_small": "smallint",
+    "t_int": "integer",
+    "t_big": "bigint",
+    "t_numeric": "numeric(12, 2)",
+    "t_float": "double precision",
+    "t_bool": "boolean",
+    "t_date": "date",
+    "t_stamp": "timestamp",
+    "t_stamptz": "timestamptz",
+}
+_COPY_COLUMNS = tuple(_COPY_TYPES)
+
+
+@contextmanager
+def copy_statements() -> Iterator[list[str]]:
+    """The COPY statements psycopg is asked to run (COPY goes past SQLAlchemy's events)."""
+    import psycopg
+
+    seen: list[str] = []
+    copy = psycopg.Cursor.copy
+
+    def recorded(cursor: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(statement))
+        return copy(cursor, statement, *args, **kwargs)
+
+    psycopg.Cursor.copy = recorded  # type: ignore[method-assign,assignment]
+    try:
+        yield seen
+    finally:
+        psycopg.Cursor.copy = copy  # type: ignore[method-assign]
+
+
+def _copy_both_ways(engine: sa.Engine, rows: list[tuple[Any, ...]]) -> tuple[Any, Any, list[str]]:
+    """Write ``rows`` into two tables of every binary-capable type: with BulkWriter, and with a
+    plain text COPY as the reference. Each outcome: the rows read back (as their repr: NaN is not
+    equal to itself), or "refused"."""
+    import psycopg
+
+    with engine.begin() as conn:
+        for name in ("copy_bulk", "copy_text"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+            columns = ", ".join(f"{c} {t}" for c, t in _COPY_TYPES.items())
+            conn.exec_driver_sql(f"CREATE TABLE {name} (n serial PRIMARY KEY, {columns})")
+    table = sa.Table("copy_bulk", sa.MetaData(), *(sa.Column(c) for c in _COPY_COLUMNS))
+    names = ", ".join(_COPY_COLUMNS)
+    outcomes: list[Any] = []
+    with copy_statements() as seen:
+        try:
+            with engine.begin() as conn:
+                BulkWriter(engine, table, _COPY_COLUMNS).write(conn, rows)
+        except sa.exc.DBAPIError:  # a database error, reported as every batch failure is
+            outcomes.append("refused")
+        else:
+            outcomes.append(_read_back(engine, "copy_bulk"))
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cursor, cursor.copy(f"COPY copy_text ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for row in rows:
+                copy.write_row(row)
+        raw.commit()
+    except psycopg.Error:
+        raw.rollback()
+        outcomes.append("refused")
+    else:
+        outcomes.append(_read_back(engine, "copy_text"))
+    finally:
+        raw.close()
+    return outcomes[0], outcomes[1], seen
+
+
+def _read_back(engine: sa.Engine, table: str) -> str:
+    names = ", ".join(_COPY_COLUMNS)
+    with engine.connect() as conn:
+        return repr(conn.exec_driver_sql(f"SELECT {names} FROM {table} ORDER BY n").all())  # noqa: S608
+
+
+_TZ8 = timezone(timedelta(hours=8))
+
+
+def _copy_row(**values: Any) -> tuple[Any, ...]:
+    base: dict[str, Any] = {
+        "t_text": "张𠮷 tab\there\nand a backslash \\",
+        "t_varchar": "中文字",
+        "t_char": "ab",
+        "t_small": -(2**15),
+        "t_int": 2**31 - 1,
+        "t_big": -(2**63),
+        "t_numeric": Decimal("-1234567890.05"),
+        "t_float": 0.1,
+        "t_bool": True,
+        "t_date": date(1, 1, 1),
+        "t_stamp": datetime(9999, 12, 31, 23, 59, 59, 999999),
+        "t_stamptz": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=_TZ8),
+    }
+    base.update(values)
+    return tuple(base[c] for c in _COPY_COLUMNS)
+
+
+@pytest.mark.postgres
+def test_postgresql_copies_in_binary_exactly_what_text_would_write(pg_url: str) -> None:
+    engine = create_target_engine(pg_url)
+    try:
+        rows = [
+            _copy_row(),
+            _copy_row(t_numeric=Decimal("NaN"), t_float=float("inf"), t_bool=False, t_small=2**15 - 1),
+            tuple(None for _ in _COPY_COLUMNS),
+        ]
+        bulk, text, seen = _copy_both_ways(engine, rows)
+        assert bulk == text and bulk.count("'中文字'") == 2 and bulk.endswith(", None)]")
+        assert seen and all(s.endswith("(FORMAT BINARY)") for s in seen), seen
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("values", "binary"),
+    [
+        ({"t_small": 40_000}, False),  # psycopg's smallint dumper would store -25,536
+        ({"t_int": -(2**31) - 1}, False),  # ... and its integer dumper 2,147,483,647
+        ({"t_big": 2**63}, False),  # its bigint dumper raises OverflowError, not a database error
+        ({"t_text": 5}, False),  # an int in a text column: text writes "5"
+        ({"t_big": True}, False),  # a bool in a bigint column: the server refuses "t"
+        ({"t_date": datetime(2026, 1, 2, 3, 4)}, False),  # a datetime in a date column: the server cuts it
+        ({"t_stamp": datetime(2026, 1, 2, 3, 4, tzinfo=_TZ8)}, False),  # aware in a timestamp column
+        ({"t_stamptz": datetime(2026, 1, 2, 3, 4)}, False),  # naive in timestamptz: the session's zone
+        ({"t_numeric": 7}, False),  # an int in a numeric column
+        ({"t_text": "a\x00b"}, True),  # NUL: refused by the server either way
+    ],
+)
+def test_postgresql_copy_goes_as_text_where_binary_would_differ(
+    pg_url: str, values: dict[str, Any], binary: bool
+) -> None:
+    engine = create_target_engine(pg_url)
+    try:
+        with capture_logs() as logs:
+            bulk, text, seen = _copy_both_ways(engine, [_copy_row(), _copy_row(**values)])
+        assert bulk == text
+        assert seen and {"BINARY" in s for s in seen} == {binary}, seen
+        noted = [e for e in logs if e["event"] == "target.copy_as_text"]
+        assert len(noted) == (0 if binary else 1), noted
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_binary_copy_follows_a_column_altered_between_batches(pg_url: str) -> None:
+    engine = create_target_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE altered (k text PRIMARY KEY, v bigint)")
+        table = sa.Table("altered", sa.MetaData(), sa.Column("k"), sa.Column("v"))
+        writer = BulkWriter(engine, table, ("k", "v"))
+        with copy_statements() as seen:
+            with engine.begin() as conn:
+                writer.write(conn, [("a", 1)])
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE altered ALTER COLUMN v TYPE integer")
+            with engine.begin() as conn:  # an int8 field read as int4 would be refused
+                writer.write(conn, [("b", 2)])
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE altered ALTER COLUMN v TYPE text")
+            with engine.begin() as conn:  # ... and read as text, stored as eight raw bytes
+                writer.write(conn, [("c", 3)])
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT k, v FROM altered ORDER BY k").all()
+        assert stored == [("a", "1"), ("b", "2"), ("c", "3")]
+        assert ["BINARY" in s for s in seen] == [True, True, False]
+    finally:
+        engine.dispose()
 
 
 def test_key_lookup_reads_what_sqlalchemy_reads(store: StateStore, engine: sa.Engine) -> None:
