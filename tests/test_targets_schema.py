@@ -290,9 +290,9 @@ def test_target_table_is_created_typed_keyed_and_utf8mb4(store: StateStore, engi
     ensure_target_table(engine, ds, shape_from_dataset(ds))  # and it verifies clean
 
 
-def _create_by_hand(engine: sa.Engine, *columns: Any) -> None:
+def _create_by_hand(engine: sa.Engine, *columns: Any, name: str = "resident") -> None:
     metadata = sa.MetaData()
-    sa.Table("resident", metadata, *columns)
+    sa.Table(name, metadata, *columns)
     metadata.create_all(engine)
 
 
@@ -380,6 +380,37 @@ def test_a_unique_key_is_as_good_as_the_primary_key(store: StateStore, engine: s
     assert writer.write(RUN1, [("R1", "甲", None)]).inserted == 1
     assert writer.write(RUN1, [("R1", "乙", None)]).updated == 1
     assert [r["name"] for r in table_rows(engine, "resident").values()] == ["乙"]
+
+
+def test_unique_keys_are_read_only_when_the_primary_key_is_not_the_key(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two catalogue reads a run (four queries of SQLAlchemy's on PostgreSQL) are saved where the
+    primary key is the key, as in every table syncd creates."""
+    reads: list[str] = []
+    for method in ("get_unique_constraints", "get_indexes"):
+        real = getattr(sa.engine.reflection.Inspector, method)
+
+        def spy(self: Any, *args: Any, _real: Any = real, _name: str = method, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(sa.engine.reflection.Inspector, method, spy)
+    ds = make_dataset()
+    ensure_target_table(engine, ds, shape_from_dataset(ds))  # created
+    ensure_target_table(engine, ds, shape_from_dataset(ds))  # verified
+    assert reads == []
+
+    columns = {k: RESIDENT_COLUMNS[k] for k in ("id", "name", "remark")}
+    keyed_by_row_no = make_dataset(columns=columns, table="resident_by_row_no")
+    _create_by_hand(
+        engine,
+        sa.Column("row_no", sa.Integer(), primary_key=True, autoincrement=True),
+        *(sa.Column(n, sa.String(64), unique=n == "id", nullable=n != "id") for n in columns),
+        name="resident_by_row_no",
+    )
+    ensure_target_table(engine, keyed_by_row_no, shape_from_dataset(keyed_by_row_no))
+    assert sorted(reads) == ["get_indexes", "get_unique_constraints"]
 
 
 def test_missing_table_with_create_false(engine: sa.Engine) -> None:

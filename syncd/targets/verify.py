@@ -134,11 +134,23 @@ class _Findings:
         return bool(self.missing or self.incompatible or self.key_problem)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Reflected:
+    inspector: sa.Inspector
+    name: str
     columns: dict[str, Any]
     pk: tuple[str, ...]
-    uniques: list[tuple[str, ...]]
+
+    def uniques(self) -> list[tuple[str, ...]]:
+        """The unique constraints' and unique indexes' columns: read only when the primary key is
+        not the mapping's key (two catalogue reads a run saved in the usual case)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sa.exc.SAWarning)
+            name, inspector = self.name, self.inspector
+            found = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)]
+            indexes = inspector.get_indexes(name)
+            found += [tuple(str(c) for c in i["column_names"]) for i in indexes if i.get("unique")]
+        return found
 
 
 def _reflect(engine: sa.Engine, name: str) -> _Reflected:
@@ -147,11 +159,7 @@ def _reflect(engine: sa.Engine, name: str) -> _Reflected:
         inspector = sa.inspect(engine)
         columns = {c["name"]: c for c in inspector.get_columns(name)}
         pk = tuple(inspector.get_pk_constraint(name).get("constrained_columns") or ())
-        uniques = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)]
-        uniques += [
-            tuple(str(c) for c in i["column_names"]) for i in inspector.get_indexes(name) if i.get("unique")
-        ]
-    return _Reflected(columns, pk, uniques)
+    return _Reflected(inspector, name, columns, pk)
 
 
 def _alter_fix(
@@ -238,7 +246,9 @@ def _check_key(engine: sa.Engine, table: sa.Table, db: _Reflected, found: _Findi
     prep = engine.dialect.identifier_preparer
     key = tuple(c.name for c in table.primary_key.columns)
     wanted = {k.lower() for k in key}
-    if any({c.lower() for c in cols} == wanted for cols in [db.pk, *db.uniques] if cols):
+    if {c.lower() for c in db.pk} == wanted:
+        return
+    if any({c.lower() for c in cols} == wanted for cols in db.uniques() if cols):
         return
     shown = f"({', '.join(db.pk)})" if db.pk else "missing"
     found.key_problem = (
