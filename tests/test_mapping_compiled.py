@@ -133,6 +133,31 @@ def residents() -> CompiledMapping:
     return compile_mapping(DatasetConfig.model_validate(RESIDENTS), CODE_TABLES)
 
 
+def test_a_mapping_compiled_again_reuses_the_code_but_not_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generated source is compiled once per text (each run compiles its mapping again); every
+    compiled mapping still runs in a namespace of its own (its date parse caches among them)."""
+    from syncd.mapping import codegen
+
+    compiles: list[str] = []
+
+    def counted(source: str, filename: str, mode: str) -> Any:
+        compiles.append(filename)
+        return compile(source, filename, mode)
+
+    monkeypatch.setattr(codegen, "compile", counted, raising=False)
+    config = copy.deepcopy(RESIDENTS)
+    config["name"] = "residents_compiled_twice"
+    dataset = DatasetConfig.model_validate(config)
+    first = compile_mapping(dataset, CODE_TABLES)
+    assert "<syncd mapping of dataset residents_compiled_twice>" in compiles
+    compiles.clear()
+    second = compile_mapping(DatasetConfig.model_validate(config), CODE_TABLES)
+    assert compiles == []
+    assert first.map_record.__code__ is second.map_record.__code__
+    assert first.map_record.__globals__ is not second.map_record.__globals__
+    assert first(RECORD) == second(RECORD)
+
+
 def test_realistic_record(residents: CompiledMapping) -> None:
     row = residents(RECORD)
     assert dict(zip(residents.columns, row, strict=True)) == {

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 import structlog
@@ -23,11 +25,20 @@ from syncd.errors import RecordError
 from syncd.mapping.base import Step
 from syncd.paths import MISSING, compile_path
 
-__all__ = ["ColumnPlan", "generate"]
+__all__ = ["ColumnPlan", "compiled_source", "generate"]
 
 log = structlog.get_logger(__name__)
 
 Row = tuple[Any, ...]
+
+
+@lru_cache(maxsize=256)
+def compiled_source(source: str, filename: str) -> CodeType:
+    """``compile(source, filename, "exec")``, kept for the same text: a mapping is compiled at
+    every run (and once more when its configuration is loaded), each time to the same source,
+    and Python's compiler took about half of it (4 of 9 ms a run). Code objects are immutable;
+    every ``exec`` still gets a namespace of its own, so no state is shared between runs."""
+    return compile(source, filename, "exec")
 
 
 @dataclass(frozen=True)
@@ -85,8 +96,7 @@ def generate(
     source = "\n".join(lines) + "\n"
     filename = f"<syncd mapping of dataset {dataset}>"
     ns["_relabel"] = _relabeller(plans, line_columns)
-    compiled = compile(source, filename, "exec")
-    exec(compiled, ns)  # noqa: S102 - the source is syncd's own templates; config values are bound, not pasted
+    exec(compiled_source(source, filename), ns)  # noqa: S102 - the source is syncd's own templates; config values are bound, not pasted
     fn: Callable[[Mapping[str, Any]], Row] = ns["_map"]
     return source, fn
 

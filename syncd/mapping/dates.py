@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from syncd.mapping.codegen import compiled_source
+
 __all__ = [
     "DEFAULT_DATETIME_FORMATS",
     "DEFAULT_DATE_FORMATS",
@@ -339,6 +341,6 @@ def build_parser(formats: Sequence[str], want: type[date]) -> Parser:
         lines.append("            return r")
     lines.append("    return None")
     source = "\n".join(lines) + "\n"
-    exec(compile(source, "<syncd date parser>", "exec"), ns)  # noqa: S102 - syncd's own templates; formats are bound
+    exec(compiled_source(source, "<syncd date parser>"), ns)  # noqa: S102 - syncd's own templates; formats are bound
     parse: Parser = ns["parse"]
     return parse
