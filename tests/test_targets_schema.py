@@ -240,6 +240,44 @@ def test_a_dropped_state_index_is_created_again(db_url: str) -> None:
         eng.dispose()
 
 
+@pytest.mark.postgres
+def test_postgresql_state_keys_compare_bytes_whatever_the_database_collation(pg_url: str) -> None:
+    """Dataset names and row keys are matched by equality and paged in key order only: "C", not
+    the database's linguistic collation (zh_CN, ICU), which made the row_state look-ups of a full
+    snapshot re-sync 14 % slower. The temporary stage tables copy it (LIKE)."""
+    from syncd.sources.files.ledger import files_table
+    from syncd.targets.schema import create_tables
+    from syncd.targets.snapshot import missing_table
+
+    eng = create_target_engine(pg_url)
+    try:
+        store = StateStore(eng)
+        store.ensure_schema()
+        metadata = sa.MetaData()
+        create_tables(eng, [missing_table(metadata), files_table(metadata)])
+        query = (
+            "SELECT table_name || '.' || column_name, collation_name FROM information_schema.columns "
+            "WHERE table_name LIKE 'syncd_%%' AND column_name IN ('dataset', 'row_key')"
+        )
+        with eng.connect() as conn:
+            collations = dict(conn.exec_driver_sql(query).all())
+        assert set(collations) == {
+            "syncd_row_state.dataset",
+            "syncd_row_state.row_key",
+            "syncd_changes.dataset",
+            "syncd_changes.row_key",
+            "syncd_watermarks.dataset",
+            "syncd_runs.dataset",
+            "syncd_quarantine.dataset",
+            "syncd_snapshot_missing.dataset",
+            "syncd_snapshot_missing.row_key",
+            "syncd_files.dataset",
+        }
+        assert set(collations.values()) == {"C"}, collations
+    finally:
+        eng.dispose()
+
+
 def test_table_prefix(engine: sa.Engine) -> None:
     StateStore(engine, prefix="hl_").ensure_schema()
     assert "hl_runs" in sa.inspect(engine).get_table_names()

@@ -31,7 +31,7 @@ from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family, write_engine
-from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type
+from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type, exact_text
 from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
 
 __all__ = [
@@ -108,13 +108,14 @@ class StateTables:
 
 def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
     """Define syncd's state tables on ``metadata`` (see the module docstring)."""
-    dataset = sa.String(64)
+    dataset = exact_text(64)
+    row_key = exact_text(ROW_KEY_LENGTH)
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
     row_state = sa.Table(
         f"{prefix}row_state",
         metadata,
         sa.Column("dataset", dataset, primary_key=True),
-        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), primary_key=True),
+        sa.Column("row_key", row_key, primary_key=True),
         sa.Column("row_hash", sa.CHAR(32), nullable=False),
         # the last full-snapshot run that saw the key (syncd.targets.snapshot); NULL otherwise
         sa.Column("seen_run", sa.String(32)),
@@ -130,7 +131,7 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("dataset", dataset, nullable=False),
         sa.Column("run_id", sa.String(32), nullable=False),
         sa.Column("op", sa.String(8), nullable=False),
-        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), nullable=False),
+        sa.Column("row_key", row_key, nullable=False),
         sa.Column("changed_columns", LONG_TEXT, nullable=False),
         sa.Column("old_values", LONG_TEXT),
         sa.Column("new_values", LONG_TEXT),

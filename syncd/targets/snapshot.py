@@ -40,6 +40,7 @@ from syncd.targets.schema import (
     create_tables,
     key_column_names,
 )
+from syncd.targets.sqltypes import exact_text
 from syncd.targets.state import StateStore
 from syncd.targets.writer import BatchWriter
 
@@ -55,8 +56,8 @@ def missing_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
     return sa.Table(
         f"{prefix}snapshot_missing",
         metadata,
-        sa.Column("dataset", sa.String(64), primary_key=True),
-        sa.Column("row_key", sa.String(ROW_KEY_LENGTH), primary_key=True),
+        sa.Column("dataset", exact_text(64), primary_key=True),
+        sa.Column("row_key", exact_text(ROW_KEY_LENGTH), primary_key=True),
         sa.Column("streak", sa.Integer(), nullable=False),
         sa.Column("run_id", sa.String(32), nullable=False),
         **MYSQL_TABLE_OPTIONS,

@@ -17,7 +17,7 @@ from syncd.errors import TargetError
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.schema import MYSQL_TABLE_OPTIONS, create_tables
-from syncd.targets.sqltypes import UtcDateTime
+from syncd.targets.sqltypes import UtcDateTime, exact_text
 
 __all__ = ["FileLedger", "files_table"]
 
@@ -27,7 +27,7 @@ def files_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
     return sa.Table(
         f"{prefix}files",
         metadata,
-        sa.Column("dataset", sa.String(64), primary_key=True),
+        sa.Column("dataset", exact_text(64), primary_key=True),
         sa.Column("sha256", sa.CHAR(64), primary_key=True),
         sa.Column("file_name", sa.String(512), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
