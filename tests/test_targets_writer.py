@@ -794,27 +794,30 @@ def test_postgresql_copy_goes_as_text_where_binary_would_differ(
 @pytest.mark.postgres
 def test_postgresql_binary_copy_follows_a_column_altered_between_batches(pg_url: str) -> None:
     engine = create_target_engine(pg_url)
+    other = create_target_engine(pg_url)  # another session alters the table, as a DBA would
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE altered (k text PRIMARY KEY, v bigint)")
         table = sa.Table("altered", sa.MetaData(), sa.Column("k"), sa.Column("v"))
         writer = BulkWriter(engine, table, ("k", "v"))
         with copy_statements() as seen:
-            with engine.begin() as conn:
-                writer.write(conn, [("a", 1)])
-            with engine.begin() as conn:
+            for n in range(6):  # more often than psycopg's prepare threshold (5)
+                with engine.begin() as conn:
+                    writer.write(conn, [(f"a{n}", n)])
+            with other.begin() as conn:
                 conn.exec_driver_sql("ALTER TABLE altered ALTER COLUMN v TYPE integer")
             with engine.begin() as conn:  # an int8 field read as int4 would be refused
                 writer.write(conn, [("b", 2)])
-            with engine.begin() as conn:
+            with other.begin() as conn:
                 conn.exec_driver_sql("ALTER TABLE altered ALTER COLUMN v TYPE text")
             with engine.begin() as conn:  # ... and read as text, stored as eight raw bytes
                 writer.write(conn, [("c", 3)])
         with engine.connect() as conn:
             stored = conn.exec_driver_sql("SELECT k, v FROM altered ORDER BY k").all()
-        assert stored == [("a", "1"), ("b", "2"), ("c", "3")]
-        assert ["BINARY" in s for s in seen] == [True, True, False]
+        assert stored == [*((f"a{n}", str(n)) for n in range(6)), ("b", "2"), ("c", "3")]
+        assert ["BINARY" in s for s in seen] == [True] * 7 + [False]
     finally:
+        other.dispose()
         engine.dispose()
 
 
