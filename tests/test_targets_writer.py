@@ -625,6 +625,29 @@ def test_postgresql_copies_new_keys_without_a_merge(
 
 
 @pytest.mark.postgres
+def test_postgresql_batches_go_on_after_another_session_alters_the_table(
+    pg_store: tuple[sa.Engine, StateStore, BatchWriter], pg_url: str
+) -> None:
+    """A DBA widens a column (as syncd's own schema message may ask) while the daemon's pooled
+    connections hold psycopg's prepared statements and their session's stage table: a prepared
+    look-up of the table's current rows would fail once with "cached plan must not change result
+    type", and a stage table made before the change would refuse the longer values."""
+    engine, _, writer = pg_store
+    writer.write(RUN1, [resident(i) for i in range(3)])
+    for n in range(6):  # update batches, each reading the current rows: past psycopg's threshold (5)
+        writer.write(RUN2, [resident(i, name=f"改名{n}") for i in range(3)])
+    other = create_target_engine(pg_url)
+    try:
+        with other.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE resident ALTER COLUMN name TYPE varchar(200)")
+    finally:
+        other.dispose()
+    long_name = "长" * 150  # fits the widened column, not the 64 of before
+    assert writer.write(RUN3, [resident(i, name=long_name) for i in range(3)]) == BatchCounts(updated=3)
+    assert {r["name"] for r in table_rows(engine, "resident").values()} == {long_name}
+
+
+@pytest.mark.postgres
 def test_postgresql_analyzes_the_look_up_columns_of_a_growing_table(
     pg_store: tuple[sa.Engine, StateStore, BatchWriter],
 ) -> None:

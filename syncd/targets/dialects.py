@@ -147,6 +147,10 @@ class KeyLookup:
     Text round-trips JSON exactly. Where the database cannot (see :meth:`_fetch_packed`) the
     look-up reads rows as usual from then on.
 
+    ``prepared=False`` (PostgreSQL) keeps psycopg from preparing the statement, for a table an
+    operator may alter: after another session's ``ALTER TABLE`` a prepared select of its rows fails
+    once with "cached plan must not change result type" on every connection that prepared it.
+
     ``scope`` names a leading equality column (``row_state.dataset``). Key values go through the
     key columns' bind processors and the read values through the columns' result processors (as
     SQLAlchemy would: a date from SQLite's text, a bool from its integer), so the rows are what a
@@ -164,6 +168,7 @@ class KeyLookup:
         *,
         scope: str | None = None,
         packed: bool = False,
+        prepared: bool = True,
     ) -> None:
         dialect = bind.dialect
         q = dialect.identifier_preparer
@@ -228,6 +233,10 @@ class KeyLookup:
         self._texts: dict[tuple[int, bool], str] = {}
         self._procs: dict[tuple[Any, ...], list[tuple[int, Callable[[Any], Any]]]] = {}
         self._driver = DriverCalls(dialect)
+        # psycopg prepares a statement after five runs; prepared=False keeps it from doing so
+        self._execute_options: dict[str, Any] = {}
+        if not prepared and self._family == "postgresql":
+            self._execute_options["prepare"] = False
 
     def _text(self, n: int, packed: bool = False) -> str:
         """The statement for ``n`` keys (an IN list), or for the keys as one parameter (``n`` is
@@ -339,7 +348,7 @@ class KeyLookup:
         try:
             cursor = dbapi.cursor()
             try:
-                cursor.execute(text, params)
+                cursor.execute(text, params, **self._execute_options)
                 return cursor.fetchall(), cursor.description
             finally:
                 cursor.close()
@@ -479,7 +488,7 @@ class BulkWriter:
         self._converting = [(i, p) for i, p in enumerate(procs) if p is not None]
         names = ", ".join(q.quote(c) for c in self.columns)
         keys = ", ".join(q.quote(k) for k in key)
-        self._copy_direct = self._stage_ddl = self._copy_stage = self._truncate_stage = ""
+        self._copy_direct = self._stage_ddl = self._copy_stage = self._truncate_stage = self._drop_stage = ""
         self._mysql_head = self._mysql_tail = b""
         # PostgreSQL: the statement that describes each COPY's table (see _binary_types)
         self._describe: dict[str, str] = {}
@@ -496,7 +505,10 @@ class BulkWriter:
                     f"(LIKE {name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
                 self._copy_stage = f"COPY {stage} ({names}) FROM STDIN"
-                self._describe[self._copy_stage] = f"SELECT {names} FROM {stage} LIMIT 0"  # noqa: S608
+                # the table's columns, then the stage's: a stage made before an ALTER TABLE is made again
+                both = ", ".join([f"{side}.{q.quote(c)}" for side in ("t", "s") for c in self.columns])
+                self._describe[self._copy_stage] = f"SELECT {both} FROM {name} AS t, {stage} AS s LIMIT 0"  # noqa: S608
+                self._drop_stage = f"DROP TABLE {stage}"
                 self._truncate_stage = f"TRUNCATE {stage}"
                 self._sql = f"INSERT INTO {name} ({names}) SELECT {names} FROM {stage}"  # noqa: S608
                 self._sql += _pg_conflict(keys, [q.quote(c) for c in update])
@@ -636,13 +648,35 @@ class BulkWriter:
         if not values:
             return None
         cursor.execute(self._describe[sql], prepare=False)
-        found = _binary_plan(cursor.description, values)
+        description = cursor.description
+        if sql == self._copy_stage:
+            description = self._current_stage(cursor, description)
+        found = _binary_plan(description, values)
         if isinstance(found, str):
             if not self._text_logged:  # once per writer: which table goes as text, and why
                 self._text_logged = True
                 _log.debug("target.copy_as_text", table=self._table_name, reason=found)
             return None
         return found
+
+
+    def _current_stage(self, cursor: Any, both: Sequence[Any]) -> Sequence[Any]:
+        """The stage table's columns, after making it again if the table's have changed since the
+        session made it (``CREATE TEMP TABLE IF NOT EXISTS … LIKE``, once per connection): after a
+        DBA widened a column, a pooled connection's old stage refused the longer values."""
+        n = len(self.columns)
+        table, stage = both[:n], both[n:]
+        if [_column_shape(c) for c in table] == [_column_shape(c) for c in stage]:
+            return stage
+        cursor.execute(self._drop_stage)
+        cursor.execute(self._stage_ddl)
+        _log.info("target.stage_recreated", table=self._table_name)
+        return table
+
+
+def _column_shape(column: Any) -> tuple[Any, ...]:
+    """What a described column says of its type: the type and its length, precision and scale."""
+    return (column.type_code, column.display_size, column.precision, column.scale)
 
 
 def _binary_plan(description: Sequence[Any], values: Sequence[tuple[Any, ...]]) -> list[int] | str:

@@ -147,7 +147,8 @@ class BatchWriter:
         # all text columns: read as one JSON row on SQLite and MariaDB (KeyLookup)
         self._state_of = KeyLookup(engine, rs, cols, key, budget, scope="dataset", packed=True)
         self._digest_of = KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True)
-        self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget)
+        # the target table is the operator's, who may alter it while this daemon runs: not prepared
+        self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget, prepared=False)
         state_columns = ("dataset", "row_key", "row_hash", "record_digest")
         self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
         self._insert_changes = BulkWriter(engine, tables.changes, CHANGE_COLUMNS)
