@@ -634,8 +634,10 @@ def test_postgresql_batches_go_on_after_another_session_alters_the_table(
     type", and a stage table made before the change would refuse the longer values."""
     engine, _, writer = pg_store
     writer.write(RUN1, [resident(i) for i in range(3)])
-    for n in range(6):  # update batches, each reading the current rows: past psycopg's threshold (5)
-        writer.write(RUN2, [resident(i, name=f"改名{n}") for i in range(3)])
+    with capture_logs() as before:
+        for n in range(6):  # update batches, each reading the current rows: past psycopg's threshold (5)
+            writer.write(RUN2, [resident(i, name=f"改名{n}") for i in range(3)])
+    assert not [e for e in before if e["event"] == "target.stage_recreated"]  # every type matches
     other = create_target_engine(pg_url)
     try:
         with other.begin() as conn:
@@ -643,7 +645,9 @@ def test_postgresql_batches_go_on_after_another_session_alters_the_table(
     finally:
         other.dispose()
     long_name = "长" * 150  # fits the widened column, not the 64 of before
-    assert writer.write(RUN3, [resident(i, name=long_name) for i in range(3)]) == BatchCounts(updated=3)
+    with capture_logs() as after:
+        assert writer.write(RUN3, [resident(i, name=long_name) for i in range(3)]) == BatchCounts(updated=3)
+    assert [e["table"] for e in after if e["event"] == "target.stage_recreated"] == ["resident"]
     assert {r["name"] for r in table_rows(engine, "resident").values()} == {long_name}
 
 
@@ -810,6 +814,31 @@ def test_postgresql_copy_goes_as_text_where_binary_would_differ(
         assert seen and {"BINARY" in s for s in seen} == {binary}, seen
         noted = [e for e in logs if e["event"] == "target.copy_as_text"]
         assert len(noted) == (0 if binary else 1), noted
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_stage_table_of_every_type_is_kept_between_batches(pg_url: str) -> None:
+    """The stage check compares the table's and the stage's described columns: for every type a
+    mapping can declare they match, so the stage is made once per session, never per batch."""
+    engine = create_target_engine(pg_url)
+    try:
+        columns = ", ".join(f"{c} {t}" for c, t in _COPY_TYPES.items())
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE staged (k text PRIMARY KEY, {columns})")
+        names = ("k", *_COPY_COLUMNS)
+        table = sa.Table("staged", sa.MetaData(), *(sa.Column(c) for c in names))
+        writer = BulkWriter(engine, table, names, key=("k",), update=_COPY_COLUMNS)
+        with capture_logs() as logs, copy_statements() as seen:
+            for n in range(3):
+                with engine.begin() as conn:
+                    writer.write(conn, [(f"k{i}", *_copy_row(t_small=n)) for i in range(2)])
+        assert not [e for e in logs if e["event"] == "target.stage_recreated"]
+        assert len(seen) == 3 and all("syncd_stage_staged" in s and "BINARY" in s for s in seen), seen
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT k, t_small, t_varchar FROM staged ORDER BY k").all()
+        assert stored == [("k0", 2, "中文字"), ("k1", 2, "中文字")]
     finally:
         engine.dispose()
 
