@@ -490,7 +490,7 @@ class BulkWriter:
         keys = ", ".join(q.quote(k) for k in key)
         self._copy_direct = self._stage_ddl = self._copy_stage = self._truncate_stage = self._drop_stage = ""
         self._mysql_head = self._mysql_tail = b""
-        # PostgreSQL: the statement that describes each COPY's table (see _binary_types)
+        # PostgreSQL: the statement that describes each COPY's table (see _described)
         self._describe: dict[str, str] = {}
         self._text_logged = False
         if self._family == "postgresql":
@@ -624,7 +624,7 @@ class BulkWriter:
         try:
             cursor: Any = driver.dbapi(conn).cursor()  # a psycopg 3 cursor
             with cursor:
-                types = self._binary_types(cursor, sql, values)
+                types = self._binary_types(self._described(cursor, sql), values)
                 with cursor.copy(sql if types is None else sql + " (FORMAT BINARY)") as copy:
                     if types is not None:
                         copy.set_types(types)
@@ -634,31 +634,33 @@ class BulkWriter:
         except driver.error as exc:
             raise driver.wrapped(sql, exc) from exc
 
-    def _binary_types(self, cursor: Any, sql: str, values: Sequence[tuple[Any, ...]]) -> list[int] | None:
-        """The dumper types for a binary ``COPY`` of ``values`` by ``sql``, or None for text.
+    def _described(self, cursor: Any, sql: str) -> Sequence[Any]:
+        """The columns of the table ``sql`` copies into, as the server describes them now.
 
-        A binary field is read by the column's own type, so it must be the type the column has
-        now: the server describes the table inside the batch's transaction, whose lock keeps an
-        ``ALTER TABLE`` out until the commit (the plan is never kept across batches). Then every
-        value of each column must be of the class :data:`_PG_BINARY` names for the column's type
-        (None aside), within its range, and of the right awareness for timestamps. Never a
-        prepared statement: psycopg prepares a statement run five times, and after an ``ALTER
-        TABLE`` a prepared one fails once ("cached plan must not change result type"), which
-        would fail the batch."""
-        if not values:
-            return None
+        Inside the batch's transaction, whose lock keeps an ``ALTER TABLE`` out until the commit,
+        so the description holds for this COPY (it is never kept across batches). Never a prepared
+        statement: psycopg prepares a statement run five times, and after another session's
+        ``ALTER TABLE`` a prepared one fails once ("cached plan must not change result type"),
+        which would fail the batch. The stage table is described beside the table and made again
+        when they no longer match (:meth:`_current_stage`)."""
         cursor.execute(self._describe[sql], prepare=False)
-        description = cursor.description
+        description: Sequence[Any] = cursor.description
         if sql == self._copy_stage:
             description = self._current_stage(cursor, description)
-        found = _binary_plan(description, values)
+        return description
+
+    def _binary_types(self, columns: Sequence[Any], values: Sequence[tuple[Any, ...]]) -> list[int] | None:
+        """The dumper types for a binary ``COPY`` of ``values`` into the described ``columns``,
+        or None for text: every column's type must be in :data:`_PG_BINARY` and every
+        value of the class it names (None aside), within its range, and of the right awareness
+        for timestamps."""
+        found = _binary_plan(columns, values)
         if isinstance(found, str):
             if not self._text_logged:  # once per writer: which table goes as text, and why
                 self._text_logged = True
                 _log.debug("target.copy_as_text", table=self._table_name, reason=found)
             return None
         return found
-
 
     def _current_stage(self, cursor: Any, both: Sequence[Any]) -> Sequence[Any]:
         """The stage table's columns, after making it again if the table's have changed since the
