@@ -47,6 +47,7 @@ DBS   ?= sqlite,postgresql,mariadb
 SIDES ?= syncd,dlt,ceiling
 LATENCY_MS ?= 0
 TIMEOUT ?= 900
+REPEAT ?= 1
 
 $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -65,7 +66,7 @@ $(BENCH_SYNCD_STAMP): pyproject.toml
 	touch $(BENCH_SYNCD_STAMP)
 
 bench: $(BENCH_STAMP) $(BENCH_SYNCD_STAMP)
-	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --timeout $(TIMEOUT) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --timeout $(TIMEOUT) --repeat $(REPEAT) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_SYNCD_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

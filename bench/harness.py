@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,7 +40,7 @@ from report import machine_info, markdown_table, write_results
 # sibling modules: the harness runs as a script, so its directory is on sys.path
 from config import APP_SECRET, SECRET_ENV, write_config
 
-__all__ = ["Measurement", "main"]
+__all__ = ["Measurement", "combine", "main"]
 
 HERE = Path(__file__).resolve().parent
 DB_URLS = {
@@ -236,9 +236,70 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
 
 
 def run(args: argparse.Namespace) -> list[Measurement]:
+    """Every measurement ``args.repeat`` times; one median measurement each (see :func:`combine`).
+
+    Each round starts from nothing: a fresh gateway process (the same seed: the same records and
+    the same 1% changed), empty databases. A measurement that timed out is not run again in the
+    later rounds (dlt's merge re-loads on SQLite and MariaDB: each would take the timeout again)."""
+    rounds: list[list[Measurement]] = []
+    timed_out: dict[tuple[str, str, str], Measurement] = {}
+    for number in range(args.repeat):
+        if args.repeat > 1:
+            print(f"round {number + 1} of {args.repeat}", flush=True)
+        rounds.append(_round(args, timed_out))
+    return combine(rounds)
+
+
+def combine(rounds: list[list[Measurement]]) -> list[Measurement]:
+    """One measurement per (N, db, scenario, side) from the rounds' samples of it.
+
+    All successful: the sample of the median wall time (the lower middle one of an even count),
+    with the highest peak RSS of all samples (the memory goal is about the worst case) and the
+    samples' wall times in ``detail``. Otherwise the first sample that did not succeed (a timeout,
+    an error): one failure is the result, never hidden behind a median."""
+    samples: dict[tuple[int, str, str, str], list[Measurement]] = {}
+    for measurements in rounds:
+        for m in measurements:
+            samples.setdefault((m.n, m.db, m.scenario, m.side), []).append(m)
+    combined: list[Measurement] = []
+    for runs in samples.values():
+        failed = [m for m in runs if m.status != "success"]
+        if failed:
+            combined.append(failed[0])
+            continue
+        if len(runs) == 1:
+            combined.append(runs[0])
+            continue
+        ordered = sorted(runs, key=lambda m: m.wall_s)
+        middle = ordered[(len(ordered) - 1) // 2]
+        walls = " / ".join(f"{m.wall_s:.2f}" for m in runs)
+        detail = f"{middle.detail}; " if middle.detail else ""
+        combined.append(
+            replace(
+                middle,
+                peak_rss_mb=max(m.peak_rss_mb for m in runs),
+                detail=f"{detail}median of {len(runs)}: {walls} s",
+            )
+        )
+    return combined
+
+
+def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measurement]) -> list[Measurement]:
+    """One run of every scenario on every database and side, from empty databases."""
     n, dbs, sides = args.records, args.dbs, args.sides
     out = Path(args.out).resolve()
     results: list[Measurement] = []
+
+    def measure(cmd: list[str], db: str, scenario: str, side: str) -> Measurement:
+        earlier = timed_out.get((db, scenario, side))
+        if earlier is not None:
+            print(f"  {db:<10} {scenario:<12} {side:<7} timed out in an earlier round", flush=True)
+            return earlier
+        m = _measure(cmd, n, db, scenario, side, timeout=args.timeout)
+        if m.status == "timeout":
+            timed_out[db, scenario, side] = m
+        return m
+
     gateway = GatewayProcess(n, args.seed, args.latency_ms)
     py = sys.executable
     try:
@@ -277,16 +338,8 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                 s = setup[db]
                 if "syncd" in sides:
                     cfg = s["inc"] if scenario in ("initial", "incremental") else s["snap"]
-                    results.append(
-                        _measure(
-                            [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"],
-                            n,
-                            db,
-                            scenario,
-                            "syncd",
-                            timeout=args.timeout,
-                        )
-                    )
+                    cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"]
+                    results.append(measure(cmd, db, scenario, "syncd"))
                 if "dlt" in sides and scenario != "snapshot-del":
                     cmd = [
                         py,
@@ -300,7 +353,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                     ]
                     if scenario == "incremental" and since:
                         cmd += ["--since", since]
-                    results.append(_measure(cmd, n, db, scenario, "dlt", timeout=args.timeout))
+                    results.append(measure(cmd, db, scenario, "dlt"))
                 if "ceiling" in sides and scenario == "initial":
                     cmd = [
                         py,
@@ -312,7 +365,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
                         "--seed",
                         str(args.seed),
                     ]
-                    results.append(_measure(cmd, n, db, scenario, "ceiling", timeout=args.timeout))
+                    results.append(measure(cmd, db, scenario, "ceiling"))
     finally:
         gateway.close()
     return results
@@ -341,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=1000, help="defaults.batch_size of the syncd side")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per measurement")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every measurement, each from empty databases; the table keeps each one's median",
+    )
     p.add_argument(
         "--syncd-python",
         default=sys.executable,

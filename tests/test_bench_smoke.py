@@ -12,7 +12,9 @@ import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -26,7 +28,7 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
         [
             sys.executable,
             str(BENCH / "harness.py"),
-            *("-n", str(N), "--dbs", "sqlite", "--out", str(tmp_path), "--latency-ms", "1"),
+            *("-n", str(N), "--dbs", "sqlite", "--out", str(tmp_path), "--latency-ms", "1", "--repeat", "2"),
         ],
         capture_output=True,
         text=True,
@@ -40,6 +42,12 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     assert all(r["status"] == "success" for r in by.values())
     assert by["initial", "syncd"]["rows"] == N
     assert by["initial", "syncd"]["detail"].startswith(f"ins {N} upd 0 del 0")
+    # two rounds, each from empty databases and a fresh gateway: the same counts both times
+    assert len(results["results"]) == len(by)
+    assert all("median of 2: " in r["detail"] for r in by.values())
+    measured = [ln for ln in done.stdout.splitlines() if ln.split()[:3] == ["sqlite", "initial", "syncd"]]
+    assert len(measured) == 2 and all(f"ins {N} upd 0 del 0" in ln for ln in measured)
+    assert "round 2 of 2" in done.stdout
     assert by["initial", "ceiling"]["rows"] == N
     assert " upd 20 " in by["incremental", "syncd"]["detail"]  # 1% changed, seen by update time
     assert by["incremental", "syncd"]["rows"] < N
@@ -50,22 +58,47 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     assert "| syncd/dlt initial" in done.stdout
 
 
-def test_dlt_timeouts_do_not_fail_the_harness(monkeypatch: pytest.MonkeyPatch) -> None:
-    """make bench must not end in an error because dlt's re-loads ran past the timeout; a syncd
-    or ceiling measurement that did not succeed still does."""
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """bench/harness.py as a module (with its sibling modules), removed again afterwards."""
     monkeypatch.syspath_prepend(str(BENCH))
     names = ("harness", "config", "report")
     saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     try:
-        harness = importlib.import_module("harness")
-        m = harness.Measurement
-        ok = m(N, "sqlite", "initial", "syncd", "success", 1.0, N)
-        dlt_timeout = m(N, "sqlite", "snapshot", "dlt", "timeout", 300.0)
-        assert harness.exit_status([ok, dlt_timeout]) == 0
-        assert harness.exit_status([ok, m(N, "sqlite", "snapshot", "dlt", "error")]) == 1
-        assert harness.exit_status([ok, m(N, "sqlite", "initial", "syncd", "timeout", 300.0)]) == 1
-        assert harness.exit_status([m(N, "sqlite", "initial", "ceiling", "error")]) == 1
+        yield importlib.import_module("harness")
     finally:
         for name in names:
             sys.modules.pop(name, None)
         sys.modules.update(saved)
+
+
+def test_repeated_measurements_keep_the_median_and_the_worst_memory(harness: ModuleType) -> None:
+    m = harness.Measurement
+    rounds = [
+        [m(N, "sqlite", "initial", "syncd", "success", 3.0, N, 140.0, "ins 2000"),
+         m(N, "sqlite", "initial", "dlt", "success", 9.0, N, 170.0)],
+        [m(N, "sqlite", "initial", "syncd", "success", 5.0, N, 150.0, "ins 2000"),
+         m(N, "sqlite", "initial", "dlt", "timeout", 300.0, 0, 0.0, "over 300 s")],
+        [m(N, "sqlite", "initial", "syncd", "success", 4.0, N, 130.0, "ins 2000"),
+         m(N, "sqlite", "initial", "dlt", "success", 8.0, N, 160.0)],
+    ]
+    syncd, dlt = harness.combine(rounds)
+    assert (syncd.side, syncd.status, syncd.wall_s, syncd.peak_rss_mb) == ("syncd", "success", 4.0, 150.0)
+    assert syncd.detail == "ins 2000; median of 3: 3.00 / 5.00 / 4.00 s"
+    assert (dlt.status, dlt.wall_s, dlt.detail) == ("timeout", 300.0, "over 300 s")  # never hidden
+    two = harness.combine(rounds[:2:])[0]
+    assert two.wall_s == 3.0  # the lower middle of an even count
+    one = harness.combine(rounds[:1])[0]
+    assert one == rounds[0][0]  # a single round: as measured, no "median of 1"
+
+
+def test_dlt_timeouts_do_not_fail_the_harness(harness: ModuleType) -> None:
+    """make bench must not end in an error because dlt's re-loads ran past the timeout; a syncd
+    or ceiling measurement that did not succeed still does."""
+    m = harness.Measurement
+    ok = m(N, "sqlite", "initial", "syncd", "success", 1.0, N)
+    dlt_timeout = m(N, "sqlite", "snapshot", "dlt", "timeout", 300.0)
+    assert harness.exit_status([ok, dlt_timeout]) == 0
+    assert harness.exit_status([ok, m(N, "sqlite", "snapshot", "dlt", "error")]) == 1
+    assert harness.exit_status([ok, m(N, "sqlite", "initial", "syncd", "timeout", 300.0)]) == 1
+    assert harness.exit_status([m(N, "sqlite", "initial", "ceiling", "error")]) == 1
