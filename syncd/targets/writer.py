@@ -21,7 +21,7 @@ zero change entries — the exactly-once effect.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql
 from syncd.changes.detector import (
     DELETED_HASH,
     Classification,
+    Normaliser,
     Op,
     changed_indexes,
     classify,
@@ -44,6 +45,7 @@ from syncd.changes.hashing import json_text, key_text, raw_hash, row_hash
 from syncd.changes.keys import ROW_KEY_LENGTH, row_key_function
 from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
+from syncd.mapping.codegen import compiled_source
 from syncd.targets.dialects import (
     BulkWriter,
     GrowthAnalyzer,
@@ -137,6 +139,15 @@ class BatchWriter:
         self._out = self._columns + ((self._soft,) if self._soft else ())
         self._all_json = json_text(list(self._out))  # changed_columns of every insert and delete
         self._out_norms = (*self._norms, *((normaliser_for_type("bool"),) if self._soft else ()))
+        self._normalised = _row_normaliser(len(self._columns), self._norm_at, soft=self._soft is not None)
+        self._new_values = _values_json(self._out)
+        key_idx, key_norms = self._key_idx, self._key_norms
+        if len(key_idx) == 1:  # the common key: one column
+            k0, norm0 = key_idx[0], key_norms[0]
+            self._key_of_row: Callable[[Row], Row] = lambda row: (norm0(row[k0]),)
+        else:
+            pairs = tuple(zip(key_norms, key_idx, strict=True))
+            self._key_of_row = lambda row: tuple(norm(row[i]) for norm, i in pairs)
         budget = param_budget(engine)
         self._key_chunk = max(1, budget // len(self._key_idx))
         self._state_chunk = budget - 1
@@ -322,12 +333,13 @@ class BatchWriter:
         digests: Sequence[str | None] | None,
         hashes: Sequence[str] | None,
     ) -> None:
-        width = len(self._columns)
+        width, key_of_row = len(self._columns), self._key_of_row
+        by_key, keys_of, digests_of, hashes_of = batch.rows, batch.keys, batch.digests, batch.hashes
         for n, row in enumerate(rows):
             if len(row) != width:
                 raise ValueError(f"a row has {len(row)} values but the mapping has {width} columns")
-            kv = self._key_values(tuple(row[i] for i in self._key_idx))
-            if any(v is None for v in kv):
+            kv = key_of_row(row)
+            if None in kv:
                 empty = ", ".join(k for k, v in zip(self._key_names, kv, strict=True) if v is None)
                 batch.rejects.append(self._reject(row, f"key column {empty} is empty (null)"))
                 continue
@@ -336,13 +348,13 @@ class BatchWriter:
                 reason = f"the record key is longer than {ROW_KEY_LENGTH} characters"
                 batch.rejects.append(self._reject(row, reason))
                 continue
-            if key in batch.rows:
+            if key in by_key:
                 batch.counts.unchanged += 1  # superseded by a later row with the same key
-            batch.rows[key] = row
-            batch.keys[key] = kv
-            batch.digests[key] = None if digests is None else digests[n]
+            by_key[key] = row
+            keys_of[key] = kv
+            digests_of[key] = None if digests is None else digests[n]
             if hashes is not None:
-                batch.hashes[key] = hashes[n]
+                hashes_of[key] = hashes[n]
 
     def _collect_deletes(self, batch: _Batch, deletes: Sequence[Row]) -> None:
         width, nkeys = len(self._columns), len(self._key_idx)
@@ -386,14 +398,6 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ plan
 
-    def _normalised(self, row: Row) -> Row:
-        values = list(row)
-        for i, norm in self._norm_at:  # only the columns whose normaliser changes anything
-            values[i] = norm(values[i])
-        if self._soft:
-            values.append(False)
-        return tuple(values)
-
     def _change(
         self,
         batch: _Batch,
@@ -419,7 +423,7 @@ class BatchWriter:
     def _insert_change(self, batch: _Batch, key: str, new: Row) -> Row:
         """The change-log row of an insert (every column, the new values): ``_change`` spelled out,
         as it runs for every row of a first load."""
-        new_values = json_text(dict(zip(self._out, new, strict=True)))
+        new_values = self._new_values(new)
         return (self._dataset, batch.run_id, _INSERT_OP, key, self._all_json, None, new_values, batch.now)
 
     def _plan(
@@ -545,3 +549,37 @@ def counts_dict(counts: BatchCounts) -> dict[str, int]:
         "unchanged": counts.unchanged,
         "quarantined": counts.quarantined,
     }
+
+
+def _row_normaliser(
+    width: int, norm_at: Sequence[tuple[int, Normaliser]], *, soft: bool
+) -> Callable[[Row], Row]:
+    """``row -> normalised row`` (with ``False`` appended for a soft-delete column) as one generated
+    tuple display: ``(r[0], _n1(r[1]), …)``. Every insert of a first load goes through it; the
+    loop it replaces (copy, normalise in place, convert back) was a tenth of the run process's
+    Python time. Only the template is source text; the normalisers are bound as globals."""
+    ns: dict[str, Any] = {}
+    parts = [f"r[{i}]" for i in range(width)]
+    for i, norm in norm_at:
+        ns[f"_n{i}"] = norm
+        parts[i] = f"_n{i}(r[{i}])"
+    if soft:
+        parts.append("False")
+    source = f"def _normalised(r):\n    return ({', '.join(parts)},)\n"
+    exec(compiled_source(source, "<syncd row normaliser>"), ns)  # noqa: S102 - syncd's own template
+    function: Callable[[Row], Row] = ns["_normalised"]
+    return function
+
+
+def _values_json(columns: Sequence[str]) -> Callable[[Row], str]:
+    """``values -> json_text({column: value, …})`` with the dict built by one generated dict
+    display (a change-feed entry of every insert). The column names are bound as globals."""
+    ns: dict[str, Any] = {"_json_text": json_text}
+    parts = []
+    for i, name in enumerate(columns):
+        ns[f"_k{i}"] = name
+        parts.append(f"_k{i}: v[{i}]")
+    source = f"def _values(v):\n    return _json_text({{{', '.join(parts)}}})\n"
+    exec(compiled_source(source, "<syncd change values>"), ns)  # noqa: S102 - syncd's own template
+    function: Callable[[Row], str] = ns["_values"]
+    return function
