@@ -1099,3 +1099,32 @@ def test_a_connection_pymysql_found_closed_is_named_in_the_error() -> None:
         "reading the watermark of dataset d in sqlite:// failed: the connection to the database was closed "
         "(server stopped or restarted?) (0, '')"
     )
+
+
+def test_generated_insert_functions_match_the_plain_loop() -> None:
+    """The writer's generated per-insert functions (normalised row, change-feed values) give what
+    the plain loop gives, with the soft-delete flag, and take column names as data, never as code."""
+    from syncd.changes.detector import normaliser_for_type
+    from syncd.changes.hashing import json_text
+    from syncd.targets.writer import _row_normaliser, _values_json
+
+    norm = normaliser_for_type
+    norm_at = [(1, norm("decimal", 2)), (2, norm("date")), (4, norm("int"))]
+    rows = [
+        ("a", Decimal("1.5"), "2024-01-02", None, "7"),
+        ("b", None, datetime(2024, 1, 2, 3, 4), "x", 8),
+        ("c", Decimal("1.005"), date(2024, 2, 29), "", None),
+    ]
+    for soft in (False, True):
+        normalised = _row_normaliser(5, norm_at, soft=soft)
+        for row in rows:
+            expected = list(row)
+            for i, normalise in norm_at:
+                expected[i] = normalise(expected[i])
+            assert normalised(row) == tuple(expected + ([False] if soft else []))
+    assert _row_normaliser(5, [], soft=False)(rows[0]) == rows[0]
+
+    names = ("id", 'q"uote', "x}: 1, {'y", "__import__('os')", "中文")
+    values_json = _values_json(names)
+    row = ("R1", Decimal("1.50"), date(2024, 1, 2), None, "值")
+    assert values_json(row) == json_text(dict(zip(names, row, strict=True)))
