@@ -10,14 +10,24 @@ JSON answer per line on stdout:
 ``update FRACTION``    change that share of records (phone and remark), stamped now
 ``delete FRACTION``    logically delete that share of records (``isDeleted = "1"``), stamped now
 ``quit``               stop
+
+Before it says it is ready, and after every change, the process reads every page of the whole
+dataset (``pageSize`` 1,000, no time window) from itself over HTTP, so that those pages are in the
+gateway's cache before a measured run asks for them. The cache is keyed by the records a window
+selects (:meth:`syncd.gateway.store.ResidentStore.span`): a first load's window ("until the run's
+start") and a snapshot read (no window) select the same records as the warm-up read, and get its
+pages. Without it the first measurement after each change rendered the pages itself, on the same two
+cores: 0.10-0.16 s of the gateway's CPU per 10⁵ records, against 0.04 s for cached pages.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import sys
+import urllib.parse
 from typing import Any
 
 import structlog
@@ -31,6 +41,30 @@ __all__ = ["main"]
 def _pick(gateway: Gateway, fraction: float, rng: random.Random) -> list[str]:
     ids = gateway.store.ids()
     return rng.sample(ids, max(1, round(len(ids) * fraction)))
+
+
+PAGE_SIZE = 1000
+
+
+def warm(url: str, app_key: str = "demo-app", app_secret: str = "demo-secret") -> int:  # noqa: S107
+    """Read every page of the unwindowed dataset from the gateway at ``url`` (the demo's published
+    credentials); returns the number of pages read."""
+    address = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=60)
+    try:
+        body = json.dumps({"appKey": app_key, "appSecret": app_secret})
+        conn.request("POST", "/auth/token", body=body, headers={"Content-Type": "application/json"})
+        token = json.loads(conn.getresponse().read())["data"]["accessToken"]
+        page = 0
+        while True:
+            page += 1
+            query = urllib.parse.urlencode({"pageNo": page, "pageSize": PAGE_SIZE})
+            conn.request("GET", f"/api/residents/query?{query}", headers={"Authorization": f"Bearer {token}"})
+            data = json.loads(conn.getresponse().read())["data"]
+            if page * PAGE_SIZE >= data["total"]:
+                return page
+    finally:
+        conn.close()
 
 
 def main() -> int:
@@ -52,6 +86,7 @@ def main() -> int:
         latency=args.latency_ms / 1000,
     )
     url = gateway.start()
+    warm(url)
     rng = random.Random(args.seed)
     print(json.dumps({"ready": url}), flush=True)
     try:
@@ -70,10 +105,12 @@ def main() -> int:
                     record["remark"] = rng.choice(("信息已核实", "地址变更", "户口迁入"))
 
                 gateway.store.update(ids, touch)
+                warm(url)
                 answer = {"updated": len(ids)}
             elif cmd == "delete":
                 ids = _pick(gateway, float(rest[0]), rng)
                 gateway.store.logical_delete(ids)
+                warm(url)
                 answer = {"deleted": len(ids)}
             elif cmd == "quit":
                 break

@@ -709,6 +709,33 @@ def test_prerender_cache_serves_and_invalidates(session: requests.Session) -> No
         assert changed["data"]["list"][0]["remark"] == "缓存失效"
 
 
+def test_prerender_cache_shares_pages_between_windows_of_the_same_records(
+    session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load's window ends at its start, a text that differs every second: its pages are the
+    unwindowed read's while both select the same records (the benchmark warms them up front)."""
+    store = ResidentStore(seed=5)
+    store.generate(50, START)
+    rendered: list[tuple[str | None, str | None]] = []
+    query_of = store.query
+
+    def counting(start: str | None, end: str | None, offset: int, limit: int) -> Any:
+        rendered.append((start, end))
+        return query_of(start, end, offset, limit)
+
+    monkeypatch.setattr(store, "query", counting)
+    with Gateway(store, prerender=True) as g:
+        headers = token(session, g)
+        whole = query(session, g, headers, pageSize=20).content
+        later = query(session, g, headers, pageSize=20, updateTimeEnd="2099-01-01 00:00:00").content
+        assert later == whole and len(rendered) == 1  # same records: the cached page
+        times = sorted(r["updateTime"] for r in orjson.loads(whole)["data"]["list"])
+        part = query(session, g, headers, pageSize=20, updateTimeEnd=times[4]).json()["data"]
+        assert len(rendered) == 2 and part["total"] == sum(t <= times[4] for t in times) < 50  # its own page
+        assert query(session, g, headers, pageSize=20, updateTimeStart=times[0]).content == whole
+        assert len(rendered) == 2
+
+
 def test_request_log_keeps_no_secrets(gw: Gateway, session: requests.Session) -> None:
     headers = token(session, gw)
     query(session, gw, headers, pageNo=2, pageSize=5)

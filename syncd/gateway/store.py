@@ -147,6 +147,16 @@ class ResidentStore:
         with self._lock:
             return [rid for _, rid in self._index]
 
+    def span(self, start: str | None, end: str | None) -> tuple[int, int, int]:
+        """(version, first, end) of the records ``query(start, end, …)`` would page through now:
+        two windows with the same span hold the same records in the same order (a page cache's
+        key: a first load's window ends "now", a different text every second, over the same records)."""
+        with self._lock:
+            index = self._index
+            lo = 0 if start is None else bisect_left(index, start, key=_time_of)
+            hi = len(index) if end is None else bisect_right(index, end, key=_time_of)
+            return self._version, lo, max(hi, lo)
+
     def query(self, start: str | None, end: str | None, offset: int, limit: int) -> Query:
         """Records with ``start <= updateTime <= end`` (either bound optional), sorted, sliced.
 

@@ -169,5 +169,6 @@ class TokenStyle:
             )
             return head + b",".join(page.rows) + b"]}}"
 
-        body = render() if drift else ctx.page(("style1", page_no, page_size, start, end), render)
+        key = ("style1", page_no, page_size, *ctx.store.span(start, end))  # same records, same page
+        body = render() if drift else ctx.page(key, render)
         return ctx.transport(Response(body=body), fault)

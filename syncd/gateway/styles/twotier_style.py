@@ -212,5 +212,6 @@ class TwoTierStyle:
                 "成功".encode(), datas, page.total + drift,
             )
 
-        body = render() if drift else ctx.page(("style3", page_no, page_size, start, end), render)
+        key = ("style3", page_no, page_size, *ctx.store.span(start, end))  # same records, same page
+        body = render() if drift else ctx.page(key, render)
         return ctx.transport(Response(body=body), fault)
