@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from config import APP_SECRET  # sibling module: the script's directory is on sys.path
 from syncd.gateway import Gateway, shanghai_now
 from syncd.gateway.data import format_time
 
@@ -44,15 +45,16 @@ def _pick(gateway: Gateway, fraction: float, rng: random.Random) -> list[str]:
 
 
 PAGE_SIZE = 1000
+APP_KEY = "demo-app"  # the demo's published credentials (APP_SECRET: bench/config.py), given to the gateway
 
 
-def warm(url: str, app_key: str = "demo-app", app_secret: str = "demo-secret") -> int:  # noqa: S107
-    """Read every page of the unwindowed dataset from the gateway at ``url`` (the demo's published
-    credentials); returns the number of pages read."""
+def warm(url: str) -> int:
+    """Read every page of the unwindowed dataset from the gateway at ``url``; returns the number of
+    pages read."""
     address = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=60)
     try:
-        body = json.dumps({"appKey": app_key, "appSecret": app_secret})
+        body = json.dumps({"appKey": APP_KEY, "appSecret": APP_SECRET})
         conn.request("POST", "/auth/token", body=body, headers={"Content-Type": "application/json"})
         token = json.loads(conn.getresponse().read())["data"]["accessToken"]
         page = 0
@@ -83,6 +85,8 @@ def main() -> int:
         seed=args.seed,
         prerender=True,
         prerender_max_bytes=4 << 30,
+        app_key=APP_KEY,
+        app_secret=APP_SECRET,
         latency=args.latency_ms / 1000,
     )
     url = gateway.start()

@@ -159,10 +159,18 @@ class Context:
                 response.delay = self.faults.slow_seconds
         return response
 
-    def page(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
-        """A rendered page body, from the cache in ``prerender`` mode (cleared on any mutation)."""
+    def page(
+        self, key: tuple[Hashable, ...], window: tuple[str | None, str | None], render: Callable[[], bytes]
+    ) -> bytes:
+        """A rendered page body, from the cache in ``prerender`` mode (cleared on any mutation).
+
+        ``key`` names the page within a window (style, page number, size); the window enters the
+        cache key as the span of records it selects (:meth:`ResidentStore.span`), not as its text:
+        a first load's window ending "now" and no window at all share pages while they select the
+        same records."""
         if not self.prerender:
             return render()
+        key = (*key, *self.store.span(*window))
         version = self.store.version
         with self._lock:
             if self._cache_version != version:

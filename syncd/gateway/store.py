@@ -147,15 +147,20 @@ class ResidentStore:
         with self._lock:
             return [rid for _, rid in self._index]
 
+    def _bounds(self, start: str | None, end: str | None) -> tuple[int, int]:
+        """Positions in the time index of the first record of the window and one past its last
+        (the caller holds the lock)."""
+        index = self._index
+        lo = 0 if start is None else bisect_left(index, start, key=_time_of)
+        hi = len(index) if end is None else bisect_right(index, end, key=_time_of)
+        return lo, max(hi, lo)
+
     def span(self, start: str | None, end: str | None) -> tuple[int, int, int]:
         """(version, first, end) of the records ``query(start, end, …)`` would page through now:
         two windows with the same span hold the same records in the same order (a page cache's
         key: a first load's window ends "now", a different text every second, over the same records)."""
         with self._lock:
-            index = self._index
-            lo = 0 if start is None else bisect_left(index, start, key=_time_of)
-            hi = len(index) if end is None else bisect_right(index, end, key=_time_of)
-            return self._version, lo, max(hi, lo)
+            return (self._version, *self._bounds(start, end))
 
     def query(self, start: str | None, end: str | None, offset: int, limit: int) -> Query:
         """Records with ``start <= updateTime <= end`` (either bound optional), sorted, sliced.
@@ -166,9 +171,8 @@ class ResidentStore:
             raise ValueError("offset and limit cannot be negative")
         with self._lock:
             index = self._index
-            lo = 0 if start is None else bisect_left(index, start, key=_time_of)
-            hi = len(index) if end is None else bisect_right(index, end, key=_time_of)
-            total = max(hi - lo, 0)
+            lo, hi = self._bounds(start, end)
+            total = hi - lo
             first = lo + offset
             last = min(first + limit, hi)
             rows = self._rows

@@ -9,7 +9,8 @@ fixes it, plus the alternative of letting syncd create a new table.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,7 @@ class _Reflected:
     def uniques(self) -> list[tuple[str, ...]]:
         """The unique constraints' and unique indexes' columns: read only when the primary key is
         not the mapping's key (two catalogue reads a run saved in the usual case)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", sa.exc.SAWarning)
+        with _quiet_reflection():
             name, inspector = self.name, self.inspector
             found = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)]
             indexes = inspector.get_indexes(name)
@@ -153,9 +153,17 @@ class _Reflected:
         return found
 
 
-def _reflect(engine: sa.Engine, name: str) -> _Reflected:
+@contextmanager
+def _quiet_reflection() -> Iterator[None]:
+    """Reflect without SQLAlchemy's warnings: a type it does not know becomes NullType, and the
+    column checks say what is wrong with it."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sa.exc.SAWarning)  # unknown types become NullType
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        yield
+
+
+def _reflect(engine: sa.Engine, name: str) -> _Reflected:
+    with _quiet_reflection():
         inspector = sa.inspect(engine)
         columns = {c["name"]: c for c in inspector.get_columns(name)}
         pk = tuple(inspector.get_pk_constraint(name).get("constrained_columns") or ())

@@ -141,13 +141,9 @@ class BatchWriter:
         self._out_norms = (*self._norms, *((normaliser_for_type("bool"),) if self._soft else ()))
         self._normalised = _row_normaliser(len(self._columns), self._norm_at, soft=self._soft is not None)
         self._new_values = _values_json(self._out)
-        key_idx, key_norms = self._key_idx, self._key_norms
-        if len(key_idx) == 1:  # the common key: one column
-            k0, norm0 = key_idx[0], key_norms[0]
-            self._key_of_row: Callable[[Row], Row] = lambda row: (norm0(row[k0]),)
-        else:
-            pairs = tuple(zip(key_norms, key_idx, strict=True))
-            self._key_of_row = lambda row: tuple(norm(row[i]) for norm, i in pairs)
+        # a row's key values, and key values given alone (deletes), normalised per column type
+        self._key_of_row = _key_reader(self._key_idx, self._key_norms)
+        self._key_values = _key_reader(tuple(range(len(self._key_idx))), self._key_norms)
         budget = param_budget(engine)
         self._key_chunk = max(1, budget // len(self._key_idx))
         self._state_chunk = budget - 1
@@ -249,13 +245,6 @@ class BatchWriter:
             f"dataset {self._dataset}: a batch failed while {doing} in {self._where} and was "
             f"rolled back, nothing of it was kept: {reason[:500]}"
         )
-
-    def _key_values(self, values: Row) -> Row:
-        """Key values normalised per column type, as the database holds them."""
-        norms = self._key_norms
-        if len(norms) == 1:  # the common key: one column
-            return (norms[0](values[0]),)
-        return tuple(norm(v) for norm, v in zip(norms, values, strict=True))
 
     def _key_param(self, values: Row) -> Any:
         return values[0] if len(values) == 1 else values
@@ -549,6 +538,16 @@ def counts_dict(counts: BatchCounts) -> dict[str, int]:
         "unchanged": counts.unchanged,
         "quarantined": counts.quarantined,
     }
+
+
+def _key_reader(positions: Sequence[int], norms: Sequence[Normaliser]) -> Callable[[Row], Row]:
+    """``row -> its key values`` (those at ``positions``), each normalised per column type as the
+    database holds it."""
+    if len(positions) == 1:  # the common key: one column
+        k0, norm0 = positions[0], norms[0]
+        return lambda row: (norm0(row[k0]),)
+    pairs = tuple(zip(norms, positions, strict=True))
+    return lambda row: tuple(norm(row[i]) for norm, i in pairs)
 
 
 def _row_normaliser(

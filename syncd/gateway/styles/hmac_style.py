@@ -120,8 +120,7 @@ class HmacStyle:
             data = orjson.dumps({"total": page.total + drift, "rows": rows}).decode()
             return orjson.dumps({"code": "200", "msg": "成功", "data": data})
 
-        key = ("style2", start_num, page_num, *ctx.store.span(start, end))  # same records, same page
-        body = render() if drift else ctx.page(key, render)
+        body = render() if drift else ctx.page(("style2", start_num, page_num), (start, end), render)
         return ctx.transport(Response(body=body), fault)
 
     def _authenticate(self, req: Request) -> Response | None:  # noqa: PLR0911 - one answer per refusal

@@ -169,6 +169,5 @@ class TokenStyle:
             )
             return head + b",".join(page.rows) + b"]}}"
 
-        key = ("style1", page_no, page_size, *ctx.store.span(start, end))  # same records, same page
-        body = render() if drift else ctx.page(key, render)
+        body = render() if drift else ctx.page(("style1", page_no, page_size), (start, end), render)
         return ctx.transport(Response(body=body), fault)

@@ -212,6 +212,5 @@ class TwoTierStyle:
                 "成功".encode(), datas, page.total + drift,
             )
 
-        key = ("style3", page_no, page_size, *ctx.store.span(start, end))  # same records, same page
-        body = render() if drift else ctx.page(key, render)
+        body = render() if drift else ctx.page(("style3", page_no, page_size), (start, end), render)
         return ctx.transport(Response(body=body), fault)
