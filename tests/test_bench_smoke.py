@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -62,7 +63,7 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
 def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """bench/harness.py as a module (with its sibling modules), removed again afterwards."""
     monkeypatch.syspath_prepend(str(BENCH))
-    names = ("harness", "config", "report")
+    names = ("harness", "config", "report", "gateway_proc")
     saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     try:
         yield importlib.import_module("harness")
@@ -102,3 +103,33 @@ def test_dlt_timeouts_do_not_fail_the_harness(harness: ModuleType) -> None:
     assert harness.exit_status([ok, m(N, "sqlite", "snapshot", "dlt", "error")]) == 1
     assert harness.exit_status([ok, m(N, "sqlite", "initial", "syncd", "timeout", 300.0)]) == 1
     assert harness.exit_status([m(N, "sqlite", "initial", "ceiling", "error")]) == 1
+
+
+def test_the_gateway_warm_up_reads_every_page_once_into_the_cache(
+    harness: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/gateway_proc.py renders every page before a measured run (on several connections at
+    once): afterwards a run's pages come from the cache, none is rendered again."""
+    from syncd.gateway import Gateway
+    from syncd.gateway.store import ResidentStore
+
+    gateway_proc = importlib.import_module("gateway_proc")
+    store = ResidentStore(seed=3)
+    store.generate(2500, datetime(2026, 1, 1))
+    rendered: list[int] = []
+    query_of = store.query
+
+    def counting(start: str | None, end: str | None, offset: int, limit: int) -> object:
+        rendered.append(offset)
+        return query_of(start, end, offset, limit)
+
+    monkeypatch.setattr(store, "query", counting)
+    with Gateway(
+        store, prerender=True, app_key=gateway_proc.APP_KEY, app_secret=gateway_proc.APP_SECRET, latency=0.01
+    ) as g:
+        assert gateway_proc.warm(g.url, connections=2) == 3
+        pages = sorted(e.params["pageNo"] for e in g.request_log if e.path == "/api/residents/query")
+        assert pages == ["1", "2", "3"]  # each once
+        assert sorted(rendered) == [0, 1000, 2000]
+        assert gateway_proc.warm(g.url) == 3
+        assert len(rendered) == 3  # the second read came from the cache
