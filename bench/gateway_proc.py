@@ -66,7 +66,7 @@ def warm(url: str, connections: int = WARM_CONNECTIONS) -> int:
     """Read every page of the unwindowed dataset from the gateway at ``url``, on up to
     ``connections`` connections at once; returns the number of pages read. Each page is asked for
     once: the first to learn the total, the rest spread over the connections (each page still pays
-    the gateway's ``--latency-ms``, but the waits overlap: 100 pages at 50 ms took 5 s one by one)."""
+    the gateway's ``--latency-ms``, but the waits overlap: 100 pages at 50 ms took 6 s one by one)."""
     address = urllib.parse.urlsplit(url)
 
     def connect() -> http.client.HTTPConnection:

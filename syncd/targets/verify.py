@@ -180,7 +180,7 @@ def _reflect(engine: sa.Engine, name: str) -> _Reflected:
 # reflection, which builds and compiles large catalogue queries (domains, enums, columns with
 # identity and default subqueries, constraints) the first time a process reflects: 45-55 ms of a
 # fresh process's run (``syncd sync``; a re-sync of 1,000 changed rows takes ~0.2 s) against
-# ~1 ms. Only what the checks here read is taken: name, type, NOT NULL, whether there is a
+# 1-5 ms. Only what the checks here read is taken: name, type, NOT NULL, whether there is a
 # default, the primary key's columns in key order. The relation is found as an unqualified name
 # is (search_path), among the kinds SQLAlchemy reflects.
 _PG_COLUMNS = sa.text(
