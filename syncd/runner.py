@@ -265,7 +265,16 @@ class _Batch:
 
     Records come either raw (``add``: mapped here, the waiting key from the key columns alone)
     or already mapped by the read worker (``add_page``: the waiting entry holds the row and its
-    hash). The decision to skip is taken here in both cases, when the batch is written.
+    hash). The decision to skip is taken here in both cases, when ``batch_size`` records wait.
+
+    What is left to write is written once it reaches ``batch_size`` rows (and at the end), not
+    once per ``batch_size`` records read: a re-sync in which 1 % changed commits once per
+    ``batch_size`` changed rows instead of a transaction of ten rows per thousand records read.
+    Until then the keys of those rows are ``pending``: a later record of a pending key is never
+    skipped (its stored digest is not yet the pending row's), so "last wins" holds across the
+    records read before one write as it does within one batch. Memory stays bounded by the batch
+    size: fewer than ``batch_size`` rows wait to be written while the next ``batch_size`` records
+    (plus a page) wait to be resolved, so one write holds at most about twice ``batch_size`` rows.
     """
 
     def __init__(
@@ -286,11 +295,15 @@ class _Batch:
         self.skip_unchanged = skip_unchanged
         self.waiting: list[tuple[str, str | None, Any]] = []
         self.hashes: list[str] | None = None  # row hashes, when the rows come from the read worker
-        self.skipped_keys: list[str] = []
+        self.pending: set[str] = set()  # keys of resolved records not written yet (never skipped)
 
     def __len__(self) -> int:
+        return self.to_write() + len(self.waiting)
+
+    def to_write(self) -> int:
+        """Rows, deletes and quarantined records the next write commits."""
         sorter = self.sorter
-        return len(sorter.rows) + len(sorter.deletes) + len(sorter.rejected) + len(self.waiting)
+        return len(sorter.rows) + len(sorter.deletes) + len(sorter.rejected)
 
     def add(self, record: dict[str, Any]) -> None:
         digest = self.digest(record)
@@ -330,58 +343,69 @@ class _Batch:
         except RecordError:
             return None
 
-    def _resolve_waiting(self) -> int:
-        """Skip the waiting records whose digest is stored for their key; map the rest."""
+    def _resolve_waiting(self) -> None:
+        """Skip the waiting records whose digest is stored for their key (counted unchanged, and
+        seen by a snapshot run); map the rest, whose keys become pending."""
         waiting = self.waiting
         if not waiting:
-            return 0
+            return
         stored = self.writer.stored_digests([key for key, digest, _ in waiting if digest is not None])
         seen: dict[str, int] = {}
         for key, _, _ in waiting:
             seen[key] = seen.get(key, 0) + 1
-        skipped = 0
-        sorter, hashes = self.sorter, self.hashes
+        skipped: list[str] = []
+        sorter, hashes, pending = self.sorter, self.hashes, self.pending
         for key, digest, item in waiting:
-            if digest is not None and seen[key] == 1 and stored.get(key) == digest:
-                skipped += 1
-                if self.snapshot is not None:
-                    self.skipped_keys.append(key)
-            elif hashes is None:
+            if digest is not None and seen[key] == 1 and key not in pending and stored.get(key) == digest:
+                skipped.append(key)
+                continue
+            pending.add(key)
+            if hashes is None:
                 sorter.sort(item, digest)
             else:  # mapped by the read worker
                 sorter.rows.append(item[0])
                 sorter.digests.append(digest)
                 hashes.append(item[1])
         waiting.clear()
-        return skipped
+        self.run.counts.unchanged += len(skipped)
+        if self.snapshot is not None and skipped:  # their rows stand: seen, with nothing to write
+            self.snapshot.mark_seen(skipped)
 
     def flush_when_full(self) -> None:
-        """At the end of a page: write the batch once it holds ``batch_size`` records; report."""
-        if len(self) >= self.run.batch_size:
-            self.flush()
+        """At the end of a page: once ``batch_size`` records wait, resolve them; once ``batch_size``
+        rows are left to write, write them (see the class docstring); report."""
+        size = self.run.batch_size
+        if len(self) >= size:
+            if self.waiting:
+                self.run.check_stop()
+                self._resolve_waiting()
+            if self.to_write() >= size:
+                self.flush()
         self.run.report_progress()
 
     def flush(self) -> None:
-        """Write the batch in one transaction (or not at all when a stop was requested)."""
+        """Resolve what waits and write the rest in one transaction (or not at all when a stop was
+        requested)."""
         if not len(self):
             return
         run, sorter = self.run, self.sorter
         run.check_stop()  # a batch is committed whole or not started
-        skipped = self._resolve_waiting()
+        self._resolve_waiting()
+        if not self.to_write():
+            return
         quarantined = [QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k in sorter.rejected]
         counts = self.writer.write(
             run.run_id, sorter.rows, sorter.deletes, quarantined, sorter.digests, hashes=self.hashes
         )
         run.counts.add(counts)
-        run.counts.unchanged += skipped
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
-            keys = self.snapshot.row_keys(sorter.rows) + self.skipped_keys
+            keys = self.snapshot.row_keys(sorter.rows)
             keys += [key for _, _, key in sorter.rejected if key is not None]
             self.snapshot.mark_seen(keys)
         sorter.clear()
         if self.hashes is not None:
             self.hashes.clear()
-        self.skipped_keys.clear()
+        self.pending.clear()
         run.check_error_limit(final=False)
 
 
