@@ -145,7 +145,10 @@ FIELD_DOCS: dict[str, str] = {
     "DatasetConfig.target": "the target table, its key and how deletes are applied",
     "DatasetConfig.columns": "target column name → where its value comes from and how it is cleaned",
     "DatasetConfig.schedule": "when the daemon runs the dataset: cron or interval",
-    "DatasetConfig.batch_size": "rows per committed batch; empty = defaults.batch_size",
+    "DatasetConfig.batch_size": (
+        "rows per committed batch (a re-sync: once this many changed rows wait); "
+        "empty = defaults.batch_size"
+    ),
     "DatasetConfig.error_limit": "quarantine limits of this dataset; empty = defaults.error_limit",
     # main file
     "RetryConfig.attempts": "tries per request, the first included",
@@ -164,7 +167,7 @@ FIELD_DOCS: dict[str, str] = {
     "HttpConnection.headers": "fixed headers sent with every request",
     "DatabaseConfig.table_prefix": "prefix of syncd's own tables",
     "DatabaseConfig.pool_size": "database connections kept open",
-    "Defaults.batch_size": "rows per committed batch",
+    "Defaults.batch_size": "rows per committed batch (a re-sync: once this many changed rows wait)",
     "Defaults.lookback": "incremental reads re-read this long before the watermark",
     "Defaults.safety_lag": "incremental reads leave records newer than this for the next run",
     "Defaults.error_limit": "quarantine limits (count and ratio)",
