@@ -260,8 +260,8 @@ class _Batch:
     At ``flush`` one query reads the stored digests of the waiting keys; a record whose digest
     equals its key's stored digest maps to the row already written, so it is counted unchanged
     without being mapped, hashed or written (the snapshot re-sync's common case). The others are
-    mapped in their original order. A key that occurs twice among the waiting records is always
-    mapped, so "last wins" holds as before.
+    mapped in their original order, and once a record of a key is to be written every later record
+    of that key is too, so "last wins" holds as before.
 
     Records come either raw (``add``: mapped here, the waiting key from the key columns alone)
     or already mapped by the read worker (``add_page``: the waiting entry holds the row and its
@@ -350,13 +350,12 @@ class _Batch:
         if not waiting:
             return
         stored = self.writer.stored_digests([key for key, digest, _ in waiting if digest is not None])
-        seen: dict[str, int] = {}
-        for key, _, _ in waiting:
-            seen[key] = seen.get(key, 0) + 1
         skipped: list[str] = []
         sorter, hashes, pending = self.sorter, self.hashes, self.pending
+        # in order: once a record of a key is to be written, every later record of it is too (a key
+        # twice among the waiting records ends with the last of them, whichever equals the stored)
         for key, digest, item in waiting:
-            if digest is not None and seen[key] == 1 and key not in pending and stored.get(key) == digest:
+            if digest is not None and key not in pending and stored.get(key) == digest:
                 skipped.append(key)
                 continue
             pending.add(key)

@@ -170,8 +170,8 @@ class Context:
         same records."""
         if not self.prerender:
             return render()
-        key = (*key, *self.store.span(*window))
-        version = self.store.version
+        span = self.store.span(*window)  # (version, first, end), read together
+        key, version = (*key, *span), span[0]
         with self._lock:
             if self._cache_version != version:
                 self._cache.clear()
