@@ -62,6 +62,7 @@ class Measurement:
     rows: int = 0
     peak_rss_mb: float = 0.0
     detail: str = ""
+    disk_read_mb: float | None = None  # the whole machine's reads from disk meanwhile (bench/diskio.py)
 
     @property
     def rows_per_s(self) -> float:
@@ -224,8 +225,21 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
         )
         if data.get("error"):
             detail += f" error: {data['error'][:200]}"
+    read_mb = data.get("disk_read_mb")
+    if read_mb is not None:
+        read = f"read {read_mb:,.0f} MB from disk"
+        detail = f"{detail}; {read}" if detail else read
     m = Measurement(
-        n, db, scenario, side, data["status"], data["wall_s"], data["rows"], data["peak_rss_mb"], detail
+        n,
+        db,
+        scenario,
+        side,
+        data["status"],
+        data["wall_s"],
+        data["rows"],
+        data["peak_rss_mb"],
+        detail,
+        read_mb,
     )
     print(
         f"  {db:<10} {scenario:<12} {side:<7} {m.status:<8} {m.rows:>8} rows {m.wall_s:8.2f} s "

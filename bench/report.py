@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diskio import page_cache_reclaim  # sibling module: bench/ is on sys.path wherever report is imported
+
 __all__ = ["machine_info", "markdown_table", "write_results"]
 
 
@@ -60,6 +62,8 @@ def machine_info() -> dict[str, str]:
         "mariadb": _version(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-e", "SELECT VERSION()"]),
     }
     info["orjson decode"] = f"{_decode_rate():,.0f} records/s"
+    # idle page cache reclaimed: a measurement may read its database back from disk (bench/diskio.py)
+    info["page cache"] = page_cache_reclaim() or "kept while memory lasts"
     try:
         from importlib.metadata import version
 

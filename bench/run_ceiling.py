@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from diskio import disk_read_mb, paged_in_bytes  # sibling module: the script's directory is on sys.path
+
 from syncd.procmem import peak_rss_bytes
 
 __all__ = ["main"]
@@ -76,12 +78,14 @@ def main() -> int:  # noqa: PLR0915 - one linear recipe per database family
     first = datetime(2026, 1, 1) - timedelta(seconds=2 * args.records + 60)
     written = 0
     spent = 0.0
+    read_mb: float | None = 0.0  # over the timed writes only, as the wall time
     raw = engine.raw_connection()
     try:
         chunk: list[tuple[Any, ...]] = []
 
         def flush() -> None:
-            nonlocal spent, written
+            nonlocal spent, written, read_mb
+            paged_in = paged_in_bytes()
             t0 = time.perf_counter()
             cur = raw.cursor()
             if family == "postgresql":
@@ -95,6 +99,8 @@ def main() -> int:  # noqa: PLR0915 - one linear recipe per database family
             raw.commit()
             cur.close()
             spent += time.perf_counter() - t0
+            read = disk_read_mb(paged_in, paged_in_bytes())
+            read_mb = None if read is None or read_mb is None else read_mb + read
             written += len(chunk)
             chunk.clear()
 
@@ -120,6 +126,7 @@ def main() -> int:  # noqa: PLR0915 - one linear recipe per database family
                 "wall_s": spent,
                 "rows": written,
                 "peak_rss_mb": peak_rss_bytes() / 2**20,
+                "disk_read_mb": read_mb,
             }
         ),
         flush=True,

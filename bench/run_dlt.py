@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import requests
+from diskio import disk_read_mb, paged_in_bytes  # sibling module: the script's directory is on sys.path
 
 from syncd.procmem import peak_rss_bytes
 
@@ -69,6 +70,7 @@ def main() -> int:
     import dlt
 
     counter = [0]
+    paged_in = paged_in_bytes()
     started = time.perf_counter()
     resource_ = dlt.resource(
         pages(args.gateway, args.since, counter),
@@ -84,6 +86,7 @@ def main() -> int:
     )
     pipeline.run(resource_)
     wall = time.perf_counter() - started
+    read_mb = disk_read_mb(paged_in, paged_in_bytes())
     print(
         json.dumps(
             {
@@ -91,6 +94,7 @@ def main() -> int:
                 "wall_s": wall,
                 "rows": counter[0],
                 "peak_rss_mb": peak_rss_bytes() / 2**20,
+                "disk_read_mb": read_mb,
             }
         ),
         flush=True,

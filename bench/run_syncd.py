@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from diskio import disk_read_mb, paged_in_bytes  # sibling module: the script's directory is on sys.path
+
 from syncd.procmem import peak_rss_bytes
 
 __all__ = ["main"]
@@ -48,9 +50,11 @@ def main() -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    paged_in = paged_in_bytes()
     started = time.perf_counter()
     result = run_dataset(app, app.datasets[args.dataset], store, trigger="bench")
     wall = time.perf_counter() - started
+    read_mb = disk_read_mb(paged_in, paged_in_bytes())
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(str(args.profile))
@@ -69,6 +73,7 @@ def main() -> int:
                 "unchanged": c.unchanged,
                 "quarantined": c.quarantined,
                 "peak_rss_mb": (peak_rss_bytes() + (result.worker_peak_rss_bytes or 0)) / 2**20,
+                "disk_read_mb": read_mb,
             }
         ),
         flush=True,

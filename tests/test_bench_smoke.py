@@ -57,13 +57,16 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     assert by["snapshot-del", "syncd"]["detail"].startswith("ins 0 upd 0 del 20")
     assert all(r["peak_rss_mb"] > 0 for r in by.values())
     assert "| syncd/dlt initial" in done.stdout
+    assert results["machine"]["page cache"]  # how this machine reclaims idle page cache
+    if Path("/proc/vmstat").exists():  # Linux: every side says what the machine read from disk
+        assert all(r["disk_read_mb"] >= 0 and " MB from disk" in r["detail"] for r in by.values())
 
 
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """bench/harness.py as a module (with its sibling modules), removed again afterwards."""
     monkeypatch.syspath_prepend(str(BENCH))
-    names = ("harness", "config", "report", "gateway_proc")
+    names = ("harness", "config", "report", "gateway_proc", "diskio")
     saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     try:
         yield importlib.import_module("harness")
@@ -133,3 +136,34 @@ def test_the_gateway_warm_up_reads_every_page_once_into_the_cache(
         assert sorted(rendered) == [0, 1000, 2000]
         assert gateway_proc.warm(g.url) == 3
         assert len(rendered) == 3  # the second read came from the cache
+
+
+def test_disk_reads_and_page_cache_reclaim_are_read_from_the_kernel(
+    harness: ModuleType, tmp_path: Path
+) -> None:
+    """bench/diskio.py: the machine's reads from /proc/vmstat (KiB), DAMON's pageout schemes from
+    sysfs (minimum age in aggregation intervals); unknown stays unknown, not 0."""
+    diskio = importlib.import_module("diskio")
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 5\npgpgin 2048\npgpgout 7\n", encoding="ascii")
+    assert diskio.paged_in_bytes(vmstat) == 2 * 2**20
+    assert diskio.paged_in_bytes(tmp_path / "missing") is None
+    assert diskio.disk_read_mb(2**20, 3 * 2**20) == 2.0
+    assert diskio.disk_read_mb(None, 2**20) is None
+
+    root = tmp_path / "kdamonds"
+    context = root / "0" / "contexts" / "0"
+    scheme = context / "schemes" / "0"
+    (context / "monitoring_attrs" / "intervals").mkdir(parents=True)
+    (scheme / "access_pattern" / "age").mkdir(parents=True)
+    (root / "0" / "state").write_text("on\n", encoding="ascii")
+    (context / "monitoring_attrs" / "intervals" / "aggr_us").write_text("5000000\n", encoding="ascii")
+    (scheme / "access_pattern" / "age" / "min").write_text("12\n", encoding="ascii")
+    (scheme / "action").write_text("pageout\n", encoding="ascii")
+    assert diskio.page_cache_reclaim(root) == "DAMON pageout of pages idle ≥ 60 s"
+    (scheme / "action").write_text("stat\n", encoding="ascii")
+    assert diskio.page_cache_reclaim(root) is None
+    (scheme / "action").write_text("pageout\n", encoding="ascii")
+    (root / "0" / "state").write_text("off\n", encoding="ascii")
+    assert diskio.page_cache_reclaim(root) is None
+    assert diskio.page_cache_reclaim(tmp_path / "no-damon") is None
