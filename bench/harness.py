@@ -5,7 +5,8 @@
 
 One simulated gateway (its own process, pages of 1,000 pre-rendered) serves N seeded resident
 records over loopback HTTP. Every measurement is a fresh process (``run_syncd.py``,
-``run_dlt.py``, ``run_ceiling.py``) that reports its own wall time and peak RSS. Scenarios, in
+``run_dlt.py``, ``run_ceiling.py``) that reports its own wall time and peak RSS, and what the
+machine read from disk meanwhile (``diskio.py``: idle page cache may have been reclaimed). Scenarios, in
 order, each on every database before the next:
 
 1. ``initial``       a full load into empty tables (syncd, dlt, ceiling);

@@ -7,6 +7,7 @@ process, so each is measured alone): the process's own plus, when the run used t
 (a first load), the worker's own as it reported it — the sum of the two peaks, an upper bound of
 what both held at once. Not ``ru_maxrss``: Linux carries the spawning process's high-water mark
 into it (the harness's 82 MB floored every figure; the worker's, the run's size when it started).
+``disk_read_mb``: what the whole machine read from disk while the clock ran (``diskio.py``), or null.
 ``--profile FILE`` writes a cProfile of the run.
 """
 
