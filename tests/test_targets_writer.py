@@ -6,6 +6,7 @@ other ``test_targets_*`` modules.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -28,6 +29,7 @@ from syncd.targets import (
     describe_url,
     shape_from_dataset,
 )
+from syncd.targets import writer as writer_module
 from syncd.targets.dialects import BulkWriter, KeyLookup
 
 RUN1, RUN2, RUN3 = "1" * 32, "2" * 32, "3" * 32
@@ -533,6 +535,98 @@ def test_a_resyncs_digest_reads_hold_one_connection_outside_any_transaction(
         assert writer.stored_digests(keys[:1]) == {keys[0]: digests[0]}  # and outside a block as before
     finally:
         sa.event.remove(engine, "checkout", count)
+
+
+@contextmanager
+def checkout_threads(engine: sa.Engine) -> Iterator[list[str]]:
+    """The name of the thread of every connection check-out from ``engine``'s pool."""
+    names: list[str] = []
+
+    def note(*_: object) -> None:
+        names.append(threading.current_thread().name)
+
+    sa.event.listen(engine, "checkout", note)
+    try:
+        yield names
+    finally:
+        sa.event.remove(engine, "checkout", note)
+
+
+def test_slow_look_ups_are_read_in_two_halves_at_once_with_the_same_result(
+    store: StateStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look-up that waited on the disk (more than SPLIT_LOOKUP_SLOW_S a key) makes the next one
+    of its kind read its second half on another connection in a thread of its own, at the same
+    time: the stored digests and the current rows come back complete, and the batch writes exactly
+    what it would have. Here every look-up counts as slow (0 s a key) and four keys are enough."""
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_KEYS", 4)
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_SLOW_S", 0.0)
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    digests = [f"{i:032d}" for i in range(10)]
+    writer.write(RUN1, [resident(i) for i in range(10)], digests=digests)
+    keys = [f"R{i:05d}" for i in range(10)]
+    expected = dict(zip(keys, digests, strict=True))
+
+    with checkout_threads(engine) as threads:
+        assert writer.stored_digests(keys) == expected  # the first: not known to be slow yet
+        assert "syncd-lookup" not in threads
+        assert writer.stored_digests(keys) == expected
+        assert "syncd-lookup" in threads  # the second half, on a connection of its own
+
+    writer.write(RUN2, [resident(i, remark="一") for i in range(10)])  # current rows: learns "slow"
+    with checkout_threads(engine) as threads:
+        batch = [resident(i, remark="二" if i % 2 else "一") for i in range(10)]
+        counts = writer.write(RUN3, batch)
+    assert "syncd-lookup" in threads
+    assert counts == BatchCounts(updated=5, unchanged=5)
+    updates = [e for e in feed(store) if e["run_id"] == RUN3]
+    assert sorted(e["row_key"] for e in updates) == [k for i, k in enumerate(keys) if i % 2]
+    assert all(e["old_values"] == {"remark": "一"} and e["new_values"] == {"remark": "二"} for e in updates)
+    assert engine.pool.checkedout() == 0
+    assert not [t for t in threading.enumerate() if t.name == "syncd-lookup"]
+
+
+def test_fast_look_ups_are_not_split(
+    store: StateStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_KEYS", 4)
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_SLOW_S", 1.0)  # a second a key: never this slow
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(10)], digests=[f"{i:032d}" for i in range(10)])
+    keys = [f"R{i:05d}" for i in range(10)]
+    with checkout_threads(engine) as threads:
+        for _ in range(3):
+            writer.stored_digests(keys)
+        writer.write(RUN2, [resident(i, remark="一") for i in range(10)])
+        writer.write(RUN3, [resident(i, remark="二") for i in range(10)])
+    assert "syncd-lookup" not in threads
+
+
+def test_a_failing_second_half_fails_the_batch_and_leaves_no_trace(
+    store: StateStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_KEYS", 4)
+    monkeypatch.setattr(writer_module, "SPLIT_LOOKUP_SLOW_S", 0.0)
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(10)])
+    writer.write(RUN2, [resident(i, remark="一") for i in range(10)])  # current rows: learns "slow"
+    rows_before, state_before = table_rows(engine, "resident"), row_state(engine)
+
+    def refuse(*_: object, **__: object) -> Iterator[tuple[Any, ...]]:
+        raise sa.exc.OperationalError("SELECT …", {}, Exception("the server went away"))
+
+    monkeypatch.setattr(writer._rows_of_2, "fetch", refuse)
+    with pytest.raises(TargetError) as caught:
+        writer.write(RUN3, [resident(i, remark="二") for i in range(10)])
+    assert "the server went away" in str(caught.value)
+    assert "rolled back" in str(caught.value)
+    assert table_rows(engine, "resident") == rows_before
+    assert row_state(engine) == state_before
+    assert [e for e in feed(store) if e["run_id"] == RUN3] == []
+    assert engine.pool.checkedout() == 0
 
 
 def test_rows_of_the_wrong_width_are_refused(store: StateStore) -> None:
