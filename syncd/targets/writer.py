@@ -166,13 +166,15 @@ class BatchWriter:
         cols, key = ("row_key", "row_hash", "record_digest"), ("row_key",)
         # all text columns: read as one JSON row on SQLite and MariaDB (KeyLookup)
         self._state_of = KeyLookup(engine, rs, cols, key, budget, scope="dataset", packed=True)
-        self._digest_of = KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True)
+        # each twice: the second instance reads the second half of a split look-up (SPLIT_LOOKUP_KEYS)
+        # in another thread, and KeyLookup keeps per-instance caches
+        self._digest_of, self._digest_of_2 = (
+            KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True) for _ in range(2)
+        )
         # the target table is the operator's, who may alter it while this daemon runs: not prepared
-        self._rows_of = KeyLookup(engine, table, self._out, self._key_names, budget, prepared=False)
-        # the second halves of split look-ups (SPLIT_LOOKUP_KEYS), read in another thread: KeyLookup
-        # keeps per-instance caches, so that thread has instances of its own
-        self._digest_of_2 = KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True)
-        self._rows_of_2 = KeyLookup(engine, table, self._out, self._key_names, budget, prepared=False)
+        self._rows_of, self._rows_of_2 = (
+            KeyLookup(engine, table, self._out, self._key_names, budget, prepared=False) for _ in range(2)
+        )
         self._slow: set[KeyLookup] = set()  # the look-ups whose last fetch waited (SPLIT_LOOKUP_SLOW_S)
         state_columns = ("dataset", "row_key", "row_hash", "record_digest")
         self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
