@@ -764,6 +764,7 @@ def _read_and_write(
         window_until=window.until.isoformat(sep=" ") if window.until else None,
     )
     reading: _Reading | None = None
+    snapshot: SnapshotDeletes | None = None
     success = False
     try:
         reading = _Reading(run, window, source_factory, first_load=not run.store.has_row_state(run.ds.name))
@@ -792,6 +793,8 @@ def _read_and_write(
         log.error("sync.failed", error=error, error_type=type(exc).__name__, exc_info=not known)
         return "failed", error, None
     finally:
+        if snapshot is not None:
+            snapshot.close()
         if reading is not None:
             reading.close(success)
 

@@ -1,7 +1,8 @@
 """Every writer of a dataset holds its run lock: the daemon, ``syncd sync`` and ``syncd quarantine
-replay`` (syncd.daemon.locks). Two full-snapshot runs of one dataset at once overwrite each other's
-``seen_run`` marks and the one that ends first deletes live rows (without the lock: 1,302 of 2,002
-rows, two ``syncd sync`` 0.2 s apart on SQLite); a second run is refused instead.
+replay`` (syncd.daemon.locks). Two runs of one dataset at once write the same keys from two
+snapshots of the data (in earlier versions two full-snapshot runs also overwrote each other's ``seen_run``
+marks and the one that ended first deleted live rows: 1,302 of 2,002, two ``syncd sync`` 0.2 s apart
+on SQLite); a second run is refused instead.
 
 The CLI runs as a real process while this test process holds the lock, on all three databases
 (SQLite: an ``flock`` beside the database file; PostgreSQL: a transaction-scoped advisory lock;

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from syncd.gateway import FaultPlan
 from syncd.runner import Progress, run_dataset
 from syncd.targets import StateStore
+from syncd.targets import snapshot as snapshot_module
 from tests.e2e import (
     Syncer,
     change_log,
@@ -234,3 +235,71 @@ def test_snapshot_deletes_wait_when_both_reads_moved(
             assert settled.ok and settled.counts.deleted == 1 and gone not in target_rows(db_url)
         finally:
             syncer.close()
+
+
+def _state(store: StateStore) -> list[tuple[object, ...]]:
+    rs = store.tables.row_state
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(rs).order_by(rs.c.dataset, rs.c.row_key))]
+
+
+def test_an_unchanged_snapshot_leaves_the_row_state_alone(tmp_path: Path, db_url: str) -> None:
+    # the seen keys go into the run's own temporary table: a re-sync that finds nothing new
+    # writes nothing to row_state (earlier versions updated seen_run on every key, every run)
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 200)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    before = _state(store)
+    again = run_dataset(app, ds, store, now=NOW)
+    assert again.ok and again.counts.unchanged == 200 and again.counts.deleted == 0
+    assert _state(store) == before
+    _delete(engine, table, ["p00007"])
+    gone = run_dataset(app, ds, store, now=NOW)
+    assert gone.ok and gone.counts.deleted == 1
+    assert _state(store) == [row for row in before if row[1] != "p00007"]
+
+
+def test_seen_keys_inserted_in_several_bulk_inserts_delete_exactly_the_missing(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_module, "SEEN_BUFFER", 7)  # page_size 37: flushed within and across pages
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 200)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    gone = {"p00000", "p00036", "p00037", "p00199"}
+    _delete(engine, table, sorted(gone))
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.ok and result.counts.deleted == 4
+    assert set(local_rows(store)) == {f"p{i:05d}" for i in range(200)} - gone
+
+
+def _seen_tables(store: StateStore) -> int:
+    """Temporary seen-key tables alive in any session of the target database."""
+    name = f"{store.prefix}seen_keys"
+    engine = store.engine
+    if engine.dialect.name == "postgresql":
+        query = "SELECT count(*) FROM pg_class WHERE relname = %(n)s AND relpersistence = 't'"
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(query, {"n": name}).scalar_one())
+    # SQLite, MariaDB: a temporary table belongs to one session; ask every connection the pool holds
+    conns = [engine.connect() for _ in range(max(1, engine.pool.checkedin()))]  # type: ignore[attr-defined]
+    found = 0
+    try:
+        for conn in conns:
+            try:
+                conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one()  # noqa: S608 - a test's own name
+                found += 1
+            except sa.exc.DBAPIError:
+                conn.rollback()
+    finally:
+        for conn in conns:
+            conn.close()
+    return found
+
+
+def test_the_seen_key_table_ends_with_the_run(tmp_path: Path, db_url: str) -> None:
+    engine, table, app, ds, store = _setup(tmp_path, db_url, 100)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    assert _seen_tables(store) == 0
+    _delete(engine, table, [f"p{i:05d}" for i in range(50)])  # refused by the guard, after the seen keys
+    failed = run_dataset(app, ds, store, now=NOW)
+    assert failed.status == "failed" and "max_ratio" in (failed.error or "")
+    assert _seen_tables(store) == 0

@@ -13,10 +13,11 @@
   (empty) and mean nothing by themselves. An in-memory database takes no lock.
 
 Every writer of a dataset holds its lock: the daemon's runs, ``syncd sync`` and ``syncd quarantine
-replay``. Two runs of one dataset at once overwrite each other's ``row_state.seen_run`` marks, and
-the full-snapshot run that ends first deletes live rows as gone upstream (syncd.targets.snapshot);
-they also classify the same new key as an insert each, and the second marks the first
-``abandoned`` in the runs table while it is still running.
+replay``. Two runs of one dataset at once classify the same new key as an insert each (two
+insert entries for one row in the change feed), write each other's rows back with stale
+content, and the second marks the first ``abandoned`` in the runs table while it is still running.
+(In earlier versions they also overwrote each other's ``row_state.seen_run`` marks, and the
+full-snapshot run that ended first deleted live rows as gone upstream; seen keys are now per run.)
 
 The locker owns a small engine of its own with no pool (``NullPool``): every lock is a fresh
 connection, closed when the run ends, never handed to other code.

@@ -6,7 +6,8 @@ hashes and change entries commit in one transaction (DESIGN §4.2). Names carry 
 
 - ``row_state``  (dataset, row_key) → row_hash of the last written content, ``record_digest``
   (the digest of the raw record it was mapped from, so an unchanged record is not mapped again)
-  and ``seen_run`` (the last full-snapshot run that saw the key, for snapshot delete detection)
+  and ``seen_run`` (written by earlier versions only: the last full-snapshot run that saw the
+  key; snapshot delete detection now keeps a run's seen keys in a temporary table of its own)
 - ``changes``    the change feed local applications read (one row per insert/update/delete)
 - ``watermarks`` dataset → the incremental position of the last successful run
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
@@ -117,7 +118,8 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("dataset", dataset, primary_key=True),
         sa.Column("row_key", row_key, primary_key=True),
         sa.Column("row_hash", sa.CHAR(32), nullable=False),
-        # the last full-snapshot run that saw the key (syncd.targets.snapshot); NULL otherwise
+        # no longer written (syncd.targets.snapshot keeps seen keys in a temporary table): the
+        # last full-snapshot run that saw the key, in databases an earlier version wrote
         sa.Column("seen_run", sa.String(32)),
         # digest of the raw record the row was mapped from (syncd.changes.hashing.record_digester);
         # NULL for deleted keys and rows written without one

@@ -3,11 +3,18 @@
 A dataset with ``target.snapshot_delete`` reads its whole upstream each run. Keys that such a
 run did not see were deleted upstream. Memory stays bounded at any table size (DESIGN §4.5):
 
-1. after each batch committed, the keys of its rows are marked in ``row_state.seen_run`` (one
-   ``UPDATE … WHERE dataset = ? AND row_key IN (…)`` per chunk) — no key set is held in Python;
-2. when the run read everything (``stats.complete``), two counts find how many live keys were
-   not seen; over ``max_ratio`` of the live rows the run fails with a :class:`GuardError` and
-   nothing is deleted (an empty or truncated upstream answer never wipes a table);
+1. the run's seen keys go into a temporary table of its own (``{prefix}seen_keys``, one row key
+   per row, indexed), on a database connection the run holds: a bulk insert per batch (COPY on
+   PostgreSQL), after the batch committed or, for a record skipped as unchanged, once its stored
+   digest matched — no key set is held in Python, and ``row_state`` is not written for keys that
+   did not change (earlier versions marked ``row_state.seen_run`` on every key of every run: an
+   UPDATE of the whole dataset's state each run, which took as long as the rest of a snapshot
+   re-sync and left a dead row version of each key on PostgreSQL). The table lives in the
+   connection's session and is gone with it: the connection is closed, not pooled, at the end;
+2. when the run read everything (``stats.complete``), two counts find how many live keys of
+   ``row_state`` are not among the seen keys; over ``max_ratio`` of the live rows the run fails
+   with a :class:`GuardError` and nothing is deleted (an empty or truncated upstream answer
+   never wipes a table);
 3. with ``missing_runs`` > 1, a key must be missing in that many consecutive complete runs: the
    streaks live in ``{prefix}snapshot_missing`` (only keys currently missing have a row);
 4. the keys to delete are paged by ``row_key`` (keyset) and deleted through
@@ -31,7 +38,7 @@ from syncd.changes import DELETED_HASH, key_text, normaliser_for
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig, SnapshotDeleteConfig
 from syncd.errors import GuardError, TargetError
-from syncd.targets.dialects import chunked, upsert_statement
+from syncd.targets.dialects import BulkWriter, upsert_statement
 from syncd.targets.engine import write_engine
 from syncd.targets.records import BatchCounts
 from syncd.targets.schema import (
@@ -44,11 +51,13 @@ from syncd.targets.sqltypes import exact_text
 from syncd.targets.state import StateStore
 from syncd.targets.writer import BatchWriter
 
-__all__ = ["SnapshotDeletes", "missing_table"]
+__all__ = ["SnapshotDeletes", "missing_table", "seen_table"]
 
 log = structlog.get_logger(__name__)
 
-_CHUNK = 500  # keys per UPDATE … IN (…): well inside every backend's parameter limit
+SEEN_BUFFER = 20_000
+"""Seen keys collected before they are inserted into the seen-key table in one bulk insert (at
+most ≈ 2 MB of key texts): one transaction, and on PostgreSQL one COPY, per twenty batches."""
 
 
 def missing_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
@@ -60,6 +69,21 @@ def missing_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
         sa.Column("row_key", exact_text(ROW_KEY_LENGTH), primary_key=True),
         sa.Column("streak", sa.Integer(), nullable=False),
         sa.Column("run_id", sa.String(32), nullable=False),
+        **MYSQL_TABLE_OPTIONS,
+    )
+
+
+def seen_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
+    """``{prefix}seen_keys``: the row keys one run saw (a temporary table, one per session).
+
+    Not unique: a key read twice (upstream sent it twice, or the run read the window again) is
+    inserted twice, which a plain bulk insert does faster than a conflict check; the questions
+    asked of it ("is this key among them?") do not care."""
+    return sa.Table(
+        f"{prefix}seen_keys",
+        metadata,
+        sa.Column("row_key", exact_text(ROW_KEY_LENGTH), nullable=False),
+        prefixes=["TEMPORARY"],
         **MYSQL_TABLE_OPTIONS,
     )
 
@@ -81,7 +105,10 @@ def _key_parser(spec: ColumnConfig) -> Callable[[Any], Any]:
 
 
 class SnapshotDeletes:
-    """Seen-key marking and guarded deletes for one run of one snapshot dataset."""
+    """Seen-key marking and guarded deletes for one run of one snapshot dataset.
+
+    :meth:`prepare` opens the run's own connection and its seen-key table; :meth:`close` ends
+    both (always call it: the runner does, in a ``finally``)."""
 
     def __init__(
         self,
@@ -97,6 +124,11 @@ class SnapshotDeletes:
         self._cfg = config
         self._rs = store.tables.row_state
         self._missing = missing_table(sa.MetaData(), store.prefix)
+        self._seen = seen_table(sa.MetaData(), store.prefix)
+        self._insert_seen = BulkWriter(store.engine, self._seen, ("row_key",))
+        self._conn: sa.Connection | None = None  # holds the seen-key table (prepare … close)
+        self._buffered: list[tuple[str]] = []  # seen keys not inserted yet (SEEN_BUFFER)
+        self._indexed = False
         self._writes = write_engine(store.engine)
         keys = key_column_names(shape)
         specs = [shape.specs[k] for k in keys]
@@ -107,9 +139,38 @@ class SnapshotDeletes:
     # ------------------------------------------------------------------ setup
 
     def prepare(self) -> None:
-        """Create the streak table. ``row_state.seen_run`` comes with :meth:`StateStore.ensure_schema`,
-        which the runner has called when the run started."""
+        """Create the streak table, open the run's connection and its (empty) seen-key table."""
         create_tables(self._store.engine, [self._missing])
+        try:
+            conn = self._store.engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            why = f"dataset {self._dataset}: connecting for snapshot delete detection failed: {exc}"
+            raise TargetError(why) from exc
+        self._conn = conn
+        try:
+            with conn.begin():
+                # a connection from the pool never holds one (close() discards the connection),
+                # but a table left by a crash of this very session would be found, not doubled
+                self._seen.drop(conn, checkfirst=True)
+                self._seen.create(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            self.close()
+            raise TargetError(f"dataset {self._dataset}: creating the seen-key table failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Discard the run's connection, and with it the seen-key table (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.invalidate()  # closed, not returned to the pool: its session's temporary table goes too
+        finally:
+            conn.close()
+
+    def _session(self) -> sa.Connection:
+        if self._conn is None:
+            raise TargetError(f"dataset {self._dataset}: snapshot delete detection used before prepare()")
+        return self._conn
 
     # ------------------------------------------------------------------ per batch
 
@@ -120,12 +181,18 @@ class SnapshotDeletes:
 
     def mark_seen(self, row_keys: Sequence[str]) -> None:
         """Record that this run saw ``row_keys`` (after their batch committed)."""
-        rs = self._rs
-        stmt = sa.update(rs).values(seen_run=self._run_id)
+        self._buffered.extend((key,) for key in row_keys)
+        if len(self._buffered) >= SEEN_BUFFER:
+            self._flush_seen()
+
+    def _flush_seen(self) -> None:
+        buffered, self._buffered = self._buffered, []
+        if not buffered:
+            return
+        conn = self._session()
         try:
-            with self._writes.begin() as conn:
-                for chunk in chunked(list(row_keys), _CHUNK):
-                    conn.execute(stmt.where(rs.c.dataset == self._dataset, rs.c.row_key.in_(chunk)))
+            with conn.begin():
+                self._insert_seen.write(conn, buffered)
         except sa.exc.SQLAlchemyError as exc:
             raise TargetError(f"dataset {self._dataset}: marking seen keys failed: {exc}") from exc
 
@@ -136,15 +203,26 @@ class SnapshotDeletes:
         return sa.and_(rs.c.dataset == self._dataset, rs.c.row_hash != DELETED_HASH)
 
     def _unseen(self) -> sa.ColumnElement[bool]:
-        rs = self._rs
-        return sa.and_(self._alive(), sa.or_(rs.c.seen_run.is_(None), rs.c.seen_run != self._run_id))
+        rs, seen = self._rs, self._seen
+        seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == rs.c.row_key).exists()
+        return sa.and_(self._alive(), ~seen_here)
 
     def _count(self, conn: sa.Connection, where: sa.ColumnElement[bool]) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(self._rs).where(where)).scalar_one())
 
     def check(self) -> tuple[int, int]:
         """(missing, total) live keys; raise GuardError when too many would be deleted."""
-        with self._store.engine.connect() as conn:
+        self._flush_seen()
+        conn = self._session()
+        with conn.begin():
+            if not self._indexed:  # built once all keys are in: faster than keeping it while inserting
+                sa.Index(f"ix_{self._seen.name}", self._seen.c.row_key).create(conn)
+                self._indexed = True
+                if conn.dialect.name == "postgresql":
+                    # autovacuum never analyses a temporary table: without statistics the planner
+                    # may probe it by scanning it once per live key
+                    name = conn.dialect.identifier_preparer.format_table(self._seen)
+                    conn.exec_driver_sql(f"ANALYZE {name}")
             total = self._count(conn, self._alive())
             missing = self._count(conn, self._unseen())
         if missing and missing / total > self._cfg.max_ratio:
@@ -157,13 +235,15 @@ class SnapshotDeletes:
         return missing, total
 
     def _pages(self, query: sa.Select[Any], column: sa.ColumnElement[Any], size: int) -> Iterable[list[str]]:
-        """Row keys of ``query`` in keyset pages (never OFFSET: rows leave while we page)."""
+        """Row keys of ``query`` in keyset pages (never OFFSET: rows leave while we page), read on
+        the run's connection (the query may ask for the seen keys)."""
+        conn = self._session()
         last: str | None = None
         while True:
             page_query = query.order_by(column).limit(size)
             if last is not None:
                 page_query = page_query.where(column > last)
-            with self._store.engine.connect() as conn:
+            with conn.begin():
                 keys = [str(k) for k in conn.execute(page_query).scalars()]
             if not keys:
                 return
