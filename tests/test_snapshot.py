@@ -280,7 +280,8 @@ def _seen_tables(store: StateStore) -> int:
         with engine.connect() as conn:
             return int(conn.exec_driver_sql(query, {"n": name}).scalar_one())
     # SQLite, MariaDB: a temporary table belongs to one session; ask every connection the pool holds
-    conns = [engine.connect() for _ in range(max(1, engine.pool.checkedin()))]  # type: ignore[attr-defined]
+    checkedin = getattr(engine.pool, "checkedin", None)  # an in-memory database's pool has one connection
+    conns = [engine.connect() for _ in range(max(1, checkedin() if callable(checkedin) else 1))]
     found = 0
     try:
         for conn in conns:
@@ -302,4 +303,16 @@ def test_the_seen_key_table_ends_with_the_run(tmp_path: Path, db_url: str) -> No
     _delete(engine, table, [f"p{i:05d}" for i in range(50)])  # refused by the guard, after the seen keys
     failed = run_dataset(app, ds, store, now=NOW)
     assert failed.status == "failed" and "max_ratio" in (failed.error or "")
+    assert _seen_tables(store) == 0
+
+
+def test_snapshot_deletes_on_an_in_memory_target(tmp_path: Path) -> None:
+    # an in-memory SQLite database lives in its one connection: the seen-key table is dropped at
+    # the end of the run, never by discarding that connection (which would take the data with it)
+    engine, table, app, ds, store = _setup(tmp_path, "sqlite://", 80)
+    assert run_dataset(app, ds, store, now=NOW).ok
+    _delete(engine, table, ["p00005"])
+    result = run_dataset(app, ds, store, now=NOW)
+    assert result.ok and result.counts.deleted == 1
+    assert len(local_rows(store)) == 79 and "p00005" not in local_rows(store)
     assert _seen_tables(store) == 0

@@ -149,8 +149,8 @@ class SnapshotDeletes:
         self._conn = conn
         try:
             with conn.begin():
-                # a connection from the pool never holds one (close() discards the connection),
-                # but a table left by a crash of this very session would be found, not doubled
+                # a pooled connection holds none (close() drops it, or discards the connection),
+                # but one left behind would be found and replaced, not doubled
                 self._seen.drop(conn, checkfirst=True)
                 self._seen.create(conn)
         except sa.exc.SQLAlchemyError as exc:
@@ -158,12 +158,23 @@ class SnapshotDeletes:
             raise TargetError(f"dataset {self._dataset}: creating the seen-key table failed: {exc}") from exc
 
     def close(self) -> None:
-        """Discard the run's connection, and with it the seen-key table (idempotent)."""
+        """Drop the seen-key table and give the run's connection back (idempotent). Where the drop
+        fails (a connection the database closed), the connection is discarded instead of pooled,
+        and the table ends with its session. Never discarded otherwise: an in-memory SQLite
+        database lives in its one connection."""
         conn, self._conn = self._conn, None
+        self._buffered = []
         if conn is None:
             return
         try:
-            conn.invalidate()  # closed, not returned to the pool: its session's temporary table goes too
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                self._seen.drop(conn, checkfirst=True)
+        except sa.exc.SQLAlchemyError as exc:
+            error = str(exc)[:200]
+            log.warning("snapshot.seen_keys_dropped_with_session", dataset=self._dataset, error=error)
+            conn.invalidate()
         finally:
             conn.close()
 
