@@ -20,9 +20,17 @@ SECRET_ENV = "SYNCD_DEMO_APP_SECRET"  # noqa: S105 - a variable name: the harnes
 
 
 def write_config(
-    root: Path, *, db_url: str, gateway_url: str, incremental: bool = True, batch_size: int = 1000
+    root: Path,
+    *,
+    db_url: str,
+    gateway_url: str,
+    incremental: bool = True,
+    batch_size: int = 1000,
+    snapshot_delete: bool = False,
 ) -> Path:
-    """Write the config under ``root``; returns the path of ``syncd.yaml``."""
+    """Write the config under ``root``; returns the path of ``syncd.yaml``. ``snapshot_delete``
+    (with ``incremental=False``): rows whose records vanished upstream are deleted
+    (``target.snapshot_delete`` with its defaults)."""
     (root / "datasets").mkdir(parents=True, exist_ok=True)
     main = (DEMO_DIR / "syncd.yaml").read_text(encoding="utf-8")
     main = main.replace("${SYNCD_DEMO_DB}", db_url)
@@ -37,6 +45,11 @@ def write_config(
         dataset = re.sub(r"\n  incremental:.*?\n(?=\S)", "\n", dataset, flags=re.S)
         if "incremental:" in dataset:  # pragma: no cover - the demo file changed shape
             raise RuntimeError("could not drop the incremental block from the demo dataset")
+    if snapshot_delete:
+        block = "\n  key: \\1\n  snapshot_delete: {enabled: true}\n"
+        dataset, found = re.subn(r"\n  key: (\[.*?\])\n", block, dataset, count=1)
+        if not found:  # pragma: no cover - the demo file changed shape
+            raise RuntimeError("could not find the target key in the demo dataset")
     (root / "datasets" / "residents.yaml").write_text(dataset, encoding="utf-8")
     path = root / "syncd.yaml"
     path.write_text(main, encoding="utf-8")

@@ -9,6 +9,7 @@ JSON answer per line on stdout:
 ``now``                the gateway clock (``YYYY-mm-dd HH:MM:SS``), for a dlt incremental window
 ``update FRACTION``    change that share of records (phone and remark), stamped now
 ``delete FRACTION``    logically delete that share of records (``isDeleted = "1"``), stamped now
+``remove FRACTION``    remove that share of the records not flagged deleted: they vanish upstream
 ``quit``               stop
 
 Before it says it is ready, and after every change, the process reads every page of the whole
@@ -41,8 +42,13 @@ from syncd.gateway.data import format_time
 __all__ = ["main"]
 
 
-def _pick(gateway: Gateway, fraction: float, rng: random.Random) -> list[str]:
-    ids = gateway.store.ids()
+def _pick(gateway: Gateway, fraction: float, rng: random.Random, *, flagged: bool = True) -> list[str]:
+    """A seeded sample of ``fraction`` of the records (``flagged=False``: of those not flagged
+    deleted, so that each one removed is a live row the run must delete)."""
+    store = gateway.store
+    ids = store.ids()
+    if not flagged:
+        ids = [rid for rid in ids if (store.get(rid) or {}).get("isDeleted") != "1"]
     return rng.sample(ids, max(1, round(len(ids) * fraction)))
 
 
@@ -149,6 +155,11 @@ def main() -> int:
                 gateway.store.logical_delete(ids)
                 warm(url)
                 answer = {"deleted": len(ids)}
+            elif cmd == "remove":
+                ids = _pick(gateway, float(rest[0]), rng, flagged=False)
+                gateway.store.hard_delete(ids)
+                warm(url)
+                answer = {"removed": len(ids)}
             elif cmd == "quit":
                 break
             else:

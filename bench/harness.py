@@ -16,7 +16,10 @@ order, each on every database before the next:
                      row read and compared, 1% written), dlt reloads everything with merge;
 4. ``snapshot-del``  1% logically deleted (``isDeleted = "1"``); the same full snapshot (syncd
                      deletes those rows; dlt merges them as updated rows — it has no notion of
-                     the flag without extra configuration).
+                     the flag without extra configuration);
+5. ``snapshot-gone`` 1% of the live records removed upstream; the full snapshot with
+                     ``target.snapshot_delete`` (syncd deletes the rows it did not see; dlt's
+                     merge cannot tell a record that vanished, so it is not run).
 
 Results go to ``bench/out/results-<N>.json`` and a Markdown table on stdout; ``--write-results``
 also rewrites ``bench/RESULTS.md`` with the machine it ran on.
@@ -49,7 +52,8 @@ DB_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/{name}",
 }
-SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del")
+SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del", "snapshot-gone")
+SYNCD_ONLY = ("snapshot-del", "snapshot-gone")  # scenarios dlt's merge has no counterpart of
 
 
 @dataclass
@@ -299,6 +303,27 @@ def combine(rounds: list[list[Measurement]]) -> list[Measurement]:
     return combined
 
 
+def _configs(work: Path, urls: dict[str, str], gateway_url: str, batch_size: int) -> dict[str, Path]:
+    """The syncd configurations of one database: ``inc`` (first load and incremental re-sync),
+    ``snap`` (full snapshot), ``gone`` (full snapshot with ``snapshot_delete``), ``ceil``."""
+    def syncd(name: str, *, incremental: bool = True, snapshot_delete: bool = False) -> Path:
+        return write_config(
+            work / name,
+            db_url=urls["syncd"],
+            gateway_url=gateway_url,
+            incremental=incremental,
+            batch_size=batch_size,
+            snapshot_delete=snapshot_delete,
+        )
+
+    return {
+        "inc": syncd("incremental"),
+        "snap": syncd("snapshot", incremental=False),
+        "gone": syncd("snapshot-gone", incremental=False, snapshot_delete=True),
+        "ceil": write_config(work / "ceiling", db_url=urls["ceiling"], gateway_url=gateway_url),
+    }
+
+
 def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measurement]) -> list[Measurement]:
     """One run of every scenario on every database and side, from empty databases."""
     n, dbs, sides = args.records, args.dbs, args.sides
@@ -323,21 +348,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
             work = out / f"{db}-{n}"
             work.mkdir(parents=True, exist_ok=True)
             urls = _reset_databases(db, work)
-            inc = write_config(
-                work / "incremental",
-                db_url=urls["syncd"],
-                gateway_url=gateway.url,
-                batch_size=args.batch_size,
-            )
-            snap = write_config(
-                work / "snapshot",
-                db_url=urls["syncd"],
-                gateway_url=gateway.url,
-                incremental=False,
-                batch_size=args.batch_size,
-            )
-            ceil = write_config(work / "ceiling", db_url=urls["ceiling"], gateway_url=gateway.url)
-            setup[db] = {"work": work, "urls": urls, "inc": inc, "snap": snap, "ceil": ceil}
+            setup[db] = {"work": work, "urls": urls, **_configs(work, urls, gateway.url, args.batch_size)}
         since: str | None = None
         for scenario in SCENARIOS[: args.scenarios]:
             if scenario == "incremental":
@@ -348,14 +359,17 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
                 gateway.ask("update 0.01")
             elif scenario == "snapshot-del":
                 gateway.ask("delete 0.01")
+            elif scenario == "snapshot-gone":
+                gateway.ask("remove 0.01")
             print(f"{scenario} (N={n:,})", flush=True)
             for db in dbs:
                 s = setup[db]
                 if "syncd" in sides:
-                    cfg = s["inc"] if scenario in ("initial", "incremental") else s["snap"]
+                    configs = {"initial": s["inc"], "incremental": s["inc"], "snapshot-gone": s["gone"]}
+                    cfg = configs.get(scenario, s["snap"])
                     cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"]
                     results.append(measure(cmd, db, scenario, "syncd"))
-                if "dlt" in sides and scenario != "snapshot-del":
+                if "dlt" in sides and scenario not in SYNCD_ONLY:
                     cmd = [
                         py,
                         str(HERE / "run_dlt.py"),

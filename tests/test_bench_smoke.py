@@ -55,6 +55,10 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     assert by["snapshot", "syncd"]["rows"] == N  # every row read and compared
     assert by["snapshot", "syncd"]["detail"].startswith("ins 0 upd 20 del 0")
     assert by["snapshot-del", "syncd"]["detail"].startswith("ins 0 upd 0 del 20")
+    # 1% of the live records vanished upstream: found missing by snapshot_delete, and only those
+    assert by["snapshot-gone", "syncd"]["detail"].startswith("ins 0 upd 0 del 20 ")
+    assert by["snapshot-gone", "syncd"]["rows"] == N - 20  # read: those 20 no longer among them
+    assert ("snapshot-gone", "dlt") not in by
     assert all(r["peak_rss_mb"] > 0 for r in by.values())
     assert "| syncd/dlt initial" in done.stdout
     assert results["machine"]["page cache"]  # how this machine reclaims idle page cache
