@@ -4,13 +4,14 @@ A dataset with ``target.snapshot_delete`` reads its whole upstream each run. Key
 run did not see were deleted upstream. Memory stays bounded at any table size (DESIGN §4.5):
 
 1. the run's seen keys go into a temporary table of its own (``{prefix}seen_keys``, one row key
-   per row, indexed), on a database connection the run holds: a bulk insert per batch (COPY on
-   PostgreSQL), after the batch committed or, for a record skipped as unchanged, once its stored
-   digest matched — no key set is held in Python, and ``row_state`` is not written for keys that
-   did not change (earlier versions marked ``row_state.seen_run`` on every key of every run: an
-   UPDATE of the whole dataset's state each run, which took as long as the rest of a snapshot
-   re-sync and left a dead row version of each key on PostgreSQL). The table lives in the
-   connection's session and is gone with it: the connection is closed, not pooled, at the end;
+   per row), on a database connection the run holds: the keys of a batch once it committed, or of
+   records skipped as unchanged once their stored digests matched, collected and bulk-inserted
+   :data:`SEEN_BUFFER` at a time (COPY on PostgreSQL), indexed once the read is done. At most
+   ``SEEN_BUFFER`` keys are held in Python, and ``row_state`` is not written for keys that did not
+   change (earlier versions marked ``row_state.seen_run`` on every key of every run: an UPDATE of
+   the whole dataset's state each run, which took as long as the rest of a snapshot re-sync and
+   left a dead row version of each key on PostgreSQL). The table is dropped when the run ends,
+   whatever the outcome (:meth:`SnapshotDeletes.close`); a crash ends it with the session;
 2. when the run read everything (``stats.complete``), two counts find how many live keys of
    ``row_state`` are not among the seen keys; over ``max_ratio`` of the live rows the run fails
    with a :class:`GuardError` and nothing is deleted (an empty or truncated upstream answer
