@@ -27,6 +27,7 @@ from syncd.daemon.scheduler import DatasetScheduler, build_trigger
 from syncd.daemon.service import Daemon
 from syncd.daemon.state import RunBook
 from syncd.gateway import Gateway
+from syncd.targets.engine import CONNECTIONS_PER_RUN, pool_overflow
 from tests.daemon_proc import daemon_config
 from tests.e2e import SECRET, SECRET_ENV
 from tests.test_metrics import promtool_check
@@ -299,3 +300,15 @@ def test_an_unreadable_run_history_leaves_the_trigger_alone() -> None:
         sched.shutdown()
     assert due is not None and due > datetime.now(SHANGHAI) + timedelta(hours=5)
     assert [e["event"] for e in logs] == ["schedule.last_run_unknown"]
+
+
+def test_the_pool_holds_every_connection_the_concurrent_runs_may_take(daemon: Daemon) -> None:
+    # a run holds up to CONNECTIONS_PER_RUN pool connections at once (held look-up, batch write,
+    # split look-up, snapshot seen-key table): max_concurrent_runs of them must never wait for one
+    runs = daemon.app.daemon.max_concurrent_runs
+    pool = daemon.engine.pool
+    pool._timeout = 1  # type: ignore[attr-defined] # fail at once instead of waiting 30 s for a connection
+    conns = [daemon.engine.connect() for _ in range(CONNECTIONS_PER_RUN * runs + 1)]
+    for conn in conns:
+        conn.close()
+    assert pool_overflow(5, 4) == 12 and pool_overflow(40, 2) == 10  # never below SQLAlchemy's 10

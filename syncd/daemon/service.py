@@ -42,6 +42,7 @@ from syncd.errors import ConfigError
 from syncd.metrics import Metrics
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import RunCounts, StateStore, create_target_engine
+from syncd.targets.engine import pool_overflow
 
 __all__ = ["Daemon", "schedules_of"]
 
@@ -74,8 +75,9 @@ class Daemon:
         self.metrics = Metrics()
         self.book = RunBook(d.unhealthy_after_failures)
         url = app.target.url.get_secret_value()
+        pool_size = max(app.target.pool_size, d.max_concurrent_runs + 1)
         self.engine = create_target_engine(
-            url, pool_size=max(app.target.pool_size, d.max_concurrent_runs + 1)
+            url, pool_size=pool_size, max_overflow=pool_overflow(pool_size, d.max_concurrent_runs)
         )
         self.store = StateStore(self.engine, app.target.table_prefix)
         self.locker = DatasetLocker(url)

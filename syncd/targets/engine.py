@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 
 from syncd.errors import TargetError
 from syncd.targets.dbtls import mysql_tls_args
@@ -99,8 +100,23 @@ def write_engine(engine: sa.Engine) -> sa.Engine:
     return engine.execution_options(**{WRITE_OPTION: True})
 
 
-def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
-    """An engine for ``url`` configured for its backend (see the module docstring).
+CONNECTIONS_PER_RUN = 4
+"""The most pool connections one run of a dataset holds at once: the look-up connection held for a
+re-sync's stored digests, the write transaction of a batch, the second half of a split look-up
+(:data:`syncd.targets.writer.SPLIT_LOOKUP_KEYS`) and, with ``snapshot_delete``, the connection that
+holds the run's seen-key table. The daemon sizes its pool for ``max_concurrent_runs`` such runs."""
+
+
+def pool_overflow(pool_size: int, runs: int) -> int:
+    """``max_overflow`` for a pool of ``pool_size`` shared by ``runs`` concurrent runs: enough for
+    each to hold :data:`CONNECTIONS_PER_RUN` (plus one for the daemon's own queries), never less
+    than SQLAlchemy's default of 10. Overflow connections are closed when given back."""
+    return max(10, CONNECTIONS_PER_RUN * runs + 1 - pool_size)
+
+
+def create_target_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> sa.Engine:
+    """An engine for ``url`` configured for its backend (see the module docstring). The pool keeps
+    ``pool_size`` connections and opens up to ``max_overflow`` more while they are all in use.
 
     Raises TargetError for a URL that cannot be parsed or a backend syncd does not support;
     the message never contains the password.
@@ -117,11 +133,12 @@ def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
     backend = parsed.get_backend_name()
     parsed = with_driver(parsed)
     if backend == "sqlite":
-        return _sqlite_engine(parsed, pool_size)
+        return _sqlite_engine(parsed, pool_size, max_overflow)
     if backend == "postgresql":
         engine = sa.create_engine(
             parsed,
             pool_size=pool_size,
+            max_overflow=max_overflow,
             pool_pre_ping=True,
             hide_parameters=True,
             connect_args={"connect_timeout": 10, "application_name": "syncd"},
@@ -132,6 +149,7 @@ def create_target_engine(url: str, pool_size: int = 5) -> sa.Engine:
         return sa.create_engine(
             parsed,
             pool_size=pool_size,
+            max_overflow=max_overflow,
             pool_pre_ping=True,
             pool_recycle=3600,
             isolation_level="READ COMMITTED",
@@ -169,8 +187,14 @@ SQLITE_WAL_KEEP_BYTES = 64 << 20
 application's long read held the checkpoint back does not keep its size on disk for good."""
 
 
-def _sqlite_engine(url: sa.URL, pool_size: int) -> sa.Engine:
-    engine = sa.create_engine(url, pool_size=pool_size, hide_parameters=True, connect_args={"timeout": 30})
+def _sqlite_engine(url: sa.URL, pool_size: int, max_overflow: int) -> sa.Engine:
+    # an in-memory database gets SQLAlchemy's one-connection-per-thread pool, which has no overflow
+    pool_class = getattr(url.get_dialect(), "get_pool_class")(url)  # noqa: B009 - not in the Dialect stubs
+    queued = issubclass(pool_class, QueuePool)
+    overflow = {"max_overflow": max_overflow} if queued else {}
+    engine = sa.create_engine(
+        url, pool_size=pool_size, hide_parameters=True, connect_args={"timeout": 30}, **overflow
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
