@@ -54,6 +54,7 @@ DB_URLS = {
 }
 SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del", "snapshot-gone")
 SYNCD_ONLY = ("snapshot-del", "snapshot-gone")  # scenarios dlt's merge has no counterpart of
+SYNCD_CONFIG = {"initial": "inc", "incremental": "inc", "snapshot-gone": "gone"}  # else "snap" (_configs)
 
 
 @dataclass
@@ -365,8 +366,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
             for db in dbs:
                 s = setup[db]
                 if "syncd" in sides:
-                    configs = {"initial": s["inc"], "incremental": s["inc"], "snapshot-gone": s["gone"]}
-                    cfg = configs.get(scenario, s["snap"])
+                    cfg = s[SYNCD_CONFIG.get(scenario, "snap")]
                     cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"]
                     results.append(measure(cmd, db, scenario, "syncd"))
                 if "dlt" in sides and scenario not in SYNCD_ONLY:
