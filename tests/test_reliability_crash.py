@@ -14,6 +14,10 @@ so a kill lands in the middle of tens of thousands of rows) and half the normal 
 read worker (``read_worker: always``), so kills also land while a child process reads and maps,
 and the recovery runs through it too. All configurations share one target.
 
+A second test does the same with full snapshots and ``target.snapshot_delete`` (deletes inferred
+from absence): 1 % of the live records vanish from upstream before each trial, and some kills land
+after the last page, in the last batches and the delete phase.
+
 Default suite: 5 trials x 10,000 rows on SQLite and PostgreSQL. The full proof
 (``make reliability``, or ``SYNCD_RELIABILITY=1``): 20 trials x 50,000 rows on all three databases;
 ``SYNCD_REL_TRIALS`` / ``SYNCD_REL_ROWS`` override. With ``SYNCD_REL_REPORT=<file>`` every test
@@ -35,7 +39,7 @@ from typing import Any
 import pytest
 
 from syncd.gateway import Gateway
-from tests.e2e import SECRET, SECRET_ENV, change_log, write_config
+from tests.e2e import SECRET, SECRET_ENV, change_log, read_whole_with_snapshot_deletes, write_config
 from tests.reliability_kit import FULL, active, databases, real_changes, report, target_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +50,7 @@ DBS = databases(2)
 FULL_WINDOW = ("lookback: 10m ", "lookback: 3650d ")
 ENV = {**os.environ, SECRET_ENV: SECRET}
 PAGE = 500
+SNAPSHOT_TRIALS = max(TRIALS // 2, 3)
 
 
 def start_sync(cfg: Path) -> subprocess.Popen[bytes]:
@@ -58,20 +63,26 @@ def start_sync(cfg: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def kill_at_random(cfg: Path, gw: Gateway, rng: random.Random, pages: int) -> str:
-    """Start a sync and SIGKILL it at a random moment; returns where it was killed."""
+def kill_at_random(cfg: Path, gw: Gateway, rng: random.Random, pages: int, *, tail: float = 0.0) -> str:
+    """Start a sync and SIGKILL it at a random moment; returns where it was killed. With
+    probability ``tail`` the kill lands 0-0.4 s after the last page was requested: the last
+    batches, the snapshot delete phase, the watermark."""
     base = len(gw.request_log)
     proc = start_sync(cfg)
-    if rng.random() < 0.2:  # a random instant: start-up, between pages, commit, watermark, finish
+    draw = rng.random()
+    if draw < 0.2:  # a random instant: start-up, between pages, commit, watermark, finish
         time.sleep(rng.uniform(0.0, 1.5))
         where = "time"
     else:
-        target = rng.randint(1, max(pages, 1))
+        last = draw < 0.2 + tail
+        target = max(pages, 1) if last else rng.randint(1, max(pages, 1))
         deadline = time.monotonic() + 120
         while len(gw.request_log) - base < target and proc.poll() is None:
             assert time.monotonic() < deadline, "the sync stalled"
             time.sleep(0.001)
-        where = f"page {target}"
+        if last:
+            time.sleep(rng.uniform(0.0, 0.4))
+        where = "after the last page" if last else f"page {target}"
     done = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -92,6 +103,29 @@ def finish_sync(cfg: Path) -> None:
     assert SECRET not in result.stdout + result.stderr
 
 
+def with_read_worker(root: Path, copy: Path) -> Path:
+    """A copy of the configuration under ``root`` that reads through the read worker."""
+    (copy / "datasets").mkdir(parents=True)
+    (copy / "datasets" / "residents.yaml").write_bytes((root / "datasets" / "residents.yaml").read_bytes())
+    text = (root / "syncd.yaml").read_text(encoding="utf-8")
+    (copy / "syncd.yaml").write_text(text.replace("defaults:\n", "defaults:\n  read_worker: always\n", 1))
+    return copy / "syncd.yaml"
+
+
+def check_trial(trial: int, db_url: str, after: dict[str, Any], expected: Counter[tuple[str, str]]) -> None:
+    """The target holds exactly ``after`` and the change log exactly ``expected``."""
+    state = target_state(db_url)
+    assert state.keys() == after.keys(), f"trial {trial}: target keys differ from upstream"
+    wrong = [k for k, r in after.items() if state[k][1] != r["updateTime"]]
+    assert not wrong, f"trial {trial}: {len(wrong)} rows hold stale values, e.g. {wrong[:3]}"
+    log = Counter((e["row_key"], e["op"]) for e in change_log(db_url))
+    missing, repeated = expected - log, log - expected
+    assert not missing and not repeated, (
+        f"trial {trial}: change log off by {sum(missing.values())} missing, "
+        f"{sum(repeated.values())} extra, e.g. {list(missing)[:3]} / {list(repeated)[:3]}"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", DBS, indirect=True)
 def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: str) -> None:
@@ -110,16 +144,7 @@ def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: st
             lookback="3650d",
             replace=[FULL_WINDOW],
         )
-        worker = tmp_path / "worker"
-        (worker / "datasets").mkdir(parents=True)
-        (worker / "datasets" / "residents.yaml").write_bytes(
-            (tmp_path / "full/datasets/residents.yaml").read_bytes()
-        )
-        text = (tmp_path / "full" / "syncd.yaml").read_text(encoding="utf-8")
-        (worker / "syncd.yaml").write_text(
-            text.replace("defaults:\n", "defaults:\n  read_worker: always\n", 1)
-        )
-        through_worker = worker / "syncd.yaml"
+        through_worker = with_read_worker(tmp_path / "full", tmp_path / "worker")
         incr = write_config(
             tmp_path / "incr",
             db_url=db_url,
@@ -142,17 +167,7 @@ def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: st
             if rng.random() < 0.3:  # killed again while recovering
                 kills["second kill: " + kill_at_random(cfg, gw, rng, pages).split()[0]] += 1
             finish_sync(cfg)
-
-            state = target_state(db_url)
-            assert state.keys() == after.keys(), f"trial {trial}: target keys differ from upstream"
-            wrong = [k for k, r in after.items() if state[k][1] != r["updateTime"]]
-            assert not wrong, f"trial {trial}: {len(wrong)} rows hold stale values, e.g. {wrong[:3]}"
-            log = Counter((e["row_key"], e["op"]) for e in change_log(db_url))
-            missing, repeated = expected - log, log - expected
-            assert not missing and not repeated, (
-                f"trial {trial}: change log off by {sum(missing.values())} missing, "
-                f"{sum(repeated.values())} extra, e.g. {list(missing)[:3]} / {list(repeated)[:3]}"
-            )
+            check_trial(trial, db_url, after, expected)
             before = after
         ops = Counter(op for _, op in expected.elements())
         report(
@@ -160,6 +175,64 @@ def test_kill_9_with_upstream_churn_converges_exactly(tmp_path: Path, db_url: st
                 "test": "crash",
                 "db": db_url.split(":", maxsplit=1)[0].split("+", maxsplit=1)[0],
                 "trials": TRIALS,
+                "rows": ROWS,
+                "kills": sum(kills.values()),
+                "kill_points": dict(kills),
+                "upstream_churn": dict(churned),
+                "change_entries": sum(expected.values()),
+                "ops": dict(ops),
+                "final_rows": len(before),
+                "seconds": round(time.monotonic() - started, 1),
+                "held": True,
+            }
+        )
+    finally:
+        gw.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", DBS, indirect=True)
+def test_kill_9_during_snapshot_deletes_converges_exactly(tmp_path: Path, db_url: str) -> None:
+    """Full snapshots with ``target.snapshot_delete``, where a delete is inferred from absence:
+    before each trial, besides the churn, 1 % of the live records vanish from upstream. Every other
+    trial reads through the read worker; 30 % of the kills land after the last page was requested
+    (the last batches, the seen-key table's checks, the deletes, the watermark)."""
+    rng = random.Random(20261207)
+    gw = Gateway(records=ROWS, seed=6, app_key="demo-app", app_secret=SECRET)
+    gw.start()
+    started = time.monotonic()
+    kills: Counter[str] = Counter()
+    try:
+        root = tmp_path / "snapshot"
+        snapshot = write_config(root, db_url=db_url, gateway_url=gw.url, page_size=PAGE, batch_size=PAGE)
+        read_whole_with_snapshot_deletes(root)
+        through_worker = with_read_worker(root, tmp_path / "worker")
+        before: dict[str, dict[str, Any]] = {}
+        expected: Counter[tuple[str, str]] = Counter()
+        churned = Counter[str]()
+        for trial in range(SNAPSHOT_TRIALS):
+            if trial:
+                churned.update(gw.store.churn(max(ROWS // 20, 10), rng))
+                live = sorted(active(gw.store.records()))
+                gone = rng.sample(live, max(len(live) // 100, 1))
+                gw.store.hard_delete(gone)
+                churned["removed"] += len(gone)
+            after = active(gw.store.records())
+            expected += real_changes(before, after)
+            cfg = snapshot if trial % 2 == 0 else through_worker
+            pages = len(gw.store) // PAGE + 1
+            kills[kill_at_random(cfg, gw, rng, pages, tail=0.3)] += 1
+            if rng.random() < 0.3:  # killed again while recovering
+                kills["second kill: " + kill_at_random(cfg, gw, rng, pages, tail=0.3)] += 1
+            finish_sync(cfg)
+            check_trial(trial, db_url, after, expected)
+            before = after
+        ops = Counter(op for _, op in expected.elements())
+        report(
+            {
+                "test": "crash-snapshot-delete",
+                "db": db_url.split(":", maxsplit=1)[0].split("+", maxsplit=1)[0],
+                "trials": SNAPSHOT_TRIALS,
                 "rows": ROWS,
                 "kills": sum(kills.values()),
                 "kill_points": dict(kills),
