@@ -15,11 +15,10 @@ order, each on every database before the next:
 3. ``snapshot``      another 1% changed; syncd with the dataset WITHOUT ``incremental`` (every
                      row read and compared, 1% written), dlt reloads everything with merge;
 4. ``snapshot-del``  1% logically deleted (``isDeleted = "1"``); the same full snapshot (syncd
-                     deletes those rows; dlt merges them as updated rows — it has no notion of
-                     the flag without extra configuration);
+                     deletes those rows; so does dlt's merge, through its ``hard_delete`` hint);
 5. ``snapshot-gone`` 1% of the live records removed upstream; the full snapshot with
-                     ``target.snapshot_delete`` (syncd deletes the rows it did not see; dlt's
-                     merge cannot tell a record that vanished, so it is not run).
+                     ``target.snapshot_delete`` (syncd deletes the rows it did not see); dlt
+                     reloads the live records with ``replace`` (merge cannot tell one that vanished).
 
 Results go to ``bench/out/results-<N>.json`` and a Markdown table on stdout; ``--write-results``
 also rewrites ``bench/RESULTS.md`` with the machine it ran on.
@@ -53,7 +52,9 @@ DB_URLS = {
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/{name}",
 }
 SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del", "snapshot-gone")
-SYNCD_ONLY = ("snapshot-del", "snapshot-gone")  # scenarios dlt's merge has no counterpart of
+# dlt loads with merge (flagged records deleted through its hard_delete hint), except where records
+# vanish upstream: a merge cannot tell, dlt's answer is a replace load (run_dlt.py)
+DLT_REPLACE = ("snapshot-gone",)
 SYNCD_CONFIG = {"initial": "inc", "incremental": "inc", "snapshot-gone": "gone"}  # else "snap" (_configs)
 
 
@@ -231,6 +232,8 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
         )
         if data.get("error"):
             detail += f" error: {data['error'][:200]}"
+    elif data.get("table_rows") is not None:  # dlt: what its table holds after the load
+        detail = f"table rows {data['table_rows']}"
     read_mb = data.get("disk_read_mb")
     if read_mb is not None:
         read = f"read {read_mb:,.0f} MB from disk"
@@ -325,6 +328,22 @@ def _configs(work: Path, urls: dict[str, str], gateway_url: str, batch_size: int
     }
 
 
+def _dlt_command(gateway_url: str, setup: dict[str, Any], scenario: str, since: str | None) -> list[str]:
+    """run_dlt.py's command line for one scenario on one database (``setup``: see ``_round``)."""
+    cmd = [
+        sys.executable,
+        str(HERE / "run_dlt.py"),
+        *("--gateway", gateway_url),
+        *("--db", setup["urls"]["dlt"]),
+        *("--workdir", str(setup["work"] / "dlt-pipelines")),
+    ]
+    if since:
+        cmd += ["--since", since]
+    if scenario in DLT_REPLACE:
+        cmd.append("--replace")
+    return cmd
+
+
 def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measurement]) -> list[Measurement]:
     """One run of every scenario on every database and side, from empty databases."""
     n, dbs, sides = args.records, args.dbs, args.sides
@@ -369,19 +388,8 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
                     cfg = s[SYNCD_CONFIG.get(scenario, "snap")]
                     cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"]
                     results.append(measure(cmd, db, scenario, "syncd"))
-                if "dlt" in sides and scenario not in SYNCD_ONLY:
-                    cmd = [
-                        py,
-                        str(HERE / "run_dlt.py"),
-                        "--gateway",
-                        gateway.url,
-                        "--db",
-                        s["urls"]["dlt"],
-                        "--workdir",
-                        str(s["work"] / "dlt-pipelines"),
-                    ]
-                    if scenario == "incremental" and since:
-                        cmd += ["--since", since]
+                if "dlt" in sides:
+                    cmd = _dlt_command(gateway.url, s, scenario, since if scenario == "incremental" else None)
                     results.append(measure(cmd, db, scenario, "dlt"))
                 if "ceiling" in sides and scenario == "initial":
                     cmd = [

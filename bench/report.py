@@ -97,34 +97,38 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
+    """``a[key] / b[key]``; a timed-out ``a`` (its wall time is the timeout) gives a lower bound."""
+    if not (a and b and b[key]) or b["status"] != "success":
+        return "–"
+    if a["status"] == "timeout":  # its true time is longer still: a lower bound
+        return f"> {a[key] / b[key]:.0f}×" if key == "wall_s" else "–"
+    return f"{a[key] / b[key]:.2f}×"
+
+
 def _ratios(rows: Sequence[dict[str, Any]]) -> list[str]:
     # a timed-out comparison side still bounds the ratio: its wall time is the timeout
     kept = ("success", "timeout")
     by = {(r["n"], r["db"], r["scenario"], r["side"]): r for r in rows if r["status"] in kept}
     lines = [
         "| N | db | syncd/dlt initial (rows/s) | syncd/ceiling initial | initial ÷ incremental (time) "
-        "| snapshot: dlt ÷ syncd (time) | snapshot scan rows/s |",
-        "|---|---|---|---|---|---|---|",
+        "| snapshot: dlt ÷ syncd (time) | snapshot scan rows/s | snapshot-del: dlt ÷ syncd "
+        "| snapshot-gone: dlt ÷ syncd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, db in sorted({(r["n"], r["db"]) for r in rows}):
-        s_init = by.get((n, db, "initial", "syncd"))
-        d_init = by.get((n, db, "initial", "dlt"))
-        c_init = by.get((n, db, "initial", "ceiling"))
-        s_inc = by.get((n, db, "incremental", "syncd"))
-        s_snap = by.get((n, db, "snapshot", "syncd"))
-        d_snap = by.get((n, db, "snapshot", "dlt"))
+        def get(scenario: str, side: str, n: int = n, db: str = db) -> dict[str, Any] | None:
+            return by.get((n, db, scenario, side))
 
-        def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
-            if not (a and b and b[key]) or b["status"] != "success":
-                return "–"
-            if a["status"] == "timeout":  # its true time is longer still: a lower bound
-                return f"> {a[key] / b[key]:.0f}×" if key == "wall_s" else "–"
-            return f"{a[key] / b[key]:.2f}×"
-
+        s_init, s_snap = get("initial", "syncd"), get("snapshot", "syncd")
         lines.append(
-            f"| {n:,} | {db} | {ratio(s_init, d_init, 'rows_per_s')} | {ratio(s_init, c_init, 'rows_per_s')} "
-            f"| {ratio(s_init, s_inc, 'wall_s')} | {ratio(d_snap, s_snap, 'wall_s')} "
-            f"| {_fmt(s_snap['rows_per_s']) if s_snap else '–'} |"
+            f"| {n:,} | {db} | {_ratio(s_init, get('initial', 'dlt'), 'rows_per_s')} "
+            f"| {_ratio(s_init, get('initial', 'ceiling'), 'rows_per_s')} "
+            f"| {_ratio(s_init, get('incremental', 'syncd'), 'wall_s')} "
+            f"| {_ratio(get('snapshot', 'dlt'), s_snap, 'wall_s')} "
+            f"| {_fmt(s_snap['rows_per_s']) if s_snap else '–'} "
+            f"| {_ratio(get('snapshot-del', 'dlt'), get('snapshot-del', 'syncd'), 'wall_s')} "
+            f"| {_ratio(get('snapshot-gone', 'dlt'), get('snapshot-gone', 'syncd'), 'wall_s')} |"
         )
     return lines
 

@@ -8,6 +8,7 @@ The dlt side runs only where dlt is installed (``make bench`` installs it into .
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import subprocess
@@ -58,7 +59,6 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     # 1% of the live records vanished upstream: found missing by snapshot_delete, and only those
     assert by["snapshot-gone", "syncd"]["detail"].startswith("ins 0 upd 0 del 20 ")
     assert by["snapshot-gone", "syncd"]["rows"] == N - 20  # read: those 20 no longer among them
-    assert ("snapshot-gone", "dlt") not in by
     assert all(r["peak_rss_mb"] > 0 for r in by.values())
     assert "| syncd/dlt initial" in done.stdout
     assert results["machine"]["page cache"]  # how this machine reclaims idle page cache
@@ -98,6 +98,39 @@ def test_repeated_measurements_keep_the_median_and_the_worst_memory(harness: Mod
     assert two.wall_s == 3.0  # the lower middle of an even count
     one = harness.combine(rounds[:1])[0]
     assert one == rounds[0][0]  # a single round: as measured, no "median of 1"
+
+
+def test_dlt_deletes_by_its_flag_and_replaces_where_records_vanish(harness: ModuleType) -> None:
+    # every scenario has a dlt side: a merge (run_dlt.py turns isDeleted into its hard_delete
+    # column), a window for the incremental one, a replace load where records vanish upstream
+    setup = {"urls": {"dlt": "sqlite:///d.db"}, "work": Path("/w")}
+    commands = {sc: harness._dlt_command("http://gw", setup, sc, "T" if sc == "incremental" else None)
+                for sc in harness.SCENARIOS}
+    assert all(c[1].endswith("run_dlt.py") and "sqlite:///d.db" in c for c in commands.values())
+    assert [sc for sc, c in commands.items() if "--replace" in c] == ["snapshot-gone"]
+    assert [sc for sc, c in commands.items() if "--since" in c] == ["incremental"]
+    assert commands["incremental"][-2:] == ["--since", "T"]
+
+
+def test_the_ratios_compare_dlt_in_every_snapshot_scenario(harness: ModuleType) -> None:
+    report = importlib.import_module("report")
+    m = harness.Measurement
+    rows = [
+        m(N, "sqlite", "initial", "syncd", "success", 2.0, N),
+        m(N, "sqlite", "initial", "dlt", "success", 10.0, N),
+        m(N, "sqlite", "snapshot", "syncd", "success", 0.5, N),
+        m(N, "sqlite", "snapshot", "dlt", "timeout", 300.0),
+        m(N, "sqlite", "snapshot-del", "syncd", "success", 0.6, N),
+        m(N, "sqlite", "snapshot-del", "dlt", "success", 12.0, N),
+        m(N, "sqlite", "snapshot-gone", "syncd", "success", 0.8, N),
+        m(N, "sqlite", "snapshot-gone", "dlt", "success", 8.0, N),
+    ]
+    as_dicts = [dataclasses.asdict(r) | {"rows_per_s": r.rows_per_s} for r in rows]  # as main() writes them
+    header, _, line = report._ratios(as_dicts)
+    assert header.endswith("| snapshot-del: dlt ÷ syncd | snapshot-gone: dlt ÷ syncd |")
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "5.00×" and cells[5] == "> 600×"  # initial; the timed-out snapshot bounds it
+    assert cells[-2:] == ["20.00×", "10.00×"]
 
 
 def test_dlt_timeouts_do_not_fail_the_harness(harness: ModuleType) -> None:
