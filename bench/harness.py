@@ -55,6 +55,7 @@ SCENARIOS = ("initial", "incremental", "snapshot", "snapshot-del", "snapshot-gon
 # dlt loads with merge (flagged records deleted through its hard_delete hint), except where records
 # vanish upstream: a merge cannot tell, dlt's answer is a replace load (run_dlt.py)
 DLT_REPLACE = ("snapshot-gone",)
+DLT_STATE = "dlt-pipelines"  # dlt's local pipeline state, in each database's work folder
 SYNCD_CONFIG = {"initial": "inc", "incremental": "inc", "snapshot-gone": "gone"}  # else "snap" (_configs)
 
 
@@ -193,7 +194,7 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
 def _reset_databases(db: str, workdir: Path) -> dict[str, str]:
     """Fresh, empty databases for the syncd, dlt and ceiling sides; returns their URLs."""
     urls = {side: DB_URLS[db].format(dir=workdir, name=name) for side, name in DB_NAMES.items()}
-    shutil.rmtree(workdir / "dlt-pipelines", ignore_errors=True)  # dlt's local state of an earlier run
+    shutil.rmtree(workdir / DLT_STATE, ignore_errors=True)  # dlt's local state of an earlier run
     if db == "sqlite":
         for path in workdir.glob("bench_*.db*"):
             path.unlink()
@@ -335,7 +336,7 @@ def _dlt_command(gateway_url: str, setup: dict[str, Any], scenario: str, since: 
         str(HERE / "run_dlt.py"),
         *("--gateway", gateway_url),
         *("--db", setup["urls"]["dlt"]),
-        *("--workdir", str(setup["work"] / "dlt-pipelines")),
+        *("--workdir", str(setup["work"] / DLT_STATE)),
     ]
     if since:
         cmd += ["--since", since]
@@ -358,6 +359,11 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
         m = _measure(cmd, n, db, scenario, side, timeout=args.timeout)
         if m.status == "timeout":
             timed_out[db, scenario, side] = m
+            if side == "dlt":
+                # the killed load stays pending in dlt's local pipeline state, and dlt's next run()
+                # would load that package and exit without extracting its own data: start the
+                # next dlt measurement without it (dlt restores the schema from the database)
+                shutil.rmtree(out / f"{db}-{n}" / DLT_STATE, ignore_errors=True)
         return m
 
     gateway = GatewayProcess(n, args.seed, args.latency_ms)
