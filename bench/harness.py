@@ -143,6 +143,20 @@ def _sessions(conn: Any, db: str, names: list[str]) -> list[int]:
     return list(conn.exec_driver_sql(query, {"names": tuple(names)}).scalars().all())
 
 
+MARIADB_UNKNOWN_THREAD = 1094
+
+
+def _kill_mariadb(conn: Any, session: int) -> None:
+    """KILL one MariaDB session; one that ended since it was listed is no error (1094)."""
+    import sqlalchemy as sa
+
+    try:
+        conn.exec_driver_sql(f"KILL {int(session)}")
+    except sa.exc.OperationalError as exc:
+        if getattr(exc.orig, "args", (None,))[0] != MARIADB_UNKNOWN_THREAD:
+            raise
+
+
 def _stop_sessions(db: str) -> int:
     """End every server session on the benchmark's databases and wait until the server has
     finished them; returns how many were ended.
@@ -164,7 +178,7 @@ def _stop_sessions(db: str) -> int:
                 if db == "postgresql":
                     conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": session})
                 else:
-                    conn.exec_driver_sql(f"KILL {int(session)}")
+                    _kill_mariadb(conn, session)
             started = time.monotonic()
             while ids and _sessions(conn, db, names) and time.monotonic() - started < IDLE_WAIT_S:
                 time.sleep(0.5)

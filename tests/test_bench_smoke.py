@@ -204,3 +204,24 @@ def test_disk_reads_and_page_cache_reclaim_are_read_from_the_kernel(
     (root / "0" / "state").write_text("off\n", encoding="ascii")
     assert diskio.page_cache_reclaim(root) is None
     assert diskio.page_cache_reclaim(tmp_path / "no-damon") is None
+
+
+@pytest.mark.mariadb
+def test_ending_a_mariadb_session_that_already_ended_is_no_error(
+    harness: ModuleType, mariadb_url: str
+) -> None:
+    # _stop_sessions lists the sessions, then KILLs each: one may end in between (error 1094)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(mariadb_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            other = sa.create_engine(mariadb_url)
+            with other.connect() as gone:
+                session = int(gone.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+            other.dispose()  # that session has ended
+            harness._kill_mariadb(conn, session)  # no error
+            with pytest.raises(sa.exc.OperationalError):
+                conn.exec_driver_sql(f"KILL {session}")  # what the harness would have raised
+    finally:
+        engine.dispose()
