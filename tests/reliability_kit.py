@@ -67,3 +67,22 @@ def target_state(db_url: str) -> dict[str, tuple[str | None, str]]:
     finally:
         engine.dispose()
     return {r[0]: (r[1], str(r[2])[:19]) for r in rows}
+
+
+def assert_converged(
+    trial: int, db_url: str, after: dict[str, dict[str, Any]], expected: Counter[tuple[str, str]]
+) -> None:
+    """The target holds exactly the upstream's active records ``after`` with their current values,
+    and the change log exactly the entries ``expected`` — none missing, none repeated."""
+    from tests.e2e import change_log
+
+    state = target_state(db_url)
+    assert state.keys() == after.keys(), f"trial {trial}: target keys differ from upstream"
+    stale = [k for k, r in after.items() if state[k][1] != r["updateTime"]]
+    assert not stale, f"trial {trial}: {len(stale)} rows hold stale values, e.g. {stale[:3]}"
+    log = Counter((e["row_key"], e["op"]) for e in change_log(db_url))
+    missing, repeated = expected - log, log - expected
+    assert not missing and not repeated, (
+        f"trial {trial}: change log off by {sum(missing.values())} missing, "
+        f"{sum(repeated.values())} extra, e.g. {list(missing)[:3]} / {list(repeated)[:3]}"
+    )

@@ -54,7 +54,15 @@ from tests.dbserver import (
     server_root,
 )
 from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, upstream_active
-from tests.reliability_kit import FULL, active, databases, real_changes, report, target_state
+from tests.reliability_kit import (
+    FULL,
+    active,
+    assert_converged,
+    databases,
+    real_changes,
+    report,
+    target_state,
+)
 
 TRIALS = int(os.environ.get("SYNCD_REL_TRIALS", "20" if FULL else "3"))
 ROWS = int(os.environ.get("SYNCD_REL_ROWS", "50000" if FULL else "20000"))
@@ -191,16 +199,7 @@ def test_sigterm_at_random_moments_converges_exactly(
             exits.append(took)
             assert SECRET not in "".join(daemon.lines) + daemon.stderr_text()
 
-            state = target_state(db_url)
-            assert state.keys() == after.keys(), f"trial {trial}: target keys differ from upstream"
-            stale = [k for k, r in after.items() if state[k][1] != r["updateTime"]]
-            assert not stale, f"trial {trial}: {len(stale)} rows hold stale values, e.g. {stale[:3]}"
-            log = Counter((e["row_key"], e["op"]) for e in change_log(db_url))
-            missing, repeated = expected - log, log - expected
-            assert not missing and not repeated, (
-                f"trial {trial}: change log off by {sum(missing.values())} missing, "
-                f"{sum(repeated.values())} extra, e.g. {list(missing)[:3]} / {list(repeated)[:3]}"
-            )
+            assert_converged(trial, db_url, after, expected)
             assert_whole(db_url, trial)
             before = after
         statuses.update(r["status"] for r in runs_table(db_url))
