@@ -343,6 +343,11 @@ def _configs(work: Path, urls: dict[str, str], gateway_url: str, batch_size: int
     }
 
 
+def _workdir(out: Path, db: str, n: int) -> Path:
+    """One database's folder of a run: its SQLite files, configurations and dlt's local state."""
+    return out / f"{db}-{n}"
+
+
 def _dlt_command(gateway_url: str, setup: dict[str, Any], scenario: str, since: str | None) -> list[str]:
     """run_dlt.py's command line for one scenario on one database (``setup``: see ``_round``)."""
     cmd = [
@@ -377,7 +382,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
                 # the killed load stays pending in dlt's local pipeline state, and dlt's next run()
                 # would load that package and exit without extracting its own data: start the
                 # next dlt measurement without it (dlt restores the schema from the database)
-                shutil.rmtree(out / f"{db}-{n}" / DLT_STATE, ignore_errors=True)
+                shutil.rmtree(_workdir(out, db, n) / DLT_STATE, ignore_errors=True)
         return m
 
     gateway = GatewayProcess(n, args.seed, args.latency_ms)
@@ -385,7 +390,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
     try:
         setup: dict[str, dict[str, Any]] = {}
         for db in dbs:
-            work = out / f"{db}-{n}"
+            work = _workdir(out, db, n)
             work.mkdir(parents=True, exist_ok=True)
             urls = _reset_databases(db, work)
             setup[db] = {"work": work, "urls": urls, **_configs(work, urls, gateway.url, args.batch_size)}
@@ -395,7 +400,6 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
                 since = gateway.ask("now")["now"]
                 gateway.ask("update 0.01")
             elif scenario == "snapshot":
-                since = None
                 gateway.ask("update 0.01")
             elif scenario == "snapshot-del":
                 gateway.ask("delete 0.01")

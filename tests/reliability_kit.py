@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.e2e import change_log
+
 FULL = os.environ.get("SYNCD_RELIABILITY") == "1"
 ALL_DBS: list[Any] = [
     "sqlite",
@@ -74,8 +76,6 @@ def assert_converged(
 ) -> None:
     """The target holds exactly the upstream's active records ``after`` with their current values,
     and the change log exactly the entries ``expected`` — none missing, none repeated."""
-    from tests.e2e import change_log
-
     state = target_state(db_url)
     assert state.keys() == after.keys(), f"trial {trial}: target keys differ from upstream"
     stale = [k for k, r in after.items() if state[k][1] != r["updateTime"]]
