@@ -18,6 +18,9 @@ practice: the collector only frees reference cycles, which a run hardly makes; a
 for 10,000 allocations instead of 700, and one among the frozen objects for the end of the run.
 
 The read worker is a process of its own that only reads: :func:`settle_worker` sets the same once.
+
+Both also fix glibc's mmap threshold for the process (:func:`syncd.procmem.fixed_mmap_threshold`:
+page-sized blocks would otherwise fragment the heap for good).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from syncd.procmem import fixed_mmap_threshold
 
 __all__ = ["YOUNG_THRESHOLD", "fewer_collections", "settle_worker"]
 
@@ -53,6 +58,7 @@ class _Setting:
         self._saved = (0, 0, 0)
 
     def enter(self) -> None:
+        fixed_mmap_threshold()
         with self._lock:
             if self._runs == 0:
                 self._saved = _collect_less()
@@ -83,4 +89,5 @@ def fewer_collections() -> Iterator[None]:
 def settle_worker() -> None:
     """The read worker's setting, once its imports are done: as :func:`fewer_collections`, for
     the rest of the process."""
+    fixed_mmap_threshold()
     _collect_less()
