@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import structlog
 
 from syncd.changes import record_digester
@@ -36,7 +37,7 @@ from syncd.errors import AuthorizationError, GuardError, RecordError, StopReques
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter
-from syncd.sources import ReadStats, Source, Window, build_source
+from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
 from syncd.sources.base import Page, ResumePoint
 from syncd.sources.prefetch import Prefetcher
 from syncd.sources.worker import MappedPage, ReadWorker, ReadWorkerError
@@ -305,8 +306,10 @@ class _Batch:
         sorter = self.sorter
         return len(sorter.rows) + len(sorter.deletes) + len(sorter.rejected)
 
-    def add(self, record: dict[str, Any]) -> None:
-        digest = self.digest(record)
+    def add(self, record: dict[str, Any], digest: str | None = None) -> None:
+        """Take a raw record (with its digest, when the source took it)."""
+        if digest is None:
+            digest = self.digest(record)
         if self.skip_unchanged:
             key = self._row_key(record)
             if key is not None:
@@ -314,6 +317,15 @@ class _Batch:
                 return
             # no usable key: the full mapping quarantines it (or the writer rejects the row)
         self.sorter.sort(record, digest)
+
+    def add_head(self, text: bytes, head: dict[str, Any], digest: str) -> None:
+        """Take a record as its text, head and digest (a re-sync's scan,
+        :meth:`HttpSource.read_heads`): it waits as its text, decoded only if it is to be mapped."""
+        key = self._row_key(head)
+        if key is None:  # the full record decides: quarantined, or the writer rejects the row
+            self.sorter.sort(orjson.loads(text), digest)
+        else:
+            self.waiting.append((key, digest, text))
 
     def add_page(self, page: MappedPage) -> None:
         """Take a page the read worker mapped."""
@@ -360,7 +372,7 @@ class _Batch:
                 continue
             pending.add(key)
             if hashes is None:
-                sorter.sort(item, digest)
+                sorter.sort(orjson.loads(item) if item.__class__ is bytes else item, digest)
             else:  # mapped by the read worker
                 sorter.rows.append(item[0])
                 sorter.digests.append(digest)
@@ -584,6 +596,10 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
     """Read and map in this process. Returns where the read stands instead, once the read worker
     started for a large first load is ready to read on from there (:class:`_Reading`)."""
     update_time = source.update_time
+    mapping = batch.mapping
+    if digest_texts(source, mapping.fingerprint) and batch.skip_unchanged and reading.switch_at is None:
+        # a re-sync: most records are skipped by their digests, so they come undecoded
+        source.read_heads(mapping.key_fields)  # type: ignore[attr-defined]
     pages = _Pages(
         source.read(reading.window), f"syncd-read-{run.ds.name}", ahead=reading.switch_at is None
     )
@@ -596,15 +612,20 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
             run.took_page(total)
             # taken off the page one by one: a record mapped on a first load is not kept, so the
             # page's raw records are gone before the batch is written (the run's memory peak)
-            records = page.records
-            records.reverse()
-            while records:
-                record = records.pop()
-                run.counts.fetched += 1
-                ts = update_time(record)
-                if ts is not None and (run.max_seen is None or ts > run.max_seen):
-                    run.max_seen = ts
-                batch.add(record)
+            if page.heads is not None:
+                _take_heads(run, page, batch, update_time)
+            else:
+                records, digests = page.records, page.digests
+                records.reverse()
+                if digests is not None:
+                    digests.reverse()
+                while records:
+                    record = records.pop()
+                    run.counts.fetched += 1
+                    ts = update_time(record)
+                    if ts is not None and (run.max_seen is None or ts > run.max_seen):
+                        run.max_seen = ts
+                    batch.add(record, digests.pop() if digests is not None else None)
             batch.flush_when_full()
             if page.resume is not None and reading.worker_ready():
                 return page.resume
@@ -615,6 +636,21 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
         # cursor now; a request already sent for the next page (read ahead) is finished first
         pages.close()
     return None
+
+
+def _take_heads(run: _Run, page: Page, batch: _Batch, update_time: Callable[[Any], datetime | None]) -> None:
+    """A page read as texts and heads (a re-sync's scan): the update time from the head."""
+    texts, heads, digests = page.texts or [], page.heads or [], page.digests or []
+    run.counts.fetched += len(texts)
+    add = batch.add_head
+    for text, head, digest in zip(texts, heads, digests, strict=True):
+        ts = update_time(head)
+        if ts is not None and (run.max_seen is None or ts > run.max_seen):
+            run.max_seen = ts
+        add(text, head, digest)
+    texts.clear()
+    heads.clear()
+    digests.clear()
 
 
 def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:

@@ -111,16 +111,43 @@ def test_a_resync_maps_only_the_changed_records(sync: CountingSync, gateway: Gat
     )
 
 
-def test_a_field_the_mapping_does_not_read_is_not_a_change(sync: CountingSync, gateway: Gateway) -> None:
+def test_a_field_the_mapping_does_not_read_costs_one_mapping_and_no_change(
+    sync: CountingSync, gateway: Gateway, db_url: str
+) -> None:
     sync.run()
+    entries = len(change_log(db_url))
     ids = sorted(upstream_active(gateway.store))[:5]
     for rid in ids:  # `relation` is authorized but not mapped; the update time stays
         record = gateway.store.get(rid)
         assert record is not None
         gateway.store.update([rid], relation="99", updateTime=record["updateTime"])
+    # the records' texts changed, so their digests did (hashing.py): mapped once, rows unchanged
     again = sync.run()
     assert (again.counts.inserted, again.counts.updated) == (0, 0)
-    assert sync.mapped == never_skipped(gateway, again)
+    assert sync.mapped == never_skipped(gateway, again) + len(ids)
+    assert len(change_log(db_url)) == entries
+    # and their new digests were stored: skipped from then on
+    steady = sync.run()
+    assert sync.mapped == never_skipped(gateway, steady)
+
+
+def test_digests_stored_by_values_cost_one_mapping_each_after_the_upgrade(
+    sync: CountingSync, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows loaded while records were digested by their values (before pysimdjson, or without it):
+    the first re-sync digests their texts, finds no stored equal, maps each record once, writes
+    no change and stores the new digests; the next one skips them (hashing.py, docs/upgrade.md)."""
+    with monkeypatch.context() as before:
+        before.setattr("syncd.sources.http.texts.AVAILABLE", False)
+        first = sync.run()
+    entries = len(change_log(db_url))
+    upgraded = sync.run()
+    assert sync.mapped == first.counts.fetched
+    assert (upgraded.counts.inserted, upgraded.counts.updated, upgraded.counts.deleted) == (0, 0, 0)
+    assert len(change_log(db_url)) == entries
+    steady = sync.run()
+    assert sync.mapped == never_skipped(gateway, steady)
+    assert steady.counts.unchanged == upgraded.counts.unchanged
 
 
 def test_a_changed_code_table_remaps_every_record(
@@ -308,9 +335,13 @@ def test_a_record_after_a_pending_change_of_its_key_is_never_skipped(
     config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, batch_size=10)
     sync = CountingSync(config, monkeypatch)
     try:
-        sync.run()
+        everything = gateway.store.records()
+        # loaded from the same kind of source as the re-sync: their digests are of one kind
+        # (records by their values, hashing.py; the gateway's pages would give text digests)
+        first = [everything[i : i + 100] for i in range(0, len(everything), 100)]
+        sync.run(source_factory=lambda app, ds: ListSource(first))
         stored = target_rows(sqlite_url)
-        records = [r for r in gateway.store.records() if r["id"] in upstream_active(gateway.store)]
+        records = [r for r in everything if r["id"] in upstream_active(gateway.store)]
         record = records[0]
         changed = dict(record, remark="临时备注")
         filler = records[1:41]  # unchanged: four batches resolved between the two

@@ -11,7 +11,15 @@ from syncd.changes.detector import (
     normaliser_for,
     normaliser_for_type,
 )
-from syncd.changes.hashing import decimal_text, json_text, key_text, raw_hash, record_digester, row_hash
+from syncd.changes.hashing import (
+    decimal_text,
+    json_text,
+    key_text,
+    raw_hash,
+    record_digester,
+    row_hash,
+    text_digester,
+)
 
 __all__ = [
     "DELETED_HASH",
@@ -27,4 +35,5 @@ __all__ = [
     "raw_hash",
     "record_digester",
     "row_hash",
+    "text_digester",
 ]

@@ -48,8 +48,18 @@ Record digest (``record_digester``)
     are not JSON types (the SQL and XLSX sources' Decimal, datetime, bytes…) are encoded as a
     tagged object ``{"\u0000": type name, "v": text}``; such sources never yield objects of
     their own, and JSON sources never yield anything else, so the encoding stays injective
-    within one source kind (which the fingerprint names). ``row_state.raw_hash`` keeps it: a
-    record whose digest equals the stored one maps to the stored row, so it is not mapped again.
+    within one source kind (which the fingerprint names). ``row_state.record_digest`` keeps it:
+    a record whose digest equals the stored one maps to the stored row, so it is not mapped again.
+
+    A record that came as its JSON text (an http source, :mod:`syncd.sources.http.texts`:
+    simdjson's minified re-serialisation, the same text for the same record) is digested over
+    that text instead (``text_digester``, same key), so a re-sync scan never decodes the
+    records it skips. Every field counts then, read by the mapping or not: a change to a field
+    the mapping ignores costs one mapping that finds the row unchanged. The two inputs cannot
+    collide: a text is an object (``{…``), a value encoding an array (``[…``). A page the text
+    reader cannot carry exactly is decoded as before and its records digested by their values:
+    each kind of digest only ever equals one of its own kind, so a switch between them (an
+    upgrade, such a page) costs each record one mapping, never a wrong skip.
 
 Change-feed JSON (``json_text``)
     Compact JSON, non-ASCII kept as is; Decimal as a string (``"1.50"``), date and datetime
@@ -68,7 +78,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["decimal_text", "json_text", "key_text", "raw_hash", "record_digester", "row_hash"]
+__all__ = [
+    "decimal_text",
+    "json_text",
+    "key_text",
+    "raw_hash",
+    "record_digester",
+    "row_hash",
+    "text_digester",
+]
 
 
 def decimal_text(value: Decimal) -> str:
@@ -248,6 +266,19 @@ def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | 
         return h.hexdigest()
 
     return record_digest
+
+
+def text_digester(key: bytes) -> Callable[[bytes], str]:
+    """``text -> 32 hex characters``: the record digest of a record that came as its JSON text
+    (:mod:`syncd.sources.http.texts`), blake2b keyed like :func:`record_digester`'s over the text."""
+    keyed = blake2b(digest_size=16, key=key)
+
+    def text_digest(text: bytes) -> str:
+        h = keyed.copy()
+        h.update(text)
+        return h.hexdigest()
+
+    return text_digest
 
 
 def _key_part(value: Any) -> Any:

@@ -82,6 +82,8 @@ class CompiledMapping:
     trusted under the same fingerprint (see :func:`syncd.changes.hashing.record_digester`)."""
     record_fields: tuple[str, ...] = field(repr=False)
     """The top-level record fields the mapping and the logical-delete rule read, sorted."""
+    key_fields: tuple[str, ...] = field(repr=False)
+    """The top-level record fields ``key_record`` reads, sorted: a dict of just these gives the key."""
     _key_getter: Callable[[Row], Row] = field(repr=False)
     _redactions: tuple[tuple[tuple[str | int, ...], Callable[[Any], Any]], ...] = field(repr=False)
 
@@ -144,6 +146,7 @@ def compile_mapping(
         key_record=key_fn,
         fingerprint=_fingerprint(dataset, tables, source),
         record_fields=tuple(sorted(fields)),
+        key_fields=tuple(sorted({p.split(".", 1)[0] for i in key_indexes for p in plans[i].reads})),
         _key_getter=_key_getter(key_indexes),
         _redactions=redactions,
     )

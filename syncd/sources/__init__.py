@@ -6,9 +6,18 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from syncd.sources.base import Page, ReadStats, Source, Window
+from syncd.sources.base import Page, ReadStats, Source, Window, digest_texts
 
-__all__ = ["SOURCES", "Page", "ReadStats", "Source", "Window", "build_source", "load_builtin_sources"]
+__all__ = [
+    "SOURCES",
+    "Page",
+    "ReadStats",
+    "Source",
+    "Window",
+    "build_source",
+    "digest_texts",
+    "load_builtin_sources",
+]
 
 # type name -> factory(app_config, dataset_config) -> Source
 SOURCES: dict[str, Callable[..., Source]] = {}

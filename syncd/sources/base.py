@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-__all__ = ["Page", "ReadStats", "ResumePoint", "Source", "Window"]
+__all__ = ["Page", "ReadStats", "ResumePoint", "Source", "Window", "digest_texts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,13 @@ class Window:
 
 @dataclass(slots=True)
 class Page:
-    """One page of raw upstream records, as decoded (dicts, nested as upstream sent them)."""
+    """One page of raw upstream records, as decoded (dicts, nested as upstream sent them).
+
+    ``digests``: each record's digest, where the source took it (an http source asked to, see
+    :meth:`HttpSource.digest_texts`: over the record's JSON text). ``heads``: the source was asked
+    for records by their heads (:meth:`HttpSource.read_heads`): ``records`` is empty, and each
+    record is its text (``texts``, minified JSON) plus a dict of the top-level fields asked for.
+    """
 
     records: list[dict[str, Any]]
     number: int  # 1-based sequence number of this page in the run
@@ -37,6 +43,9 @@ class Page:
     # where the read stands after this page, when the source was asked for it (HttpSource's
     # offer_resume) and another page follows: another process can read on from there
     resume: ResumePoint | None = None
+    digests: list[str] | None = None
+    texts: list[bytes] | None = None
+    heads: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -81,3 +90,11 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def digest_texts(source: Source, key: bytes) -> bool:
+    """Ask ``source`` to give each page's record digests, taken over the records' texts with
+    ``key`` (an http source: :meth:`HttpSource.digest_texts`); False where it gives none and its
+    reader digests the records by their values."""
+    ask = getattr(source, "digest_texts", None)
+    return bool(ask(key)) if ask is not None else False

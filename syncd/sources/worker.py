@@ -539,7 +539,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     from syncd.changes.keys import row_key_function
     from syncd.mapping import compile_mapping
     from syncd.mapping.records import RecordSorter
-    from syncd.sources import build_source
+    from syncd.sources import build_source, digest_texts
     from syncd.sources.prefetch import Prefetcher
 
     app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
@@ -549,6 +549,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     key_of = mapping.key_of
     row_key = row_key_function([mapping.specs[mapping.columns[i]] for i in mapping.key_indexes])
     source = build_source(app, dataset)
+    digest_texts(source, mapping.fingerprint)  # as the run's own read does
     try:
         resume: ResumePoint | None = None
         if init.get("hold"):
@@ -571,14 +572,16 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                 fetched = len(page.records)
                 # taken off the page one by one: the raw records are gone before the page's rows are
                 # encoded and pickled (this process's memory peak)
-                records = page.records
+                records, digests = page.records, page.digests
                 records.reverse()
+                if digests is not None:  # the source digested their texts (syncd.changes.hashing)
+                    digests.reverse()
                 while records:
                     record = records.pop()
                     ts = update_time(record)
                     if ts is not None and (newest is None or ts > newest):
                         newest = ts
-                    sort(record, digest(record))
+                    sort(record, digests.pop() if digests is not None else digest(record))
                 rows = sorter.rows
                 mapped = MappedPage(
                     number=page.number,

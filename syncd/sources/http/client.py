@@ -83,6 +83,8 @@ class _Call:
     params: dict[str, Any]
     headers: dict[str, str]
     body: bytes | None
+    # the body's decoding before orjson's (a source's TextSplitter): None when it cannot
+    decode: Callable[[bytearray], Any] | None = None
     shown_url: str = ""
     reason: str = ""
     secrets: list[str] = field(default_factory=list)
@@ -161,8 +163,12 @@ class HttpClient:
         json_body: Any = None,
         form: Mapping[str, Any] | None = None,
         auth: RequestAuth | None = None,
+        decode: Callable[[bytearray], Any] | None = None,
     ) -> T:
-        """Send one logical request (retrying as configured) and return ``parse(decoded_json)``."""
+        """Send one logical request (retrying as configured) and return ``parse(decoded_json)``.
+
+        ``decode(raw)`` decodes the body first (byte order mark removed) when given; where it returns
+        None the body is decoded with orjson as usual."""
         headers: dict[str, str] = {}
         body: bytes | None = None
         if json_body is not None:
@@ -171,7 +177,7 @@ class HttpClient:
         elif form is not None:
             body = urlencode(_encode_params(form)).encode("ascii")
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body)
+        call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body, decode)
         try:
             return self._retrying(call, auth, parse)
         except AuthExpiredError as first:
@@ -286,7 +292,11 @@ class HttpClient:
                 failure = self._network_error(call, exc)
         if failure is not None:
             raise failure
-        data = self._decode(call, raw, response.headers.get("Content-Type", ""))
+        if raw[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark, which orjson refuses
+            del raw[:3]
+        data = call.decode(raw) if call.decode is not None else None
+        if data is None:
+            data = self._decode(call, raw, response.headers.get("Content-Type", ""))
         try:
             return parse(data)
         except UpstreamError as exc:
@@ -333,8 +343,6 @@ class HttpClient:
         return buf
 
     def _decode(self, call: _Call, raw: bytearray, content_type: str) -> Any:
-        if raw[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark, which orjson refuses
-            del raw[:3]
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

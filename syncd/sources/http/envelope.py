@@ -28,6 +28,7 @@ from syncd.config.model import EnvelopeConfig
 from syncd.errors import AuthExpiredError, PermanentUpstreamError, TransientUpstreamError, UpstreamError
 from syncd.paths import MISSING, compile_path
 from syncd.sources.http.diagnose import skew_note
+from syncd.sources.http.texts import RecordTexts
 
 __all__ = ["Envelope", "Outcome", "ParsedPage", "describe_shape", "parse_instant"]
 
@@ -93,10 +94,11 @@ Kind = Literal["success", "transient", "auth_expired", "error", "missing"]
 class ParsedPage:
     """The useful part of one decoded response."""
 
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]] | RecordTexts  # RecordTexts: as a TextSplitter left them
     total: int | None = None
     cursor: str | None = None
     server_time: datetime | None = None  # timezone-aware
+    digests: list[str] | None = None  # the records' digests, where the source took them
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +274,10 @@ class Envelope:
         value = self._message(body)
         return "" if value is MISSING or value is None else " ".join(str(value).split())[:300]
 
-    def _extract_records(self, body: Any) -> list[dict[str, Any]]:
+    def _extract_records(self, body: Any) -> list[dict[str, Any]] | RecordTexts:
         value = self._records(body)
+        if value.__class__ is RecordTexts:  # a list of objects (TextSplitter checked each item)
+            return value
         where = f"{self.cfg.records_path or '(the body itself)'!r} (envelope.records_path)"
         if value is None:  # an explicit null: some gateways send it for an empty result
             return []

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from syncd.config.model import CursorPagination, OffsetPagination, PageNumberPagination, PaginationConfig
 from syncd.errors import PermanentUpstreamError
 from syncd.sources.http.envelope import ParsedPage
+from syncd.sources.http.texts import RecordTexts
 
 __all__ = [
     "PAGINATORS",
@@ -46,7 +47,7 @@ class Paginator(ABC):
         self.page_size = cfg.page_size
         self.pages = 0
         self.seen = 0
-        self._edges: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._edges: tuple[Any, Any] | None = None
 
     @abstractmethod
     def first(self) -> dict[str, Any]:
@@ -94,7 +95,7 @@ class Paginator(ABC):
     def _short_page_ends(self) -> bool:
         return True
 
-    def _guard_repeat(self, records: list[dict[str, Any]]) -> None:
+    def _guard_repeat(self, records: list[dict[str, Any]] | RecordTexts) -> None:
         edges = (records[0], records[-1])
         if self._edges is not None and edges == self._edges:
             raise PermanentUpstreamError(

@@ -13,21 +13,29 @@ the query for GET, and into the JSON body (merged over ``body``) for POST.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
+from syncd.changes.hashing import text_digester
 from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError
 from syncd.paths import compile_path
 from syncd.sources.base import Page, ReadStats, ResumePoint, Window
+from syncd.sources.http import texts
 from syncd.sources.http.auth import build_auth
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, ParsedPage
 from syncd.sources.http.paging import Paginator, build_paginator
+from syncd.sources.http.texts import RecordTexts, TextSplitter
 
 __all__ = ["HttpSource", "time_parser"]
+
+# a page's records, their digests, texts and heads (Page)
+_Records = tuple[list[dict[str, Any]], list[str] | None, list[bytes] | None, list[dict[str, Any]] | None]
 
 _ISO_SECONDS = "%Y-%m-%d %H:%M:%S"
 _ISO_FRACTION = "%Y-%m-%d %H:%M:%S.%f"
@@ -115,6 +123,13 @@ class HttpSource:
         self._url = self._client.resolve(source.path)
         inc = source.incremental
         self._time_at = compile_path(inc.field) if inc is not None else None
+        self._time_field = inc.field.split(".", 1)[0] if inc is not None else None
+        envelope = source.envelope or connection.envelope
+        # records by their texts (syncd.sources.http.texts): not where strings are decoded first
+        textual = texts.AVAILABLE and not envelope.decode_strings
+        self._records_path = envelope.records_path if textual else None
+        self._splitter: TextSplitter | None = None  # digest_texts()
+        self._heads: tuple[str, ...] | None = None  # read_heads()
         self._time_parsers = tuple(time_parser(f) for f in inc.value_formats) if inc is not None else ()
 
     @classmethod
@@ -166,6 +181,27 @@ class HttpSource:
         self._client.stats = self.stats
         return self._pages(window, resume)
 
+    def digest_texts(self, key: bytes) -> bool:
+        """Give each page's record digests (:class:`~syncd.sources.base.Page`), taken over the
+        records' texts with ``key`` (:func:`~syncd.changes.hashing.text_digester`) as the page is
+        read; the texts are not kept. False where this source has no texts: its caller digests the
+        records by their values (a page the texts cannot carry exactly gets no digests either)."""
+        if self._records_path is None:
+            return False
+        splitter = TextSplitter(self._records_path, text_digester(key))
+        self._splitter = splitter if splitter.usable else None
+        return splitter.usable
+
+    def read_heads(self, fields: tuple[str, ...]) -> bool:
+        """Read the next pages as texts and heads (:class:`~syncd.sources.base.Page`): no record
+        is decoded; each comes as its text, its digest and a dict of the top-level ``fields`` plus
+        the update time's. Needs :meth:`digest_texts`; False (and pages as usual) without."""
+        if self._splitter is None:
+            return False
+        wanted = fields if self._time_field is None else (*fields, self._time_field)
+        self._heads = tuple(dict.fromkeys(wanted))
+        return True
+
     def update_time(self, record: dict[str, Any]) -> datetime | None:
         """The record's ``incremental.field`` as a naive datetime in the app's time zone, or None."""
         if self._time_at is None:
@@ -192,6 +228,7 @@ class HttpSource:
 
     def close(self) -> None:
         self._client.close()
+        self._splitter = None
 
     def __repr__(self) -> str:
         return f"<HttpSource {self.name} {self.cfg.method} {self.cfg.path}>"
@@ -212,6 +249,7 @@ class HttpSource:
             page = self._fetch({**fixed, **params}, paginator)
             stats.pages += 1
             stats.records += len(page.records)
+            records, digests, texts, heads = self._records_of(page)
             if page.total is not None:
                 if stats.reported_total is None and stats.pages == 1:
                     stats.reported_total = page.total
@@ -231,7 +269,7 @@ class HttpSource:
                     stats=replace(stats, requests=0, retries=0, bytes=0, warnings=list(stats.warnings)),
                     last_total=last_total,
                 )
-            yield Page(records=page.records, number=stats.pages, reported_total=page.total, resume=point)
+            yield Page(records, stats.pages, page.total, point, digests, texts, heads)
             if following is None:
                 break
             params = following
@@ -252,12 +290,31 @@ class HttpSource:
             json_body=body,
             auth=self._auth,
             parse=lambda decoded: self._parse(decoded, paginator),
+            decode=self._decode if self._splitter is not None else None,
         )
+
+    def _decode(self, raw: bytearray) -> Any:
+        """The body by its records' texts (:mod:`syncd.sources.http.texts`), or None (orjson alone)."""
+        splitter = self._splitter
+        if splitter is None:
+            return None
+        if self._heads is not None:
+            return splitter.split(raw, self._heads)
+        digests = splitter.digests(raw)
+        if digests is None:
+            return None
+        try:
+            return _Digested(orjson.loads(raw), digests)
+        except orjson.JSONDecodeError:  # the client's own decode reports it
+            return None
 
     def _parse(self, body: Any, paginator: Paginator) -> ParsedPage:
         """The envelope's parse, plus the page-size fix when the first page's business error is about it."""
+        digests = None
+        if body.__class__ is _Digested:
+            body, digests = body.body, body.digests
         try:
-            return self._envelope.parse(body)
+            page = self._envelope.parse(body)
         except PermanentUpstreamError as exc:
             message = str(exc)  # the gateway's code and message, before the client adds the URL
             if exc.code is None or paginator.pages > 0 or "pagination.page_size" in message:
@@ -266,6 +323,16 @@ class HttpSource:
             if hint is None:
                 raise
             raise PermanentUpstreamError(f"{message}; {hint}", code=exc.code, status=exc.status) from None
+        if digests is not None and len(digests) == len(page.records):
+            page = replace(page, digests=digests)
+        return page
+
+    def _records_of(self, page: ParsedPage) -> _Records:
+        """A parsed page's records, digests, texts and heads (see :class:`~syncd.sources.base.Page`)."""
+        found = page.records
+        if isinstance(found, RecordTexts):
+            return [], found.digests, found.texts, found.heads
+        return found, page.digests, None, None
 
     def _window_params(self, window: Window) -> dict[str, str]:
         inc = self.cfg.incremental
@@ -282,3 +349,12 @@ class HttpSource:
         if moment.tzinfo is not None:
             moment = moment.astimezone(self._tz).replace(tzinfo=None)
         return moment.strftime(fmt)
+
+
+
+@dataclass(frozen=True, slots=True)
+class _Digested:
+    """A body orjson decoded, and the digests of its records' texts (in order)."""
+
+    body: Any
+    digests: list[str]
