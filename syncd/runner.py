@@ -264,9 +264,10 @@ class _Batch:
     mapped in their original order, and once a record of a key is to be written every later record
     of that key is too, so "last wins" holds as before.
 
-    Records come either raw (``add``: mapped here, the waiting key from the key columns alone)
-    or already mapped by the read worker (``add_page``: the waiting entry holds the row and its
-    hash). The decision to skip is taken here in both cases, when ``batch_size`` records wait.
+    Records come either raw (``add``: mapped here, the waiting key from the key columns alone),
+    as their JSON text and head (``add_head``, a re-sync's scan of an http source: decoded only
+    if mapped), or already mapped by the read worker (``add_page``: the waiting entry holds the row
+    and its hash). The decision to skip is taken here in all cases, when ``batch_size`` records wait.
 
     What is left to write is written once it reaches ``batch_size`` rows (and at the end), not
     once per ``batch_size`` records read: a re-sync in which 1 % changed commits once per
@@ -372,7 +373,15 @@ class _Batch:
                 continue
             pending.add(key)
             if hashes is None:
-                sorter.sort(orjson.loads(item) if item.__class__ is bytes else item, digest)
+                record = item
+                if item.__class__ is bytes:  # a record that waited as its text (add_head)
+                    record = orjson.loads(item)
+                    written = self._row_key(record)
+                    if written is not None and written != key:
+                        # its key field named twice: the head read the first value, the mapping
+                        # takes the last; later records of the key it is written under wait too
+                        pending.add(written)
+                sorter.sort(record, digest)
             else:  # mapped by the read worker
                 sorter.rows.append(item[0])
                 sorter.digests.append(digest)

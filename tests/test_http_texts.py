@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -259,3 +260,55 @@ def test_without_pysimdjson_pages_are_decoded_whole() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert texts.AVAILABLE  # installed with syncd (pyproject.toml)
+
+
+def test_a_key_field_twice_in_a_record_does_not_break_last_wins(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """A head reads a name's first value, orjson (the mapping) its last: a record that names its key
+    field twice waits under one key and is written under the other. A later record of the key it is
+    written under must still not be skipped, or the earlier record would win."""
+    from syncd.config.model import AppConfig, DatasetConfig
+    from syncd.runner import run_dataset
+    from syncd.targets import StateStore, create_target_engine
+
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    app = AppConfig.model_validate(
+        {"target": {"url": url}, "connections": {"gw": connection(server.url)}, "timezone": "Asia/Shanghai"}
+    )
+    dataset = DatasetConfig.model_validate(
+        {
+            "name": "people",
+            "source": {"type": "http", "connection": "gw", "path": "/p"},
+            "authorization": {
+                "approval_code": "T-1",
+                "fields": ["id", "remark"],
+                "valid_from": "2026-01-01",
+                "valid_until": "2027-12-31",
+            },
+            "target": {"table": "people", "key": ["id"]},
+            "columns": {"id": {"source": "id", "length": 8}, "remark": {"source": "remark", "length": 16}},
+        }
+    )
+    first = (
+        b'{"code":"0","msg":"ok","data":{"total":2,"list":'
+        b'[{"id":"B","remark":"stored"},{"id":"A","remark":"a"}]}}'
+    )
+    again = (
+        b'{"code":"0","msg":"ok","data":{"total":2,"list":'
+        b'[{"id":"A","remark":"x","id":"B"},{"id":"B","remark":"stored"}]}}'
+    )
+    bodies = iter([first, again])
+    server.handler = lambda req: Reply(body=next(bodies), headers={"Content-Type": "application/json"})
+    engine = create_target_engine(url)
+    try:
+        store = StateStore(engine, app.target.table_prefix)
+        assert run_dataset(app, dataset, store).ok
+        second = run_dataset(app, dataset, store)
+        assert second.ok, second.error
+        with engine.connect() as conn:
+            rows = dict(conn.exec_driver_sql("SELECT id, remark FROM people").fetchall())
+    finally:
+        engine.dispose()
+    assert rows == {"A": "a", "B": "stored"}  # the last record of B is what is stored
+    assert (second.counts.inserted, second.counts.updated) == (0, 0)
