@@ -228,7 +228,6 @@ class HttpSource:
 
     def close(self) -> None:
         self._client.close()
-        self._splitter = None
 
     def __repr__(self) -> str:
         return f"<HttpSource {self.name} {self.cfg.method} {self.cfg.path}>"
