@@ -98,7 +98,10 @@ def _fmt(value: float) -> str:
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
-    """``a[key] / b[key]``; a timed-out ``a`` (its wall time is the timeout) gives a lower bound."""
+    """``a[key] / b[key]``; a timed-out ``a`` (its wall time is the timeout) gives a lower bound, and
+    so does a timed-out ``b`` in rows/s (it did not load its N rows in the timeout: fewer rows/s)."""
+    if a and b and b["status"] == "timeout" and key == "rows_per_s" and a["status"] == "success":
+        return f"> {a[key] * b['wall_s'] / b['n']:.2f}×" if b["wall_s"] and b["n"] else "–"
     if not (a and b and b[key]) or b["status"] != "success":
         return "–"
     if a["status"] == "timeout":  # its true time is longer still: a lower bound

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -131,6 +132,67 @@ def test_the_ratios_compare_dlt_in_every_snapshot_scenario(harness: ModuleType) 
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2] == "5.00×" and cells[5] == "> 600×"  # initial; the timed-out snapshot bounds it
     assert cells[-2:] == ["20.00×", "10.00×"]
+
+
+def test_a_dlt_first_load_past_the_timeout_still_bounds_the_ratio(harness: ModuleType) -> None:
+    # dlt did not load its N rows in 300 s: fewer than N/300 rows/s, so syncd's 1,000 rows/s is more
+    # than 150 times as fast (before: "–", no figure at all where dlt was slowest)
+    report = importlib.import_module("report")
+    m = harness.Measurement
+    rows = [
+        m(N, "sqlite", "initial", "syncd", "success", 2.0, N),
+        m(N, "sqlite", "initial", "dlt", "timeout", 300.0),
+        m(N, "sqlite", "initial", "ceiling", "success", 0.5, N),
+    ]
+    as_dicts = [dataclasses.asdict(r) | {"rows_per_s": r.rows_per_s} for r in rows]
+    cells = [c.strip() for c in report._ratios(as_dicts)[2].strip("|").split("|")]
+    assert cells[2:4] == ["> 150.00×", "0.25×"]
+
+
+def test_dlt_merges_after_its_unfinished_first_load_are_not_run(
+    harness: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where dlt's first load timed out, its incremental and snapshot merges would merge into a
+    table without the records (the 10⁶ run of 2026-12-07 reported such a merge as a success): they
+    are reported as skipped, not run; its replace load needs no earlier load and still runs."""
+    measured: list[tuple[str, str, str]] = []
+
+    def fake_measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeout: float) -> Any:
+        measured.append((db, scenario, side))
+        slow = side == "dlt" and scenario == "initial" and db == "sqlite"
+        return harness.Measurement(n, db, scenario, side, "timeout" if slow else "success", 1.0, n)
+
+    class FakeGateway:
+        url = "http://127.0.0.1:1"
+
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def ask(self, command: str) -> dict[str, Any]:
+            return {"now": "2026-12-07 00:00:00"} if command == "now" else {}
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(harness, "_measure", fake_measure)
+    monkeypatch.setattr(harness, "GatewayProcess", FakeGateway)
+    monkeypatch.setattr(harness, "_reset_databases", lambda db, work: {"syncd": "", "dlt": "", "ceiling": ""})
+    configs = {k: tmp_path / k for k in ("inc", "snap", "gone", "ceil")}
+    monkeypatch.setattr(harness, "_configs", lambda *a: configs)
+    args = harness.argparse.Namespace(
+        records=N, dbs=["sqlite", "postgresql"], sides=["syncd", "dlt"], out=str(tmp_path), seed=1,
+        latency_ms=0.0, batch_size=1000, scenarios=len(harness.SCENARIOS), timeout=60.0,
+        syncd_python=sys.executable,
+    )
+    results = {(r.db, r.scenario, r.side): r for r in harness._round(args, {})}
+    skipped = {k for k, r in results.items() if r.status == "skipped"}
+    assert skipped == {("sqlite", sc, "dlt") for sc in ("incremental", "snapshot", "snapshot-del")}
+    assert not skipped & set(measured)  # not run at all
+    assert ("sqlite", "snapshot-gone", "dlt") in measured  # a replace load: runs
+    assert all(("postgresql", sc, "dlt") in measured for sc in harness.SCENARIOS)  # its load finished
+    assert all(r.side != "syncd" or r.status == "success" for r in results.values())
+    assert "first load on this database ended in timeout" in results["sqlite", "snapshot", "dlt"].detail
+    assert harness.exit_status(list(results.values())) == 0  # dlt's skips fail nothing
 
 
 def test_dlt_timeouts_do_not_fail_the_harness(harness: ModuleType) -> None:
