@@ -50,6 +50,7 @@ DBS   ?= sqlite,postgresql,mariadb
 SIDES ?= syncd,dlt,ceiling
 LATENCY_MS ?= 0
 TIMEOUT ?= 900
+INITIAL_TIMEOUT ?=
 REPEAT ?= 1
 
 $(BENCH_STAMP): bench/requirements.txt pyproject.toml
@@ -69,7 +70,7 @@ $(BENCH_SYNCD_STAMP): pyproject.toml
 	touch $(BENCH_SYNCD_STAMP)
 
 bench: $(BENCH_STAMP) $(BENCH_SYNCD_STAMP)
-	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --timeout $(TIMEOUT) --repeat $(REPEAT) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
+	$(BENCH_VENV)/bin/python bench/harness.py --records $(N) --dbs $(DBS) --sides $(SIDES) --latency-ms $(LATENCY_MS) --timeout $(TIMEOUT) $(if $(INITIAL_TIMEOUT),--initial-timeout $(INITIAL_TIMEOUT)) --repeat $(REPEAT) --syncd-python $(BENCH_SYNCD_VENV)/bin/python $(if $(WRITE),--write-results)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_SYNCD_VENV) bench/out syncd-demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -367,6 +367,12 @@ def _dlt_command(gateway_url: str, setup: dict[str, Any], scenario: str, since: 
     return cmd
 
 
+def _timeout(args: argparse.Namespace, scenario: str) -> float:
+    """Seconds allowed to one measurement of ``scenario`` (``--initial-timeout`` for first loads)."""
+    initial: float | None = args.initial_timeout
+    return initial if scenario == "initial" and initial is not None else float(args.timeout)
+
+
 def _dlt_skipped(first_load: Measurement | None, scenario: str) -> Measurement | None:
     """What dlt's ``scenario`` gives without being run when its ``first_load`` (on that database)
     did not finish (``DLT_AFTER_LOAD``); None: run it."""
@@ -389,7 +395,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
         if earlier is not None:
             print(f"  {db:<10} {scenario:<12} {side:<7} timed out in an earlier round", flush=True)
             return earlier
-        m = _measure(cmd, n, db, scenario, side, timeout=args.timeout)
+        m = _measure(cmd, n, db, scenario, side, timeout=_timeout(args, scenario))
         if m.status == "timeout":
             timed_out[db, scenario, side] = m
             if side == "dlt":
@@ -475,6 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=1000, help="defaults.batch_size of the syncd side")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per measurement")
+    p.add_argument(
+        "--initial-timeout",
+        type=float,
+        default=None,
+        help="seconds allowed per first load (every side; default: --timeout): dlt's first load of 10⁶ "
+        "needs more than its merges are worth waiting for",
+    )
     p.add_argument(
         "--repeat",
         type=int,
