@@ -9,6 +9,7 @@ directory, headed by the machine the figures came from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -100,12 +101,15 @@ def _fmt(value: float) -> str:
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
     """``a[key] / b[key]``; a timed-out ``a`` (its wall time is the timeout) gives a lower bound, and
     so does a timed-out ``b`` in rows/s (it did not load its N rows in the timeout: fewer rows/s)."""
+    # a lower bound is rounded down, never up past what was measured (8.64 is "> 8×", not "> 9×")
     if a and b and b["status"] == "timeout" and key == "rows_per_s" and a["status"] == "success":
-        return f"> {a[key] * b['wall_s'] / b['n']:.2f}×" if b["wall_s"] and b["n"] else "–"
+        if not (b["wall_s"] and b["n"]):
+            return "–"
+        return f"> {math.floor(a[key] * b['wall_s'] / b['n'] * 100) / 100:.2f}×"
     if not (a and b and b[key]) or b["status"] != "success":
         return "–"
     if a["status"] == "timeout":  # its true time is longer still: a lower bound
-        return f"> {a[key] / b[key]:.0f}×" if key == "wall_s" else "–"
+        return f"> {math.floor(a[key] / b[key])}×" if key == "wall_s" else "–"
     return f"{a[key] / b[key]:.2f}×"
 
 

@@ -147,6 +147,14 @@ def test_a_dlt_first_load_past_the_timeout_still_bounds_the_ratio(harness: Modul
     as_dicts = [dataclasses.asdict(r) | {"rows_per_s": r.rows_per_s} for r in rows]
     cells = [c.strip() for c in report._ratios(as_dicts)[2].strip("|").split("|")]
     assert cells[2:4] == ["> 150.00×", "0.25×"]
+    # rounded down: 8.64 times is "> 8×", never "> 9×" (a bound past what was measured)
+    snapshot = [
+        m(N, "sqlite", "snapshot", "syncd", "success", 17.36, N),
+        m(N, "sqlite", "snapshot", "dlt", "timeout", 150.0),
+    ]
+    as_dicts = [dataclasses.asdict(r) | {"rows_per_s": r.rows_per_s} for r in rows + snapshot]
+    cells = [c.strip() for c in report._ratios(as_dicts)[2].strip("|").split("|")]
+    assert cells[5] == "> 8×"
 
 
 Measured = tuple[str, str, str, float]  # db, scenario, side, timeout
