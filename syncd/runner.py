@@ -32,6 +32,7 @@ import orjson
 import structlog
 
 from syncd.changes import record_digester
+from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
 from syncd.gcpolicy import fewer_collections
@@ -413,20 +414,35 @@ class _Batch:
         self._resolve_waiting()
         if not self.to_write():
             return
-        quarantined = [QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k in sorter.rejected]
+        quarantined = [
+            QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k, _ in sorter.rejected
+        ]
         counts = self.writer.write(
             run.run_id, sorter.rows, sorter.deletes, quarantined, sorter.digests, hashes=self.hashes
         )
         run.counts.add(counts)
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
-            keys = self.snapshot.row_keys(sorter.rows)
-            keys += [key for _, _, key in sorter.rejected if key is not None]
-            self.snapshot.mark_seen(keys)
+            self.snapshot.mark_seen(self._seen_keys())
         sorter.clear()
         if self.hashes is not None:
             self.hashes.clear()
         self.pending.clear()
         run.check_error_limit(final=False)
+
+
+    def _seen_keys(self) -> list[str]:
+        """The row keys the write just committed stands for, as ``row_state`` holds them: its rows'
+        (none for a row the writer rejected: its key null or longer than ``ROW_KEY_LENGTH``) and its
+        quarantined records' — the key columns mapped, so that a record which fails its mapping this
+        time keeps the row it was written as before (upstream's key text when even the key columns
+        cannot be mapped)."""
+        row_key, key_of = self.writer.row_key, self.mapping.key_of
+        keys = [key for row in self.sorter.rows if (key := row_key(key_of(row))) is not None]
+        for _, _, raw_key, key_values in self.sorter.rejected:
+            key = raw_key if key_values is None else row_key(key_values)
+            if key is not None and len(key) <= ROW_KEY_LENGTH:
+                keys.append(key)
+        return keys
 
 
 class _Reading:

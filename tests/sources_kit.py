@@ -30,13 +30,14 @@ def make_app(
     connections: dict[str, Any] | None = None,
     target: dict[str, Any] | None = None,
     batch_size: int = 50,
+    columns: dict[str, Any] | None = None,
 ) -> tuple[AppConfig, DatasetConfig]:
     dataset = DatasetConfig.model_validate({
         "name": "people",
         "source": source,
         "authorization": AUTH,
         "target": {"table": "people_local", "key": ["pid"], **(target or {})},
-        "columns": COLUMNS,
+        "columns": COLUMNS if columns is None else columns,
         "batch_size": batch_size,
     })
     app = AppConfig.model_validate({

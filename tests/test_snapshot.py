@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from syncd.runner import Progress, run_dataset
 from syncd.targets import StateStore
 from syncd.targets import snapshot as snapshot_module
 from tests.e2e import (
+    ListSource,
     Syncer,
     change_log,
     demo_gateway,
@@ -316,3 +317,63 @@ def test_snapshot_deletes_on_an_in_memory_target(tmp_path: Path) -> None:
     assert result.ok and result.counts.deleted == 1
     assert len(local_rows(store)) == 79 and "p00005" not in local_rows(store)
     assert _seen_tables(store) == 0
+
+
+def _list_source(records: list[dict[str, object]]) -> Callable[[object, object], ListSource]:
+    """One page of ``records``, anew for each run (a run takes the records off its pages)."""
+    return lambda app, ds: ListSource([[dict(r) for r in records]])
+
+
+@pytest.mark.parametrize(
+    "pid",
+    [
+        {"source": "id", "type": "string", "nullable": False},  # no length: the writer rejects the row
+        {"source": "id", "type": "string", "length": 32, "nullable": False},  # the mapping quarantines it
+    ],
+    ids=["writer", "mapping"],
+)
+def test_a_key_too_long_for_row_state_is_quarantined_and_the_snapshot_goes_on(
+    db_url: str, pid: dict[str, object]
+) -> None:
+    """row_state and the seen-key table hold keys of at most 512 characters: such a record is
+    quarantined (DESIGN §4.6), and its key is not marked seen (it stands for no stored row) — on
+    PostgreSQL and MariaDB marking it failed every run while upstream sent the record."""
+    columns = {"pid": pid, "name": {"source": "name", "type": "string", "length": 64}}
+    app, ds = make_app(db_url, {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+                       connections={"qzk": {"type": "sql", "url": "sqlite://"}},
+                       target={"snapshot_delete": {"max_ratio": 0.5}}, columns=columns)
+    store = _store(db_url)
+    records = [{"id": f"k{i}", "name": "n"} for i in range(10)] + [{"id": "x" * 600, "name": "n"}]
+    for _ in range(2):
+        result = run_dataset(app, ds, store, now=NOW, source_factory=_list_source(records))
+        assert result.ok, result.error
+        assert result.counts.quarantined == 1 and result.counts.deleted == 0
+    assert len(_names(store)) == 10
+
+
+def _names(store: StateStore) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        return {pid: name for pid, name in conn.exec_driver_sql("SELECT pid, name FROM people_local")}
+
+
+def test_a_record_quarantined_this_time_keeps_its_row(db_url: str) -> None:
+    """A record read again but no longer mappable (here a name grown too long) is quarantined; its
+    row stays. It is marked seen under its mapped key — ID numbers upper-cased here, so upstream's
+    ``…123x`` is the row ``…123X`` — not under the key text upstream sent."""
+    columns = {
+        "pid": {"source": "id", "type": "string", "length": 32, "nullable": False, "transforms": ["upper"]},
+        "name": {"source": "name", "type": "string", "length": 8},
+    }
+    app, ds = make_app(db_url, {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+                       connections={"qzk": {"type": "sql", "url": "sqlite://"}},
+                       target={"snapshot_delete": {"max_ratio": 0.5}}, columns=columns)
+    store = _store(db_url)
+    others = [{"id": f"p{i}", "name": "n"} for i in range(1, 10)]
+    once = [{"id": "11010119900101123x", "name": "ok"}, *others]
+    first = run_dataset(app, ds, store, now=NOW, source_factory=_list_source(once))
+    assert first.ok and first.counts.inserted == 10
+    again = [{"id": "11010119900101123x", "name": "far too long a name"}, *others]
+    second = run_dataset(app, ds, store, now=NOW, source_factory=_list_source(again))
+    assert second.ok, second.error
+    assert (second.counts.quarantined, second.counts.deleted) == (1, 0)
+    assert _names(store)["11010119900101123X"] == "ok"

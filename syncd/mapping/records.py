@@ -20,9 +20,12 @@ __all__ = ["RecordSorter", "Rejected", "storable"]
 
 Row = tuple[Any, ...]
 
-Rejected = tuple[dict[str, Any], str, str | None]
-"""A record that could not be mapped: (raw record, masked as the columns mask it; reason; row key
-or None), the fields of a quarantine entry."""
+Rejected = tuple[dict[str, Any], str, str | None, Row | None]
+"""A record that could not be mapped: (raw record, masked as the columns mask it; reason; its key as
+upstream sent it, or None), the fields of a quarantine entry; and its key columns mapped
+(``CompiledMapping.key_record``), or None when they cannot be: the key of the row the record
+stands for, which a full-snapshot run marks seen (a record that fails its mapping this time must
+not have its earlier row deleted as if upstream no longer sent it)."""
 
 
 def storable(text: str | None) -> str | None:
@@ -81,7 +84,12 @@ class RecordSorter:
             row = mapping.map_record(record)
         except RecordError as exc:
             redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
-            self.rejected.append((redacted, storable(str(exc)) or "", storable(self._record_key(redacted))))
+            try:
+                key_values: Row | None = mapping.key_record(record)
+            except RecordError:
+                key_values = None
+            reason, raw_key = storable(str(exc)) or "", storable(self._record_key(redacted))
+            self.rejected.append((redacted, reason, raw_key, key_values))
             return
         if self.is_deleted is not None and self.is_deleted(record):
             self.deletes.append(mapping.key_of(row))

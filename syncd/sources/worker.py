@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
@@ -63,6 +63,9 @@ from syncd.errors import SyncdError
 from syncd.gcpolicy import settle_worker
 from syncd.procmem import peak_rss_bytes
 from syncd.sources.base import ReadStats, ResumePoint, Window
+
+if TYPE_CHECKING:  # the worker's import path stays free of the mapping and the config models
+    from syncd.mapping.records import Rejected
 
 __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
@@ -86,7 +89,8 @@ class ReadWorkerError(SyncdError):
 class MappedPage:
     """One upstream page after the worker mapped it. ``rows``, ``digests``, ``hashes`` and ``keys``
     are parallel (``keys`` is empty when the run did not ask for them: a first load skips no
-    record); ``rejected`` are (masked record, reason, row key) of records it could not map."""
+    record); ``rejected`` are (masked record, reason, upstream key, mapped key values) of records it
+    could not map (:data:`syncd.mapping.records.Rejected`)."""
 
     number: int
     reported_total: int | None
@@ -97,7 +101,7 @@ class MappedPage:
     hashes: list[str] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
     deletes: list[tuple[Any, ...]] = field(default_factory=list)
-    rejected: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # the rows travel column by column, dates and Decimals as their text (_encode_rows)

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from syncd.changes import DELETED_HASH, key_text, normaliser_for
+from syncd.changes import DELETED_HASH
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig, SnapshotDeleteConfig
 from syncd.errors import GuardError, TargetError
@@ -133,8 +133,6 @@ class SnapshotDeletes:
         self._writes = write_engine(store.engine)
         keys = key_column_names(shape)
         specs = [shape.specs[k] for k in keys]
-        self._key_idx = tuple(shape.key_indexes)
-        self._norms = tuple(normaliser_for(s) for s in specs)
         self._parsers = tuple(_key_parser(s) for s in specs)
 
     # ------------------------------------------------------------------ setup
@@ -185,11 +183,6 @@ class SnapshotDeletes:
         return self._conn
 
     # ------------------------------------------------------------------ per batch
-
-    def row_keys(self, rows: Iterable[Sequence[Any]]) -> list[str]:
-        """The ``row_key`` texts of mapped rows, exactly as the writer computes them."""
-        idx, norms = self._key_idx, self._norms
-        return [key_text(tuple(n(row[i]) for n, i in zip(norms, idx, strict=True))) for row in rows]
 
     def mark_seen(self, row_keys: Sequence[str]) -> None:
         """Record that this run saw ``row_keys`` (after their batch committed)."""
