@@ -324,8 +324,11 @@ class _Batch:
         """Take a record as its text, head and digest (a re-sync's scan,
         :meth:`HttpSource.read_heads`): it waits as its text, decoded only if it is to be mapped."""
         key = self._row_key(head)
-        if key is None:  # the full record decides: quarantined, or the writer rejects the row
-            self.sorter.sort(orjson.loads(text), digest)
+        if key is None:
+            # the full record decides: it waits under its own key (a key field named twice, the
+            # first value null: the last is the key, and later records of it must not be skipped
+            # past it), or it is sorted at once (quarantined, or the writer rejects the row)
+            self.add(orjson.loads(text), digest)
         else:
             self.waiting.append((key, digest, text))
 

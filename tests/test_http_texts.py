@@ -262,12 +262,14 @@ def test_without_pysimdjson_pages_are_decoded_whole() -> None:
     assert texts.AVAILABLE  # installed with syncd (pyproject.toml)
 
 
+@pytest.mark.parametrize("first_value", [b'"A"', b"null"], ids=["another-key", "null"])
 def test_a_key_field_twice_in_a_record_does_not_break_last_wins(
-    server: LoopbackServer, tmp_path: Path
+    server: LoopbackServer, tmp_path: Path, first_value: bytes
 ) -> None:
     """A head reads a name's first value, orjson (the mapping) its last: a record that names its key
     field twice waits under one key and is written under the other. A later record of the key it is
-    written under must still not be skipped, or the earlier record would win."""
+    written under must still not be skipped, or the earlier record would win. With the first value
+    null the head has no key at all: the record waits under the key of its decoded text."""
     from syncd.config.model import AppConfig, DatasetConfig
     from syncd.runner import run_dataset
     from syncd.targets import StateStore, create_target_engine
@@ -296,7 +298,7 @@ def test_a_key_field_twice_in_a_record_does_not_break_last_wins(
     )
     again = (
         b'{"code":"0","msg":"ok","data":{"total":2,"list":'
-        b'[{"id":"A","remark":"x","id":"B"},{"id":"B","remark":"stored"}]}}'
+        b'[{"id":' + first_value + b',"remark":"x","id":"B"},{"id":"B","remark":"stored"}]}}'
     )
     bodies = iter([first, again])
     server.handler = lambda req: Reply(body=next(bodies), headers={"Content-Type": "application/json"})
