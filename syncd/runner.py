@@ -685,15 +685,21 @@ def _take_heads(run: _Run, page: Page, batch: _Batch, update_time: Callable[[Any
 
 def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
     """Take the pages the read worker read and mapped (syncd.sources.worker)."""
-    for page in worker.pages():
+    try:
+        for page in worker.pages():
+            run.check_stop()
+            run.took_page(page.reported_total)
+            run.counts.fetched += page.fetched
+            ts = page.max_seen
+            if ts is not None and (run.max_seen is None or ts > run.max_seen):
+                run.max_seen = ts
+            batch.add_page(page)
+            batch.flush_when_full()
+    except ReadWorkerError:
+        # a stop's own signal can end the child before it ignores SIGTERM (a control-group kill in
+        # its first moments): the run was asked to stop, so it is interrupted, not failed
         run.check_stop()
-        run.took_page(page.reported_total)
-        run.counts.fetched += page.fetched
-        ts = page.max_seen
-        if ts is not None and (run.max_seen is None or ts > run.max_seen):
-            run.max_seen = ts
-        batch.add_page(page)
-        batch.flush_when_full()
+        raise
 
 
 def _unsure_snapshot(stats: ReadStats) -> str | None:

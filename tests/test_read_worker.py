@@ -518,6 +518,64 @@ def test_a_service_stop_sent_to_the_whole_group_interrupts_the_run(
         assert _gone(pid)
 
 
+def test_a_worker_killed_by_the_stop_itself_leaves_the_run_interrupted(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control-group SIGTERM can reach the child in its first moments, before it ignores the
+    signal, and end it; the daemon meanwhile asks the run to stop. The run is interrupted (as for
+    any stop), not failed."""
+    stop = {"now": False}
+
+    class SignalledAtStart(ReadWorker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            os.kill(self.pid, signal.SIGTERM)  # the group's signal reaches the fresh child
+            stop["now"] = True  # and the daemon's handler asks the run to stop
+
+    monkeypatch.setattr("syncd.runner.ReadWorker", SignalledAtStart)
+    with demo_gateway(monkeypatch, records=300, seed=3) as gw:
+        result = _sync(_worker_config(tmp_path, sqlite_url, gw.url, "always"), should_stop=lambda: stop["now"])
+    assert result.status == "interrupted", (result.status, result.error)
+
+
+def test_ctrl_c_right_after_the_worker_started_interrupts_the_run(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group at once. The worker has a
+    group of its own, so the signal cannot end it while it starts; the run stops between batches."""
+    from tests.daemon_proc import daemon_config
+    from tests.e2e import SECRET, SECRET_ENV
+
+    with demo_gateway(monkeypatch, records=2_000, seed=13) as gw:
+        gw.latency = 0.02
+        cfg = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, page_size=100, batch_size=100)
+        cfg.write_text(
+            cfg.read_text("utf-8").replace("defaults:\n", "defaults:\n  read_worker: always\n", 1), "utf-8"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd.cli", "-c", str(cfg), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # a terminal's foreground group, syncd its leader
+            env={**os.environ, SECRET_ENV: SECRET},
+        )
+        assert proc.stdout is not None
+        events = []
+        for line in proc.stdout:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+                if events[-1]["event"] == "sync.read_worker":
+                    worker = int(events[-1]["pid"])
+                    assert os.getpgid(worker) == worker  # a process group of its own
+                    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+                    break
+        rest, _ = proc.communicate(timeout=60)
+    events += [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    finish = [e for e in events if e["event"] == "sync.finish"]
+    assert [e["status"] for e in finish] == ["interrupted"], finish
+
+
 def test_the_worker_imports_the_same_syncd_without_shadowing_the_standard_library() -> None:
     from syncd.sources.worker import child_environment
 

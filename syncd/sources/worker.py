@@ -228,6 +228,10 @@ class ReadWorker:
                 env=env,
                 bufsize=_STREAM_BUFFER,
                 close_fds=True,
+                # a group of its own: a terminal's Ctrl-C (SIGINT to the foreground group) or a
+                # supervisor's signal to syncd's group would otherwise reach the child in its first
+                # ~0.15 s, before it ignores them, and kill it; the run process handles a stop
+                process_group=0,
             )
         except OSError as exc:
             raise ReadWorkerError(f"could not start the read worker ({sys.executable}): {exc}") from exc
