@@ -37,7 +37,7 @@ from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.mapping.records import RecordSorter
+from syncd.mapping.records import RecordSorter, Row
 from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
 from syncd.sources.base import Page, ResumePoint
 from syncd.sources.prefetch import Prefetcher
@@ -254,6 +254,13 @@ def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:
     return tracker
 
 
+@dataclass(slots=True)
+class _Delete:
+    """A waiting delete (the read worker sorted its record as one): the key values it deletes."""
+
+    key_values: Row
+
+
 class _Batch:
     """The batch being assembled: mapped rows, logical deletes and quarantined records.
 
@@ -338,21 +345,39 @@ class _Batch:
         hashes = self.hashes if self.hashes is not None else []
         self.hashes = hashes
         if self.skip_unchanged:
+            # a page's deletes wait among its rows, each at its place: the last record of a key wins
+            places = iter(zip(page.delete_after, page.delete_keys, page.deletes, strict=True))
+            place = next(places, None)
             waiting = self.waiting.append
             entries = zip(page.keys, page.digests, page.rows, page.hashes, strict=True)
-            for key, digest, row, row_hash in entries:
+            for n, (key, digest, row, row_hash) in enumerate(entries):
+                while place is not None and place[0] <= n:
+                    self._wait_delete(place[1], place[2])
+                    place = next(places, None)
                 if key is None:  # the writer rejects it
                     sorter.rows.append(row)
                     sorter.digests.append(digest)
                     hashes.append(row_hash)
                 else:
                     waiting((key, digest, (row, row_hash)))
+            while place is not None:
+                self._wait_delete(place[1], place[2])
+                place = next(places, None)
         else:
+            base = len(sorter.rows)
             sorter.rows.extend(page.rows)
             sorter.digests.extend(page.digests)
             hashes.extend(page.hashes)
-        sorter.deletes.extend(page.deletes)
+            sorter.deletes.extend(page.deletes)
+            sorter.delete_after.extend(base + n for n in page.delete_after)
         sorter.rejected.extend(page.rejected)
+
+    def _wait_delete(self, key: str | None, key_values: Row) -> None:
+        """A delete the read worker sorted waits among the records, never skipped."""
+        if key is None:  # a null key: it matches no row (the writer counts it unchanged)
+            self.sorter.add_delete(key_values)
+        else:
+            self.waiting.append((key, None, _Delete(key_values)))
 
     def _row_key(self, record: dict[str, Any]) -> str | None:
         try:
@@ -386,6 +411,8 @@ class _Batch:
                         # takes the last; later records of the key it is written under wait too
                         pending.add(written)
                 sorter.sort(record, digest)
+            elif item.__class__ is _Delete:  # sorted by the read worker as a delete
+                sorter.add_delete(item.key_values)
             else:  # mapped by the read worker
                 sorter.rows.append(item[0])
                 sorter.digests.append(digest)
@@ -421,7 +448,13 @@ class _Batch:
             QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k, _ in sorter.rejected
         ]
         counts = self.writer.write(
-            run.run_id, sorter.rows, sorter.deletes, quarantined, sorter.digests, hashes=self.hashes
+            run.run_id,
+            sorter.rows,
+            sorter.deletes,
+            quarantined,
+            sorter.digests,
+            hashes=self.hashes,
+            delete_after=sorter.delete_after,
         )
         run.counts.add(counts)
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run

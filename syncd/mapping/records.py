@@ -56,7 +56,8 @@ class RecordSorter:
     """Maps records of one dataset and sorts them into rows, deletes and rejected records.
 
     ``sort(record, digest)`` appends to exactly one of ``rows`` (with ``digests`` in parallel),
-    ``deletes`` (the key values of a record flagged deleted upstream) or ``rejected``.
+    ``deletes`` (the key values of a record flagged deleted upstream, with ``delete_after`` in
+    parallel: how many rows were sorted before it, its place in the read) or ``rejected``.
     """
 
     def __init__(self, dataset: DatasetConfig, mapping: CompiledMapping) -> None:
@@ -65,6 +66,7 @@ class RecordSorter:
         self.rows: list[Row] = []
         self.digests: list[str | None] = []
         self.deletes: list[Row] = []
+        self.delete_after: list[int] = []
         self.rejected: list[Rejected] = []
         self._key_paths = self._key_sources(mapping)
 
@@ -92,10 +94,15 @@ class RecordSorter:
             self.rejected.append((redacted, reason, raw_key, key_values))
             return
         if self.is_deleted is not None and self.is_deleted(record):
-            self.deletes.append(mapping.key_of(row))
+            self.add_delete(mapping.key_of(row))
         else:
             self.rows.append(row)
             self.digests.append(digest)
+
+    def add_delete(self, key_values: Row) -> None:
+        """A delete of these key values, placed after the rows sorted so far."""
+        self.deletes.append(key_values)
+        self.delete_after.append(len(self.rows))
 
     def _record_key(self, record: dict[str, Any]) -> str | None:
         """Best-effort key of an unmappable record, for the quarantine entry."""
@@ -113,4 +120,5 @@ class RecordSorter:
         self.rows.clear()
         self.digests.clear()
         self.deletes.clear()
+        self.delete_after.clear()
         self.rejected.clear()

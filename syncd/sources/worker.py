@@ -62,10 +62,10 @@ import structlog
 from syncd.errors import SyncdError
 from syncd.gcpolicy import settle_worker
 from syncd.procmem import peak_rss_bytes
-from syncd.sources.base import ReadStats, ResumePoint, Window
+from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 
 if TYPE_CHECKING:  # the worker's import path stays free of the mapping and the config models
-    from syncd.mapping.records import Rejected
+    from syncd.mapping.records import RecordSorter, Rejected
 
 __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
@@ -89,8 +89,10 @@ class ReadWorkerError(SyncdError):
 class MappedPage:
     """One upstream page after the worker mapped it. ``rows``, ``digests``, ``hashes`` and ``keys``
     are parallel (``keys`` is empty when the run did not ask for them: a first load skips no
-    record); ``rejected`` are (masked record, reason, upstream key, mapped key values) of records it
-    could not map (:data:`syncd.mapping.records.Rejected`)."""
+    record); so are ``deletes``, ``delete_after`` (each delete's place: after that many of
+    ``rows``) and ``delete_keys`` (empty like ``keys``); ``rejected`` are (masked record, reason,
+    upstream key, mapped key values) of records it could not map
+    (:data:`syncd.mapping.records.Rejected`)."""
 
     number: int
     reported_total: int | None
@@ -102,6 +104,8 @@ class MappedPage:
     keys: list[str | None] = field(default_factory=list)
     deletes: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    delete_after: list[int] = field(default_factory=list)
+    delete_keys: list[str | None] = field(default_factory=list)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # the rows travel column by column, dates and Decimals as their text (_encode_rows)
@@ -118,6 +122,8 @@ class MappedPage:
                 self.keys,
                 self.deletes,
                 self.rejected,
+                self.delete_after,
+                self.delete_keys,
             ),
         )
 
@@ -543,7 +549,7 @@ def _die_with_parent(parent: int) -> None:
 
 def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats]) -> None:
     """Read, map and send every page; ``reading`` gets the source's stats as soon as it exists."""
-    from syncd.changes.hashing import record_digester, row_hash
+    from syncd.changes.hashing import record_digester
     from syncd.changes.keys import row_key_function
     from syncd.mapping import compile_mapping
     from syncd.mapping.records import RecordSorter
@@ -554,7 +560,6 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     mapping = compile_mapping(dataset, app.code_tables)
     sorter = RecordSorter(dataset, mapping)
     digest = record_digester(mapping.record_fields, mapping.fingerprint)
-    key_of = mapping.key_of
     row_key = row_key_function([mapping.specs[mapping.columns[i]] for i in mapping.key_indexes])
     source = build_source(app, dataset)
     digest_texts(source, mapping.fingerprint)  # as the run's own read does
@@ -590,25 +595,42 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                     if ts is not None and (newest is None or ts > newest):
                         newest = ts
                     sort(record, digests.pop() if digests is not None else digest(record))
-                rows = sorter.rows
-                mapped = MappedPage(
-                    number=page.number,
-                    reported_total=page.reported_total,
-                    fetched=fetched,
-                    max_seen=newest,
-                    rows=rows,
-                    digests=sorter.digests,
-                    hashes=[row_hash(row) for row in rows],
-                    keys=[row_key(key_of(row)) for row in rows] if want_keys else [],
-                    deletes=sorter.deletes,
-                    rejected=sorter.rejected,
-                )
+                mapped = _take_page(sorter, page, fetched, newest, row_key if want_keys else None)
                 channel.send(("page", mapped))
-                sorter.rows, sorter.digests, sorter.deletes, sorter.rejected = [], [], [], []
         finally:
             pages.close()
     finally:
         source.close()
+
+
+def _take_page(
+    sorter: RecordSorter,
+    page: Page,
+    fetched: int,
+    newest: datetime | None,
+    row_key: Callable[[Any], str | None] | None,
+) -> MappedPage:
+    """The page ``sorter`` holds, mapped, to send; ``sorter`` starts afresh. ``row_key``: the keys
+    too (the run skips unchanged records), or None (a first load)."""
+    from syncd.changes.hashing import row_hash
+
+    rows, key_of = sorter.rows, sorter.mapping.key_of
+    mapped = MappedPage(
+        number=page.number,
+        reported_total=page.reported_total,
+        fetched=fetched,
+        max_seen=newest,
+        rows=rows,
+        digests=sorter.digests,
+        hashes=[row_hash(row) for row in rows],
+        keys=[] if row_key is None else [row_key(key_of(row)) for row in rows],
+        deletes=sorter.deletes,
+        rejected=sorter.rejected,
+        delete_after=sorter.delete_after,
+        delete_keys=[] if row_key is None else [row_key(kv) for kv in sorter.deletes],
+    )
+    sorter.rows, sorter.digests, sorter.deletes, sorter.rejected, sorter.delete_after = [], [], [], [], []
+    return mapped
 
 
 def _child_main(argv: list[str]) -> int:

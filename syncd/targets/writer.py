@@ -2,7 +2,8 @@
 
 ``write`` does, with no per-row round trip (DESIGN §4.1-4.4):
 
-1. dedupe the rows by key (last wins; a key also in ``deletes`` is deleted) and hash them;
+1. dedupe the rows by key (last wins; a key also in ``deletes`` is deleted, or, when the deletes
+   have their places in the read, whichever came last) and hash them;
 2. read the stored hashes of all keys, one ``IN`` query per chunk;
 3. classify (:func:`syncd.changes.detector.classify`): new → insert, same hash → nothing at
    all, other hash → update candidate, delete of a known key → delete;
@@ -104,6 +105,7 @@ class _Batch:
     hashes: dict[str, str] = field(default_factory=dict)  # row key → row hash, when the caller gave them
     deletes: dict[str, Row] = field(default_factory=dict)
     counts: BatchCounts = field(default_factory=BatchCounts)
+    row_at: dict[str, int] | None = None  # row key → index of its last row, when deletes have places
 
 
 @dataclass(slots=True)
@@ -291,6 +293,7 @@ class BatchWriter:
         digests: Sequence[str | None] | None = None,
         *,
         hashes: Sequence[str] | None = None,
+        delete_after: Sequence[int] | None = None,
     ) -> BatchCounts:
         """Write one batch atomically; returns what it did.
 
@@ -302,14 +305,23 @@ class BatchWriter:
         digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
         ``hashes`` (parallel to ``rows``), when given, are the rows' :func:`row_hash` values, already
         computed where the rows were mapped (the read worker); otherwise the writer computes them.
+        ``delete_after`` (parallel to ``deletes``), when given, places each delete in the read: after
+        that many of ``rows``. Then the last record of a key wins, a delete or a row: a delete
+        supersedes the rows of its key before it, a row after it supersedes the delete — whatever
+        records one write holds (the runner's batches end wherever ``batch_size`` falls).
         """
         batch = _Batch(run_id=run_id, now=datetime.now(UTC), rejects=list(quarantined))
         if digests is not None and len(digests) != len(rows):
             raise ValueError(f"{len(digests)} digests for {len(rows)} rows")
         if hashes is not None and len(hashes) != len(rows):
             raise ValueError(f"{len(hashes)} hashes for {len(rows)} rows")
+        if delete_after is not None:
+            if len(delete_after) != len(deletes):
+                raise ValueError(f"{len(delete_after)} places for {len(deletes)} deletes")
+            if deletes:
+                batch.row_at = {}
         self._collect_rows(batch, rows, digests, hashes)
-        self._collect_deletes(batch, deletes)
+        self._collect_deletes(batch, deletes, delete_after)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
             return batch.counts
@@ -345,6 +357,7 @@ class BatchWriter:
     ) -> None:
         width, key_of_row = len(self._columns), self._key_of_row
         by_key, keys_of, digests_of, hashes_of = batch.rows, batch.keys, batch.digests, batch.hashes
+        row_at = batch.row_at
         for n, row in enumerate(rows):
             if len(row) != width:
                 raise ValueError(f"a row has {len(row)} values but the mapping has {width} columns")
@@ -365,10 +378,15 @@ class BatchWriter:
             digests_of[key] = None if digests is None else digests[n]
             if hashes is not None:
                 hashes_of[key] = hashes[n]
+            if row_at is not None:
+                row_at[key] = n
 
-    def _collect_deletes(self, batch: _Batch, deletes: Sequence[Row]) -> None:
+    def _collect_deletes(
+        self, batch: _Batch, deletes: Sequence[Row], delete_after: Sequence[int] | None
+    ) -> None:
         width, nkeys = len(self._columns), len(self._key_idx)
-        for item in deletes:
+        row_at = batch.row_at
+        for j, item in enumerate(deletes):
             kv = tuple(item[i] for i in self._key_idx) if len(item) == width != nkeys else tuple(item)
             if len(kv) != nkeys:
                 raise ValueError(f"a delete has {len(item)} values; expected the {nkeys} key values")
@@ -379,6 +397,9 @@ class BatchWriter:
             key = key_text(kv)
             if key in batch.deletes:
                 batch.counts.unchanged += 1
+                continue
+            if row_at is not None and delete_after is not None and row_at.get(key, -1) >= delete_after[j]:
+                batch.counts.unchanged += 1  # a later record of the key is live: it supersedes the delete
                 continue
             if batch.rows.pop(key, None) is not None:
                 batch.counts.unchanged += 1  # the row is superseded by the delete
