@@ -296,6 +296,26 @@ def test_stop_request_ends_the_worker(
     assert _gone(_worker_pid(_events(log)))
 
 
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_an_interrupted_run_counts_the_requests_it_sent(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The worker reports its requests with each page, not only at its end: a run stopped early
+    (or failed) still records the traffic it caused, as it does without the worker."""
+    with demo_gateway(monkeypatch, records=3_000, seed=5) as gw:
+        gw.latency = 0.02
+        pages: list[int] = []
+        before = len(gw.request_log)
+        result = _sync(
+            _worker_config(tmp_path, sqlite_url, gw.url, mode),
+            should_stop=lambda: len(pages) >= 3,
+            on_progress=lambda p: pages.append(p.pages),
+        )
+        sent = len(gw.request_log) - before  # its data requests (the token request is not logged)
+    assert result.status == "interrupted"
+    assert 3 <= result.counts.requests <= sent + 1, (result.counts.requests, sent)
+
+
 def test_a_worker_that_dies_is_reported_by_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with demo_gateway(monkeypatch, records=2_000, seed=3) as gw:
         gw.latency = 0.05
@@ -394,8 +414,8 @@ def test_rebuild_keeps_syncd_errors_and_wraps_the_rest() -> None:
 def _through_the_pipe(page: MappedPage) -> MappedPage:
     """What the parent reads when the child sends ``page`` (the channel's own pickling)."""
     out = io.BytesIO()
-    _Channel(out).send(("page", page))
-    kind, received = pickle.loads(out.getvalue())  # noqa: S301 - the test's own bytes
+    _Channel(out).send(("page", page, (0, 0, 0)))
+    kind, received, _traffic = pickle.loads(out.getvalue())  # noqa: S301 - the test's own bytes
     assert kind == "page" and isinstance(received, MappedPage)
     return received
 

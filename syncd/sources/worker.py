@@ -346,6 +346,8 @@ class ReadWorker:
                 ) from exc
             kind = message[0]
             if kind == "page":
+                stats = self.stats  # the traffic so far; the rest arrives with "end" or "error"
+                stats.requests, stats.retries, stats.bytes = message[2]
                 yield message[1]
             elif kind == "log":
                 _relog(message[1], message[2], message[3])
@@ -596,7 +598,8 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                         newest = ts
                     sort(record, digests.pop() if digests is not None else digest(record))
                 mapped = _take_page(sorter, page, fetched, newest, row_key if want_keys else None)
-                channel.send(("page", mapped))
+                stats = source.stats  # what it sent and received so far: counted if the run ends early
+                channel.send(("page", mapped, (stats.requests, stats.retries, stats.bytes)))
         finally:
             pages.close()
     finally:
