@@ -27,7 +27,8 @@ LIVE_THEN_DELETED = [{"id": "p0", "name": "back", "gone": "0"}, {"id": "p0", "na
 
 def _names(engine: sa.Engine, table: str) -> dict[str, str]:
     with engine.connect() as conn:
-        return {pid: name for pid, name in conn.exec_driver_sql(f"SELECT pid, name FROM {table}")}
+        rows = conn.execute(sa.select(sa.column("pid"), sa.column("name")).select_from(sa.table(table)))
+        return dict(rows.tuples().all())
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 50])
@@ -55,8 +56,8 @@ def test_the_last_record_of_a_key_wins_wherever_the_batches_end(
             assert result.ok, result.error
             assert _names(store.engine, "people_local").get("p0") == expected, (batch_size, len(pages))
             # and back to the starting point for the next shape
-            again = [{"id": "p0", "name": "n", "gone": "0"}]
-            assert run_dataset(app, ds, store, now=NOW, source_factory=lambda a, d: ListSource([again])).ok
+            back = [[{"id": "p0", "name": "n", "gone": "0"}]]
+            assert run_dataset(app, ds, store, now=NOW, source_factory=lambda a, d, p=back: ListSource(p)).ok
     finally:
         store.engine.dispose()
 

@@ -554,7 +554,8 @@ def test_a_worker_killed_by_the_stop_itself_leaves_the_run_interrupted(
 
     monkeypatch.setattr("syncd.runner.ReadWorker", SignalledAtStart)
     with demo_gateway(monkeypatch, records=300, seed=3) as gw:
-        result = _sync(_worker_config(tmp_path, sqlite_url, gw.url, "always"), should_stop=lambda: stop["now"])
+        cfg = _worker_config(tmp_path, sqlite_url, gw.url, "always")
+        result = _sync(cfg, should_stop=lambda: stop["now"])
     assert result.status == "interrupted", (result.status, result.error)
 
 

@@ -353,7 +353,7 @@ def test_a_key_too_long_for_row_state_is_quarantined_and_the_snapshot_goes_on(
 
 def _names(store: StateStore) -> dict[str, str]:
     with store.engine.connect() as conn:
-        return {pid: name for pid, name in conn.exec_driver_sql("SELECT pid, name FROM people_local")}
+        return dict(conn.exec_driver_sql("SELECT pid, name FROM people_local").tuples().all())
 
 
 def test_a_record_quarantined_this_time_keeps_its_row(db_url: str) -> None:
