@@ -583,15 +583,20 @@ def test_ctrl_c_right_after_the_worker_started_interrupts_the_run(
         )
         assert proc.stdout is not None
         events = []
-        for line in proc.stdout:
-            if line.startswith("{"):
-                events.append(json.loads(line))
-                if events[-1]["event"] == "sync.read_worker":
-                    worker = int(events[-1]["pid"])
-                    assert os.getpgid(worker) == worker  # a process group of its own
-                    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-                    break
-        rest, _ = proc.communicate(timeout=60)
+        try:
+            for line in proc.stdout:
+                if line.startswith("{"):
+                    events.append(json.loads(line))
+                    if events[-1]["event"] == "sync.read_worker":
+                        worker = int(events[-1]["pid"])
+                        assert os.getpgid(worker) == worker  # a process group of its own
+                        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+                        break
+            rest, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # a failed test leaves no daemon behind
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     events += [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
     finish = [e for e in events if e["event"] == "sync.finish"]
     assert [e["status"] for e in finish] == ["interrupted"], finish
