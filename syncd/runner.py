@@ -206,22 +206,32 @@ class _Run:
         inc = getattr(self.ds.source, "incremental", None)
         if inc is None:
             return Window(since=None, until=None)
-        lookback = inc.lookback if inc.lookback is not None else self.app.defaults.lookback
         lag = inc.safety_lag if inc.safety_lag is not None else self.app.defaults.safety_lag
         until = self.started_local - lag
         if self.backfill is not None:
             bf = self.backfill
             return Window(since=None if bf.full else bf.since, until=min(bf.until or until, until))
-        if watermark:
-            since: datetime | None = datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
-        else:
-            since = inc.initial.replace(tzinfo=None) if inc.initial else None
-        return Window(since=since, until=until)
+        return Window(since=resume_from(self.app, inc, watermark), until=until)
 
     def new_watermark(self, window: Window, before: str | None) -> str | None:
-        """Newest update time seen, capped at the window's end; None keeps the old watermark."""
+        """Newest update time seen, capped at the window's end; None keeps the old watermark.
+
+        A backfill window that starts later than a regular run would (``--from`` after the
+        watermark) leaves the records between them unread: it keeps the watermark, or the next
+        regular run would resume past them and never read them."""
         if self.max_seen is None or window.until is None:
             return None
+        inc = getattr(self.ds.source, "incremental", None)
+        if self.backfill is not None and window.since is not None and inc is not None:
+            start = resume_from(self.app, inc, before)
+            if start is None or window.since > start:
+                log.info(
+                    "sync.watermark_kept",
+                    reason="the backfill window starts after where the next regular run starts",
+                    window_since=window.since.isoformat(sep=" "),
+                    resume_from=None if start is None else start.isoformat(sep=" "),
+                )
+                return None
         newest = min(self.max_seen, window.until)
         if before and newest <= datetime.strptime(before, WATERMARK_FORMAT):
             return None
@@ -243,6 +253,22 @@ class _Run:
                 f"{q} of {n} records quarantined ({q / n:.1%}), over the error limit ratio of "
                 f"{limit.ratio:.1%} (error_limit.ratio): fix the mapping or the upstream data, then re-run"
             )
+
+
+def resume_from(app: AppConfig, inc: Any, watermark: str | None) -> datetime | None:
+    """Where a regular run of an incremental source (``inc``: its ``incremental`` settings)
+    starts, in the app's local time: the watermark minus the lookback, else
+    ``incremental.initial`` (an offset written with it converted to the app's zone), else None
+    (from the beginning)."""
+    if watermark:
+        lookback = inc.lookback if inc.lookback is not None else app.defaults.lookback
+        return datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
+    initial: datetime | None = inc.initial
+    if initial is None:
+        return None
+    if initial.tzinfo is not None:  # e.g. 2026-11-01T08:00:00+09:00: the same instant, local
+        initial = initial.astimezone(ZoneInfo(app.timezone))
+    return initial.replace(tzinfo=None)
 
 
 def _snapshot(run: _Run, mapping: CompiledMapping) -> SnapshotDeletes | None:

@@ -6,6 +6,7 @@ import io
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -62,6 +63,68 @@ def test_window_backfill_picks_up_a_row_changed_behind_the_watermark(
         assert back.watermark_after == first.watermark_after  # never moved backwards
     finally:
         s.close()
+
+
+def test_a_window_backfill_that_starts_after_the_watermark_keeps_it(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str
+) -> None:
+    """``--from`` later than where the next regular run starts leaves the records between them
+    unread: the backfill keeps the watermark, and the next regular run still reads them."""
+    s = Syncer(write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url))
+    try:
+        first = s.run()
+        watermark = datetime.strptime(first.watermark_after or "", FMT)
+        early, late = sorted(upstream_active(gateway.store))[:2]
+        for key, hours in ((early, 1), (late, 3)):  # changed 1 h and 3 h after the watermark
+            stamp = (watermark + timedelta(hours=hours)).strftime(FMT)
+            gateway.store.put({**gateway.store.get(key), "remark": f"+{hours}h", "updateTime": stamp})
+        zone = ZoneInfo("Asia/Shanghai")
+        back = s.run(
+            backfill=Backfill(since=watermark + timedelta(hours=2)),
+            trigger="backfill",
+            now=(watermark + timedelta(hours=4)).replace(tzinfo=zone),
+        )
+        assert back.ok, back.error
+        assert back.counts.updated == 1  # the later change only
+        assert back.watermark_after == first.watermark_after  # kept: the earlier change is not read yet
+        regular = s.run(now=(watermark + timedelta(hours=5)).replace(tzinfo=zone))
+        assert regular.ok, regular.error
+        rows = target_rows(sqlite_url)
+        assert (rows[early]["remark"], rows[late]["remark"]) == ("+1h", "+3h")
+        assert regular.watermark_after == (watermark + timedelta(hours=3)).strftime(FMT)
+    finally:
+        s.close()
+
+
+def test_incremental_initial_with_an_offset_starts_at_that_instant() -> None:
+    """``initial: 2026-11-01T08:00:00+09:00`` starts at 07:00 in Asia/Shanghai (the offset was
+    dropped: 08:00 local, an hour of records never read)."""
+    from syncd.config.model import AppConfig, DatasetConfig
+    from syncd.ops.plan import plan_window
+
+    app = AppConfig.model_validate(
+        {"target": {"url": "sqlite://"}, "connections": {"gw": {"type": "http", "base_url": "http://127.0.0.1:1"}},
+         "timezone": "Asia/Shanghai"}
+    )
+
+    def start(initial: str) -> datetime | None:
+        ds = DatasetConfig.model_validate(
+            {
+                "name": "people",
+                "source": {"type": "http", "connection": "gw", "path": "/p",
+                           "incremental": {"field": "updateTime", "initial": initial}},
+                "authorization": {"approval_code": "T-1", "fields": ["id", "updateTime"],
+                                  "valid_from": "2026-01-01", "valid_until": "2027-12-31"},
+                "target": {"table": "people", "key": ["id"]},
+                "columns": {"id": {"source": "id", "length": 8}},
+            }
+        )
+        now = datetime(2026, 11, 2, 10, tzinfo=ZoneInfo("Asia/Shanghai"))
+        return plan_window(app, ds, None, now).since
+
+    assert start("2026-11-01T08:00:00+09:00") == datetime(2026, 11, 1, 7)
+    assert start("2026-11-01T08:00:00Z") == datetime(2026, 11, 1, 16)
+    assert start("2026-11-01 08:00:00") == datetime(2026, 11, 1, 8)  # no offset: local time as written
 
 
 def test_cli_backfill_flags(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:

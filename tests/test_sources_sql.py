@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -83,6 +84,32 @@ def test_incremental_runs_resume_from_the_watermark(front: sa.Engine, db_url: st
         assert (c.fetched, c.inserted, c.updated, c.unchanged) == (31, 1, 1, 29)
         rows = local_rows(store)
         assert rows["p00004"] == ("名4", 444) and rows["p00100"] == ("𠮷野", 5) and len(rows) == 31
+    finally:
+        store.engine.dispose()
+
+
+def test_a_text_update_column_with_an_offset_is_read_in_the_app_zone(tmp_path: Path, sqlite_url: str) -> None:
+    """A front-end table keeping its update time as text with an offset (SQLite has no datetime
+    type): the time is converted to the app's zone like a datetime value with one. It was
+    compared as an aware time with naive ones, and every run failed after writing its rows."""
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, amount INTEGER, upd TEXT)")
+        conn.exec_driver_sql(
+            "INSERT INTO people VALUES ('p1', '张三', 1, '2026-10-31T08:00:00+08:00'), "
+            "('p2', '李四', 2, '2026-10-31T09:00:00+09:00'), ('p3', '王五', 3, '2026-10-31 07:00:00')"
+        )
+    engine.dispose()
+    source = {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]}
+    source["incremental"] = {"field": "upd"}
+    app, ds = make_app(sqlite_url, source, connections={"qzk": {"type": "sql", "url": url}})
+    store = store_for(sqlite_url)
+    try:
+        result = run_dataset(app, ds, store, now=datetime(2026, 11, 1, 10, tzinfo=ZoneInfo("Asia/Shanghai")))
+        assert result.ok, result.error
+        assert result.counts.inserted == 3
+        assert result.watermark_after == "2026-10-31 08:00:00"  # 09:00+09:00 is 08:00 here too
     finally:
         store.engine.dispose()
 

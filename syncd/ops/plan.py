@@ -27,7 +27,7 @@ from syncd.config.model import AppConfig, DatasetConfig
 from syncd.errors import AuthorizationError, RecordError
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.paths import MISSING, compile_path
-from syncd.runner import WATERMARK_FORMAT, check_authorization
+from syncd.runner import check_authorization, resume_from
 from syncd.sources import Source, Window, build_source
 from syncd.targets import state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
@@ -78,13 +78,8 @@ def plan_window(app: AppConfig, dataset: DatasetConfig, watermark: str | None, n
     if inc is None:
         return Window(since=None, until=None)
     started = now.astimezone(ZoneInfo(app.timezone)).replace(tzinfo=None, microsecond=0)
-    lookback = inc.lookback if inc.lookback is not None else app.defaults.lookback
     lag = inc.safety_lag if inc.safety_lag is not None else app.defaults.safety_lag
-    if watermark:
-        since: datetime | None = datetime.strptime(watermark, WATERMARK_FORMAT) - lookback
-    else:
-        since = inc.initial.replace(tzinfo=None) if inc.initial else None
-    return Window(since=since, until=started - lag)
+    return Window(since=resume_from(app, inc, watermark), until=started - lag)
 
 
 class _Planner:

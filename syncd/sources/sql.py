@@ -217,17 +217,17 @@ class SqlSource:
         if self._upd is None:
             return None
         value = record.get(self._upd)
+        if isinstance(value, str):  # a text column (SQLite keeps times as text): with an offset or not
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                return None
         if isinstance(value, datetime):
             if value.tzinfo is not None:
                 value = value.astimezone(self._tz).replace(tzinfo=None)
             return value
         if isinstance(value, date):
             return datetime(value.year, value.month, value.day)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value.strip())
-            except ValueError:
-                return None
         return None
 
     def close(self) -> None:
