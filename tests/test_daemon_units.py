@@ -49,6 +49,8 @@ def every(seconds: float) -> IntervalSchedule:
         ("6,7", "sun,sat"),
         ("*/2", "sun,tue,thu,sat"),
         ("MON-wed", "mon,tue,wed"),
+        ("7-7", "sun"),
+        ("5-7", "sun,fri,sat"),
     ],
 )
 def test_crontab_weekdays_count_sunday_as_zero(field: str, days: str) -> None:
@@ -59,6 +61,25 @@ def test_crontab_weekdays_count_sunday_as_zero(field: str, days: str) -> None:
 def test_bad_weekday_fields_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError):
         crontab_weekdays(bad)
+
+
+def test_cron_with_both_day_fields_fires_on_either_as_crontab_does() -> None:
+    """crontab(5): with both day-of-month and weekday restricted, a day matching either fires."""
+    trigger = build_trigger(CronSchedule(type="cron", cron="0 2 1,15 * 1", jitter=None), "Asia/Shanghai")
+    fires, now = [], datetime(2025, 1, 1, 3, 0, tzinfo=SHANGHAI)  # a Wednesday, after 02:00
+    previous = None
+    for _ in range(6):
+        fire = trigger.get_next_fire_time(previous, now)
+        assert fire is not None
+        fires.append(fire.strftime("%m-%d %a %H:%M"))
+        previous, now = fire, fire + timedelta(seconds=1)
+    assert fires == [
+        "01-06 Mon 02:00", "01-13 Mon 02:00", "01-15 Wed 02:00",
+        "01-20 Mon 02:00", "01-27 Mon 02:00", "02-01 Sat 02:00",
+    ]
+    only_days = build_trigger(CronSchedule(type="cron", cron="0 2 1,15 * *"), "Asia/Shanghai")
+    fire = only_days.get_next_fire_time(None, datetime(2025, 1, 1, 3, 0, tzinfo=SHANGHAI))
+    assert fire is not None and fire.strftime("%m-%d") == "01-15"
 
 
 def test_cron_fires_in_the_configured_zone_on_a_utc_host(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 __all__ = ["cron_trigger", "crontab_weekdays"]
@@ -47,7 +49,8 @@ def crontab_weekdays(field: str) -> str:
             first, last = 0, 6
         elif "-" in base:
             lo, hi = base.split("-", 1)
-            first = _day_number(lo)
+            # 7 is Sunday at either end: 5-7 is Friday to Sunday, 7-7 Sunday alone
+            first = 7 if lo.strip() == "7" else _day_number(lo)
             last = 7 if hi.strip() == "7" else _day_number(hi)
             if last < first:
                 raise ValueError(f"weekday range {base!r} runs backwards")
@@ -58,13 +61,24 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(_NAMES[d] for d in sorted(days))
 
 
-def cron_trigger(expression: str, timezone: str | tzinfo) -> CronTrigger:
-    """A trigger for a five-field crontab expression in ``timezone`` (raises ValueError)."""
+def cron_trigger(expression: str, timezone: str | tzinfo) -> BaseTrigger:
+    """A trigger for a five-field crontab expression in ``timezone`` (raises ValueError).
+
+    As in crontab(5), when both the day-of-month and the weekday field are restricted (neither is
+    ``*``) the expression fires on days matching **either**: ``0 2 1,15 * 1`` runs on the 1st, the
+    15th and every Monday. APScheduler's CronTrigger requires both, so such an expression becomes
+    two triggers, one per field, whichever fires first."""
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
     minute, hour, day, month, weekday = fields
     zone = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
-    return CronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday), timezone=zone
+    days = crontab_weekdays(weekday)
+    if day == "*" or weekday == "*":
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=days, timezone=zone)
+    return OrTrigger(
+        [
+            CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=zone),
+            CronTrigger(minute=minute, hour=hour, month=month, day_of_week=days, timezone=zone),
+        ]
     )
