@@ -684,3 +684,21 @@ def test_environment_defaults_to_os_environ(ws: Workspace, monkeypatch: pytest.M
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("GATEWAY_APP_KEY", "from-os")
     assert load_config(ws.path(MAIN)).connections["gateway"].auth.app_key == "from-os"  # type: ignore[union-attr]
+
+
+def test_a_lookback_shorter_than_the_daylight_saving_shift_is_warned_with_its_line(ws: Workspace) -> None:
+    with capture_logs() as logs:
+        ws.load()
+    assert not [e for e in logs if e["event"] == "config.lookback_under_dst"]  # Asia/Shanghai: no DST
+    ws.edit(MAIN, "timezone: Asia/Shanghai", "timezone: Europe/Berlin")
+    with capture_logs() as logs:
+        ws.load()
+    warnings = [e for e in logs if e["event"] == "config.lookback_under_dst"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+    assert warnings[0]["file"] == str(ws.path(RES))
+    assert f"{warnings[0]['file']}:{warnings[0]['line']}" == ws.at(RES, "lookback: 15m").rsplit(":", 1)[0]
+    assert "at least 1:00:00" in warnings[0]["fix"]
+    ws.edit(RES, "lookback: 15m", "lookback: 2h")
+    with capture_logs() as logs:
+        ws.load()
+    assert not [e for e in logs if e["event"] == "config.lookback_under_dst"]

@@ -15,7 +15,9 @@
   ``authorization.fields`` (the path itself or one of its dotted prefixes, so ``address``
   covers ``address.code``);
 - target tables stay clear of syncd's own tables (``target.table_prefix``) and of each other;
-- dataset names are unique; column names do not differ only in letter case.
+- dataset names are unique; column names do not differ only in letter case;
+- an incremental dataset's lookback covers the clock shift where the time zone has daylight saving
+  (a warning, ``config.lookback_under_dst``).
 
 Every issue is positioned in the file the operator has to change.
 """
@@ -25,7 +27,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -146,6 +150,7 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
         if all(i.path != issue.path for i in issues):
             issues.append(issue)
     issues += _authorization(dataset, doc, compiled_paths)
+    _lookback_across_dst(dataset, app, doc)
     prefix = app.target.table_prefix
     if dataset.target.table.lower().startswith(prefix.lower()):
         issues.append(_issue(doc, ("target", "table"), (
@@ -159,6 +164,40 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
                 f"columns `{first}` and `{column}` differ only in letter case: databases treat them "
                 "as the same column, rename one"), on_key=True))
     return issues
+
+
+def _dst_shift(zone_name: str) -> timedelta:
+    """How far the zone's clocks move at a daylight-saving change (zero in Asia/Shanghai)."""
+    zone = ZoneInfo(zone_name)
+    year = datetime.now(UTC).year
+    offsets = [datetime(year, month, 1, tzinfo=zone).utcoffset() or timedelta() for month in (1, 7)]
+    return abs(offsets[0] - offsets[1])
+
+
+def _lookback_across_dst(dataset: DatasetConfig, app: AppConfig, doc: Document) -> None:
+    """Windows and watermarks are local times: where clocks go back (daylight saving ends), the
+    repeated hour's records carry times below a watermark set just before the change. A lookback
+    shorter than the shift can miss them; a warning with the line to change."""
+    inc = getattr(dataset.source, "incremental", None)
+    if inc is None:
+        return
+    shift = _dst_shift(app.timezone)
+    lookback = inc.lookback if inc.lookback is not None else app.defaults.lookback
+    if shift and lookback < shift:
+        at: Path = ("source", "incremental")
+        if inc.lookback is not None:
+            at = (*at, "lookback")
+        pos = doc.position(at)
+        log.warning(
+            "config.lookback_under_dst",
+            file=doc.file,
+            line=pos.line,
+            field=format_path(at),
+            timezone=app.timezone,
+            lookback_s=lookback.total_seconds(),
+            fix=f"set source.incremental.lookback to at least {shift} (clocks in {app.timezone} go back "
+            f"{shift} when daylight saving ends; records of the repeated hour could be missed)",
+        )
 
 
 def _sql_columns(dataset: DatasetConfig, doc: Document) -> list[ConfigIssue]:
