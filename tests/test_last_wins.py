@@ -23,6 +23,11 @@ NOW = datetime(2026, 3, 1, 12, 0, 0)
 
 DELETED_THEN_LIVE = [{"id": "p0", "name": "gone", "gone": "1"}, {"id": "p0", "name": "back", "gone": "0"}]
 LIVE_THEN_DELETED = [{"id": "p0", "name": "back", "gone": "0"}, {"id": "p0", "name": "gone", "gone": "1"}]
+BOTH_ORDERS = pytest.mark.parametrize(
+    ("records", "expected"),
+    [(DELETED_THEN_LIVE, "back"), (LIVE_THEN_DELETED, None)],
+    ids=["deleted-then-live", "live-then-deleted"],
+)
 
 
 def _names(engine: sa.Engine, table: str) -> dict[str, str]:
@@ -32,11 +37,7 @@ def _names(engine: sa.Engine, table: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 50])
-@pytest.mark.parametrize(
-    ("records", "expected"),
-    [(DELETED_THEN_LIVE, "back"), (LIVE_THEN_DELETED, None)],
-    ids=["deleted-then-live", "live-then-deleted"],
-)
+@BOTH_ORDERS
 def test_the_last_record_of_a_key_wins_wherever_the_batches_end(
     db_url: str, batch_size: int, records: list[dict[str, str]], expected: str | None
 ) -> None:
@@ -67,11 +68,7 @@ def server() -> Iterator[LoopbackServer]:
     yield from serve()
 
 
-@pytest.mark.parametrize(
-    ("records", "expected"),
-    [(DELETED_THEN_LIVE, "back"), (LIVE_THEN_DELETED, None)],
-    ids=["deleted-then-live", "live-then-deleted"],
-)
+@BOTH_ORDERS
 def test_the_read_worker_keeps_each_delete_at_its_place(
     server: LoopbackServer, tmp_path: Path, records: list[dict[str, str]], expected: str | None
 ) -> None:
