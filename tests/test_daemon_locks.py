@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from syncd.daemon.locks import DatasetLocker, lock_key
+from syncd.daemon.locks import DatasetLocker, lock_key, mysql_lock_name
 from syncd.gateway import FaultPlan, Gateway
 from tests.daemon_proc import DaemonProcess, daemon_config
 from tests.e2e import SECRET
@@ -31,6 +31,43 @@ def test_advisory_lock_is_exclusive_and_released(pg_url: str) -> None:
                 assert not second and third
         with b.hold("residents") as again:
             assert again  # released with the transaction
+    finally:
+        a.close()
+        b.close()
+
+
+# two valid dataset names (at most 63 characters) sharing their first 58 characters
+LONG_A = "population_household_registration_records_of_township_ab_a1"
+LONG_B = "population_household_registration_records_of_township_ab_a2"
+
+
+def test_mysql_lock_names_fit_and_keep_short_names() -> None:
+    assert mysql_lock_name("residents") == "syncd:residents"  # what every earlier version used
+    assert mysql_lock_name("x" * 58) == "syncd:" + "x" * 58  # the longest name that fits as it is
+    long_names = [mysql_lock_name(n) for n in (LONG_A, LONG_B, "x" * 59, "x" * 63)]
+    assert all(len(n) == 64 and n.startswith("syncd:") and "#" in n for n in long_names)
+    assert len(set(long_names)) == len(long_names)
+    assert mysql_lock_name(LONG_A) == mysql_lock_name(LONG_A)  # stable: the same on every node
+
+
+@pytest.mark.mariadb
+def test_mariadb_datasets_sharing_a_long_prefix_have_their_own_locks(mariadb_url: str) -> None:
+    """GET_LOCK names were cut to 64 characters: two datasets with the same first 58 characters
+    shared one lock, and one of them was skipped as "locked" whenever the other ran."""
+    a, b = DatasetLocker(mariadb_url), DatasetLocker(mariadb_url)
+    try:
+        with a.hold(LONG_A) as first, b.hold(LONG_B) as second:
+            assert first and second
+        with a.hold(LONG_A) as first, b.hold(LONG_A) as again:
+            assert first and not again  # still exclusive
+        with a.hold("residents") as first:  # a short name keeps its old lock name: old versions see it
+            assert first
+            engine = sa.create_engine(mariadb_url)
+            try:
+                with engine.connect() as conn:
+                    assert conn.execute(sa.text("SELECT IS_FREE_LOCK('syncd:residents')")).scalar() == 0
+            finally:
+                engine.dispose()
     finally:
         a.close()
         b.close()

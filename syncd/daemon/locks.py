@@ -6,6 +6,7 @@
   §6), and when a node dies its connection closes and the lock goes with it.
 * MariaDB / MySQL: ``GET_LOCK(name, 0)`` is session-scoped, so it is held on a dedicated,
   unpooled connection that is released with ``RELEASE_LOCK`` and then closed, whatever happens.
+  Lock names are limited to 64 characters: see :func:`mysql_lock_name`.
 * SQLite: a single-host database, so an ``flock`` on a file per dataset beside it
   (``<database>.syncd-locks/<dataset>.lock``): the daemon and a ``syncd sync`` or
   ``syncd quarantine replay`` started by hand while it runs exclude each other, as two daemons on
@@ -41,7 +42,7 @@ from syncd.errors import TargetError
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import with_driver
 
-__all__ = ["DatasetLocker", "lock_key", "sqlite_lock_dir"]
+__all__ = ["DatasetLocker", "lock_key", "mysql_lock_name", "sqlite_lock_dir"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,22 @@ def lock_key(dataset: str) -> int:
     """A stable signed 64-bit key for ``dataset`` (the same on every node and Python version)."""
     digest = hashlib.sha256(f"syncd:{dataset}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+_MYSQL_LOCK_NAME_MAX = 64  # GET_LOCK names longer than this are an error (MySQL) or cut (MariaDB)
+
+
+def mysql_lock_name(dataset: str) -> str:
+    """The ``GET_LOCK`` name of ``dataset``: ``syncd:<dataset>`` when that fits in 64 characters
+    (the name every version used, so that old and new processes exclude each other); otherwise a
+    readable prefix, ``#`` and 16 hex digits of the SHA-256 of the full name. Cutting the name
+    alone gave two datasets sharing their first 58 characters one lock. ``#`` never occurs in a
+    dataset name, so a shortened name never equals a full one."""
+    name = f"syncd:{dataset}"
+    if len(name) <= _MYSQL_LOCK_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: _MYSQL_LOCK_NAME_MAX - len(digest) - 1]}#{digest}"
 
 
 def sqlite_lock_dir(url: sa.URL) -> Path | None:
@@ -147,7 +164,7 @@ class DatasetLocker:
 
     @staticmethod
     def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[bool]:
-        name = f"syncd:{dataset}"[:64]
+        name = mysql_lock_name(dataset)
         acquired = conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
         try:
             yield acquired
