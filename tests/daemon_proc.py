@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +13,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,47 @@ def daemon_config(
     with (root / "datasets" / "residents.yaml").open("a", encoding="utf-8") as f:
         f.write(f"schedule: {{type: interval, every: {every}}}\n")
     return path
+
+
+@contextmanager
+def as_service_user() -> Iterator[None]:
+    """Run the block with an unprivileged effective user when the tests run as root: root reads
+    every file whatever its mode, the service's user does not. (Only the effective ids change, so
+    they come back at the end; modules the block imports must already be loaded, as the
+    interpreter may live in root's home.)"""
+    if os.geteuid() != 0:
+        yield
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@contextmanager
+def service_dir() -> Iterator[Path]:
+    """A scratch directory that :func:`as_service_user` can reach (pytest's tmp_path lies under a
+    0700 directory of the user running the tests). Call :func:`give_to_service_user` once the files
+    are written."""
+    path = Path(tempfile.mkdtemp(prefix="syncd-svc-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def give_to_service_user(root: Path) -> None:
+    """Make ``root`` and everything below it the :func:`as_service_user` user's (only as root)."""
+    if os.geteuid() != 0:
+        return
+    nobody = pwd.getpwnam("nobody")
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
 
 
 class NotifySocket:

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from syncd.config import AppConfig, DatasetConfig, load_config, load_dataset_file
 from syncd.errors import ConfigError
+from tests.daemon_proc import as_service_user, give_to_service_user, service_dir
 
 CONFIGS = Path(__file__).parent / "configs"
 ROOT = Path(__file__).parents[1]
@@ -429,6 +430,28 @@ def test_missing_datasets_dir(ws: Workspace) -> None:
     assert only(ws.issues()).startswith(
         f"{ws.at(MAIN, 'datasets_dir: dataset', shift=14)}: datasets_dir: the datasets directory "
         f"{ws.dir / 'dataset'} does not exist"
+    )
+
+
+@pytest.mark.parametrize("mode", [0o300, 0o600], ids=["not_listable", "not_enterable"])
+def test_unreadable_datasets_dir(mode: int) -> None:
+    """E.g. a directory made with umask 077: the loader let the OSError out, so `syncd check` and the
+    start crashed with a traceback and a reload (SIGHUP) killed the daemon. It is a configuration
+    problem that names the directory and the fix."""
+    with service_dir() as root:
+        ws = Workspace(root)
+        ws.load()  # valid as it is (and everything the loader imports is imported)
+        datasets = ws.path("datasets")
+        give_to_service_user(root)
+        datasets.chmod(mode)
+        with as_service_user():
+            issues = ws.issues()
+    issue = only(issues)
+    assert issue.startswith(f"{ws.path(MAIN)}:")  # no `datasets_dir:` written: where it would go
+    assert issue.endswith(
+        f" datasets_dir: cannot read the datasets directory {datasets}: Permission denied; the user syncd "
+        f"runs as must be able to list and enter it (under systemd, a dynamic user: `chmod 0755 {datasets}` "
+        "and 0644 for its files)"
     )
 
 

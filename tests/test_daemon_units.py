@@ -28,7 +28,7 @@ from syncd.daemon.service import Daemon
 from syncd.daemon.state import RunBook
 from syncd.gateway import Gateway
 from syncd.targets.engine import CONNECTIONS_PER_RUN, pool_overflow
-from tests.daemon_proc import daemon_config
+from tests.daemon_proc import as_service_user, daemon_config, give_to_service_user, service_dir
 from tests.e2e import SECRET, SECRET_ENV
 from tests.test_metrics import promtool_check
 
@@ -244,6 +244,32 @@ def test_metrics_and_health_of_a_running_daemon(daemon: Daemon) -> None:
         daemon.request_stop()
         thread.join(30)
     assert result == [0]
+
+
+def test_a_reload_that_cannot_read_the_datasets_dir_keeps_the_old_configuration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loader's OSError went past the reload: a SIGHUP killed the daemon (daemon.start_failed,
+    exit 1, no shutdown) when the datasets directory had become unreadable for the service's user."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    with service_dir() as root:
+        config = daemon_config(root, db_url=f"sqlite:///{root / 'target.db'}", gateway_url="http://127.0.0.1:9")
+        daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+        daemon._adopt(daemon.app)
+        assert daemon.reload()  # as root: everything the reload imports is imported
+        give_to_service_user(root)
+        (root / "datasets").chmod(0o300)
+        try:
+            with capture_logs() as logs, as_service_user():
+                applied = daemon.reload()
+        finally:
+            daemon.engine.dispose()
+            daemon.locker.close()
+    assert not applied
+    assert sorted(daemon.app.datasets) == ["residents"]  # the old configuration keeps running
+    (failed,) = [e for e in logs if e["event"] == "config.reload_failed"]
+    assert f"cannot read the datasets directory {root / 'datasets'}: Permission denied" in failed["issues"][0]
+    assert b"syncd_config_reload_success 0.0" in daemon.metrics.render()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -120,15 +120,22 @@ def _dataset_files(
     written = app_doc.data.get("datasets_dir") if isinstance(app_doc.data, dict) else None
     name = app.datasets_dir if app is not None else written if isinstance(written, str) else "datasets"
     directory = main.parent / name
-    if not directory.is_dir():
+    try:
+        if not directory.is_dir():
+            session.issues.append(app_doc.issue(("datasets_dir",), (
+                f"the datasets directory {directory} does not exist: create it and put one YAML file per "
+                "dataset in it, or set `datasets_dir:` (relative to this file)")))
+            return []
+        files = sorted(  # no editor leftovers
+            p for p in directory.iterdir()
+            if p.suffix in _DATASET_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    except OSError as exc:  # e.g. made with umask 077: the service's user may not list or enter it
         session.issues.append(app_doc.issue(("datasets_dir",), (
-            f"the datasets directory {directory} does not exist: create it and put one YAML file per "
-            "dataset in it, or set `datasets_dir:` (relative to this file)")))
+            f"cannot read the datasets directory {directory}: {exc.strerror}; the user syncd runs as must be "
+            f"able to list and enter it (under systemd, a dynamic user: `chmod 0755 {directory}` and 0644 "
+            "for its files)")))
         return []
-    files = sorted(
-        p for p in directory.iterdir()
-        if p.suffix in _DATASET_SUFFIXES and not p.name.startswith(".") and p.is_file()  # no editor leftovers
-    )
     if not files:
         log.warning("config.no_datasets", directory=str(directory))
     return files
