@@ -26,7 +26,7 @@ from syncd.daemon.notify import SystemdNotifier
 from syncd.daemon.scheduler import DatasetScheduler, build_trigger
 from syncd.daemon.service import Daemon
 from syncd.daemon.state import RunBook
-from syncd.gateway import Gateway
+from syncd.gateway import FaultPlan, Gateway
 from syncd.targets.engine import CONNECTIONS_PER_RUN, pool_overflow
 from tests.daemon_proc import as_service_user, daemon_config, give_to_service_user, service_dir
 from tests.e2e import SECRET, SECRET_ENV
@@ -244,6 +244,39 @@ def test_metrics_and_health_of_a_running_daemon(daemon: Daemon) -> None:
         daemon.request_stop()
         thread.join(30)
     assert result == [0]
+
+
+def test_a_dataset_removed_by_a_reload_while_it_runs_stays_removed(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of the run re-created the series and the run-book entry that the reload had just
+    removed: its last-success gauge aged and fired stale-data alerts until the next restart."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    faults = FaultPlan(rate=1.0, kinds=("slow",), slow_seconds=0.3)
+    with Gateway(records=300, seed=4, app_secret=SECRET, faults=faults) as gw:
+        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, every="1h")
+        daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+        daemon.store.ensure_schema()
+        daemon._adopt(daemon.app)
+        run = threading.Thread(target=daemon.run_job, args=("residents",))
+        with capture_logs() as logs:
+            run.start()
+            try:
+                deadline = time.monotonic() + 10
+                while "residents" not in daemon.unfinished and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert daemon.unfinished == ["residents"]
+                datasets = tmp_path / "datasets"
+                (datasets / "residents.yaml").rename(datasets / "residents.yaml.off")
+                assert daemon.reload()
+                assert daemon.unfinished == ["residents"]  # the reload did not wait for the run
+            finally:
+                run.join(60)
+                daemon.engine.dispose()
+                daemon.locker.close()
+    assert [e["status"] for e in logs if e["event"] == "sync.finish"] == ["success"]
+    assert daemon.metrics.datasets == frozenset() and daemon.book.snapshot() == {}
+    assert 'dataset="residents"' not in daemon.metrics.render().decode()
 
 
 def test_a_reload_that_cannot_read_the_datasets_dir_keeps_the_old_configuration(

@@ -104,6 +104,8 @@ class Daemon:
         weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)  # open while anyone can poke
         self._active: set[str] = set()
         self._active_cv = threading.Condition()
+        # a run's outcome is recorded, and a reload forgets removed datasets (_adopt), one at a time
+        self._adopt_lock = threading.Lock()
 
     # ------------------------------------------------------------------ signals
 
@@ -277,10 +279,12 @@ class Daemon:
                 with self._active_cv:
                     self._active.discard(name)
                     self._active_cv.notify_all()
-            if result.status != "interrupted":
-                self.metrics.observe_run(result)
-            self.book.record(name, result.status)
-            self._set_days_left(app, name)
+            with self._adopt_lock:  # a reload may have removed the dataset meanwhile: leave it removed
+                if name in self.app.datasets:
+                    if result.status != "interrupted":
+                        self.metrics.observe_run(result)
+                    self.book.record(name, result.status)
+                    self._set_days_left(self.app, name)
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -305,13 +309,15 @@ class Daemon:
     # ------------------------------------------------------------------ configuration
 
     def _adopt(self, app: AppConfig) -> None:
-        """Metrics series, run book and authorization gauges for the datasets of ``app``."""
-        for name in self.metrics.datasets - set(app.datasets):
-            self.metrics.forget_dataset(name)
-        for name in app.datasets:
-            self.metrics.register_dataset(name)
-            self._set_days_left(app, name)
-        self.book.track(app.datasets)
+        """Metrics series, run book and authorization gauges for the datasets of ``app`` (already
+        ``self.app``): a run of a removed dataset that ends later records nothing (:meth:`run_job`)."""
+        with self._adopt_lock:
+            for name in self.metrics.datasets - set(app.datasets):
+                self.metrics.forget_dataset(name)
+            for name in app.datasets:
+                self.metrics.register_dataset(name)
+                self._set_days_left(app, name)
+            self.book.track(app.datasets)
 
     def _set_days_left(self, app: AppConfig, name: str) -> None:
         ds = app.datasets.get(name)
