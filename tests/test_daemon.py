@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from syncd.gateway import FaultPlan, Gateway
 from tests.daemon_proc import DaemonProcess, NotifySocket, daemon_config
+from tests.dbserver import free_port
 from tests.e2e import SECRET, SECRET_ENV
 
 
@@ -82,6 +86,66 @@ def test_daemon_reload_and_stop(
     for e in events:
         assert {"@timestamp", "log.level", "log.logger", "event"} <= set(e)
         assert e["@timestamp"].endswith("Z")
+
+
+def _healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_target_database_down_at_start_is_waited_for(
+    tmp_path: Path, gateway: Gateway, notify: NotifySocket
+) -> None:
+    """The daemon exited 1 within seconds when the target database could not be reached at start:
+    with the unit's RestartSec=30s and StartLimitBurst=5, a few minutes of database outage at boot
+    left the service failed for good. It waits, retrying with backoff, and then runs normally.
+    (An SQLite database in a directory that does not exist yet: the same failure, and a fast one.)"""
+    db_dir = tmp_path / "db"
+    port = free_port()
+    config = daemon_config(
+        tmp_path, db_url=f"sqlite:///{db_dir / 'target.db'}", gateway_url=gateway.url, metrics_port=port
+    )
+    daemon = DaemonProcess(config, notify=notify)
+    try:
+        first = daemon.wait_event("daemon.target_unreachable")
+        assert (first["attempt"], first["retry_in_s"], first["log.level"]) == (1, 2.0, "warning")
+        assert "cannot create table(s)" in first["error"]
+        assert "waiting for the target database (attempt 1, next in 2s)" in notify.wait_for("READY=1")
+        status, body = _healthz(port)
+        assert status == 503 and body["reasons"][0].startswith("waiting for the target database: "), body
+        assert daemon.wait_event("daemon.target_unreachable", count=2)["retry_in_s"] == 4.0
+        db_dir.mkdir()  # the database "comes up"
+        assert daemon.wait_event("daemon.target_reachable", timeout=15)["attempts"] == 3
+        daemon.wait_event("daemon.started")
+        daemon.wait_event("sync.finish", status="success")
+        assert _healthz(port)[0] == 200
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr_text()
+
+
+def test_sigterm_while_waiting_for_the_target_database_stops_at_once(
+    tmp_path: Path, gateway: Gateway
+) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/syncd"  # nothing listens there
+    daemon = DaemonProcess(daemon_config(tmp_path, db_url=url, gateway_url=gateway.url))
+    try:
+        error = daemon.wait_event("daemon.target_unreachable")["error"]
+        assert "127.0.0.1" in error and "Connection refused" in error
+        time.sleep(0.5)  # inside the wait before the second attempt
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        code = daemon.proc.wait(10)
+        took = time.monotonic() - started
+    finally:
+        daemon.stop()
+    assert code == 0 and took < 2, (code, took, daemon.stderr_text())
+    events = [e["event"] for e in daemon.events()]
+    assert "daemon.started" not in events and "daemon.start_failed" not in events
+    assert events[-2:] == ["daemon.stopping", "daemon.stopped"]
 
 
 def test_sigterm_during_slow_upstream_keeps_batches_whole(tmp_path: Path, sqlite_url: str) -> None:

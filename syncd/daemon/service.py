@@ -8,6 +8,10 @@ Threads and who owns what:
   (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`;
 * the HTTP thread serves ``/metrics`` and ``/healthz``.
 
+At start the daemon waits for the target database (:meth:`Daemon._wait_for_target`), retrying
+with backoff, instead of exiting: systemd's start limit would otherwise leave it failed for good
+after a few minutes of database outage at boot.
+
 Exit codes of :meth:`Daemon.serve`: 0 after a clean stop (SIGTERM/SIGINT: no new runs start,
 running ones end between batches with status ``interrupted``); 1 when the scheduler died
 (``daemon.scheduler_dead``: thread gone or heartbeat stale) or runs did not end within
@@ -38,7 +42,7 @@ from syncd.daemon.locks import DatasetLocker
 from syncd.daemon.notify import SystemdNotifier
 from syncd.daemon.scheduler import DatasetScheduler, Schedule
 from syncd.daemon.state import RunBook
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, TargetError
 from syncd.metrics import Metrics
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import RunCounts, StateStore, create_target_engine
@@ -57,6 +61,8 @@ def _close_fds(*fds: int) -> None:
 
 _TICK = 1.0  # seconds between supervision checks of the main thread
 _STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else changed
+_TARGET_RETRY_FIRST = 2.0  # seconds before the second try to reach the target database at start
+_TARGET_RETRY_MAX = 60.0  # the wait doubles up to this
 
 
 def schedules_of(app: AppConfig) -> dict[str, Schedule]:
@@ -104,6 +110,7 @@ class Daemon:
         weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)  # open while anyone can poke
         self._active: set[str] = set()
         self._active_cv = threading.Condition()
+        self._target_problem: str | None = None  # while waiting for the target database at start
         # a run's outcome is recorded, and a reload forgets removed datasets (_adopt), one at a time
         self._adopt_lock = threading.Lock()
 
@@ -183,9 +190,10 @@ class Daemon:
                 signal.signal(signum, signal.SIG_IGN if ignore else handler)
 
     def _serve(self) -> int:
-        self.store.ensure_schema()
         if self.server is not None:
             self.server.start()
+        if not self._wait_for_target():
+            return self._shutdown(0)
         self.metrics.config_reloaded(True)
         self._adopt(self.app)
         self.scheduler.start()
@@ -201,6 +209,46 @@ class Daemon:
         self.notifier.ready(self._status())
         code = self._supervise()
         return self._shutdown(code)
+
+    def _wait_for_target(self) -> bool:
+        """Create or check the state tables; while the target database cannot be reached (at boot it
+        may still be starting) try again after 2 s, 4 s, … up to every minute, logging each attempt,
+        with READY=1 and a STATUS= that says so (systemd neither times the start out nor restarts us
+        into its start limit), watchdog pings, and ``/healthz`` unhealthy. False when a stop (SIGTERM)
+        came meanwhile. A SIGHUP waits: it is handled once the daemon runs."""
+        delay = _TARGET_RETRY_FIRST
+        watchdog_every = self.notifier.watchdog_interval() or _TARGET_RETRY_MAX
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.store.ensure_schema()
+            except TargetError as exc:
+                self._target_problem = str(exc)
+            else:
+                if attempt > 1:
+                    log.info("daemon.target_reachable", attempts=attempt)
+                self._target_problem = None
+                return True
+            log.warning(
+                "daemon.target_unreachable",
+                attempt=attempt,
+                retry_in_s=delay,
+                error=self._target_problem,
+                hint="waiting for the target database; no dataset runs until it answers",
+            )
+            status = f"waiting for the target database (attempt {attempt}, next in {delay:.0f}s): "
+            if attempt == 1:
+                self.notifier.ready(status + self._target_problem)
+            else:
+                self.notifier.status(status + self._target_problem)
+            deadline = time.monotonic() + delay
+            while (left := deadline - time.monotonic()) > 0:
+                self._sleep(min(left, watchdog_every))
+                if self._stop_asked:
+                    return False
+                self.notifier.watchdog()
+            delay = min(delay * 2, _TARGET_RETRY_MAX)
 
     def _supervise(self) -> int:
         watchdog_every = self.notifier.watchdog_interval()
@@ -371,6 +419,9 @@ class Daemon:
         return self.book.status_line(len(self.scheduler.datasets))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        problem = self._target_problem
+        if problem is not None:  # still starting: the scheduler has no heartbeat yet
+            return False, {"reasons": [f"waiting for the target database: {problem}"]}
         ok, details = self.book.health(
             self.scheduler.heartbeat_age(), self.app.daemon.heartbeat_timeout.total_seconds()
         )
