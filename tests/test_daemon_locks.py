@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from syncd.daemon.locks import DatasetLocker, lock_key, mysql_lock_name
 from syncd.gateway import FaultPlan, Gateway
@@ -34,6 +35,48 @@ def test_advisory_lock_is_exclusive_and_released(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_lock_outlives_the_servers_idle_in_transaction_timeout(pg_url: str) -> None:
+    """A server or role default of idle_in_transaction_session_timeout (here 0.5 s, through the
+    connection's options) ended the lock's idle session mid-run: a second node then took the lock
+    while the first still ran, and leaving the first hold raised on the dead connection."""
+    strict = sa.make_url(pg_url).update_query_dict({"options": "-c idle_in_transaction_session_timeout=500"})
+    a, b = DatasetLocker(strict), DatasetLocker(pg_url)
+    try:
+        with a.hold("residents") as first:
+            assert first
+            time.sleep(1.5)  # the run works on other connections meanwhile
+            with b.hold("residents") as second:
+                assert not second
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_terminated_lock_session_does_not_fail_the_finished_run(pg_url: str) -> None:
+    """A DBA ending the lock's session (pg_terminate_backend) takes the lock with it; leaving the
+    hold then logs lock.release_failed instead of raising, which turned a run already recorded as
+    a success into a failed one in the daemon's counts."""
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    a = DatasetLocker(pg_url)
+    name = "terminated_lock_session"  # a lock no other test takes: its holder is found by its key
+    key = lock_key(name) & 0xFFFFFFFFFFFFFFFF
+    holder = sa.text(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND classid = :hi AND objid = :lo AND objsubid = 1"
+    )
+    try:
+        with capture_logs() as logs, a.hold(name) as first:
+            assert first
+            with admin.connect() as conn:
+                ended = conn.execute(holder, {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+            assert ended == [True]
+            time.sleep(0.2)
+        assert [e["dataset"] for e in logs if e["event"] == "lock.release_failed"] == [name]
+    finally:
+        a.close()
+        admin.dispose()
 
 
 # two valid dataset names (at most 63 characters) sharing their first 58 characters

@@ -154,13 +154,20 @@ class DatasetLocker:
 
     @staticmethod
     def _hold_postgres(conn: sa.Connection, dataset: str) -> Iterator[bool]:
-        with conn.begin() as tx:  # the transaction (and the lock) lasts for the whole run
+        tx = conn.begin()  # the transaction (and the lock) lasts for the whole run
+        try:
+            # the transaction sits idle for the whole run: a server or role default of
+            # idle_in_transaction_session_timeout (managed PostgreSQL often sets one) would end the
+            # session, and the lock with it, while the run goes on
+            conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
             acquired = bool(conn.execute(query, {"key": lock_key(dataset)}).scalar())
+            yield acquired
+        finally:
             try:
-                yield acquired
-            finally:
                 tx.rollback()
+            except sa.exc.SQLAlchemyError:  # the session is gone (terminated): so is its lock
+                log.warning("lock.release_failed", dataset=dataset, exc_info=True)
 
     @staticmethod
     def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[bool]:
