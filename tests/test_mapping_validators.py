@@ -209,6 +209,41 @@ def test_excel_damage_not_flagged(column: Column, value: Any) -> None:
     assert column(validators=["not_excel_damaged"])(value) == expected
 
 
+@pytest.mark.parametrize("value", [1.2345678901234e15, 1.10105194912159e17, -2e16])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"transforms": ["strip"]},
+        {"type": "int"},
+        {"transforms": [{"mask": "id_number"}]},
+        {"transforms": [{"hash": {"salt": "s"}}], "length": 64},
+    ],
+    ids=["string", "transformed", "int", "masked", "hashed"],
+)
+def test_float_excel_damage_detected_before_the_cast_makes_it_text(
+    column: Column, spec: dict[str, Any], value: float
+) -> None:
+    # the string cast would turn 1.2345678901234e15 into '1234567890123400' (no 0000 tail) and
+    # 1.10105194912159e17 into '110105194912159008' (a valid-looking ID number): the float itself
+    # is checked, on every column as on masked ones
+    expected = "looks damaged by Excel (scientific notation): the upstream must send this field as text"
+    assert reason(column(**spec, validators=["not_excel_damaged"]), value) == expected
+    id_reason = reason(column(**spec, validators=["id_number"]), value)
+    assert id_reason == "not a valid ID number (身份证号): " + expected
+    custom = column(**spec, validators=["required", {"type": "id_number", "message": "身份证号被Excel损坏"}])
+    assert reason(custom, value) == "身份证号被Excel损坏"
+
+
+def test_numbers_that_are_not_damaged_still_pass_as_text(column: Column) -> None:
+    checked = column(validators=["not_excel_damaged", {"type": "length", "max": 20}])
+    assert checked(3.5) == "3.5"
+    assert checked(123456789012345.0) == "123456789012345"  # below 10**15: every digit held
+    exact = 330102199001011234  # a JSON integer keeps every digit
+    assert column(validators=["id_number"])(exact) == str(exact)
+    assert "15-digit old-style" in reason(column(validators=["id_number"]), 330102900101123.0)
+
+
 # --------------------------------------------------------------------------- regex, length, range
 
 

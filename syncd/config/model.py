@@ -464,7 +464,9 @@ class TransformConfig(_Model):
 class ValidatorConfig(_Model):
     """A check on the column's final value; a failing record is quarantined with the reason.
 
-    Known types: required, id_number, not_excel_damaged, regex, length, range.
+    Known types: required, id_number, not_excel_damaged, regex, length, range. id_number and
+    not_excel_damaged also reject a number that arrived as a float of 10^15 or more (e.g.
+    1.10105194912159e17): it has lost digits, although its text would look whole.
     """
 
     type: str

@@ -5,7 +5,9 @@ generator (``constant`` / ``concat``), the ordered transforms, the cast to the c
 the ``nullable: false`` / key-column check, then the validators. On a column that is masked
 or hashed the validators run on the value just *before* the first ``mask``/``hash`` step, so
 that an ID number is checksummed while it is still readable and stored masked; the error
-messages of such a column never show the clear value.
+messages of such a column never show the clear value. On other columns ``not_excel_damaged``
+and ``id_number`` also check a float before the cast makes it digit text
+(:func:`~syncd.mapping.validators.float_guard`), so a damaged number is caught either way.
 
 All columns then become Python statements of ONE generated function (:mod:`.codegen`), so
 a record costs one call plus the real work, and a failing record raises a
@@ -46,7 +48,7 @@ from syncd.mapping.casts import build_cast, required_step
 from syncd.mapping.codegen import ColumnPlan, generate
 from syncd.mapping.masking import mask_function
 from syncd.mapping.transforms import build_transform
-from syncd.mapping.validators import build_validator
+from syncd.mapping.validators import FLOAT_CHECKED, build_validator, float_guard
 from syncd.paths import MISSING
 
 __all__ = ["CompiledMapping", "compile_mapping"]
@@ -201,7 +203,12 @@ def _plan_column(
         tail.append(((*base, "nullable"), required_step(reason)))
 
     if sensitive_at is None:
-        body = [*built, *tail, *checks]
+        guards = [
+            (path, float_guard(step))
+            for (path, step), v in zip(checks, cfg.validators, strict=True)
+            if v.type in FLOAT_CHECKED
+        ]
+        body = [*built, *guards, *tail, *checks]
     else:
         body = [*built[:sensitive_at], *checks, *built[sensitive_at:], *tail]
         _check_hash_length(cfg, transforms, base)

@@ -10,6 +10,12 @@ lowercase ``x`` check digit is upper-cased, so that ``…123x`` and ``…123X`` 
 (and one key). All other validators return the value unchanged.
 
 Reasons never quote an ID number: they say what is wrong with it instead.
+
+``not_excel_damaged`` and ``id_number`` judge how a number arrived: a float (an upstream JSON
+number with a fraction or exponent) of 10**15 or more has lost digits, but once the cast has
+made it text (``1.2345678901234e15`` -> ``"1234567890123400"``) nobody can tell. So on a column
+that is not masked or hashed (where all validators already run before the cast), the compiler
+also runs them on a float just before the cast (:func:`float_guard`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from syncd.mapping.base import (
 
 __all__ = [
     "EXCEL_DAMAGED",
+    "FLOAT_CHECKED",
     "VALIDATORS",
     "VALIDATOR_OPTIONS",
     "ValidatorFactory",
     "build_validator",
+    "float_guard",
     "id_number_problem",
     "looks_excel_damaged",
 ]
@@ -48,6 +56,9 @@ VALIDATORS: dict[str, ValidatorFactory] = {}
 VALIDATOR_OPTIONS: dict[str, frozenset[str]] = {}
 
 EXCEL_DAMAGED = "looks damaged by Excel (scientific notation): the upstream must send this field as text"
+
+FLOAT_CHECKED = frozenset({"not_excel_damaged", "id_number"})
+"""Validators that must also see a float before the cast turns it into digit text."""
 
 
 def _register(name: str, *options: str) -> Callable[[ValidatorFactory], ValidatorFactory]:
@@ -69,6 +80,26 @@ def _fail(message: str | None) -> Callable[[str], RecordError]:
     if message:
         return lambda _reason: RecordError(message)
     return RecordError
+
+
+def float_guard(check: Step) -> Step:
+    """``check`` (a :data:`FLOAT_CHECKED` validator) applied to a float only, for the place
+    before the cast: text and every other value pass untouched (no statement at all for text)."""
+    validate = check.fn
+
+    def guard(v: Any) -> Any:
+        if v.__class__ is float:
+            validate(v)
+        return v
+
+    return Step(
+        guard,
+        "if {v}.__class__ is float: {f}({v})",
+        on_str="",
+        str_result="str",
+        none_safe=True,
+        stripped_out="keep",
+    )
 
 
 # --------------------------------------------------------------------------- required
@@ -198,7 +229,12 @@ def _id_number(cfg: ValidatorConfig, ctx: StepContext) -> Step:
     def id_number(v: Any) -> Any:
         if v is None:
             return None
-        text = v if v.__class__ is str else text_of(v)
+        if v.__class__ is str:
+            text = v
+        elif isinstance(v, float) and looks_excel_damaged(v):  # its text would look whole
+            raise error(_ID_PREFIX + EXCEL_DAMAGED)
+        else:
+            text = text_of(v)
         n = len(text)
         if n == 18:
             if text[17] == "x":
