@@ -23,6 +23,7 @@ from syncd.errors import RecordError
 from syncd.gateway.data import CODE_TABLES, generate_records
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.dates import build_parser
+from syncd.paths import MISSING, compile_path
 
 DATES = ["%Y-%m-%d", "%Y%m%d", "%Y年%m月%d日", "%Y-%m-%d %H:%M:%S.%f"]
 
@@ -278,6 +279,53 @@ def test_list_index_paths() -> None:
     mapping = compile_mapping(DatasetConfig.model_validate(spec))
     assert mapping({"id": "a", "phones": [{"number": "138"}, {"number": "139"}]}) == ("a", "138")
     assert mapping({"id": "a", "phones": []}) == ("a", None)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "functions"])
+def test_digit_only_path_parts_are_keys_in_objects_and_indexes_in_lists(inline: bool) -> None:
+    spec = copy.deepcopy(RESIDENTS)
+    spec["columns"] = {
+        "resident_id": {"source": "id"},
+        "y2023": {"source": "2023", "type": "int"},
+        "y2024": {"source": "stats.2024", "type": "int"},
+        "second": {"source": "stats.1", "type": "int"},
+        "last": {"source": "stats.-1", "type": "int"},
+        "both": {"transforms": [{"concat": {"fields": ["stats.2024", "stats.1"], "separator": "/"}}]},
+    }
+    mapping = compile_mapping(DatasetConfig.model_validate(spec), inline=inline)
+    by_year = {"id": "a", "2023": 17, "stats": {"2024": 18, "1": 19, "-1": 20}}
+    assert mapping(by_year) == ("a", 17, 18, 19, 20, "18/19")
+    by_position = {"id": "a", "stats": [30, 31, 32]}
+    assert mapping(by_position) == ("a", None, None, 31, 32, "31")
+    int_keys = {"id": "a", "stats": {2024: 18}}  # JSON object keys are text
+    assert mapping(int_keys) == ("a", None, None, None, None, None)
+    assert compile_path("data.0")({"data": {"0": "key"}}) == "key"
+    assert compile_path("data.0")({"data": ["item"]}) == "item"
+    assert compile_path("data.0")({"data": "text"}) is MISSING
+
+
+def test_redact_raw_agrees_with_the_mapping_on_digit_only_parts() -> None:
+    spec = copy.deepcopy(RESIDENTS)
+    spec["columns"] = {
+        "resident_id": {"source": "id"},
+        "card": {"source": "ids.2024", "transforms": [{"mask": "id_number"}]},
+        "first": {"source": "cards.0", "transforms": [{"mask": "id_number"}]},
+    }
+    mapping = compile_mapping(DatasetConfig.model_validate(spec))
+    record = {"id": 1, "ids": {"2024": "330102199001011234"}, "cards": ["330102199001011234", "x"]}
+    assert mapping(record) == ("1", "330102********1234", "330102********1234")
+    assert mapping.redact_raw(record) == {
+        "id": 1,
+        "ids": {"2024": "330102********1234"},
+        "cards": ["330102********1234", "x"],
+    }
+    as_list = {"id": 1, "ids": ["330102199001011234"], "cards": {"0": "330102199001011234"}}
+    assert mapping(as_list) == ("1", None, "330102********1234")  # ids.2024: no item 2024
+    assert mapping.redact_raw(as_list) == {
+        "id": 1,
+        "ids": ["330102199001011234"],  # not read, so not redacted
+        "cards": {"0": "330102********1234"},
+    }
 
 
 def test_record_that_is_not_an_object(residents: CompiledMapping) -> None:

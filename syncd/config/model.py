@@ -482,7 +482,11 @@ ColumnType = Literal["string", "int", "decimal", "date", "datetime", "bool"]
 class ColumnConfig(_Model):
     """One target column: where its value comes from and how it is cleaned and checked."""
 
-    source: str | None = Field(None, description="dotted source path; omit for constant/concat columns")
+    source: str | None = Field(
+        None,
+        description="dotted source path (a number part such as 2024 is a key in an object, "
+        "an item in a list: phones.0); omit for constant/concat columns",
+    )
     type: ColumnType = "string"
     length: int | None = Field(None, ge=1, le=65535, description="VARCHAR length for string columns")
     precision: int = Field(18, ge=1, le=65)

@@ -73,7 +73,7 @@ def generate(
             steps = steps[1:]
         elif plan.source is None:  # constant: its own step sets v
             lines.append("        v = None")
-        elif "." not in plan.source and not plan.source.lstrip("-").isdigit():
+        elif "." not in plan.source:
             ns[f"_c{index}_key"] = plan.source
             lines.append(f"        v = get(_c{index}_key)")
         else:
@@ -159,7 +159,8 @@ def _render(template: str, f: str, names: dict[str, str]) -> list[str]:
 
 def _path_lines(path: str, prefix: str, ns: dict[str, Any]) -> list[str]:
     """Statements reading a dotted path into ``v``: dict look-ups inline while the containers
-    are dicts, :func:`compile_path`'s getter (missing -> None) for anything else."""
+    are dicts (a digit-only part is a key there too), :func:`compile_path`'s getter (missing ->
+    None; list indexes) for anything else."""
     getter = compile_path(path)
 
     def slow(record: Any) -> Any:
@@ -168,8 +169,6 @@ def _path_lines(path: str, prefix: str, ns: dict[str, Any]) -> list[str]:
 
     ns[prefix + "path"] = slow
     parts = path.split(".")
-    if any(p.lstrip("-").isdigit() for p in parts):  # list indexes: leave them to the getter
-        return [f"        v = {prefix}path(record)"]
     for depth, part in enumerate(parts):
         ns[f"{prefix}p{depth}"] = part
 

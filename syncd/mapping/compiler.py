@@ -49,11 +49,13 @@ from syncd.mapping.codegen import ColumnPlan, generate
 from syncd.mapping.masking import mask_function
 from syncd.mapping.transforms import build_transform
 from syncd.mapping.validators import FLOAT_CHECKED, build_validator, float_guard
-from syncd.paths import MISSING
+from syncd.paths import compile_path, list_index
 
 __all__ = ["CompiledMapping", "compile_mapping"]
 
 Row = tuple[Any, ...]
+Place = tuple[Callable[[Any], Any], str]
+"""Where a source path's value sits: the getter of its container, and its last part."""
 HIDDEN = "(a hidden value)"
 HASH_HEX_LENGTH = 64
 
@@ -87,7 +89,7 @@ class CompiledMapping:
     key_fields: tuple[str, ...] = field(repr=False)
     """The top-level record fields ``key_record`` reads, sorted: a dict of just these gives the key."""
     _key_getter: Callable[[Row], Row] = field(repr=False)
-    _redactions: tuple[tuple[tuple[str | int, ...], Callable[[Any], Any]], ...] = field(repr=False)
+    _redactions: tuple[tuple[Place, Callable[[Any], Any]], ...] = field(repr=False)
 
     def __call__(self, record: Mapping[str, Any]) -> Row:
         """Map one raw record to the row tuple, or raise :class:`RecordError` naming the column."""
@@ -102,8 +104,8 @@ class CompiledMapping:
         the same way, so a quarantined payload never holds a clear ID number. ``record`` is
         left untouched."""
         out: dict[str, Any] = copy.deepcopy(dict(record))
-        for parts, redact in self._redactions:
-            _replace_at(out, parts, redact)
+        for place, redact in self._redactions:
+            _replace_at(out, place, redact)
         return out
 
 
@@ -136,7 +138,7 @@ def compile_mapping(
     if dataset.target.logical_delete is not None:
         fields.add(dataset.target.logical_delete.field.split(".", 1)[0])
     redactions = tuple(
-        (_path_parts(p), plan.redactor) for plan in plans if plan.redactor is not None for p in plan.reads
+        (_place(p), plan.redactor) for plan in plans if plan.redactor is not None for p in plan.reads
     )
     return CompiledMapping(
         columns=columns,
@@ -339,33 +341,21 @@ def _key_getter(indexes: tuple[int, ...]) -> Callable[[Row], Row]:
     return many
 
 
-def _path_parts(path: str) -> tuple[str | int, ...]:
-    """The parts of a dotted path, as :func:`syncd.paths.compile_path` splits them."""
-    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in path.split("."))
+def _place(path: str) -> Place:
+    """``path`` split as :func:`syncd.paths.compile_path` reads it (a digit-only part is a key
+    in a dict, an index in a list), so redaction finds exactly what the mapping read."""
+    parent, _, last = path.rpartition(".")
+    return compile_path(parent), last
 
 
-def _replace_at(obj: Any, parts: tuple[str | int, ...], redact: Callable[[Any], Any]) -> None:
-    """Replace the value at ``parts`` inside ``obj`` (dicts and lists) with ``redact(value)``."""
-    *inner, last = parts
-    cur = obj
-    for part in inner:
-        cur = _child(cur, part)
-        if cur is MISSING:
-            return
+def _replace_at(obj: Any, place: Place, redact: Callable[[Any], Any]) -> None:
+    """Replace the value at ``place`` inside ``obj`` (dicts and lists) with ``redact(value)``."""
+    parent_of, last = place
+    cur = parent_of(obj)
     if isinstance(cur, dict):
-        for key in (last, str(last)):
-            if key in cur:
-                cur[key] = redact(cur[key])
-                return
-    elif isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur):
-        cur[last] = redact(cur[last])
-
-
-def _child(obj: Any, part: str | int) -> Any:
-    if isinstance(obj, dict):
-        if part in obj:
-            return obj[part]
-        return obj.get(str(part), MISSING)
-    if isinstance(obj, list) and isinstance(part, int) and -len(obj) <= part < len(obj):
-        return obj[part]
-    return MISSING
+        if last in cur:
+            cur[last] = redact(cur[last])
+    elif isinstance(cur, list):
+        index = list_index(last)
+        if index is not None and -len(cur) <= index < len(cur):
+            cur[index] = redact(cur[index])
