@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -115,6 +116,22 @@ def test_null_if_custom_values_and_numbers(column: Column) -> None:
     assert null_if("未知") is None
     assert null_if("3") == 3
     assert column(transforms=[{"null_if": ["无"]}])("/") == "/"
+
+
+@pytest.mark.parametrize("raw", [-1, -1.0, "-1", " -1 ", Decimal("-1"), Decimal("-1.00"), Decimal("-1E+0")])
+def test_null_if_matches_every_number_form_including_decimal(column: Column, raw: Any) -> None:
+    # SQL sources deliver NUMERIC columns as Decimal: the placeholder -1 must match it too
+    assert column(type="int", transforms=[{"null_if": ["-1"]}])(raw) is None
+    assert column(type="decimal", transforms=[{"null_if": ["-1"]}])(raw) is None
+
+
+def test_null_if_on_decimal_compares_the_value_as_written_and_without_trailing_zeros(column: Column) -> None:
+    exact = column(type="decimal", transforms=[{"null_if": ["0.00", "99.5"]}])
+    assert exact(Decimal("0.00")) is None
+    assert exact(Decimal("99.50")) is None
+    assert exact(Decimal("0")) == Decimal("0.00")  # "0" is not listed
+    assert exact(Decimal("99.05")) == Decimal("99.05")
+    assert exact(Decimal("-1")) == Decimal("-1.00")
 
 
 def test_default_replaces_only_null(column: Column) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from syncd.config.model import TransformConfig
@@ -166,6 +167,9 @@ def _null_if(cfg: TransformConfig, ctx: StepContext) -> Step:
             return None if v.strip(chars) in values else v
         if isinstance(v, int | float | date):
             return None if text_of(v) in values else v
+        if isinstance(v, Decimal):  # SQL NUMERIC: -1.00 matches "-1.00" and, like -1.0, "-1"
+            text = format(v, "f")
+            return None if text in values or ("." in text and text.rstrip("0").rstrip(".") in values) else v
         return v
 
     return Step(
