@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -206,6 +206,24 @@ def test_date(cast: Column, raw: Any, expected: date | None) -> None:
 )
 def test_date_rejects_other_shapes(cast: Column, raw: Any) -> None:
     assert "add a `date` transform" in failure(cast("date"), raw).reason
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2024-11-02T20:00:00Z",  # 2024-11-03 in China: the date alone would be a day off
+        "2024-11-02T20:00:00+00:00",
+        "2024-11-02 08:30:05+08:00",
+        "2024-11-02T08:30:05.5-05:00",
+        datetime(2024, 11, 2, 20, tzinfo=UTC),
+        datetime(2024, 11, 2, 8, tzinfo=timezone(timedelta(hours=8))),
+    ],
+)
+def test_date_rejects_offsets_like_datetime(cast: Column, raw: Any) -> None:
+    reason = failure(cast("date"), raw).reason
+    assert "carries a time-zone offset; date columns hold local dates" in reason
+    assert "add a `date` transform whose formats leave the offset out" in reason
+    assert "time-zone offset" in failure(cast("datetime"), raw).reason
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@
 ``decimal``    ``Decimal`` quantized to ``scale`` (half up, 四舍五入); at most
                ``precision - scale`` digits before the point
 ``date``       ``datetime.date`` from a date, a datetime (.date()), "2024-11-02", "20241102",
-               an ISO date-time text, or the number 20241102
+               an ISO date-time text, or the number 20241102; a date-time with a time-zone
+               offset is rejected (its local date may be another day)
 ``datetime``   naive ``datetime`` from a datetime, a date (midnight), ISO text, "20241102",
                "20241102080000"; a value with a time-zone offset is rejected
 ``bool``       via the column's ``true_values`` / ``false_values`` (compared as text)
@@ -231,7 +232,8 @@ def _decimal(config: ColumnConfig, describe: Describe) -> Step:
 
 
 def _parse_date_text(text: str) -> date | None:
-    """ISO ``2024-11-02``, ``20241102`` or an ISO date-time's date; None for other shapes."""
+    """ISO ``2024-11-02``, ``20241102`` (a date) or an ISO date-time (a datetime, possibly
+    with an offset); None for other shapes."""
     n = len(text)
     try:
         if text.isascii():
@@ -240,7 +242,7 @@ def _parse_date_text(text: str) -> date | None:
             if n == 8 and text.isdigit():
                 return date(int(text[:4]), int(text[4:6]), int(text[6:]))
             if n >= 16 and text[4] == "-" and text[10] in " T":
-                return datetime.fromisoformat(text).date()
+                return datetime.fromisoformat(text)
     except ValueError:
         return None
     return None
@@ -258,24 +260,33 @@ def _date(config: ColumnConfig, describe: Describe) -> Step:
         )
 
     def to_date(v: Any) -> Any:
-        if isinstance(v, datetime):
-            return v.date()
+        result: date | None
         if isinstance(v, date):
-            return date(v.year, v.month, v.day)
-        if v.__class__ is str:
+            result = v
+        elif v.__class__ is str:
             text = v.strip(chars)
             if not text:
                 return None
+            result = _parse_date_text(text)
         elif isinstance(v, int) and not isinstance(v, bool):
-            text = str(v)
+            result = _parse_date_text(str(v))
         elif v is None:
             return None
         else:
             raise bad(v)
-        result = _parse_date_text(text)
+        if result.__class__ is date:
+            return result
         if result is None:
             raise bad(v)
-        return result
+        if isinstance(result, datetime):
+            if result.tzinfo is not None:
+                raise RecordError(
+                    f"{describe(v)} carries a time-zone offset; date columns hold local dates, "
+                    "which the offset may shift by a day: add a `date` transform whose formats "
+                    "leave the offset out"
+                )
+            return result.date()
+        return date(result.year, result.month, result.day)
 
     return Step(
         to_date,
