@@ -135,6 +135,20 @@ def test_int_range_and_message_names_value(cast: Column) -> None:
     assert str(error).startswith("c: ")
 
 
+@pytest.mark.parametrize("raw", ["9" * 5000, "-" + "1" * 4301, " " + "7" * 4400 + ".0 ", "1" + "0" * 4300])
+def test_int_past_pythons_digit_limit_is_out_of_range(cast: Column, raw: str) -> None:
+    # int() refuses texts of more than 4,300 digits with its own ValueError
+    error = failure(cast("int"), raw)
+    assert "is out of range for a 64-bit integer (column type int)" in error.reason
+    assert len(error.reason) < 200  # the value is truncated in the reason
+
+
+def test_int_long_text_of_leading_zeros_is_its_value(cast: Column) -> None:
+    assert cast("int")("0" * 5000 + "42") == 42
+    assert cast("int")("-" + "0" * 5000 + "9223372036854775808.00") == -(2**63)
+    assert "out of range" in failure(cast("int"), "0" * 5000 + "9223372036854775808").reason
+
+
 # --------------------------------------------------------------------------- decimal
 
 

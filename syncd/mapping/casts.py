@@ -117,11 +117,28 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
     )
 
 
+def _long_whole(text: str) -> int | None:
+    """The value of a whole-number text (``_INT_TEXT``) too long for ``int()``, or None when it
+    is past the 64-bit range anyway: only leading zeros can make such a text small."""
+    m = _INT_TEXT.fullmatch(text)
+    if m is None:  # not reached: the caller read it as a whole number already
+        return None
+    digits = m.group(1)
+    significant = digits.lstrip("+-").lstrip("0") or "0"
+    if len(significant) > len(str(INT_MAX)):
+        return None
+    number = int(significant)
+    return -number if digits[0] == "-" else number
+
+
 def _int(config: ColumnConfig, describe: Describe) -> Step:
     chars = STRIP_CHARS
 
     def bad(v: Any) -> RecordError:
         return _not_single(v, describe, "a whole number (column type int)")
+
+    def out_of_range(v: Any) -> RecordError:
+        return RecordError(f"{describe(v)} is out of range for a 64-bit integer (column type int)")
 
     def other(v: Any) -> int:
         """Numbers that are not plain ints: 3.0, Decimal("3"), int subclasses."""
@@ -139,13 +156,19 @@ def _int(config: ColumnConfig, describe: Describe) -> Step:
             text = v.strip(chars)
             if not text:
                 return None
-            if text.isascii() and text.isdigit():
-                number = int(text)
-            else:
-                m = _INT_TEXT.fullmatch(text)
-                if m is None:
-                    raise bad(v)
-                number = int(m.group(1))
+            try:
+                if text.isascii() and text.isdigit():
+                    number = int(text)
+                else:
+                    m = _INT_TEXT.fullmatch(text)
+                    if m is None:
+                        raise bad(v)
+                    number = int(m.group(1))
+            except ValueError:  # more digits than Python converts from text (4,300 by default)
+                long = _long_whole(text)
+                if long is None:
+                    raise out_of_range(v) from None
+                number = long
         elif cls is int:
             number = v
         elif v is None:
@@ -153,7 +176,7 @@ def _int(config: ColumnConfig, describe: Describe) -> Step:
         else:
             number = other(v)
         if not INT_MIN <= number <= INT_MAX:
-            raise RecordError(f"{describe(v)} is out of range for a 64-bit integer (column type int)")
+            raise out_of_range(v)
         return number
 
     return Step(
