@@ -285,7 +285,7 @@ def _redactor(step: Step) -> Callable[[Any], Any]:
             return None
         try:
             return protect(text_of(raw).strip(chars))
-        except RecordError:
+        except (RecordError, ValueError):  # ValueError: e.g. a lone surrogate the hash cannot encode
             return "[redacted]"
 
     return redact
