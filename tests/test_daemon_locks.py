@@ -54,6 +54,22 @@ def test_the_lock_outlives_the_servers_idle_in_transaction_timeout(pg_url: str) 
         b.close()
 
 
+def test_a_mariadb_lock_outlives_the_servers_wait_timeout(mariadb_url: str) -> None:
+    """The lock's connection idles for the whole run: a short server wait_timeout (here 1 s, set
+    when the connection opens) closed it and released the lock mid-run."""
+    strict = sa.make_url(mariadb_url).update_query_dict({"init_command": "SET SESSION wait_timeout=1"})
+    a, b = DatasetLocker(strict), DatasetLocker(mariadb_url)
+    try:
+        with a.hold("residents") as first:
+            assert first
+            time.sleep(2.5)
+            with b.hold("residents") as second:
+                assert not second
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_terminated_lock_session_does_not_fail_the_finished_run(pg_url: str) -> None:
     """A DBA ending the lock's session (pg_terminate_backend) takes the lock with it; leaving the
     hold then logs lock.release_failed instead of raising, which turned a run already recorded as

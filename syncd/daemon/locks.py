@@ -172,6 +172,9 @@ class DatasetLocker:
     @staticmethod
     def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[bool]:
         name = mysql_lock_name(dataset)
+        # the connection idles for the whole run: the server's wait_timeout (8 h by default, often
+        # set lower) would close it, and release the lock, while the run goes on (31536000: the max)
+        conn.execute(sa.text("SET SESSION wait_timeout = 31536000"))
         acquired = conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
         try:
             yield acquired
