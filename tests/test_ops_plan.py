@@ -83,6 +83,44 @@ def test_plan_predicts_the_run_and_writes_nothing(tmp_path: Path, gateway: Gatew
         engine.dispose()
 
 
+def test_plan_shows_a_hashed_key_of_a_quarantined_record_hashed(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine samples of a plan name the record's key as the quarantine itself stores it:
+    a hashed key column's value hashed. plan printed the clear ID number."""
+    monkeypatch.setenv("SALT", "pepper")
+    household = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
+    id_old = (
+        "    length: 18\n    transforms: [strip, halfwidth, upper]\n"
+        "    validators: [required, not_excel_damaged, id_number]\n"
+    )
+    id_new = (
+        "    length: 64\n    nullable: false\n"
+        "    transforms: [strip, halfwidth, upper, {hash: {salt: '${SALT}'}}]\n"
+    )
+    config = write_config(
+        tmp_path,
+        db_url=sqlite_url,
+        gateway_url=gateway.url,
+        replace=[
+            (household, household + "    validators: [{range: {max: 3}}]\n"),  # quarantines many
+            (id_old, id_new),
+            ("key: [resident_id]", "key: [id_number]"),
+        ],
+    )
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    try:
+        plan = plan_dataset(app, app.datasets["residents"], engine, samples=50)
+    finally:
+        engine.dispose()
+    samples = plan.categories["quarantine"].samples
+    assert samples and all(s["record_key"] for s in samples)
+    clear = {str(r["idCard"]).strip().upper() for r in gateway.store.records()}
+    assert not [s["record_key"] for s in samples if s["record_key"] in clear]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", s["record_key"]) for s in samples)
+
+
 def test_plan_on_a_missing_sqlite_file_creates_no_file(
     tmp_path: Path, gateway: Gateway, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -245,7 +245,7 @@ def plan_dataset(
                 try:
                     row = mapping(record)
                 except RecordError as exc:
-                    key = _raw_key(mapping, record)
+                    key = _raw_key(mapping, mapping.redact_raw(record))  # masked keys stay masked
                     result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
                     continue
                 if is_deleted(record):
