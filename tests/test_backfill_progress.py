@@ -140,6 +140,16 @@ def test_cli_backfill_flags(tmp_path: Path, gateway: Gateway, sqlite_url: str) -
     assert f"inserted={len(upstream_active(gateway.store))}" in full.stdout
 
 
+def test_backfill_times_with_an_offset_are_that_instant_in_the_app_zone() -> None:
+    """--from/--to written with an offset mean that instant: 10:00 UTC is 18:00 in Asia/Shanghai
+    (the offset was dropped, and eight hours were silently left out of the backfill)."""
+    from syncd.commands.sync import _time
+
+    assert _time("--to", "2026-11-01T10:00:00+00:00", "Asia/Shanghai") == datetime(2026, 11, 1, 18)
+    assert _time("--from", "2026-11-01 08:00:00", "Asia/Shanghai") == datetime(2026, 11, 1, 8)
+    assert _time("--from", "2026-11-01", "Asia/Shanghai") == datetime(2026, 11, 1)
+
+
 def test_progress_lines_and_live_line() -> None:
     p = Progress("residents", pages=3, records=3000, reported_total=12000, elapsed=2.0)
     assert format_progress(p) == "residents: page 3, 3,000 records, 1,500/s, 25% of 12,000, ETA 0:00:06"

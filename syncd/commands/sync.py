@@ -12,6 +12,7 @@ import argparse
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store, run_locks
 from syncd.errors import SyncdError
@@ -45,14 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _time(option: str, text: str) -> datetime:
+def _time(option: str, text: str, timezone: str) -> datetime:
+    """A local wall-clock time in ``timezone`` (upstream update times are local); a time written
+    with an offset (``2026-11-01T10:00:00+00:00``) is that instant there."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
             f"{option} {text!r} is not a time such as 2026-11-01 or '2026-11-01 08:00:00'"
         ) from None
-    return value.replace(tzinfo=None)  # upstream update times are local wall-clock times
+    if value.tzinfo is not None:
+        value = value.astimezone(ZoneInfo(timezone))
+    return value.replace(tzinfo=None)
 
 
 def _names(args: argparse.Namespace, app: AppConfig) -> list[str]:
@@ -77,7 +82,8 @@ def _backfill(args: argparse.Namespace, app: AppConfig, names: list[str]) -> Bac
         return Backfill(full=True)
     if not args.since:
         return None
-    since, until = _time("--from", args.since), _time("--to", args.until) if args.until else None
+    since = _time("--from", args.since, app.timezone)
+    until = _time("--to", args.until, app.timezone) if args.until else None
     if until is not None and until <= since:
         raise ValueError("--to must be later than --from")
     not_incremental = [n for n in names if getattr(app.datasets[n].source, "incremental", None) is None]
