@@ -518,3 +518,83 @@ def test_environment_proxies_apply_per_origin(
 @contextlib.contextmanager
 def serve_direct() -> Iterator[LoopbackServer]:
     yield from serve()
+
+
+# --------------------------------------------------------------------------- credentials stay home
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[LoopbackServer]:
+    yield from serve()
+
+
+def _auth_client(server: LoopbackServer, auth: dict[str, Any]) -> tuple[HttpClient, Any, Envelope]:
+    from syncd.sources.http.auth import build_auth
+
+    cfg = HttpConnection.model_validate(connection(server.url, auth=auth))
+    client = HttpClient(cfg, name="gw")
+    env = Envelope(cfg.envelope)
+    return client, build_auth(cfg.auth, client=client, envelope=env), env
+
+
+TOKEN = {"code": "0", "data": {"accessToken": "tok-abcdef", "expiresIn": 7200}}
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"type": "static_key", "name": "X-API-Key", "value": "static-SECRET-1"},
+        {"type": "token", "url": "/auth/token", "app_key": "k1", "app_secret": "s3cret-xx",
+         "header": "X-Access-Token", "header_prefix": ""},
+        {"type": "hmac_headers", "client_id": "c1", "secret": "hmac-SECRET-1"},
+    ],
+    ids=["static-key", "token-header", "hmac"],
+)
+def test_a_redirect_elsewhere_is_an_error_and_carries_no_credential(
+    server: LoopbackServer, elsewhere: LoopbackServer, auth: dict[str, Any]
+) -> None:
+    """requests drops only an Authorization header when a redirect changes host: an API key, a token
+    in another header or HMAC headers went to whatever host Location named. syncd follows no
+    redirect and says where it pointed."""
+    other = elsewhere.url.replace("127.0.0.1", "localhost")
+    server.route("/auth/token", lambda r: Reply(json=TOKEN))
+    server.handler = lambda r: Reply(status=302, headers={"Location": other + "/steal?token=abc123secret"})
+    elsewhere.handler = lambda r: envelope([{"id": 1}], total=1)
+    client, request_auth, env = _auth_client(server, auth)
+    with pytest.raises(PermanentUpstreamError) as info:
+        client.fetch("GET", "/api/q", auth=request_auth, parse=env.parse)
+    assert elsewhere.requests == []
+    message = str(info.value)
+    assert f"redirects to {other}/steal" in message and "base_url" in message
+    assert "abc123secret" not in message
+
+
+def test_a_token_endpoint_redirect_does_not_resend_the_app_secret(
+    server: LoopbackServer, elsewhere: LoopbackServer
+) -> None:
+    """A 307 from the token endpoint made requests POST the same body, appKey and appSecret, to the
+    host Location named."""
+    other = elsewhere.url.replace("127.0.0.1", "localhost")
+    server.route("/auth/token", lambda r: Reply(status=307, headers={"Location": other + "/steal"}))
+    elsewhere.handler = lambda r: Reply(json=TOKEN)
+    server.handler = lambda r: envelope([{"id": 1}], total=1)
+    client, request_auth, env = _auth_client(
+        server, {"type": "token", "url": "/auth/token", "app_key": "k1", "app_secret": "TOP-SECRET-xyz"}
+    )
+    with pytest.raises(PermanentUpstreamError, match="redirects to"):
+        client.fetch("GET", "/api/q", auth=request_auth, parse=env.parse)
+    assert elsewhere.requests == []
+
+
+def test_a_header_value_with_a_line_break_fails_without_showing_it(server: LoopbackServer) -> None:
+    """A key read from a credential file ending in a blank line, or a token wrapped in lines: requests
+    refuses the header and its message holds the whole value, which reached the run's error."""
+    server.handler = lambda r: envelope([{"id": 1}], total=1)
+    client, request_auth, env = _auth_client(
+        server, {"type": "static_key", "name": "X-API-Key", "value": "static-SECRET-1\n"}
+    )
+    with pytest.raises(PermanentUpstreamError) as info:
+        client.fetch("GET", "/api/q", auth=request_auth, parse=env.parse)
+    assert "static-SECRET-1" not in str(info.value) and "'X-API-Key'" in str(info.value)
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert server.requests == []

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import orjson
 import requests
@@ -263,19 +263,31 @@ class HttpClient:
         if auth is not None:
             auth.apply(call.method, call.url, params, headers, call.body)
             call.secrets = self._added_values(call, params, headers)
-        prepared = self._session.prepare_request(
-            requests.Request(
-                call.method, call.url, params=_encode_params(params), data=call.body, headers=headers
+        encoded = _encode_params(params)
+        request = requests.Request(call.method, call.url, params=encoded, data=call.body, headers=headers)
+        failure: UpstreamError | None = None
+        try:
+            prepared = self._session.prepare_request(request)
+        except requests.exceptions.InvalidHeader as exc:  # its message holds the whole value: a secret
+            bad = next((k for k, v in headers.items() if str(v) != str(v).strip() or "\n" in str(v)), "?")
+            failure = PermanentUpstreamError(
+                f"connection {self.name}: request header {bad!r} holds a line break or surrounding "
+                f"space ({type(exc).__name__}; the value is not shown): check the credential or key it "
+                "is built from (a credential file ending in a blank line, or a token the token endpoint "
+                "returned wrapped in lines)"
             )
-        )
+        if failure is not None:
+            raise failure
         call.shown_url = self.redactor.scrub(sanitize_url(prepared.url or call.url), call.secrets)
         settings = self._settings_for(prepared.url or call.url)
         self.stats.requests += 1
         # failures are raised outside the except blocks: the requests/orjson exceptions carry the
         # full URL (signatures, tokens) and body, and must not ride along as __context__
-        failure: UpstreamError | None = None
         try:
-            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=True, **settings)
+            # no redirects: requests drops only an Authorization header when one changes host, so an
+            # API key, a token in another header, HMAC headers or a token endpoint's appSecret body
+            # would go to whatever host Location names (a 3xx is reported with where it pointed)
+            response = self._session.send(prepared, timeout=self._timeout, allow_redirects=False, **settings)
         except requests.RequestException as exc:
             failure = self._network_error(call, exc)
         if failure is not None:
@@ -406,6 +418,19 @@ class HttpClient:
         self, call: _Call, response: requests.Response, auth: RequestAuth | None
     ) -> UpstreamError:
         status = response.status_code
+        if 300 <= status < 400:
+            location = response.headers.get("Location") or ""
+            target = "?"
+            if location:
+                target = self.redactor.scrub(sanitize_url(urljoin(call.url, location)), call.secrets)
+            failure = Failure(
+                f"HTTP {status}",
+                f"HTTP {status} {response.reason or ''}: the gateway redirects to {target}; syncd does not "
+                "follow redirects (the credentials would go with them): set the connection's base_url "
+                "(or the dataset's path) to the address it redirects to",
+                transient=False,
+            )
+            return self._failed(call, failure, status)
         try:
             head = response.raw.read(2048, decode_content=True) or b""
         except Exception:  # noqa: BLE001 - the status is the error; its body is only a courtesy
