@@ -133,3 +133,45 @@ def test_an_unreadable_file_goes_to_failed_with_the_reason(
     assert result.ok and result.counts.fetched == 0
     assert (drop / "failed" / "bad.csv").exists()
     assert "not valid text in utf-8" in (drop / "failed" / "bad.csv.reason.txt").read_text(encoding="utf-8")
+
+
+def test_a_file_its_parser_refuses_goes_to_failed_and_the_others_go_on(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """A CSV cell over the csv module's field limit (a base64 photo) raised csv.Error, which the
+    source did not count as the file's problem: the file stayed, and every run failed on it while
+    the good files beside it were read again and never recorded."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "photo.csv").write_text("id,name,amount\r\np9," + "A" * 200_000 + ",1\r\n", encoding="utf-8")
+    (drop / "photo.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop)
+    first = run_dataset(app, ds, store)
+    assert not first.ok and "photo.csv" in (first.error or "") and "Error" in (first.error or "")
+    assert (drop / "failed" / "photo.csv").exists()
+    assert "field larger than field limit" in (drop / "failed" / "photo.csv.reason.txt").read_text("utf-8")
+    _csv(drop / "good.csv", ROWS, "utf-8")
+    second = run_dataset(app, ds, store)
+    assert second.ok, second.error
+    assert set(local_rows(store)) == {"p1", "p2", "p3"}
+
+
+def test_a_drop_folder_the_service_cannot_list_fails_the_run(sqlite_url: str, store: StateStore) -> None:
+    """Path.glob ignores a folder it may not list: every run 'succeeded' having read nothing."""
+    from syncd.errors import PermanentUpstreamError
+    from syncd.sources.files.source import FileSource
+    from tests.daemon_proc import as_service_user, service_dir
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")  # CI runs as root
+    with service_dir() as root:
+        drop = root / "drop"
+        drop.mkdir(mode=0o700)  # root's, not the service user's
+        _csv(drop / "a.csv", ROWS, "utf-8")
+        app, ds = _app(sqlite_url, drop)
+        source = FileSource.from_config(app, ds)
+        try:
+            with as_service_user(), pytest.raises(PermanentUpstreamError, match="cannot be read: Permission denied"):
+                source.candidates()
+        finally:
+            source.close()

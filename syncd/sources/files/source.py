@@ -17,6 +17,7 @@ with a ``name.reason.txt`` saying what happened; files that could not be read go
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,6 +99,14 @@ class FileSource:
                 f"drop folder {self.folder} does not exist or is not a folder "
                 f"(source.path of dataset {self.name})"
             )
+        try:  # Path.glob ignores a folder it may not list: every run would "succeed" reading nothing
+            os.scandir(self.folder).close()
+        except OSError as exc:
+            raise PermanentUpstreamError(
+                f"drop folder {self.folder} cannot be read: {exc.strerror} (source.path of dataset "
+                f"{self.name}): the user syncd runs as must be able to list and enter it and to move "
+                f"files out of it (e.g. give that user's group rwx on it)"
+            ) from None
         now = time.time()
         found = [p for p in self.folder.glob(self.cfg.pattern) if p.is_file() and not self._is_auxiliary(p)]
         ready = []
@@ -146,7 +155,17 @@ class FileSource:
     def _pages(self, path: Path, encoding: str | None) -> Iterator[Page]:
         size = self.cfg.page_size
         records: list[dict[str, Any]] = []
-        for record in read_records(path, self.cfg, encoding):
+        rows = read_records(path, self.cfg, encoding)
+        while True:
+            try:
+                record = next(rows, None)
+            except (FileProblem, OSError, UnicodeDecodeError):
+                raise
+            except Exception as exc:
+                # csv.Error (a cell over the field size limit), a damaged XLSX part (ParseError) …
+                raise FileProblem(f"{type(exc).__name__}: {exc}") from exc
+            if record is None:
+                break
             records.append(record)
             if len(records) >= size:
                 yield self._page(records)
