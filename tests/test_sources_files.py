@@ -171,7 +171,8 @@ def test_a_drop_folder_the_service_cannot_list_fails_the_run(sqlite_url: str, st
         app, ds = _app(sqlite_url, drop)
         source = FileSource.from_config(app, ds)
         try:
-            with as_service_user(), pytest.raises(PermanentUpstreamError, match="cannot be read: Permission denied"):
+            denied = pytest.raises(PermanentUpstreamError, match="cannot be read: Permission denied")
+            with as_service_user(), denied:
                 source.candidates()
         finally:
             source.close()

@@ -114,6 +114,44 @@ def test_a_text_update_column_with_an_offset_is_read_in_the_app_zone(tmp_path: P
         store.engine.dispose()
 
 
+def test_a_timestamptz_window_is_read_in_the_apps_zone_whatever_the_servers(pg_url: str) -> None:
+    """The window's bounds are local times without a zone; PostgreSQL compares them with a
+    timestamptz column in the session's TimeZone. With the server in UTC and the app in
+    Asia/Shanghai a window from 09:00 read as 17:00 Shanghai, and a row at 09:30 was never read."""
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        server_zone = conn.exec_driver_sql("SHOW TimeZone").scalar()
+    china = ("Asia/Shanghai", "PRC", "Asia/Chongqing")
+    zone = "Asia/Shanghai" if server_zone not in china else "Europe/Berlin"  # any zone but the server's
+    local = ZoneInfo(zone)
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "people_tz", metadata, sa.Column("id", sa.String(16), primary_key=True),
+        sa.Column("name", sa.String(16)), sa.Column("amount", sa.Integer),
+        sa.Column("upd", sa.DateTime(timezone=True)),
+    )
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [
+            {"id": "early", "name": "早", "amount": 1, "upd": datetime(2026, 3, 1, 8, 30, tzinfo=local)},
+            {"id": "late", "name": "晚", "amount": 2, "upd": datetime(2026, 3, 1, 9, 30, tzinfo=local)},
+        ])
+    source = {"type": "sql", "connection": "qzk", "table": "people_tz", "key": ["id"]}
+    source["incremental"] = {"field": "upd"}
+    app, ds = make_app("sqlite://", source, connections={"qzk": {"type": "sql", "url": pg_url}})
+    app = app.model_copy(update={"timezone": zone})
+    src = SqlSource.from_config(app, ds)
+    try:
+        window = Window(since=datetime(2026, 3, 1, 9, 0), until=datetime(2026, 3, 1, 10, 0))
+        read = [r["id"] for page in src.read(window) for r in page.records]
+    finally:
+        src.close()
+        metadata.drop_all(engine)
+        engine.dispose()
+    assert read == ["late"]
+
+
 def test_an_empty_table_is_a_complete_empty_read(front: sa.Engine, db_url: str) -> None:
     upstream_table(front, 0, when=T0)
     app, ds = _build(db_url, db_url, incremental=False)

@@ -62,8 +62,12 @@ def columns_read(dataset: DatasetConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
-def source_engine(url: str, *, connect_timeout: float = 10.0) -> sa.Engine:
-    """A small read-only engine for a front-end database; the password never reaches a message."""
+def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | None = None) -> sa.Engine:
+    """A small read-only engine for a front-end database; the password never reaches a message.
+
+    On PostgreSQL the session's ``TimeZone`` is ``timezone`` (the app's): the window's bounds are
+    bound as local times without a zone, which the server reads in the session's zone when it
+    compares them with a ``timestamptz`` column (a server in UTC read 08:00 Shanghai as 16:00)."""
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
@@ -79,7 +83,8 @@ def source_engine(url: str, *, connect_timeout: float = 10.0) -> sa.Engine:
         connect_args = {
             "connect_timeout": timeout,
             "application_name": "syncd",
-            "options": "-c default_transaction_read_only=on",
+            "options": "-c default_transaction_read_only=on"
+            + (f" -c TimeZone={timezone}" if timezone else ""),
         }
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": timeout, **mysql_tls_args(parsed)}
@@ -116,7 +121,8 @@ class SqlSource:
         self.cfg = source
         self.stats = ReadStats()
         self._tz = tz
-        self._engine = source_engine(url, connect_timeout=connect_timeout)
+        zone = getattr(tz, "key", None)  # a ZoneInfo's name (other tzinfo: the server's own zone)
+        self._engine = source_engine(url, connect_timeout=connect_timeout, timezone=zone)
         self._where = describe_url(self._engine.url)
         cols: list[sa.ColumnClause[Any]] = [sa.column(c) for c in columns]
         self._from: sa.TableClause | sa.Subquery
