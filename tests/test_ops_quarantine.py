@@ -109,3 +109,15 @@ def test_replay_via_cli_reports_counts(tmp_path: Path, gateway: Gateway, sqlite_
     assert "replayed" in done.stdout and "inserted=" in done.stdout
     missing = cli(config, "show", "residents", "ffffffffffff")
     assert missing.returncode == 1 and "no record" in missing.stderr
+
+
+def test_show_and_list_on_a_database_without_syncds_tables_say_so_in_one_line(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str
+) -> None:
+    """Before the first run there is no quarantine table: show printed a SQLAlchemy traceback."""
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url)
+    for args in (("show", "residents", "abcdef"), ("list", "residents")):
+        done = cli(config, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr and "reading the quarantine of dataset residents" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -57,19 +57,12 @@ def list_entries(store: StateStore, dataset: str, limit: int = 100) -> list[dict
 
 
 def find_entry(store: StateStore, dataset: str, hash_prefix: str) -> list[dict[str, Any]]:
-    """Entries whose raw hash starts with ``hash_prefix`` (at most a few; ``raw`` decoded)."""
-    import json
-
-    q = store.tables.quarantine
+    """Entries whose raw hash starts with ``hash_prefix`` (at most a few; ``raw`` decoded); a
+    database error (no quarantine table yet, say) is a TargetError with what was being read."""
     prefix = "".join(ch for ch in hash_prefix.lower() if ch in "0123456789abcdef")
     if not prefix:
         return []
-    query = sa.select(q).where(q.c.dataset == dataset, q.c.raw_hash.like(prefix + "%")).limit(5)
-    with store.engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings()]
-    for row in rows:
-        row["raw"] = json.loads(row["raw"])
-    return rows
+    return store.quarantined_by_hash(dataset, prefix)
 
 
 def _pages(store: StateStore, dataset: str, size: int) -> list[list[tuple[str, dict[str, Any]]]]:

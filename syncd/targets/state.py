@@ -260,6 +260,16 @@ class StateStore:
                 row[name] = _decode(row[name])
         return rows
 
+    def quarantined_by_hash(self, dataset: str, hash_prefix: str, limit: int = 5) -> list[dict[str, Any]]:
+        """Quarantined records of ``dataset`` whose raw hash starts with ``hash_prefix`` (lowercase
+        hex); ``raw`` is decoded."""
+        q = self.tables.quarantine
+        query = sa.select(q).where(q.c.dataset == dataset, q.c.raw_hash.like(hash_prefix + "%")).limit(limit)
+        rows = self._rows(query, f"reading the quarantine of dataset {dataset}")
+        for row in rows:
+            row["raw"] = _decode(row["raw"])
+        return rows
+
     def quarantined(self, dataset: str, limit: int = 100) -> list[dict[str, Any]]:
         """Quarantined records of ``dataset``, most recently seen first; ``raw`` is decoded."""
         q = self.tables.quarantine
