@@ -121,3 +121,31 @@ def test_show_and_list_on_a_database_without_syncds_tables_say_so_in_one_line(
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr and "reading the quarantine of dataset residents" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_status_shows_the_watermark_after_a_replay(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    """A replay leaves the watermark where it is and records it as its own: status, which shows
+    the latest run's, said there was none."""
+    import json
+
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, replace=[(HOUSEHOLD, STRICT)])
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    store = StateStore(engine)
+    try:
+        first = run_dataset(app, app.datasets["residents"], store)
+        assert first.ok and first.watermark_after
+        replayed = replay_quarantine(app, app.datasets["residents"], store)
+        run = next(r for r in store.last_runs("residents") if r["run_id"] == replayed.run_id)
+        assert run["watermark_before"] == first.watermark_after
+    finally:
+        engine.dispose()
+    env = {**os.environ, SECRET_ENV: SECRET}
+    status = subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(config), "status", "--json"],
+        capture_output=True, text=True, env=env, check=True, timeout=60,
+    )
+    rows = json.loads(status.stdout)
+    rows = rows if isinstance(rows, list) else rows.get("datasets", rows)
+    (residents,) = [r for r in rows if r["dataset"] == "residents"]
+    assert residents["watermark"] == first.watermark_after

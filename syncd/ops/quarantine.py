@@ -93,7 +93,11 @@ def replay_quarantine(
     is_deleted = delete_flag(dataset)
     auth = dataset.authorization
     info = RunInfo.create(
-        dataset.name, approval_code=auth.approval_code, purpose=auth.purpose, trigger="replay"
+        dataset.name,
+        approval_code=auth.approval_code,
+        purpose=auth.purpose,
+        trigger="replay",
+        watermark_before=store.get_watermark(dataset.name),  # a replay leaves it where it is
     )
     result = ReplayResult(dataset=dataset.name, run_id=info.run_id)
     counts = RunCounts()
