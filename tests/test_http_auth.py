@@ -526,6 +526,28 @@ def test_two_tier_first_call_fetches_secrets_by_key(server: LoopbackServer) -> N
     assert (len(server.to("/refreshTokenByKey")), len(server.to("/refreshTokenBySec"))) == (1, 0)
 
 
+def test_two_tier_signs_each_attempt_of_a_renewal_afresh(server: LoopbackServer) -> None:
+    """A renewal retried after a 503 is signed again with a new requestTime: resending the first
+    attempt's is refused by a gateway that rejects repeated or stale request times."""
+    gateway = ZhejiangGateway(server)
+    seen: list[str] = []
+
+    def by_key(req: Recorded) -> Reply:
+        time_sent = req.query["requestTime"]
+        if time_sent in seen:
+            return Reply(json={"code": "15", "msg": "请求时间重复"})
+        seen.append(time_sent)
+        if len(seen) == 1:
+            return Reply(status=503)
+        return gateway.by_key(req)
+
+    server.route("/refreshTokenByKey", by_key)
+    parts = zhejiang(server)  # the test connection retries 503s after 10 ms
+    with parts[0]:
+        assert call(parts).records == [{"id": 1, "secret_no": "req-1"}]
+    assert len(seen) == 2
+
+
 def test_two_tier_renews_the_request_secret_before_it_ends(server: LoopbackServer) -> None:
     ZhejiangGateway(server, request_ttl=1)
     parts = zhejiang(server)

@@ -19,7 +19,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import structlog
@@ -134,15 +134,11 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
         self._call_locked(self._by_key_url, self.cfg.app_secret.get_secret_value(), by_secret=False)
 
     def _call_locked(self, url: str, secret: str, *, by_secret: bool) -> None:
-        request_time = str(int(time.time() * 1000))
-        text = f"{self.cfg.app_key}{secret}{request_time}".encode()
-        params = {
-            "appKey": self.cfg.app_key,
-            "requestTime": request_time,
-            "sign": hashlib.md5(text, usedforsecurity=False).hexdigest(),  # fixed by the gateway's protocol
-        }
         payload = self._client.fetch(
-            "GET", url, params=params, parse=lambda body: self._parse(body, by_secret=by_secret)
+            "GET",
+            url,
+            auth=_RenewalSignature(self.cfg.app_key, secret),
+            parse=lambda body: self._parse(body, by_secret=by_secret),
         )
         self._store(payload)
         log.info("http.secret_renewed", connection=self._client.name, via="secret" if by_secret else "key")
@@ -191,3 +187,27 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
     def _end(self, value: Any, default: float) -> float:
         when = parse_instant(value, self._envelope.tz)
         return when.timestamp() if when is not None else default
+
+
+class _RenewalSignature:
+    """A renewal call's ``appKey``, ``requestTime`` and ``sign``, computed afresh for each attempt
+    (the client applies an auth per attempt): a retry that resent the first attempt's requestTime
+    is refused by a gateway that rejects stale or repeated request times."""
+
+    refreshable: ClassVar[bool] = False
+
+    def __init__(self, app_key: str, secret: str) -> None:
+        self._app_key = app_key
+        self._secret = secret
+
+    def apply(
+        self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
+    ) -> None:
+        request_time = str(int(time.time() * 1000))
+        text = f"{self._app_key}{self._secret}{request_time}".encode()
+        params["appKey"] = self._app_key
+        params["requestTime"] = request_time
+        params["sign"] = hashlib.md5(text, usedforsecurity=False).hexdigest()  # the gateway protocol's
+
+    def refresh(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
+        pass
