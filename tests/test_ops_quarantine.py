@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -149,3 +150,35 @@ def test_status_shows_the_watermark_after_a_replay(tmp_path: Path, gateway: Gate
     rows = rows if isinstance(rows, list) else rows.get("datasets", rows)
     (residents,) = [r for r in rows if r["dataset"] == "residents"]
     assert residents["watermark"] == first.watermark_after
+
+
+def test_a_replay_of_records_that_still_fail_changes_neither_their_entries_nor_the_report(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str
+) -> None:
+    """Replaying without a fix: the entries keep their keys and counts (the replay wrote them back
+    with no key and one more sighting), and the usage report counts nothing new as received or
+    quarantined (a replay receives nothing from upstream)."""
+    from datetime import UTC, datetime
+
+    from syncd.ops.report import usage_report
+
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, replace=[(HOUSEHOLD, STRICT)])
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    store = StateStore(engine)
+    month = datetime.now(UTC).astimezone(ZoneInfo(app.timezone)).strftime("%Y-%m")
+    try:
+        assert run_dataset(app, app.datasets["residents"], store).ok
+        before = {e["raw_hash"]: e for e in list_entries(store, "residents", limit=1000)}
+        assert before and all(e["record_key"] for e in before.values())
+        (usage,) = [u for u in usage_report(app, engine, month) if u.dataset == "residents"]
+        result = replay_quarantine(app, app.datasets["residents"], store)
+        assert result.still_failing == len(before) and result.inserted == 0
+        after = {e["raw_hash"]: e for e in list_entries(store, "residents", limit=1000)}
+        assert {h: (e["record_key"], e["times"]) for h, e in after.items()} == {
+            h: (e["record_key"], e["times"]) for h, e in before.items()
+        }
+        (again,) = [u for u in usage_report(app, engine, month) if u.dataset == "residents"]
+        assert (again.fetched, again.quarantined) == (usage.fetched, usage.quarantined)
+    finally:
+        engine.dispose()

@@ -90,7 +90,7 @@ class RecordSorter:
                 key_values: Row | None = mapping.key_record(record)
             except RecordError:
                 key_values = None
-            reason, raw_key = storable(str(exc)) or "", storable(self._record_key(redacted))
+            reason, raw_key = storable(str(exc)) or "", storable(self.record_key(redacted))
             self.rejected.append((redacted, reason, raw_key, key_values))
             return
         if self.is_deleted is not None and self.is_deleted(record):
@@ -104,8 +104,9 @@ class RecordSorter:
         self.deletes.append(key_values)
         self.delete_after.append(len(self.rows))
 
-    def _record_key(self, record: dict[str, Any]) -> str | None:
-        """Best-effort key of an unmappable record, for the quarantine entry."""
+    def record_key(self, record: dict[str, Any]) -> str | None:
+        """Best-effort key of an unmappable record as upstream sent it (``record`` redacted: masked
+        or hashed key fields stay so), for the quarantine entry."""
         if self._key_paths is None:
             return None
         keys = []

@@ -26,6 +26,7 @@ from syncd.changes import raw_hash
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.errors import RecordError, TargetError
 from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.mapping.records import RecordSorter, storable
 from syncd.ops.plan import delete_flag
 from syncd.runner import check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
@@ -65,14 +66,14 @@ def find_entry(store: StateStore, dataset: str, hash_prefix: str) -> list[dict[s
     return store.quarantined_by_hash(dataset, prefix)
 
 
-def _pages(store: StateStore, dataset: str, size: int) -> list[list[tuple[str, dict[str, Any]]]]:
-    """The dataset's entries as (raw_hash, raw) pages, read once before anything is written."""
+def _pages(store: StateStore, dataset: str, size: int) -> list[list[tuple[str, dict[str, Any], str]]]:
+    """The dataset's entries as (raw_hash, raw, reason) pages, read once before anything is written."""
     import json
 
     q = store.tables.quarantine
-    query = sa.select(q.c.raw_hash, q.c.raw).where(q.c.dataset == dataset).order_by(q.c.raw_hash)
+    query = sa.select(q.c.raw_hash, q.c.raw, q.c.reason).where(q.c.dataset == dataset).order_by(q.c.raw_hash)
     with store.engine.connect() as conn:
-        entries = [(str(h), json.loads(raw)) for h, raw in conn.execute(query)]
+        entries = [(str(h), json.loads(raw), reason) for h, raw, reason in conn.execute(query)]
     return [list(part) for part in chunked(entries, size)]
 
 
@@ -100,6 +101,7 @@ def replay_quarantine(
         watermark_before=store.get_watermark(dataset.name),  # a replay leaves it where it is
     )
     result = ReplayResult(dataset=dataset.name, run_id=info.run_id)
+    sorter = RecordSorter(dataset, mapping)  # the upstream key of a record that still fails
     counts = RunCounts()
     store.begin_run(info)
     error: str | None = None
@@ -107,7 +109,7 @@ def replay_quarantine(
         for page in _pages(store, dataset.name, dataset.batch_size or app.defaults.batch_size):
             _replay_page(
                 store, writer=writer, mapping=mapping, is_deleted=is_deleted, page=page,
-                result=result, counts=counts,
+                result=result, counts=counts, sorter=sorter,
             )
     except Exception as exc:
         error = str(exc)
@@ -124,24 +126,29 @@ def _replay_page(
     writer: BatchWriter,
     mapping: CompiledMapping,
     is_deleted: Callable[[dict[str, Any]], bool],
-    page: list[tuple[str, dict[str, Any]]],
+    page: list[tuple[str, dict[str, Any], str]],
     result: ReplayResult,
     counts: RunCounts,
+    sorter: RecordSorter,
 ) -> None:
     rows: list[Row] = []
     deletes: list[Row] = []
     failing: list[QuarantineItem] = []
     landed: list[str] = []
-    for digest, raw in page:
-        result.examined += 1
-        counts.fetched += 1
+    for digest, raw, stored_reason in page:
+        result.examined += 1  # not counted as fetched: nothing was received from upstream
         try:
             row = mapping(raw)
         except RecordError as exc:
             reason = str(exc)
             result.reasons[reason] = result.reasons.get(reason, 0) + 1
-            # the stored raw is already redacted: its hash is the entry's own, so this updates the reason
-            failing.append(QuarantineItem(raw=raw, reason=reason))
+            result.still_failing += 1
+            if raw_hash(raw) == digest and storable(reason) == stored_reason:
+                continue  # the entry stands as it is: not seen again upstream, so its count stays
+            # the stored raw is already redacted: its hash is the entry's own, so this updates the
+            # reason; its key is read from it as the run read it (the entry keeps its key)
+            key = storable(sorter.record_key(raw))
+            failing.append(QuarantineItem(raw=raw, reason=reason, record_key=key))
             if raw_hash(raw) != digest:
                 landed.append(digest)  # an entry stored under an older hashing: replaced by the new one
             continue
@@ -152,11 +159,12 @@ def _replay_page(
         landed.append(digest)
     batch = writer.write(result.run_id, rows, deletes, failing)
     counts.add(batch)
+    counts.quarantined -= batch.quarantined  # still quarantined, as before: no new entries
     result.inserted += batch.inserted
     result.updated += batch.updated
     result.deleted += batch.deleted
     result.unchanged += batch.unchanged
-    result.still_failing += batch.quarantined
+    result.still_failing += batch.quarantined - len(failing)  # rows the writer refused (null key …)
     _forget(store, result.dataset, landed)
 
 
