@@ -152,6 +152,44 @@ def test_a_timestamptz_window_is_read_in_the_apps_zone_whatever_the_servers(pg_u
     assert read == ["late"]
 
 
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "full"])
+def test_rows_with_a_null_key_are_read_after_the_others_and_hide_none(
+    front: sa.Engine, db_url: str, incremental: bool
+) -> None:
+    """Keyset paging compares the last key read: a page ending on a NULL key matched nothing after
+    it (SQLite and MariaDB sort NULLs first: the rows after it at the same time were silently lost)
+    or failed (key > NULL). Rows with a NULL key are read apart, after the others, for the mapping
+    to quarantine."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "people_nullkey", metadata, sa.Column("id", sa.String(32), nullable=True),
+        sa.Column("name", sa.String(16)), sa.Column("amount", sa.Integer), sa.Column("upd", sa.DateTime),
+        mysql_charset="utf8mb4", mysql_collate="utf8mb4_bin",
+    )
+    metadata.drop_all(front)
+    metadata.create_all(front)
+    t1 = T0 + timedelta(minutes=5)
+    rows = [{"id": "x1", "upd": T0}, {"id": None, "upd": t1}, {"id": None, "upd": t1}]
+    rows += [{"id": f"p{i}", "upd": t1} for i in range(5)]
+    with front.begin() as conn:
+        conn.execute(table.insert(), [{"name": "n", "amount": 1, **r} for r in rows])
+    source = {"type": "sql", "connection": "qzk", "table": "people_nullkey", "key": ["id"], "page_size": 2}
+    if incremental:
+        source["incremental"] = {"field": "upd"}
+    app, ds = make_app("sqlite://", source, connections={"qzk": {"type": "sql", "url": db_url}})
+    src = SqlSource.from_config(app, ds)
+    try:
+        hour = timedelta(hours=1)
+        window = Window(T0 - hour, T0 + hour) if incremental else Window(None, None)
+        read = [r["id"] for page in src.read(window) for r in page.records]
+        assert src.stats.complete
+    finally:
+        src.close()
+        metadata.drop_all(front)
+    assert sorted(i for i in read if i is not None) == ["p0", "p1", "p2", "p3", "p4", "x1"]
+    assert read[-2:] == [None, None]
+
+
 def test_an_empty_table_is_a_complete_empty_read(front: sa.Engine, db_url: str) -> None:
     upstream_table(front, 0, when=T0)
     app, ds = _build(db_url, db_url, incremental=False)

@@ -137,6 +137,7 @@ class SqlSource:
         order_names = ([inc.field] if inc is not None else []) + list(source.key)
         self._order = [sel[c] for c in order_names]
         self._order_names = order_names
+        self._keys = [sel[c] for c in source.key]
 
     @classmethod
     def from_config(cls, app: AppConfig, dataset: DatasetConfig) -> SqlSource:
@@ -165,7 +166,7 @@ class SqlSource:
 
     # ------------------------------------------------------------------ Source protocol
 
-    def _query(self, window: Window, after: tuple[Any, ...] | None) -> sa.Select[Any]:
+    def _in_window(self, window: Window) -> sa.Select[Any]:
         query = sa.select(*self._select).select_from(self._from)
         if self._upd is not None:
             upd = self._from.c[self._upd]
@@ -173,6 +174,12 @@ class SqlSource:
                 query = query.where(upd >= window.since)
             if window.until is not None:
                 query = query.where(upd <= window.until)
+        return query
+
+    def _query(self, window: Window, after: tuple[Any, ...] | None) -> sa.Select[Any]:
+        # keyset paging needs every key value: a NULL compares as unknown, so a page ending on one
+        # hid the rows after it (SQLite, MariaDB sort NULLs first) or failed (column > NULL)
+        query = self._in_window(window).where(*(key.is_not(None) for key in self._keys))
         if after is not None:
             if len(self._order) == 1:
                 query = query.where(self._order[0] > after[0])
@@ -181,43 +188,52 @@ class SqlSource:
         return query.order_by(*self._order).limit(self.cfg.page_size)
 
     def read(self, window: Window) -> Iterator[Page]:
-        """Pages of records (dicts by column name) in keyset order; ``stats.complete`` at the end."""
+        """Pages of records (dicts by column name) in keyset order, then the window's rows with a
+        NULL key (the mapping quarantines them); ``stats.complete`` at the end."""
         after: tuple[Any, ...] | None = None
         limit = self.cfg.page_size
         while True:
             seen = 0
-            try:
-                conn = self._engine.connect()
-            except sa.exc.SQLAlchemyError as exc:
-                raise TransientUpstreamError(
-                    f"front-end database {self._where} is unreachable: {_reason(exc)}"
-                ) from exc
-            try:
-                with conn:
-                    self.stats.requests += 1
-                    streamed = conn.execution_options(stream_results=True, yield_per=min(limit, _FETCH))
-                    result = streamed.execute(self._query(window, after)).mappings()
-                    try:
-                        for part in result.partitions():
-                            records = [dict(r) for r in part]
-                            seen += len(records)
-                            last = records[-1]
-                            after = tuple(last[c] for c in self._order_names)
-                            self.stats.pages += 1
-                            self.stats.records += len(records)
-                            yield Page(records=records, number=self.stats.pages)
-                    finally:
-                        # a run that stops early (stop request, guard, failed batch) closes this
-                        # generator: close the server-side cursor now, not at garbage collection
-                        result.close()
-            except sa.exc.SQLAlchemyError as exc:
-                raise PermanentUpstreamError(
-                    f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
-                    "Check the table/query and that every column the dataset maps exists"
-                ) from exc
+            for page in self._pages(self._query(window, after)):
+                seen += len(page.records)
+                after = tuple(page.records[-1][c] for c in self._order_names)
+                yield page
             if seen < limit:
-                self.stats.complete = True
-                return
+                break
+        null_keys = sa.or_(*(key.is_(None) for key in self._keys))
+        yield from self._pages(self._in_window(window).where(null_keys))
+        self.stats.complete = True
+
+    def _pages(self, query: sa.Select[Any]) -> Iterator[Page]:
+        """The rows of one query, streamed in pages of at most the fetch size."""
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise TransientUpstreamError(
+                f"front-end database {self._where} is unreachable: {_reason(exc)}"
+            ) from exc
+        try:
+            with conn:
+                self.stats.requests += 1
+                streamed = conn.execution_options(
+                    stream_results=True, yield_per=min(self.cfg.page_size, _FETCH)
+                )
+                result = streamed.execute(query).mappings()
+                try:
+                    for part in result.partitions():
+                        records = [dict(r) for r in part]
+                        self.stats.pages += 1
+                        self.stats.records += len(records)
+                        yield Page(records=records, number=self.stats.pages)
+                finally:
+                    # a run that stops early (stop request, guard, failed batch) closes this
+                    # generator: close the server-side cursor now, not at garbage collection
+                    result.close()
+        except sa.exc.SQLAlchemyError as exc:
+            raise PermanentUpstreamError(
+                f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
+                "Check the table/query and that every column the dataset maps exists"
+            ) from exc
 
     def update_time(self, record: dict[str, Any]) -> datetime | None:
         if self._upd is None:
