@@ -176,3 +176,21 @@ def test_a_drop_folder_the_service_cannot_list_fails_the_run(sqlite_url: str, st
                 source.candidates()
         finally:
             source.close()
+
+
+def test_a_csv_row_with_more_cells_than_the_header_fails_its_file(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """An unquoted comma in a value shifts the row: it was written by position (the district into
+    the name column) and the extra cell dropped without a word."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    text = "id,name,amount\r\np1,张三,10\r\np2,北京,朝阳,20\r\np3,王五,30,\r\n"
+    (drop / "shifted.csv").write_text(text, encoding="utf-8")
+    (drop / "shifted.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop)
+    result = run_dataset(app, ds, store)
+    assert not result.ok and "shifted.csv" in (result.error or "")
+    reason = (drop / "failed" / "shifted.csv.reason.txt").read_text(encoding="utf-8")
+    assert "row 3 has 4 cells but the header has 3" in reason
+    assert "p2" not in local_rows(store)

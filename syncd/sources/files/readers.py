@@ -27,9 +27,6 @@ __all__ = ["FALLBACK_ENCODINGS", "FileProblem", "Inspected", "file_format", "ins
 
 FALLBACK_ENCODINGS = ("utf-8-sig", "utf-8", "gb18030")
 _BLOCK = 1 << 20
-EXTRA_KEY = "_extra"  # CSV cells beyond the header row
-
-
 class FileProblem(Exception):
     """A file that cannot be read as configured; the reason goes into ``name.reason.txt``."""
 
@@ -122,10 +119,15 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
                 continue
             if not any(cells):
                 continue  # blank line
-            record: dict[str, Any] = dict(zip(header, cells, strict=False))
-            if len(cells) > len(header):
-                record[EXTRA_KEY] = cells[len(header):]
-            yield record
+            if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
+                # the values are shifted (an unquoted delimiter in a value, most often): mapping the
+                # row by position would write one column's value into another
+                raise FileProblem(
+                    f"{path.name} row {number} has {len(cells)} cells but the header has {len(header)}: "
+                    f"a value holding the delimiter {cfg.delimiter!r} must be quoted; fix the file and "
+                    "drop it again"
+                )
+            yield dict(zip(header, cells, strict=False))
         if header is None:
             raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
 
