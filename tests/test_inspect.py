@@ -74,3 +74,25 @@ def test_changes_feed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(table) == 4
     assert main(["-c", str(config), "changes", "residents"]) == 2
     assert main(["-c", str(config), "changes", "residents", "--since", "yesterday"]) == 2
+
+
+def test_changes_of_a_dataset_never_configured_nor_written_is_a_usage_error(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo printed '(none)' with exit 0, as if the dataset had no changes (runs says exit 2)."""
+    capsys.readouterr()
+    assert main(["-c", str(config), "changes", "residentz", "--after-id", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "residentz" in err and "residents" in err
+
+
+def test_report_defaults_to_this_month_where_the_unit_is(config: Path) -> None:
+    """The default month is the configured zone's, not the server clock's: 20:00 UTC on 30 November
+    is already December in Asia/Shanghai."""
+    from datetime import UTC, datetime
+
+    from syncd.commands.report import this_month
+
+    assert this_month("Asia/Shanghai", datetime(2026, 11, 30, 20, tzinfo=UTC)) == "2026-12"
+    assert this_month("UTC", datetime(2026, 11, 30, 20, tzinfo=UTC)) == "2026-11"
+    assert main(["-c", str(config), "report"]) == 0

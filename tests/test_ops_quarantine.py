@@ -182,3 +182,22 @@ def test_a_replay_of_records_that_still_fail_changes_neither_their_entries_nor_t
         assert (again.fetched, again.quarantined) == (usage.fetched, usage.quarantined)
     finally:
         engine.dispose()
+
+
+def test_quarantine_list_and_show_print_local_times(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str
+) -> None:
+    """Like status, runs and changes: the configured zone's time, not UTC without a label."""
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, replace=[(HOUSEHOLD, STRICT)])
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    try:
+        assert run_dataset(app, app.datasets["residents"], StateStore(engine)).ok
+        (entry,) = list_entries(StateStore(engine), "residents", limit=1)
+    finally:
+        engine.dispose()
+    local = entry["last_seen"].astimezone(ZoneInfo("Asia/Shanghai"))
+    shown = cli(config, "list", "residents", "--limit", "1")
+    assert f"last={local:%Y-%m-%d %H:%M:%S}" in shown.stdout, shown.stdout
+    detail = cli(config, "show", "residents", entry["raw_hash"][:12])
+    assert f"last_seen: {local.isoformat(sep=' ')}" in detail.stdout, detail.stdout

@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from syncd.commands._tables import render_table
-from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+from syncd.commands.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    dataset_or_report,
+    load_or_report,
+    open_store,
+)
 
 NAME = "changes"
 HELP = "print a dataset's change feed as a table or JSON lines (reads the target DB)"
@@ -71,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         engine.dispose()
+    if not rows and args.dataset not in app.datasets:  # a removed dataset's feed is still shown
+        dataset_or_report(app, args.dataset, "changes")
+        return EXIT_CONFIG
     if args.format == "jsonl":
         for row in rows:
             row["changed_at"] = row["changed_at"].isoformat()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from zoneinfo import ZoneInfo
 
 from syncd.commands.common import (
     EXIT_CONFIG,
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
     dataset = dataset_or_report(app, args.dataset, "quarantine")
     if dataset is None:
         return EXIT_CONFIG
+    zone = ZoneInfo(app.timezone)  # times as the other commands show them: local
     engine, store = open_store(app)
     try:
         if args.action == "list":
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
             for e in entries:
                 print(
                     f"{e['raw_hash']}  key={e['record_key'] or '-'}  seen={e['times']}x  "
-                    f"last={e['last_seen']:%Y-%m-%d %H:%M:%S}  {e['reason']}"
+                    f"last={e['last_seen'].astimezone(zone):%Y-%m-%d %H:%M:%S}  {e['reason']}"
                 )
             print(f"{len(entries)} quarantined record(s) shown for {dataset.name}")
             return EXIT_OK
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
                 return EXIT_FAILED
             e = found[0]
             for name in ("raw_hash", "record_key", "reason", "run_id", "first_seen", "last_seen", "times"):
-                print(f"{name}: {e[name]}")
+                value = e[name].astimezone(zone).isoformat(sep=" ") if name.endswith("_seen") else e[name]
+                print(f"{name}: {value}")
             print("raw (masked/hashed source fields are stored redacted):")
             print(json_text(e["raw"]))
             return EXIT_OK

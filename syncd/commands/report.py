@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
 
@@ -14,22 +15,29 @@ HELP = "monthly usage report per dataset (使用留痕): runs, records, authoriz
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--month", default=date.today().strftime("%Y-%m"), help="YYYY-MM (default: this month)"
+        "--month", default=None, help="YYYY-MM (default: this month in the configured time zone)"
     )
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="output format")
+
+
+def this_month(timezone: str, now: datetime | None = None) -> str:
+    """``YYYY-MM`` of ``now`` where the unit is (``timezone``), not where the server's clock says."""
+    return (now or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
 
 
 def run(args: argparse.Namespace) -> int:
     from syncd.errors import SyncdError
     from syncd.ops.report import month_bounds, render_csv, render_markdown, usage_report
 
+    app = load_or_report(args)
+    if app is None:
+        return EXIT_CONFIG
+    if args.month is None:
+        args.month = this_month(app.timezone)
     try:
         month_bounds(args.month)
     except ValueError as exc:
         print(f"syncd report: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    app = load_or_report(args)
-    if app is None:
         return EXIT_CONFIG
     engine, _ = open_store(app)
     try:
