@@ -59,6 +59,11 @@ def _issue(doc: Document, model_path: Path, message: str, *, on_key: bool = Fals
     return doc.issue(where.path, message, on_key=on_key)
 
 
+def _warn(doc: Document, at: Path, event: str, **fields: object) -> None:
+    """A configuration warning (the load goes on) with the file, line and field it is about."""
+    log.warning(event, file=doc.file, line=doc.position(at).line, field=format_path(at), **fields)
+
+
 def _hint(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`? " if close else ""
@@ -93,15 +98,7 @@ def _tls(doc: Document, at: Path, url: URL) -> list[ConfigIssue]:
         return [doc.issue(at, problem)]
     reason = unverified_tls(url)
     if reason is not None:
-        pos = doc.position(at)
-        log.warning(
-            "config.database_tls_unverified",
-            file=doc.file,
-            line=pos.line,
-            field=format_path(at),
-            host=url.host,
-            reason=reason,
-        )
+        _warn(doc, at, "config.database_tls_unverified", host=url.host, reason=reason)
     return []
 
 
@@ -187,12 +184,10 @@ def _lookback_across_dst(dataset: DatasetConfig, app: AppConfig, doc: Document) 
         at: Path = ("source", "incremental")
         if inc.lookback is not None:
             at = (*at, "lookback")
-        pos = doc.position(at)
-        log.warning(
+        _warn(
+            doc,
+            at,
             "config.lookback_under_dst",
-            file=doc.file,
-            line=pos.line,
-            field=format_path(at),
             timezone=app.timezone,
             lookback_s=lookback.total_seconds(),
             fix=f"set source.incremental.lookback to at least {shift} (clocks in {app.timezone} go back "
