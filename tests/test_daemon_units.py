@@ -279,6 +279,33 @@ def test_a_dataset_removed_by_a_reload_while_it_runs_stays_removed(
     assert 'dataset="residents"' not in daemon.metrics.render().decode()
 
 
+def test_restart_only_sections_changed_by_a_reload_wait_for_the_restart(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """daemon:, timezone: and logging: apply at the next restart, whole. A reload used to adopt
+    them half-way: /healthz judged the heartbeat by the new timeout while the scheduler beat at the
+    old interval (a healthy daemon flapped to 503), and runs used the new time zone while cron fired
+    in the old one."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url="http://127.0.0.1:9", every="1h")
+    daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+    before = daemon.app
+    try:
+        daemon._adopt(daemon.app)
+        text = config.read_text(encoding="utf-8")
+        text = text.replace("heartbeat_timeout: 5s", "heartbeat_timeout: 3s")
+        text = text.replace("timezone: Asia/Shanghai", "timezone: Europe/Berlin")
+        config.write_text(text, encoding="utf-8")
+        with capture_logs() as logs:
+            assert daemon.reload()
+    finally:
+        daemon.engine.dispose()
+        daemon.locker.close()
+    assert daemon.app.daemon == before.daemon and daemon.app.timezone == "Asia/Shanghai"
+    (warning,) = [e for e in logs if e["event"] == "config.restart_needed"]
+    assert "daemon" in str(warning) and "timezone" in str(warning)
+
+
 def test_a_reload_that_cannot_read_the_datasets_dir_keeps_the_old_configuration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

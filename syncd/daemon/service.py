@@ -393,6 +393,8 @@ class Daemon:
         restart_only = [
             k for k in ("daemon", "timezone", "logging") if getattr(new, k) != getattr(self.app, k)
         ]
+        if restart_only:  # they apply at the next restart, whole: the running ones stay in force
+            new = new.model_copy(update={k: getattr(self.app, k) for k in restart_only})
         self.app = new
         plan = self.scheduler.apply(schedules_of(new))
         self._adopt(new)
