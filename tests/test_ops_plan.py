@@ -121,6 +121,24 @@ def test_plan_shows_a_hashed_key_of_a_quarantined_record_hashed(
     assert all(re.fullmatch(r"[0-9a-f]{64}", s["record_key"]) for s in samples)
 
 
+def test_plan_warns_when_a_sync_would_fail_on_the_error_limit(
+    tmp_path: Path, gateway: Gateway, sqlite_url: str
+) -> None:
+    """plan said 'would insert' with no word of the quarantine share that makes the sync fail."""
+    household = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
+    strict = household + "    validators: [{range: {max: 2}}]\n"
+    config = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url, replace=[(household, strict)])
+    app = load_config(config)
+    engine = create_target_engine(sqlite_url)
+    try:
+        plan = plan_dataset(app, app.datasets["residents"], engine, samples=1)
+        done = run_dataset(app, app.datasets["residents"], StateStore(engine, app.target.table_prefix))
+    finally:
+        engine.dispose()
+    assert not done.ok and "error limit" in (done.error or "")
+    assert [w for w in plan.warnings if w.startswith("a sync would fail")], plan.warnings
+
+
 def test_plan_on_a_missing_sqlite_file_creates_no_file(
     tmp_path: Path, gateway: Gateway, capsys: pytest.CaptureFixture[str]
 ) -> None:

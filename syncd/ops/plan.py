@@ -257,6 +257,14 @@ def plan_dataset(
                 rows, deletes = [], []
         planner.batch(rows, deletes)
         result.warnings.extend(source.stats.warnings)
+        limit = dataset.error_limit or app.defaults.error_limit
+        held, read = result.categories["quarantine"].count, result.fetched
+        if held > limit.count or (read and held / read > limit.ratio):  # the runner's rule, at the end
+            result.warnings.append(
+                f"a sync would fail: {held} of {read} records would be quarantined, over the error limit "
+                f"(error_limit.count {limit.count}, error_limit.ratio {limit.ratio:.1%}); the batches "
+                "written before it is reached would stay. Fix the mapping or the upstream data first"
+            )
         if not source.stats.complete:
             result.warnings.append("the source stopped before the end of the data: the plan is partial")
     finally:
