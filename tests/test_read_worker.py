@@ -313,7 +313,9 @@ def test_an_interrupted_run_counts_the_requests_it_sent(
         )
         sent = len(gw.request_log) - before  # its data requests (the token request is not logged)
     assert result.status == "interrupted"
-    assert 3 <= result.counts.requests <= sent + 1, (result.counts.requests, sent)
+    # a request is counted when it is sent: the token's, and read-ahead ones the stop cut short
+    # before the gateway logged them, may come on top of what the gateway saw
+    assert 3 <= result.counts.requests <= sent + 3, (result.counts.requests, sent)
 
 
 def test_a_worker_that_dies_is_reported_by_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
