@@ -194,3 +194,25 @@ def test_a_csv_row_with_more_cells_than_the_header_fails_its_file(
     reason = (drop / "failed" / "shifted.csv.reason.txt").read_text(encoding="utf-8")
     assert "row 3 has 4 cells but the header has 3" in reason
     assert "p2" not in local_rows(store)
+
+
+def test_a_utf8_file_with_one_damaged_character_fails_instead_of_reading_as_gb18030(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """One truncated character made UTF-8 fail and the whole file fall back to GB18030: every row
+    was written garbled (张三 as 寮犱笁) and the run succeeded."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = "".join(f"p{i},张三{i},{i}\r\n" for i in range(40)).encode()
+    (drop / "damaged.csv").write_bytes(b"id,name,amount\r\n" + rows + "p99,李".encode()[:-1] + b",9\r\n")
+    (drop / "damaged.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop)
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 0
+    reason = (drop / "failed" / "damaged.csv.reason.txt").read_text(encoding="utf-8")
+    assert "is UTF-8" in reason and "not valid UTF-8" in reason
+    assert local_rows(store) == {}
+    # a GBK file still reads as GB18030
+    _csv(drop / "gbk.csv", [("p1", "张三", "1"), ("p2", "李四", "2")], "gbk")
+    assert run_dataset(app, ds, store).ok
+    assert local_rows(store) == {"p1": ("张三", 1), "p2": ("李四", 2)}
