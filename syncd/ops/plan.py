@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from syncd.changes import DELETED_HASH, changed_indexes, classify, key_text, normaliser_for, row_hash
-from syncd.config.model import AppConfig, DatasetConfig
+from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, RecordError
 from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.mapping.records import RecordSorter
 from syncd.paths import MISSING, compile_path
 from syncd.runner import check_authorization, resume_from
 from syncd.sources import Source, Window, build_source
@@ -233,6 +234,7 @@ def plan_dataset(
     planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
     batch_size = dataset.batch_size or app.defaults.batch_size
     is_deleted = delete_flag(dataset)
+    upstream_key = RecordSorter(dataset, mapping).record_key  # as the quarantine stores it
     source = source_factory(app, dataset)
     rows: list[Row] = []
     deletes: list[Row] = []
@@ -245,7 +247,7 @@ def plan_dataset(
                 try:
                     row = mapping(record)
                 except RecordError as exc:
-                    key = _raw_key(mapping, mapping.redact_raw(record))  # masked keys stay masked
+                    key = upstream_key(mapping.redact_raw(record))  # masked keys stay masked
                     result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
                     continue
                 if is_deleted(record):
@@ -257,19 +259,23 @@ def plan_dataset(
                 rows, deletes = [], []
         planner.batch(rows, deletes)
         result.warnings.extend(source.stats.warnings)
-        limit = dataset.error_limit or app.defaults.error_limit
-        held, read = result.categories["quarantine"].count, result.fetched
-        if held > limit.count or (read and held / read > limit.ratio):  # the runner's rule, at the end
-            result.warnings.append(
-                f"a sync would fail: {held} of {read} records would be quarantined, over the error limit "
-                f"(error_limit.count {limit.count}, error_limit.ratio {limit.ratio:.1%}); the batches "
-                "written before it is reached would stay. Fix the mapping or the upstream data first"
-            )
+        _check_error_limit(dataset.error_limit or app.defaults.error_limit, result)
         if not source.stats.complete:
             result.warnings.append("the source stopped before the end of the data: the plan is partial")
     finally:
         source.close()
     return result
+
+
+def _check_error_limit(limit: ErrorLimit, result: PlanResult) -> None:
+    """A warning when the sync would fail on the error limit (the runner's rule at the run's end)."""
+    held, read = result.categories["quarantine"].count, result.fetched
+    if held > limit.count or (read and held / read > limit.ratio):
+        result.warnings.append(
+            f"a sync would fail: {held} of {read} records would be quarantined, over the error limit "
+            f"(error_limit.count {limit.count}, error_limit.ratio {limit.ratio:.1%}); the batches "
+            "written before it is reached would stay. Fix the mapping or the upstream data first"
+        )
 
 
 def delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool]:
@@ -285,15 +291,3 @@ def delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool]:
         return (str(v).lower() if isinstance(v, bool) else str(v).strip()) in values
 
     return is_deleted
-
-
-def _raw_key(mapping: CompiledMapping, record: dict[str, Any]) -> str | None:
-    parts = []
-    for idx in mapping.key_indexes:
-        source = mapping.specs[mapping.columns[idx]].source
-        value = MISSING if source is None else compile_path(source)(record)
-        if value is MISSING or value is None:
-            return None
-        parts.append(value)
-    return key_text(parts)
-

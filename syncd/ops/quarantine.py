@@ -158,8 +158,11 @@ def _replay_page(
             rows.append(row)
         landed.append(digest)
     batch = writer.write(result.run_id, rows, deletes, failing)
-    counts.add(batch)
-    counts.quarantined -= batch.quarantined  # still quarantined, as before: no new entries
+    # what the replay wrote; its still-failing records are no new quarantine entries
+    counts.inserted += batch.inserted
+    counts.updated += batch.updated
+    counts.deleted += batch.deleted
+    counts.unchanged += batch.unchanged
     result.inserted += batch.inserted
     result.updated += batch.updated
     result.deleted += batch.deleted

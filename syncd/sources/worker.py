@@ -551,7 +551,7 @@ def _die_with_parent(parent: int) -> None:
 
 def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats]) -> None:
     """Read, map and send every page; ``reading`` gets the source's stats as soon as it exists."""
-    from syncd.changes.hashing import record_digester
+    from syncd.changes.hashing import record_digester, row_hash
     from syncd.changes.keys import row_key_function
     from syncd.mapping import compile_mapping
     from syncd.mapping.records import RecordSorter
@@ -597,7 +597,9 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                     if ts is not None and (newest is None or ts > newest):
                         newest = ts
                     sort(record, digests.pop() if digests is not None else digest(record))
-                mapped = _take_page(sorter, page, fetched, newest, row_key if want_keys else None)
+                mapped = _take_page(
+                    sorter, page, fetched, newest, row_hash=row_hash, row_key=row_key if want_keys else None
+                )
                 stats = source.stats  # what it sent and received so far: counted if the run ends early
                 channel.send(("page", mapped, (stats.requests, stats.retries, stats.bytes)))
         finally:
@@ -611,12 +613,12 @@ def _take_page(
     page: Page,
     fetched: int,
     newest: datetime | None,
+    *,
+    row_hash: Callable[[Any], str],
     row_key: Callable[[Any], str | None] | None,
 ) -> MappedPage:
     """The page ``sorter`` holds, mapped, to send; ``sorter`` starts afresh. ``row_key``: the keys
     too (the run skips unchanged records), or None (a first load)."""
-    from syncd.changes.hashing import row_hash
-
     rows, key_of = sorter.rows, sorter.mapping.key_of
     mapped = MappedPage(
         number=page.number,
