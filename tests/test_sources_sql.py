@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncd.errors import PermanentUpstreamError
-from syncd.runner import run_dataset
+from syncd.runner import Backfill, run_dataset
 from syncd.sources import Window
 from syncd.sources.sql import SqlSource
 from tests.sources_kit import local_rows, make_app, store_for, upstream_table
@@ -244,5 +244,58 @@ def test_a_missing_column_is_a_clear_permanent_error(tmp_path: Path) -> None:
     try:
         with pytest.raises(PermanentUpstreamError, match="Check the table/query"):
             list(src.read(Window(None, None)))
+    finally:
+        src.close()
+
+
+def test_a_full_read_takes_the_rows_without_an_update_time_and_warns(
+    front: sa.Engine, db_url: str, sqlite_url: str
+) -> None:
+    """Rows whose update column is NULL (a legacy table whose update column was added later) are
+    part of the dataset: no window selects them, so the first load and ``--full`` read them apart,
+    in key order, and warn that incremental runs will not see their changes. Before, the window's
+    ``upd <= until`` dropped them from every read, the first load included."""
+    table = upstream_table(front, 13, when=T0)
+    with front.begin() as conn:
+        conn.execute(table.update().where(table.c.id.in_(["p00002", "p00005", "p00006", "p00011"]))
+                     .values(upd=None))
+        conn.execute(table.update().where(table.c.id == "p00003").values(upd=T0 - timedelta(days=400)))
+    app, ds = _build(db_url, sqlite_url, incremental=True, page_size=3)
+    store = store_for(sqlite_url)
+    try:
+        first = run_dataset(app, ds, store, now=T0 + timedelta(minutes=5))
+        assert first.ok, first.error
+        assert first.counts.inserted == 13 and len(local_rows(store)) == 13
+        assert any("4 rows of people have no update time (upd is NULL)" in w for w in first.warnings)
+        assert first.watermark_after == "2026-03-01 08:00:00"  # the undated rows do not move it
+        with front.begin() as conn:
+            conn.execute(table.update().where(table.c.id == "p00005").values(amount=555))
+            later = T0 + timedelta(minutes=7)
+            conn.execute(table.update().where(table.c.id == "p00007").values(amount=777, upd=later))
+        second = run_dataset(app, ds, store, now=T0 + timedelta(minutes=20))
+        assert second.ok, second.error
+        assert not any("no update time" in w for w in second.warnings)  # an incremental read: not read
+        assert local_rows(store)["p00007"] == ("名7", 777) and local_rows(store)["p00005"] == ("名5", 5)
+        full = run_dataset(app, ds, store, now=T0 + timedelta(minutes=30), backfill=Backfill(full=True))
+        assert full.ok, full.error
+        assert full.counts.fetched == 13 and full.counts.updated == 1
+        assert local_rows(store)["p00005"] == ("名5", 555)
+    finally:
+        store.engine.dispose()
+
+
+def test_the_undated_rows_page_by_key_and_a_windowed_read_skips_them(front: sa.Engine, db_url: str) -> None:
+    table = upstream_table(front, 10, when=T0)
+    with front.begin() as conn:
+        conn.execute(table.update().where(table.c.id >= "p00003").values(upd=None))
+    app, ds = _build(db_url, db_url, incremental=True, page_size=2)
+    src = SqlSource.from_config(app, ds)
+    try:
+        full = [r["id"] for page in src.read(Window(None, T0 + timedelta(hours=1))) for r in page.records]
+        assert full == [f"p{i:05d}" for i in range(10)], "dated rows first, then the undated ones by key"
+        assert src.stats.complete and len(src.stats.warnings) == 1
+        src.stats = type(src.stats)()
+        windowed = [r["id"] for page in src.read(Window(T0, T0 + timedelta(hours=1))) for r in page.records]
+        assert windowed == ["p00000", "p00001", "p00002"] and src.stats.warnings == []
     finally:
         src.close()

@@ -22,12 +22,13 @@ How it reads (DESIGN §4.3, §4.5):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
 
 from syncd.config.model import AppConfig, DatasetConfig, SqlConnection, SqlSourceConfig
@@ -37,6 +38,8 @@ from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import describe_url, with_driver
 
 __all__ = ["SqlSource", "columns_read", "source_engine"]
+
+log = structlog.get_logger(__name__)
 
 _FETCH = 1000  # rows per server-side fetch (one Page)
 
@@ -173,36 +176,68 @@ class SqlSource:
             if window.since is not None:
                 query = query.where(upd >= window.since)
             if window.until is not None:
-                query = query.where(upd <= window.until)
+                bound = upd <= window.until
+                # a full read takes the rows that have no update time too (see read())
+                query = query.where(bound if window.since is not None else sa.or_(bound, upd.is_(None)))
         return query
 
-    def _query(self, window: Window, after: tuple[Any, ...] | None) -> sa.Select[Any]:
-        # keyset paging needs every key value: a NULL compares as unknown, so a page ending on one
-        # hid the rows after it (SQLite, MariaDB sort NULLs first) or failed (column > NULL)
-        query = self._in_window(window).where(*(key.is_not(None) for key in self._keys))
-        if after is not None:
-            if len(self._order) == 1:
-                query = query.where(self._order[0] > after[0])
-            else:
-                query = query.where(sa.tuple_(*self._order) > sa.tuple_(*after))
-        return query.order_by(*self._order).limit(self.cfg.page_size)
-
-    def read(self, window: Window) -> Iterator[Page]:
-        """Pages of records (dicts by column name) in keyset order, then the window's rows with a
-        NULL key (the mapping quarantines them); ``stats.complete`` at the end."""
+    def _keyset(
+        self, query: sa.Select[Any], order: Sequence[sa.ColumnElement[Any]], names: Sequence[str]
+    ) -> Iterator[Page]:
+        """``query``'s rows in keyset pages ordered by ``order`` (whose values are never NULL)."""
         after: tuple[Any, ...] | None = None
         limit = self.cfg.page_size
         while True:
+            paged = query
+            if after is not None:
+                if len(order) == 1:
+                    paged = paged.where(order[0] > after[0])
+                else:
+                    paged = paged.where(sa.tuple_(*order) > sa.tuple_(*after))
             seen = 0
-            for page in self._pages(self._query(window, after)):
+            for page in self._pages(paged.order_by(*order).limit(limit)):
                 seen += len(page.records)
-                after = tuple(page.records[-1][c] for c in self._order_names)
+                after = tuple(page.records[-1][c] for c in names)
                 yield page
             if seen < limit:
                 break
+
+    def read(self, window: Window) -> Iterator[Page]:
+        """Pages of records (dicts by column name) in keyset order, then the window's rows with a
+        NULL key (the mapping quarantines them); ``stats.complete`` at the end.
+
+        Keyset paging needs every ordering value: a NULL compares as unknown, so a page ending on
+        one hid the rows after it (SQLite, MariaDB sort NULLs first) or failed (column > NULL).
+        Rows with a NULL key are read apart, after the others. So are a full read's rows with no
+        update time (a legacy front-end table whose update column was added later, or is filled by
+        only some of its writers): they are part of the dataset, but no window can select them, so
+        an incremental run never reads them again; the read warns how many there are."""
+        in_window = self._in_window(window)
+        with_keys = in_window.where(*(key.is_not(None) for key in self._keys))
+        if self._upd is None:
+            yield from self._keyset(with_keys, self._order, self._order_names)
+        else:
+            upd = self._from.c[self._upd]
+            yield from self._keyset(with_keys.where(upd.is_not(None)), self._order, self._order_names)
+            if window.since is None:
+                undated = 0
+                for page in self._keyset(with_keys.where(upd.is_(None)), self._keys, list(self.cfg.key)):
+                    undated += len(page.records)
+                    yield page
+                if undated:
+                    self._warn_undated(undated)
         null_keys = sa.or_(*(key.is_(None) for key in self._keys))
-        yield from self._pages(self._in_window(window).where(null_keys))
+        yield from self._pages(in_window.where(null_keys))
         self.stats.complete = True
+
+    def _warn_undated(self, count: int) -> None:
+        log.warning("sync.rows_without_update_time", dataset=self.name, field=self._upd, rows=count)
+        self.stats.warnings.append(
+            f"{count} rows of {self.cfg.table or 'the query'} have no update time ({self._upd} is NULL): "
+            "this full read took them, but incremental runs cannot select them, so their later changes "
+            f"are only read by a full read (syncd sync {self.name} --full, e.g. on a weekly timer) or "
+            f"once upstream fills {self._upd}"
+        )
 
     def _pages(self, query: sa.Select[Any]) -> Iterator[Page]:
         """The rows of one query, streamed in pages of at most the fetch size."""
