@@ -10,6 +10,7 @@
     ├── RecordError                 one record cannot be mapped or validated: quarantined, run continues
     ├── TargetError                 the target database refused or is unreachable: run fails, nothing lost
     ├── GuardError                  a safety guard stopped the run (error limit, delete ratio)
+    ├── RunLockLost                 the run's dataset lock was lost mid-run: the run fails between batches
     └── StopRequested               the service is stopping: the run ends between batches
 
 Messages never contain secret values; they name the dataset, the field and what to do.
@@ -25,6 +26,7 @@ __all__ = [
     "GuardError",
     "PermanentUpstreamError",
     "RecordError",
+    "RunLockLost",
     "StopRequested",
     "SyncdError",
     "TargetError",
@@ -113,6 +115,15 @@ class TargetError(SyncdError):
 
 class GuardError(SyncdError):
     """A safety guard refused to go on (too many bad records, too many deletes)."""
+
+
+class RunLockLost(SyncdError):
+    """The run's dataset lock is gone (its database session ended): another process may run the
+    dataset now, so the run stopped between batches, before writing more (syncd.daemon.locks)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class StopRequested(SyncdError):

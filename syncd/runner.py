@@ -14,7 +14,13 @@ rows. What the runner owns is the run's policy:
   seen after it committed; only a run that read the whole dataset deletes the unseen keys, and
   only within the guard (:mod:`syncd.targets.snapshot`);
 * a source with a ``finish(success)`` method (the file source) is told how the run ended, after
-  every batch committed, so it can move what it read.
+  every batch committed, so it can move what it read;
+* the run's dataset lock (``lock``, :class:`RunLock`), when it has one, is checked between pages
+  and batches (the lock does at most one query every few seconds) and always before the snapshot
+  deletes and before the run ends well (and advances the watermark): a lock lost mid-run
+  (:class:`~syncd.errors.RunLockLost`) fails the run there, since another process may be running
+  the dataset by then. A batch being written when the lock went commits (it is whole); nothing
+  is written after the check that finds the loss.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -34,7 +40,7 @@ import structlog
 from syncd.changes import record_digester
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
-from syncd.errors import AuthorizationError, GuardError, RecordError, StopRequested, SyncdError
+from syncd.errors import AuthorizationError, GuardError, RecordError, RunLockLost, StopRequested, SyncdError
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, Row
@@ -52,7 +58,7 @@ from syncd.targets import (
 )
 from syncd.targets.snapshot import SnapshotDeletes
 
-__all__ = ["Backfill", "Progress", "RunResult", "check_authorization", "run_dataset"]
+__all__ = ["Backfill", "Progress", "RunLock", "RunResult", "check_authorization", "run_dataset"]
 
 log = structlog.get_logger("syncd.runner")
 
@@ -63,6 +69,14 @@ worker's start (~0.35 s) pays for itself from about 25,000 records (bench/RESULT
 READY_WAIT_S = 0.0
 """How long the run waits at a page boundary for the held read worker to be ready: not at all (it
 reads on in its own process meanwhile). Tests raise it to hand over at a known page."""
+
+
+class RunLock(Protocol):
+    """The dataset's run lock as a run sees it (syncd.daemon.locks.HeldLock)."""
+
+    def check(self, *, force: bool = False) -> None:
+        """Raise RunLockLost when the lock is gone. Cheap: it asks the database at most every few
+        seconds, unless ``force``."""
 
 
 @dataclass
@@ -177,6 +191,7 @@ class _Run:
         self.max_seen: datetime | None = None
         self.warnings: list[str] = []
         self.should_stop: Callable[[], bool] = lambda: False
+        self.lock: RunLock | None = None
         self.backfill: Backfill | None = None
         self.on_progress: Callable[[Progress], None] | None = None
         self.started_mono = time.monotonic()
@@ -194,11 +209,19 @@ class _Run:
             self.on_progress(Progress(self.ds.name, c.pages, c.fetched, c.reported_total, elapsed))
 
     def check_stop(self) -> None:
+        """Between pages and before each batch: a stop request, or a lost run lock, ends the run."""
         if self.should_stop():
             raise StopRequested(
                 "the service is stopping; committed batches are kept and the next run resumes "
                 "from the unchanged watermark"
             )
+        if self.lock is not None:
+            self.lock.check()
+
+    def check_lock(self, force: bool = False) -> None:
+        """RunLockLost when the run's lock is gone (``force``: ask the database now)."""
+        if self.lock is not None:
+            self.lock.check(force=force)
 
     # ------------------------------------------------------------------ window and watermark
 
@@ -791,7 +814,8 @@ def _snapshot_deletes(
         run.warnings.append(f"snapshot deletes wait for the next complete read: {unsure}")
         return
     run.check_stop()
-    counts = snapshot.apply(writer, run.batch_size)
+    run.check_lock(force=True)  # deleting beside another run of the dataset deletes live rows
+    counts = snapshot.apply(writer, run.batch_size, before_write=run.check_lock)
     run.counts.deleted += counts.deleted
 
 
@@ -806,12 +830,16 @@ def run_dataset(
     should_stop: Callable[[], bool] | None = None,
     backfill: Backfill | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    lock: RunLock | None = None,
 ) -> RunResult:
     """Run ``dataset`` once. Never raises for a failed run: the result says what happened.
 
     ``should_stop`` is polled between pages and before each batch is written; when it returns
     True the run ends with status ``interrupted`` (the daemon's SIGTERM), keeping what committed.
     ``backfill`` re-reads a window (see :class:`Backfill`); ``on_progress`` is called after every page.
+    ``lock`` is the dataset's run lock the caller holds (``DatasetLocker.take``): checked between
+    batches, a lost one fails the run (``sync.lock_lost``). Without it nothing is checked (tests,
+    an in-memory database).
     """
     started = time.monotonic()
     run = _Run(app, dataset, store, now or datetime.now(UTC))
@@ -819,6 +847,7 @@ def run_dataset(
         run.should_stop = should_stop
     run.backfill = backfill
     run.on_progress = on_progress
+    run.lock = lock
     with _bound(dataset=dataset.name, run_id=run.run_id):
         try:
             before = _start(run, trigger)
@@ -909,6 +938,9 @@ def _read_and_write(
             reading = _Reading(run, window, source_factory, first_load=False)
             writer, stats = _read_again(run, reading, mapping, snapshot, stats)
         _snapshot_deletes(run, reading.open(), window, snapshot, writer)
+        # still ours, or another run may have read and written meanwhile: no watermark, and a file
+        # source keeps its files
+        run.check_lock(force=True)
         success = True
         total, received = stats.reported_total, stats.records
         if total is not None and total != received:
@@ -918,6 +950,9 @@ def _read_and_write(
     except StopRequested as exc:
         log.warning("sync.interrupted", reason=str(exc))
         return "interrupted", str(exc), None
+    except RunLockLost as exc:
+        log.error("sync.lock_lost", error=str(exc), reason=exc.reason)
+        return "failed", str(exc), None
     except Exception as exc:  # every failure is recorded on the run, then reported (BLE allows re-logging)
         known = isinstance(exc, SyncdError)
         error = str(exc) if known else f"{type(exc).__name__}: {exc}"

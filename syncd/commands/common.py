@@ -15,6 +15,7 @@ from syncd.config.model import AppConfig, DatasetConfig
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from syncd.daemon.locks import HeldLock
     from syncd.targets import StateStore
 
 __all__ = [
@@ -79,25 +80,28 @@ def open_store(app: AppConfig) -> tuple[sa.Engine, StateStore]:
 
 
 @contextmanager
-def run_locks(app: AppConfig, command: str) -> Iterator[Callable[[str], AbstractContextManager[bool]]]:
+def run_locks(
+    app: AppConfig, command: str
+) -> Iterator[Callable[[str], AbstractContextManager[HeldLock | None]]]:
     """The datasets' run locks for a command that writes them (``syncd sync``, ``syncd quarantine
-    replay``): ``with locks(name) as acquired:``, as the daemon takes them (syncd.daemon.locks). When
-    ``acquired`` is False another syncd process is running the dataset; a line on stdout says so."""
+    replay``): ``with locks(name) as held:``, as the daemon takes them (syncd.daemon.locks); hand
+    ``held`` to the run, which checks it between batches. When ``held`` is None another syncd
+    process is running the dataset; a line on stdout says so."""
     from syncd.daemon.locks import DatasetLocker
 
     locker = DatasetLocker(app.target.url.get_secret_value())
 
     @contextmanager
-    def hold(name: str) -> Iterator[bool]:
-        with locker.hold(name) as acquired:
-            if not acquired:
+    def hold(name: str) -> Iterator[HeldLock | None]:
+        with locker.take(name) as held:
+            if held is None:
                 print(
                     f"{name}: skipped  another syncd process is running this dataset now (the daemon, "
                     f"or another `syncd {command}`); nothing was read or written by this one. Run it "
                     f"again when that run has ended (`syncd runs {name}` shows it)",
                     flush=True,
                 )
-            yield acquired
+            yield held
 
     try:
         yield hold

@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         with run_locks(app, NAME) as lock:
             for name in names:
                 try:
-                    with lock(name) as acquired:
-                        if not acquired:
+                    with lock(name) as held:
+                        if held is None:
                             failed += 1
                             continue
                         result = run_dataset(
@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                             trigger="backfill" if backfill else "manual",
                             backfill=backfill,
                             on_progress=reporter,
+                            lock=held,
                         )
                 except SyncdError as exc:  # the lock itself (database unreachable, directory read-only)
                     print(f"{name}: failed  error: {exc}", flush=True)

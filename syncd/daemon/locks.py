@@ -22,6 +22,14 @@ full-snapshot run that ended first deleted live rows as gone upstream; seen keys
 
 The locker owns a small engine of its own with no pool (``NullPool``): every lock is a fresh
 connection, closed when the run ends, never handed to other code.
+
+A lock can be lost while its run goes on: a DBA ends the lock's session (``pg_terminate_backend``,
+``KILL``), the database fails over, the network drops the connection. Another node or a ``syncd sync``
+by hand can then take it and run the dataset at the same time. :meth:`DatasetLocker.take` hands
+the run a :class:`HeldLock` to ask, between batches, whether it still holds the lock
+(:meth:`HeldLock.check`, at most every :data:`LOCK_CHECK_INTERVAL_S` seconds, and always before the
+steps that must not overlap another run: snapshot deletes, the watermark); a lost lock raises
+:class:`~syncd.errors.RunLockLost` and the run stops there.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,13 +47,73 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.pool import NullPool
 
-from syncd.errors import TargetError
+from syncd.errors import RunLockLost, TargetError
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import with_driver
 
-__all__ = ["DatasetLocker", "lock_key", "mysql_lock_name", "sqlite_lock_dir"]
+__all__ = [
+    "LOCK_CHECK_INTERVAL_S",
+    "DatasetLocker",
+    "HeldLock",
+    "lock_key",
+    "mysql_lock_name",
+    "sqlite_lock_dir",
+]
 
 log = structlog.get_logger(__name__)
+
+LOCK_CHECK_INTERVAL_S = 2.0
+"""How often a run asks the database whether it still holds its lock (one round trip on the lock's
+connection), at most: batches are often far shorter than this."""
+
+Probe = Callable[[], str | None]
+"""Asks the database whether the lock is still held: None when it is, else why not."""
+
+
+class HeldLock:
+    """A run lock this process holds, for the run to check that it still does (the runner's
+    ``RunLock``). ``check()`` probes the lock's connection at most every ``interval`` seconds
+    (``force=True``: now) and raises :class:`~syncd.errors.RunLockLost` once the lock is gone;
+    an ``flock`` (``probe`` None) cannot be lost while its process lives."""
+
+    def __init__(self, dataset: str, probe: Probe | None, *, interval: float | None = None) -> None:
+        self.dataset = dataset
+        self._probe = probe
+        self._interval = LOCK_CHECK_INTERVAL_S if interval is None else interval
+        self._next = time.monotonic() + self._interval  # it was taken just now
+        self.lost: str | None = None  # why, once a check found it gone
+
+    def check(self, *, force: bool = False) -> None:
+        if self._probe is None:
+            return
+        if self.lost is None:
+            now = time.monotonic()
+            if not force and now < self._next:
+                return
+            self._next = now + self._interval
+            self.lost = self._probe()
+            if self.lost is None:
+                return
+        raise RunLockLost(
+            f"the run lock of dataset {self.dataset} was lost during the run: {self.lost}. Another syncd "
+            "process (another node, or a `syncd sync` by hand) may be running this dataset now, and two "
+            "runs at once corrupt the change feed, so this run stopped here, before writing more: the "
+            "batches it committed stay, the watermark was not advanced (the next run reads that data "
+            "again; unchanged rows cost nothing) and no more snapshot deletes were made. Find out what "
+            "ended the lock's database session (pg_terminate_backend or KILL by a DBA, a failover, a "
+            "network drop, a server or proxy timeout)",
+            reason=self.lost,
+        )
+
+
+def _driver_error(exc: sa.exc.SQLAlchemyError) -> str:
+    """The first line of the driver's message (not SQLAlchemy's SQL and background link)."""
+    orig = getattr(exc, "orig", None)
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
+    if len(args) == 2 and isinstance(args[0], int):  # PyMySQL: (2013, 'Lost connection to …')
+        return f"error {args[0]}: {args[1]}"
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def lock_key(dataset: str) -> int:
@@ -109,11 +178,18 @@ class DatasetLocker:
     @contextmanager
     def hold(self, dataset: str) -> Iterator[bool]:
         """Try to take the dataset's lock without waiting; yield whether it was acquired."""
+        with self.take(dataset) as held:
+            yield held is not None
+
+    @contextmanager
+    def take(self, dataset: str) -> Iterator[HeldLock | None]:
+        """Try to take the dataset's lock without waiting; yield it held (hand it to the run, which
+        checks it between batches), or None when another process holds it."""
         if self._lock_dir is not None:
             yield from self._hold_file(self._lock_dir, dataset)
             return
         if self._engine is None:
-            yield True
+            yield HeldLock(dataset, None)
             return
         try:
             conn = self._engine.connect()
@@ -128,7 +204,7 @@ class DatasetLocker:
             conn.close()
 
     @staticmethod
-    def _hold_file(directory: Path, dataset: str) -> Iterator[bool]:
+    def _hold_file(directory: Path, dataset: str) -> Iterator[HeldLock | None]:
         path = directory / f"{dataset}.lock"  # dataset names are identifiers (config validation)
         try:
             # readable by whoever may read the database: flock needs no write access to the file
@@ -148,13 +224,14 @@ class DatasetLocker:
                     reason = f"{path}: {exc.strerror}"
                     raise TargetError(f"cannot take the run lock of dataset {dataset}: {reason}") from exc
                 acquired = False
-            yield acquired
+            yield HeldLock(dataset, None) if acquired else None  # an flock is not lost while we live
         finally:
             os.close(fd)  # releases the lock
 
     @staticmethod
-    def _hold_postgres(conn: sa.Connection, dataset: str) -> Iterator[bool]:
+    def _hold_postgres(conn: sa.Connection, dataset: str) -> Iterator[HeldLock | None]:
         tx = conn.begin()  # the transaction (and the lock) lasts for the whole run
+        held: HeldLock | None = None
         try:
             # the transaction sits idle for the whole run: a server or role default of
             # idle_in_transaction_session_timeout (managed PostgreSQL often sets one) would end the
@@ -162,30 +239,63 @@ class DatasetLocker:
             conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
             acquired = bool(conn.execute(query, {"key": lock_key(dataset)}).scalar())
-            yield acquired
+
+            def alive() -> str | None:
+                # a transaction-scoped lock lasts exactly as long as its transaction: while a
+                # statement succeeds in it, the session and the transaction (and the lock) are
+                # alive. An error would have aborted it, and PostgreSQL frees an aborted
+                # transaction's locks at once; every later statement then fails here too
+                try:
+                    conn.exec_driver_sql("SELECT 1")
+                except sa.exc.SQLAlchemyError as exc:
+                    return f"its PostgreSQL session ended ({_driver_error(exc)})"
+                return None
+
+            held = HeldLock(dataset, alive) if acquired else None
+            yield held
         finally:
             try:
                 tx.rollback()
             except sa.exc.SQLAlchemyError:  # the session is gone (terminated): so is its lock
-                log.warning("lock.release_failed", dataset=dataset, exc_info=True)
+                _release_failed(dataset, held)
 
     @staticmethod
-    def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[bool]:
+    def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[HeldLock | None]:
         name = mysql_lock_name(dataset)
         # the connection idles for the whole run: the server's wait_timeout (8 h by default, often
         # set lower) would close it, and release the lock, while the run goes on (31536000: the max)
         conn.execute(sa.text("SET SESSION wait_timeout = 31536000"))
         acquired = conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": name}).scalar() == 1
+        mine = sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()")
+
+        def held_here() -> str | None:
+            try:  # exact: 1 while this session holds it; 0 (another's) or NULL (free) once lost
+                if conn.execute(mine, {"name": name}).scalar() == 1:
+                    return None
+            except sa.exc.SQLAlchemyError as exc:
+                return f"its MariaDB/MySQL session ended ({_driver_error(exc)})"
+            return f"the server no longer has lock {name} on syncd's lock session (IS_USED_LOCK)"
+
+        held = HeldLock(dataset, held_here) if acquired else None
         try:
-            yield acquired
+            yield held
         finally:
             if acquired:
                 try:
                     conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
                 except sa.exc.SQLAlchemyError:  # closing the session releases it anyway
-                    log.warning("lock.release_failed", dataset=dataset, exc_info=True)
-            conn.rollback()
+                    _release_failed(dataset, held)
+            conn.rollback()  # after a disconnect: a no-op on the invalidated connection
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _release_failed(dataset: str, held: HeldLock | None) -> None:
+    """Releasing failed on a dead session (its lock went with it). Worth a warning when the run did
+    not see the loss; when it did, ``sync.lock_lost`` already said so."""
+    if held is not None and held.lost is not None:
+        log.debug("lock.release_failed", dataset=dataset, lost=held.lost)
+    else:
+        log.warning("lock.release_failed", dataset=dataset, exc_info=True)

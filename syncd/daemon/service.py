@@ -339,10 +339,15 @@ class Daemon:
     def _locked_run(self, app: AppConfig, name: str) -> RunResult:
         started = time.monotonic()
         try:
-            with self.locker.hold(name) as acquired:
-                if acquired:
+            with self.locker.take(name) as held:
+                if held is not None:
                     return run_dataset(
-                        app, app.datasets[name], self.store, trigger="schedule", should_stop=self._stop.is_set
+                        app,
+                        app.datasets[name],
+                        self.store,
+                        trigger="schedule",
+                        should_stop=self._stop.is_set,
+                        lock=held,  # checked between batches: a lock lost mid-run fails the run
                     )
             log.info(
                 "sync.skipped_locked",

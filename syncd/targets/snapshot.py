@@ -276,8 +276,12 @@ class SnapshotDeletes:
         parts = [row_key] if len(self._parsers) == 1 else json.loads(row_key)
         return tuple(parse(p) for parse, p in zip(self._parsers, parts, strict=True))
 
-    def apply(self, writer: BatchWriter, batch_size: int) -> BatchCounts:
-        """Guard, then delete the keys missing long enough; returns the writer's counts."""
+    def apply(
+        self, writer: BatchWriter, batch_size: int, *, before_write: Callable[[], None] | None = None
+    ) -> BatchCounts:
+        """Guard, then delete the keys missing long enough; returns the writer's counts.
+        ``before_write`` is called before each batch of deletes (the runner's run-lock check: it
+        raises to stop them)."""
         total = BatchCounts()
         try:
             missing, rows = self.check()
@@ -301,6 +305,8 @@ class SnapshotDeletes:
                 pages = self._pages(sa.select(self._rs.c.row_key).where(self._unseen()), self._rs.c.row_key,
                                     batch_size)
             for keys in pages:
+                if before_write is not None:
+                    before_write()
                 counts = writer.write(self._run_id, rows=(), deletes=[self._key_values(k) for k in keys])
                 total.deleted += counts.deleted
                 total.unchanged += counts.unchanged
