@@ -31,6 +31,7 @@ from syncd.daemon.notify import SystemdNotifier
 from syncd.daemon.service import Daemon
 from syncd.errors import RunLockLost
 from syncd.gateway import FaultPlan, Gateway
+from syncd.ops.quarantine import list_entries, replay_quarantine
 from syncd.runner import Progress, RunResult, run_dataset
 from syncd.targets import StateStore, create_target_engine
 from tests.daemon_proc import daemon_config
@@ -353,3 +354,33 @@ def test_a_killed_mariadb_lock_session_does_not_fail_leaving_the_hold(mariadb_ur
     finally:
         locker.close()
 
+
+@pytest.mark.postgres
+def test_a_quarantine_replay_that_lost_its_lock_writes_nothing_more(
+    tmp_path: Path, pg_url: str, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``syncd quarantine replay`` checks its lock before each page it writes (here at every check:
+    the interval is 0); a lost lock fails the replay, recorded as failed, the records still held."""
+    household = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
+    strict = household + "    validators: [{range: {max: 3}}]\n"
+    cfg = config(tmp_path, pg_url, gateway, replace_extra=(household, strict))
+    runs = Runs(cfg)
+    try:
+        first = runs.run()
+        assert first.ok and first.counts.quarantined >= 5, first.summary()
+        dataset_file = tmp_path / "datasets" / "residents.yaml"
+        dataset_file.write_text(dataset_file.read_text(encoding="utf-8").replace(strict, household), "utf-8")
+        relaxed = load_config(cfg)
+        monkeypatch.setattr("syncd.daemon.locks.LOCK_CHECK_INTERVAL_S", 0.0)
+        with runs.locker.take(NAME) as held:
+            assert held is not None
+            end_lock_session(pg_url, NAME)
+            with pytest.raises(RunLockLost, match=f"run lock of dataset {NAME} was lost"):
+                replay_quarantine(relaxed, relaxed.datasets[NAME], runs.store, lock=held)
+        assert len(list_entries(runs.store, NAME, limit=1000)) == first.counts.quarantined
+        assert len(target_rows(pg_url)) == first.counts.inserted
+        replay = runs.store.last_runs(NAME)[0]
+        assert replay["trigger"] == "replay" and replay["status"] == "failed"
+        assert "was lost during the run" in replay["error"]
+    finally:
+        runs.close()

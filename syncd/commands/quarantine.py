@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
             print("raw (masked/hashed source fields are stored redacted):")
             print(json_text(e["raw"]))
             return EXIT_OK
-        with run_locks(app, "quarantine replay") as lock, lock(dataset.name) as acquired:
-            if not acquired:
+        with run_locks(app, "quarantine replay") as lock, lock(dataset.name) as held:
+            if held is None:
                 return EXIT_FAILED
-            result = ops.replay_quarantine(app, dataset, store)
+            result = ops.replay_quarantine(app, dataset, store, lock=held)
     except SyncdError as exc:
         print(f"syncd quarantine: {exc}", file=sys.stderr)
         return EXIT_FAILED

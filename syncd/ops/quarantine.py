@@ -28,7 +28,7 @@ from syncd.errors import RecordError, TargetError
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, storable
 from syncd.ops.plan import delete_flag
-from syncd.runner import check_authorization
+from syncd.runner import RunLock, check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
 from syncd.targets.dialects import chunked
 
@@ -78,11 +78,18 @@ def _pages(store: StateStore, dataset: str, size: int) -> list[list[tuple[str, d
 
 
 def replay_quarantine(
-    app: AppConfig, dataset: DatasetConfig, store: StateStore, *, now: datetime | None = None
+    app: AppConfig,
+    dataset: DatasetConfig,
+    store: StateStore,
+    *,
+    now: datetime | None = None,
+    lock: RunLock | None = None,
 ) -> ReplayResult:
     """Re-map and write the quarantined records of ``dataset`` (see the module docstring).
 
-    Raises AuthorizationError when the dataset's authorization does not allow writing today.
+    Raises AuthorizationError when the dataset's authorization does not allow writing today, and
+    RunLockLost (the replay recorded as failed) when ``lock``, the dataset's run lock, is lost
+    before a page is written.
     """
     now = now or datetime.now(UTC)
     from zoneinfo import ZoneInfo
@@ -107,6 +114,8 @@ def replay_quarantine(
     error: str | None = None
     try:
         for page in _pages(store, dataset.name, dataset.batch_size or app.defaults.batch_size):
+            if lock is not None:
+                lock.check()
             _replay_page(
                 store, writer=writer, mapping=mapping, is_deleted=is_deleted, page=page,
                 result=result, counts=counts, sorter=sorter,
