@@ -237,6 +237,10 @@ class DatasetLocker:
             # idle_in_transaction_session_timeout (managed PostgreSQL often sets one) would end the
             # session, and the lock with it, while the run goes on
             conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+            if (conn.dialect.server_version_info or (0,)) >= (17,):
+                # PostgreSQL 17's transaction_timeout (a server or role default) would end every
+                # run longer than it, the lock's transaction lasting the whole run
+                conn.exec_driver_sql("SET LOCAL transaction_timeout = 0")
             query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
             acquired = bool(conn.execute(query, {"key": lock_key(dataset)}).scalar())
 
