@@ -190,6 +190,81 @@ def test_rows_with_a_null_key_are_read_after_the_others_and_hide_none(
     assert read[-2:] == [None, None]
 
 
+def _server_has_time_zone_tables(engine: sa.Engine) -> bool:
+    with engine.connect() as conn:
+        converted = conn.exec_driver_sql("SELECT CONVERT_TZ('2026-03-01 00:00:00', 'UTC', 'Asia/Shanghai')")
+        return converted.scalar() is not None
+
+
+def test_a_mysql_timestamp_window_is_read_in_the_apps_zone_whatever_the_servers(mariadb_url: str) -> None:
+    """MySQL/MariaDB convert a TIMESTAMP column to and from the session's time_zone. A server in UTC
+    compared the window's local bounds (09:00-10:00 Shanghai) with UTC times (00:30, 01:30): the
+    09:30 row was not read. The source's session is in the app's zone (without the server's
+    time-zone tables Asia/Shanghai is set as +08:00), and gives the row's time back as 09:30."""
+    engine = sa.create_engine(mariadb_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE people_ts (id VARCHAR(16) PRIMARY KEY, name VARCHAR(16), amount INT,"
+            " upd TIMESTAMP NULL DEFAULT NULL)"
+        )
+        conn.exec_driver_sql("SET time_zone = '+00:00'")
+        conn.exec_driver_sql(
+            "INSERT INTO people_ts VALUES ('early', '早', 1, '2026-03-01 00:30:00'),"
+            " ('late', '晚', 2, '2026-03-01 01:30:00')"  # 08:30 and 09:30 in Shanghai
+        )
+    named = _server_has_time_zone_tables(engine)
+    engine.dispose()
+    # a server whose time_zone is UTC, whatever this one's is: the URL's init_command sets it at connect
+    front = sa.make_url(mariadb_url).update_query_dict({"init_command": "SET time_zone = '+00:00'"})
+    source = {"type": "sql", "connection": "qzk", "table": "people_ts", "key": ["id"]}
+    source["incremental"] = {"field": "upd"}
+    app, ds = make_app("sqlite://", source, connections={
+        "qzk": {"type": "sql", "url": front.render_as_string(hide_password=False)}
+    })
+    assert app.timezone == "Asia/Shanghai"
+    src = SqlSource.from_config(app, ds)
+    try:
+        window = Window(since=datetime(2026, 3, 1, 9, 0), until=datetime(2026, 3, 1, 10, 0))
+        read = [r for page in src.read(window) for r in page.records]
+        with src._engine.connect() as conn:
+            zone = conn.exec_driver_sql("SELECT @@session.time_zone").scalar()
+    finally:
+        src.close()
+    assert [r["id"] for r in read] == ["late"]
+    assert src.update_time(read[0]) == datetime(2026, 3, 1, 9, 30)
+    assert zone == ("Asia/Shanghai" if named else "+08:00")
+
+
+def test_a_zone_with_daylight_saving_time_needs_the_mysql_time_zone_tables(mariadb_url: str) -> None:
+    """Without the server's time-zone tables a zone with daylight saving time has no fixed offset
+    to stand in for it: the read fails and says how to load them (rather than read shifted windows)."""
+    engine = sa.create_engine(mariadb_url)
+    try:
+        if _server_has_time_zone_tables(engine):
+            pytest.skip("this server has its time-zone tables loaded")
+        upstream_table(engine, 1, when=T0)
+    finally:
+        engine.dispose()
+    app, ds = _build(mariadb_url, "sqlite://", incremental=True)
+    app = app.model_copy(update={"timezone": "Europe/Berlin"})
+    src = SqlSource.from_config(app, ds)
+    try:
+        with pytest.raises(PermanentUpstreamError, match=r"daylight saving time.*mysql_tzinfo_to_sql"):
+            list(src.read(Window(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))))
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize(("zone", "offset"), [
+    ("Asia/Shanghai", "+08:00"), ("Asia/Kolkata", "+05:30"), ("America/Bogota", "-05:00"), ("UTC", "+00:00"),
+    ("Europe/Berlin", None), ("Australia/Sydney", None),
+])
+def test_the_fixed_offset_standing_in_for_a_zone(zone: str, offset: str | None) -> None:
+    from syncd.sources.sql import _fixed_offset
+
+    assert _fixed_offset(zone) == offset
+
+
 def test_an_empty_table_is_a_complete_empty_read(front: sa.Engine, db_url: str) -> None:
     upstream_table(front, 0, when=T0)
     app, ds = _build(db_url, db_url, incremental=False)

@@ -17,13 +17,15 @@ How it reads (DESIGN §4.3, §4.5):
   (``stream_results``/``yield_per``): memory is bounded by the page size, never the table;
 * the connection is read-only where the database supports it (PostgreSQL
   ``default_transaction_read_only``, MySQL ``SET SESSION TRANSACTION READ ONLY``, SQLite
-  ``PRAGMA query_only``).
+  ``PRAGMA query_only``);
+* the session's time zone is the app's (PostgreSQL ``TimeZone``, MySQL/MariaDB ``time_zone``), so a
+  ``timestamptz``/``TIMESTAMP`` update column is compared with the local-time window in local time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,9 +70,13 @@ def columns_read(dataset: DatasetConfig) -> tuple[str, ...]:
 def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | None = None) -> sa.Engine:
     """A small read-only engine for a front-end database; the password never reaches a message.
 
-    On PostgreSQL the session's ``TimeZone`` is ``timezone`` (the app's): the window's bounds are
-    bound as local times without a zone, which the server reads in the session's zone when it
-    compares them with a ``timestamptz`` column (a server in UTC read 08:00 Shanghai as 16:00)."""
+    The session's time zone is ``timezone`` (the app's): the window's bounds are bound as local
+    times without a zone, which the server reads in the session's zone when it compares them with a
+    ``timestamptz`` (PostgreSQL ``TimeZone``) or ``TIMESTAMP`` (MySQL/MariaDB ``time_zone``) column,
+    and returns such a column's values in that zone (a server in UTC read 08:00 Shanghai as 16:00).
+    MySQL/MariaDB know named zones only from their time-zone tables: without them a zone with no
+    daylight saving time is set as its fixed offset (``+08:00``), any other is an error that says
+    to load the tables (:func:`_mysql_time_zone`)."""
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
@@ -95,16 +101,65 @@ def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | No
                               connect_args=connect_args)
     if backend in ("mysql", "mariadb", "sqlite"):
         statement = "PRAGMA query_only = ON" if backend == "sqlite" else "SET SESSION TRANSACTION READ ONLY"
+        zone = timezone if backend != "sqlite" else None
+        where = describe_url(parsed)
 
         @event.listens_for(engine, "connect")
-        def _read_only(dbapi_connection: Any, _record: Any) -> None:
+        def _session(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(statement)
+                if zone is not None:
+                    _mysql_time_zone(cursor, zone, engine.dialect.loaded_dbapi.Error, where)
             finally:
                 cursor.close()
 
     return engine
+
+
+_MYSQL_UNKNOWN_TIME_ZONE = 1298  # ER_UNKNOWN_TIME_ZONE: the server has no time-zone tables (or no such zone)
+
+
+def _mysql_time_zone(cursor: Any, zone: str, dbapi_error: type[Exception], where: str) -> None:
+    """Set a MySQL/MariaDB session's ``time_zone`` to ``zone``, or to its fixed offset when the
+    server has no time-zone tables and the zone keeps one offset all year (Asia/Shanghai: ``+08:00``);
+    a zone with daylight saving time has no such stand-in, so that is an error naming the fix."""
+    try:
+        cursor.execute("SET time_zone = %s", (zone,))
+        return
+    except dbapi_error as exc:
+        if not exc.args or exc.args[0] != _MYSQL_UNKNOWN_TIME_ZONE:
+            raise
+    offset = _fixed_offset(zone)
+    if offset is not None:
+        try:
+            cursor.execute("SET time_zone = %s", (offset,))
+            return
+        except dbapi_error as exc:  # an offset outside the server's range (+14:00 on MariaDB)
+            if not exc.args or exc.args[0] != _MYSQL_UNKNOWN_TIME_ZONE:
+                raise
+    why = (f"{zone} has daylight saving time, so no fixed offset can stand in" if offset is None
+           else f"the server does not take its fixed offset {offset} either")
+    raise PermanentUpstreamError(
+        f"front-end database {where} does not know the time zone {zone!r} (timezone in syncd.yaml), "
+        "which its session needs to compare TIMESTAMP columns with the local-time window: its time-zone "
+        f"tables are not loaded (or lack this zone), and {why}. Ask its DBA to load them: "
+        "mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql -u root mysql"
+    )
+
+
+def _fixed_offset(zone: str) -> str | None:
+    """``zone``'s UTC offset as ``+HH:MM`` when it is the same all through the last and the next
+    year (no daylight saving time), else None."""
+    tz = ZoneInfo(zone)
+    now = datetime.now(UTC)
+    offsets = {(now + timedelta(days=30 * m)).astimezone(tz).utcoffset() for m in range(-12, 13)}
+    if len(offsets) != 1:
+        return None
+    offset = offsets.pop() or timedelta(0)
+    minutes = round(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 class SqlSource:
