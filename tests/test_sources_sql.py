@@ -114,6 +114,49 @@ def test_a_text_update_column_with_an_offset_is_read_in_the_app_zone(tmp_path: P
         store.engine.dispose()
 
 
+def test_a_text_update_column_is_windowed_as_times_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
+    """SQLite keeps times as text, in whatever form the writer chose; the window compared that text
+    with its bounds as text, so a row exactly at a bound was read or not by its spelling ('T' or a
+    space, fractional seconds, an offset): from 08:00 to 10:00 only '10:00:00.0' was read. Both
+    bounds are inclusive, as for a timestamp column."""
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    engine = sa.create_engine(url)
+    rows = {  # id: (update time as the front-end wrote it, inside 08:00-10:00 Shanghai?)
+        "space": ("2026-01-01 08:00:00", True), "t": ("2026-01-01T08:00:00", True),
+        "fraction": ("2026-01-01 08:00:00.000", True), "minutes": ("2026-01-01 08:00", True),
+        "before": ("2026-01-01T07:59:59.999", False), "before_space": ("2026-01-01 07:59:59", False),
+        "end_t": ("2026-01-01T10:00:00", True), "end_fraction": ("2026-01-01 10:00:00.0", True),
+        "after": ("2026-01-01 10:00:00.5", False), "offset": ("2026-01-01T03:00:00+03:00", True),
+        "utc_after": ("2026-01-01T02:00:01Z", False), "utc_end": ("2026-01-01T02:00:00Z", True),
+        "day_before_in": ("2025-12-31T19:30:00-05:00", True),
+        "day_before_out": ("2025-12-31T18:30:00-05:00", False),
+    }
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, amount INTEGER, upd TEXT)")
+        conn.exec_driver_sql("CREATE INDEX people_upd ON people (upd, id)")
+        for n, (key, (upd, _)) in enumerate(rows.items()):
+            conn.exec_driver_sql("INSERT INTO people VALUES (?, ?, ?, ?)", (key, "名", n, upd))
+    engine.dispose()
+    source = {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"], "page_size": 3}
+    source["incremental"] = {"field": "upd"}
+    app, ds = make_app(sqlite_url, source, connections={"qzk": {"type": "sql", "url": url}})
+    src = SqlSource.from_config(app, ds)
+    try:
+        window = Window(since=datetime(2026, 1, 1, 8), until=datetime(2026, 1, 1, 10))
+        read = [r for page in src.read(window) for r in page.records]
+        # a bound with fractional seconds: the same instant written with fewer digits is at it
+        ten = datetime(2026, 1, 1, 10)
+        fraction = Window(since=ten + timedelta(seconds=0.5), until=ten + timedelta(seconds=0.9))
+        after = [r["id"] for page in src.read(fraction) for r in page.records]
+    finally:
+        src.close()
+    assert sorted(r["id"] for r in read) == sorted(k for k, (_, inside) in rows.items() if inside)
+    assert len(read) == len({r["id"] for r in read})
+    times = [src.update_time(r) for r in read]
+    assert all(t is not None and datetime(2026, 1, 1, 8) <= t <= datetime(2026, 1, 1, 10) for t in times)
+    assert after == ["after"]
+
+
 def test_a_timestamptz_window_is_read_in_the_apps_zone_whatever_the_servers(pg_url: str) -> None:
     """The window's bounds are local times without a zone; PostgreSQL compares them with a
     timestamptz column in the session's TimeZone. With the server in UTC and the app in

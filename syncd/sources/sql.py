@@ -12,7 +12,8 @@ How it reads (DESIGN §4.3, §4.5):
   the next page starts *after* the last row read: ``WHERE (upd, key) > (:last_upd, :last_key)``
   — keyset paging, never OFFSET, which skips or repeats rows while the table changes;
 * the window bounds the update column: ``upd >= since`` and ``upd <= until`` (the runner's
-  lookback and safety lag), all values as bound parameters;
+  lookback and safety lag), all values as bound parameters; SQLite's text times are compared as
+  times, whatever their spelling (:meth:`SqlSource._in_window`);
 * each page is one short read-only transaction streamed with a server-side cursor
   (``stream_results``/``yield_per``): memory is bounded by the page size, never the table;
 * the connection is read-only where the database supports it (PostgreSQL
@@ -196,6 +197,14 @@ class SqlSource:
         self._order = [sel[c] for c in order_names]
         self._order_names = order_names
         self._keys = [sel[c] for c in source.key]
+        # SQLite keeps times as text: the window compares them as times (_in_window)
+        self._text_times = self._upd is not None and self._engine.dialect.name == "sqlite"
+        if self._text_times:
+            local = _sqlite_local_time(tz)
+
+            @event.listens_for(self._engine, "connect")
+            def _functions(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.create_function(_LOCAL_TIME, 1, local, deterministic=True)
 
     @classmethod
     def from_config(cls, app: AppConfig, dataset: DatasetConfig) -> SqlSource:
@@ -225,13 +234,31 @@ class SqlSource:
     # ------------------------------------------------------------------ Source protocol
 
     def _in_window(self, window: Window) -> sa.Select[Any]:
+        """``since <= upd <= until``. On SQLite, whose times are text in whatever form the writer
+        chose ('2026-01-01 08:00:00', '2026-01-01T08:00:00', '…08:00:00.000', '…+08:00'), the
+        column's local time in one fixed form is compared with the bounds in that form; a text
+        range on the column itself (two days wider, for the offsets) keeps an index on it usable."""
         query = sa.select(*self._select).select_from(self._from)
         if self._upd is not None:
             upd = self._from.c[self._upd]
-            if window.since is not None:
-                query = query.where(upd >= window.since)
-            if window.until is not None:
-                bound = upd <= window.until
+            lower: list[sa.ColumnElement[bool]] = []
+            upper: list[sa.ColumnElement[bool]] = []
+            if self._text_times:
+                local = getattr(sa.func, _LOCAL_TIME)(upd)
+                if window.since is not None:
+                    lower += [upd >= (window.since - _MARGIN).date().isoformat(),
+                              local >= _time_text(window.since)]
+                if window.until is not None:
+                    upper += [upd < (window.until + _MARGIN + timedelta(days=1)).date().isoformat(),
+                              local <= _time_text(window.until)]
+            else:
+                if window.since is not None:
+                    lower.append(upd >= window.since)
+                if window.until is not None:
+                    upper.append(upd <= window.until)
+            query = query.where(*lower)
+            if upper:
+                bound = sa.and_(*upper)
                 # a full read takes the rows that have no update time too (see read())
                 query = query.where(bound if window.since is not None else sa.or_(bound, upd.is_(None)))
         return query
@@ -330,10 +357,7 @@ class SqlSource:
             return None
         value = record.get(self._upd)
         if isinstance(value, str):  # a text column (SQLite keeps times as text): with an offset or not
-            try:
-                value = datetime.fromisoformat(value.strip())
-            except ValueError:
-                return None
+            return _local_time(value, self._tz)
         if isinstance(value, datetime):
             if value.tzinfo is not None:
                 value = value.astimezone(self._tz).replace(tzinfo=None)
@@ -344,6 +368,41 @@ class SqlSource:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+_LOCAL_TIME = "syncd_local_time"  # the SQLite function giving a text time as local time in one form
+_MARGIN = timedelta(days=2)  # a text time's own date is at most this far from its local one (offsets ≤ 14 h)
+
+
+def _local_time(text: str, tz: tzinfo) -> datetime | None:
+    """An ISO 8601 text time as a local time without a zone (one with an offset converted to
+    ``tz``); None when it is not one."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+        if value.tzinfo is not None:
+            value = value.astimezone(tz).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        return None
+    return value
+
+
+def _time_text(value: datetime) -> str:
+    """A local time in the one text form whose order is the times' order."""
+    return value.isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_local_time(tz: tzinfo) -> Any:
+    """The SQLite function :data:`_LOCAL_TIME`: a text time in the form of :func:`_time_text`;
+    any other value (a text that is no ISO time, a number, NULL) as it is, compared as before."""
+
+    def local_time(value: Any) -> Any:
+        if isinstance(value, str):
+            parsed = _local_time(value, tz)
+            if parsed is not None:
+                return _time_text(parsed)
+        return value
+
+    return local_time
 
 
 def _reason(exc: sa.exc.SQLAlchemyError) -> str:
