@@ -192,6 +192,30 @@ def test_decimal_rejects(cast: Column, raw: Any) -> None:
     failure(cast("decimal"), raw)
 
 
+@pytest.mark.parametrize(("type_", "raw"), [
+    ("decimal", "１２３．５"), ("decimal", "１２３"), ("decimal", "－５"), ("int", "１２３"),
+    ("date", "２０２４１１０２"),
+])
+def test_full_width_digits_are_rejected_by_every_cast_naming_halfwidth(
+    cast: Column, type_: str, raw: str
+) -> None:
+    """Decimal() reads any Unicode digit, so the decimal cast took '１２３．５' while int rejected
+    '１２３': both reject it now, and the reason names the transform that converts it."""
+    error = failure(cast(type_), raw)
+    assert "full-width characters (全角); add the `halfwidth` transform before the cast" in error.reason
+
+
+@pytest.mark.parametrize("raw", ["٣", "১২৩.৫", "１２３．５"])
+def test_decimal_reads_ascii_digits_only(cast: Column, raw: str) -> None:
+    assert "is not a number (column type decimal(18,2))" in failure(cast("decimal"), raw).reason
+
+
+def test_full_width_digits_after_halfwidth(cast: Column) -> None:
+    assert str(cast("decimal", transforms=["halfwidth"])("\u3000１２３．５\u3000")) == "123.50"
+    assert cast("int", transforms=["halfwidth"])("１２３") == 123
+    assert str(cast("decimal")("\u3000123.5\u3000")) == "123.50"  # Unicode blanks around ASCII digits
+
+
 # --------------------------------------------------------------------------- date and datetime
 
 

@@ -6,7 +6,8 @@
                holding a NUL character (which PostgreSQL cannot store) rejected
 ``int``        ``int`` from 3, "3", 3.0, "3.0"; "3.5", "1e3", "1_000" rejected; 64-bit range
 ``decimal``    ``Decimal`` quantized to ``scale`` (half up, 四舍五入); at most
-               ``precision - scale`` digits before the point
+               ``precision - scale`` digits before the point; "1_000" rejected
+=============  ==============================================================================
 ``date``       ``datetime.date`` from a date, a datetime (.date()), "2024-11-02", "20241102",
                an ISO date-time text, or the number 20241102; a date-time with a time-zone
                offset is rejected (its local date may be another day)
@@ -18,6 +19,11 @@
 For every type but ``string`` an empty or whitespace-only text is NULL. A failure raises
 :class:`~syncd.errors.RecordError` naming the value (truncated to 50 characters) and the
 column type; the compiler adds the column name.
+
+Numbers and dates are read from ASCII text only (``int()`` with ``re.ASCII``, the date shapes):
+full-width digits ("１２３．５", common in hand-entered data) and other Unicode digits are rejected
+by every cast (``Decimal()`` alone would take them), the reason naming the ``halfwidth`` transform
+that turns them into ASCII first — a conversion the configuration states, not one a cast makes.
 """
 
 from __future__ import annotations
@@ -69,7 +75,15 @@ def build_cast(config: ColumnConfig, describe: Describe) -> Step:
 def _not_single(v: Any, describe: Describe, expected: str) -> RecordError:
     kind = "JSON object" if isinstance(v, dict) else "JSON array" if isinstance(v, list | tuple) else None
     got = f"a {kind}" if kind else describe(v)
-    return RecordError(f"{got} is not {expected}")
+    return RecordError(f"{got} is not {expected}{_full_width_hint(v)}")
+
+
+def _full_width_hint(v: Any) -> str:
+    """The fix for a rejected text holding full-width characters (全角, U+FF01-U+FF5E)."""
+    if v.__class__ is str and any("\uff01" <= ch <= "\uff5e" for ch in v):
+        return ": it is written in full-width characters (全角); add the `halfwidth` transform before " \
+            "the cast"
+    return ""
 
 
 _NUL = "\x00"
@@ -207,7 +221,7 @@ def _decimal(config: ColumnConfig, describe: Describe) -> Step:
             text = v.strip(chars)
             if not text:
                 return None
-            if "_" in text:
+            if "_" in text or not text.isascii():  # Decimal() takes any Unicode digit: int() here does not
                 raise bad(v)
             try:
                 return Decimal(text)
@@ -224,11 +238,11 @@ def _decimal(config: ColumnConfig, describe: Describe) -> Step:
     def to_decimal(v: Any) -> Any:
         cls = v.__class__
         number: Decimal | None
-        if cls is str and "_" not in v:
+        if cls is str and "_" not in v and v.isascii():  # isascii: O(1) on CPython's compact strings
             try:
                 number = Decimal(v)  # ASCII blanks around the number are fine for Decimal
             except InvalidOperation:
-                number = number_of(v)  # Unicode blanks, empty text, or an error
+                number = number_of(v)  # empty text, or an error
         elif cls is int:
             number = Decimal(v)
         elif v is None:

@@ -116,7 +116,9 @@ FIELD_DOCS: dict[str, str] = {
     "ValidatorConfig.type": "required, id_number, not_excel_damaged, regex, length or range",
     "ValidatorConfig.min": "length / range: the smallest allowed value",
     "ValidatorConfig.max": "length / range: the largest allowed value",
-    "ColumnConfig.type": "column type: string, int, decimal, date, datetime or bool",
+    "ColumnConfig.type": "column type: string, int, decimal, date, datetime or bool. int, decimal, date "
+    "and datetime read ASCII digits only: full-width ones (１２３．５, 全角) are quarantined unless the "
+    "halfwidth transform comes first",
     "ColumnConfig.precision": "decimal: total number of digits",
     "ColumnConfig.scale": "decimal: digits after the decimal point",
     "ColumnConfig.nullable": "false = a record without a value is quarantined (NOT NULL)",
