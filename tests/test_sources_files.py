@@ -216,3 +216,53 @@ def test_a_utf8_file_with_one_damaged_character_fails_instead_of_reading_as_gb18
     _csv(drop / "gbk.csv", [("p1", "张三", "1"), ("p2", "李四", "2")], "gbk")
     assert run_dataset(app, ds, store).ok
     assert local_rows(store) == {"p1": ("张三", 1), "p2": ("李四", 2)}
+
+
+def test_a_csv_row_with_fewer_cells_than_the_header_fails_its_file(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """A line break inside an unquoted value splits one row into two short ones: they were written
+    padded with empty cells (p2 without its amount, and a row keyed 朝阳)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    text = 'id,name,amount\r\np0,"北京\r\n朝阳",5\r\np1,张三,10\r\np2,北京\r\n朝阳,20\r\np3,王五,30\r\n'
+    (drop / "broken.csv").write_text(text, encoding="utf-8")
+    (drop / "broken.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop)
+    result = run_dataset(app, ds, store)
+    assert not result.ok and "broken.csv" in (result.error or "")
+    reason = (drop / "failed" / "broken.csv.reason.txt").read_text(encoding="utf-8")
+    # the quoted value on two lines is one row: the short row is the file's 4th, on its 5th line
+    assert "broken.csv row 4 (line 5) has 2 cells but the header has 3" in reason
+    assert "every row needs all 3 cells" in reason
+    rows = local_rows(store)
+    assert "p2" not in rows and "朝阳" not in rows
+
+
+def test_csv_rows_of_blanks_are_skipped_and_xlsx_rows_may_end_early(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """Short rows fail a CSV file, but not a line of blanks; in XLSX empty trailing cells are normal
+    (a row ends at its last value) and read as empty."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    text = "id,name,amount\r\np1,张三,10\r\n  \r\n,,\r\n\r\np2,李四,\r\n"
+    (drop / "a.csv").write_text(text, encoding="utf-8")
+    (drop / "a.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.csv")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["id", "name", "amount"])
+    sheet.append(["x1", "赵六"])
+    sheet.append(["x2", "钱七", 8])
+    book.save(drop / "b.xlsx")
+    (drop / "b.xlsx.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.xlsx")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert local_rows(store) == {
+        "p1": ("张三", 10), "p2": ("李四", None), "x1": ("赵六", None), "x2": ("钱七", 8)
+    }

@@ -138,25 +138,46 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
     with path.open("r", encoding=encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter=cfg.delimiter)
         header: list[str] | None = None
+        width = 0
         for number, cells in enumerate(reader, start=1):
             if number < cfg.header_row:
                 continue
             if header is None:
                 header = _header(list(cells), path.name)
+                width = len(header)
                 continue
             if not any(cells):
                 continue  # blank line
-            if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
-                # the values are shifted (an unquoted delimiter in a value, most often): mapping the
-                # row by position would write one column's value into another
-                raise FileProblem(
-                    f"{path.name} row {number} has {len(cells)} cells but the header has {len(header)}: "
-                    f"a value holding the delimiter {cfg.delimiter!r} must be quoted; fix the file and "
-                    "drop it again"
-                )
+            if len(cells) != width:
+                if len(cells) > width and any(c.strip() for c in cells[width:]):
+                    # the values are shifted (an unquoted delimiter in a value, most often): mapping
+                    # the row by position would write one column's value into another
+                    raise FileProblem(
+                        f"{path.name} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
+                        f"header has {width}: a value holding the delimiter {cfg.delimiter!r} must be "
+                        "quoted; fix the file and drop it again"
+                    )
+                if len(cells) < width:
+                    if not any(c.strip() for c in cells):
+                        continue  # a line of blanks
+                    # a broken line (a line break inside an unquoted value splits one row into two
+                    # short ones) or a truncated export: padded with empty cells, the first half
+                    # would be written with empty columns and the second half as a row of its own
+                    raise FileProblem(
+                        f"{path.name} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
+                        f"header has {width}: a line break inside a value (the value must be quoted), a "
+                        "truncated line, or an export that leaves out trailing empty cells; every row "
+                        f"needs all {width} cells (empty ones as {cfg.delimiter * 2!r}): fix the file and "
+                        "drop it again"
+                    )
             yield dict(zip(header, cells, strict=False))
         if header is None:
             raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
+
+
+def _csv_row(number: int, line: int) -> str:
+    """Where a CSV row is: its row number, and its last line when a quoted value spans lines."""
+    return f"row {number}" if line == number else f"row {number} (line {line})"
 
 
 def _jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
