@@ -16,7 +16,7 @@ from syncd.errors import RecordError
 from syncd.mapping.compiler import CompiledMapping
 from syncd.paths import MISSING, compile_path
 
-__all__ = ["RecordSorter", "Rejected", "storable"]
+__all__ = ["RecordSorter", "Rejected", "delete_flag", "storable"]
 
 Row = tuple[Any, ...]
 
@@ -34,7 +34,10 @@ def storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
 
 
-def _delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
+def delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool] | None:
+    """Whether a raw record is flagged deleted upstream (``target.logical_delete``: its field's
+    value, stripped text or a bool as ``true``/``false``, among ``values``); None without one.
+    The one rule of the runner, the read worker, ``plan`` and quarantine replay."""
     ld = dataset.target.logical_delete
     if ld is None:
         return None
@@ -62,7 +65,7 @@ class RecordSorter:
 
     def __init__(self, dataset: DatasetConfig, mapping: CompiledMapping) -> None:
         self.mapping = mapping
-        self.is_deleted = _delete_flag(dataset)
+        self.is_deleted = delete_flag(dataset)
         self.rows: list[Row] = []
         self.digests: list[str | None] = []
         self.deletes: list[Row] = []

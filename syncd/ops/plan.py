@@ -26,14 +26,13 @@ from syncd.changes import DELETED_HASH, changed_indexes, classify, key_text, nor
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, RecordError
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.mapping.records import RecordSorter
-from syncd.paths import MISSING, compile_path
+from syncd.mapping.records import RecordSorter, delete_flag
 from syncd.runner import check_authorization, resume_from
 from syncd.sources import Source, Window, build_source
 from syncd.targets import state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
 
-__all__ = ["Category", "PlanResult", "delete_flag", "plan_dataset", "plan_window"]
+__all__ = ["Category", "PlanResult", "plan_dataset", "plan_window"]
 
 Row = tuple[Any, ...]
 CATEGORIES = ("insert", "update", "delete", "unchanged", "quarantine")
@@ -250,7 +249,7 @@ def plan_dataset(
                     key = upstream_key(mapping.redact_raw(record))  # masked keys stay masked
                     result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
                     continue
-                if is_deleted(record):
+                if is_deleted is not None and is_deleted(record):
                     deletes.append(mapping.key_of(row))
                 else:
                     rows.append(row)
@@ -277,17 +276,3 @@ def _check_error_limit(limit: ErrorLimit, result: PlanResult) -> None:
             "written before it is reached would stay. Fix the mapping or the upstream data first"
         )
 
-
-def delete_flag(dataset: DatasetConfig) -> Callable[[dict[str, Any]], bool]:
-    ld = dataset.target.logical_delete
-    if ld is None:
-        return lambda record: False
-    getter, values = compile_path(ld.field), frozenset(ld.values)
-
-    def is_deleted(record: dict[str, Any]) -> bool:
-        v = getter(record)
-        if v is MISSING or v is None:
-            return False
-        return (str(v).lower() if isinstance(v, bool) else str(v).strip()) in values
-
-    return is_deleted

@@ -26,8 +26,7 @@ from syncd.changes import raw_hash
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.errors import RecordError, TargetError
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.mapping.records import RecordSorter, storable
-from syncd.ops.plan import delete_flag
+from syncd.mapping.records import RecordSorter, delete_flag, storable
 from syncd.runner import RunLock, check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
 from syncd.targets.dialects import chunked
@@ -134,7 +133,7 @@ def _replay_page(
     *,
     writer: BatchWriter,
     mapping: CompiledMapping,
-    is_deleted: Callable[[dict[str, Any]], bool],
+    is_deleted: Callable[[dict[str, Any]], bool] | None,
     page: list[tuple[str, dict[str, Any], str]],
     result: ReplayResult,
     counts: RunCounts,
@@ -161,7 +160,7 @@ def _replay_page(
             if raw_hash(raw) != digest:
                 landed.append(digest)  # an entry stored under an older hashing: replaced by the new one
             continue
-        if is_deleted(raw):
+        if is_deleted is not None and is_deleted(raw):
             deletes.append(mapping.key_of(row))
         else:
             rows.append(row)
