@@ -784,7 +784,7 @@ def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
         raise
 
 
-def _unsure_snapshot(stats: ReadStats) -> str | None:
+def unsure_snapshot(stats: ReadStats) -> str | None:
     """Why this complete read may still have missed a live record, or None. Records that enter or
     leave the upstream result while it is paged by page number or offset shift the rest: one at a
     page boundary is skipped, and would be deleted here (and inserted again by the next run)."""
@@ -808,7 +808,7 @@ def _snapshot_deletes(
     if window.since is not None or not getattr(source, "snapshot_read", True):
         log.info("snapshot.skipped", reason="this run did not read the whole dataset")
         return
-    unsure = _unsure_snapshot(source.stats)
+    unsure = unsure_snapshot(source.stats)
     if unsure is not None:
         log.warning("snapshot.deferred", reason=unsure)
         run.warnings.append(f"snapshot deletes wait for the next complete read: {unsure}")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from syncd.commands.plan import render
 from syncd.config import load_config
 from syncd.gateway import Gateway
 from syncd.ops.plan import plan_dataset
 from syncd.runner import run_dataset
 from syncd.targets import StateStore, create_target_engine
 from tests.e2e import SECRET, SECRET_ENV, write_config
+from tests.sources_kit import local_rows, make_app, store_for, upstream_table
 
 
 @pytest.fixture
@@ -33,9 +36,10 @@ def snapshot(engine: sa.Engine) -> dict[str, Any]:
     """Every table and every row of the database (what 'writes nothing' is checked against)."""
     inspector = sa.inspect(engine)
     out: dict[str, Any] = {}
+    quote = engine.dialect.identifier_preparer.quote
     with engine.connect() as conn:
         for name in sorted(inspector.get_table_names()):
-            rows = conn.execute(sa.text(f'SELECT * FROM "{name}"')).all()  # noqa: S608 - names from the DB
+            rows = conn.execute(sa.text(f"SELECT * FROM {quote(name)}")).all()  # noqa: S608 - names from the DB
             out[name] = sorted(map(repr, rows))
     return out
 
@@ -170,3 +174,134 @@ def test_plan_of_an_expired_dataset_says_refused(tmp_path: Path, gateway: Gatewa
     assert result.refused is not None and "expired on 2025-12-31" in result.refused
     assert result.fetched == 0
     assert gateway.request_log == []
+
+
+# --------------------------------------------------------------------------- full-snapshot deletes
+
+NOW = datetime(2026, 3, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[tuple[str, sa.Engine]]:
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    engine = sa.create_engine(url)
+    yield url, engine
+    engine.dispose()
+
+
+def _snapshot_dataset(
+    front_url: str, db_url: str, columns: dict[str, Any] | None = None, **snapshot_delete: Any
+) -> tuple[Any, Any]:
+    return make_app(
+        db_url,
+        {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"], "page_size": 37},
+        connections={"qzk": {"type": "sql", "url": front_url}},
+        target={"snapshot_delete": {"max_ratio": 0.1, **snapshot_delete}},
+        columns=columns,
+    )
+
+
+def test_plan_shows_the_snapshot_deletes_a_sync_would_make(
+    front: tuple[str, sa.Engine], db_url: str
+) -> None:
+    """plan promised the inserts and updates of a full-snapshot dataset but not the rows a sync
+    deletes as gone upstream: its counts differed from the sync's."""
+    front_url, upstream = front
+    table = upstream_table(upstream, 200, when=NOW)
+    app, ds = _snapshot_dataset(front_url, db_url)
+    store = store_for(db_url)
+    try:
+        assert run_dataset(app, ds, store, now=NOW).ok
+        with upstream.begin() as conn:
+            conn.execute(table.delete().where(table.c.id.in_(["p00150", "p00003"])))
+            # a record that fails its mapping this time keeps its row, in a plan as in a sync
+            conn.execute(table.update().where(table.c.id == "p00007").values(amount="七"))
+        before = snapshot(store.engine)
+        plan = plan_dataset(app, ds, store.engine, now=NOW, samples=5)
+        assert snapshot(store.engine) == before, "plan must not write anything"
+        deletes = plan.categories["delete"]
+        assert deletes.count == 2
+        assert [s["key"] for s in deletes.samples] == ["p00003", "p00150"]
+        assert all(s["mode"] == "hard" and "snapshot_delete" in s["why"] for s in deletes.samples)
+        assert plan.snapshot is not None and (plan.snapshot.live, plan.snapshot.missing) == (200, 2)
+        assert plan.categories["quarantine"].count == 1
+        text = render(plan)
+        assert "would delete (删除): 2" in text and "of which gone upstream" in text and ": 2 of 200" in text
+
+        done = run_dataset(app, ds, store, now=NOW)
+        assert done.ok, done.error
+        assert done.counts.deleted == deletes.count
+        assert "p00007" in local_rows(store)
+    finally:
+        store.engine.dispose()
+
+
+def test_plan_warns_when_the_snapshot_guard_would_fail_the_sync(
+    front: tuple[str, sa.Engine], sqlite_url: str
+) -> None:
+    front_url, upstream = front
+    table = upstream_table(upstream, 200, when=NOW)
+    app, ds = _snapshot_dataset(front_url, sqlite_url)
+    store = store_for(sqlite_url)
+    try:
+        assert run_dataset(app, ds, store, now=NOW).ok
+        with upstream.begin() as conn:
+            conn.execute(table.delete().where(table.c.id.in_([f"p{i:05d}" for i in range(180)])))
+        plan = plan_dataset(app, ds, store.engine, now=NOW)
+        done = run_dataset(app, ds, store, now=NOW)
+    finally:
+        store.engine.dispose()
+    assert plan.categories["delete"].count == 0
+    refused = "a sync would fail: snapshot delete refused: 180 of 200"
+    assert [w for w in plan.warnings if w.startswith(refused)], plan.warnings
+    assert not done.ok and "180 of 200" in (done.error or "")
+
+
+def test_plan_counts_a_snapshot_delete_once_its_missing_runs_are_complete(
+    front: tuple[str, sa.Engine], db_url: str
+) -> None:
+    front_url, upstream = front
+    table = upstream_table(upstream, 100, when=NOW)
+    app, ds = _snapshot_dataset(front_url, db_url, missing_runs=2)
+    store = store_for(db_url)
+    try:
+        assert run_dataset(app, ds, store, now=NOW).ok
+        with upstream.begin() as conn:
+            conn.execute(table.delete().where(table.c.id == "p00010"))
+        first = plan_dataset(app, ds, store.engine, now=NOW)
+        assert first.categories["delete"].count == 0
+        assert first.snapshot is not None and (first.snapshot.missing, first.snapshot.due) == (1, 0)
+        assert "1 more stored rows were not in this read" in render(first)
+        assert run_dataset(app, ds, store, now=NOW).counts.deleted == 0  # the streak starts
+        second = plan_dataset(app, ds, store.engine, now=NOW)
+        assert second.categories["delete"].count == 1
+        assert [s["key"] for s in second.categories["delete"].samples] == ["p00010"]
+        assert run_dataset(app, ds, store, now=NOW).counts.deleted == 1
+    finally:
+        store.engine.dispose()
+
+
+def test_plan_shows_snapshot_deletes_of_a_hashed_key_hashed(
+    front: tuple[str, sa.Engine], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys come from the row state, which holds a hashed key column's values hashed."""
+    front_url, upstream = front
+    table = upstream_table(upstream, 50, when=NOW)
+    columns = {
+        "pid": {"source": "id", "type": "string", "length": 64, "nullable": False,
+                "transforms": [{"hash": {"salt": "pepper"}}]},
+        "name": {"source": "name", "type": "string", "length": 64},
+    }
+    app, ds = _snapshot_dataset(front_url, sqlite_url, columns=columns)
+    store = store_for(sqlite_url)
+    try:
+        assert run_dataset(app, ds, store, now=NOW).ok
+        with upstream.begin() as conn:
+            conn.execute(table.delete().where(table.c.id == "p00042"))
+        plan = plan_dataset(app, ds, store.engine, now=NOW)
+        assert run_dataset(app, ds, store, now=NOW).counts.deleted == 1
+    finally:
+        store.engine.dispose()
+    samples = plan.categories["delete"].samples
+    assert len(samples) == 1 and re.fullmatch(r"[0-9a-f]{64}", samples[0]["key"])
+    assert "p00042" not in render(plan)

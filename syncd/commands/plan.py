@@ -55,9 +55,26 @@ def render(result: PlanResult) -> str:
         lines.append(f"  {_LABELS[name]}: {category.count}")
         if name == "unchanged":
             continue
+        if name == "delete":
+            lines.extend(_snapshot_lines(result))
         lines.extend(f"      {json_text(sample)}" for sample in category.samples)
     lines.extend(f"  warning: {w}" for w in result.warnings)
     return "\n".join(lines) + "\n"
+
+
+def _snapshot_lines(result: PlanResult) -> list[str]:
+    """Of the deletes, those a full-snapshot dataset infers (target.snapshot_delete)."""
+    snap = result.snapshot
+    if snap is None or snap.refused is not None:
+        return []  # not a snapshot read, or the guard refuses (a warning says so)
+    lines = [f"      of which gone upstream (快照删除, target.snapshot_delete): {snap.due} "
+             f"of {snap.live} stored rows"]
+    if snap.missing > snap.due:
+        lines.append(
+            f"      {snap.missing - snap.due} more stored rows were not in this read: deleted once missing "
+            f"from {result.missing_runs} complete reads in a row (missing_runs)"
+        )
+    return lines
 
 
 def _sqlite_file_missing(url: str) -> bool:

@@ -7,8 +7,14 @@ writer makes — in batches of the dataset's batch size, with one read-only quer
 keys. Update candidates are compared column by column with the current target row, as the
 writer does, so a plan's "update" is a real change.
 
+A full-snapshot dataset (``target.snapshot_delete``) also gets the deletes a sync would infer:
+the keys the read saw go into a temporary table of the plan's own session, as a sync's do, and
+the stored keys not among them are counted against the guard and the ``missing_runs`` streaks
+(:meth:`~syncd.targets.snapshot.SnapshotDeletes.preview`), only read.
+
 Nothing is written: no run record, no watermark, no table is created (a missing state or target
-table simply means every row would be inserted). Memory grows only with the number of keys the
+table simply means every row would be inserted; the seen-key table is temporary, visible to no
+other session, and dropped when the plan ends). Memory grows only with the number of keys the
 plan would change (to count a key seen twice in one pull once), never with unchanged rows.
 """
 
@@ -27,10 +33,11 @@ from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, RecordError
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, delete_flag
-from syncd.runner import check_authorization, resume_from
+from syncd.runner import check_authorization, resume_from, unsure_snapshot
 from syncd.sources import Source, Window, build_source
-from syncd.targets import state_tables, target_table
+from syncd.targets import StateStore, state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
+from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview
 
 __all__ = ["Category", "PlanResult", "plan_dataset", "plan_window"]
 
@@ -63,6 +70,8 @@ class PlanResult:
     categories: dict[str, Category] = field(default_factory=lambda: {c: Category() for c in CATEGORIES})
     refused: str | None = None
     warnings: list[str] = field(default_factory=list)
+    snapshot: SnapshotPreview | None = None  # a snapshot dataset's inferred deletes (in "delete" too)
+    missing_runs: int = 1  # target.snapshot_delete.missing_runs
 
 
 def _read_watermark(conn: sa.Connection, marks: sa.Table, dataset: str, exists: bool) -> str | None:
@@ -149,7 +158,8 @@ class _Planner:
                     rows[found[0]] = values
         return rows
 
-    def batch(self, rows: list[Row], deletes: list[Row]) -> None:
+    def batch(self, rows: list[Row], deletes: list[Row]) -> list[str]:
+        """Classify a batch; returns the row keys it stands for (of its rows and its deletes)."""
         by_key: dict[str, tuple[Row, Row]] = {}
         for row in rows:
             found = self.key_of(row)
@@ -180,6 +190,15 @@ class _Planner:
         for key in verdict.deletes:
             self.planned[key] = DELETED_HASH
             self._add("delete", {"key": key, "mode": "soft" if self.soft else "hard"})
+        return [*by_key, *gone]
+
+    def snapshot_deletes(self, preview: SnapshotPreview) -> None:
+        """The deletes a sync would infer from a complete snapshot read (none when refused)."""
+        category = self.result.categories["delete"]
+        category.count += preview.due
+        mode = "soft" if self.soft else "hard"
+        for key in preview.keys[: max(0, self.samples - len(category.samples))]:
+            category.samples.append({"key": key, "mode": mode, "why": "gone upstream (snapshot_delete)"})
 
     def _classified(self, by_key: dict[str, tuple[Row, Row]], hashes: dict[str, str], inserts: list[str],
                     candidates: list[str], current: dict[str, Row]) -> None:
@@ -231,39 +250,104 @@ def plan_dataset(
         result.warnings.append(f"authorization {dataset.authorization.approval_code} expires in {days} days")
     mapping = compile_mapping(dataset, app.code_tables)
     planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
-    batch_size = dataset.batch_size or app.defaults.batch_size
-    is_deleted = delete_flag(dataset)
-    upstream_key = RecordSorter(dataset, mapping).record_key  # as the quarantine stores it
-    source = source_factory(app, dataset)
-    rows: list[Row] = []
-    deletes: list[Row] = []
+    snapshot = _snapshot(app, planner, window)
+    source: Source | None = None
     try:
-        for page in source.read(window):
-            if page.reported_total is not None and result.reported_total is None:
-                result.reported_total = page.reported_total
-            for record in page.records:
-                result.fetched += 1
-                try:
-                    row = mapping(record)
-                except RecordError as exc:
-                    key = upstream_key(mapping.redact_raw(record))  # masked keys stay masked
-                    result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
-                    continue
-                if is_deleted is not None and is_deleted(record):
-                    deletes.append(mapping.key_of(row))
-                else:
-                    rows.append(row)
-            if len(rows) + len(deletes) >= batch_size:
-                planner.batch(rows, deletes)
-                rows, deletes = [], []
-        planner.batch(rows, deletes)
+        source = source_factory(app, dataset)
+        _read(source, window, planner, snapshot, dataset.batch_size or app.defaults.batch_size)
         result.warnings.extend(source.stats.warnings)
         _check_error_limit(dataset.error_limit or app.defaults.error_limit, result)
         if not source.stats.complete:
             result.warnings.append("the source stopped before the end of the data: the plan is partial")
+        elif snapshot is not None:
+            _snapshot_deletes(snapshot, source, planner)
     finally:
-        source.close()
+        if snapshot is not None:
+            snapshot.close()
+        if source is not None:
+            source.close()
     return result
+
+
+def _read(
+    source: Source, window: Window, planner: _Planner, snapshot: SnapshotDeletes | None, batch_size: int
+) -> None:
+    """Read the window, map each record and classify the rows a batch at a time."""
+    mapping, result, samples = planner.mapping, planner.result, planner.samples
+    is_deleted = delete_flag(planner.ds)
+    upstream_key = RecordSorter(planner.ds, mapping).record_key  # as the quarantine stores it
+    rows: list[Row] = []
+    deletes: list[Row] = []
+    for page in source.read(window):
+        if page.reported_total is not None and result.reported_total is None:
+            result.reported_total = page.reported_total
+        for record in page.records:
+            result.fetched += 1
+            try:
+                row = mapping(record)
+            except RecordError as exc:
+                key = upstream_key(mapping.redact_raw(record))  # masked keys stay masked
+                result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
+                if snapshot is not None:  # its stored row stands, as in a sync (runner._seen_keys)
+                    snapshot.mark_seen(_quarantined_key(mapping, planner, record, key))
+                continue
+            if is_deleted is not None and is_deleted(record):
+                deletes.append(mapping.key_of(row))
+            else:
+                rows.append(row)
+        if len(rows) + len(deletes) >= batch_size:
+            seen = planner.batch(rows, deletes)
+            if snapshot is not None:
+                snapshot.mark_seen(seen)
+            rows, deletes = [], []
+    seen = planner.batch(rows, deletes)
+    if snapshot is not None:
+        snapshot.mark_seen(seen)
+
+
+def _snapshot(app: AppConfig, planner: _Planner, window: Window) -> SnapshotDeletes | None:
+    """The seen-key tracking of a snapshot dataset with stored rows (its table temporary, nothing
+    else created), or None."""
+    dataset = planner.ds
+    cfg = dataset.target.snapshot_delete
+    if cfg is None or not cfg.enabled or window.since is not None or not planner.has_state:
+        return None
+    planner.result.missing_runs = cfg.missing_runs
+    store = StateStore(planner.engine, app.target.table_prefix)
+    tracker = SnapshotDeletes(store, dataset, planner.mapping, "plan", cfg)
+    tracker.prepare(dry_run=True)
+    return tracker
+
+
+def _quarantined_key(
+    mapping: CompiledMapping, planner: _Planner, record: dict[str, Any], upstream: str | None
+) -> list[str]:
+    """The row key a quarantined record stands for: its key columns mapped, else upstream's key."""
+    try:
+        found = planner.key_of_values(mapping.key_record(record))
+    except RecordError:
+        found = None
+    key = upstream if found is None else found[0]
+    return [] if key is None else [key]
+
+
+def _snapshot_deletes(snapshot: SnapshotDeletes, source: Source, planner: _Planner) -> None:
+    """The deletes a sync would infer after this complete read, or the warning why it would not."""
+    result = planner.result
+    if not getattr(source, "snapshot_read", True):
+        return  # a file source that found no file this time: a sync infers nothing either
+    unsure = unsure_snapshot(source.stats)
+    if unsure is not None:
+        again = " (a sync reads it again and deletes only after a steady second read)" \
+            if source.stats.total_changed else ""
+        result.warnings.append(f"snapshot deletes are not planned: {unsure}{again}")
+        return
+    preview = snapshot.preview(planner.samples)
+    result.snapshot = preview
+    if preview.refused is not None:
+        result.warnings.append(f"a sync would fail: {preview.refused}")
+        return
+    planner.snapshot_deletes(preview)
 
 
 def _check_error_limit(limit: ErrorLimit, result: PlanResult) -> None:

@@ -22,12 +22,17 @@ run did not see were deleted upstream. Memory stays bounded at any table size (D
    :meth:`BatchWriter.write` (hard, or soft per ``target.logical_delete``), so the change feed
    records each delete exactly once. A crash mid-delete converges: deleted keys have left
    ``row_state`` (or carry the deleted hash), and the next complete run deletes the rest.
+
+``syncd plan`` asks the same questions without writing (:meth:`SnapshotDeletes.preview`): its
+seen keys go into the same kind of temporary table, which no other session sees and which ends
+with the plan, and it only reads the streaks.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -52,7 +57,7 @@ from syncd.targets.sqltypes import exact_text
 from syncd.targets.state import StateStore
 from syncd.targets.writer import BatchWriter
 
-__all__ = ["SnapshotDeletes", "missing_table", "seen_table"]
+__all__ = ["SnapshotDeletes", "SnapshotPreview", "missing_table", "seen_table"]
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +110,17 @@ def _key_parser(spec: ColumnConfig) -> Callable[[Any], Any]:
     return str
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotPreview:
+    """What :meth:`SnapshotDeletes.apply` would do after this read (``syncd plan``)."""
+
+    live: int  # live keys in row_state
+    missing: int  # of them not seen by this read
+    due: int  # of them missing in ``missing_runs`` complete reads in a row: would be deleted
+    keys: list[str]  # the first due keys by row_key (as row_state holds them: hashed keys hashed)
+    refused: str | None  # the guard's refusal (a sync would fail and delete nothing), or None
+
+
 class SnapshotDeletes:
     """Seen-key marking and guarded deletes for one run of one snapshot dataset.
 
@@ -137,9 +153,11 @@ class SnapshotDeletes:
 
     # ------------------------------------------------------------------ setup
 
-    def prepare(self) -> None:
-        """Create the streak table, open the run's connection and its (empty) seen-key table."""
-        create_tables(self._store.engine, [self._missing])
+    def prepare(self, *, dry_run: bool = False) -> None:
+        """Create the streak table (not for a ``dry_run``: a plan only reads it), open the run's
+        connection and its (empty) seen-key table."""
+        if not dry_run:
+            create_tables(self._store.engine, [self._missing])
         try:
             conn = self._store.engine.connect()
         except sa.exc.SQLAlchemyError as exc:
@@ -217,6 +235,24 @@ class SnapshotDeletes:
 
     def check(self) -> tuple[int, int]:
         """(missing, total) live keys; raise GuardError when too many would be deleted."""
+        missing, total = self._missing_of_live()
+        refused = self._refusal(missing, total)
+        if refused is not None:
+            raise GuardError(refused)
+        return missing, total
+
+    def _refusal(self, missing: int, total: int) -> str | None:
+        if not missing or missing / total <= self._cfg.max_ratio:
+            return None
+        return (
+            f"snapshot delete refused: {missing} of {total} rows ({missing / total:.1%}) were not in "
+            f"this complete read, over the limit of {self._cfg.max_ratio:.1%} "
+            "(target.snapshot_delete.max_ratio). Nothing was deleted. Check the upstream export "
+            "(an empty or truncated answer?); if the deletions are real, raise max_ratio for one run"
+        )
+
+    def _missing_of_live(self) -> tuple[int, int]:
+        """(missing, total) live keys, the seen keys all in and indexed."""
         self._flush_seen()
         conn = self._session()
         with conn.begin():
@@ -230,14 +266,34 @@ class SnapshotDeletes:
                     conn.exec_driver_sql(f"ANALYZE {name}")
             total = self._count(conn, self._alive())
             missing = self._count(conn, self._unseen())
-        if missing and missing / total > self._cfg.max_ratio:
-            raise GuardError(
-                f"snapshot delete refused: {missing} of {total} rows ({missing / total:.1%}) were not in "
-                f"this complete read, over the limit of {self._cfg.max_ratio:.1%} "
-                "(target.snapshot_delete.max_ratio). Nothing was deleted. Check the upstream export "
-                "(an empty or truncated answer?); if the deletions are real, raise max_ratio for one run"
-            )
         return missing, total
+
+    def preview(self, samples: int) -> SnapshotPreview:
+        """What :meth:`apply` would do now, reading only: the guard's verdict, how many keys it
+        would delete (with ``missing_runs`` > 1: those whose stored streak this read completes)
+        and the first ``samples`` of them."""
+        missing, live = self._missing_of_live()
+        refused = self._refusal(missing, live)
+        if refused is not None or not missing:
+            return SnapshotPreview(live=live, missing=missing, due=0, keys=[], refused=refused)
+        conn = self._session()
+        rs, ms = self._rs, self._missing
+        due_where = self._unseen()
+        with conn.begin():
+            if self._cfg.missing_runs > 1:
+                if not sa.inspect(conn).has_table(ms.name):  # no run has counted a streak yet
+                    return SnapshotPreview(live=live, missing=missing, due=0, keys=[], refused=None)
+                streak = sa.select(ms.c.row_key).where(
+                    ms.c.dataset == self._dataset, ms.c.row_key == rs.c.row_key,
+                    ms.c.streak >= self._cfg.missing_runs - 1,
+                )
+                due_where = sa.and_(due_where, streak.exists())
+                due = self._count(conn, due_where)
+            else:
+                due = missing
+            first = sa.select(rs.c.row_key).where(due_where).order_by(rs.c.row_key).limit(max(0, samples))
+            keys = [str(k) for k in conn.execute(first).scalars()] if samples > 0 and due else []
+        return SnapshotPreview(live=live, missing=missing, due=due, keys=keys, refused=None)
 
     def _pages(self, query: sa.Select[Any], column: sa.ColumnElement[Any], size: int) -> Iterable[list[str]]:
         """Row keys of ``query`` in keyset pages (never OFFSET: rows leave while we page), read on
