@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -419,3 +420,156 @@ def test_the_pool_holds_every_connection_the_concurrent_runs_may_take(daemon: Da
     for conn in conns:
         conn.close()
     assert pool_overflow(5, 4) == 12 and pool_overflow(40, 2) == 10  # never below SQLAlchemy's 10
+
+
+# --------------------------------------------------------------------------- clock steps
+
+
+class _AnyDatetime(type):
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _REAL_DATETIME)
+
+
+_REAL_DATETIME = datetime
+
+
+class SteppedClock:
+    """The wall clock as APScheduler and the dataset scheduler read it (``datetime.now``), ``offset``
+    seconds away from the real one: setting ``offset`` steps it, as NTP, a VM restore or ``date -s``
+    step the system clock (which a test cannot touch). Monotonic time and timers run on."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def at(self, when: datetime) -> None:
+        """Step the clock to ``when``."""
+        self.offset = when.timestamp() - time.time()
+
+    def now(self, tz: Any = None) -> datetime:
+        return _REAL_DATETIME.fromtimestamp(time.time() + self.offset, tz)
+
+
+@pytest.fixture
+def stepped_clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    clock = SteppedClock()
+
+    class Shifted(_REAL_DATETIME, metaclass=_AnyDatetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return clock.now(tz)
+
+    patched = [
+        name
+        for name, module in list(sys.modules.items())
+        if (name.startswith("apscheduler.") or name == "syncd.daemon.scheduler")
+        and getattr(module, "datetime", None) is _REAL_DATETIME
+    ]
+    for name in patched:
+        monkeypatch.setattr(sys.modules[name], "datetime", Shifted)
+    assert "apscheduler.schedulers.base" in patched and "syncd.daemon.scheduler" in patched
+    return clock
+
+
+def test_a_clock_stepped_back_leaves_the_daemon_running(daemon: Daemon, stepped_clock: SteppedClock) -> None:
+    """APScheduler plans on the wall clock: stepped back by an hour, it held every job (the heartbeat
+    too) for an hour, the heartbeat went stale and the daemon exited as daemon.scheduler_dead. The
+    step is noticed and the jobs re-armed: the heartbeat and the 1-second dataset go on."""
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.serve()))
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not any(e["event"] == "sync.finish" for e in logs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stepped_clock.offset = -3600.0
+            before = sum(e["event"] == "sync.finish" for e in logs)
+            time.sleep(daemon.app.daemon.heartbeat_timeout.total_seconds() + 2)
+            assert thread.is_alive() and daemon.scheduler.heartbeat_age() < 2.5
+            after = sum(e["event"] == "sync.finish" for e in logs)
+        finally:
+            daemon.request_stop()
+            thread.join(30)
+    assert result == [0]
+    assert not [e for e in logs if e["event"] == "daemon.scheduler_dead"]
+    assert after >= before + 2  # the dataset still runs every second
+    (step,) = [e for e in logs if e["event"] == "daemon.clock_step"]
+    assert step["log_level"] == "warning" and -3601 < step["step_s"] < -3599
+    assert "residents" in step["rescheduled"]
+
+
+def test_a_cron_time_the_clock_jumped_over_runs_once_instead_of_being_missed(
+    stepped_clock: SteppedClock,
+) -> None:
+    """Stepped forward from 01:59 to 03:30, APScheduler found the 02:00 run 90 minutes late, past the
+    misfire grace time, and skipped it: a day without data. It runs once now, like after a restart."""
+    stepped_clock.at(datetime(2030, 3, 10, 1, 59, tzinfo=SHANGHAI))
+    ran: list[datetime] = []
+    skips: list[tuple[str, str]] = []
+    sched = DatasetScheduler(
+        lambda name: ran.append(stepped_clock.now(SHANGHAI)),
+        timezone="Asia/Shanghai",
+        heartbeat_interval=timedelta(seconds=0.5),
+        on_skipped=lambda name, outcome: skips.append((name, outcome)),
+    )
+    sched.start()
+    try:
+        sched.apply({"nightly": CronSchedule(type="cron", cron="0 2 * * *", jitter=timedelta(seconds=1))})
+        with capture_logs() as logs:
+            stepped_clock.offset += 91 * 60  # 01:59 → 03:30
+            deadline = time.monotonic() + 5
+            while not ran and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+        following = sched.next_run_times()["nightly"]
+    finally:
+        sched.shutdown()
+    assert skips == [] and len(ran) == 1
+    assert ran[0] >= datetime(2030, 3, 10, 3, 30, tzinfo=SHANGHAI)
+    assert following is not None  # tomorrow's 02:00, within the jitter
+    assert following.replace(second=0, microsecond=0) == datetime(2030, 3, 11, 2, 0, tzinfo=SHANGHAI)
+    (step,) = [e for e in logs if e["event"] == "daemon.clock_step"]
+    assert 5459 < step["step_s"] < 5461 and list(step["rescheduled"]) == ["nightly"]
+
+
+def test_after_a_step_back_interval_jobs_keep_their_pace_and_cron_jobs_follow_the_new_time(
+    stepped_clock: SteppedClock,
+) -> None:
+    """A VM restored to yesterday's snapshot: the hourly dataset waited a day and an hour, the 02:00 one
+    two days. Interval jobs move back with the clock; cron jobs take their next time in the new one."""
+    stepped_clock.at(datetime(2030, 3, 10, 3, 0, tzinfo=SHANGHAI))  # the 02:00 run is done
+    sched = DatasetScheduler(
+        lambda name: None, timezone="Asia/Shanghai", heartbeat_interval=timedelta(seconds=0.5)
+    )
+    sched.start()
+    try:
+        sched.apply({"hourly": every(3600), "nightly": CronSchedule(type="cron", cron="0 2 * * *")})
+        hourly = sched.next_run_times()["hourly"]
+        assert sched.next_run_times()["nightly"] == datetime(2030, 3, 11, 2, 0, tzinfo=SHANGHAI)
+        with capture_logs() as logs:
+            stepped_clock.offset -= 86400  # 2030-03-09 03:00
+            time.sleep(1.5)  # the scheduler thread wakes for the heartbeat at least twice
+        after = sched.next_run_times()
+        assert sched.heartbeat_age() < 1.5
+    finally:
+        sched.shutdown()
+    moved = after["hourly"]
+    assert hourly is not None and moved is not None  # the step is measured to the microsecond
+    assert abs(moved - (hourly - timedelta(days=1))) < timedelta(milliseconds=10)
+    assert after["nightly"] == datetime(2030, 3, 10, 2, 0, tzinfo=SHANGHAI)
+    (step,) = [e for e in logs if e["event"] == "daemon.clock_step"]
+    assert step["log_level"] == "warning" and -86401 < step["step_s"] < -86399
+    assert sorted(step["rescheduled"]) == ["hourly", "nightly"]
+
+
+def test_a_steady_clock_re_arms_nothing(stepped_clock: SteppedClock) -> None:
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai")
+    sched._scheduler.start(paused=True)
+    try:
+        sched.apply({"hourly": every(3600)})
+        planned = sched.next_run_times()
+        stepped_clock.offset += 1.0  # below the threshold: NTP slewing, a leap second
+        assert sched.check_clock() is None
+        assert sched.next_run_times() == planned
+    finally:
+        sched.shutdown()

@@ -21,6 +21,21 @@ most, when that is shorter).
 The heartbeat proves the scheduler thread still dispatches jobs: :meth:`heartbeat_age` grows
 when it stops (DESIGN §6: a job-store error can kill the thread while the scheduler still says
 RUNNING), and :attr:`alive` checks the thread itself.
+
+Clock steps. APScheduler plans on the wall clock: when the system clock is stepped (NTP correcting
+a bad RTC, a VM restored from a snapshot, ``date -s``) its jobs keep the times computed before.
+Stepped back an hour, every job, the heartbeat too, would wait an extra hour (the daemon then exited
+as ``daemon.scheduler_dead``); stepped forward, the jobs it jumped over would be skipped as missed.
+Before each look for due jobs the scheduler thread compares the wall clock with a clock that no one
+sets (``CLOCK_BOOTTIME``, which also counts a suspend, so a suspended machine is not a step) and,
+when they moved apart by :data:`CLOCK_STEP_THRESHOLD` or more since the last look, re-arms the jobs
+(:meth:`DatasetScheduler.check_clock`, logged as ``daemon.clock_step``):
+
+* stepped back: an interval job runs as much later as it would have (its next run time moves back by
+  the step); a cron job gets its next time in the new wall time (a cron time the clock went back over
+  comes again and its run is repeated: harmless, an unchanged row is not written again);
+* stepped forward: a job whose time the clock jumped over runs once now, within the catch-up spread,
+  as after a restart (it would otherwise be skipped as missed); later ones keep their time.
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import cron_trigger
 
-__all__ = ["HEARTBEAT_JOB", "DatasetScheduler", "SchedulePlan", "build_trigger"]
+__all__ = ["CLOCK_STEP_THRESHOLD", "HEARTBEAT_JOB", "DatasetScheduler", "SchedulePlan", "build_trigger"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +69,35 @@ Schedule = CronSchedule | IntervalSchedule
 CATCH_UP_SPREAD = timedelta(seconds=30)
 """Catch-up runs of datasets without a ``jitter`` start within this long after they are due (an
 interval dataset within one interval, when that is shorter)."""
+CLOCK_STEP_THRESHOLD = timedelta(seconds=2)
+"""A wall clock that moved this much (or more) against the steady clock between two looks of the
+scheduler is a step: the jobs are re-armed (module docstring). Slewing (NTP's gradual correction,
+at most 0.5 ms a second) stays far below."""
+
+
+def _steady() -> float:
+    """Seconds on a clock that is never set: ``CLOCK_BOOTTIME`` (Linux: it runs on while the machine
+    is suspended, as the wall clock does), else the monotonic clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+class _CheckedScheduler(BackgroundScheduler):  # type: ignore[misc] # APScheduler 3 has no type hints
+    """A BackgroundScheduler that calls ``before_processing()`` each time its thread is about to look
+    for due jobs (APScheduler 3 has no hook there; ``_process_jobs`` is the one method its thread
+    calls on each wake-up). An exception of the hook is logged and never kills the thread."""
+
+    def __init__(self, before_processing: Callable[[], object], **options: Any) -> None:
+        self._before_processing = before_processing
+        super().__init__(**options)
+
+    def _process_jobs(self) -> float | None:
+        try:
+            self._before_processing()
+        except Exception as exc:  # the scheduler thread must survive: the jobs still run
+            log.error("daemon.clock_check_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        wait: float | None = super()._process_jobs()
+        return wait
 
 
 def build_trigger(schedule: Schedule, timezone: str | tzinfo) -> BaseTrigger:
@@ -90,6 +134,7 @@ class DatasetScheduler:
         on_heartbeat: Callable[[], None] | None = None,
         last_started: Callable[[str], datetime | None] | None = None,
         on_skipped: Callable[[str, str], None] | None = None,
+        clock_step_threshold: timedelta = CLOCK_STEP_THRESHOLD,
     ) -> None:
         """``on_skipped(dataset, outcome)`` hears of each scheduled run that did not start
         (``skipped_running`` or ``skipped_missed``, see :meth:`_skipped`)."""
@@ -101,9 +146,12 @@ class DatasetScheduler:
         self._beat_every = heartbeat_interval.total_seconds()
         self._on_heartbeat = on_heartbeat
         self._schedules: dict[str, Schedule] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the schedules, and the jobs' times (apply, check_clock)
         self._last_beat = time.monotonic()
-        self._scheduler = BackgroundScheduler(
+        self._step_threshold = clock_step_threshold.total_seconds()
+        self._clock_offset = self._wall_offset()
+        self._scheduler = _CheckedScheduler(
+            self.check_clock,
             jobstores={"default": MemoryJobStore()},
             executors={
                 "default": ThreadPoolExecutor(max_concurrent),
@@ -119,6 +167,8 @@ class DatasetScheduler:
 
     def start(self) -> None:
         self._beat()
+        with self._lock:
+            self._clock_offset = self._wall_offset()  # a step before the start is no step for the jobs
         self._scheduler.add_job(
             self._beat,
             IntervalTrigger(seconds=self._beat_every, timezone=self._zone),
@@ -186,6 +236,63 @@ class DatasetScheduler:
         if self._on_skipped is not None:
             self._on_skipped(name, outcome)
 
+    # ------------------------------------------------------------------ clock steps
+
+    def _now(self) -> datetime:
+        return datetime.now(self._zone)
+
+    def _wall_offset(self) -> float:
+        return self._now().timestamp() - _steady()
+
+    def check_clock(self) -> float | None:
+        """Re-arm the jobs when the wall clock was stepped since the last check (module docstring);
+        the step in seconds (negative: back), or None. The scheduler thread calls it before each look
+        for due jobs, :meth:`apply` before it adds jobs."""
+        with self._lock:
+            offset = self._wall_offset()
+            step, self._clock_offset = offset - self._clock_offset, offset
+            if abs(step) < self._step_threshold:
+                return None
+            now = self._now()
+            moved: dict[str, str] = {}
+            for job in self._scheduler.get_jobs():
+                when = self._rearmed(job, step, now)
+                if when is not None:
+                    self._scheduler.modify_job(job.id, next_run_time=when)
+                    if job.id != HEARTBEAT_JOB:
+                        moved[job.id] = when.isoformat()
+        log.warning(
+            "daemon.clock_step",
+            step_s=round(step, 1),
+            now=now.isoformat(),
+            rescheduled=moved,
+            hint=(
+                "the system clock was set back; interval datasets keep their pace, cron datasets "
+                "follow the new time"
+                if step < 0
+                else "the system clock was set forward; datasets whose time it jumped over run now"
+            )
+            + ": check the server's time synchronisation (NTP, 时钟同步) if this repeats",
+        )
+        return step
+
+    def _rearmed(self, job: Any, step: float, now: datetime) -> datetime | None:
+        """The next run time of ``job`` after a clock step of ``step`` seconds, or None to keep it."""
+        old: datetime | None = job.next_run_time
+        if old is None:  # paused
+            return None
+        if step < 0:  # back: interval jobs keep their pace, cron ones follow the new wall time
+            if isinstance(job.trigger, IntervalTrigger):
+                return max(now, old + timedelta(seconds=step))
+            when: datetime | None = job.trigger.get_next_fire_time(None, now)
+            return when
+        if old > now:  # forward, not jumped over
+            return None
+        schedule = self._schedules.get(job.id)
+        if schedule is None:  # the heartbeat
+            return now
+        return self._catch_up(schedule, now)
+
     def _beat(self) -> None:
         self._last_beat = time.monotonic()
         if self._on_heartbeat is not None:
@@ -197,6 +304,7 @@ class DatasetScheduler:
         """Make the jobs match ``schedules`` exactly: add, remove and reschedule."""
         plan = SchedulePlan()
         with self._lock:
+            self.check_clock()  # the jobs already there follow a step before new ones are planned
             for name in sorted(set(self._schedules) - set(schedules)):
                 self._scheduler.remove_job(name)
                 del self._schedules[name]
@@ -229,11 +337,8 @@ class DatasetScheduler:
         except Exception as exc:  # noqa: BLE001 - a database problem only costs the catch-up
             log.warning("schedule.last_run_unknown", dataset=name, error=str(exc))
             return None
-        now = datetime.now(self._zone)
-        spread = (schedule.jitter or CATCH_UP_SPREAD).total_seconds()
-        if isinstance(schedule, IntervalSchedule):  # a short interval starts within one interval
-            spread = min(spread, schedule.every.total_seconds())
-        catch_up = now + timedelta(seconds=random.uniform(0, spread))  # noqa: S311 - spreading, not security
+        now = self._now()
+        catch_up = self._catch_up(schedule, now)
         if isinstance(schedule, IntervalSchedule):
             due = None if last is None else last.astimezone(self._zone) + schedule.every
             first = catch_up if due is None or due <= now else due
@@ -252,6 +357,15 @@ class DatasetScheduler:
             catch_up=first is catch_up,
         )
         return first
+
+    @staticmethod
+    def _catch_up(schedule: Schedule, now: datetime) -> datetime:
+        """A run "at once" of a dataset that is overdue: within its jitter (or :data:`CATCH_UP_SPREAD`,
+        an interval dataset within one interval at most) after ``now``."""
+        spread = (schedule.jitter or CATCH_UP_SPREAD).total_seconds()
+        if isinstance(schedule, IntervalSchedule):  # a short interval starts within one interval
+            spread = min(spread, schedule.every.total_seconds())
+        return now + timedelta(seconds=random.uniform(0, spread))  # noqa: S311 - spreading, not security
 
     def next_run_times(self) -> dict[str, datetime | None]:
         """Next fire time of every dataset job (None while paused)."""
