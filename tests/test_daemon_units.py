@@ -29,7 +29,13 @@ from syncd.daemon.service import Daemon
 from syncd.daemon.state import RunBook
 from syncd.gateway import FaultPlan, Gateway
 from syncd.targets.engine import CONNECTIONS_PER_RUN, pool_overflow
-from tests.daemon_proc import as_service_user, daemon_config, give_to_service_user, service_dir
+from tests.daemon_proc import (
+    NotifySocket,
+    as_service_user,
+    daemon_config,
+    give_to_service_user,
+    service_dir,
+)
 from tests.e2e import SECRET, SECRET_ENV
 from tests.test_metrics import promtool_check
 
@@ -350,6 +356,117 @@ def test_a_dead_scheduler_thread_makes_the_daemon_exit_non_zero(daemon: Daemon) 
         code = daemon.serve()
     assert code == 1
     assert any(e["event"] == "daemon.scheduler_dead" for e in events)
+
+
+
+def _serve_in_thread(daemon: Daemon) -> tuple[threading.Thread, list[int | BaseException]]:
+    """``daemon.serve()`` in a thread; the list gets its exit code, or what it raised."""
+    outcome: list[int | BaseException] = []
+
+    def serve() -> None:
+        try:
+            outcome.append(daemon.serve())
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return thread, outcome
+
+
+def _port_closed(port: int) -> bool:
+    try:
+        _get(port, "/healthz")
+    except OSError:
+        return True
+    return False
+
+
+def test_an_unexpected_error_after_the_start_stops_the_daemon_in_order(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception other than the handled ones left serve() at once, logged by `syncd run` as
+    daemon.start_failed although the daemon had run for hours: no STOPPING=1, the scheduler still
+    dispatching, the running dataset never asked to stop (the process then hung at exit waiting for
+    its worker thread), the monitoring port still open. It now takes the stop path of a SIGTERM and
+    says what failed, exit code 1."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    notify = NotifySocket()
+    faults = FaultPlan(rate=1.0, kinds=("slow",), slow_seconds=0.3)
+    try:
+        with Gateway(records=600, seed=6, app_secret=SECRET, faults=faults) as gw:
+            port = _free_port()
+            config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, metrics_port=port)
+            notifier = SystemdNotifier(environ={"NOTIFY_SOCKET": notify.path})
+            daemon = Daemon(config, load_config(config), notifier=notifier)
+
+            def broken_apply(schedules: Any) -> Any:
+                raise RuntimeError("the scheduler's job store exploded")
+
+            with capture_logs() as logs:
+                thread, outcome = _serve_in_thread(daemon)
+                try:
+                    deadline = time.monotonic() + 15
+                    while daemon.unfinished != ["residents"] and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert daemon.unfinished == ["residents"]  # a run is reading the slow gateway
+                    monkeypatch.setattr(daemon.scheduler, "apply", broken_apply)
+                    daemon.request_reload()
+                    thread.join(30)
+                finally:
+                    if thread.is_alive():
+                        daemon.request_stop()
+                        thread.join(30)
+            assert notify.wait_for("STOPPING=1")
+            notifier.close()
+    finally:
+        notify.close()
+    assert outcome == [1]
+    (failed,) = [e for e in logs if e["event"] == "daemon.failed"]
+    assert failed["log_level"] == "critical" and failed["during"] == "reload"
+    assert failed["error_type"] == "RuntimeError" and "job store exploded" in failed["error"]
+    assert failed["exc_info"] is True  # not an operator's problem: the traceback goes with it
+    assert not [e for e in logs if e["event"] == "daemon.start_failed"]
+    (stopping,) = [e for e in logs if e["event"] == "daemon.stopping"]
+    assert stopping["reason"] == "failed" and stopping["running"] == ["residents"]
+    assert [e["status"] for e in logs if e["event"] == "sync.finish"][-1] == "interrupted"
+    assert daemon.unfinished == [] and not daemon.scheduler.alive
+    assert _port_closed(port)
+    assert [e["exit_code"] for e in logs if e["event"] == "daemon.stopped"] == [1]
+
+
+def test_a_failure_late_in_the_start_stops_what_had_started(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitoring server and the scheduler had started when the first jobs could not be added:
+    serve() raised, and the port stayed open with a scheduler thread behind it."""
+
+    def broken_apply(schedules: Any) -> Any:
+        raise RuntimeError("no jobs today")
+
+    monkeypatch.setattr(daemon.scheduler, "apply", broken_apply)
+    with capture_logs() as logs:
+        thread, outcome = _serve_in_thread(daemon)
+        thread.join(30)
+    assert outcome == [1]
+    (failed,) = [e for e in logs if e["event"] == "daemon.start_failed"]
+    assert failed["error_type"] == "RuntimeError" and failed["exc_info"] is True
+    assert [e["reason"] for e in logs if e["event"] == "daemon.stopping"] == ["start_failed"]
+    assert not daemon.scheduler.alive and _port_closed(daemon.app.daemon.metrics_port)
+
+
+def test_a_busy_monitoring_port_is_a_start_failure_without_a_traceback(daemon: Daemon) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", daemon.app.daemon.metrics_port))
+        taken.listen()
+        with capture_logs() as logs:
+            code = daemon.serve()
+    assert code == 1
+    (failed,) = [e for e in logs if e["event"] == "daemon.start_failed"]
+    assert failed["error_type"] == "OSError" and "Address already in use" in failed["error"]
+    assert failed["exc_info"] is False  # the operator's problem: the message says it
+    assert "daemon.started" not in [e["event"] for e in logs]
 
 
 # --------------------------------------------------------------------------- first run after a start

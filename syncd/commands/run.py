@@ -1,8 +1,10 @@
 """``syncd run``: the long-running daemon (scheduler, supervision, /metrics and /healthz).
 
-Logs go to stdout (journald under systemd). Exit codes: 0 after SIGTERM/SIGINT, 1 when the
-scheduler died or runs did not stop in time (systemd restarts the service), 2 when the
-configuration is invalid at start-up (no restart: ``RestartPreventExitStatus=2``).
+Logs go to stdout (journald under systemd). Exit codes: 0 after SIGTERM/SIGINT, 1 when the start
+failed, the scheduler died, an unexpected error ended the daemon or runs did not stop in time
+(systemd restarts the service), 2 when the configuration is invalid at start-up (no restart:
+``RestartPreventExitStatus=2``). :meth:`Daemon.serve` handles the failures after the daemon began
+to start; the ones caught here come earlier (creating the daemon: nothing to stop yet).
 """
 
 from __future__ import annotations

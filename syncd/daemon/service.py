@@ -14,8 +14,12 @@ after a few minutes of database outage at boot.
 
 Exit codes of :meth:`Daemon.serve`: 0 after a clean stop (SIGTERM/SIGINT: no new runs start,
 running ones end between batches with status ``interrupted``); 1 when the scheduler died
-(``daemon.scheduler_dead``: thread gone or heartbeat stale) or runs did not end within
-``daemon.stop_timeout`` — systemd then restarts the service.
+(``daemon.scheduler_dead``: thread gone or heartbeat stale), the start failed
+(``daemon.start_failed``), the main thread met an unexpected error (``daemon.failed``) or runs did
+not end within ``daemon.stop_timeout`` — systemd then restarts the service. Whatever ends
+:meth:`Daemon.serve`, once the monitoring server started it goes through the same stop
+(:meth:`Daemon._shutdown`): STOPPING=1, no new runs, running ones asked to stop and waited for,
+the monitoring server, the dataset locks and the connection pool closed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -42,7 +47,7 @@ from syncd.daemon.locks import DatasetLocker
 from syncd.daemon.notify import SystemdNotifier
 from syncd.daemon.scheduler import DatasetScheduler, Schedule
 from syncd.daemon.state import RunBook
-from syncd.errors import ConfigError, TargetError
+from syncd.errors import ConfigError, SyncdError, TargetError
 from syncd.metrics import Metrics
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import RunCounts, StateStore, create_target_engine
@@ -59,6 +64,7 @@ def _close_fds(*fds: int) -> None:
             os.close(fd)
 
 
+EXIT_FAILED = 1  # systemd restarts the service (Restart=on-failure); syncd.commands.common agrees
 _TICK = 1.0  # seconds between supervision checks of the main thread
 _STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else changed
 _TARGET_RETRY_FIRST = 2.0  # seconds before the second try to reach the target database at start
@@ -113,6 +119,7 @@ class Daemon:
         self._target_problem: str | None = None  # while waiting for the target database at start
         # a run's outcome is recorded, and a reload forgets removed datasets (_adopt), one at a time
         self._adopt_lock = threading.Lock()
+        self._doing = "start"  # what the main thread does, for daemon.failed
 
     # ------------------------------------------------------------------ signals
 
@@ -190,10 +197,38 @@ class Daemon:
                 signal.signal(signum, signal.SIG_IGN if ignore else handler)
 
     def _serve(self) -> int:
+        try:
+            if not self._start():
+                return self._shutdown(0, "signal")
+        except Exception as exc:  # noqa: BLE001 - logged by _failed; what did start is stopped in order
+            self._failed("daemon.start_failed", exc)
+            return self._shutdown(EXIT_FAILED, "start_failed")
+        try:
+            code = self._supervise()
+        except Exception as exc:  # noqa: BLE001 - logged by _failed; stop in order, systemd restarts us
+            self._failed("daemon.failed", exc, during=self._doing)
+            return self._shutdown(EXIT_FAILED, "failed")
+        return self._shutdown(code, "scheduler_dead" if code else "signal")
+
+    def _failed(self, event: str, exc: Exception, **fields: Any) -> None:
+        """Log what ended the daemon: an operator's problem (a busy port, an unreachable database:
+        :class:`SyncdError`, :class:`OSError`) as its message, anything else with its traceback."""
+        expected = isinstance(exc, SyncdError | OSError)
+        log.critical(
+            event,
+            **fields,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            hint="stopping in order (running datasets end between batches); systemd restarts syncd",
+            exc_info=not expected,
+        )
+
+    def _start(self) -> bool:
+        """Everything up to READY=1; False when a stop came while waiting for the target database."""
         if self.server is not None:
             self.server.start()
         if not self._wait_for_target():
-            return self._shutdown(0)
+            return False
         self.metrics.config_reloaded(True)
         self._adopt(self.app)
         self.scheduler.start()
@@ -207,8 +242,7 @@ class Daemon:
             max_concurrent_runs=self.app.daemon.max_concurrent_runs,
         )
         self.notifier.ready(self._status())
-        code = self._supervise()
-        return self._shutdown(code)
+        return True
 
     def _wait_for_target(self) -> bool:
         """Create or check the state tables; while the target database cannot be reached (at boot it
@@ -255,12 +289,15 @@ class Daemon:
         last_ping = last_status = 0.0
         timeout = self.app.daemon.heartbeat_timeout.total_seconds()
         while True:
+            self._doing = "supervision"
             self._sleep(_TICK)
             if self._stop_asked:
                 return 0
             if self._reload_asked:
                 self._reload_asked = False
+                self._doing = "reload"
                 self.reload()
+                self._doing = "supervision"
                 last_status = time.monotonic()
             age = self.scheduler.heartbeat_age()
             if not self.scheduler.alive or age > timeout:
@@ -279,13 +316,25 @@ class Daemon:
                 self.notifier.status(self._status())
                 last_status = now
 
-    def _shutdown(self, code: int) -> int:
+    def _shutdown(self, code: int, reason: str) -> int:
+        """Stop in order and return the exit code: each step runs even when one before it failed (a
+        failed step is logged as ``daemon.stop_step_failed`` and makes the exit code non-zero)."""
         self._stop.set()  # running jobs see it through should_stop and end between batches
-        self.notifier.stopping("stopping: waiting for running datasets to finish their batch")
-        log.info(
-            "daemon.stopping", reason="scheduler_dead" if code else "signal", running=sorted(self._active)
-        )
-        self.scheduler.shutdown()
+
+        def step(name: str, fn: Callable[[], object]) -> None:
+            nonlocal code
+            try:
+                fn()
+            except Exception as exc:  # the remaining steps must still run
+                log.error(
+                    "daemon.stop_step_failed", step=name, error=f"{type(exc).__name__}: {exc}", exc_info=True
+                )
+                code = code or EXIT_FAILED
+
+        waiting = "stopping: waiting for running datasets to finish their batch"
+        step("notify", lambda: self.notifier.stopping(waiting))
+        log.info("daemon.stopping", reason=reason, running=sorted(self._active))
+        step("scheduler", self.scheduler.shutdown)
         deadline = time.monotonic() + self.app.daemon.stop_timeout.total_seconds()
         with self._active_cv:
             while self._active and time.monotonic() < deadline:
@@ -295,11 +344,11 @@ class Daemon:
             log.error(
                 "daemon.stop_timeout", running=left, stop_timeout_s=self.app.daemon.stop_timeout.seconds
             )
-            code = code or 1
+            code = code or EXIT_FAILED
         if self.server is not None:
-            self.server.stop()
-        self.locker.close()
-        self.engine.dispose()
+            step("http", self.server.stop)
+        step("locks", self.locker.close)
+        step("engine", self.engine.dispose)
         log.info("daemon.stopped", exit_code=code)
         return code
 
