@@ -5,14 +5,18 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 :mod:`syncd.daemon.http`). Exported series (all ``dataset``-labelled unless noted):
 
 =========================================== =========  ==============================================
-``syncd_runs_total{dataset,outcome}``       counter    outcome: success | failed | refused | skipped_locked
-                                                       | skipped_running | skipped_missed (scheduled
-                                                       runs that did not start: :meth:`run_skipped`)
-``syncd_rows_total{dataset,op}``            counter    op: insert | update | delete | unchanged
+``syncd_runs_total{dataset,outcome}``       counter    outcome: success | failed | refused | interrupted
+                                                       (cut off by a stop: ended between batches) |
+                                                       skipped_locked | skipped_running | skipped_missed
+                                                       (scheduled runs that did not start:
+                                                       :meth:`run_skipped`)
+``syncd_rows_total{dataset,op}``            counter    op: insert | update | delete | unchanged (what
+                                                       committed, interrupted runs included)
 ``syncd_quarantined_records_total``         counter    records sent to quarantine (隔离区)
 ``syncd_upstream_requests_total``           counter    HTTP requests made to the gateway
 ``syncd_upstream_retries_total``            counter    of which were retries
-``syncd_run_duration_seconds``              histogram  runs that did work (success and failed)
+``syncd_run_duration_seconds``              histogram  runs that did work (success and failed; not
+                                                       interrupted ones, cut short by the stop)
 ``syncd_last_success_timestamp_seconds``    gauge      Unix time of the last successful run
 ``syncd_last_run_timestamp_seconds``        gauge      Unix time of the last run (any outcome but
                                                        the skipped ones)
@@ -73,7 +77,9 @@ log = structlog.get_logger(__name__)
 #: Content type of :meth:`Metrics.render` (text exposition format 0.0.4, read by every Prometheus).
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
-OUTCOMES: Final = ("success", "failed", "refused", "skipped_locked", "skipped_running", "skipped_missed")
+OUTCOMES: Final = (
+    "success", "failed", "refused", "interrupted", "skipped_locked", "skipped_running", "skipped_missed"
+)
 OPS: Final = ("insert", "update", "delete", "unchanged")
 #: Run durations from 0.1 s (an empty incremental pull) to 1 h (a full snapshot of 10⁷ rows).
 DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)

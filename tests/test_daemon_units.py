@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from syncd.config import load_config
 from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import crontab_weekdays
+from syncd.daemon.locks import DatasetLocker
 from syncd.daemon.notify import SystemdNotifier
 from syncd.daemon.scheduler import DatasetScheduler, build_trigger
 from syncd.daemon.service import Daemon
@@ -339,6 +340,25 @@ def test_a_reload_that_cannot_read_the_datasets_dir_keeps_the_old_configuration(
     assert b"syncd_config_reload_success 0.0" in daemon.metrics.render()
 
 
+def test_a_run_locked_out_by_another_process_shows_in_the_metrics(daemon: Daemon) -> None:
+    """skipped_locked: another node, or `syncd sync` run by hand, holds the dataset's lock."""
+    daemon.store.ensure_schema()
+    daemon._adopt(daemon.app)
+    other = DatasetLocker(daemon.app.target.url.get_secret_value())
+    try:
+        with other.hold("residents") as acquired:
+            assert acquired
+            daemon.run_job("residents")
+    finally:
+        other.close()
+        daemon.locker.close()
+        daemon.engine.dispose()
+    body = daemon.metrics.render()
+    assert b'syncd_runs_total{dataset="residents",outcome="skipped_locked"} 1.0' in body
+    assert b'syncd_runs_total{dataset="residents",outcome="success"} 0.0' in body
+    assert daemon.book.snapshot()["residents"].last_status is None  # not a verdict on its health
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_scheduler_thread_makes_the_daemon_exit_non_zero(daemon: Daemon) -> None:
     inner = daemon.scheduler._scheduler
@@ -433,6 +453,7 @@ def test_an_unexpected_error_after_the_start_stops_the_daemon_in_order(
     assert daemon.unfinished == [] and not daemon.scheduler.alive
     assert _port_closed(port)
     assert [e["exit_code"] for e in logs if e["event"] == "daemon.stopped"] == [1]
+    assert b'syncd_runs_total{dataset="residents",outcome="interrupted"} 1.0' in daemon.metrics.render()
 
 
 def test_a_failure_late_in_the_start_stops_what_had_started(

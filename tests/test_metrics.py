@@ -140,6 +140,23 @@ def test_refused_and_skipped_runs_do_not_skew_durations(metrics: Metrics) -> Non
     assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="households") is None
 
 
+def test_an_interrupted_run_is_counted_with_what_it_committed(metrics: Metrics) -> None:
+    """A run cut off by a stop or restart was left out of the metrics: the rows its whole batches had
+    committed were missing from syncd_rows_total, and nothing showed how often stops cut runs off."""
+    assert "interrupted" in OUTCOMES
+    metrics.register_dataset("residents")
+    assert value(metrics, "syncd_runs_total", dataset="residents", outcome="interrupted") == 0
+    metrics.observe_run(run(status="interrupted", duration=12.0))
+    assert value(metrics, "syncd_runs_total", dataset="residents", outcome="interrupted") == 1
+    assert value(metrics, "syncd_rows_total", dataset="residents", op="insert") == 10
+    assert value(metrics, "syncd_upstream_requests_total", dataset="residents") == 5
+    assert value(metrics, "syncd_last_run_timestamp_seconds", dataset="residents") == NOW
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="residents") is None
+    assert value(metrics, "syncd_run_duration_seconds_count", dataset="residents") == 0  # cut short
+    metrics.forget_dataset("residents")
+    assert 'dataset="residents"' not in metrics.render().decode()
+
+
 def test_scheduled_runs_that_never_started_are_counted_by_outcome(metrics: Metrics) -> None:
     metrics.run_skipped("residents", "skipped_running")
     metrics.run_skipped("residents", "skipped_running")

@@ -378,8 +378,7 @@ class Daemon:
                     self._active_cv.notify_all()
             with self._adopt_lock:  # a reload may have removed the dataset meanwhile: leave it removed
                 if name in self.app.datasets:
-                    if result.status != "interrupted":
-                        self.metrics.observe_run(result)
+                    self.metrics.observe_run(result)  # interrupted too: its batches committed
                     self.book.record(name, result.status)
                     self._set_days_left(self.app, name)
         finally:

@@ -60,7 +60,9 @@ class RunBook:
                 self._records.setdefault(name, DatasetRecord())
 
     def record(self, dataset: str, status: str, *, now: float | None = None) -> None:
-        """A run of ``dataset`` ended with ``status`` (skipped_locked and interrupted are not outcomes)."""
+        """A run of ``dataset`` ended with ``status``. skipped_locked and interrupted runs (counted in
+        the metrics) say nothing of the dataset's health: they change neither the last status nor the
+        failures in a row."""
         if status in ("skipped_locked", "interrupted"):
             return
         t = time.time() if now is None else now
