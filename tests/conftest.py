@@ -44,12 +44,12 @@ def _fresh_postgres() -> Iterator[str]:
         admin.dispose()
 
 
-def _fresh_mariadb() -> Iterator[str]:
+def _fresh_mariadb(collation: str = "utf8mb4_bin") -> Iterator[str]:
     name = f"syncd_t_{uuid.uuid4().hex[:12]}"
     try:
         admin = sa.create_engine(MARIADB_ADMIN_URL)
         with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}"))
     except Exception as exc:  # noqa: BLE001
         _unavailable("MariaDB", exc)
     url = sa.make_url(MARIADB_ADMIN_URL).set(database=name, query={"charset": "utf8mb4"})
@@ -92,6 +92,13 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def mariadb_url() -> Iterator[str]:
     yield from _fresh_mariadb()
+
+
+@pytest.fixture
+def mariadb_ci_url() -> Iterator[str]:
+    """A fresh MariaDB database whose default collation is the server's usual one,
+    utf8mb4_general_ci: case-insensitive and PAD SPACE."""
+    yield from _fresh_mariadb("utf8mb4_general_ci")
 
 
 @pytest.fixture(autouse=True)

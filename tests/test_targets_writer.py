@@ -1055,8 +1055,8 @@ def test_packed_state_lookup_reads_text_exactly(store: StateStore, engine: sa.En
 @pytest.mark.mariadb
 def test_mariadb_state_keys_go_as_one_json_table_unless_a_key_cannot(mariadb_url: str) -> None:
     """MariaDB reads a chunk of row_state keys as one JSON array (JSON_TABLE joined on the primary
-    key) and finds exactly the rows an IN list finds: case kept apart (utf8mb4_bin), trailing
-    spaces alike (its PAD SPACE), a key twice. A key longer than the column, with a NUL or a lone
+    key) and finds exactly the rows an IN list finds: case and trailing spaces kept apart
+    (utf8mb4_nopad_bin, the key collation), a key twice. A key longer than the column, with a NUL or a lone
     surrogate goes in an IN list; a server that refuses the statement gets IN lists from then on."""
     engine = create_target_engine(mariadb_url)
     try:
@@ -1078,8 +1078,9 @@ def test_mariadb_state_keys_go_as_one_json_table_unless_a_key_cannot(mariadb_url
         asked = [*stored, "ABC", "abd", "abc ", "abc", "A", "missing", "x" * 513]
         with engine.connect() as conn:
             want = set(listed.fetch(conn, asked, "d"))
-            assert {k for k, _ in want} == set(stored)  # "abc " is "abc" to MariaDB, "abd" is not "ABD"
+            assert {k for k, _ in want} == set(stored)  # "abc " is not "abc" (NO PAD), "abd" not "ABD"
             assert lookup._params("d", stored)[0] == -2  # one JSON array
+            assert list(lookup.fetch(conn, ["abc ", "ABC", "abc  "], "d")) == []
             assert set(lookup.fetch(conn, [*stored, "ABC", "abc ", "abc"], "d")) == {
                 r for r in want if r[0] in stored
             }

@@ -13,8 +13,15 @@ hashes and change entries commit in one transaction (DESIGN §4.2). Names carry 
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
 - ``quarantine`` records that could not be mapped, with their raw payload and the reason
 
-On MariaDB every table is InnoDB, utf8mb4 with the utf8mb4_bin collation, so keys compare
-exactly and characters outside the BMP (𠮷) survive. Timestamps are UTC, DATETIME(6) on MariaDB.
+On MariaDB every table is InnoDB, utf8mb4 (characters outside the BMP, 𠮷, survive) with the
+utf8mb4_bin collation as the table's default, whatever the database's default: text never
+compares case-insensitively. Key columns — the target table's text keys, the state tables' row
+keys and dataset names — are declared with the server's NO PAD binary collation
+(:class:`~syncd.targets.sqltypes.KeyText`: ``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin``
+on MySQL 8.0.17+), because utf8mb4_bin is PAD SPACE: ``'A001 '`` would be the key ``'A001'``.
+Other text columns keep utf8mb4_bin: syncd compares their values in Python, never in SQL, and
+PAD SPACE does not change what is stored. Tables made by earlier versions keep their collations.
+Timestamps are UTC, DATETIME(6) on MariaDB.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family, write_engine
-from syncd.targets.sqltypes import LONG_TEXT, UtcDateTime, column_type, exact_text
+from syncd.targets.sqltypes import LONG_TEXT, KeyChar, KeyText, UtcDateTime, column_type, exact_text
 from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
 
 __all__ = [
@@ -117,13 +124,14 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         metadata,
         sa.Column("dataset", dataset, primary_key=True),
         sa.Column("row_key", row_key, primary_key=True),
-        sa.Column("row_hash", sa.CHAR(32), nullable=False),
+        # MariaDB/MySQL: every text column in the row key's collation (KeyChar)
+        sa.Column("row_hash", KeyChar(32), nullable=False),
         # no longer written (syncd.targets.snapshot keeps seen keys in a temporary table): the
         # last full-snapshot run that saw the key, in databases an earlier version wrote
-        sa.Column("seen_run", sa.String(32)),
+        sa.Column("seen_run", KeyText(32)),
         # digest of the raw record the row was mapped from (syncd.changes.hashing.record_digester);
         # NULL for deleted keys and rows written without one
-        sa.Column("record_digest", sa.CHAR(32)),
+        sa.Column("record_digest", KeyChar(32)),
         **MYSQL_TABLE_OPTIONS,
     )
     changes = sa.Table(

@@ -79,16 +79,18 @@ def missing_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
     )
 
 
-def seen_table(metadata: sa.MetaData, prefix: str = "syncd_") -> sa.Table:
+def seen_table(metadata: sa.MetaData, prefix: str = "syncd_", *, collation: str | None = None) -> sa.Table:
     """``{prefix}seen_keys``: the row keys one run saw (a temporary table, one per session).
 
     Not unique: a key read twice (upstream sent it twice, or the run read the window again) is
     inserted twice, which a plain bulk insert does faster than a conflict check; the questions
-    asked of it ("is this key among them?") do not care."""
+    asked of it ("is this key among them?") do not care. ``collation`` (MariaDB/MySQL): that of
+    ``row_state.row_key`` in the database, which its keys are compared with (MariaDB refuses to
+    compare columns of two collations; a table an earlier version made has utf8mb4_bin)."""
     return sa.Table(
         f"{prefix}seen_keys",
         metadata,
-        sa.Column("row_key", exact_text(ROW_KEY_LENGTH), nullable=False),
+        sa.Column("row_key", exact_text(ROW_KEY_LENGTH, mysql_collation=collation), nullable=False),
         prefixes=["TEMPORARY"],
         **MYSQL_TABLE_OPTIONS,
     )
@@ -141,7 +143,7 @@ class SnapshotDeletes:
         self._cfg = config
         self._rs = store.tables.row_state
         self._missing = missing_table(sa.MetaData(), store.prefix)
-        self._seen = seen_table(sa.MetaData(), store.prefix)
+        self._seen = seen_table(sa.MetaData(), store.prefix, collation=store.row_key_collation)
         self._insert_seen = BulkWriter(store.engine, self._seen, ("row_key",))
         self._conn: sa.Connection | None = None  # holds the seen-key table (prepare … close)
         self._buffered: list[tuple[str]] = []  # seen keys not inserted yet (SEEN_BUFFER)

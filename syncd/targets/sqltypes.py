@@ -1,15 +1,19 @@
 """Column types that behave the same on SQLite, PostgreSQL and MariaDB.
 
 - :func:`column_type` turns a mapped column (``ColumnConfig``) into a SQLAlchemy type:
-  string → VARCHAR(length) (TEXT/LONGTEXT without a length; VARCHAR(255) for a key without
-  one), int → BIGINT, decimal → NUMERIC(precision, scale), date → DATE, datetime → TIMESTAMP
-  (MariaDB: DATETIME(6), keeping microseconds), bool → BOOLEAN (MariaDB: BOOL).
+  string → VARCHAR(length) (TEXT/LONGTEXT without a length; a key is a :class:`KeyText`,
+  VARCHAR(255) without a length), int → BIGINT, decimal → NUMERIC(precision, scale), date → DATE,
+  datetime → TIMESTAMP (MariaDB: DATETIME(6), keeping microseconds), bool → BOOLEAN (MariaDB: BOOL).
 - :class:`ExactSqliteNumeric`: SQLite has no exact decimal type, and SQLAlchemy's default is to
   bind decimals as floats. This type binds the value as text rounded to the column's scale and
   reads it back through ``repr(float)``, so any value of up to 15 significant digits survives
   exactly (SQLite's own limit for NUMERIC affinity; use PostgreSQL or MariaDB beyond that).
 - :class:`UtcDateTime`: syncd's own timestamps, stored as naive UTC (DATETIME(6) on MariaDB),
   returned as aware UTC datetimes; an aware value is converted to UTC when bound.
+- :class:`KeyText`: text keys (text key columns of target tables, row keys and dataset names of the
+  state tables) that compare exactly on MariaDB/MySQL too: declared with the server's NO PAD
+  binary collation (:func:`mysql_key_collation`), so neither ``'A001 '`` and ``'A001'`` nor
+  ``'a001'`` and ``'A001'`` are one key there, whatever the database's default collation.
 """
 
 from __future__ import annotations
@@ -21,19 +25,27 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
 
 from syncd.changes.detector import normaliser_for_type
 from syncd.config.model import ColumnConfig
 
 __all__ = [
     "LONG_TEXT",
+    "MARIADB_KEY_COLLATION",
     "MICRO_DATETIME",
+    "MYSQL_KEY_COLLATION",
     "MYSQL_NAMES",
+    "PAD_KEY_COLLATION",
     "ExactSqliteNumeric",
+    "KeyChar",
+    "KeyText",
     "UtcDateTime",
     "column_type",
     "declared_type",
     "exact_text",
+    "key_collation_problem",
+    "mysql_key_collation",
 ]
 
 MYSQL_NAMES = ("mysql", "mariadb")
@@ -44,15 +56,92 @@ MICRO_DATETIME: sa.types.TypeEngine[datetime] = sa.DateTime().with_variant(
 KEY_STRING_LENGTH = 255
 
 
-def exact_text(length: int) -> sa.types.TypeEngine[str]:
+MARIADB_KEY_COLLATION = "utf8mb4_nopad_bin"
+"""MariaDB (10.2 and later): code-point order, NO PAD — trailing spaces count."""
+MYSQL_KEY_COLLATION = "utf8mb4_0900_bin"
+"""MySQL (8.0.17 and later): code-point order, NO PAD (MySQL 8's ``utf8mb4_bin`` is PAD SPACE)."""
+PAD_KEY_COLLATION = "utf8mb4_bin"
+"""Servers without a NO PAD binary collation (MariaDB before 10.2, MySQL before 8.0.17), and the
+collation of every text column of the tables earlier versions of syncd made: case-sensitive, but
+PAD SPACE (``'A001 '`` equals ``'A001'``)."""
+
+
+def mysql_key_collation(dialect: sa.Dialect) -> str:
+    """The collation of text keys on this MariaDB/MySQL server: its NO PAD binary collation, or
+    :data:`PAD_KEY_COLLATION` where it has none. Known once the dialect has connected (a
+    ``mariadb://`` URL is MariaDB before that; an unconnected ``mysql://`` one could be either)."""
+    version = tuple(getattr(dialect, "server_version_info", None) or ())
+    if getattr(dialect, "is_mariadb", False):
+        return MARIADB_KEY_COLLATION if not version or version[:2] >= (10, 2) else PAD_KEY_COLLATION
+    if version and version[:3] >= (8, 0, 17):
+        return MYSQL_KEY_COLLATION
+    return PAD_KEY_COLLATION
+
+
+def key_collation_problem(collation: str | None) -> str | None:
+    """Why keys in a MariaDB/MySQL column of ``collation`` would not compare exactly, or None
+    (no collation: not a text column, or a binary one)."""
+    if collation is None or collation == "binary":
+        return None
+    name = collation.lower()
+    no_pad = "_nopad_" in name or "_0900_" in name
+    if name.endswith("_bin"):
+        if no_pad:
+            return None
+        return (
+            f"{collation} is PAD SPACE: keys that differ only in trailing spaces ('A001' and 'A001 ') "
+            "are one key"
+        )
+    if name.endswith("_ci") or "_ci_" in name:
+        return f"{collation} is case-insensitive: keys such as 'a001' and 'A001' are one key"
+    return (
+        f"{collation} is a linguistic collation: keys that differ only in case, accents or width "
+        "may be one key"
+    )
+
+
+class KeyText(sa.String):
+    """VARCHAR(``length``) for a text key: on MariaDB/MySQL declared ``CHARACTER SET utf8mb4
+    COLLATE`` the server's NO PAD binary collation (:func:`mysql_key_collation`), or
+    ``mysql_collation`` when given (a temporary table joined with an existing column must have
+    that column's collation: MariaDB refuses to compare two columns of different collations).
+    Elsewhere a plain VARCHAR: SQLite and PostgreSQL compare equal keys exactly already."""
+
+    def __init__(self, length: int, mysql_collation: str | None = None) -> None:
+        super().__init__(length)
+        self.mysql_collation = mysql_collation
+
+
+class KeyChar(sa.CHAR):
+    """CHAR(``length``) in the collation of :class:`KeyText`: the hash columns of ``row_state``,
+    which a packed look-up reads with the row key in one ``JSON_ARRAY`` — MariaDB refuses to
+    put text of two collations into one."""
+
+    def __init__(self, length: int, mysql_collation: str | None = None) -> None:
+        super().__init__(length)
+        self.mysql_collation = mysql_collation
+
+
+@compiles(KeyText, "mysql")
+@compiles(KeyText, "mariadb")
+@compiles(KeyChar, "mysql")
+@compiles(KeyChar, "mariadb")
+def _mysql_key_text(type_: KeyText | KeyChar, compiler: Any, **_kw: Any) -> str:
+    collation = type_.mysql_collation or mysql_key_collation(compiler.dialect)
+    kind = "CHAR" if isinstance(type_, sa.CHAR) else "VARCHAR"
+    return f"{kind}({type_.length}) CHARACTER SET utf8mb4 COLLATE {collation}"
+
+
+def exact_text(length: int, *, mysql_collation: str | None = None) -> sa.types.TypeEngine[str]:
     """VARCHAR(``length``) compared byte for byte, for the state tables' dataset names and row
-    keys: ``COLLATE "C"`` on PostgreSQL. Those columns are only ever matched for equality and
+    keys: ``COLLATE "C"`` on PostgreSQL, the NO PAD binary collation on MariaDB/MySQL
+    (:class:`KeyText`). Those columns are only ever matched for equality and
     paged in key order, never shown sorted to a person; under a linguistic collation (a database
     created with zh_CN.UTF-8 or an ICU locale) every comparison in their indexes goes through
     the collation's rules — the thousand-key ``row_state`` look-ups of 10⁵ rows cost the server
-    0.70-0.82 s under ``zh-x-icu`` and 0.40-0.48 s under "C". MariaDB's tables are utf8mb4_bin
-    and SQLite compares bytes already."""
-    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+    0.70-0.82 s under ``zh-x-icu`` and 0.40-0.48 s under "C". SQLite compares bytes already."""
+    base = KeyText(length, mysql_collation=mysql_collation)
+    return base.with_variant(sa.String(length, collation="C"), "postgresql")
 
 
 class ExactSqliteNumeric(sa.Numeric[Decimal]):
@@ -102,9 +191,11 @@ def column_type(spec: ColumnConfig, *, key: bool = False) -> sa.types.TypeEngine
     """The SQL type of a mapped column (see the module docstring)."""
     kind = spec.type
     if kind == "string":
+        if key:
+            return KeyText(spec.length if spec.length is not None else KEY_STRING_LENGTH)
         if spec.length is not None:
             return sa.String(spec.length)
-        return sa.String(KEY_STRING_LENGTH) if key else LONG_TEXT
+        return LONG_TEXT
     if kind == "decimal":
         return sa.Numeric(spec.precision, spec.scale, asdecimal=True).with_variant(
             ExactSqliteNumeric(spec.precision, spec.scale), "sqlite"

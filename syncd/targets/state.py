@@ -31,6 +31,7 @@ from syncd.targets.schema import (
     ensure_target_table,
     state_tables,
 )
+from syncd.targets.verify import key_columns
 from syncd.targets.writer import BatchWriter, failure_reason
 
 __all__ = ["StateStore"]
@@ -62,6 +63,10 @@ class StateStore:
         self._writes = write_engine(engine)
         self._where = describe_url(engine.url)
         self._schema_ready = False
+        self.row_key_collation: str | None = None
+        """MariaDB/MySQL: the collation ``row_state.row_key`` has in the database (read by
+        :meth:`ensure_schema`), which the run's seen-key table and JSON_TABLE look-ups must use:
+        MariaDB refuses to compare columns of two collations. None elsewhere."""
         # dataset name -> (the configuration it was built from, its target table definition)
         self._targets: dict[str, tuple[DatasetConfig, sa.Table]] = {}
 
@@ -74,11 +79,19 @@ class StateStore:
     # ------------------------------------------------------------------ schema
 
     def ensure_schema(self) -> None:
-        """Create the state tables and indexes that are missing. Safe when processes race."""
+        """Create the state tables and indexes that are missing. Safe when processes race.
+
+        On MariaDB/MySQL also reads the collation of ``row_state.row_key`` (one catalogue query)."""
         create_tables(self.engine, self.tables.all())
         rs = self.tables.row_state
         for column in add_missing_columns(self.engine, rs, ADDED_STATE_COLUMNS):
             log.info("state.column_added", table=rs.name, column=column)
+        try:
+            keys = key_columns(self.engine, rs.name, ["row_key"], whole_table=True)
+        except sa.exc.DBAPIError as exc:
+            raise TargetError(f"cannot inspect table {rs.name} in {self._where}: {exc.orig}") from exc
+        if "row_key" in keys:
+            self.row_key_collation = keys["row_key"].collation
         self._schema_ready = True
 
     def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:
@@ -89,7 +102,8 @@ class StateStore:
         known = cached[1] if cached is not None and cached[0] == dataset else None
         table = ensure_target_table(self.engine, dataset, shape, table=known)
         self._targets[dataset.name] = (dataset, table)
-        return BatchWriter(self.engine, self.tables, dataset, shape, table)
+        collation = self.row_key_collation
+        return BatchWriter(self.engine, self.tables, dataset, shape, table, key_collation=collation)
 
     # ------------------------------------------------------------------ runs
 

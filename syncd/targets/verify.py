@@ -4,6 +4,9 @@ The table found in the database (reflected) must have every mapped column with a
 type, the key columns as its primary key or a unique key, and no extra NOT NULL column without
 a default (syncd could not insert rows). Every problem is listed, each with a statement that
 fixes it, plus the alternative of letting syncd create a new table.
+
+:func:`key_columns` reads how MariaDB/MySQL compares a table's key columns (their collation):
+syncd warns about keys that do not compare exactly, with the ``ALTER TABLE`` that fixes them.
 """
 
 from __future__ import annotations
@@ -22,9 +25,16 @@ from sqlalchemy.schema import CreateColumn, CreateTable
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family
-from syncd.targets.sqltypes import declared_type
+from syncd.targets.sqltypes import declared_type, key_collation_problem, mysql_key_collation
 
-__all__ = ["TargetSchemaError", "incompatibility", "missing_table_error", "verify_target_table"]
+__all__ = [
+    "KeyColumn",
+    "TargetSchemaError",
+    "incompatibility",
+    "key_columns",
+    "missing_table_error",
+    "verify_target_table",
+]
 
 
 class TargetSchemaError(TargetError):
@@ -397,3 +407,79 @@ def verify_target_table(engine: sa.Engine, table: sa.Table, dataset: DatasetConf
         incompatible=found.incompatible,
         key_problem=found.key_problem,
     )
+
+
+# --------------------------------------------------------------------------- key collations
+
+_MYSQL_KEY_COLUMNS = sa.text(
+    "SELECT column_name, collation_name, column_type, is_nullable, column_default, column_comment "
+    "FROM information_schema.columns "
+    "WHERE table_schema = DATABASE() AND table_name = :table AND column_name IN :columns"
+).bindparams(sa.bindparam("columns", expanding=True))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyColumn:
+    """A key column of a MariaDB/MySQL table, as the catalogue describes it."""
+
+    table: str
+    column: str
+    collation: str | None  # None: not a text column
+    problem: str | None  # why its keys do not compare exactly (key_collation_problem), or None
+    fix: str | None  # the ALTER TABLE giving it the server's NO PAD binary collation; None: none exists
+
+    def describe(self) -> str:
+        """The problem in one line for the operator, with the fix."""
+        text = f"table {self.table}, key column {self.column}: {self.problem}"
+        if self.fix:
+            return f"{text}. Run, with syncd stopped (the table is rebuilt): {self.fix}"
+        return (
+            f"{text}. This server has no NO PAD binary collation (MariaDB 10.2 and MySQL 8.0.17 have "
+            "one): if upstream keys can end in spaces, give the key column transforms: [strip]"
+        )
+
+
+def _sql_quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def key_columns(
+    engine: sa.Engine, table: str, columns: Sequence[str], *, whole_table: bool = False
+) -> dict[str, KeyColumn]:
+    """``columns`` of ``table`` (those that exist) as MariaDB/MySQL compares them; {} on other
+    databases, which compare equal text exactly (PostgreSQL's deterministic collations, SQLite).
+
+    The fix of a column is a ``MODIFY`` that keeps its type, NOT NULL, default and comment
+    (``MODIFY`` replaces the whole column definition); with ``whole_table`` (syncd's own tables) it
+    converts every text column of the table and its default collation (``CONVERT TO``): a packed
+    ``row_state`` look-up puts the key and the hashes into one ``JSON_ARRAY``, which refuses text
+    of two collations. One catalogue query. Raises SQLAlchemy's DBAPIError."""
+    if dialect_family(engine) != "mysql" or not columns:
+        return {}
+    dialect = engine.dialect
+    target = mysql_key_collation(dialect)
+    exact = key_collation_problem(target) is None
+    prep = dialect.identifier_preparer
+    found: dict[str, KeyColumn] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(_MYSQL_KEY_COLUMNS, {"table": table, "columns": list(columns)}).all()
+    mariadb = bool(getattr(dialect, "is_mariadb", False))
+    for found_name, found_collation, column_type, nullable, default, comment in rows:
+        name, collation = str(found_name), None if found_collation is None else str(found_collation)
+        problem = key_collation_problem(collation)
+        fix = None
+        if problem is not None and exact and whole_table:
+            fix = f"ALTER TABLE {prep.quote(table)} CONVERT TO CHARACTER SET utf8mb4 COLLATE {target};"
+        elif problem is not None and exact:
+            parts = [
+                f"ALTER TABLE {prep.quote(table)} MODIFY {prep.quote(name)} {column_type} "
+                f"CHARACTER SET utf8mb4 COLLATE {target}",
+                "NOT NULL" if nullable == "NO" else "NULL",
+            ]
+            if default is not None:  # MariaDB: an SQL expression ('x', NULL); MySQL: the bare value
+                parts.append(f"DEFAULT {default if mariadb else _sql_quoted(str(default))}")
+            if comment:
+                parts.append(f"COMMENT {_sql_quoted(str(comment))}")
+            fix = " ".join(parts) + ";"
+        found[name] = KeyColumn(table, name, collation, problem, fix)
+    return found

@@ -132,7 +132,11 @@ class BatchWriter:
         dataset: DatasetConfig,
         shape: MappingShape,
         table: sa.Table,
+        *,
+        key_collation: str | None = None,
     ) -> None:
+        """``key_collation``: MariaDB/MySQL, the collation ``row_state.row_key`` has in the
+        database (:attr:`StateStore.row_key_collation`), for the look-ups that join it."""
         self._engine = write_engine(engine)
         self._reads = engine  # plain transactions (no write lock on SQLite) for look-ups outside a batch
         self._held: sa.Connection | None = None  # the run's look-up connection (digest_reads)
@@ -167,11 +171,12 @@ class BatchWriter:
         rs = tables.row_state
         cols, key = ("row_key", "row_hash", "record_digest"), ("row_key",)
         # all text columns: read as one JSON row on SQLite and MariaDB (KeyLookup)
-        self._state_of = KeyLookup(engine, rs, cols, key, budget, scope="dataset", packed=True)
+        on_rs: dict[str, Any] = {"scope": "dataset", "packed": True, "collation": key_collation}
+        self._state_of = KeyLookup(engine, rs, cols, key, budget, **on_rs)
         # each twice: the second instance reads the second half of a split look-up (SPLIT_LOOKUP_KEYS)
         # in another thread, and KeyLookup keeps per-instance caches
         self._digest_of, self._digest_of_2 = (
-            KeyLookup(engine, rs, cols[::2], key, budget, scope="dataset", packed=True) for _ in range(2)
+            KeyLookup(engine, rs, cols[::2], key, budget, **on_rs) for _ in range(2)
         )
         # the target table is the operator's, who may alter it while this daemon runs: not prepared
         self._rows_of, self._rows_of_2 = (

@@ -1,0 +1,196 @@
+"""Text keys compare exactly on every target database: 'A001', 'A001 ' and 'a001' are three rows.
+
+MariaDB's utf8mb4_bin (and MySQL 8's) is PAD SPACE: 'A001 ' equals 'A001'. syncd declares key
+columns with the server's NO PAD binary collation, whatever the database's default collation
+(often the case-insensitive utf8mb4_general_ci), and warns, with the fixing ALTER TABLE, about key
+columns of tables an earlier version made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.schema import CreateTable
+from structlog.testing import capture_logs
+
+from syncd.runner import run_dataset
+from syncd.targets import StateStore
+from syncd.targets.schema import state_tables
+from syncd.targets.sqltypes import key_collation_problem, mysql_key_collation
+from syncd.targets.verify import key_columns
+from tests.e2e import ListSource
+from tests.sources_kit import make_app, store_for
+
+NOW = datetime(2026, 3, 1, 12, 0, 0)
+COLUMNS = {
+    "pid": {"source": "id", "type": "string", "length": 32, "nullable": False},
+    "name": {"source": "name", "type": "string", "length": 64},
+}
+TWINS = [
+    {"id": "A001", "name": "plain"},
+    {"id": "A001 ", "name": "one trailing space"},
+    {"id": "A001  ", "name": "two trailing spaces"},
+    {"id": "a001", "name": "lower case"},
+]
+OTHERS = [{"id": f"k{i}", "name": "n"} for i in range(8)]
+_ENGINES: list[sa.Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    yield
+    while _ENGINES:
+        _ENGINES.pop().dispose()
+
+
+def _store(url: str) -> StateStore:
+    store = store_for(url)
+    _ENGINES.append(store.engine)
+    return store
+
+
+def _source(records: list[dict[str, Any]]) -> Callable[[object, object], ListSource]:
+    return lambda app, ds: ListSource([[dict(r) for r in records]])
+
+
+def _rows(store: StateStore) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT pid, name FROM people_local").tuples().all())
+
+
+def _state_keys(store: StateStore) -> set[str]:
+    with store.engine.connect() as conn:
+        return {str(k) for (k,) in conn.exec_driver_sql("SELECT row_key FROM syncd_row_state")}
+
+
+def _app(url: str, **snapshot: object) -> tuple[Any, Any]:
+    return make_app(
+        url,
+        {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+        connections={"qzk": {"type": "sql", "url": "sqlite://"}},
+        target={"snapshot_delete": {"max_ratio": 0.5, **snapshot}},
+        columns=COLUMNS,
+    )
+
+
+def _keys_stay_apart(url: str) -> None:
+    app, ds = _app(url)
+    store = _store(url)
+    records = TWINS + OTHERS
+    with capture_logs() as logs:
+        first = run_dataset(app, ds, store, now=NOW, source_factory=_source(records))
+        assert first.ok, first.error
+        assert first.counts.inserted == len(records)
+        assert _rows(store) == {r["id"]: r["name"] for r in records}
+        assert _state_keys(store) == {r["id"] for r in records}
+
+        again = run_dataset(app, ds, store, now=NOW, source_factory=_source(records))
+        assert again.ok, again.error
+        assert (again.counts.inserted, again.counts.updated, again.counts.deleted) == (0, 0, 0)
+        assert again.counts.unchanged == len(records)
+        assert len(store.changes("people")) == len(records)
+
+        gone = [r for r in records if r["id"] != "A001 "]  # full snapshot: 'A001 ' was deleted upstream
+        third = run_dataset(app, ds, store, now=NOW, source_factory=_source(gone))
+        assert third.ok, third.error
+        assert (third.counts.inserted, third.counts.updated, third.counts.deleted) == (0, 0, 1)
+        assert _rows(store) == {r["id"]: r["name"] for r in gone}
+        deletes = [c["row_key"] for c in store.changes("people") if c["op"] == "delete"]
+        assert deletes == ["A001 "]
+
+        fourth = run_dataset(app, ds, store, now=NOW, source_factory=_source(gone))
+        assert fourth.ok and fourth.counts.unchanged == len(gone)
+        assert len(store.changes("people")) == len(records) + 1
+    events = {e["event"] for e in logs}
+    # the row_state look-ups kept their JSON_TABLE form (MariaDB), and the new tables are exact
+    assert "target.lookup_unpacked" not in events
+    assert "target.key_collation_inexact" not in events
+
+
+def test_keys_differing_in_trailing_spaces_or_case_are_separate_rows(db_url: str) -> None:
+    """Two rows, no churn on the next run, and a full-snapshot delete of exactly the one missing:
+    on MariaDB 'A001 ' and 'A001' were one primary key (utf8mb4_bin is PAD SPACE)."""
+    _keys_stay_apart(db_url)
+
+
+@pytest.mark.mariadb
+def test_keys_stay_apart_under_a_case_insensitive_database_default(mariadb_ci_url: str) -> None:
+    """The database's default collation (utf8mb4_general_ci: 'a001' = 'A001 ') does not matter:
+    syncd declares its tables' collations itself."""
+    _keys_stay_apart(mariadb_ci_url)
+    engine = sa.create_engine(mariadb_ci_url)
+    _ENGINES.append(engine)
+    checked = [("people_local", "pid"), ("syncd_row_state", "row_key"), ("syncd_row_state", "row_hash"),
+               ("syncd_changes", "row_key"), ("syncd_snapshot_missing", "row_key")]
+    for table, column in checked:
+        (found,) = key_columns(engine, table, [column]).values()
+        assert (found.collation, found.problem) == ("utf8mb4_nopad_bin", None)
+
+
+@pytest.mark.mariadb
+def test_tables_of_an_earlier_version_keep_working(mariadb_url: str) -> None:
+    """utf8mb4_bin tables (as earlier versions made them) stay as they are and work as before: the
+    run's seen-key table and the JSON_TABLE look-ups take row_state's collation (MariaDB refuses
+    to compare two columns of different collations)."""
+    app, ds = _app(mariadb_url, missing_runs=2)
+    store = _store(mariadb_url)
+    records = [TWINS[0], *OTHERS]
+    assert run_dataset(app, ds, store, now=NOW, source_factory=_source(records)).ok
+    with store.engine.begin() as conn:
+        for table in ("syncd_row_state", "syncd_snapshot_missing", "people_local"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    with capture_logs() as logs:
+        store = _store(mariadb_url)  # a new process
+        first = run_dataset(app, ds, store, now=NOW, source_factory=_source(records))
+        second = run_dataset(app, ds, store, now=NOW, source_factory=_source(records[:-1]))
+    assert first.ok and second.ok, (first.error, second.error)
+    assert (first.counts.unchanged, second.counts.unchanged, second.counts.deleted) == (9, 8, 0)
+    assert store.row_key_collation == "utf8mb4_bin"
+    assert not [e for e in logs if e["event"] == "target.lookup_unpacked"]
+
+
+@pytest.mark.parametrize(
+    ("server", "collation"),
+    [
+        ({"is_mariadb": True, "server_version_info": (10, 11, 19)}, "utf8mb4_nopad_bin"),
+        ({"is_mariadb": True, "server_version_info": (10, 2, 44)}, "utf8mb4_nopad_bin"),
+        ({"is_mariadb": True, "server_version_info": (10, 1, 48)}, "utf8mb4_bin"),
+        ({"is_mariadb": False, "server_version_info": (8, 4, 3)}, "utf8mb4_0900_bin"),
+        ({"is_mariadb": False, "server_version_info": (8, 0, 17)}, "utf8mb4_0900_bin"),
+        ({"is_mariadb": False, "server_version_info": (8, 0, 16)}, "utf8mb4_bin"),
+        ({"is_mariadb": False, "server_version_info": (5, 7, 44)}, "utf8mb4_bin"),
+    ],
+)
+def test_the_key_collation_is_the_servers_no_pad_binary_one(server: dict[str, Any], collation: str) -> None:
+    """MySQL cannot run here: its DDL is checked as compiled for the server version it would report."""
+    assert mysql_key_collation(SimpleNamespace(**server)) == collation  # type: ignore[arg-type]
+    dialect = mysql.dialect()
+    dialect.is_mariadb = server["is_mariadb"]
+    dialect.server_version_info = server["server_version_info"]
+    ddl = str(CreateTable(state_tables(sa.MetaData()).row_state).compile(dialect=dialect))
+    assert f"row_key VARCHAR(512) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL" in ddl
+    assert ddl.rstrip().endswith("COLLATE utf8mb4_bin")  # the other text columns: binary, as before
+
+
+@pytest.mark.parametrize(
+    ("collation", "exact"),
+    [
+        (None, True),
+        ("binary", True),
+        ("utf8mb4_nopad_bin", True),
+        ("utf8mb4_0900_bin", True),
+        ("utf8mb4_bin", False),
+        ("utf8mb4_general_ci", False),
+        ("utf8mb4_0900_ai_ci", False),
+        ("utf8mb4_uca1400_nopad_ai_ci", False),
+        ("utf8mb4_0900_as_cs", False),
+    ],
+)
+def test_which_collations_compare_keys_exactly(collation: str | None, exact: bool) -> None:
+    assert (key_collation_problem(collation) is None) is exact
