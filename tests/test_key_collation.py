@@ -19,6 +19,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 from structlog.testing import capture_logs
 
+from syncd.ops.plan import plan_dataset
 from syncd.runner import run_dataset
 from syncd.targets import StateStore
 from syncd.targets.schema import state_tables
@@ -133,26 +134,67 @@ def test_keys_stay_apart_under_a_case_insensitive_database_default(mariadb_ci_ur
         assert (found.collation, found.problem) == ("utf8mb4_nopad_bin", None)
 
 
+OLD = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+
 @pytest.mark.mariadb
-def test_tables_of_an_earlier_version_keep_working(mariadb_url: str) -> None:
-    """utf8mb4_bin tables (as earlier versions made them) stay as they are and work as before: the
-    run's seen-key table and the JSON_TABLE look-ups take row_state's collation (MariaDB refuses
-    to compare two columns of different collations)."""
+def test_pad_space_key_columns_of_an_earlier_version_are_reported_with_their_fix(mariadb_url: str) -> None:
     app, ds = _app(mariadb_url, missing_runs=2)
     store = _store(mariadb_url)
     records = [TWINS[0], *OTHERS]
     assert run_dataset(app, ds, store, now=NOW, source_factory=_source(records)).ok
-    with store.engine.begin() as conn:
-        for table in ("syncd_row_state", "syncd_snapshot_missing", "people_local"):
-            conn.exec_driver_sql(f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    with store.engine.begin() as conn:  # the tables as an earlier version made them
+        conn.exec_driver_sql(f"ALTER TABLE syncd_row_state CONVERT TO {OLD}")
+        conn.exec_driver_sql(f"ALTER TABLE syncd_snapshot_missing CONVERT TO {OLD}")
+        pid = f"pid VARCHAR(32) {OLD} NOT NULL COMMENT '居民''编号'"  # an operator's comment is kept
+        conn.exec_driver_sql(f"ALTER TABLE people_local MODIFY {pid}")
+
     with capture_logs() as logs:
         store = _store(mariadb_url)  # a new process
         first = run_dataset(app, ds, store, now=NOW, source_factory=_source(records))
         second = run_dataset(app, ds, store, now=NOW, source_factory=_source(records[:-1]))
     assert first.ok and second.ok, (first.error, second.error)
     assert (first.counts.unchanged, second.counts.unchanged, second.counts.deleted) == (9, 8, 0)
-    assert store.row_key_collation == "utf8mb4_bin"
+    warned = [e for e in logs if e["event"] == "target.key_collation_inexact"]
+    assert sorted((e["table"], e["column"]) for e in warned) == [
+        ("people_local", "pid"), ("syncd_row_state", "row_key"), ("syncd_snapshot_missing", "row_key")
+    ]  # once each: not again at the second run
+    fixes = {e["table"]: e["fix"] for e in warned}
+    assert fixes["syncd_row_state"] == (
+        "ALTER TABLE syncd_row_state CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin;"
+    )
+    assert fixes["people_local"] == (
+        "ALTER TABLE people_local MODIFY pid varchar(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin "
+        "NOT NULL COMMENT '居民''编号';"
+    )
+    for event in warned:
+        assert "PAD SPACE" in event["problem"] and event["collation"] == "utf8mb4_bin"
+        assert event["fix"] in event["hint"] and "syncd stopped" in event["hint"]
+    # the seen-key table and the JSON_TABLE look-ups took row_state's collation: no error, no fallback
     assert not [e for e in logs if e["event"] == "target.lookup_unpacked"]
+
+    plan = plan_dataset(app, ds, store.engine, now=NOW, source_factory=_source(records))
+    shown = [w for w in plan.warnings if "PAD SPACE" in w]
+    assert len(shown) == 2 and fixes["syncd_row_state"] in "\n".join(shown)
+
+    with store.engine.begin() as conn:  # the operator runs the statements
+        for fix in fixes.values():
+            conn.exec_driver_sql(fix)
+    with store.engine.connect() as conn:
+        comment = conn.exec_driver_sql(
+            "SELECT column_comment FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = 'people_local' AND column_name = 'pid'"
+        ).scalar_one()
+    assert comment == "居民'编号"
+    with capture_logs() as logs:
+        store = _store(mariadb_url)
+        both = [*records, TWINS[1]]
+        third = run_dataset(app, ds, store, now=NOW, source_factory=_source(both))
+    assert third.ok and third.counts.inserted == 1, third.error
+    assert _rows(store)["A001 "] == "one trailing space" and _rows(store)["A001"] == "plain"
+    assert not [e for e in logs if e["event"] in ("target.key_collation_inexact", "target.lookup_unpacked")]
+    assert not [w for w in plan_dataset(app, ds, store.engine, source_factory=_source(both)).warnings
+                if "key column" in w]
 
 
 @pytest.mark.parametrize(

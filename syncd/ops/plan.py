@@ -37,7 +37,9 @@ from syncd.runner import check_authorization, resume_from, unsure_snapshot
 from syncd.sources import Source, Window, build_source
 from syncd.targets import StateStore, state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
+from syncd.targets.schema import text_key_columns
 from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview
+from syncd.targets.verify import KeyColumn, key_columns
 
 __all__ = ["Category", "PlanResult", "plan_dataset", "plan_window"]
 
@@ -117,6 +119,17 @@ class _Planner:
         self.planned: dict[str, str] = {}  # row key → hash this plan would store (changed keys only)
         key_cols = [self.target.c[self.columns[i]] for i in mapping.key_indexes]
         self.key_expr: Any = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
+
+    def key_warnings(self) -> list[str]:
+        """The key columns (target table, row_state) whose keys the database would not tell apart
+        exactly — MariaDB/MySQL tables made by an earlier version — with their fixes."""
+        found: list[KeyColumn] = []
+        if self.has_target:
+            found += key_columns(self.engine, self.target.name, text_key_columns(self.ds)).values()
+        if self.has_state:
+            state = key_columns(self.engine, self.tables.row_state.name, ["row_key"], whole_table=True)
+            found += state.values()
+        return [key.describe() for key in found if key.problem is not None]
 
     def _add(self, category: str, sample: dict[str, Any]) -> None:
         self.result.categories[category].add(sample, self.samples)
@@ -250,6 +263,7 @@ def plan_dataset(
         result.warnings.append(f"authorization {dataset.authorization.approval_code} expires in {days} days")
     mapping = compile_mapping(dataset, app.code_tables)
     planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
+    result.warnings.extend(planner.key_warnings())
     snapshot = _snapshot(app, planner, window)
     source: Source | None = None
     try:

@@ -20,12 +20,15 @@ keys and dataset names — are declared with the server's NO PAD binary collatio
 (:class:`~syncd.targets.sqltypes.KeyText`: ``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin``
 on MySQL 8.0.17+), because utf8mb4_bin is PAD SPACE: ``'A001 '`` would be the key ``'A001'``.
 Other text columns keep utf8mb4_bin: syncd compares their values in Python, never in SQL, and
-PAD SPACE does not change what is stored. Tables made by earlier versions keep their collations.
+PAD SPACE does not change what is stored. Key columns of tables made by earlier versions (or by
+an operator) that do not compare exactly are reported, with the ``ALTER TABLE`` that fixes them,
+by :func:`warn_inexact_keys`; syncd never rebuilds a table by itself.
 Timestamps are UTC, DATETIME(6) on MariaDB.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,7 +43,13 @@ from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family, write_engine
 from syncd.targets.sqltypes import LONG_TEXT, KeyChar, KeyText, UtcDateTime, column_type, exact_text
-from syncd.targets.verify import TargetSchemaError, missing_table_error, verify_target_table
+from syncd.targets.verify import (
+    KeyColumn,
+    TargetSchemaError,
+    key_columns,
+    missing_table_error,
+    verify_target_table,
+)
 
 __all__ = [
     "ADDED_STATE_COLUMNS",
@@ -56,6 +65,8 @@ __all__ = [
     "shape_from_dataset",
     "state_tables",
     "target_table",
+    "text_key_columns",
+    "warn_inexact_keys",
 ]
 
 log = structlog.get_logger(__name__)
@@ -100,6 +111,11 @@ def shape_from_dataset(dataset: DatasetConfig) -> DatasetShape:
 
 def key_column_names(shape: MappingShape) -> tuple[str, ...]:
     return tuple(shape.columns[i] for i in shape.key_indexes)
+
+
+def text_key_columns(dataset: DatasetConfig) -> tuple[str, ...]:
+    """The key columns of ``dataset`` that hold text (those whose collation matters)."""
+    return tuple(k for k in dataset.target.key if dataset.columns[k].type == "string")
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +371,35 @@ def add_missing_columns(engine: sa.Engine, table: sa.Table, columns: Mapping[str
     return added
 
 
+_warned: set[tuple[str, str, str, str | None]] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_inexact_keys(engine: sa.Engine, found: Iterable[KeyColumn], *, dataset: str | None = None) -> None:
+    """Log ``target.key_collation_inexact`` for each key column of ``found`` whose keys do not
+    compare exactly, once per process for each database, table, column and collation (every run
+    checks its tables; the daemon says it at its first run, ``syncd sync`` every time)."""
+    where = describe_url(engine.url)
+    for key in found:
+        if key.problem is None:
+            continue
+        mark = (where, key.table, key.column, key.collation)
+        with _warned_lock:
+            if mark in _warned:
+                continue
+            _warned.add(mark)
+        log.warning(
+            "target.key_collation_inexact",
+            dataset=dataset,
+            table=key.table,
+            column=key.column,
+            collation=key.collation,
+            problem=key.problem,
+            fix=key.fix,
+            hint=key.describe(),
+        )
+
+
 def ensure_target_table(
     engine: sa.Engine, dataset: DatasetConfig, shape: MappingShape, *, table: sa.Table | None = None
 ) -> sa.Table:
@@ -378,6 +423,8 @@ def ensure_target_table(
         log.info("target.table_created", dataset=dataset.name, table=table.name, database=where)
     try:
         verify_target_table(engine, table, dataset)
+        keys = key_columns(engine, table.name, text_key_columns(dataset))
     except sa.exc.DBAPIError as exc:
         raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
+    warn_inexact_keys(engine, keys.values(), dataset=dataset.name)
     return table

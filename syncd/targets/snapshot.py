@@ -52,9 +52,11 @@ from syncd.targets.schema import (
     MappingShape,
     create_tables,
     key_column_names,
+    warn_inexact_keys,
 )
 from syncd.targets.sqltypes import exact_text
 from syncd.targets.state import StateStore
+from syncd.targets.verify import key_columns
 from syncd.targets.writer import BatchWriter
 
 __all__ = ["SnapshotDeletes", "SnapshotPreview", "missing_table", "seen_table"]
@@ -156,10 +158,17 @@ class SnapshotDeletes:
     # ------------------------------------------------------------------ setup
 
     def prepare(self, *, dry_run: bool = False) -> None:
-        """Create the streak table (not for a ``dry_run``: a plan only reads it), open the run's
-        connection and its (empty) seen-key table."""
+        """Create the streak table (not for a ``dry_run``: a plan only reads it, and reports inexact
+        key columns itself), open the run's connection and its (empty) seen-key table."""
         if not dry_run:
             create_tables(self._store.engine, [self._missing])
+            if self._cfg.missing_runs > 1:  # the streak table is used (and its keys matter) only then
+                try:
+                    keys = key_columns(self._store.engine, self._missing.name, ["row_key"], whole_table=True)
+                except sa.exc.SQLAlchemyError as exc:
+                    why = f"dataset {self._dataset}: reading {self._missing.name} failed: {exc}"
+                    raise TargetError(why) from exc
+                warn_inexact_keys(self._store.engine, keys.values(), dataset=self._dataset)
         try:
             conn = self._store.engine.connect()
         except sa.exc.SQLAlchemyError as exc:

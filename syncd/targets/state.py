@@ -30,6 +30,7 @@ from syncd.targets.schema import (
     create_tables,
     ensure_target_table,
     state_tables,
+    warn_inexact_keys,
 )
 from syncd.targets.verify import key_columns
 from syncd.targets.writer import BatchWriter, failure_reason
@@ -81,7 +82,8 @@ class StateStore:
     def ensure_schema(self) -> None:
         """Create the state tables and indexes that are missing. Safe when processes race.
 
-        On MariaDB/MySQL also reads the collation of ``row_state.row_key`` (one catalogue query)."""
+        On MariaDB/MySQL also reads the collation of ``row_state.row_key`` (one catalogue query)
+        and warns when keys there do not compare exactly (a table an earlier version made)."""
         create_tables(self.engine, self.tables.all())
         rs = self.tables.row_state
         for column in add_missing_columns(self.engine, rs, ADDED_STATE_COLUMNS):
@@ -92,6 +94,7 @@ class StateStore:
             raise TargetError(f"cannot inspect table {rs.name} in {self._where}: {exc.orig}") from exc
         if "row_key" in keys:
             self.row_key_collation = keys["row_key"].collation
+            warn_inexact_keys(self.engine, keys.values())
         self._schema_ready = True
 
     def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:
