@@ -328,6 +328,7 @@ def _snapshot(app: AppConfig, planner: _Planner, window: Window) -> SnapshotDele
         return None
     planner.result.missing_runs = cfg.missing_runs
     store = StateStore(planner.engine, app.target.table_prefix)
+    store.read_key_collation()  # the seen-key table must compare with row_state's keys (MariaDB)
     tracker = SnapshotDeletes(store, dataset, planner.mapping, "plan", cfg)
     tracker.prepare(dry_run=True)
     return tracker

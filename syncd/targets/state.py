@@ -88,14 +88,22 @@ class StateStore:
         rs = self.tables.row_state
         for column in add_missing_columns(self.engine, rs, ADDED_STATE_COLUMNS):
             log.info("state.column_added", table=rs.name, column=column)
+        self.read_key_collation(warn=True)
+        self._schema_ready = True
+
+    def read_key_collation(self, *, warn: bool = False) -> None:
+        """Set :attr:`row_key_collation` from the database (MariaDB/MySQL; nothing is created: a
+        plan, which writes nothing, calls this instead of :meth:`ensure_schema`); ``warn`` about
+        key columns of ``row_state`` that do not compare exactly."""
+        rs = self.tables.row_state
         try:
             keys = key_columns(self.engine, rs.name, ["row_key"], whole_table=True)
         except sa.exc.DBAPIError as exc:
             raise TargetError(f"cannot inspect table {rs.name} in {self._where}: {exc.orig}") from exc
         if "row_key" in keys:
             self.row_key_collation = keys["row_key"].collation
-            warn_inexact_keys(self.engine, keys.values())
-        self._schema_ready = True
+            if warn:
+                warn_inexact_keys(self.engine, keys.values())
 
     def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:
         """A writer for ``dataset``; creates or verifies its target table (TargetSchemaError)."""
