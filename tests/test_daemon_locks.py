@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from syncd.daemon.locks import DatasetLocker, lock_key, mysql_lock_name
 from syncd.gateway import FaultPlan, Gateway
+from tests.conftest import _fresh_mariadb
 from tests.daemon_proc import DaemonProcess, daemon_config
 from tests.e2e import SECRET
 
@@ -100,13 +101,35 @@ LONG_A = "population_household_registration_records_of_township_ab_a1"
 LONG_B = "population_household_registration_records_of_township_ab_a2"
 
 
-def test_mysql_lock_names_fit_and_keep_short_names() -> None:
+def test_mysql_lock_names_fit_carry_the_database_and_keep_short_names() -> None:
     assert mysql_lock_name("residents") == "syncd:residents"  # what every earlier version used
+    assert mysql_lock_name("residents", "syncd") == "syncd:syncd:residents"
     assert mysql_lock_name("x" * 58) == "syncd:" + "x" * 58  # the longest name that fits as it is
+    assert mysql_lock_name("x" * 50, "db_prod") == "syncd:db_prod:" + "x" * 50
     long_names = [mysql_lock_name(n) for n in (LONG_A, LONG_B, "x" * 59, "x" * 63)]
+    long_names += [mysql_lock_name(n, "county_a") for n in (LONG_A, LONG_B, "x" * 51)]
+    long_names += [mysql_lock_name(LONG_A, "county_b")]
     assert all(len(n) == 64 and n.startswith("syncd:") and "#" in n for n in long_names)
     assert len(set(long_names)) == len(long_names)
     assert mysql_lock_name(LONG_A) == mysql_lock_name(LONG_A)  # stable: the same on every node
+
+
+@pytest.mark.mariadb
+def test_mariadb_locks_of_two_databases_on_one_server_are_apart(mariadb_url: str) -> None:
+    """GET_LOCK names are server-wide: a deployment on another database of the same server (a test
+    copy, another unit) running a dataset of the same name skipped this one's runs as locked."""
+    other = _fresh_mariadb()
+    other_url = next(other)
+    a, b, c = DatasetLocker(mariadb_url), DatasetLocker(other_url), DatasetLocker(mariadb_url)
+    try:
+        with a.hold("residents") as first, b.hold("residents") as second:
+            assert first and second
+        with a.hold("residents") as first, c.hold("residents") as again:
+            assert first and not again  # within one database still exclusive
+    finally:
+        for locker in (a, b, c):
+            locker.close()
+        next(other, None)
 
 
 @pytest.mark.mariadb
@@ -119,12 +142,13 @@ def test_mariadb_datasets_sharing_a_long_prefix_have_their_own_locks(mariadb_url
             assert first and second
         with a.hold(LONG_A) as first, b.hold(LONG_A) as again:
             assert first and not again  # still exclusive
-        with a.hold("residents") as first:  # a short name keeps its old lock name: old versions see it
+        with a.hold("residents") as first:  # the lock name carries the database's
             assert first
             engine = sa.create_engine(mariadb_url)
+            name = mysql_lock_name("residents", sa.make_url(mariadb_url).database)
             try:
                 with engine.connect() as conn:
-                    assert conn.execute(sa.text("SELECT IS_FREE_LOCK('syncd:residents')")).scalar() == 0
+                    assert conn.execute(sa.text("SELECT IS_FREE_LOCK(:n)"), {"n": name}).scalar() == 0
             finally:
                 engine.dispose()
     finally:

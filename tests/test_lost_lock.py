@@ -89,7 +89,8 @@ def end_lock_session(url: str, dataset: str) -> None:
     try:
         with admin.connect() as conn:
             query = sa.text("SELECT IS_USED_LOCK(:n)")
-            holder = conn.execute(query, {"n": mysql_lock_name(dataset)}).scalar()
+            name = mysql_lock_name(dataset, sa.make_url(url).database)
+            holder = conn.execute(query, {"n": name}).scalar()
             assert holder is not None, "nobody holds the lock"
             conn.execute(sa.text(f"KILL {int(holder)}"))
     finally:
@@ -107,7 +108,8 @@ def lock_holder(url: str, dataset: str) -> bool:
         )
         params = {"hi": key >> 32, "lo": key & 0xFFFFFFFF}
     else:
-        query, params = sa.text("SELECT IS_USED_LOCK(:n) IS NOT NULL"), {"n": mysql_lock_name(dataset)}
+        name = mysql_lock_name(dataset, sa.make_url(url).database)
+        query, params = sa.text("SELECT IS_USED_LOCK(:n) IS NOT NULL"), {"n": name}
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:

@@ -6,7 +6,8 @@
   §6), and when a node dies its connection closes and the lock goes with it.
 * MariaDB / MySQL: ``GET_LOCK(name, 0)`` is session-scoped, so it is held on a dedicated,
   unpooled connection that is released with ``RELEASE_LOCK`` and then closed, whatever happens.
-  Lock names are limited to 64 characters: see :func:`mysql_lock_name`.
+  Lock names are server-wide, so they carry the database's name, and are limited to 64
+  characters: see :func:`mysql_lock_name`.
 * SQLite: a single-host database, so an ``flock`` on a file per dataset beside it
   (``<database>.syncd-locks/<dataset>.lock``): the daemon and a ``syncd sync`` or
   ``syncd quarantine replay`` started by hand while it runs exclude each other, as two daemons on
@@ -125,13 +126,17 @@ def lock_key(dataset: str) -> int:
 _MYSQL_LOCK_NAME_MAX = 64  # GET_LOCK names longer than this are an error (MySQL) or cut (MariaDB)
 
 
-def mysql_lock_name(dataset: str) -> str:
-    """The ``GET_LOCK`` name of ``dataset``: ``syncd:<dataset>`` when that fits in 64 characters
-    (the name every version used, so that old and new processes exclude each other); otherwise a
-    readable prefix, ``#`` and 16 hex digits of the SHA-256 of the full name. Cutting the name
-    alone gave two datasets sharing their first 58 characters one lock. ``#`` never occurs in a
-    dataset name, so a shortened name never equals a full one."""
-    name = f"syncd:{dataset}"
+def mysql_lock_name(dataset: str, database: str | None = None) -> str:
+    """The ``GET_LOCK`` name of ``dataset`` in ``database``: ``syncd:<database>:<dataset>`` when that
+    fits in 64 characters, otherwise a readable prefix, ``#`` and 16 hex digits of the SHA-256 of
+    the full name (cutting the name alone gave two datasets sharing their first characters one
+    lock). ``#`` never occurs in a dataset name, so a shortened name never equals a full one.
+
+    GET_LOCK names are server-wide, not per database (PostgreSQL's advisory locks are per database):
+    without the database in the name, deployments on two databases of one server (a test and a
+    production database, two units sharing a server) skipped each other's runs of datasets with the
+    same name as "locked". Earlier versions used ``syncd:<dataset>``; ``database`` None gives that."""
+    name = f"syncd:{dataset}" if not database else f"syncd:{database}:{dataset}"
     if len(name) <= _MYSQL_LOCK_NAME_MAX:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -159,6 +164,7 @@ class DatasetLocker:
         self._engine: sa.Engine | None = None
         self._lock_dir: Path | None = None
         parsed = with_driver(sa.make_url(url))  # postgresql:// alone would ask for psycopg2
+        self._database = parsed.database  # MariaDB/MySQL lock names carry it (see mysql_lock_name)
         backend = parsed.get_backend_name()
         families = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
         self.family = families.get(backend, "sqlite")
@@ -199,7 +205,7 @@ class DatasetLocker:
             if self.family == "postgresql":
                 yield from self._hold_postgres(conn, dataset)
             else:
-                yield from self._hold_mysql(conn, dataset)
+                yield from self._hold_mysql(conn, mysql_lock_name(dataset, self._database), dataset)
         finally:
             conn.close()
 
@@ -264,8 +270,7 @@ class DatasetLocker:
                 _release_failed(dataset, held)
 
     @staticmethod
-    def _hold_mysql(conn: sa.Connection, dataset: str) -> Iterator[HeldLock | None]:
-        name = mysql_lock_name(dataset)
+    def _hold_mysql(conn: sa.Connection, name: str, dataset: str) -> Iterator[HeldLock | None]:
         # the connection idles for the whole run: the server's wait_timeout (8 h by default, often
         # set lower) would close it, and release the lock, while the run goes on (31536000: the max)
         conn.execute(sa.text("SET SESSION wait_timeout = 31536000"))
