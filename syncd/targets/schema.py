@@ -12,6 +12,9 @@ hashes and change entries commit in one transaction (DESIGN §4.2). Names carry 
 - ``watermarks`` dataset → the incremental position of the last successful run
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
 - ``quarantine`` records that could not be mapped, with their raw payload and the reason
+- ``changes_pruned`` dataset → the highest change-feed ``id`` (and ``changed_at``) deleted by
+  ``syncd changes prune`` or the daemon's retention, so a reader whose position lies below it
+  learns that entries it has not read are gone (:mod:`syncd.targets.prune`)
 
 On MariaDB every table is InnoDB, utf8mb4 (characters outside the BMP, 𠮷, survive) with the
 utf8mb4_bin collation as the table's default, whatever the database's default: text never
@@ -125,9 +128,12 @@ class StateTables:
     watermarks: sa.Table
     runs: sa.Table
     quarantine: sa.Table
+    changes_pruned: sa.Table
 
     def all(self) -> tuple[sa.Table, ...]:
-        return (self.row_state, self.changes, self.watermarks, self.runs, self.quarantine)
+        return (
+            self.row_state, self.changes, self.watermarks, self.runs, self.quarantine, self.changes_pruned
+        )
 
 
 def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
@@ -211,7 +217,19 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("times", sa.Integer(), nullable=False),
         **MYSQL_TABLE_OPTIONS,
     )
-    return StateTables(row_state, changes, watermarks, runs, quarantine)
+    changes_pruned = sa.Table(
+        f"{prefix}changes_pruned",
+        metadata,
+        sa.Column("dataset", dataset, primary_key=True),
+        # the highest id and the latest changed_at among the dataset's deleted change entries: never
+        # lowered (a reader after id N has missed entries exactly when N < upto_id)
+        sa.Column("upto_id", sa.BigInteger(), nullable=False),
+        sa.Column("upto_changed_at", UtcDateTime(), nullable=False),
+        sa.Column("deleted", sa.BigInteger(), nullable=False),  # entries deleted so far, in all
+        sa.Column("pruned_at", UtcDateTime(), nullable=False),  # the last prune that deleted any
+        **MYSQL_TABLE_OPTIONS,
+    )
+    return StateTables(row_state, changes, watermarks, runs, quarantine, changes_pruned)
 
 
 def target_table(metadata: sa.MetaData, dataset: DatasetConfig, shape: MappingShape) -> sa.Table:
