@@ -1,18 +1,28 @@
 """Pruning the change feed on real SQLite, PostgreSQL and MariaDB: ``FeedPruner`` (by time, by id, in
-batches smaller than the data, dry run, resuming) and a sync's batch beside an open prune on MariaDB."""
+batches smaller than the data, dry run, resuming), ``syncd changes prune`` and the gap warning of
+``syncd changes``, and a sync's batch beside an open prune on MariaDB."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
+from syncd.cli import main
+from syncd.config import load_config
+from syncd.daemon.locks import DatasetLocker
+from syncd.gateway import Gateway
+from syncd.ops.prune import prune_datasets
 from syncd.targets import StateStore, create_target_engine, shape_from_dataset, write_engine
-from syncd.targets.prune import FeedPruner, PruneBound
+from syncd.targets.prune import PRUNE_LOCK, FeedPruner, PruneBound
+from tests.daemon_proc import daemon_config
+from tests.e2e import SECRET, SECRET_ENV
 from tests.test_targets_writer import RUN1, RUN2, RUN3, engine, make_dataset, resident, store
 
 __all__ = ["engine", "store"]  # fixtures shared with test_targets_writer
@@ -123,6 +133,22 @@ def test_an_interrupted_prune_keeps_its_batches_and_carries_on_when_run_again(st
     assert mark is not None and (mark.upto_id, mark.deleted) == (residents[14], 15)
 
 
+def test_prune_datasets_takes_the_prune_lock(store: StateStore, db_url: str) -> None:
+    residents = fill(store, "residents", 4)
+    locker, other = DatasetLocker(db_url), DatasetLocker(db_url)
+    try:
+        with other.hold(PRUNE_LOCK) as held, capture_logs() as logs:
+            assert held
+            outcome = prune_datasets(store, locker, {"residents": PruneBound(upto_id=residents[-1])})
+        assert outcome.locked and ids_of(store, "residents") == residents
+        assert [e["event"] for e in logs] == ["changes.prune_skipped_locked"]
+        outcome = prune_datasets(store, locker, {"residents": PruneBound(upto_id=residents[-1])})
+        assert not outcome.locked and outcome.deleted == 3
+    finally:
+        locker.close()
+        other.close()
+
+
 # --------------------------------------------------------------------------- MariaDB: beside a sync
 
 
@@ -214,3 +240,117 @@ def test_mariadb_a_prune_does_not_wait_for_a_syncs_open_batch(maria: tuple[sa.En
         assert _held_while(lambda: pruner.prune("residents", PruneBound(before=NOW - timedelta(days=1))))
     assert ids_of(store, "residents")[:5] == residents[25:]
     assert len(ids_of(store, "residents")) == 6
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _synced(tmp_path: Path, db_url: str) -> Iterator[Path]:
+    with Gateway(records=60, seed=9, app_secret=SECRET) as gw:
+        path = daemon_config(tmp_path, db_url=db_url, gateway_url=gw.url, every="15m")
+        assert main(["-c", str(path), "--log-format", "json", "sync", "residents"]) == 0
+        yield path
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A configuration whose dataset residents has synced 60 records (60 insert entries)."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    yield from _synced(tmp_path, db_url)
+
+
+@pytest.fixture
+def lite_config(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The same on SQLite only (command-line checks that do not depend on the database)."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    yield from _synced(tmp_path, sqlite_url)
+
+
+def _feed(config: Path) -> tuple[sa.Engine, StateStore]:
+    app = load_config(config)
+    eng = create_target_engine(app.target.url.get_secret_value())
+    return eng, StateStore(eng)
+
+
+def test_cli_prune_by_keep_days_and_by_checkpoint(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    eng, store = _feed(config)
+    try:
+        everything = ids_of(store, "residents")
+        assert len(everything) == 60
+        age(eng, everything[:40])
+        capsys.readouterr()
+        args = ["-c", str(config), "changes", "prune", "residents", "--keep-days", "30", "--batch-size", "7"]
+        assert main([*args, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "residents: would delete 40 change entries" in out and "dry run" in out
+        assert ids_of(store, "residents") == everything
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        kept = f"(newest entry kept: id {everything[-1]})"
+        assert f"residents: deleted 40 change entries in 6 batch(es) {kept}" in out
+        assert out.rstrip().endswith("deleted 40 change entries of 1 dataset(s)")
+        assert ids_of(store, "residents") == everything[40:]
+        # a reader's checkpoint: everything up to id N is done
+        upto = ["-c", str(config), "changes", "prune", "residents", "--upto-id", str(everything[49])]
+        assert main(upto) == 0
+        assert ids_of(store, "residents") == everything[50:]
+        assert main(["-c", str(config), "changes", "prune", "--all", "--keep-days", "30"]) == 0
+        assert "residents: nothing to delete" in capsys.readouterr().out
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["residents"], "say what to delete"),
+        (["residents", "--before", "2026-01-01", "--keep-days", "3"], "not both"),
+        (["residents", "--all", "--keep-days", "3"], "or give --all (not both)"),
+        (["--keep-days", "3"], "name the datasets to prune"),
+        (["--all", "--upto-id", "5"], "name exactly one dataset"),
+        (["residents", "--keep-days", "0"], "at least 1"),
+        (["residents", "--before", "2999-01-01"], "in the future"),
+        (["residents", "--before", "yesterday"], "is not a time"),
+        (["residents", "--keep-days", "3", "--batch-size", "0"], "--batch-size must be between"),
+        (["residents", "--keep-days", "3", "--limit", "5"], "--limit go with showing a feed"),
+        (["residentz", "--keep-days", "3"], "unknown dataset(s) residentz"),
+    ],
+)
+def test_cli_prune_usage_errors(
+    lite_config: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    capsys.readouterr()
+    assert main(["-c", str(lite_config), "changes", "prune", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_show_options_and_prune_options_do_not_mix(
+    lite_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["-c", str(lite_config), "changes", "residents", "--after-id", "0", "--dry-run"]) == 2
+    assert "--dry-run go with `syncd changes prune`" in capsys.readouterr().err
+
+
+def test_changes_warns_a_reader_whose_position_was_pruned(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eng, store = _feed(config)
+    try:
+        everything = ids_of(store, "residents")
+        upto = ["-c", str(config), "changes", "prune", "residents", "--upto-id", str(everything[9])]
+        assert main(upto) == 0
+        capsys.readouterr()
+        behind = ["-c", str(config), "changes", "residents", "--after-id", str(everything[3])]
+        assert main([*behind, "--format", "jsonl"]) == 0
+        captured = capsys.readouterr()
+        assert f"up to id {everything[9]}" in captured.err and "were deleted by a prune" in captured.err
+        assert f"after id {everything[3]}" in captured.err and "resident_info" in captured.err
+        assert len(captured.out.splitlines()) == 50  # what is left is still printed
+        # a reader at (or past) the pruned end has missed nothing
+        assert main(["-c", str(config), "changes", "residents", "--after-id", str(everything[9])]) == 0
+        assert capsys.readouterr().err == ""
+        assert main(["-c", str(config), "changes", "residents", "--since", "2000-01-01", "--limit", "1"]) == 0
+        assert "were deleted by a prune" in capsys.readouterr().err
+    finally:
+        eng.dispose()
