@@ -23,6 +23,8 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 ``syncd_watermark_lag_seconds``             gauge      how far the data lags behind now (freshness)
 ``syncd_authorization_remaining_seconds``   gauge      time until the authorization (授权) expires, in
                                                        whole days × 86400 (negative once expired)
+``syncd_changes_pruned_total``              counter    change-feed entries deleted by the daemon's
+                                                       retention (``changes.retention_days``)
 ``syncd_config_reload_success``             gauge      no label: 1 after a good reload, 0 after a bad one
 ``syncd_config_reload_timestamp_seconds``   gauge      no label: time of the last reload attempt
 ``syncd_config_errors``                     gauge      no label: positioned errors of the last bad reload
@@ -164,6 +166,11 @@ class Metrics:
             "syncd_watermark_lag_seconds", "How far the synced data lags behind the current time.", ds,
             registry=reg,
         )
+        self.changes_pruned = Counter(
+            "syncd_changes_pruned",
+            "Change-feed entries deleted by the daemon's retention (changes.retention_days).",
+            ds, registry=reg,
+        )
         self.authorization_remaining = Gauge(
             "syncd_authorization_remaining_seconds",
             "Time until the dataset's authorization (授权) expires, in whole days (x 86400).",
@@ -202,7 +209,10 @@ class Metrics:
             self.runs.labels(name, outcome)
         for op in OPS:
             self.rows.labels(name, op)
-        for counter in (self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings):
+        for counter in (
+            self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
+            self.changes_pruned,
+        ):
             counter.labels(name)
         self.run_duration.labels(name)
 
@@ -216,7 +226,7 @@ class Metrics:
             self.rows.remove(name, op)
         for metric in (
             self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
-            self.run_duration,
+            self.changes_pruned, self.run_duration,
             self.last_success, self.last_run, self.watermark_lag, self.authorization_remaining,
         ):
             metric.remove(name)
@@ -272,6 +282,11 @@ class Metrics:
         still running) or ``skipped_missed`` (it could not start within the misfire grace time)."""
         self.register_dataset(dataset)
         self.runs.labels(dataset, outcome).inc()
+
+    def changes_pruned_by_retention(self, dataset: str, entries: int) -> None:
+        """The daemon's retention deleted ``entries`` change-feed entries of a configured dataset."""
+        if entries > 0 and dataset in self.datasets:  # one removed by a reload meanwhile gets no series
+            self.changes_pruned.labels(dataset).inc(entries)
 
     def set_watermark_lag(self, dataset: str, seconds: float) -> None:
         """Data freshness: seconds between now and the newest update time synced."""

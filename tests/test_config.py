@@ -402,6 +402,46 @@ def test_bad_cron(ws: Workspace) -> None:
     assert only(ws.issues()).startswith(f"{where}: schedule.cron: '0 2 * *' is not a cron expression")
 
 
+LOGGING = "logging: {level: INFO, format: json}"
+RES_TARGET = "target:\n  table: resident_info"
+OUT_OF_RANGE = (
+    "is out of range: keep change entries for 1 to 36500 days, or write forever to keep every entry"
+)
+
+
+def test_change_retention_in_the_main_file_and_per_dataset(ws: Workspace) -> None:
+    app = ws.load()
+    assert app.changes.retention_days == "forever" and app.changes.prune_at == "03:30"  # keep everything
+    assert app.retention_days(app.datasets["residents"]) is None
+    ws.edit(MAIN, LOGGING, f"{LOGGING}\nchanges: {{retention_days: 180, prune_at: '4:05'}}")
+    ws.edit(RES, RES_TARGET, f"changes: {{retention_days: forever}}\n{RES_TARGET}")
+    app = ws.load()
+    assert app.changes.at() == (4, 5)
+    assert app.retention_days(app.datasets["residents"]) is None  # its own setting wins
+    assert app.retention_days(app.datasets["enterprises"]) == 180
+
+
+@pytest.mark.parametrize(("written", "needle", "message"), [
+    ("retention_days: 0", "0}", f"changes.retention_days: 0 {OUT_OF_RANGE}"),
+    ("retention_days: never", "never", "changes.retention_days: 'never' is not a number of days: write a "
+     "whole number such as 180, or forever to keep every entry"),
+    ("retention_days: 30, prune_at: 3am", "3am", "changes.prune_at: '3am' is not a time of day: write it as "
+     'HH:MM, e.g. "03:30"'),
+    ("retension_days: 30", "retension", "changes.retension_days: unknown key `retension_days`: did you mean "
+     "`retention_days`?"),
+])
+def test_change_retention_mistakes_in_the_main_file(
+    ws: Workspace, written: str, needle: str, message: str
+) -> None:
+    ws.edit(MAIN, LOGGING, f"{LOGGING}\nchanges: {{{written}}}")
+    assert only(ws.issues()) == f"{ws.at(MAIN, needle)}: {message}"
+
+
+def test_change_retention_mistake_in_a_dataset_file(ws: Workspace) -> None:
+    ws.edit(RES, RES_TARGET, f"changes:\n  retention_days: -5\n{RES_TARGET}")
+    assert only(ws.issues()) == f"{ws.at(RES, '-5')}: changes.retention_days: -5 {OUT_OF_RANGE}"
+
+
 def test_scale_larger_than_precision(ws: Workspace) -> None:
     ws.edit(ENT, "scale: 4", "scale: 20")
     assert only(ws.issues()).startswith(

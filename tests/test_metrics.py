@@ -218,6 +218,18 @@ def test_forget_dataset_removes_all_its_series(metrics: Metrics) -> None:
     assert value(metrics, "syncd_runs_total", dataset="residents", outcome="success") == 1
 
 
+def test_change_entries_pruned_by_retention(metrics: Metrics) -> None:
+    metrics.register_dataset("residents")
+    assert value(metrics, "syncd_changes_pruned_total", dataset="residents") == 0  # exported from the start
+    metrics.changes_pruned_by_retention("residents", 10_000)
+    metrics.changes_pruned_by_retention("residents", 345)
+    assert value(metrics, "syncd_changes_pruned_total", dataset="residents") == 10_345
+    metrics.changes_pruned_by_retention("gone", 7)  # removed by a reload while its entries were pruned
+    assert 'dataset="gone"' not in metrics.render().decode()
+    metrics.forget_dataset("residents")
+    assert "syncd_changes_pruned_total{" not in metrics.render().decode()
+
+
 def test_daemon_state_gauges(metrics: Metrics) -> None:
     metrics.config_reloaded(False, errors=3)
     assert value(metrics, "syncd_config_reload_success") == 0

@@ -1,6 +1,6 @@
 """Pruning the change feed on real SQLite, PostgreSQL and MariaDB: ``FeedPruner`` (by time, by id, in
 batches smaller than the data, dry run, resuming), ``syncd changes prune`` and the gap warning of
-``syncd changes``, and a sync's batch beside an open prune on MariaDB."""
+``syncd changes``, the daemon's daily retention, and a sync's batch beside an open prune on MariaDB."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from structlog.testing import capture_logs
 from syncd.cli import main
 from syncd.config import load_config
 from syncd.daemon.locks import DatasetLocker
+from syncd.daemon.notify import SystemdNotifier
+from syncd.daemon.scheduler import PRUNE_JOB
+from syncd.daemon.service import Daemon
 from syncd.gateway import Gateway
-from syncd.ops.prune import prune_datasets
+from syncd.ops.prune import prune_datasets, retention_bounds
 from syncd.targets import StateStore, create_target_engine, shape_from_dataset, write_engine
 from syncd.targets.prune import PRUNE_LOCK, FeedPruner, PruneBound
 from tests.daemon_proc import daemon_config
@@ -354,3 +357,56 @@ def test_changes_warns_a_reader_whose_position_was_pruned(
         assert "were deleted by a prune" in capsys.readouterr().err
     finally:
         eng.dispose()
+
+
+# --------------------------------------------------------------------------- the daemon's retention
+
+
+def test_the_daemon_prunes_expired_entries_once_a_day(config: Path) -> None:
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text + "changes: {retention_days: 30, prune_at: '04:15'}\n", encoding="utf-8")
+    daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+    try:
+        store = daemon.store
+        everything = ids_of(store, "residents")
+        age(daemon.engine, everything[:25])
+        daemon._adopt(daemon.app)
+        assert set(retention_bounds(daemon.app, NOW)) == {"residents"}
+        with capture_logs() as logs:
+            daemon.prune_job()  # what the scheduler runs at 04:15
+        assert ids_of(store, "residents") == everything[25:]
+        pruned = [e for e in logs if e["event"] == "changes.pruned"]
+        assert [(e["dataset"], e["deleted"]) for e in pruned] == [("residents", 25)]
+        assert 'syncd_changes_pruned_total{dataset="residents"} 25.0' in daemon.metrics.render().decode()
+        # scheduled daily at prune_at, in the configured zone; the dataset's own setting wins
+        daemon.scheduler.start()
+        nxt = daemon._schedule_retention(daemon.app)
+        assert nxt is not None and nxt.endswith("+08:00") and "T04:15:00" in nxt
+        job = daemon.scheduler._scheduler.get_job(PRUNE_JOB)
+        assert job is not None and job.executor == "maintenance"
+        assert PRUNE_JOB not in daemon.scheduler.next_run_times()
+        dataset_file = config.parent / "datasets" / "residents.yaml"
+        with dataset_file.open("a", encoding="utf-8") as f:
+            f.write("changes: {retention_days: forever}\n")
+        assert daemon.reload()
+        assert daemon.scheduler._scheduler.get_job(PRUNE_JOB) is None  # nothing expires any more
+    finally:
+        daemon.scheduler.shutdown()
+        daemon.locker.close()
+        daemon.engine.dispose()
+
+
+def test_without_retention_the_daemon_deletes_nothing(config: Path) -> None:
+    daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+    try:
+        everything = ids_of(daemon.store, "residents")
+        age(daemon.engine, everything)
+        assert retention_bounds(daemon.app, NOW) == {}
+        daemon.prune_job()
+        assert ids_of(daemon.store, "residents") == everything
+        daemon.scheduler.start()
+        assert daemon._schedule_retention(daemon.app) is None
+    finally:
+        daemon.scheduler.shutdown()
+        daemon.locker.close()
+        daemon.engine.dispose()

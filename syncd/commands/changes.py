@@ -158,8 +158,8 @@ def _gap_warning(app: AppConfig, store: StateStore, args: argparse.Namespace, si
     print(
         f"syncd changes: warning: change entries of {args.dataset} up to id {mark.upto_id} (written up to "
         f"{mark.upto_changed_at.astimezone(zone):%Y-%m-%d %H:%M:%S}) were deleted by a prune on "
-        f"{mark.pruned_at.astimezone(zone):%Y-%m-%d %H:%M:%S} (`syncd changes prune`); "
-        f"those {asked} are gone and not printed. Whatever reads this feed "
+        f"{mark.pruned_at.astimezone(zone):%Y-%m-%d %H:%M:%S} (`syncd changes prune` or "
+        f"changes.retention_days); those {asked} are gone and not printed. Whatever reads this feed "
         f"{asked} has missed them: bring it up to date from {table} itself, then go on from here "
         "(docs/changes.md §5)",
         file=sys.stderr,
@@ -325,8 +325,8 @@ def _prune(args: argparse.Namespace, app: AppConfig) -> int:
         engine.dispose()
     if outcome.locked:
         print(
-            "skipped: another syncd process is pruning the change feed now (another "
-            "`syncd changes prune`); nothing was deleted by this one. Run it again when that "
+            "skipped: another syncd process is pruning the change feed now (the daemon's retention, or "
+            "another `syncd changes prune`); nothing was deleted by this one. Run it again when that "
             "one has ended",
             flush=True,
         )

@@ -29,8 +29,10 @@ __all__ = [
     "AppConfig",
     "AuthConfig",
     "AuthorizationConfig",
+    "ChangesConfig",
     "ColumnConfig",
     "DaemonConfig",
+    "DatasetChangesConfig",
     "DatasetConfig",
     "EnvelopeConfig",
     "FileSourceConfig",
@@ -106,6 +108,33 @@ Identifier = Annotated[str, AfterValidator(_identifier)]
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 """``30s``, ``5m``, ``2h``, ``1d``, ``250ms`` or a number of seconds."""
+
+_MAX_RETENTION_DAYS = 36_500  # a century: anything longer is a typo
+
+
+def _retention_days(value: Any) -> Any:
+    """A number of days (1 to a century), or ``forever``; worded for the operator."""
+    if value == "forever" and isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_RETENTION_DAYS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            f"{value} is out of range: keep change entries for 1 to {_MAX_RETENTION_DAYS} days, "
+            "or write forever to keep every entry"
+        )
+    raise ValueError(
+        f"{value!r} is not a number of days: write a whole number such as 180, "
+        "or forever to keep every entry"
+    )
+
+
+RetentionDays = Annotated[
+    Annotated[int, Field(ge=1, le=_MAX_RETENTION_DAYS)] | Literal["forever"], BeforeValidator(_retention_days)
+]
+"""How long change entries are kept: a number of days, or ``forever``."""
+
+_CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 class _Model(BaseModel):
@@ -621,6 +650,17 @@ class IntervalSchedule(_Model):
 ScheduleConfig = Annotated[CronSchedule | IntervalSchedule, Field(discriminator="type")]
 
 
+class DatasetChangesConfig(_Model):
+    """This dataset's change entries (变更日志): how long they are kept, instead of the main file's
+    ``changes.retention_days`` (docs/changes.md §5)."""
+
+    retention_days: RetentionDays = Field(
+        description="days an entry of this dataset is kept, or forever (never pruned by the daemon); "
+        "overrides changes.retention_days of the main file. Entries a local application has not read "
+        "yet are deleted all the same: keep them longer than the slowest reader may lag behind"
+    )
+
+
 class DatasetConfig(_Model):
     name: Identifier
     description: str = ""
@@ -632,6 +672,7 @@ class DatasetConfig(_Model):
     schedule: ScheduleConfig | None = None
     batch_size: int | None = Field(None, ge=1, le=100_000)
     error_limit: ErrorLimit | None = None
+    changes: DatasetChangesConfig | None = None
     # set by the loader: the file this dataset came from (for messages)
     source_file: str = ""
 
@@ -767,6 +808,37 @@ class DaemonConfig(_Model):
         return self
 
 
+class ChangesConfig(_Model):
+    """The change feed (变更日志, ``<table_prefix>changes``): how long its entries are kept. By default
+    every entry is kept for good; with ``retention_days`` the daemon deletes older ones once a day at
+    ``prune_at`` (docs/changes.md §5). A dataset file may set its own ``changes.retention_days``."""
+
+    retention_days: RetentionDays = Field(
+        "forever",
+        description="days a change entry is kept before the daemon deletes it, or forever (nothing is "
+        "deleted). Entries a local application has not read yet are deleted all the same: keep them "
+        "longer than the slowest reader may lag behind",
+    )
+    prune_at: str = Field(
+        "03:30",
+        pattern=_CLOCK_TIME.pattern,
+        description="local time (HH:MM, in `timezone`) at which the daemon deletes expired entries, "
+        "once a day; pick a quiet hour",
+    )
+
+    @field_validator("prune_at", mode="before")
+    @classmethod
+    def _clock_time(cls, v: Any) -> Any:
+        if not isinstance(v, str) or not _CLOCK_TIME.match(v.strip()):
+            raise ValueError(f"{v!r} is not a time of day: write it as HH:MM, e.g. \"03:30\"")
+        return v.strip()
+
+    def at(self) -> tuple[int, int]:
+        """``prune_at`` as (hour, minute)."""
+        hour, minute = self.prune_at.split(":")
+        return int(hour), int(minute)
+
+
 class AppConfig(_Model):
     timezone: str = "Asia/Shanghai"
     target: DatabaseConfig
@@ -774,6 +846,7 @@ class AppConfig(_Model):
     defaults: Defaults = Defaults()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
+    changes: ChangesConfig = ChangesConfig()
     code_tables: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="shared 字典 code tables, referenced by name from code_table"
     )
@@ -792,3 +865,10 @@ class AppConfig(_Model):
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {v!r}: use an IANA name such as Asia/Shanghai") from exc
         return v
+
+    def retention_days(self, dataset: DatasetConfig) -> int | None:
+        """Days the dataset's change entries are kept (its own ``changes.retention_days``, else the main
+        file's); None: for good."""
+        own = dataset.changes
+        days = own.retention_days if own is not None else self.changes.retention_days
+        return None if days == "forever" else days

@@ -18,6 +18,10 @@ within the schedule's ``jitter`` (or :data:`CATCH_UP_SPREAD`), so many datasets 
 stop do not all hit the gateway in the same second (an interval dataset within one interval at
 most, when that is shorter).
 
+Besides the datasets, :meth:`DatasetScheduler.set_daily` keeps the daemon's own daily jobs (the
+change feed's retention, :data:`PRUNE_JOB`): ids starting with ``syncd:``, which no dataset name
+can, in an executor of their own (one thread), so they never take a dataset's worker.
+
 The heartbeat proves the scheduler thread still dispatches jobs: :meth:`heartbeat_age` grows
 when it stops (DESIGN §6: a job-store error can kill the thread while the scheduler still says
 RUNNING), and :attr:`alive` checks the thread itself.
@@ -55,16 +59,26 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import cron_trigger
 
-__all__ = ["CLOCK_STEP_THRESHOLD", "HEARTBEAT_JOB", "DatasetScheduler", "SchedulePlan", "build_trigger"]
+__all__ = [
+    "CLOCK_STEP_THRESHOLD",
+    "HEARTBEAT_JOB",
+    "PRUNE_JOB",
+    "DatasetScheduler",
+    "SchedulePlan",
+    "build_trigger",
+]
 
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_JOB = "syncd:heartbeat"
+PRUNE_JOB = "syncd:changes-prune"
+_OWN_JOBS = "syncd:"  # the prefix of the daemon's own jobs: a dataset name cannot hold a colon
 Schedule = CronSchedule | IntervalSchedule
 CATCH_UP_SPREAD = timedelta(seconds=30)
 """Catch-up runs of datasets without a ``jitter`` start within this long after they are due (an
@@ -156,6 +170,7 @@ class DatasetScheduler:
             executors={
                 "default": ThreadPoolExecutor(max_concurrent),
                 "heartbeat": ThreadPoolExecutor(1),
+                "maintenance": ThreadPoolExecutor(1),
             },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": self._grace},
             timezone=self._zone,
@@ -209,7 +224,7 @@ class DatasetScheduler:
         (``max_instances=1``). Missed: it was due more than ``misfire_grace_time`` ago when a
         worker became free (every worker busy, the machine suspended, the clock stepped)."""
         name = event.job_id
-        if name == HEARTBEAT_JOB:  # a stalled heartbeat shows in heartbeat_age
+        if name.startswith(_OWN_JOBS):  # a stalled heartbeat shows in heartbeat_age; a daily job runs again
             return
         times = getattr(event, "scheduled_run_times", None) or [getattr(event, "scheduled_run_time", None)]
         due = times[-1]
@@ -371,9 +386,32 @@ class DatasetScheduler:
         """Next fire time of every dataset job (None while paused)."""
         out: dict[str, datetime | None] = {}
         for job in self._scheduler.get_jobs():
-            if job.id != HEARTBEAT_JOB:
+            if not job.id.startswith(_OWN_JOBS):
                 out[job.id] = job.next_run_time
         return out
+
+    def set_daily(self, job_id: str, fn: Callable[[], None], at: tuple[int, int] | None) -> datetime | None:
+        """Run ``fn`` every day at ``at`` (hour, minute) in the configured zone, in the maintenance
+        executor; ``at`` None removes the job. Returns the next run time (None: no job). Setting the
+        same time again leaves the job alone."""
+        if not job_id.startswith(_OWN_JOBS):
+            raise ValueError(f"the daemon's own job ids start with {_OWN_JOBS!r}: {job_id!r}")
+        with self._lock:
+            job = self._scheduler.get_job(job_id)
+            if at is None:
+                if job is not None:
+                    self._scheduler.remove_job(job_id)
+                return None
+            hour, minute = at
+            trigger = CronTrigger(hour=hour, minute=minute, timezone=self._zone)
+            if job is None:
+                job = self._scheduler.add_job(fn, trigger, id=job_id, name=job_id, executor="maintenance")
+            elif str(job.trigger) != str(trigger):
+                job = self._scheduler.reschedule_job(job_id, trigger=trigger)
+            when: datetime | None = getattr(job, "next_run_time", None)  # a pending job has none yet
+            if when is None and not self._scheduler.running:  # computed when the scheduler starts
+                when = trigger.get_next_fire_time(None, datetime.now(self._zone))
+            return when
 
     @property
     def datasets(self) -> list[str]:

@@ -5,7 +5,9 @@ Threads and who owns what:
 * the MAIN thread owns signals, reloads, supervision and systemd notifications. Signal handlers
   only set flags and wake it up; it polls once a second;
 * the scheduler thread dispatches jobs; dataset runs execute in its worker pool
-  (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`;
+  (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`; the change feed's
+  retention (``changes.retention_days``) runs once a day at ``changes.prune_at`` in a thread of its
+  own (:meth:`Daemon.prune_job`), when any dataset's entries expire;
 * the HTTP thread serves ``/metrics`` and ``/healthz``.
 
 At start the daemon waits for the target database (:meth:`Daemon._wait_for_target`), retrying
@@ -45,10 +47,11 @@ from syncd.config.model import AppConfig
 from syncd.daemon.http import HealthServer
 from syncd.daemon.locks import DatasetLocker
 from syncd.daemon.notify import SystemdNotifier
-from syncd.daemon.scheduler import DatasetScheduler, Schedule
+from syncd.daemon.scheduler import PRUNE_JOB, DatasetScheduler, Schedule
 from syncd.daemon.state import RunBook
 from syncd.errors import ConfigError, SyncdError, TargetError
 from syncd.metrics import Metrics
+from syncd.ops.prune import prune_datasets, retention_bounds
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import RunCounts, StateStore, create_target_engine
 from syncd.targets.engine import pool_overflow
@@ -240,6 +243,7 @@ class Daemon:
             scheduled=plan.added,
             timezone=self.app.timezone,
             max_concurrent_runs=self.app.daemon.max_concurrent_runs,
+            changes_prune_next=self._schedule_retention(self.app),
         )
         self.notifier.ready(self._status())
         return True
@@ -407,6 +411,43 @@ class Daemon:
             log.error("daemon.job_failed", dataset=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
             return RunResult(name, "", "failed", RunCounts(), time.monotonic() - started, error=str(exc))
 
+    # ------------------------------------------------------------------ the change feed's retention
+
+    def _schedule_retention(self, app: AppConfig) -> str | None:
+        """The daily prune at ``changes.prune_at`` while any dataset's change entries expire, else no
+        such job; returns its next run time (ISO 8601) or None."""
+        expiring = any(app.retention_days(d) is not None for d in app.datasets.values())
+        when = self.scheduler.set_daily(PRUNE_JOB, self.prune_job, app.changes.at() if expiring else None)
+        return None if when is None else when.isoformat()
+
+    def prune_job(self) -> None:
+        """The scheduler's daily job: delete the change entries older than their dataset's retention
+        (syncd.ops.prune), stopping between batches when the daemon stops; never raises."""
+        structlog.contextvars.clear_contextvars()
+        try:
+            app = self.app
+            bounds = retention_bounds(app, datetime.now(UTC))
+            if not bounds or self._stop.is_set():
+                return
+            with self._active_cv:
+                self._active.add(PRUNE_JOB)
+            try:
+                prune_datasets(
+                    self.store,
+                    self.locker,
+                    bounds,
+                    should_stop=self._stop.is_set,
+                    on_batch=self.metrics.changes_pruned_by_retention,
+                )
+            finally:
+                with self._active_cv:
+                    self._active.discard(PRUNE_JOB)
+                    self._active_cv.notify_all()
+        except Exception as exc:  # a job must never kill its worker; tomorrow is another try
+            log.error("changes.prune_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
     # ------------------------------------------------------------------ configuration
 
     def _adopt(self, app: AppConfig) -> None:
@@ -450,6 +491,7 @@ class Daemon:
             new = new.model_copy(update={k: getattr(self.app, k) for k in restart_only})
         self.app = new
         plan = self.scheduler.apply(schedules_of(new))
+        self._schedule_retention(new)
         self._adopt(new)
         self.metrics.config_reloaded(True)
         self.book.reload_problem = None

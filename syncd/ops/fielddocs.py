@@ -152,6 +152,8 @@ FIELD_DOCS: dict[str, str] = {
         "empty = defaults.batch_size"
     ),
     "DatasetConfig.error_limit": "quarantine limits of this dataset; empty = defaults.error_limit",
+    "DatasetConfig.changes": "how long this dataset's change entries are kept; empty = changes of the "
+    "main file",
     # main file
     "RetryConfig.attempts": "tries per request, the first included",
     "RetryConfig.backoff_initial": "wait before the first retry (doubles each time, with jitter)",
@@ -180,6 +182,7 @@ FIELD_DOCS: dict[str, str] = {
     "AppConfig.connections": "named upstream connections, referenced by datasets",
     "AppConfig.defaults": "defaults for every dataset",
     "AppConfig.logging": "log level and format",
+    "AppConfig.changes": "the change feed (变更日志): how long entries are kept, when the daemon prunes",
     "AppConfig.datasets_dir": "directory of dataset files, relative to this file",
 }
 

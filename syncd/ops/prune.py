@@ -1,9 +1,11 @@
-"""Deleting old change entries: ``syncd changes prune``.
+"""Deleting old change entries: ``syncd changes prune`` and the daemon's daily retention.
 
 :func:`prune_datasets` prunes several datasets one after the other under the prune lock
-(:data:`~syncd.targets.prune.PRUNE_LOCK`): a second prune started meanwhile (on another node,
-or by hand) does nothing and says so. A dataset whose prune fails is logged
-(``changes.prune_failed``) and the next one goes on.
+(:data:`~syncd.targets.prune.PRUNE_LOCK`): a second prune started meanwhile (the daemon on another
+node, or the command by hand) does nothing and says so. A dataset whose prune fails is logged
+(``changes.prune_failed``) and the next one goes on. :func:`retention_bounds` is what the daemon
+prunes: every configured dataset whose entries are not kept for good
+(:meth:`syncd.config.model.AppConfig.retention_days`).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import structlog
 
+from syncd.config.model import AppConfig
 from syncd.daemon.locks import DatasetLocker
 from syncd.errors import TargetError
 from syncd.targets import StateStore
 from syncd.targets.prune import PRUNE_BATCH, PRUNE_LOCK, FeedPruner, PruneBound, PruneResult
 
-__all__ = ["PruneOutcome", "prune_datasets"]
+__all__ = ["PruneOutcome", "prune_datasets", "retention_bounds"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +40,16 @@ class PruneOutcome:
     @property
     def deleted(self) -> int:
         return sum(r.deleted for r in self.results)
+
+
+def retention_bounds(app: AppConfig, now: datetime) -> dict[str, PruneBound]:
+    """Each configured dataset whose change entries expire → entries older than its retention."""
+    bounds = {}
+    for name, dataset in sorted(app.datasets.items()):
+        days = app.retention_days(dataset)
+        if days is not None:
+            bounds[name] = PruneBound(before=now - timedelta(days=days))
+    return bounds
 
 
 def prune_datasets(
