@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from syncd.config.timeformat import time_format
+
 __all__ = [
     "AppConfig",
     "AuthConfig",
@@ -381,9 +383,41 @@ class SqlIncrementalConfig(_Model):
     """Incremental reads of a front-end database by an update-time column (keyset paged)."""
 
     field: SourceColumn = Field(description="the update-time column, e.g. update_time or GXSJ")
+    format: str | None = Field(
+        None,
+        description="a text update column: how its times are written, e.g. '%Y-%m-%d %H:%M:%S' or "
+        "'%Y%m%d%H%M%S' (year first, zero-padded, so that they sort like the times); a number column "
+        "of such digits: '%Y%m%d%H%M%S'; empty = read from the column's values",
+    )
+    unit: Literal["s", "ms"] | None = Field(
+        None, description="a number update column holding epoch times: s (seconds since 1970-01-01 UTC) or ms"
+    )
     lookback: Duration | None = None  # default: defaults.lookback
     safety_lag: Duration | None = None  # default: defaults.safety_lag
     initial: datetime | None = Field(None, description="where the first run starts; empty = everything")
+
+    @field_validator("format")
+    @classmethod
+    def _sorts_like_times(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                time_format(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}. Times written another way cannot be windowed as text: convert the column "
+                    "to a time in `query:` (PostgreSQL to_timestamp(upd, 'DD/MM/YYYY HH24:MI') AS upd, MySQL "
+                    "STR_TO_DATE(upd, '%d/%m/%Y %H:%i') AS upd) and leave out `format:`"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _format_or_unit(self) -> SqlIncrementalConfig:
+        if self.format is not None and self.unit is not None:
+            raise LocatedValueError(
+                "give `format:` (times written as text, or as digits like 20260105080000) or `unit:` "
+                "(epoch seconds or milliseconds), not both", at=("unit",)
+            )
+        return self
 
 
 class SqlSourceConfig(_Model):

@@ -12,8 +12,13 @@ How it reads (DESIGN §4.3, §4.5):
   the next page starts *after* the last row read: ``WHERE (upd, key) > (:last_upd, :last_key)``
   — keyset paging, never OFFSET, which skips or repeats rows while the table changes;
 * the window bounds the update column: ``upd >= since`` and ``upd <= until`` (the runner's
-  lookback and safety lag), all values as bound parameters; SQLite's text times are compared as
-  times, whatever their spelling (:meth:`SqlSource._in_window`);
+  lookback and safety lag), all values as bound parameters, written as the column keeps its times
+  (:meth:`SqlSource._times_kept`, once per source): a time type as times; text in one format that
+  sorts like the times (``incremental.format``, or recognised from a value: ``2026-01-05
+  08:00:00``, ``20260105080000``) as text in that format; numbers as epoch seconds or milliseconds
+  (``incremental.unit``) or as the digits of a format; SQLite's ISO 8601 text as times, whatever
+  its spelling (:class:`_IsoText`). The comparison stays on the column itself, so an index on it
+  serves the window;
 * each page is one short read-only transaction streamed with a server-side cursor
   (``stream_results``/``yield_per``): memory is bounded by the page size, never the table;
 * the connection is read-only where the database supports it (PostgreSQL
@@ -25,8 +30,9 @@ How it reads (DESIGN §4.3, §4.5):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,7 +40,14 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy import event
 
-from syncd.config.model import AppConfig, DatasetConfig, SqlConnection, SqlSourceConfig
+from syncd.config.model import (
+    AppConfig,
+    DatasetConfig,
+    SqlConnection,
+    SqlIncrementalConfig,
+    SqlSourceConfig,
+)
+from syncd.config.timeformat import TimeFormat, guess_time_format, time_format
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.targets.dbtls import mysql_tls_args
@@ -175,11 +188,13 @@ class SqlSource:
         columns: tuple[str, ...],
         tz: tzinfo,
         connect_timeout: float = 10.0,
+        config_file: str = "",
     ) -> None:
         self.name = dataset
         self.cfg = source
         self.stats = ReadStats()
         self._tz = tz
+        self._config_file = config_file or "the dataset's file"
         zone = getattr(tz, "key", None)  # a ZoneInfo's name (other tzinfo: the server's own zone)
         self._engine = source_engine(url, connect_timeout=connect_timeout, timezone=zone)
         self._where = describe_url(self._engine.url)
@@ -197,9 +212,10 @@ class SqlSource:
         self._order = [sel[c] for c in order_names]
         self._order_names = order_names
         self._keys = [sel[c] for c in source.key]
-        # SQLite keeps times as text: the window compares them as times (_in_window)
-        self._text_times = self._upd is not None and self._engine.dialect.name == "sqlite"
-        if self._text_times:
+        # how the update column keeps its times, found on the first read (_times_kept)
+        self._times: _Times | None = None
+        self._time_of: Callable[[Any], datetime | None] = _Native(tz).time_of
+        if self._upd is not None and self._engine.dialect.name == "sqlite":
             local = _sqlite_local_time(tz)
 
             @event.listens_for(self._engine, "connect")
@@ -226,6 +242,7 @@ class SqlSource:
             columns=columns_read(dataset),
             tz=ZoneInfo(app.timezone),
             connect_timeout=connection.connect_timeout.total_seconds(),
+            config_file=dataset.source_file or app.source_file or "syncd.yaml",
         )
 
     def __repr__(self) -> str:
@@ -233,29 +250,14 @@ class SqlSource:
 
     # ------------------------------------------------------------------ Source protocol
 
-    def _in_window(self, window: Window) -> sa.Select[Any]:
-        """``since <= upd <= until``. On SQLite, whose times are text in whatever form the writer
-        chose ('2026-01-01 08:00:00', '2026-01-01T08:00:00', '…08:00:00.000', '…+08:00'), the
-        column's local time in one fixed form is compared with the bounds in that form; a text
-        range on the column itself (two days wider, for the offsets) keeps an index on it usable."""
+    def _in_window(self, window: Window, times: _Times | None) -> sa.Select[Any]:
+        """``since <= upd <= until``, the bounds written as the update column keeps its times
+        (``times``, see :meth:`_times_kept`)."""
         query = sa.select(*self._select).select_from(self._from)
-        if self._upd is not None:
+        if self._upd is not None and times is not None:
             upd = self._from.c[self._upd]
-            lower: list[sa.ColumnElement[bool]] = []
-            upper: list[sa.ColumnElement[bool]] = []
-            if self._text_times:
-                local = getattr(sa.func, _LOCAL_TIME)(upd)
-                if window.since is not None:
-                    lower += [upd >= (window.since - _MARGIN).date().isoformat(),
-                              local >= _time_text(window.since)]
-                if window.until is not None:
-                    upper += [upd < (window.until + _MARGIN + timedelta(days=1)).date().isoformat(),
-                              local <= _time_text(window.until)]
-            else:
-                if window.since is not None:
-                    lower.append(upd >= window.since)
-                if window.until is not None:
-                    upper.append(upd <= window.until)
+            lower = times.lower(upd, window.since) if window.since is not None else []
+            upper = times.upper(upd, window.until) if window.until is not None else []
             query = query.where(*lower)
             if upper:
                 bound = sa.and_(*upper)
@@ -294,7 +296,8 @@ class SqlSource:
         update time (a legacy front-end table whose update column was added later, or is filled by
         only some of its writers): they are part of the dataset, but no window can select them, so
         an incremental run never reads them again; the read warns how many there are."""
-        in_window = self._in_window(window)
+        times = self._times_kept() if self._upd is not None else None
+        in_window = self._in_window(window, times)
         with_keys = in_window.where(*(key.is_not(None) for key in self._keys))
         if self._upd is None:
             yield from self._keyset(with_keys, self._order, self._order_names)
@@ -311,6 +314,142 @@ class SqlSource:
         null_keys = sa.or_(*(key.is_(None) for key in self._keys))
         yield from self._pages(in_window.where(null_keys))
         self.stats.complete = True
+
+    def _times_kept(self) -> _Times:
+        """How the update column keeps its times, found once per source: from the column's type
+        as the driver describes it (a query that returns no row), and for a column that is not a
+        time type from one of its values (SQLite's columns have no fixed type) and
+        ``incremental.format``/``unit``. Its window is then bound in that form, its values read
+        back in it (:meth:`update_time`)."""
+        if self._times is None:
+            upd = self._from.c[self._upd or ""]
+            values = sa.select(upd).select_from(self._from)
+            try:
+                conn = self._engine.connect()
+            except sa.exc.SQLAlchemyError as exc:
+                raise TransientUpstreamError(
+                    f"front-end database {self._where} is unreachable: {_reason(exc)}"
+                ) from exc
+            try:
+                with conn:
+                    self.stats.requests += 1
+                    described = conn.execute(values.where(sa.false()))
+                    columns = described.cursor.description
+                    kind = _kind(self._engine.dialect.loaded_dbapi, columns[0][1] if columns else None)
+                    described.close()
+                    sample = None
+                    if kind != "time":
+                        self.stats.requests += 1
+                        sample = conn.execute(values.where(upd.is_not(None)).limit(1)).scalar()
+            except sa.exc.SQLAlchemyError as exc:
+                raise PermanentUpstreamError(
+                    f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
+                    "Check the table/query and that every column the dataset maps exists"
+                ) from exc
+            self._times = self._times_for(kind, sample)
+            self._time_of = self._times.time_of
+        return self._times
+
+    def _times_for(self, kind: str | None, sample: Any) -> _Times:
+        """The :class:`_Times` of an update column of driver type ``kind`` with the value ``sample``."""
+        if sample is None:  # no value yet: no window selects a row, whatever its bounds' form
+            return self._times_by_kind(kind)
+        if isinstance(sample, datetime | date):
+            return _Native(self._tz)  # format and unit have nothing to say about a time column
+        if isinstance(sample, str):
+            return self._text_times(sample.strip())
+        if isinstance(sample, int | float | Decimal) and not isinstance(sample, bool):
+            return self._number_times(sample)
+        raise self._config_error("field", (
+            f"the update column {self._upd} of {self._what} holds {type(sample).__name__} values "
+            f"({sample!r}), not times: name a column of times, text or numbers in `incremental.field`"))
+
+    def _times_by_kind(self, kind: str | None) -> _Times:
+        inc = self._inc
+        if kind == "number":
+            if inc.unit is not None:
+                return _Epoch(inc.unit, self._tz, 0)
+            declared = time_format(inc.format) if inc.format is not None else None
+            if declared is None or not declared.digits:
+                raise self._config_error("unit", self._numbers_are("", None))
+            return _Digits(declared)
+        if self._engine.dialect.name == "sqlite":
+            return _IsoText(self._tz)
+        if kind == "text":
+            if inc.unit is not None:
+                raise self._unit_on_text(None)
+            return _Text(time_format(inc.format or "%Y-%m-%d %H:%M:%S"))
+        return _Native(self._tz)
+
+    def _unit_on_text(self, value: str | None) -> ConfigError:
+        seen = "" if value is None else f" ({value!r})"
+        return self._config_error("unit", (
+            f"`unit: {self._inc.unit}` is for a number column, but the update column {self._upd} of "
+            f"{self._what} holds text{seen}: leave `unit:` out, or convert the column in `query:` "
+            f"(CAST({self._upd} AS BIGINT) AS {self._upd})"))
+
+    def _text_times(self, value: str) -> _Times:
+        inc = self._inc
+        if inc.unit is not None:
+            raise self._unit_on_text(value)
+        if inc.format is not None:
+            declared = time_format(inc.format)
+            if not declared.matches(value):
+                raise self._config_error("format", (
+                    f"{declared.text!r} does not match the update column {self._upd} of {self._what}, "
+                    f"which holds values like {value!r}: write the format they are written in "
+                    f"(year first, zero-padded), or convert the column to a time in `query:` ({_CONVERT})"))
+            return _Text(declared)
+        if self._engine.dialect.name == "sqlite" and value[4:5] == "-" and _local_time(value, self._tz):
+            return _IsoText(self._tz)  # ISO 8601 text, spelled in any of its ways (SQLite)
+        guessed = guess_time_format(value)
+        if guessed is None:
+            raise self._config_error("field", (
+                f"the update column {self._upd} of {self._what} holds text like {value!r}, which does "
+                "not sort like the times it writes, so the window cannot be compared with it: times "
+                "kept as text must be written the same way, year first and zero-padded "
+                "(2026-01-05 08:00:00, 2026/01/05 08:00, 20260105080000…). Convert the column to a "
+                f"time in `query:` ({_CONVERT})"))
+        return _Text(guessed)
+
+    def _number_times(self, value: int | float | Decimal) -> _Times:
+        inc = self._inc
+        if inc.unit is not None:
+            return _Epoch(inc.unit, self._tz, value)
+        if inc.format is None:
+            raise self._config_error("unit", self._numbers_are("", value))
+        declared = time_format(inc.format)
+        whole = _whole(value)
+        if not declared.digits or whole is None or not declared.matches(str(whole)):
+            lead = f"{declared.text!r} does not match them: "
+            raise self._config_error("format", self._numbers_are(lead, value))
+        return _Digits(declared)
+
+    @property
+    def _inc(self) -> SqlIncrementalConfig:
+        inc = self.cfg.incremental
+        if inc is None:
+            raise TypeError(f"dataset {self.name} has no update column")
+        return inc
+
+    @property
+    def _what(self) -> str:
+        return self.cfg.table or "the query"
+
+    def _numbers_are(self, lead: str, sample: Any) -> str:
+        """What to say about an update column of numbers whose meaning is not (rightly) given."""
+        seen = "" if sample is None else f" (such as {sample!r})"
+        return (
+            f"the update column {self._upd} of {self._what} holds numbers{seen}: {lead}say what they are "
+            "with `unit: s` (seconds since 1970-01-01 UTC), `unit: ms` (milliseconds) or `format: "
+            "'%Y%m%d%H%M%S'` (the digits of the local time, or fewer of them: '%Y%m%d')"
+            f"{_looks_like(sample, self._tz)}"
+        )
+
+    def _config_error(self, field: str, message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(file=self._config_file, line=0, column=0,
+                                        path=f"source.incremental.{field}",
+                                        message=message)])
 
     def _warn_undated(self, count: int) -> None:
         log.warning("sync.rows_without_update_time", dataset=self.name, field=self._upd, rows=count)
@@ -355,19 +494,206 @@ class SqlSource:
     def update_time(self, record: dict[str, Any]) -> datetime | None:
         if self._upd is None:
             return None
-        value = record.get(self._upd)
+        return self._time_of(record.get(self._upd))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_CONVERT = (
+    "PostgreSQL to_timestamp(upd, 'YYYY/MM/DD HH24:MI:SS')::timestamp AS upd, MySQL/MariaDB "
+    "STR_TO_DATE(upd, '%Y/%m/%d %H:%i:%s') AS upd, with the pattern of its values; see docs/sources.md"
+)
+
+
+def _kind(dbapi: Any, type_code: Any) -> str | None:
+    """``time``, ``text`` or ``number`` for a result column's type as the driver describes it (the
+    PEP 249 type objects: psycopg and PyMySQL have them), None when it does not say (SQLite)."""
+    if type_code is None:
+        return None
+    for kind, name in (("time", "DATETIME"), ("time", "DATE"), ("text", "STRING"), ("number", "NUMBER")):
+        described = getattr(dbapi, name, None)
+        try:
+            if described is not None and described == type_code:
+                return kind
+        except TypeError:  # a driver whose type objects compare otherwise
+            continue
+    return None
+
+
+def _whole(value: int | float | Decimal) -> int | None:
+    """``value`` as an int when it is a whole number."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value) if value == int(value) else None
+    except (ValueError, OverflowError):  # NaN, infinity
+        return None
+
+
+def _looks_like(sample: Any, tz: tzinfo) -> str:
+    """A hint at what a number of an update column may be (by its digits), or ''."""
+    whole = _whole(sample) if isinstance(sample, int | float | Decimal) else None
+    if whole is None or whole <= 0:
+        return ""
+    if len(str(whole)) in (8, 12, 14):
+        fmt = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(str(whole))]
+        if time_format(fmt).matches(str(whole)):
+            return f"; {whole} looks like format: '{fmt}'"
+    for unit, per_second in (("s", 1), ("ms", 1000)):
+        try:
+            when = datetime.fromtimestamp(whole / per_second, tz).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            continue
+        if 1990 <= when.year <= 2100:
+            return f"; {whole} looks like unit: {unit} ({when:%Y-%m-%d %H:%M:%S} local time)"
+    return ""
+
+
+class _Times:
+    """How an update column keeps its times: the window's bounds written in that form (a list of
+    conditions on the column) and a value read back as a local time (for the watermark)."""
+
+    def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
+        return [upd >= since]
+
+    def upper(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        return [upd <= until]
+
+    def time_of(self, value: Any) -> datetime | None:
+        raise NotImplementedError
+
+
+class _Native(_Times):
+    """A time type (timestamp, DATETIME, date): compared with the bounds by the database."""
+
+    def __init__(self, tz: tzinfo) -> None:
+        self._tz = tz
+
+    def time_of(self, value: Any) -> datetime | None:
         if isinstance(value, str):  # a text column (SQLite keeps times as text): with an offset or not
             return _local_time(value, self._tz)
         if isinstance(value, datetime):
-            if value.tzinfo is not None:
-                value = value.astimezone(self._tz).replace(tzinfo=None)
-            return value
+            when: datetime = value
+            return when if when.tzinfo is None else when.astimezone(self._tz).replace(tzinfo=None)
         if isinstance(value, date):
             return datetime(value.year, value.month, value.day)
         return None
 
-    def close(self) -> None:
-        self._engine.dispose()
+
+class _IsoText(_Native):
+    """SQLite's ISO 8601 text times, in whatever spelling the writer chose ('2026-01-01 08:00:00',
+    '2026-01-01T08:00:00', '…08:00:00.000', '…+08:00'): the column's local time in one fixed form
+    (:data:`_LOCAL_TIME`) is compared with the bounds in that form; a text range on the column
+    itself (two days wider, for the offsets) keeps an index on it usable."""
+
+    def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
+        local = getattr(sa.func, _LOCAL_TIME)(upd)
+        return [upd >= (since - _MARGIN).date().isoformat(), local >= _time_text(since)]
+
+    def upper(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        local = getattr(sa.func, _LOCAL_TIME)(upd)
+        return [upd < (until + _MARGIN + timedelta(days=1)).date().isoformat(), local <= _time_text(until)]
+
+
+class _Text(_Times):
+    """Text in one format that sorts like the times (:mod:`syncd.config.timeformat`): the bounds
+    written in it, compared as text, so an index on the column serves the window. A seconds format
+    may carry fractions of a second in some values and not in others: the lower bound is written
+    in its shortest form ('…08:00:00', '…08:00:00.5'), which sorts before every spelling of that
+    instant; the upper one with nine digits ('…10:00:00.000000000'), which sorts after them."""
+
+    def __init__(self, fmt: TimeFormat) -> None:
+        self._fmt = fmt
+        self._parse = fmt.parse
+
+    def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
+        fmt = self._fmt
+        text = fmt.render(since)
+        if fmt.fraction is not None:
+            if since.microsecond:
+                text += fmt.fraction + f"{since.microsecond:06d}".rstrip("0")
+            return [upd >= text]
+        return [upd >= text] if fmt.truncate(since) == since else [upd > text]
+
+    def upper(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        fmt = self._fmt
+        text = fmt.render(until)
+        if fmt.fraction is not None:
+            text += fmt.fraction + f"{until.microsecond:06d}000"
+        return [upd <= text]
+
+    def time_of(self, value: Any) -> datetime | None:
+        if isinstance(value, str):
+            try:
+                return self._parse(value.strip())  # strip: PostgreSQL pads char(n) with spaces
+            except ValueError:
+                return None
+        return None
+
+
+class _Digits(_Times):
+    """A number column holding the digits of the local time (20260105080000 for '%Y%m%d%H%M%S')."""
+
+    def __init__(self, fmt: TimeFormat) -> None:
+        self._fmt = fmt
+        self._parse = fmt.parse
+
+    def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
+        digits = int(self._fmt.render(since))
+        return [upd >= digits] if self._fmt.truncate(since) == since else [upd > digits]
+
+    def upper(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        return [upd <= int(self._fmt.render(until))]
+
+    def time_of(self, value: Any) -> datetime | None:
+        if isinstance(value, int | Decimal | float) and not isinstance(value, bool):
+            try:
+                return self._parse(str(value if isinstance(value, int) else int(value)))
+            except (ValueError, OverflowError):
+                return None
+        return None
+
+
+class _Epoch(_Times):
+    """A number column holding epoch times (``unit``: s or ms since 1970-01-01 UTC): the bounds, local
+    times of ``tz``, as the same numbers. Whole numbers (an integer column, as ``sample`` shows) get
+    whole bounds, rounded inwards, so the comparison stays integer and an index on it usable."""
+
+    def __init__(self, unit: str, tz: tzinfo, sample: int | float | Decimal) -> None:
+        self._tz = tz
+        self._per_unit = 1_000_000 if unit == "s" else 1_000  # microseconds
+        self._per_second = 1 if unit == "s" else 1000
+        self._bound: Callable[[int, bool], int | float | Decimal]
+        if isinstance(sample, int):
+            self._bound = self._whole
+        elif isinstance(sample, Decimal):
+            self._bound = lambda us, _up: Decimal(us) / self._per_unit
+        else:
+            self._bound = lambda us, _up: us / self._per_unit
+
+    def _whole(self, us: int, up: bool) -> int:
+        return us // self._per_unit if up else -(-us // self._per_unit)
+
+    def _micros(self, local: datetime) -> int:
+        return (local.replace(tzinfo=self._tz) - _EPOCH) // _MICROSECOND
+
+    def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
+        return [upd >= self._bound(self._micros(since), False)]
+
+    def upper(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        return [upd <= self._bound(self._micros(until), True)]
+
+    def time_of(self, value: Any) -> datetime | None:
+        if isinstance(value, int | Decimal | float) and not isinstance(value, bool):
+            try:
+                when = datetime.fromtimestamp(float(value) / self._per_second, self._tz)
+            except (OverflowError, OSError, ValueError):
+                return None
+            return when.replace(tzinfo=None)
+        return None
 
 
 _LOCAL_TIME = "syncd_local_time"  # the SQLite function giving a text time as local time in one form

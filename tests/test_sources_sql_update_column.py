@@ -1,0 +1,224 @@
+"""The SQL source's update column kept as text or as numbers, on real SQLite, PostgreSQL and MariaDB.
+
+Legacy front-end tables keep their update time as VARCHAR ('2026-03-01 08:00:00.000',
+'20260301080000') or as BIGINT (epoch seconds or milliseconds from Java systems, or the digits of
+the local time). The window was bound as a timestamp: PostgreSQL failed every run (text >=
+timestamp), MySQL/MariaDB compared the text with the driver's spelling of the bound (a row at the
+bound written with '.000' was skipped; '20260301…' matched no window at all) and SQLite compared
+numbers with text (nothing matched). The window is now bound in the column's own form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from syncd.config.model import SqlIncrementalConfig
+from syncd.errors import ConfigError
+from syncd.runner import run_dataset
+from syncd.sources import Window
+from syncd.sources.sql import SqlSource
+from tests.sources_kit import local_rows, make_app, store_for
+
+T = datetime(2026, 3, 1, 8, 0, 0)  # local time of the app's zone
+ZONE = ZoneInfo("Asia/Shanghai")
+MS = timedelta(milliseconds=1)
+S = timedelta(seconds=1)
+
+
+def _epoch(when: datetime, unit: timedelta) -> int:
+    return (when.replace(tzinfo=ZONE) - datetime(1970, 1, 1, tzinfo=UTC)) // unit
+
+
+def _java_text(when: datetime, java: bool) -> str:
+    """'yyyy-MM-dd HH:mm:ss' or, from writers that add them, with milliseconds ('.SSS')."""
+    text = when.strftime("%Y-%m-%d %H:%M:%S")
+    return text + f".{when.microsecond // 1000:03d}" if java or when.microsecond else text
+
+
+# name: (column type, the time as the front-end writes it, incremental settings, keeps milliseconds)
+FORMS: dict[str, tuple[Any, Callable[[datetime, bool], Any], dict[str, str], bool]] = {
+    "text": (sa.String(32), _java_text, {}, True),
+    "text_compact": (sa.String(20), lambda w, _: w.strftime("%Y%m%d%H%M%S"), {}, False),
+    "text_compact_declared": (sa.CHAR(14), lambda w, _: w.strftime("%Y%m%d%H%M%S"),
+                              {"format": "%Y%m%d%H%M%S"}, False),
+    "epoch_s": (sa.BigInteger, lambda w, _: _epoch(w, S), {"unit": "s"}, False),
+    "epoch_ms": (sa.BigInteger, lambda w, _: _epoch(w, MS), {"unit": "ms"}, True),
+    "digits": (sa.BigInteger, lambda w, _: int(w.strftime("%Y%m%d%H%M%S")),
+               {"format": "%Y%m%d%H%M%S"}, False),
+}
+
+# id: (update time, inside the window T..T+2h, written with milliseconds by a 'text' writer)
+ROWS = {
+    "before": (T - S, False, False),
+    "before_ms": (T - MS, False, True),
+    "at_since": (T, True, False),
+    "inside": (T + timedelta(hours=1), True, True),
+    "at_until": (T + timedelta(hours=2), True, True),
+    "after_ms": (T + timedelta(hours=2) + MS, False, True),
+    "after": (T + timedelta(hours=2) + S, False, False),
+}
+
+
+@pytest.fixture
+def front(db_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def _table(engine: sa.Engine, upd_type: Any) -> sa.Table:
+    meta = sa.MetaData()
+    table = sa.Table(
+        "people_upd", meta,
+        sa.Column("id", sa.String(32), primary_key=True), sa.Column("name", sa.String(64)),
+        sa.Column("amount", sa.Integer), sa.Column("upd", upd_type),
+        mysql_charset="utf8mb4", mysql_collate="utf8mb4_general_ci",  # a legacy table's usual collation
+    )
+    meta.drop_all(engine)
+    meta.create_all(engine)
+    return table
+
+
+def _fill(engine: sa.Engine, table: sa.Table, form: str) -> dict[str, datetime]:
+    _, spell, _, millis = FORMS[form]
+    rows = {k: v for k, v in ROWS.items() if millis or v[0].microsecond == 0}
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [
+            {"id": k, "name": "名", "amount": n, "upd": spell(when, java)}
+            for n, (k, (when, _, java)) in enumerate(rows.items())
+        ])
+    return {k: when for k, (when, _, _) in rows.items()}
+
+
+def _source(url: str, form: str, **extra: Any) -> dict[str, Any]:
+    inc = {"field": "upd", "lookback": "0s", "safety_lag": "0s", **FORMS[form][2]}
+    return {"type": "sql", "connection": "qzk", "table": "people_upd", "key": ["id"], "page_size": 2,
+            "incremental": inc, **extra}
+
+
+def _app(front_url: str, target_url: str, source: dict[str, Any]) -> tuple[Any, Any]:
+    return make_app(target_url, source, connections={"qzk": {"type": "sql", "url": front_url}})
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_the_window_is_bound_in_the_update_columns_own_form(front: sa.Engine, db_url: str, form: str) -> None:
+    """Rows exactly at either bound are read, rows a second (or a millisecond) outside are not,
+    with whole-second bounds and with bounds that carry fractions of a second; the times read back
+    (for the watermark) are the local times written."""
+    table = _table(front, FORMS[form][0])
+    app, ds = _app(db_url, "sqlite://", _source(db_url, form))
+    window = Window(since=T, until=T + timedelta(hours=2))
+    empty = SqlSource.from_config(app, ds)
+    try:  # an empty table: nothing to read, and no error (PostgreSQL: text >= timestamp)
+        assert [r for page in empty.read(window) for r in page.records] == []
+    finally:
+        empty.close()
+    written = _fill(front, table, form)
+    src = SqlSource.from_config(app, ds)
+    try:
+        read = [r for page in src.read(window) for r in page.records]
+        fractions = Window(since=T - MS / 2, until=T + timedelta(hours=2) + MS / 2)
+        read_fractions = [r["id"] for page in src.read(fractions) for r in page.records]
+    finally:
+        src.close()
+    inside = sorted(k for k in written if ROWS[k][1])
+    assert sorted(r["id"] for r in read) == inside
+    assert sorted(read_fractions) == inside
+    assert len(read) == len({r["id"] for r in read}), "a row was read twice"
+    assert {r["id"]: src.update_time(r) for r in read} == {k: written[k] for k in inside}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_incremental_runs_resume_from_the_watermark(
+    front: sa.Engine, db_url: str, sqlite_url: str, form: str
+) -> None:
+    table = _table(front, FORMS[form][0])
+    written = _fill(front, table, form)
+    spell = FORMS[form][1]
+    app, ds = _app(db_url, sqlite_url, _source(db_url, form))
+    store = store_for(sqlite_url)
+    try:
+        first = run_dataset(app, ds, store, now=T + timedelta(hours=3))
+        assert first.ok, first.error
+        assert first.counts.inserted == len(written)
+        assert first.watermark_after == "2026-03-01 10:00:01"
+        later = T + timedelta(hours=2, minutes=30)
+        with front.begin() as conn:
+            changed = table.update().where(table.c.id == "inside")
+            conn.execute(changed.values(amount=999, upd=spell(later, True)))
+            conn.execute(table.insert(), [{"id": "new", "name": "新", "amount": 7,
+                                           "upd": spell(later, False)}])
+        second = run_dataset(app, ds, store, now=T + timedelta(hours=4))
+        assert second.ok, second.error
+        # from the watermark (lookback 0s), inclusive: the row at it again (unchanged), and the two newer
+        c = second.counts
+        assert (c.fetched, c.inserted, c.updated, c.unchanged) == (3, 1, 1, 1)
+        assert second.watermark_after == "2026-03-01 10:30:00"
+        rows = local_rows(store)
+        assert rows["inside"][1] == 999 and rows["new"] == ("新", 7) and len(rows) == len(written) + 1
+    finally:
+        store.engine.dispose()
+
+
+# case: (column type, value, incremental settings, the error's path and words)
+MISTAKES: dict[str, tuple[Any, Any, dict[str, str], str]] = {
+    "text_not_zero_padded": (sa.String(32), "2026/3/1 8:00", {},
+                             r"incremental\.field: .*'2026/3/1 8:00'.*does not sort like the times"
+                             r".*`query:`"),
+    "text_day_first": (sa.String(32), "01/03/2026 08:00:00", {},
+                            r"incremental\.field: .*does not sort like the times.*STR_TO_DATE"),
+    "numbers_without_a_unit": (sa.BigInteger, _epoch(T, MS), {},
+                               r"incremental\.unit: .*holds numbers.*`unit: s`.*looks like unit: ms "
+                               r"\(2026-03-01 08:00:00 local time\)"),
+    "format_not_matching": (sa.String(32), "2026-03-01 08:00:00", {"format": "%Y%m%d%H%M%S"},
+                            r"incremental\.format: '%Y%m%d%H%M%S' does not match .*'2026-03-01 08:00:00'"),
+    "unit_on_text": (sa.String(32), "2026-03-01 08:00:00", {"unit": "ms"},
+                     r"incremental\.unit: `unit: ms` is for a number column"),
+    "separators_on_numbers": (sa.BigInteger, 20260301080000, {"format": "%Y-%m-%d"},
+                              r"incremental\.format: .*'%Y-%m-%d' does not match them"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_an_update_column_that_cannot_be_windowed_is_a_clear_error(db_url: str, case: str) -> None:
+    """Text that does not sort like the times, or numbers whose meaning is not given: the read
+    fails naming the dataset's file and field and the fix, instead of reading no row (SQLite,
+    MariaDB: the watermark never moved) or failing with the database's own words (PostgreSQL)."""
+    upd_type, value, inc, words = MISTAKES[case]
+    engine = sa.create_engine(db_url)
+    try:
+        table = _table(engine, upd_type)
+        with engine.begin() as conn:
+            conn.execute(table.insert(), [{"id": "p1", "name": "名", "amount": 1, "upd": value}])
+    finally:
+        engine.dispose()
+    source = _source(db_url, "text")
+    source["incremental"] = {**source["incremental"], **inc}
+    app, ds = _app(db_url, "sqlite://", source)
+    src = SqlSource.from_config(app, ds)
+    try:
+        with pytest.raises(ConfigError, match=words):
+            list(src.read(Window(since=T, until=T + timedelta(hours=1))))
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize(("fmt", "words"), [
+    ("%d/%m/%Y %H:%M", "%d is out of order"),
+    ("%Y/%m/%d %I:%M %p", "%I does not sort like the times"),
+    ("%Y-%m-%d %H:%M:%S%z", "%z is not supported"),
+    ("%Y年%m月%d日", "nothing may follow the last field"),
+    ("%Y%m", "give at least the date"),
+])
+def test_a_format_that_does_not_sort_like_the_times_is_refused_with_the_way_out(fmt: str, words: str) -> None:
+    with pytest.raises(ValidationError, match=rf"(?s){words}.*convert the column to a time in `query:`"):
+        SqlIncrementalConfig.model_validate({"field": "upd", "format": fmt})
+    with pytest.raises(ValidationError, match="not both"):
+        SqlIncrementalConfig.model_validate({"field": "upd", "format": "%Y%m%d%H%M%S", "unit": "ms"})
