@@ -386,6 +386,24 @@ def test_token_flow_and_expiry(gw: Gateway, session: requests.Session) -> None:
     assert query(session, gw, token(session, gw)).json()["code"] == "0"
 
 
+def test_revoke_on_issue_keeps_one_valid_token(session: requests.Session) -> None:
+    """Many provincial gateways keep one valid token per appKey: issuing a new one revokes the
+    earlier ones. Off by default (earlier tokens live out their TTL); both count what they issue."""
+    with Gateway(records=5) as lenient:
+        first, second = token(session, lenient), token(session, lenient)
+        assert query(session, lenient, first).json()["code"] == "0"
+        assert query(session, lenient, second).json()["code"] == "0"
+        assert lenient.credentials_issued == {"token": 2, "two_tier": 0}
+    with Gateway(records=5, revoke_on_issue=True) as strict:
+        first = token(session, strict)
+        assert query(session, strict, first).json()["code"] == "0"
+        second = token(session, strict)
+        assert query(session, strict, first).json() == {"code": "40101", "msg": "token 已过期或无效"}
+        assert query(session, strict, second).json()["code"] == "0"
+        zj_refresh(session, strict)
+        assert strict.credentials_issued == {"token": 2, "two_tier": 1}
+
+
 def test_token_ttl_runs_out(session: requests.Session) -> None:
     with Gateway(records=5, token_ttl=1) as g:
         headers = token(session, g)
@@ -762,7 +780,10 @@ def test_stop_closes_keep_alive_connections(session: requests.Session) -> None:
 
 def test_command_line_serves_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd.gateway", "--port", "0", "--records", "25", "--seed", "2"],
+        [
+            *(sys.executable, "-m", "syncd.gateway", "--port", "0", "--records", "25", "--seed", "2"),
+            "--revoke-on-issue",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -778,6 +799,18 @@ def test_command_line_serves_and_stops_on_sigterm() -> None:
         rest = "".join(proc.stdout.readline() for _ in range(3))
         assert "demo-app" in rest and "demo-secret" in rest and "sd-client" in rest
         assert requests.get(f"{url.group(0)}/health", timeout=5).json()["records"] == 25
+        with requests.Session() as session:  # --revoke-on-issue: the second token revokes the first
+            creds = {"appKey": "demo-app", "appSecret": "demo-secret"}
+            tokens = [
+                session.post(f"{url.group(0)}/auth/token", json=creds).json()["data"]["accessToken"]
+                for _ in range(2)
+            ]
+            codes = [
+                session.get(f"{url.group(0)}/api/residents/query", headers={"Authorization": f"Bearer {t}"})
+                .json()["code"]
+                for t in tokens
+            ]
+        assert codes == ["40101", "0"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

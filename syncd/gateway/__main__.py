@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-ratio", type=float, default=0.0, help="share of records dirty beyond repair")
     p.add_argument("--page-size-cap", type=int, default=1000, help="largest pageSize allowed (default 1000)")
     p.add_argument("--token-ttl", type=int, default=7200, help="Style 1 token lifetime in seconds")
+    p.add_argument(
+        "--revoke-on-issue",
+        action="store_true",
+        help="Style 1: a new token revokes every earlier one (one valid token per appKey, as many gateways)",
+    )
     p.add_argument("--fault-rate", type=float, default=0.0, help="probability of a fault per data request")
     p.add_argument(
         "--fault-kinds",
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         page_size_cap=args.page_size_cap,
         token_ttl=args.token_ttl,
+        revoke_on_issue=args.revoke_on_issue,
         faults=plan,
         prerender=args.prerender,
         bad_ratio=args.bad_ratio,

@@ -171,6 +171,8 @@ class Gateway:
     ``records`` generated records (seeded by ``seed``) are added to ``store`` (a new one when
     None), with update times ending before now. Credentials: Style 1 ``app_key``/``app_secret``,
     Style 2 ``sd_client_id``/``sd_secret``, Style 3 ``zj_app_key``/``zj_app_secret``.
+    ``revoke_on_issue``: a new Style 1 token revokes the earlier ones (Style 3 always keeps one
+    request secret at a time). :attr:`credentials_issued` counts what the gateway issued.
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class Gateway:
         port: int = 0,
         page_size_cap: int = 1000,
         token_ttl: int = 7200,
+        revoke_on_issue: bool = False,
         app_key: str = "demo-app",
         app_secret: str = "demo-secret",  # noqa: S107 - the demo's published credentials
         sd_client_id: str = "sd-client",
@@ -219,7 +222,13 @@ class Gateway:
             prerender_max_bytes=prerender_max_bytes,
             server_time_offset=server_time_offset,
         )
-        self.token_style = TokenStyle(self._ctx, app_key=app_key, app_secret=app_secret, token_ttl=token_ttl)
+        self.token_style = TokenStyle(
+            self._ctx,
+            app_key=app_key,
+            app_secret=app_secret,
+            token_ttl=token_ttl,
+            revoke_on_issue=revoke_on_issue,
+        )
         self.hmac_style = HmacStyle(self._ctx, client_id=sd_client_id, secret=sd_secret, page_cap=sd_page_cap)
         self.twotier_style = TwoTierStyle(
             self._ctx,
@@ -255,6 +264,11 @@ class Gateway:
     def request_log(self) -> list[RequestLogEntry]:
         """Data requests seen so far: (method, path, params), credentials and signatures left out."""
         return self._ctx.request_log
+
+    @property
+    def credentials_issued(self) -> dict[str, int]:
+        """Credentials issued so far: Style 1 tokens (``token``), Style 3 request secrets (``two_tier``)."""
+        return {"token": self.token_style.issued, "two_tier": self.twotier_style.issued}
 
     def expire_tokens(self) -> None:
         """Every issued credential becomes invalid: Style 1 tokens (40101), Style 3 request secrets (11)."""

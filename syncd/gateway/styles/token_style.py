@@ -7,6 +7,11 @@
 ``{"code": "0", "data": {"total", "pageNo", "pageSize", "list"}}``. Business errors come with
 HTTP 200: 40001 bad credentials, 40101 token expired or invalid, 40403 resource not
 authorized, 40000 parameter error.
+
+``revoke_on_issue``: issuing a token revokes every token issued before it (many provincial
+gateways do: one valid token per appKey), so two clients fetching their own tokens keep
+evicting each other. :attr:`TokenStyle.issued` counts the tokens issued (gateways often cap
+token issuance per day).
 """
 
 from __future__ import annotations
@@ -51,16 +56,26 @@ class TokenStyle:
 
     prefixes: Final = ("/auth/", "/api/")
 
-    def __init__(self, ctx: Context, *, app_key: str, app_secret: str, token_ttl: int) -> None:
+    def __init__(
+        self, ctx: Context, *, app_key: str, app_secret: str, token_ttl: int, revoke_on_issue: bool = False
+    ) -> None:
         self._ctx = ctx
         self._app_key = app_key
         self._app_secret = app_secret.encode()
         self._ttl = token_ttl
+        self.revoke_on_issue = revoke_on_issue
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self._issued = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TokenStyle(app_key={self._app_key!r}, tokens={len(self._tokens)})"
+
+    @property
+    def issued(self) -> int:
+        """How many tokens the token endpoint issued so far."""
+        with self._lock:
+            return self._issued
 
     def expire_tokens(self) -> None:
         """Invalidate every token issued so far."""
@@ -92,7 +107,10 @@ class TokenStyle:
             return json_response({"code": "40001", "msg": "appKey 或 appSecret 错误"})
         token = secrets.token_urlsafe(24)
         with self._lock:
+            if self.revoke_on_issue:
+                self._tokens.clear()  # the previous tokens are invalid from now on (40101)
             self._tokens[token] = time.monotonic() + self._ttl
+            self._issued += 1
         payload = {"code": "0", "msg": "success", "data": {"accessToken": token, "expiresIn": self._ttl}}
         return self._ctx.transport(json_response(payload), fault)
 

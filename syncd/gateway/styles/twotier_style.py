@@ -10,6 +10,10 @@ pageSize&updateTimeStart&updateTimeEnd`` answer ``{"code": "00", "msg": "成功"
 Codes: ``00`` success, ``10`` parameter error, ``11`` request secret expired (renew and retry),
 ``12`` unknown appKey, ``14`` bad signature, ``15`` refresh secret expired (start again with
 refreshTokenByKey), ``18`` daily quota exceeded, ``403`` resource not authorized.
+
+There is one request secret at a time: issuing one (by key or by refresh secret) retires the
+previous one, which answers code 11 from then on; a new refresh secret (by key) replaces the
+previous one, which answers code 14. :attr:`TwoTierStyle.issued` counts request secrets issued.
 """
 
 from __future__ import annotations
@@ -88,10 +92,17 @@ class TwoTierStyle:
         self._refresh_ttl_ms = int(refresh_ttl * 1000)
         self._quota = daily_quota
         self._state = _Secrets()
+        self._issued = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TwoTierStyle(app_key={self._app_key!r})"
+
+    @property
+    def issued(self) -> int:
+        """How many request secrets were issued so far (refreshTokenByKey and refreshTokenBySec)."""
+        with self._lock:
+            return self._issued
 
     def expire_request_secrets(self) -> None:
         """Make the current request secret expire now (the next data call answers code 11)."""
@@ -145,6 +156,7 @@ class TwoTierStyle:
                 state.retired.append(state.request)
             state.request = secrets.token_hex(16)
             state.request_end_ms = now + self._request_ttl_ms
+            self._issued += 1
             datas = {
                 "refreshSecret": state.refresh,
                 "refreshSecretEndTime": state.refresh_end_ms,
