@@ -253,15 +253,20 @@ def test_a_worker_not_ready_before_the_read_ends_is_ended(
 
 
 def test_worker_log_events_carry_the_run_fields(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
+    gateway.faults.fail_next("busy")  # the worker's first data request: it retries, and logs it
     log = _json_log()
     result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
     assert result.ok, result.error
     events = _events(log)
+    retry = [e for e in events if e["event"] == "http.retry"]
+    assert retry, "the worker's own request log did not reach the run's log"
+    assert retry[0]["run_id"] == result.run_id and retry[0]["dataset"] == "residents"
+    assert retry[0]["log.logger"].startswith("syncd.sources.http")
+    # the worker's token is fetched by the run's process (tests/test_worker_credentials.py)
     token = [e for e in events if e["event"] == "http.token_fetched"]
-    assert token, "the worker's own request log did not reach the run's log"
-    assert token[0]["run_id"] == result.run_id and token[0]["dataset"] == "residents"
-    assert token[0]["log.logger"].startswith("syncd.sources.http")
+    assert len(token) == 1 and token[0]["run_id"] == result.run_id
     assert SECRET not in log.getvalue()
+    assert not any(issued in log.getvalue() for issued in gateway.token_style._tokens)
 
 
 def test_upstream_error_in_the_worker_fails_the_run_with_the_same_error(

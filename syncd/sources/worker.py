@@ -7,10 +7,11 @@ child process on the other core; the run's own process only classifies and write
 
 - The child is ``python -P -m syncd.sources.worker PARENT_PID`` (``-P``: the working directory is
   never on its import path). It gets the app config, the dataset and the window as one pickle on
-  stdin, builds the source and the compiled mapping itself, reads the pages one ahead (as the
-  runner does) and sends each page back on stdout as a :class:`MappedPage`: the mapped rows with
-  their record digests, row hashes and row keys, the deletes, and the records it could not map
-  (masked, with the reason). Pickle is safe here: both ends are this program, over a private pipe.
+  stdin (which stays open: see "Credentials"), builds the source and the compiled mapping itself,
+  reads the pages one ahead (as the runner does) and sends each page back on stdout as a
+  :class:`MappedPage`: the mapped rows with their record digests, row hashes and row keys, the
+  deletes, and the records it could not map (masked, with the reason). Pickle is safe here: both
+  ends are this program, over a private pipe.
 - Held start (``hold=True``; ``read_worker: auto`` on a large first load): the child imports and
   prepares everything (mapping, source), sends ``ready`` and waits for ``go`` with a
   :class:`~syncd.sources.base.ResumePoint` (or None: from the first page). Meanwhile the run reads
@@ -25,6 +26,21 @@ child process on the other core; the run's own process only classifies and write
   so the child could not map page k+1 until the run had unpickled page k, and each side waited
   for the other once per page): a few pages of slack, held by the kernel, never by either
   process, so memory stays flat.
+- Credentials: the child reads with the run process's credential (a token, a request secret) and
+  never asks the gateway for one. The run's process holds an http source of the dataset that it
+  never reads (the *keeper*), whose auth shares the process's credential with every other source
+  on the connection (:func:`~syncd.sources.http.auth.base.shared_state`); the credential it holds
+  travels in the setup message (and in ``go``). When the child needs another (it has none, it is
+  due, or the gateway refused it), it sends ``("credential", fingerprint of its own)`` and waits:
+  the run's process answers on the child's stdin with the credential it holds, fetching one only
+  when it holds none, the same one, or a due one. So one process issues, and a gateway that
+  revokes the previous credential when it issues one (many do) never sees two processes evicting
+  each other. When the run's process renews first, the child's next request is refused once and
+  the child is given the new credential, no second one is issued. The question waits in the
+  pages pipe behind the pages sent before it (a few at most): the child's read pauses that long,
+  once per credential (at its start when the run's process held none, then about once per
+  lifetime of a credential). Secrets travel only over these private pipes: never in the child's
+  arguments, environment or a file.
 - Logging: the child renders nothing itself; each event is sent to the parent and logged there,
   with the run's ``dataset``/``run_id`` fields, through the parent's handlers and redaction.
 - Ending: the child is killed with the parent (``PR_SET_PDEATHSIG``; a kill -9 of syncd leaves no
@@ -66,6 +82,7 @@ from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 
 if TYPE_CHECKING:  # the worker's import path stays free of the mapping and the config models
     from syncd.mapping.records import RecordSorter, Rejected
+    from syncd.sources.http.source import HttpSource
 
 __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
@@ -224,6 +241,8 @@ class ReadWorker:
         self._ready = threading.Event()
         self.unavailable: str | None = None  # why a held child will never be ready (it failed or died)
         self._log = structlog.get_logger("syncd.sources.worker")
+        self._keeper = _credential_keeper(app, dataset)
+        self._child_traffic = (0, 0, 0)  # requests, retries, bytes the child reported so far
         env = child_environment(Path(__file__).resolve().parents[2], os.environ)
         command = [sys.executable, "-P", "-m", "syncd.sources.worker", str(os.getpid())]
         try:
@@ -240,6 +259,8 @@ class ReadWorker:
                 process_group=0,
             )
         except OSError as exc:
+            if self._keeper is not None:
+                self._keeper.close()
             raise ReadWorkerError(f"could not start the read worker ({sys.executable}): {exc}") from exc
         self.pid = self._proc.pid
         self._finished = False
@@ -252,6 +273,7 @@ class ReadWorker:
             "keys": keys,
             "hold": hold,
             "level": logging.getLogger().getEffectiveLevel(),
+            "credentials": self._keeper.credential_state() if self._keeper is not None else None,
         }
         payload = pickle.dumps(init, protocol=_PICKLE)
         # written from a thread: the child reads it only once its imports are done (~0.3 s), and a
@@ -277,10 +299,7 @@ class ReadWorker:
             return
         with contextlib.suppress(OSError):  # a child that died early: pages() reports its exit status
             stdin.write(payload)
-            if self._hold:
-                stdin.flush()  # stdin stays open for go()
-            else:
-                stdin.close()
+            stdin.flush()  # stdin stays open: go(), and the credentials the child asks for
 
     def _await_ready(self) -> None:
         stdout = self._proc.stdout
@@ -324,9 +343,10 @@ class ReadWorker:
         stdin = self._proc.stdin
         if stdin is None:  # pragma: no cover - Popen was given stdin=PIPE
             return
+        credentials = self._keeper.credential_state() if self._keeper is not None else None
         with contextlib.suppress(OSError):  # a child that died since: pages() reports its exit status
-            stdin.write(pickle.dumps(("go", resume), protocol=_PICKLE))
-            stdin.close()
+            stdin.write(pickle.dumps(("go", resume, credentials), protocol=_PICKLE))
+            stdin.flush()  # stdin stays open for the credentials the child asks for
 
     def pages(self) -> Iterator[MappedPage]:
         """The mapped pages in order; raises what the child raised, after the pages before it."""
@@ -346,11 +366,13 @@ class ReadWorker:
                 ) from exc
             kind = message[0]
             if kind == "page":
-                stats = self.stats  # the traffic so far; the rest arrives with "end" or "error"
-                stats.requests, stats.retries, stats.bytes = message[2]
+                self._child_traffic = message[2]  # the traffic so far; the rest arrives with "end" or "error"
+                self._tally()
                 yield message[1]
             elif kind == "log":
                 _relog(message[1], message[2], message[3])
+            elif kind == "credential":
+                self._lend_credential(message[1])
             elif kind == "end":
                 self._take_stats(message[1])
                 self.peak_rss_bytes = message[2]
@@ -367,6 +389,33 @@ class ReadWorker:
     def _take_stats(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             setattr(self.stats, name, value)
+        self._child_traffic = (values["requests"], values["retries"], values["bytes"])
+        self._tally()
+
+    def _tally(self) -> None:
+        """The read's traffic: the child's, and the keeper's credential requests on its behalf."""
+        requests, retries, received = self._child_traffic
+        stats = self.stats
+        if self._keeper is not None:
+            own = self._keeper.stats
+            requests, retries, received = requests + own.requests, retries + own.retries, received + own.bytes
+        stats.requests, stats.retries, stats.bytes = requests, retries, received
+
+    def _lend_credential(self, held: str | None) -> None:
+        """Answer the child's ``("credential", held)``: the credential this process holds, fetched
+        anew only when it holds none, the same one as the child (refused or due) or a due one. An
+        upstream error fetching it is raised here: the run fails with it, as when the child read."""
+        try:
+            state = self._keeper.renew_credential(held) if self._keeper is not None else None
+        finally:
+            self._tally()
+        self._init_thread.join()  # the setup message is written whole before any answer
+        stdin = self._proc.stdin
+        if stdin is None:  # pragma: no cover - Popen was given stdin=PIPE
+            return
+        with contextlib.suppress(OSError):  # a child that died since: pages() reports its exit status
+            stdin.write(pickle.dumps(("credential", state), protocol=_PICKLE))
+            stdin.flush()
 
     def _died(self) -> ReadWorkerError:
         try:
@@ -403,6 +452,18 @@ class ReadWorker:
                 with contextlib.suppress(OSError):
                     stream.close()
         self._init_thread.join(timeout=_STOP_WAIT_S)
+        if self._keeper is not None:
+            self._keeper.close()
+
+
+def _credential_keeper(app: Any, dataset: Any) -> HttpSource | None:
+    """The run process's end of the child's credentials: an http source of ``dataset``, never read,
+    whose auth shares the process's credential (module docstring, "Credentials")."""
+    if getattr(dataset.source, "type", None) != "http":  # pragma: no cover - the worker reads http only
+        return None
+    from syncd.sources.http.source import HttpSource  # the parent's import: the child's path stays lean
+
+    return HttpSource.from_config(app, dataset)
 
 
 def _widen_pipe(pipe: IO[bytes] | None) -> int:
@@ -482,6 +543,25 @@ class _Channel:
         with self._lock:
             self._out.write(data)
             self._out.flush()
+
+
+class _RunCredentials:
+    """The child's way to a new credential (:class:`~syncd.sources.http.auth.base.Renewal`): it
+    asks the run's process on the channel and reads the answer from its stdin."""
+
+    def __init__(self, channel: _Channel, stdin: IO[bytes]) -> None:
+        self._channel = channel
+        self._stdin = stdin
+        self._lock = threading.Lock()
+
+    def __call__(self, held: str | None) -> dict[str, Any] | None:
+        with self._lock:  # one question at a time: the answers come in order
+            self._channel.send(("credential", held))
+            try:
+                _kind, state = pickle.load(self._stdin)  # noqa: S301 - from our parent over a private pipe
+            except EOFError:
+                raise ReadWorkerError("the run's process closed the read worker's input") from None
+        return state  # type: ignore[no-any-return]
 
 
 def _plain(value: Any) -> Any:
@@ -566,13 +646,9 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     source = build_source(app, dataset)
     digest_texts(source, mapping.fingerprint)  # as the run's own read does
     try:
-        resume: ResumePoint | None = None
-        if init.get("hold"):
-            channel.send(("ready",))
-            try:
-                _go, resume = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our parent over a private pipe
-            except EOFError:  # the run no longer needs this worker (it read everything itself)
-                return
+        go, resume = _prepare(channel, init, source)
+        if not go:  # the run no longer needs this worker (it read everything itself)
+            return
         reader: Any = source  # an http source (the only kind the worker reads): read() takes a resume point
         pages = Prefetcher(
             reader.read(window) if resume is None else reader.read(window, resume=resume),
@@ -606,6 +682,25 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
             pages.close()
     finally:
         source.close()
+
+
+def _prepare(channel: _Channel, init: dict[str, Any], source: Any) -> tuple[bool, ResumePoint | None]:
+    """Take the run process's credential (module docstring, "Credentials"); held, say ready and
+    wait for ``go``. Returns whether to read, and from where."""
+    ask = _RunCredentials(channel, sys.stdin.buffer)
+    share = getattr(source, "share_credentials", None)
+    if share is not None:
+        share(init.get("credentials"), ask)
+    if not init.get("hold"):
+        return True, None
+    channel.send(("ready",))
+    try:
+        _go, resume, credentials = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our parent's pipe
+    except EOFError:
+        return False, None
+    if share is not None:
+        share(credentials, ask)  # what the run's process holds now, after the pages it read itself
+    return True, resume
 
 
 def _take_page(

@@ -27,6 +27,7 @@ from syncd.paths import compile_path
 from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 from syncd.sources.http import texts
 from syncd.sources.http.auth import build_auth
+from syncd.sources.http.auth.base import CredentialState, Renewal
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, ParsedPage
 from syncd.sources.http.paging import Paginator, build_paginator
@@ -228,6 +229,24 @@ class HttpSource:
 
     def close(self) -> None:
         self._client.close()
+
+    # ------------------------------------------------------------------ credentials and the read worker
+
+    def credential_state(self) -> CredentialState | None:
+        """The connection's credential this process holds (a token, a request secret), for a read
+        worker to read with; None when there is none (yet, or for this auth type)."""
+        return self._auth.export_state()
+
+    def renew_credential(self, held: str | None) -> CredentialState | None:
+        """A read worker asks for a credential: ``held`` is the fingerprint of its own (refused or
+        due), or None (:meth:`~syncd.sources.http.auth.AuthScheme.renew_for_delegate`)."""
+        return self._auth.renew_for_delegate(held)
+
+    def share_credentials(self, state: CredentialState | None, renew: Renewal) -> None:
+        """In the read worker: read with the run process's credential ``state``, and get every new
+        one from ``renew`` (the run's process) instead of from the gateway."""
+        self._auth.adopt_state(state)
+        self._auth.delegate_renewal(renew)
 
     def __repr__(self) -> str:
         return f"<HttpSource {self.name} {self.cfg.method} {self.cfg.path}>"

@@ -4,6 +4,15 @@ An :class:`AuthScheme` is built once per source from the connection's ``auth:`` 
 client calls ``apply`` before *every* attempt (so timestamps, nonces and signatures are
 fresh) and ``refresh`` once when the gateway says the credential expired. Schemes register
 their secret values with the client's redactor so that no message or log line shows them.
+
+A credential the gateway issues (a token, a request secret) is shared by every source of the
+process (:func:`shared_state`), and with the read worker (:mod:`syncd.sources.worker`), another
+process: the run's process hands its credential over (:meth:`AuthScheme.export_state`, adopted
+by the worker with :meth:`AuthScheme.adopt_state`), and the worker gets every new one from the
+run's process (:meth:`AuthScheme.delegate_renewal`, answered there by
+:meth:`AuthScheme.renew_for_delegate`) instead of from the gateway: one process issues, so a
+gateway that revokes the previous credential when it issues one never sees two processes
+evicting each other. Schemes without such a credential keep the defaults, which do nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from syncd.sources.http.envelope import Envelope
 __all__ = [
     "AnyAuthConfig",
     "AuthScheme",
+    "CredentialState",
+    "Renewal",
     "config_error",
     "fingerprint",
     "forget_shared_state",
@@ -42,6 +53,12 @@ __all__ = [
 AnyAuthConfig = NoAuth | StaticKeyAuth | TokenAuth | HmacHeadersAuth | SignedAuth | TwoTierSecretAuth
 
 S = TypeVar("S")
+
+CredentialState = dict[str, Any]
+"""A scheme's credential as it crosses to another process (plain values, times relative to now)."""
+Renewal = Callable[[str | None], CredentialState | None]
+"""Asks the run's process for a credential; the argument is the :func:`fingerprint` of the one the
+asker holds (refused by the gateway, or due), or None when it holds none."""
 
 _SHARED: dict[tuple[str, ...], Any] = {}
 _SHARED_LOCK = threading.Lock()
@@ -74,6 +91,7 @@ class AuthScheme(ABC, Generic[C]):
         self._envelope = envelope
         self._config_file = config_file
         self._config_path = config_path
+        self._delegate: Renewal | None = None
         for value in self.secret_values():
             client.redactor.add(value)
 
@@ -89,6 +107,28 @@ class AuthScheme(ABC, Generic[C]):
 
     def refresh(self) -> None:
         """Fetch a new credential (called once after the gateway said the current one expired)."""
+
+    # ------------------------------------------------------------------ sharing with the read worker
+
+    def export_state(self) -> CredentialState | None:
+        """The credential this process holds now, for a read worker to use (None: none to share)."""
+        return None
+
+    def adopt_state(self, state: CredentialState | None) -> None:
+        """Use ``state`` (:meth:`export_state` or :meth:`renew_for_delegate` of the run's process) as
+        this process's credential; None changes nothing."""
+
+    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+        """The run's process: the credential a read worker asks for. ``held`` is the fingerprint of
+        the one the worker holds (refused or due), None when it holds none. A new one is fetched
+        only when this process holds none, or the same one, or its own is due; else the worker gets
+        the one this process holds (another dataset, or this process, renewed it meanwhile)."""
+        return None
+
+    def delegate_renewal(self, renew: Renewal) -> None:
+        """The read worker: get every new credential from ``renew`` (the run's process), never from
+        the gateway itself."""
+        self._delegate = renew
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"

@@ -7,7 +7,9 @@ client calls :meth:`TokenScheme.refresh` once. The token endpoint uses the same 
 the same timeouts and retries; a rejected app_key/app_secret (e.g. code 40001) is permanent.
 
 The cached token is shared by every source of the process using the same endpoint and
-app_key, because gateways often revoke the previous token when they issue a new one.
+app_key, because gateways often revoke the previous token when they issue a new one. A read
+worker uses the run process's token and asks the run's process for a new one (see
+:mod:`syncd.sources.http.auth.base`): the token endpoint is called by one process only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import structlog
 from syncd.config.model import TokenAuth
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import MISSING, compile_path
-from syncd.sources.http.auth.base import AuthScheme, fingerprint, shared_state
+from syncd.sources.http.auth.base import AuthScheme, CredentialState, fingerprint, shared_state
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, describe_shape
 
@@ -93,7 +95,24 @@ class TokenScheme(AuthScheme[TokenAuth]):
         with state.lock:
             if state.token is not None and state.token != self._used:
                 return  # another source already replaced the token we were refused with
-            self._fetch_locked()
+            self._obtain_locked()
+
+    def export_state(self) -> CredentialState | None:
+        with self._state.lock:
+            return self._export_locked()
+
+    def adopt_state(self, state: CredentialState | None) -> None:
+        if state:
+            with self._state.lock:
+                self._adopt_locked(state)
+
+    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+        state = self._state
+        with state.lock:
+            token = state.token
+            if token is None or time.monotonic() >= state.refresh_at or fingerprint(token) == held:
+                self._fetch_locked()
+            return self._export_locked()
 
     # ------------------------------------------------------------------ internals
 
@@ -102,8 +121,32 @@ class TokenScheme(AuthScheme[TokenAuth]):
         with state.lock:
             token = state.token
             if token is None or time.monotonic() >= state.refresh_at:
-                token = self._fetch_locked()
+                token = self._obtain_locked()
         self._used = token
+        self._client.redactor.add(token)
+        return token
+
+    def _obtain_locked(self) -> str:
+        """A new token: from the token endpoint, or (the read worker) from the run's process."""
+        ask = self._delegate
+        if ask is None:
+            return self._fetch_locked()
+        held = self._state.token
+        answer = ask(fingerprint(held) if held is not None else None)
+        if not answer:  # pragma: no cover - the run's process answers with a token or raises
+            raise PermanentUpstreamError("the run's process had no token for the read worker")
+        return self._adopt_locked(answer)
+
+    def _export_locked(self) -> CredentialState | None:
+        state = self._state
+        if state.token is None:
+            return None
+        return {"token": state.token, "refresh_in": state.refresh_at - time.monotonic()}
+
+    def _adopt_locked(self, exported: CredentialState) -> str:
+        token = str(exported["token"])
+        self._state.token = token
+        self._state.refresh_at = time.monotonic() + float(exported["refresh_in"])
         self._client.redactor.add(token)
         return token
 

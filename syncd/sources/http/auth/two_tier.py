@@ -10,7 +10,10 @@
    the refresh secret is itself expired or refused, syncd falls back to ``refreshTokenByKey``.
 
 The secrets are shared by every source of the process using the same app_key (see
-:func:`~syncd.sources.http.auth.base.shared_state`).
+:func:`~syncd.sources.http.auth.base.shared_state`). A read worker gets the run process's
+request secret (never the refresh secret) and asks the run's process for a new one: the secret
+endpoints are called by one process only, so the request secret one process renewed is never
+retired under another's feet.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import structlog
 from syncd.config.model import TwoTierSecretAuth
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import compile_path
-from syncd.sources.http.auth.base import AuthScheme, fingerprint, shared_state
+from syncd.sources.http.auth.base import AuthScheme, CredentialState, fingerprint, shared_state
 from syncd.sources.http.auth.signing import Signer
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, describe_shape, parse_instant
@@ -99,17 +102,34 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
         with state.lock:
             if state.request is not None and state.request != self._used:
                 return  # another source renewed it already
-            self._renew_locked()
+            self._obtain_locked()
+
+    def export_state(self) -> CredentialState | None:
+        with self._state.lock:
+            return self._export_locked()
+
+    def adopt_state(self, state: CredentialState | None) -> None:
+        if state:
+            with self._state.lock:
+                self._adopt_locked(state)
+
+    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+        state = self._state
+        with state.lock:
+            request = state.request
+            if request is None:
+                self._by_key_locked()
+            elif time.time() >= state.request_renew_at or fingerprint(request) == held:
+                self._renew_locked()
+            return self._export_locked()
 
     # ------------------------------------------------------------------ internals
 
     def _current(self) -> str:
         state = self._state
         with state.lock:
-            if state.request is None:
-                self._by_key_locked()
-            elif time.time() >= state.request_renew_at:
-                self._renew_locked()
+            if state.request is None or time.time() >= state.request_renew_at:
+                self._obtain_locked()
             secret = state.request
             refresh = state.refresh
         if secret is None:  # pragma: no cover - _store always sets it or raises
@@ -118,6 +138,32 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
         self._client.redactor.add(secret)
         self._client.redactor.add(refresh)
         return secret
+
+    def _obtain_locked(self) -> None:
+        """A request secret: from the secret endpoints, or (the read worker) from the run's process."""
+        state = self._state
+        ask = self._delegate
+        if ask is not None:
+            answer = ask(fingerprint(state.request) if state.request is not None else None)
+            if not answer:  # pragma: no cover - the run's process answers with a secret or raises
+                raise PermanentUpstreamError("the run's process had no request secret for the read worker")
+            self._adopt_locked(answer)
+        elif state.request is None:
+            self._by_key_locked()
+        else:
+            self._renew_locked()
+
+    def _export_locked(self) -> CredentialState | None:
+        state = self._state
+        if state.request is None:
+            return None
+        return {"request": state.request, "renew_in": state.request_renew_at - time.time()}
+
+    def _adopt_locked(self, exported: CredentialState) -> None:
+        state = self._state
+        state.request = str(exported["request"])
+        state.request_renew_at = time.time() + float(exported["renew_in"])
+        self._client.redactor.add(state.request)
 
     def _renew_locked(self) -> None:
         state = self._state
