@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ from syncd.config.model import DatasetConfig
 from syncd.errors import RecordError
 from syncd.gateway.data import CODE_TABLES, generate_records
 from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.mapping.compiler import compile_replay
 from syncd.mapping.dates import build_parser
 from syncd.paths import MISSING, compile_path
 
@@ -373,6 +375,88 @@ def test_redact_raw_covers_concat_fields_and_masked_ids() -> None:
         "id": 7,
         "person": {"ids": ["330102********1234", "x"], "surname": "欧*", "given": "娜*"},
     }
+
+
+def _without_clear_id(**columns: Any) -> DatasetConfig:
+    """RESIDENTS without its clear id_number column (idCard then feeds only the hashed id_hash)."""
+    spec = copy.deepcopy(RESIDENTS)
+    del spec["columns"]["id_number"]
+    spec["columns"].update(columns)
+    return DatasetConfig.model_validate(spec)
+
+
+def test_replay_goes_on_from_the_protected_values_and_maps_as_a_sync() -> None:
+    """The quarantine keeps idCard hashed (without the upper the column applies before its hash):
+    hashing it again gives another value. Replay takes the column's value as protect() computed it
+    from the clear record, so the row is the one the mapping makes of the clear record."""
+    dataset = _without_clear_id()
+    mapping, replay = compile_mapping(dataset, CODE_TABLES), compile_replay(dataset, CODE_TABLES)
+    redacted, protected = mapping.redact_raw(RECORD), mapping.protect(RECORD)
+    assert protected is not None and set(protected) == {"id_hash", "emergency_contact", "phone"}
+    assert replay(redacted, protected) == mapping(RECORD)
+    assert replay.key_of_entry(redacted, protected) == mapping.key_record(RECORD)
+    assert mapping(redacted) != mapping(RECORD)  # the plain mapping hashes the hash: another key
+    # json round trip, as the quarantine table stores it
+    assert replay(json.loads(json.dumps(redacted)), json.loads(json.dumps(protected))) == mapping(RECORD)
+
+
+def test_replay_without_protected_values_masks_again_and_refuses_to_hash_again() -> None:
+    dataset = _without_clear_id()
+    mapping, replay = compile_mapping(dataset, CODE_TABLES), compile_replay(dataset, CODE_TABLES)
+    redacted = mapping.redact_raw(RECORD)
+    with pytest.raises(RecordError, match="id_hash: its source value is kept in the quarantine only hashed"):
+        replay(redacted, None)  # an entry stored before protected values were kept
+    no_id = {k: v for k, v in RECORD.items() if k != "idCard"}
+    # nothing was hashed: the column maps as it does; the masks mask the masked values again
+    assert replay(mapping.redact_raw(no_id), None) == mapping(no_id)
+    # a salt changed since: the stored hash is not the one the column now computes
+    salted = _without_clear_id(
+        id_hash={
+            "source": "idCard",
+            "length": 64,
+            "transforms": ["strip", "halfwidth", "upper", {"hash": {"salt": "another-salt"}}],
+        }
+    )
+    with pytest.raises(RecordError, match="only hashed"):
+        compile_replay(salted, CODE_TABLES)(redacted, mapping.protect(RECORD))
+
+
+def test_replay_refuses_a_column_that_reads_a_redacted_field_in_clear(residents: CompiledMapping) -> None:
+    """id_number maps idCard in clear; the quarantine keeps idCard only hashed (for id_hash):
+    replay must not map the hash as if it were the ID number."""
+    replay = compile_replay(DatasetConfig.model_validate(RESIDENTS), CODE_TABLES)
+    with pytest.raises(RecordError, match="id_number: it reads idCard, which the quarantine keeps only"):
+        replay(residents.redact_raw(RECORD), residents.protect(RECORD))
+    concat = _without_clear_id(full={"transforms": [{"concat": {"fields": ["name", "idCard"]}}]})
+    mapping, replay = compile_mapping(concat, CODE_TABLES), compile_replay(concat, CODE_TABLES)
+    with pytest.raises(RecordError, match="full: it reads idCard"):
+        replay(mapping.redact_raw(RECORD), mapping.protect(RECORD))
+    record = {k: v for k, v in RECORD.items() if k != "idCard"}  # idCard absent: nothing redacted
+    assert replay(mapping.redact_raw(record), mapping.protect(record)) == mapping(record)
+
+
+def test_protect_keeps_only_what_passed_the_steps_before_the_mask() -> None:
+    """A masked column whose validator fails on the clear value has no protected value: replay
+    masks the masked value again, and the validator sees it masked (the entry stays)."""
+    spec = copy.deepcopy(RESIDENTS)
+    spec["columns"] = {
+        "resident_id": {"source": "id"},
+        "phone": {
+            "source": "phone",
+            "transforms": [{"mask": "phone"}],
+            "validators": [{"regex": "1[0-9]{10}"}],
+        },
+        "names": {"transforms": [{"concat": {"fields": ["name", "alias"]}}, {"mask": "name"}]},
+    }
+    dataset = DatasetConfig.model_validate(spec)
+    mapping, replay = compile_mapping(dataset), compile_replay(dataset)
+    good = {"id": "R1", "phone": "13812345678", "name": "张三", "alias": "三儿"}
+    assert mapping(good) == ("R1", "138****5678", "张***")
+    assert replay(mapping.redact_raw(good), mapping.protect(good)) == mapping(good)
+    bad = {**good, "phone": "2381234567"}
+    assert set(mapping.protect(bad) or {}) == {"names"}
+    with pytest.raises(RecordError, match=r"phone: .*'238\*\*\*4567' does not match"):
+        replay(mapping.redact_raw(bad), mapping.protect(bad))
 
 
 def test_quarantine_reason_of_a_masked_column_hides_the_value() -> None:

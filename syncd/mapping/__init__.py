@@ -13,8 +13,16 @@ Modules: :mod:`.transforms` and :mod:`.validators` (the registries), :mod:`.cast
 from __future__ import annotations
 
 from syncd.mapping.base import MappingSpecError
-from syncd.mapping.compiler import CompiledMapping, compile_mapping
+from syncd.mapping.compiler import CompiledMapping, ReplayMapping, compile_mapping, compile_replay
 from syncd.mapping.transforms import TRANSFORMS
 from syncd.mapping.validators import VALIDATORS
 
-__all__ = ["TRANSFORMS", "VALIDATORS", "CompiledMapping", "MappingSpecError", "compile_mapping"]
+__all__ = [
+    "TRANSFORMS",
+    "VALIDATORS",
+    "CompiledMapping",
+    "MappingSpecError",
+    "ReplayMapping",
+    "compile_mapping",
+    "compile_replay",
+]

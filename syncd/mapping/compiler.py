@@ -13,6 +13,11 @@ All columns then become Python statements of ONE generated function (:mod:`.code
 a record costs one call plus the real work, and a failing record raises a
 :class:`~syncd.errors.RecordError` naming its column.
 
+A quarantined record is stored redacted (:meth:`CompiledMapping.redact_raw`), with the values
+its masked/hashed columns had right after their ``mask``/``hash`` step
+(:meth:`CompiledMapping.protect`). :func:`compile_replay` maps such an entry again: those columns
+go on from the stored values instead of masking or hashing a redacted value a second time.
+
 Key columns are never NULL (a record without its key cannot be upserted): they get the same
 check as ``nullable: false``, with the reason "required value missing (key column)".
 """
@@ -24,7 +29,7 @@ import hashlib
 import json
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -49,9 +54,9 @@ from syncd.mapping.codegen import ColumnPlan, generate
 from syncd.mapping.masking import mask_function
 from syncd.mapping.transforms import build_transform
 from syncd.mapping.validators import FLOAT_CHECKED, build_validator, float_guard
-from syncd.paths import compile_path, list_index
+from syncd.paths import MISSING, compile_path, list_index
 
-__all__ = ["CompiledMapping", "compile_mapping"]
+__all__ = ["CompiledMapping", "ReplayMapping", "compile_mapping", "compile_replay"]
 
 Row = tuple[Any, ...]
 Place = tuple[Callable[[Any], Any], str]
@@ -90,6 +95,7 @@ class CompiledMapping:
     """The top-level record fields ``key_record`` reads, sorted: a dict of just these gives the key."""
     _key_getter: Callable[[Row], Row] = field(repr=False)
     _redactions: tuple[tuple[Place, Callable[[Any], Any]], ...] = field(repr=False)
+    _protectors: tuple[_Protector, ...] = field(repr=False, default=())
 
     def __call__(self, record: Mapping[str, Any]) -> Row:
         """Map one raw record to the row tuple, or raise :class:`RecordError` naming the column."""
@@ -107,6 +113,119 @@ class CompiledMapping:
         for place, redact in self._redactions:
             _replace_at(out, place, redact)
         return out
+
+    def protect(self, record: Mapping[str, Any]) -> dict[str, list[Any]] | None:
+        """For a record going to quarantine: each masked/hashed column's value right after its
+        ``mask``/``hash`` step, computed from the clear ``record`` (its transforms and validators
+        before that step included), as ``{column: [fingerprint, value]}``; the fingerprint names
+        the settings it was computed under. A column whose steps up to there fail is left out.
+        None when the mapping has no such column. Replay goes on from these values
+        (:func:`compile_replay`): the stored raw record holds the source fields only redacted."""
+        if not self._protectors:
+            return None
+        out: dict[str, list[Any]] = {}
+        for p in self._protectors:
+            try:
+                out[p.column] = [p.fingerprint, p.value_of(record)]
+            except Exception:  # noqa: BLE001, S112 - the column fails: nothing to keep for it
+                continue
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Protector:
+    """A masked/hashed column's steps up to and including its ``mask``/``hash`` step."""
+
+    column: str
+    kind: str  # mask | hash
+    fingerprint: str
+    value_of: Callable[[Mapping[str, Any]], Any]
+    reads: tuple[Callable[[Any], Any], ...]  # getters of the source fields it reads
+    plan: ColumnPlan
+    upto: int  # its first `upto` steps are the ones value_of runs
+
+
+class _Unavailable:
+    """In a replay record: a masked/hashed column whose value cannot be had (why: ``reason``)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _unwrap(value: Any) -> Any:
+    if value.__class__ is _Unavailable:
+        raise RecordError(value.reason)
+    return value
+
+
+HASHED_AWAY = (
+    "its source value is kept in the quarantine only hashed, and this entry has no hash computed "
+    "with the column's current settings (it was quarantined before syncd kept them, the column "
+    "failed before its hash, or its steps up to the hash changed since): the record is written "
+    "when upstream sends it again (e.g. syncd sync {dataset} --full)"
+)
+REDACTED_SOURCE = (
+    "it reads {path}, which the quarantine keeps only masked/hashed (it feeds {feeds}): the record "
+    "is written when upstream sends it again (e.g. syncd sync {dataset} --full)"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayMapping:
+    """A dataset's mapping for quarantined entries (``syncd quarantine replay``).
+
+    An entry's raw record is redacted: the fields feeding masked/hashed columns hold the masked or
+    hashed value, never the clear one. So a masked/hashed column goes on from the entry's stored
+    value (:meth:`CompiledMapping.protect`) when it was computed under the column's current
+    settings — the same value a sync of the clear record computes, its key too. Without one, a
+    masked column masks the masked value again (the same result for the same mask; a validator of
+    the column sees the masked value and may fail: the entry stays), and a hashed column fails
+    (a hash of a hash is a different value: the entry stays). Any other column reading such a
+    field fails too: it would get the redacted value instead of the clear one."""
+
+    mapping: CompiledMapping
+    map_record: Callable[[Mapping[str, Any]], Row] = field(repr=False)
+    key_record: Callable[[Mapping[str, Any]], Row] = field(repr=False)
+    _slots: tuple[tuple[str, _Protector], ...] = field(repr=False)
+    _hashed_away: str = field(repr=False)
+
+    def record(self, raw: Any, protected: Mapping[str, Any] | None) -> Any:
+        """``raw`` with each masked/hashed column's value where the replay functions read it."""
+        if not self._slots or not isinstance(raw, dict):
+            return raw
+        record = dict(raw)
+        for slot, p in self._slots:
+            stored = protected.get(p.column) if protected else None
+            if isinstance(stored, list) and len(stored) == 2 and stored[0] == p.fingerprint:
+                record[slot] = stored[1]
+            elif p.kind == "mask" or all(_absent(get(raw)) for get in p.reads):
+                record[slot] = _recomputed(p, raw)  # masked again, or nothing was hashed
+            else:
+                record[slot] = _Unavailable(self._hashed_away)
+        return record
+
+    def __call__(self, raw: Any, protected: Mapping[str, Any] | None) -> Row:
+        """The row of a quarantined entry, or RecordError naming the column."""
+        return self.map_record(self.record(raw, protected))
+
+    def key_of_entry(self, raw: Any, protected: Mapping[str, Any] | None) -> Row:
+        """The key values of a quarantined entry (RecordError when its key columns cannot be had)."""
+        return self.key_record(self.record(raw, protected))
+
+
+def _absent(value: Any) -> bool:
+    return value is MISSING or value is None
+
+
+def _recomputed(p: _Protector, raw: Mapping[str, Any]) -> Any:
+    try:
+        return p.value_of(raw)
+    except RecordError as exc:
+        return _Unavailable(exc.reason)
+    except Exception as exc:  # noqa: BLE001 - as the generated function reports it
+        return _Unavailable(f"could not map the value ({type(exc).__name__})")
 
 
 # --------------------------------------------------------------------------- compile
@@ -140,6 +259,10 @@ def compile_mapping(
     redactions = tuple(
         (_place(p), plan.redactor) for plan in plans if plan.redactor is not None for p in plan.reads
     )
+    protectors = tuple(
+        _protector(plan, cfg, tables) for plan, cfg in zip(plans, dataset.columns.values(), strict=True)
+        if plan.sensitive
+    )
     return CompiledMapping(
         columns=columns,
         key_indexes=key_indexes,
@@ -153,6 +276,130 @@ def compile_mapping(
         key_fields=tuple(sorted({p.split(".", 1)[0] for i in key_indexes for p in plans[i].reads})),
         _key_getter=_key_getter(key_indexes),
         _redactions=redactions,
+        _protectors=protectors,
+    )
+
+
+def compile_replay(
+    dataset: DatasetConfig,
+    code_tables: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    inline: bool = True,
+) -> ReplayMapping:
+    """The mapping of ``dataset`` for its quarantined entries (see :class:`ReplayMapping`)."""
+    tables: Mapping[str, Mapping[str, str]] = code_tables or {}
+    mapping = compile_mapping(dataset, tables, inline=inline)
+    keys = set(dataset.target.key)
+    plans = [
+        _plan_column(name, cfg, is_key=name in keys, code_tables=tables)
+        for name, cfg in dataset.columns.items()
+    ]
+    protectors = {p.column: p for p in mapping._protectors}
+    redacted: dict[str, list[str]] = {}  # source path → the masked/hashed columns reading it
+    for p in protectors.values():
+        for path in p.plan.reads:
+            redacted.setdefault(path, []).append(p.column)
+    slots: list[tuple[str, _Protector]] = []
+    replay_plans = []
+    for plan in plans:
+        protector = protectors.get(plan.name)
+        if protector is not None:
+            slot = f"\x00{plan.name}"  # never a source path: those are validated names
+            slots.append((slot, protector))
+            steps = (Step(_unwrap), *plan.steps[protector.upto :])
+            replay_plans.append(replace(plan, source=slot, steps=steps, reads=(slot,)))
+        else:
+            replay_plans.append(_blocked(plan, redacted, dataset.name))
+    _, fn = generate(dataset.name, replay_plans, inline=inline)
+    key_indexes = mapping.key_indexes
+    _, key_fn = generate(dataset.name, [replay_plans[i] for i in key_indexes], inline=inline)
+    return ReplayMapping(
+        mapping=mapping,
+        map_record=fn,
+        key_record=key_fn,
+        _slots=tuple(slots),
+        _hashed_away=HASHED_AWAY.format(dataset=dataset.name),
+    )
+
+
+def _blocked(plan: ColumnPlan, redacted: Mapping[str, list[str]], dataset: str) -> ColumnPlan:
+    """``plan`` for a replay: when it reads a field the quarantine keeps redacted, it fails while
+    that field has a value (it would map the masked/hashed value as if it were the clear one)."""
+    hidden = [path for path in plan.reads if path in redacted]
+    if not hidden:
+        return plan
+
+    def why(path: str) -> str:
+        return REDACTED_SOURCE.format(path=path, feeds=", ".join(redacted[path]), dataset=dataset)
+
+    if plan.source is not None:
+        reason = why(plan.source)
+
+        def refuse(v: Any) -> Any:
+            if v is None:
+                return None
+            raise RecordError(reason)
+
+        return replace(plan, steps=(Step(refuse, none_safe=True), *plan.steps))
+    generator = plan.steps[0]
+    getters = tuple((compile_path(path), why(path)) for path in hidden)
+    produce = generator.fn
+
+    def checked(record: Any) -> Any:
+        for get, reason in getters:
+            if not _absent(get(record)):
+                raise RecordError(reason)
+        return produce(record)
+
+    return replace(plan, steps=(Step(checked, reads_record=True), *plan.steps[1:]))
+
+
+def _protector(plan: ColumnPlan, cfg: ColumnConfig, tables: Mapping[str, Mapping[str, str]]) -> _Protector:
+    """The protector of a masked/hashed column (see :meth:`CompiledMapping.protect`)."""
+    at = next(i for i, t in enumerate(cfg.transforms) if t.type in SENSITIVE)
+    upto = at + len(cfg.validators) + 1  # the steps: transforms before it, validators, mask/hash
+    steps = plan.steps[:upto]
+    read: Callable[[Mapping[str, Any]], Any]
+    if plan.source is not None:
+        getter = compile_path(plan.source)
+
+        def read(record: Mapping[str, Any]) -> Any:
+            v = getter(record)
+            return None if v is MISSING else v
+
+        first = 0
+    elif steps[0].reads_record:  # concat
+        read, first = steps[0].fn, 1
+    else:  # constant: its step sets the value
+        read, first = (lambda _record: None), 0
+    fns = tuple(step.fn for step in steps[first:])
+
+    def value_of(record: Mapping[str, Any]) -> Any:
+        v = read(record)
+        for fn in fns:
+            v = fn(v)
+        return v
+
+    prefix = cfg.transforms[: at + 1]
+    parts: dict[str, Any] = {
+        "protect": 1,  # this scheme
+        "source": cfg.source,
+        "type": cfg.type,
+        "transforms": [_plain(t.model_dump()) for t in prefix],
+        "validators": [_plain(v.model_dump()) for v in cfg.validators],
+    }
+    if any(t.type == "code_table" for t in prefix):
+        parts["code_tables"] = _plain(tables)
+    text = json.dumps(parts, sort_keys=True, default=repr, ensure_ascii=False)
+    fingerprint = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return _Protector(
+        column=plan.name,
+        kind=cfg.transforms[at].type,
+        fingerprint=fingerprint,
+        value_of=value_of,
+        reads=tuple(compile_path(path) for path in plan.reads),
+        plan=plan,
+        upto=upto,
     )
 
 
