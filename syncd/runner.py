@@ -43,7 +43,7 @@ from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import AuthorizationError, GuardError, RecordError, RunLockLost, StopRequested, SyncdError
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.mapping.records import RecordSorter, Row
+from syncd.mapping.records import RecordSorter, Rejected, Row
 from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
 from syncd.sources.base import Page, ResumePoint
 from syncd.sources.prefetch import Prefetcher
@@ -310,6 +310,18 @@ class _Delete:
     key_values: Row
 
 
+@dataclass(slots=True)
+class _Reject:
+    """A waiting record the read worker could not map: it keeps its place among the records of
+    its key (a later row of the key supersedes its quarantine entry, an earlier one does not)."""
+
+    rejected: Rejected
+
+
+_Waiting = _Reject | tuple[str | None, Row]
+"""A page's rejected record, or one of its deletes as (its row key, its key values)."""
+
+
 class _Batch:
     """The batch being assembled: mapped rows, logical deletes and quarantined records.
 
@@ -394,14 +406,15 @@ class _Batch:
         hashes = self.hashes if self.hashes is not None else []
         self.hashes = hashes
         if self.skip_unchanged:
-            # a page's deletes wait among its rows, each at its place: the last record of a key wins
-            places = iter(zip(page.delete_after, page.delete_keys, page.deletes, strict=True))
+            # a page's deletes and rejected records wait among its rows, each at its place: the
+            # last record of a key wins
+            places = iter(self._page_places(page))
             place = next(places, None)
             waiting = self.waiting.append
             entries = zip(page.keys, page.digests, page.rows, page.hashes, strict=True)
             for n, (key, digest, row, row_hash) in enumerate(entries):
                 while place is not None and place[0] <= n:
-                    self._wait_delete(place[1], place[2])
+                    self._wait_other(place[1])
                     place = next(places, None)
                 if key is None:  # the writer rejects it
                     sorter.rows.append(row)
@@ -410,16 +423,52 @@ class _Batch:
                 else:
                     waiting((key, digest, (row, row_hash)))
             while place is not None:
-                self._wait_delete(place[1], place[2])
+                self._wait_other(place[1])
                 place = next(places, None)
         else:
-            base = len(sorter.rows)
+            base, deleted = len(sorter.rows), len(sorter.deletes)
             sorter.rows.extend(page.rows)
             sorter.digests.extend(page.digests)
             hashes.extend(page.hashes)
             sorter.deletes.extend(page.deletes)
             sorter.delete_after.extend(base + n for n in page.delete_after)
-        sorter.rejected.extend(page.rejected)
+            sorter.rejected.extend(
+                r._replace(after=(base + r.after[0], deleted + r.after[1])) for r in page.rejected
+            )
+
+    @staticmethod
+    def _page_places(page: MappedPage) -> list[tuple[int, _Waiting]]:
+        """The page's deletes and rejected records in read order, each with how many of the page's
+        rows came before it."""
+        placed = zip(page.delete_after, page.delete_keys, page.deletes, strict=True)
+        deletes: list[tuple[int, _Waiting]] = [(n, (key, kv)) for n, key, kv in placed]
+        if not page.rejected:
+            return deletes
+        merged: list[tuple[int, _Waiting]] = []
+        j = 0
+        for rejected in page.rejected:
+            rows_before, deletes_before = rejected.after
+            while j < len(deletes) and j < deletes_before:
+                merged.append(deletes[j])
+                j += 1
+            merged.append((rows_before, _Reject(rejected)))
+        merged.extend(deletes[j:])
+        return merged
+
+    def _wait_other(self, item: _Waiting) -> None:
+        if isinstance(item, _Reject):
+            self._wait_reject(item)
+        else:
+            self._wait_delete(item[0], item[1])
+
+    def _wait_reject(self, item: _Reject) -> None:
+        """A record the read worker could not map waits among the records of its key, never skipped."""
+        kv = item.rejected.key_values
+        key = None if kv is None else self.writer.row_key(kv)
+        if key is None:  # no key: nothing it could be superseded by
+            self.sorter.add_rejected(item.rejected)
+        else:
+            self.waiting.append((key, None, item))
 
     def _wait_delete(self, key: str | None, key_values: Row) -> None:
         """A delete the read worker sorted waits among the records, never skipped."""
@@ -462,14 +511,19 @@ class _Batch:
                 sorter.sort(record, digest)
             elif item.__class__ is _Delete:  # sorted by the read worker as a delete
                 sorter.add_delete(item.key_values)
+            elif item.__class__ is _Reject:  # the read worker could not map it
+                sorter.add_rejected(item.rejected)
             else:  # mapped by the read worker
                 sorter.rows.append(item[0])
                 sorter.digests.append(digest)
                 hashes.append(item[1])
         waiting.clear()
         self.run.counts.unchanged += len(skipped)
-        if self.snapshot is not None and skipped:  # their rows stand: seen, with nothing to write
-            self.snapshot.mark_seen(skipped)
+        if skipped:
+            # read again as they were written: their quarantined earlier versions are superseded
+            self.writer.supersede(skipped)
+            if self.snapshot is not None:  # their rows stand: seen, with nothing to write
+                self.snapshot.mark_seen(skipped)
 
     def flush_when_full(self) -> None:
         """At the end of a page: once ``batch_size`` records wait, resolve them; once ``batch_size``
@@ -493,8 +547,17 @@ class _Batch:
         self._resolve_waiting()
         if not self.to_write():
             return
+        row_key = self.writer.row_key
         quarantined = [
-            QuarantineItem(raw=raw, reason=why, record_key=k) for raw, why, k, _ in sorter.rejected
+            QuarantineItem(
+                raw=r.raw,
+                reason=r.reason,
+                record_key=r.record_key,
+                row_key=None if r.key_values is None else row_key(r.key_values),
+                protected=r.protected,
+                after=r.after,
+            )
+            for r in sorter.rejected
         ]
         counts = self.writer.write(
             run.run_id,
@@ -523,7 +586,8 @@ class _Batch:
         cannot be mapped)."""
         row_key, key_of = self.writer.row_key, self.mapping.key_of
         keys = [key for row in self.sorter.rows if (key := row_key(key_of(row))) is not None]
-        for _, _, raw_key, key_values in self.sorter.rejected:
+        for rejected in self.sorter.rejected:
+            raw_key, key_values = rejected.record_key, rejected.key_values
             key = raw_key if key_values is None else row_key(key_values)
             if key is not None and len(key) <= ROW_KEY_LENGTH:
                 keys.append(key)

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from syncd.changes.keys import row_key_function
 from syncd.config import load_config
 from syncd.errors import RecordError
 from syncd.gateway import RecordFactory
@@ -155,23 +156,35 @@ def check_run(upstream: Upstream, url: str, root: Path, plan: list[tuple[str, di
         result = run_dataset(app, dataset, StateStore(engine, app.target.table_prefix))
         assert result.ok, result.error  # hostile records are quarantined, never a failed run
         mapping = compile_mapping(dataset, app.code_tables)
+        row_key = row_key_function([mapping.specs[mapping.columns[i]] for i in mapping.key_indexes])
         expected: dict[Any, tuple[Any, ...]] = {}
-        bad: list[dict[str, Any]] = []
+        # the quarantine keeps, of each key, its last record when that one failed (a later record of
+        # a key supersedes the entry of an earlier one), and every failing record without a key
+        last_bad: dict[str, str] = {}
+        keyless: set[str] = set()
         for record in (r for page in pages for r in page):
             try:
                 row = mapping(record)
             except RecordError:
-                bad.append(record)
+                text = json.dumps(mapping.redact_raw(record), sort_keys=True, ensure_ascii=False)
+                try:
+                    key = row_key(mapping.key_record(record))
+                except RecordError:
+                    key = None
+                if key is None:
+                    keyless.add(text)
+                else:
+                    last_bad[key] = text
                 continue
             expected[mapping.key_of(row)[0]] = tuple(_normal(v) for v in row)
+            last_bad.pop(str(row_key(mapping.key_of(row))), None)
         with engine.connect() as conn:
             table = sa.Table("resident_info", sa.MetaData(), autoload_with=conn)
             query = sa.select(*(table.c[c] for c in mapping.columns))
             got = {r[0]: tuple(_normal(v) for v in r) for r in conn.execute(query)}
             quarantine = conn.execute(sa.text("SELECT reason, raw FROM syncd_quarantine")).all()
         assert got == expected, "a record did not land exactly as mapped"
-        distinct_bad = {json.dumps(mapping.redact_raw(r), sort_keys=True, ensure_ascii=False) for r in bad}
-        assert len(quarantine) == len(distinct_bad)
+        assert len(quarantine) == len(keyless | set(last_bad.values()))
         assert all(reason for reason, _ in quarantine), "a quarantine entry without its reason"
     finally:
         engine.dispose()

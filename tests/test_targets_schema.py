@@ -240,6 +240,33 @@ def test_a_dropped_state_index_is_created_again(db_url: str) -> None:
         eng.dispose()
 
 
+def test_an_older_quarantine_table_gets_its_new_columns(db_url: str) -> None:
+    engine = create_target_engine(db_url)
+    try:
+        with engine.begin() as conn:  # the quarantine of earlier syncd databases
+            conn.exec_driver_sql(
+                "CREATE TABLE syncd_quarantine (dataset VARCHAR(64) NOT NULL, "
+                "raw_hash CHAR(32) NOT NULL, run_id VARCHAR(32) NOT NULL, record_key VARCHAR(512), "
+                "raw TEXT NOT NULL, reason TEXT NOT NULL, first_seen TIMESTAMP NULL, "
+                "last_seen TIMESTAMP NULL, times INTEGER NOT NULL, PRIMARY KEY (dataset, raw_hash))"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO syncd_quarantine (dataset, raw_hash, run_id, record_key, raw, reason, times) "
+                "VALUES ('d', 'h', 'r', 'k', '{}', 'bad', 1)"
+            )
+        StateStore(engine).ensure_schema()
+        inspector = sa.inspect(engine)
+        assert {"row_key", "protected"} <= {c["name"] for c in inspector.get_columns("syncd_quarantine")}
+        indexes = {i["name"] for i in inspector.get_indexes("syncd_quarantine")}
+        assert "ix_syncd_quarantine_dataset_row_key" in indexes
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT record_key, row_key, protected FROM syncd_quarantine").one()
+        assert tuple(row) == ("k", None, None)
+        StateStore(engine).ensure_schema()  # and again: nothing left to add
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_postgresql_state_keys_compare_bytes_whatever_the_database_collation(pg_url: str) -> None:
     """Dataset names and row keys are matched by equality and paged in key order only: "C", not
@@ -269,6 +296,7 @@ def test_postgresql_state_keys_compare_bytes_whatever_the_database_collation(pg_
             "syncd_watermarks.dataset",
             "syncd_runs.dataset",
             "syncd_quarantine.dataset",
+            "syncd_quarantine.row_key",
             "syncd_changes_pruned.dataset",
             "syncd_snapshot_missing.dataset",
             "syncd_snapshot_missing.row_key",

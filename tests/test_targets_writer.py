@@ -452,6 +452,47 @@ def test_quarantine_upsert_is_idempotent(store: StateStore) -> None:
     assert listed["R2"]["times"] == 1
 
 
+def _bad(i: int, version: str, after: tuple[int, int] | None = None) -> QuarantineItem:
+    key = f"R{i:05d}"
+    raw = {"id": key, "birthDate": f"bad-{version}"}
+    return QuarantineItem(raw=raw, reason="birth_date: bad", record_key=key, row_key=key, after=after)
+
+
+@pytest.mark.parametrize("held", [writer_module.QUARANTINE_KEYS_HELD, 1])
+def test_a_later_record_of_a_key_supersedes_its_quarantine_entry(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """Within a write the last record of a key decides (``after``: rows and deletes before it);
+    across writes every later record of the key does. ``held``: the writer holds the keys of the
+    entries (the usual case), or there are more than it holds and every write deletes by key."""
+    monkeypatch.setattr(writer_module, "QUARANTINE_KEYS_HELD", held)
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+
+    def versions() -> dict[str, str]:
+        return {str(q["row_key"]): q["raw"]["birthDate"] for q in store.quarantined("residents")}
+
+    # R1: row then failing record (it stays); R2: failing then row (it goes); R3: failing twice
+    # (the last stays); R4: failing, then deleted; R5, R6: failing alone
+    writer.write(
+        RUN1,
+        [resident(1), resident(2), resident(4)],
+        deletes=[("R00004",)],
+        quarantined=[_bad(1, "a", (1, 0)), _bad(2, "a", (1, 0)), _bad(3, "a", (3, 0)), _bad(3, "b", (3, 0)),
+                     _bad(4, "a", (2, 0)), _bad(5, "a", (3, 1)), _bad(6, "a", (3, 1))],
+        delete_after=[3],
+    )
+    assert versions() == {"R00001": "bad-a", "R00003": "bad-b", "R00005": "bad-a", "R00006": "bad-a"}
+    # later writes: a row of R1, a delete of R3, a newer failing R5; R6 untouched
+    writer.write(RUN2, [resident(1, name="newer")], deletes=[("R00003",)], quarantined=[_bad(5, "b")])
+    assert versions() == {"R00005": "bad-b", "R00006": "bad-a"}
+    # another writer (the next run) finds the entries by their keys; unchanged rows count too
+    again = store.writer(ds, shape_from_dataset(ds))
+    again.write(RUN3, [resident(1, name="newer")])
+    again.supersede(["R00006"])
+    assert versions() == {"R00005": "bad-b"}
+
+
 def test_null_and_overlong_keys_are_quarantined_by_the_writer(store: StateStore, engine: sa.Engine) -> None:
     columns = {"id": {"source": "id", "length": 700}, "name": {"source": "name"}}
     ds = make_dataset(columns=columns, table="wide_keys")

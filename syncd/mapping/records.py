@@ -8,7 +8,7 @@ way. Nothing here touches the database.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd.changes.hashing import key_text
 from syncd.config.model import DatasetConfig
@@ -20,12 +20,23 @@ __all__ = ["RecordSorter", "Rejected", "delete_flag", "storable"]
 
 Row = tuple[Any, ...]
 
-Rejected = tuple[dict[str, Any], str, str | None, Row | None]
-"""A record that could not be mapped: (raw record, masked as the columns mask it; reason; its key as
-upstream sent it, or None), the fields of a quarantine entry; and its key columns mapped
-(``CompiledMapping.key_record``), or None when they cannot be: the key of the row the record
-stands for, which a full-snapshot run marks seen (a record that fails its mapping this time must
-not have its earlier row deleted as if upstream no longer sent it)."""
+class Rejected(NamedTuple):
+    """A record that could not be mapped: the fields of its quarantine entry, and its place."""
+
+    raw: dict[str, Any]
+    """The record, masked/hashed as its columns mask it (:meth:`CompiledMapping.redact_raw`)."""
+    reason: str
+    record_key: str | None
+    """Its key as upstream sent it (redacted like ``raw``), or None."""
+    key_values: Row | None
+    """Its key columns mapped (``CompiledMapping.key_record``), or None when they cannot be: the
+    key of the row the record stands for. A full-snapshot run marks it seen (a record that fails
+    its mapping this time must not have its earlier row deleted as if upstream no longer sent it),
+    and a later write of that key supersedes the entry."""
+    protected: dict[str, list[Any]] | None = None
+    """Its masked/hashed columns' values (:meth:`CompiledMapping.protect`), for replay."""
+    after: tuple[int, int] = (0, 0)
+    """Its place in the read: how many rows and deletes its sorter held before it."""
 
 
 def storable(text: str | None) -> str | None:
@@ -60,7 +71,8 @@ class RecordSorter:
 
     ``sort(record, digest)`` appends to exactly one of ``rows`` (with ``digests`` in parallel),
     ``deletes`` (the key values of a record flagged deleted upstream, with ``delete_after`` in
-    parallel: how many rows were sorted before it, its place in the read) or ``rejected``.
+    parallel: how many rows were sorted before it, its place in the read) or ``rejected`` (each
+    with its place: how many rows and deletes were sorted before it).
     """
 
     def __init__(self, dataset: DatasetConfig, mapping: CompiledMapping) -> None:
@@ -94,13 +106,22 @@ class RecordSorter:
             except RecordError:
                 key_values = None
             reason, raw_key = storable(str(exc)) or "", storable(self.record_key(redacted))
-            self.rejected.append((redacted, reason, raw_key, key_values))
+            protected = mapping.protect(record)
+            self.rejected.append(Rejected(redacted, reason, raw_key, key_values, protected, self.place()))
             return
         if self.is_deleted is not None and self.is_deleted(record):
             self.add_delete(mapping.key_of(row))
         else:
             self.rows.append(row)
             self.digests.append(digest)
+
+    def place(self) -> tuple[int, int]:
+        """Where the next record goes: after this many rows and deletes."""
+        return (len(self.rows), len(self.deletes))
+
+    def add_rejected(self, rejected: Rejected) -> None:
+        """A record another sorter rejected (the read worker's), placed after what this one holds."""
+        self.rejected.append(rejected._replace(after=self.place()))
 
     def add_delete(self, key_values: Row) -> None:
         """A delete of these key values, placed after the rows sorted so far."""

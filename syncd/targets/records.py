@@ -111,8 +111,20 @@ class RunCounts:
 
 @dataclass(frozen=True, slots=True)
 class QuarantineItem:
-    """A record that could not be mapped: its raw payload (already redacted) and why."""
+    """A record that could not be mapped: its raw payload (already redacted) and why.
+
+    ``record_key`` is its key as upstream sent it (shown to the operator). ``row_key`` is the key
+    of the row it stands for (its key columns mapped, as ``row_state`` holds it), or None when even
+    the key columns cannot be mapped: a later write of that key supersedes the entry. ``protected``
+    holds the values of its masked/hashed columns as computed from the clear record
+    (:meth:`~syncd.mapping.CompiledMapping.protect`), for replay. ``after`` places it in the read
+    (rows and deletes sorted before it, as ``BatchWriter.write`` takes them), so that a row or
+    delete of its key later in the same write supersedes it, and an earlier one does not; None:
+    after everything else in the write."""
 
     raw: dict[str, Any]
     reason: str
     record_key: str | None = None
+    row_key: str | None = None
+    protected: dict[str, Any] | None = None
+    after: tuple[int, int] | None = None

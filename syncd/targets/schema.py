@@ -11,7 +11,11 @@ hashes and change entries commit in one transaction (DESIGN §4.2). Names carry 
 - ``changes``    the change feed local applications read (one row per insert/update/delete)
 - ``watermarks`` dataset → the incremental position of the last successful run
 - ``runs``       one row per run: who, when, under which approval, how many rows (使用留痕)
-- ``quarantine`` records that could not be mapped, with their raw payload and the reason
+- ``quarantine`` records that could not be mapped, with their raw payload and the reason; its
+  ``row_key`` (the key of the row the record stands for, as ``row_state`` holds it) lets a later
+  write of that key remove the entry it supersedes, and ``protected`` keeps the values of its
+  masked/hashed columns as the mapping computed them from the clear record (replay needs them:
+  the raw payload is stored redacted)
 - ``changes_pruned`` dataset → the highest change-feed ``id`` (and ``changed_at``) deleted by
   ``syncd changes prune`` or the daemon's retention, so a reader whose position lies below it
   learns that entries it has not read are gone (:mod:`syncd.targets.prune`)
@@ -55,6 +59,7 @@ from syncd.targets.verify import (
 )
 
 __all__ = [
+    "ADDED_QUARANTINE_COLUMNS",
     "ADDED_STATE_COLUMNS",
     "MYSQL_TABLE_OPTIONS",
     "DatasetShape",
@@ -215,6 +220,10 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("first_seen", UtcDateTime(), nullable=False),
         sa.Column("last_seen", UtcDateTime(), nullable=False),
         sa.Column("times", sa.Integer(), nullable=False),
+        # added after the first release (ADDED_QUARANTINE_COLUMNS): NULL in entries written before
+        sa.Column("row_key", row_key),
+        sa.Column("protected", LONG_TEXT),
+        sa.Index(f"ix_{prefix}quarantine_dataset_row_key", "dataset", "row_key"),
         **MYSQL_TABLE_OPTIONS,
     )
     changes_pruned = sa.Table(
@@ -355,24 +364,49 @@ def _column_names(engine: sa.Engine, table: sa.Table) -> set[str]:
         return {str(name) for (name,) in rows}
 
 
+def _present_columns(engine: sa.Engine, table: sa.Table, *, attempts: int = 4) -> set[str]:
+    """:func:`_column_names`, tried again like :func:`create_tables` while another process creates
+    the tables (SQLite: a new database file is switched to WAL by the first connection)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _column_names(engine, table)
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts:
+                where = describe_url(engine.url)
+                raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
+            log.debug("add_missing_columns.retry", attempt=attempt, error=str(exc.orig))
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 ADDED_STATE_COLUMNS: dict[str, str] = {"seen_run": "VARCHAR(32)", "record_digest": "CHAR(32)"}
 """Nullable ``row_state`` columns added after the first release, with their DDL types: a
 database made by an older syncd gets them added (:func:`add_missing_columns`)."""
 
+ADDED_QUARANTINE_COLUMNS = ("row_key", "protected")
+"""Nullable ``quarantine`` columns added after the first release (their types are the table's)."""
 
-def add_missing_columns(engine: sa.Engine, table: sa.Table, columns: Mapping[str, str]) -> list[str]:
-    """``ALTER TABLE … ADD`` the nullable ``columns`` (name → DDL type) that ``table`` lacks in the
-    database; returns the names added. A column added meanwhile by another process is fine."""
-    try:
-        present = _column_names(engine, table)
-    except sa.exc.DBAPIError as exc:
-        where = describe_url(engine.url)
-        raise TargetError(f"cannot inspect table {table.name} in {where}: {exc.orig}") from exc
+
+def add_missing_columns(
+    engine: sa.Engine,
+    table: sa.Table,
+    columns: Mapping[str, str | sa.types.TypeEngine[Any]],
+    *,
+    only_existing: bool = False,
+) -> list[str]:
+    """``ALTER TABLE … ADD`` the nullable ``columns`` (name → DDL type, or a SQLAlchemy type
+    compiled for the engine's database) that ``table`` lacks in the database; returns the names
+    added. A column added meanwhile by another process is fine. ``only_existing``: nothing when
+    the table does not exist yet (creating it makes every column)."""
+    present = _present_columns(engine, table)
+    if only_existing and not present:
+        return []
     added = []
     name = engine.dialect.identifier_preparer.format_table(table)
-    for column, ddl in columns.items():
+    for column, kind in columns.items():
         if column in present:
             continue
+        ddl = kind if isinstance(kind, str) else str(kind.compile(dialect=engine.dialect))
         quoted = engine.dialect.identifier_preparer.quote(column)
         try:
             with write_engine(engine).begin() as conn:

@@ -21,7 +21,11 @@ run did not see were deleted upstream. Memory stays bounded at any table size (D
 4. the keys to delete are paged by ``row_key`` (keyset) and deleted through
    :meth:`BatchWriter.write` (hard, or soft per ``target.logical_delete``), so the change feed
    records each delete exactly once. A crash mid-delete converges: deleted keys have left
-   ``row_state`` (or carry the deleted hash), and the next complete run deletes the rest.
+   ``row_state`` (or carry the deleted hash), and the next complete run deletes the rest;
+5. the quarantine entries of keys this complete read did not see are removed (after the guard):
+   upstream no longer sends those records, so replaying one would bring back a record deleted
+   upstream. Entries of keys with rows go with their rows' deletes (the writer removes the entries
+   of the keys it deletes); this also covers keys that never had a row (their first record failed).
 
 ``syncd plan`` asks the same questions without writing (:meth:`SnapshotDeletes.preview`): its
 seen keys go into the same kind of temporary table, which no other session sees and which ends
@@ -44,7 +48,7 @@ from syncd.changes import DELETED_HASH
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig, SnapshotDeleteConfig
 from syncd.errors import GuardError, TargetError
-from syncd.targets.dialects import BulkWriter, upsert_statement
+from syncd.targets.dialects import BulkWriter, chunked, upsert_statement
 from syncd.targets.engine import write_engine
 from syncd.targets.records import BatchCounts
 from syncd.targets.schema import (
@@ -339,6 +343,25 @@ class SnapshotDeletes:
         with self._writes.begin() as conn:  # seen again, or gone: the streak is over
             conn.execute(sa.delete(ms).where(mine, ms.c.run_id != self._run_id))
 
+    def _forget_unseen_entries(self) -> None:
+        """Remove the quarantine entries whose key this complete read did not see (see step 5)."""
+        q = self._store.tables.quarantine
+        seen = self._seen
+        seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == q.c.row_key).exists()
+        mine = sa.and_(q.c.dataset == self._dataset, q.c.row_key.is_not(None))
+        unseen = sa.select(q.c.row_key).where(mine, ~seen_here)
+        conn = self._session()
+        with conn.begin():  # read where the seen-key table is; deleted in a write transaction
+            keys = sorted({str(k) for k in conn.execute(unseen).scalars()})
+        if not keys:
+            return
+        removed = 0
+        with self._writes.begin() as write:
+            for part in chunked(keys, 500):
+                gone = sa.delete(q).where(q.c.dataset == self._dataset, q.c.row_key.in_(part))
+                removed += max(write.execute(gone).rowcount, 0)
+        log.info("quarantine.superseded", dataset=self._dataset, entries=removed, reason="not read upstream")
+
     def _key_values(self, row_key: str) -> tuple[Any, ...]:
         parts = [row_key] if len(self._parsers) == 1 else json.loads(row_key)
         return tuple(parse(p) for parse, p in zip(self._parsers, parts, strict=True))
@@ -352,6 +375,7 @@ class SnapshotDeletes:
         total = BatchCounts()
         try:
             missing, rows = self.check()
+            self._forget_unseen_entries()
             ms = self._missing
             if self._cfg.missing_runs > 1:
                 if missing:

@@ -24,6 +24,7 @@ from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import RunCounts, RunInfo
 from syncd.targets.schema import (
+    ADDED_QUARANTINE_COLUMNS,
     ADDED_STATE_COLUMNS,
     MappingShape,
     add_missing_columns,
@@ -80,10 +81,16 @@ class StateStore:
     # ------------------------------------------------------------------ schema
 
     def ensure_schema(self) -> None:
-        """Create the state tables and indexes that are missing. Safe when processes race.
+        """Create the state tables and indexes that are missing, and add the columns a database
+        made by an older syncd lacks. Safe when processes race.
 
         On MariaDB/MySQL also reads the collation of ``row_state.row_key`` (one catalogue query)
         and warns when keys there do not compare exactly (a table an earlier version made)."""
+        q = self.tables.quarantine
+        # before create_tables: an older quarantine table needs its row_key before the index on it
+        added = {name: q.c[name].type for name in ADDED_QUARANTINE_COLUMNS}
+        for column in add_missing_columns(self.engine, q, added, only_existing=True):
+            log.info("state.column_added", table=q.name, column=column)
         create_tables(self.engine, self.tables.all())
         rs = self.tables.row_state
         for column in add_missing_columns(self.engine, rs, ADDED_STATE_COLUMNS):

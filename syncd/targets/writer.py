@@ -13,8 +13,17 @@
    A row whose content is unchanged but whose record digest is new (or was never stored) only
    gets its ``row_state.record_digest`` refreshed, so the runner can skip mapping it next time;
 5. in ONE transaction: bulk upsert rows, bulk delete (hard: DELETE; soft: set the flag and keep
-   the key's state with :data:`DELETED_HASH`), upsert row state, insert change entries, upsert
-   quarantine items. Any database error rolls everything back and raises TargetError.
+   the key's state with :data:`DELETED_HASH`), upsert row state, insert change entries, remove
+   the quarantine entries the batch supersedes, upsert quarantine items. Any database error rolls
+   everything back and raises TargetError.
+
+A quarantine entry stands for the latest record of its key only until that key is handled again:
+a later row of the key (inserted, updated or unchanged), a delete of it, or a later quarantined
+record of it supersedes the entry, which is removed in the batch that handles the key (a replay
+must never write an older version over a newer one, or bring back a row deleted upstream). The
+"last wins" of a batch holds here too: a quarantined record after the row of its key in the read
+stays. Entries are found by ``quarantine.row_key``; the keys holding entries are read once per
+writer (:data:`QUARANTINE_KEYS_HELD`), so a batch of a dataset without entries pays nothing.
 
 Re-running a batch that was committed before a crash finds every hash equal: zero writes and
 zero change entries — the exactly-once effect.
@@ -25,7 +34,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +85,11 @@ of 10⁵ about 8 %; when the pages are not in memory (page cache reclaimed since
 larger than the memory) each key waits for random reads of the disk (about 130 µs a key and table
 on the bench machine), and two reads in flight are served about 1.7 times as fast as one."""
 
+QUARANTINE_KEYS_HELD = 10_000
+"""The row keys of a dataset's quarantine entries a writer holds in memory (read once, on its
+first write), so that only a batch that handles one of them deletes entries. A dataset with
+more entries has every batch delete the entries of its keys (one indexed DELETE per batch)."""
+
 Row = tuple[Any, ...]
 
 _INSERT_OP = Op.INSERT.value
@@ -106,6 +120,7 @@ class _Batch:
     deletes: dict[str, Row] = field(default_factory=dict)
     counts: BatchCounts = field(default_factory=BatchCounts)
     row_at: dict[str, int] | None = None  # row key → index of its last row, when deletes have places
+    delete_at: dict[str, int] | None = None  # row key → index of its last delete, when rejects have places
 
 
 @dataclass(slots=True)
@@ -204,8 +219,13 @@ class BatchWriter:
                 ("record_key", new.record_key),
                 ("raw", new.raw),
                 ("run_id", new.run_id),
+                ("row_key", new.row_key),
+                ("protected", new.protected),
             ],
         )
+        self._entry_keys: set[str] = set()  # row keys of the dataset's quarantine entries
+        self._entries_read = False
+        self._every_key = False  # more entries than QUARANTINE_KEYS_HELD: any key may hold one
         key_cols = [table.c[k] for k in self._key_names]
         self._key_expr: Any = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
         # PostgreSQL, one key column: "key = ANY(array)", one parameter and one cached statement,
@@ -305,7 +325,9 @@ class BatchWriter:
         ``rows`` are mapped tuples in ``shape.columns`` order. ``deletes`` are key tuples (the
         key values in ``key_indexes`` order, as ``CompiledMapping.key_of`` gives them) or whole
         mapped rows; a key both in ``rows`` and ``deletes`` is deleted. ``quarantined`` items
-        are upserted into the quarantine table. A row whose key is null or longer than 512
+        are upserted into the quarantine table, but one followed by a row or delete of its
+        ``row_key`` (its ``after``) or by another item of that key; the entries this write
+        supersedes are removed (see the module docstring). A row whose key is null or longer than 512
         characters is quarantined by the writer itself. ``digests`` (parallel to ``rows``) are the
         digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
         ``hashes`` (parallel to ``rows``), when given, are the rows' :func:`row_hash` values, already
@@ -325,11 +347,16 @@ class BatchWriter:
                 raise ValueError(f"{len(delete_after)} places for {len(deletes)} deletes")
             if deletes:
                 batch.row_at = {}
+        if any(item.row_key is not None and item.after is not None for item in quarantined):
+            batch.row_at = {} if batch.row_at is None else batch.row_at  # where each key was last handled
+            batch.delete_at = {}
         self._collect_rows(batch, rows, digests, hashes)
         self._collect_deletes(batch, deletes, delete_after)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
             return batch.counts
+        rejects, entered = self._settle_rejects(batch)
+        stale = self._stale_keys([batch.rows, batch.deletes, entered])
         if hashes is None:
             row_hashes = {key: row_hash(row) for key, row in batch.rows.items()}
         else:
@@ -345,10 +372,15 @@ class BatchWriter:
                 wanted += [batch.deletes[k] for k in verdict.deletes]
                 current = self._current_rows(conn, wanted)
                 plan = self._plan(batch, row_hashes, verdict, current, stored_digests)
-                self._apply(conn, plan, self._quarantine_rows(batch))
+                self._apply(conn, plan)
+                self._stage = f"removing superseded entries of {self._tables.quarantine.name}"
+                superseded = self._remove_entries(conn, stale, list(entered.values()))
+                self._stage = f"writing {self._tables.quarantine.name}"
+                self._upsert_entries(conn, self._quarantine_rows(batch, rejects))
                 self._stage = "committing"
         except sa.exc.SQLAlchemyError as exc:
             raise self._failed(self._stage, exc) from exc
+        self._held_entries(stale, entered, superseded)
         self._analyzer.added(batch.counts.inserted)
         log.debug("target.batch", dataset=self._dataset, run_id=run_id, **counts_dict(batch.counts))
         return batch.counts
@@ -390,7 +422,7 @@ class BatchWriter:
         self, batch: _Batch, deletes: Sequence[Row], delete_after: Sequence[int] | None
     ) -> None:
         width, nkeys = len(self._columns), len(self._key_idx)
-        row_at = batch.row_at
+        row_at, delete_at = batch.row_at, batch.delete_at
         for j, item in enumerate(deletes):
             kv = tuple(item[i] for i in self._key_idx) if len(item) == width != nkeys else tuple(item)
             if len(kv) != nkeys:
@@ -400,6 +432,8 @@ class BatchWriter:
                 continue
             kv = self._key_values(kv)
             key = key_text(kv)
+            if delete_at is not None:
+                delete_at[key] = j
             if key in batch.deletes:
                 batch.counts.unchanged += 1
                 continue
@@ -573,9 +607,9 @@ class BatchWriter:
             counts.deleted += 1
         return plan
 
-    def _quarantine_rows(self, batch: _Batch) -> list[dict[str, Any]]:
+    def _quarantine_rows(self, batch: _Batch, rejects: list[QuarantineItem]) -> list[dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
-        for item in batch.rejects:
+        for item in rejects:
             digest = raw_hash(item.raw)
             rows[digest] = {
                 "dataset": self._dataset,
@@ -587,12 +621,115 @@ class BatchWriter:
                 "first_seen": batch.now,
                 "last_seen": batch.now,
                 "times": 1,
+                "row_key": item.row_key,
+                "protected": None if item.protected is None else json_text(item.protected),
             }
         return list(rows.values())
 
+    # ------------------------------------------------------------------ superseded quarantine entries
+
+    def _settle_rejects(self, batch: _Batch) -> tuple[list[QuarantineItem], dict[str, str]]:
+        """The batch's quarantined records to keep, and {row key: raw hash} of those with a key.
+
+        The last record of a key wins: a quarantined record is dropped when a row or a delete of
+        its key comes after it in the read (``after``), or another quarantined record of its key."""
+        rejects = batch.rejects
+        last: dict[str, int] = {}
+        for i, item in enumerate(rejects):
+            if item.row_key is not None:
+                last[item.row_key] = i
+        if not last:
+            return rejects, {}
+        row_at, delete_at = batch.row_at or {}, batch.delete_at or {}
+        kept: list[QuarantineItem] = []
+        entered: dict[str, str] = {}
+        for i, item in enumerate(rejects):
+            key, after = item.row_key, item.after
+            if key is None:
+                kept.append(item)
+                continue
+            if last[key] != i:
+                continue  # a later record of its key was quarantined too
+            if after is not None and (row_at.get(key, -1) >= after[0] or delete_at.get(key, -1) >= after[1]):
+                continue  # a later record of its key was written or deleted
+            kept.append(item)
+            entered[key] = raw_hash(item.raw)
+        return kept, entered
+
+    def _read_entry_keys(self) -> None:
+        """Read the row keys of the dataset's quarantine entries, once (QUARANTINE_KEYS_HELD)."""
+        if self._entries_read:
+            return
+        q = self._tables.quarantine
+        query = sa.select(q.c.row_key).where(q.c.dataset == self._dataset, q.c.row_key.is_not(None))
+        try:
+            with self._reads.connect() as conn:
+                keys = [str(k) for (k,) in conn.execute(query.limit(QUARANTINE_KEYS_HELD + 1))]
+        except sa.exc.SQLAlchemyError as exc:
+            reason = failure_reason(exc)[:500]
+            doing = f"dataset {self._dataset}: reading {q.name} in {self._where}"
+            raise TargetError(f"{doing} failed: {reason}") from exc
+        self._every_key = len(keys) > QUARANTINE_KEYS_HELD
+        self._entry_keys = set() if self._every_key else set(keys)
+        self._entries_read = True
+
+    def _stale_keys(self, groups: Sequence[Collection[str]]) -> list[str]:
+        """The keys among ``groups`` that may have quarantine entries: the ones a write supersedes."""
+        self._read_entry_keys()
+        held = self._entry_keys
+        if self._every_key:
+            return list(dict.fromkeys(k for group in groups for k in group))
+        if not held:
+            return []
+        if len(held) <= sum(len(group) for group in groups):
+            return [k for k in held if any(k in group for group in groups)]
+        return list(dict.fromkeys(k for group in groups for k in group if k in held))
+
+    def _remove_entries(self, conn: sa.Connection, keys: list[str], keep: list[str]) -> int:
+        """Delete the quarantine entries of ``keys`` but those whose raw hash is in ``keep``."""
+        q = self._tables.quarantine
+        removed = 0
+        for part in chunked(keys, max(1, self._state_chunk - len(keep) - 1)):
+            where = [q.c.dataset == self._dataset, q.c.row_key.in_(list(part))]
+            if keep:
+                where.append(q.c.raw_hash.not_in(keep))
+            removed += max(conn.execute(sa.delete(q).where(*where)).rowcount, 0)
+        return removed
+
+    def _held_entries(self, stale: list[str], entered: dict[str, str], superseded: int) -> None:
+        """After a commit: the keys holding entries now."""
+        if not self._every_key:
+            self._entry_keys.difference_update(stale)
+            self._entry_keys.update(entered)
+        if superseded:
+            log.info("quarantine.superseded", dataset=self._dataset, entries=superseded, reason="read again")
+
+    def supersede(self, keys: Sequence[str]) -> None:
+        """Remove the quarantine entries of ``keys``: records of them were read again and found
+        unchanged, so no write handles them (the runner skips them by their digests). Their earlier
+        quarantined versions are superseded all the same. Costs nothing while the dataset has no
+        entries."""
+        if not keys:
+            return
+        self._read_entry_keys()
+        if not (self._every_key or self._entry_keys):
+            return
+        stale = self._stale_keys([set(keys)])
+        if not stale:
+            return
+        try:
+            with self._engine.begin() as conn:
+                superseded = self._remove_entries(conn, stale, [])
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetError(
+                f"dataset {self._dataset}: removing superseded entries of {self._tables.quarantine.name} "
+                f"in {self._where} failed: {failure_reason(exc)[:500]}"
+            ) from exc
+        self._held_entries(stale, {}, superseded)
+
     # ------------------------------------------------------------------ apply
 
-    def _apply(self, conn: sa.Connection, plan: _Plan, quarantine: list[dict[str, Any]]) -> None:
+    def _apply(self, conn: sa.Connection, plan: _Plan) -> None:
         """Execute the plan inside the caller's transaction."""
         table, rs = self._table, self._tables.row_state
         self._stage = f"writing {table.name}"
@@ -609,9 +746,10 @@ class BatchWriter:
             conn.execute(sa.delete(rs).where(rs.c.dataset == self._dataset, rs.c.row_key.in_(keys)))
         self._stage = f"writing {self._tables.changes.name}"
         self._insert_changes.write(conn, plan.changes)
-        self._stage = f"writing {self._tables.quarantine.name}"
-        if quarantine:
-            conn.execute(self._upsert_quarantine, quarantine)
+
+    def _upsert_entries(self, conn: sa.Connection, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            conn.execute(self._upsert_quarantine, entries)
 
 
 def failure_reason(exc: sa.exc.SQLAlchemyError) -> str:
