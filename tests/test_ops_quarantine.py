@@ -66,6 +66,7 @@ def test_replay_lands_records_after_the_yaml_is_relaxed(
         assert "3 quarantined record(s) shown" in shown.stdout
         detail = cli(config, "show", "residents", one["raw_hash"][:12])
         assert detail.returncode == 0 and "household_size" in detail.stdout
+        assert f"row_key: {one['record_key']}" in detail.stdout  # the demo's key is the id as sent
 
         # relax the YAML and replay
         (tmp_path / "datasets" / "residents.yaml").write_text(
@@ -107,7 +108,7 @@ def test_replay_via_cli_reports_counts(tmp_path: Path, gateway: Gateway, sqlite_
     path.write_text(path.read_text(encoding="utf-8").replace(STRICT, HOUSEHOLD), encoding="utf-8")
     done = cli(config, "replay", "residents")
     assert done.returncode == 0, done.stderr
-    assert "replayed" in done.stdout and "inserted=" in done.stdout
+    assert "replayed" in done.stdout and "inserted=" in done.stdout and "superseded=0" in done.stdout
     missing = cli(config, "show", "residents", "ffffffffffff")
     assert missing.returncode == 1 and "no record" in missing.stderr
 

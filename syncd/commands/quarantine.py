@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
                 print(f"syncd quarantine show: {what} of {dataset.name} match {args.hash!r}", file=sys.stderr)
                 return EXIT_FAILED
             e = found[0]
-            for name in ("raw_hash", "record_key", "reason", "run_id", "first_seen", "last_seen", "times"):
+            shown = ("raw_hash", "record_key", "row_key", "reason", "run_id", "first_seen", "last_seen")
+            for name in (*shown, "times"):
                 value = e[name].astimezone(zone).isoformat(sep=" ") if name.endswith("_seen") else e[name]
                 print(f"{name}: {value}")
             print("raw (masked/hashed source fields are stored redacted):")
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit per outcom
     print(
         f"{result.dataset}: replayed {result.examined} record(s): inserted={result.inserted} "
         f"updated={result.updated} deleted={result.deleted} unchanged={result.unchanged} "
-        f"still quarantined={result.still_failing} (run {result.run_id})"
+        f"still quarantined={result.still_failing} superseded={result.superseded} (run {result.run_id})"
     )
     for reason, n in sorted(result.reasons.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {n} x {reason}")

@@ -2,20 +2,32 @@
 
 A record that could not be mapped is kept in the ``quarantine`` table with its raw payload and
 the reason (DESIGN §4.6). The payload is stored **redacted**: source fields that feed masked or
-hashed columns are masked/hashed before storage, so those values cannot be restored; a record
-whose only fault was in such a field stays quarantined (fix it upstream and let the next run
-fetch it again).
+hashed columns are masked/hashed before storage, so those values cannot be restored. Beside it
+the entry keeps what its masked/hashed columns computed from the clear record
+(:meth:`CompiledMapping.protect`), and the key of the row it stands for (``row_key``).
+
+An entry stands for the latest upstream version of its key only until that key is handled again:
+the writer removes it when a later record of the key is written, found unchanged, deleted or
+quarantined (:mod:`syncd.targets.writer`), and a complete snapshot read removes the entries of
+keys it did not see (:mod:`syncd.targets.snapshot`). So what replay finds is never older than what
+the target holds.
 
 :func:`replay_quarantine` re-maps every quarantined record of a dataset with the current
-configuration. Records that now map are written through :meth:`BatchWriter.write` (change
-tracked, atomic per batch, recorded as a run with trigger ``replay`` for the audit trail) and
-their entries are deleted; the others stay with their new reason. Replaying twice is harmless:
-a written row has the same hash the second time, so it makes no change entry.
+configuration (:func:`~syncd.mapping.compiler.compile_replay`: masked/hashed columns go on from
+their stored values, so a hashed key comes out as a sync writes it). Records that now map are
+written through :meth:`BatchWriter.write` (change tracked, atomic per batch, recorded as a run with
+trigger ``replay`` for the audit trail) and their entries are deleted; the others stay with their
+new reason. Entries are replayed oldest first, and of several entries of one key only the newest
+(older ones are superseded, and removed). An entry stored without ``row_key`` (by an older syncd,
+or its key columns could not be mapped) is also superseded when the change feed shows a write of
+its key after it was last seen. Replaying twice is harmless: a written row has the same hash the
+second time, so it makes no change entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +37,7 @@ import sqlalchemy as sa
 from syncd.changes import raw_hash
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.errors import RecordError, TargetError
-from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.mapping.compiler import ReplayMapping, compile_replay
 from syncd.mapping.records import RecordSorter, delete_flag, storable
 from syncd.runner import RunLock, check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
@@ -48,6 +60,7 @@ class ReplayResult:
     deleted: int = 0
     unchanged: int = 0
     still_failing: int = 0
+    superseded: int = 0  # entries removed unreplayed: a later record of their key was handled
     reasons: dict[str, int] = field(default_factory=dict)  # new reason → how many
 
 
@@ -65,15 +78,38 @@ def find_entry(store: StateStore, dataset: str, hash_prefix: str) -> list[dict[s
     return store.quarantined_by_hash(dataset, prefix)
 
 
-def _pages(store: StateStore, dataset: str, size: int) -> list[list[tuple[str, dict[str, Any], str]]]:
-    """The dataset's entries as (raw_hash, raw, reason) pages, read once before anything is written."""
-    import json
+@dataclass(slots=True)
+class _Entry:
+    """One quarantine entry as replay reads it, and what the current mapping makes of it."""
 
+    digest: str
+    raw: dict[str, Any]
+    reason: str
+    row_key: str | None
+    protected: dict[str, Any] | None
+    last_seen: datetime
+    row: Row | None = None
+    error: str | None = None
+    key: str | None = None  # the row key it stands for, when known
+
+
+def _entries(store: StateStore, dataset: str) -> list[_Entry]:
+    """The dataset's entries, oldest first, read once before anything is written."""
     q = store.tables.quarantine
-    query = sa.select(q.c.raw_hash, q.c.raw, q.c.reason).where(q.c.dataset == dataset).order_by(q.c.raw_hash)
-    with store.engine.connect() as conn:
-        entries = [(str(h), json.loads(raw), reason) for h, raw, reason in conn.execute(query)]
-    return [list(part) for part in chunked(entries, size)]
+    query = (
+        sa.select(q.c.raw_hash, q.c.raw, q.c.reason, q.c.row_key, q.c.protected, q.c.last_seen)
+        .where(q.c.dataset == dataset)
+        .order_by(q.c.last_seen, q.c.raw_hash)
+    )
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetError(f"reading the quarantine of dataset {dataset} failed: {exc}") from exc
+    return [
+        _Entry(str(h), json.loads(raw), reason, key, None if prot is None else json.loads(prot), seen)
+        for h, raw, reason, key, prot, seen in rows
+    ]
 
 
 def replay_quarantine(
@@ -95,8 +131,8 @@ def replay_quarantine(
 
     check_authorization(dataset, now.astimezone(ZoneInfo(app.timezone)).date())
     store.ensure_schema()
-    mapping = compile_mapping(dataset, app.code_tables)
-    writer = store.writer(dataset, mapping)
+    replay = compile_replay(dataset, app.code_tables)
+    writer = store.writer(dataset, replay.mapping)
     is_deleted = delete_flag(dataset)
     auth = dataset.authorization
     info = RunInfo.create(
@@ -107,17 +143,28 @@ def replay_quarantine(
         watermark_before=store.get_watermark(dataset.name),  # a replay leaves it where it is
     )
     result = ReplayResult(dataset=dataset.name, run_id=info.run_id)
-    sorter = RecordSorter(dataset, mapping)  # the upstream key of a record that still fails
+    sorter = RecordSorter(dataset, replay.mapping)  # the upstream key of a record that still fails
     counts = RunCounts()
     store.begin_run(info)
     error: str | None = None
     try:
-        for page in _pages(store, dataset.name, dataset.batch_size or app.defaults.batch_size):
+        entries = _entries(store, dataset.name)
+        result.examined = len(entries)  # not counted as fetched: nothing was received from upstream
+        for entry in entries:
+            _map_entry(entry, replay, writer)
+        stale = _superseded(store, dataset.name, entries)
+        result.superseded = len(stale)
+        if lock is not None:
+            lock.check(force=True)
+        _forget(store, dataset.name, [entry.digest for entry in stale])
+        gone = {id(entry) for entry in stale}
+        left = [entry for entry in entries if id(entry) not in gone]
+        for page in chunked(left, dataset.batch_size or app.defaults.batch_size):
             if lock is not None:
                 lock.check()
             _replay_page(
-                store, writer=writer, mapping=mapping, is_deleted=is_deleted, page=page,
-                result=result, counts=counts, sorter=sorter,
+                store, writer=writer, is_deleted=is_deleted, page=list(page), result=result,
+                counts=counts, sorter=sorter,
             )
     except Exception as exc:
         error = str(exc)
@@ -128,13 +175,69 @@ def replay_quarantine(
     return result
 
 
+def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> None:
+    """Map the entry with the current configuration; note its row (or error) and its key."""
+    try:
+        entry.row = replay(entry.raw, entry.protected)
+    except RecordError as exc:
+        entry.error = str(exc)
+        entry.key = entry.row_key
+        if entry.key is None:  # stored without one: maybe the current key columns map
+            try:
+                entry.key = writer.row_key(replay.key_of_entry(entry.raw, entry.protected))
+            except RecordError:
+                entry.key = None
+        return
+    entry.key = writer.row_key(replay.mapping.key_of(entry.row))
+
+
+def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[_Entry]:
+    """The entries not to replay: of several entries of one key all but the newest, and entries
+    stored without a row key whose key the change feed shows written after they were last seen."""
+    newest: dict[str, _Entry] = {}
+    for entry in entries:  # oldest first: the last of a key is its newest
+        if entry.key is not None:
+            newest[entry.key] = entry
+    stale = [entry for entry in entries if entry.key is not None and newest[entry.key] is not entry]
+    unkeyed = [entry for entry in newest.values() if entry.row_key is None]
+    if unkeyed:
+        written = _last_changes(store, dataset, unkeyed)
+        stale += [entry for entry in unkeyed if entry.key in written and written[entry.key] > entry.last_seen]
+    return stale
+
+
+def _last_changes(store: StateStore, dataset: str, entries: Sequence[_Entry]) -> dict[str, datetime]:
+    """Row key → its latest change entry's time, for the keys of ``entries`` changed since the
+    oldest of them was last seen (the ``dataset, changed_at`` index bounds the read)."""
+    ch = store.tables.changes
+    since = min(entry.last_seen for entry in entries)
+    keys = sorted({entry.key for entry in entries if entry.key is not None})
+    found: dict[str, datetime] = {}
+    try:
+        with store.engine.connect() as conn:
+            for part in chunked(keys, 500):
+                query = (
+                    sa.select(ch.c.row_key, sa.func.max(ch.c.changed_at))
+                    .where(ch.c.dataset == dataset, ch.c.changed_at > since, ch.c.row_key.in_(list(part)))
+                    .group_by(ch.c.row_key)
+                )
+                for key, at in conn.execute(query):
+                    found[str(key)] = _utc(at)
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetError(f"reading the changes of dataset {dataset} failed: {exc}") from exc
+    return found
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _replay_page(
     store: StateStore,
     *,
     writer: BatchWriter,
-    mapping: CompiledMapping,
     is_deleted: Callable[[dict[str, Any]], bool] | None,
-    page: list[tuple[str, dict[str, Any], str]],
+    page: list[_Entry],
     result: ReplayResult,
     counts: RunCounts,
     sorter: RecordSorter,
@@ -143,25 +246,33 @@ def _replay_page(
     deletes: list[Row] = []
     failing: list[QuarantineItem] = []
     landed: list[str] = []
-    for digest, raw, stored_reason in page:
-        result.examined += 1  # not counted as fetched: nothing was received from upstream
-        try:
-            row = mapping(raw)
-        except RecordError as exc:
-            reason = str(exc)
+    key_of = sorter.mapping.key_of
+    for entry in page:
+        digest, raw, row = entry.digest, entry.raw, entry.row
+        if row is None:
+            reason = entry.error or ""
             result.reasons[reason] = result.reasons.get(reason, 0) + 1
             result.still_failing += 1
-            if raw_hash(raw) == digest and storable(reason) == stored_reason:
+            same = raw_hash(raw) == digest
+            keyed = entry.row_key is not None or entry.key is None  # nothing to add to its key
+            if same and keyed and storable(reason) == entry.reason:
                 continue  # the entry stands as it is: not seen again upstream, so its count stays
             # the stored raw is already redacted: its hash is the entry's own, so this updates the
-            # reason; its key is read from it as the run read it (the entry keeps its key)
-            key = storable(sorter.record_key(raw))
-            failing.append(QuarantineItem(raw=raw, reason=reason, record_key=key))
-            if raw_hash(raw) != digest:
+            # reason (and the key, when the entry had none); its upstream key is read from it as the
+            # run read it, and its masked/hashed values are kept
+            item = QuarantineItem(
+                raw=raw,
+                reason=storable(reason) or "",
+                record_key=storable(sorter.record_key(raw)),
+                row_key=entry.key,
+                protected=entry.protected,
+            )
+            failing.append(item)
+            if not same:
                 landed.append(digest)  # an entry stored under an older hashing: replaced by the new one
             continue
         if is_deleted is not None and is_deleted(raw):
-            deletes.append(mapping.key_of(row))
+            deletes.append(key_of(row))
         else:
             rows.append(row)
         landed.append(digest)

@@ -202,27 +202,7 @@ class BatchWriter:
         self._upsert_state = BulkWriter(engine, rs, state_columns, state_columns[:2], state_columns[2:])
         self._insert_changes = BulkWriter(engine, tables.changes, CHANGE_COLUMNS)
         self._analyzer = GrowthAnalyzer(engine, [(table, self._key_names), (rs, ("dataset", "row_key"))])
-        q = tables.quarantine
-        self._upsert_quarantine = upsert_statement(
-            engine,
-            q,
-            ("dataset", "raw_hash"),
-            # `times` first: on MariaDB later assignments see the new run_id. No bind parameters
-            # here: PyMySQL's executemany cannot bind in the ON DUPLICATE KEY UPDATE clause.
-            lambda new: [
-                (
-                    "times",
-                    sa.case((q.c.run_id == new.run_id, q.c.times), else_=q.c.times + sa.literal_column("1")),
-                ),
-                ("last_seen", new.last_seen),
-                ("reason", new.reason),
-                ("record_key", new.record_key),
-                ("raw", new.raw),
-                ("run_id", new.run_id),
-                ("row_key", new.row_key),
-                ("protected", new.protected),
-            ],
-        )
+        self._upsert_quarantine = _quarantine_upsert(engine, tables.quarantine)
         self._entry_keys: set[str] = set()  # row keys of the dataset's quarantine entries
         self._entries_read = False
         self._every_key = False  # more entries than QUARANTINE_KEYS_HELD: any key may hold one
@@ -814,3 +794,27 @@ def _values_json(columns: Sequence[str]) -> Callable[[Row], str]:
     exec(compiled_source(source, "<syncd change values>"), ns)  # noqa: S102 - syncd's own template
     function: Callable[[Row], str] = ns["_values"]
     return function
+
+
+def _quarantine_upsert(engine: sa.Engine, q: sa.Table) -> Any:
+    """The quarantine's upsert: a new entry, or the stored one of the same raw hash updated."""
+    return upsert_statement(
+        engine,
+        q,
+        ("dataset", "raw_hash"),
+        # `times` first: on MariaDB later assignments see the new run_id. No bind parameters
+        # here: PyMySQL's executemany cannot bind in the ON DUPLICATE KEY UPDATE clause.
+        lambda new: [
+            (
+                "times",
+                sa.case((q.c.run_id == new.run_id, q.c.times), else_=q.c.times + sa.literal_column("1")),
+            ),
+            ("last_seen", new.last_seen),
+            ("reason", new.reason),
+            ("record_key", new.record_key),
+            ("raw", new.raw),
+            ("run_id", new.run_id),
+            ("row_key", new.row_key),
+            ("protected", new.protected),
+        ],
+    )
