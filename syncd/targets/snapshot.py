@@ -347,7 +347,14 @@ class SnapshotDeletes:
         """Remove the quarantine entries whose key this complete read did not see (see step 5)."""
         q = self._store.tables.quarantine
         seen = self._seen
-        seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == q.c.row_key).exists()
+        entry_key: sa.ColumnElement[Any] = q.c.row_key
+        collation = self._store.row_key_collation
+        if collation is not None:
+            # MariaDB: the seen-key table has row_state's collation, which differs from the
+            # quarantine's NO PAD row_key where row_state was made by an earlier version
+            # ("Illegal mix of collations" otherwise)
+            entry_key = q.c.row_key.collate(collation)
+        seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == entry_key).exists()
         mine = sa.and_(q.c.dataset == self._dataset, q.c.row_key.is_not(None))
         unseen = sa.select(q.c.row_key).where(mine, ~seen_here)
         conn = self._session()
