@@ -417,3 +417,52 @@ def test_the_undated_rows_page_by_key_and_a_windowed_read_skips_them(front: sa.E
         assert windowed == ["p00000", "p00001", "p00002"] and src.stats.warnings == []
     finally:
         src.close()
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["first-load", "window"])
+def test_sqlite_text_times_are_converted_once_per_row_not_once_per_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full: bool
+) -> None:
+    """SQLite takes one lower bound of the update column for its index range, and the keyset's
+    ``(upd, id) > (…)`` was not it: every page scanned from the window's start (or, in a full read,
+    from the first row) and converted each row before its place to local time again — 10⁵ rows in
+    pages of 1,000 cost 50 Python calls a row (seconds became minutes). The read's position now
+    raises the text bound, so each row is converted about once per bound."""
+    import syncd.sources.sql as sql_module
+
+    rows, base = 3000, datetime(2026, 1, 1)
+    path = tmp_path / "front.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, amount INTEGER, upd TEXT)")
+        times = [(base + timedelta(seconds=37 * i)).isoformat(sep=" ") for i in range(rows)]
+        conn.execute(sa.text("INSERT INTO people VALUES (:id, 'n', 1, :upd)"), [
+            {"id": f"p{i:05d}", "upd": upd} for i, upd in enumerate(times)
+        ])
+        conn.exec_driver_sql("CREATE INDEX people_upd ON people (upd)")
+    engine.dispose()
+    calls = [0]
+    convert = sql_module._sqlite_local_time
+
+    def counting(tz: Any) -> Any:
+        local = convert(tz)
+
+        def counted(value: Any) -> Any:
+            calls[0] += 1
+            return local(value)
+
+        return counted
+
+    monkeypatch.setattr(sql_module, "_sqlite_local_time", counting)
+    app, ds = make_app("sqlite://", _source("", True, page_size=100),
+                       connections={"qzk": {"type": "sql", "url": f"sqlite:///{path}"}})
+    src = SqlSource.from_config(app, ds)
+    until = base + timedelta(days=30)
+    try:
+        window = Window(None, until) if full else Window(base - timedelta(days=1), until)
+        ids = [r["id"] for page in src.read(window) for r in page.records]
+    finally:
+        src.close()
+    assert len(ids) == len(set(ids)) == rows
+    per_row = calls[0] / rows
+    assert per_row < (1.2 if full else 2.2), f"{per_row:.1f} conversions a row: pages scanned from the start"
