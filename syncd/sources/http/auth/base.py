@@ -42,6 +42,7 @@ __all__ = [
     "AuthScheme",
     "CredentialState",
     "Renewal",
+    "SharedCredential",
     "config_error",
     "fingerprint",
     "forget_shared_state",
@@ -132,6 +133,29 @@ class AuthScheme(ABC, Generic[C]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+
+class SharedCredential:
+    """:meth:`AuthScheme.export_state`/:meth:`AuthScheme.adopt_state` of a scheme whose issued
+    credential lives in process-wide state with a ``lock`` (``_state``): mixed in before
+    AuthScheme; the scheme writes ``_export_locked``/``_adopt_locked``, called under the lock."""
+
+    _state: Any
+
+    def export_state(self) -> CredentialState | None:
+        with self._state.lock:
+            return self._export_locked()
+
+    def adopt_state(self, state: CredentialState | None) -> None:
+        if state:
+            with self._state.lock:
+                self._adopt_locked(state)
+
+    def _export_locked(self) -> CredentialState | None:
+        raise NotImplementedError
+
+    def _adopt_locked(self, exported: CredentialState) -> object:
+        raise NotImplementedError
 
 
 def now_stamp(unit: str) -> str:

@@ -24,7 +24,13 @@ import structlog
 from syncd.config.model import TokenAuth
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import MISSING, compile_path
-from syncd.sources.http.auth.base import AuthScheme, CredentialState, fingerprint, shared_state
+from syncd.sources.http.auth.base import (
+    AuthScheme,
+    CredentialState,
+    SharedCredential,
+    fingerprint,
+    shared_state,
+)
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, describe_shape
 
@@ -53,7 +59,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-class TokenScheme(AuthScheme[TokenAuth]):
+class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
     """Bearer token from a token endpoint, cached until shortly before it expires."""
 
     type_name = "token"
@@ -73,7 +79,8 @@ class TokenScheme(AuthScheme[TokenAuth]):
         )
         secret = cfg.app_secret.get_secret_value()
         self._url = client.resolve(cfg.url)
-        self._state = shared_state(("token", self._url, cfg.app_key, fingerprint(secret)), _TokenState)
+        key = ("token", self._url, cfg.app_key, fingerprint(secret))
+        self._state: _TokenState = shared_state(key, _TokenState)
         self._used: str | None = None
         self._token_at = compile_path(cfg.token_path)
         self._ttl_at = compile_path(cfg.expires_in_path) if cfg.expires_in_path else None
@@ -96,15 +103,6 @@ class TokenScheme(AuthScheme[TokenAuth]):
             if state.token is not None and state.token != self._used:
                 return  # another source already replaced the token we were refused with
             self._obtain_locked()
-
-    def export_state(self) -> CredentialState | None:
-        with self._state.lock:
-            return self._export_locked()
-
-    def adopt_state(self, state: CredentialState | None) -> None:
-        if state:
-            with self._state.lock:
-                self._adopt_locked(state)
 
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state

@@ -30,7 +30,13 @@ import structlog
 from syncd.config.model import TwoTierSecretAuth
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import compile_path
-from syncd.sources.http.auth.base import AuthScheme, CredentialState, fingerprint, shared_state
+from syncd.sources.http.auth.base import (
+    AuthScheme,
+    CredentialState,
+    SharedCredential,
+    fingerprint,
+    shared_state,
+)
 from syncd.sources.http.auth.signing import Signer
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, describe_shape, parse_instant
@@ -56,7 +62,7 @@ class _RefreshRejected(PermanentUpstreamError):
     """refreshTokenBySec refused the refresh secret: fall back to refreshTokenByKey."""
 
 
-class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
+class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
     """Zhejiang IRS two-tier secrets with md5-signed calls."""
 
     type_name = "two_tier_secret"
@@ -80,7 +86,7 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
         self._by_key_url = client.resolve(cfg.refresh_by_key_url)
         self._by_secret_url = client.resolve(cfg.refresh_by_secret_url)
         self._payload_at = compile_path(cfg.payload_path)
-        self._state = shared_state(
+        self._state: _Secrets = shared_state(
             ("two_tier", self._by_key_url, cfg.app_key, fingerprint(app_secret)), _Secrets
         )
         self._used: str | None = None
@@ -103,15 +109,6 @@ class TwoTierSecretScheme(AuthScheme[TwoTierSecretAuth]):
             if state.request is not None and state.request != self._used:
                 return  # another source renewed it already
             self._obtain_locked()
-
-    def export_state(self) -> CredentialState | None:
-        with self._state.lock:
-            return self._export_locked()
-
-    def adopt_state(self, state: CredentialState | None) -> None:
-        if state:
-            with self._state.lock:
-                self._adopt_locked(state)
 
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state
