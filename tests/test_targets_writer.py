@@ -493,6 +493,41 @@ def test_a_later_record_of_a_key_supersedes_its_quarantine_entry(
     assert versions() == {"R00005": "bad-b"}
 
 
+def test_past_the_held_entries_only_keys_holding_one_pay_a_delete(
+    store: StateStore, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more entries than the writer holds, every key may hold one: a re-sync that writes
+    nothing used to commit a DELETE … IN (a thousand keys) for every thousand records read again
+    unchanged, and every batch deleted too — PostgreSQL re-syncs took twice as long with 20,000
+    entries. A read now asks which keys hold entries; only those are deleted. And a writer whose
+    held keys grow past the limit (many records failing in one run) stops holding them."""
+    monkeypatch.setattr(writer_module, "QUARANTINE_KEYS_HELD", 2)
+    ds = make_dataset()
+    writer = store.writer(ds, shape_from_dataset(ds))
+    writer.write(RUN1, [resident(i) for i in range(10)], quarantined=[_bad(i, "a") for i in range(20, 23)])
+    deletes: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and "quarantine" in statement:
+            deletes.append(statement)
+
+    again = store.writer(ds, shape_from_dataset(ds))
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        again.supersede([f"R{i:05d}" for i in range(10)])  # read again unchanged: none holds an entry
+        again.write(RUN2, [resident(i, name="newer") for i in range(5)])
+        assert deletes == [], "a DELETE for keys that hold no entry"
+        again.supersede(["R00021"])
+        again.write(RUN2, [resident(22)])
+        assert len(deletes) == 2
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert {q["row_key"] for q in store.quarantined("residents")} == {"R00020"}
+    grown = store.writer(ds, shape_from_dataset(ds))
+    grown.write(RUN3, [], quarantined=[_bad(i, "b") for i in range(30, 33)])
+    assert grown._every_key and not grown._entry_keys  # the bound on memory
+
+
 def test_null_and_overlong_keys_are_quarantined_by_the_writer(store: StateStore, engine: sa.Engine) -> None:
     columns = {"id": {"source": "id", "length": 700}, "name": {"source": "name"}}
     ds = make_dataset(columns=columns, table="wide_keys")

@@ -658,19 +658,47 @@ class BatchWriter:
         self._read_entry_keys()
         held = self._entry_keys
         if self._every_key:
-            return list(dict.fromkeys(k for group in groups for k in group))
+            return self._keys_with_entries(list(dict.fromkeys(k for group in groups for k in group)))
         if not held:
             return []
         if len(held) <= sum(len(group) for group in groups):
             return [k for k in held if any(k in group for group in groups)]
         return list(dict.fromkeys(k for group in groups for k in group if k in held))
 
+    def _row_key_in(self, keys: list[str]) -> sa.ColumnElement[bool]:
+        """``quarantine.row_key IN keys``; on PostgreSQL ``= ANY(array)``: one parameter and one
+        cached statement instead of a list of a thousand to parse and plan on every batch."""
+        row_key = self._tables.quarantine.c.row_key
+        if self._reads.dialect.name != "postgresql":
+            return row_key.in_(keys)
+        return row_key == sa.any_(sa.bindparam(None, keys, type_=postgresql.ARRAY(sa.String())))
+
+    def _keys_with_entries(self, keys: list[str]) -> list[str]:
+        """Past QUARANTINE_KEYS_HELD: which of ``keys`` hold entries, asked with a read (an indexed
+        look-up) so that a batch — or a re-sync that writes nothing — deletes only where there is
+        something to delete, instead of a DELETE for every thousand keys read."""
+        if not keys:
+            return []
+        q = self._tables.quarantine
+        found: list[str] = []
+        try:
+            with self._reads.connect() as conn:
+                for part in chunked(keys, self._state_chunk - 1):
+                    mine = (q.c.dataset == self._dataset, self._row_key_in(list(part)))
+                    query = sa.select(q.c.row_key).where(*mine).distinct()
+                    found.extend(str(k) for k in conn.execute(query).scalars())
+        except sa.exc.SQLAlchemyError as exc:
+            reason = failure_reason(exc)[:500]
+            doing = f"dataset {self._dataset}: reading {q.name} in {self._where}"
+            raise TargetError(f"{doing} failed: {reason}") from exc
+        return found
+
     def _remove_entries(self, conn: sa.Connection, keys: list[str], keep: list[str]) -> int:
         """Delete the quarantine entries of ``keys`` but those whose raw hash is in ``keep``."""
         q = self._tables.quarantine
         removed = 0
         for part in chunked(keys, max(1, self._state_chunk - len(keep) - 1)):
-            where = [q.c.dataset == self._dataset, q.c.row_key.in_(list(part))]
+            where = [q.c.dataset == self._dataset, self._row_key_in(list(part))]
             if keep:
                 where.append(q.c.raw_hash.not_in(keep))
             removed += max(conn.execute(sa.delete(q).where(*where)).rowcount, 0)
@@ -681,6 +709,8 @@ class BatchWriter:
         if not self._every_key:
             self._entry_keys.difference_update(stale)
             self._entry_keys.update(entered)
+            if len(self._entry_keys) > QUARANTINE_KEYS_HELD:  # memory stays bounded (DESIGN §4.5)
+                self._every_key, self._entry_keys = True, set()
         if superseded:
             log.info("quarantine.superseded", dataset=self._dataset, entries=superseded, reason="read again")
 
