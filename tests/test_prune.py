@@ -88,13 +88,43 @@ def test_prune_by_time_deletes_exactly_the_older_entries(store: StateStore, engi
 def test_an_entry_newer_than_the_bound_is_never_deleted_even_between_older_ones(
     store: StateStore, engine: sa.Engine
 ) -> None:
-    """Entries are in id order, but a clock can step back: the time condition is in every DELETE."""
+    """Entries are in id order, but a clock can step back: a time bound deletes up to the first entry
+    within it, and what comes after it stays, old-looking or not."""
     residents = fill(store, "residents", 12)
     age(engine, residents[:10])
     age(engine, [residents[4]], NOW - timedelta(days=1))  # written while the clock was ahead
     FeedPruner(store, batch_size=3).prune("residents", PruneBound(before=NOW - timedelta(days=30)))
-    left = ids_of(store, "residents")
-    assert residents[4] in left and not set(residents[:4]) & set(left)
+    assert ids_of(store, "residents") == residents[4:]
+
+
+def test_entries_stamped_while_the_clock_was_behind_stay_after_the_young_ones(
+    store: StateStore, engine: sa.Engine
+) -> None:
+    """A server whose RTC lost its time boots before NTP sets the clock: syncd stamps the entries it
+    writes meanwhile weeks back, and a clock corrected in steps (or by a wrong time source first)
+    stamps later ones out of order too. The prune cut the feed at its earliest-stamped young entry
+    and deleted every old-looking entry before that one: here entries written an hour ago, before
+    any reader saw them. A time bound now ends at the first young entry in id order."""
+    residents = fill(store, "residents", 30)
+    age(engine, residents[:9])  # really old
+    age(engine, residents[9:12], NOW - timedelta(days=2))  # young: written before the reboot
+    behind = residents[12:25]  # written an hour ago, with the clock 60 days behind
+    age(engine, behind, NOW - timedelta(days=60))
+    age(engine, residents[25:27], NOW - timedelta(days=20))  # then 20 days behind; then right
+    bound = PruneBound(before=NOW - timedelta(days=30))
+    pruner = FeedPruner(store, batch_size=4)
+    assert pruner.prune("residents", bound, dry_run=True).deleted == 9
+    result = pruner.prune("residents", bound)
+    assert (result.deleted, result.batches, result.last_deleted_id) == (9, 3, residents[8])
+    assert ids_of(store, "residents") == residents[9:]
+    mark = pruner.pruned("residents")
+    assert mark is not None and mark.upto_id == residents[8]
+    assert abs(mark.upto_changed_at - OLD) < timedelta(seconds=1)
+    assert pruner.prune("residents", bound).deleted == 0  # again: the young entries still come first
+    # once those expire the cut moves on, past the entries stamped while the clock was behind
+    age(engine, residents[9:12], NOW - timedelta(days=40))
+    assert pruner.prune("residents", bound).deleted == 3 + len(behind)
+    assert ids_of(store, "residents") == residents[25:]
 
 
 def test_the_newest_entry_of_a_dataset_always_stays(store: StateStore, engine: sa.Engine) -> None:

@@ -1,8 +1,9 @@
 """Pruning the change feed: old entries deleted in bounded batches (``syncd changes prune``, and the
 daemon's retention, ``changes.retention_days``).
 
-What goes: the entries of one dataset that match every bound given — ``changed_at`` earlier than
-``before``, ``id`` at most ``upto_id`` — except the dataset's newest entry, which always stays:
+What goes: the entries of one dataset within every bound given — ``id`` at most ``upto_id``, and,
+for a time bound, the entries **before the first one (in id order) written at or after ``before``**
+— except the dataset's newest entry, which always stays:
 
 * SQLite gives an ``INTEGER PRIMARY KEY`` without AUTOINCREMENT (syncd's ``changes.id``) the
   largest id + 1, so deleting the table's newest entry would hand its id out a second time, and a
@@ -15,11 +16,18 @@ What goes: the entries of one dataset that match every bound given — ``changed
   to the newest entry, the last of the dataset in the index, locks the gap where new entries go
   until the prune commits; the newest entry staying, the scan stops at it.
 
-How: by ranges of ``id`` along the (dataset, id) index, at most ``batch_size`` entries a range and
-one transaction each (PostgreSQL has no ``DELETE … LIMIT``), so no lock is held for long on a live
-table, and an interrupted prune keeps what it committed: running it again carries on. The upper
-end of a time bound is one probe of the (dataset, changed_at) index; the time condition itself is
-still part of every DELETE, so an entry written while a clock was behind is never deleted early.
+A time bound cuts the feed where it first reaches ``before`` (a prefix, in id order), never entry by
+entry: ``changed_at`` is the writing process's wall clock, ids are the order entries were written
+in. An entry that looks old after a young one was written while a clock was behind (a server whose
+RTC lost its time booted before NTP set it): it stays, however old it looks, with everything after
+it, until the young entries before it have expired too.
+
+How: along the (dataset, id) index in id order, at most ``batch_size`` entries a range and one
+transaction each (PostgreSQL has no ``DELETE … LIMIT``): each range reads the ``id`` and
+``changed_at`` of the next ``batch_size`` entries, ends before the first one at or after
+``before``, and deletes that id range. So no lock is held for long on a live table, at most one
+batch of the entries after the cut is read (a daily prune costs what it deletes, whatever the
+feed's size), and an interrupted prune keeps what it committed: running it again carries on.
 
 Each range's transaction also raises the dataset's row in ``changes_pruned`` to the highest ``id``
 and latest ``changed_at`` it deleted (never lowers them). A reader whose position is below that id
@@ -151,7 +159,8 @@ class FeedPruner:
         return PrunedMark(int(row[0]), _utc(row[1]), int(row[2]), _utc(row[3]))
 
     def _span(self, conn: sa.Connection, dataset: str, bound: PruneBound) -> tuple[int, int, int] | None:
-        """(lowest id, highest id that may go, newest id) of the dataset's entries; None: no entries."""
+        """(lowest id, highest id that may go, newest id) of the dataset's entries; None: no entries.
+        A time bound does not narrow it: the walk (:meth:`_next_range`) stops where it begins."""
         ch = self._changes
         ids = sa.select(ch.c.id).where(ch.c.dataset == dataset).limit(1)
         newest = conn.execute(ids.order_by(ch.c.id.desc())).scalar()
@@ -161,25 +170,52 @@ class FeedPruner:
         upper = int(newest) - 1  # the newest entry always stays (module docstring)
         if bound.upto_id is not None:
             upper = min(upper, bound.upto_id)
-        if bound.before is not None:  # the first entry to keep, by the (dataset, changed_at) index
-            first_kept = conn.execute(
-                sa.select(ch.c.id)
-                .where(ch.c.dataset == dataset, ch.c.changed_at >= bound.before)
-                .order_by(ch.c.changed_at)
-                .limit(1)
-            ).scalar()
-            if first_kept is not None:
-                upper = min(upper, int(first_kept) - 1)
         return int(lowest), upper, int(newest)
 
-    def _conditions(self, dataset: str, bound: PruneBound, after: int, upto: int) -> list[Any]:
+    def _next_range(
+        self, conn: sa.Connection, dataset: str, bound: PruneBound, after: int, upper: int
+    ) -> tuple[int, bool, list[tuple[int, datetime]]]:
+        """The next range of the walk: (its upper end, whether the walk ends with it, its entries as
+        (id, changed_at) in id order). At most ``batch_size`` entries above ``after`` and none above
+        ``upper``; with a time bound it ends before the first entry written at or after ``before``,
+        and so does the walk (module docstring)."""
         ch = self._changes
-        if bound.upto_id is not None:
-            upto = min(upto, bound.upto_id)
+        rows = conn.execute(
+            sa.select(ch.c.id, ch.c.changed_at)
+            .where(ch.c.dataset == dataset, ch.c.id > after, ch.c.id <= upper)
+            .order_by(ch.c.id)
+            .limit(self.batch_size)
+        ).all()
+        entries = [(int(i), _utc(at)) for i, at in rows]
+        if bound.before is not None:
+            for n, (entry_id, at) in enumerate(entries):
+                if at >= bound.before:  # the first entry to keep: the walk ends before it
+                    return entry_id - 1, True, entries[:n]
+        if len(entries) < self.batch_size:  # nothing more up to upper
+            return upper, True, entries
+        return entries[-1][0], entries[-1][0] >= upper, entries
+
+    def _conditions(self, dataset: str, bound: PruneBound, after: int, upto: int) -> list[Any]:
+        """The DELETE of a range: its ids (the time condition too, though the range's entries were
+        read older: a second guard that costs nothing)."""
+        ch = self._changes
         conditions = [ch.c.dataset == dataset, ch.c.id > after, ch.c.id <= upto]
         if bound.before is not None:
             conditions.append(ch.c.changed_at < bound.before)
         return conditions
+
+    def _count(self, conn: sa.Connection, dataset: str, bound: PruneBound, lowest: int, upper: int) -> int:
+        """What a prune would delete (a dry run): the walk's entries, read as the prune reads them;
+        without a time bound one count."""
+        if bound.before is None:
+            ch = self._changes
+            where = [ch.c.dataset == dataset, ch.c.id >= lowest, ch.c.id <= upper]
+            return int(conn.execute(sa.select(sa.func.count()).where(*where)).scalar() or 0)
+        count, after, done = 0, lowest - 1, upper < lowest
+        while not done:
+            after, done, entries = self._next_range(conn, dataset, bound, after, upper)
+            count += len(entries)
+        return count
 
     # ------------------------------------------------------------------ deleting
 
@@ -203,10 +239,7 @@ class FeedPruner:
             with self._engine.connect() as conn:
                 span = self._span(conn, dataset, bound)
                 if span is not None and dry_run:
-                    lowest, upper, _ = span
-                    where = self._conditions(dataset, bound, lowest - 1, upper)
-                    count = conn.execute(sa.select(sa.func.count()).select_from(self._changes).where(*where))
-                    result.deleted = int(count.scalar() or 0)
+                    result.deleted = self._count(conn, dataset, bound, *span[:2])
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(doing, exc) from exc
         if span is None or dry_run:
@@ -250,28 +283,20 @@ class FeedPruner:
     def delete_batch(
         self, dataset: str, bound: PruneBound, after: int, upper: int, *, conn: sa.Connection | None = None
     ) -> tuple[int, int, int | None]:
-        """Delete the next range: the dataset's entries within ``bound`` with an id above ``after``,
-        up to the ``batch_size``-th such id (at most ``upper``), and raise the dataset's mark, in one
-        transaction (``conn``'s, when given: the caller commits). Returns (the range's upper end,
-        entries deleted, the highest id deleted or None)."""
+        """Delete the next range of the walk (:meth:`_next_range`) and raise the dataset's mark, in
+        one transaction (``conn``'s, when given: the caller commits). Returns (where the next range
+        starts: ``upper`` once the walk is over, entries deleted, the highest id deleted or None)."""
         if conn is None:
             with self._writes.begin() as own:
                 return self.delete_batch(dataset, bound, after, upper, conn=own)
-        ch = self._changes
-        end = conn.execute(
-            sa.select(ch.c.id)
-            .where(ch.c.dataset == dataset, ch.c.id > after, ch.c.id <= upper)
-            .order_by(ch.c.id)
-            .offset(self.batch_size - 1)
-            .limit(1)
-        ).scalar()
-        end = upper if end is None else int(end)
+        end, done, entries = self._next_range(conn, dataset, bound, after, upper)
+        goes_on = upper if done else end
+        if not entries:
+            return goes_on, 0, None
+        last_id = entries[-1][0]
+        last_at = max(at for _, at in entries)
         where = self._conditions(dataset, bound, after, end)
-        top = sa.select(sa.func.max(ch.c.id), sa.func.max(ch.c.changed_at)).where(*where)
-        last_id, last_at = conn.execute(top).one()
-        if last_id is None:
-            return end, 0, None
-        deleted = int(conn.execute(sa.delete(ch).where(*where)).rowcount)
+        deleted = int(conn.execute(sa.delete(self._changes).where(*where)).rowcount)
         marks = self._marks
 
         def raised(incoming: Any) -> list[tuple[str, Any]]:
@@ -287,10 +312,10 @@ class FeedPruner:
 
         mark = {
             "dataset": dataset,
-            "upto_id": int(last_id),
-            "upto_changed_at": _utc(last_at),
+            "upto_id": last_id,
+            "upto_changed_at": last_at,
             "deleted": deleted,
             "pruned_at": datetime.now(UTC),
         }
         conn.execute(upsert_statement(conn, marks, ("dataset",), raised), [mark])
-        return end, deleted, int(last_id)
+        return goes_on, deleted, last_id
