@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from syncd.mapping import compile_mapping
 from syncd.ops.quarantine import ReplayResult, list_entries, replay_quarantine
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import StateStore, create_target_engine
+from syncd.targets.prune import FeedPruner, PruneBound
 from tests.e2e import (
     SECRET,
     SECRET_ENV,
@@ -331,6 +333,52 @@ def test_an_entry_stored_without_its_row_key_is_not_replayed_over_a_later_write(
     assert site.rows()["R1"]["remark"] == "newer"
     assert site.rows()["R2"]["household_size"] == BAD
     assert site.entries() == {}
+
+
+def test_an_entry_without_its_row_key_is_not_replayed_once_the_feed_was_pruned_past_it(
+    site: Site, upstream: Upstream
+) -> None:
+    """Replay skips an entry stored without its row key only when the change feed shows its key
+    written after it; retention deleted that change entry, and replay wrote the 90-day-old record
+    over the newer row. An entry the feed was pruned past stays unreplayed (its last_seen kept, so
+    again next time) with a reason that says what to do; one seen after the pruned entries is
+    replayed as before."""
+    now = datetime.now(UTC)
+    upstream.serve(record("R1", BAD), record("R2", BAD), record("R3", BAD))
+    assert site.sync().counts.quarantined == 3
+    q = site.store.tables.quarantine
+    with site.engine.begin() as conn:  # as syncd before row_key stored them, 90 (R3: 10) days ago
+        conn.execute(sa.update(q).values(row_key=None, protected=None))
+        for key, days in (("R1", 90), ("R2", 90), ("R3", 10)):
+            seen = now - timedelta(days=days)
+            conn.execute(sa.update(q).where(q.c.record_key == key).values(first_seen=seen, last_seen=seen))
+    upstream.serve(record("R1", GOOD, remark="newer"))  # 60 days ago: upstream corrected R1
+    site.sync()
+    ch = site.store.tables.changes
+    with site.engine.begin() as conn:
+        conn.execute(sa.update(ch).values(changed_at=now - timedelta(days=60)))
+    upstream.serve(record("R4", GOOD))  # yesterday
+    site.sync()
+    # the daily retention, changes.retention_days: 30
+    assert FeedPruner(site.store).prune("residents", PruneBound(before=now - timedelta(days=30))).deleted == 1
+
+    site.relax()
+    result = site.replay()
+    assert site.rows()["R1"]["remark"] == "newer", "replay wrote the 90-day-old record over the newer row"
+    assert (result.examined, result.superseded, result.inserted) == (3, 0, 1)
+    assert (result.unverified, result.still_failing) == (2, 2)
+    assert site.rows()["R3"]["household_size"] == BAD and "R2" not in site.rows()
+    entries = site.entries()
+    assert set(entries) == {"R1", "R2"}
+    for entry in entries.values():
+        assert entry["reason"].startswith("not replayed: stored without its row key")
+        assert "syncd sync residents --full" in entry["reason"] and "row_key IS NULL" in entry["reason"]
+        assert entry["row_key"] is None and entry["times"] == 1
+        assert abs(entry["last_seen"] - (now - timedelta(days=90))) < timedelta(seconds=1)
+    assert list(result.reasons.values()) == [2]
+    again = site.replay()
+    assert (again.unverified, again.inserted, again.updated) == (2, 0, 0)
+    assert site.rows()["R1"]["remark"] == "newer"
 
 
 # --------------------------------------------------------------------------- redacted fields

@@ -20,7 +20,11 @@ trigger ``replay`` for the audit trail) and their entries are deleted; the other
 new reason. Entries are replayed oldest first, and of several entries of one key only the newest
 (older ones are superseded, and removed). An entry stored without ``row_key`` (by an older syncd,
 or its key columns could not be mapped) is also superseded when the change feed shows a write of
-its key after it was last seen. Replaying twice is harmless: a written row has the same hash the
+its key after it was last seen; and it is not replayed at all once the feed may have lost such a
+write: when the dataset's feed was pruned (``syncd changes prune``, ``changes.retention_days``) up
+to entries written at or after the entry was last seen (:meth:`FeedPruner.pruned`), it stays, its
+``last_seen`` untouched, with a reason that tells the operator to delete it and backfill with
+``syncd sync DATASET --full``. Replaying twice is harmless: a written row has the same hash the
 second time, so it makes no change entry.
 """
 
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -42,6 +47,7 @@ from syncd.mapping.records import RecordSorter, delete_flag, storable
 from syncd.runner import RunLock, check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
 from syncd.targets.dialects import chunked
+from syncd.targets.prune import FeedPruner
 
 __all__ = ["ReplayResult", "find_entry", "list_entries", "replay_quarantine"]
 
@@ -61,6 +67,7 @@ class ReplayResult:
     unchanged: int = 0
     still_failing: int = 0
     superseded: int = 0  # entries removed unreplayed: a later record of their key was handled
+    unverified: int = 0  # entries kept unreplayed (also still_failing): no row key, feed pruned past them
     reasons: dict[str, int] = field(default_factory=dict)  # new reason → how many
 
 
@@ -127,8 +134,6 @@ def replay_quarantine(
     before a page is written.
     """
     now = now or datetime.now(UTC)
-    from zoneinfo import ZoneInfo
-
     check_authorization(dataset, now.astimezone(ZoneInfo(app.timezone)).date())
     store.ensure_schema()
     replay = compile_replay(dataset, app.code_tables)
@@ -159,6 +164,10 @@ def replay_quarantine(
         _forget(store, dataset.name, [entry.digest for entry in stale])
         gone = {id(entry) for entry in stale}
         left = [entry for entry in entries if id(entry) not in gone]
+        held = _unverifiable(app, store, dataset.name, left, result)
+        if held:
+            gone = {id(entry) for entry in held}
+            left = [entry for entry in left if id(entry) not in gone]
         for page in chunked(left, dataset.batch_size or app.defaults.batch_size):
             if lock is not None:
                 lock.check()
@@ -204,6 +213,50 @@ def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[
         written = _last_changes(store, dataset, unkeyed)
         stale += [entry for entry in unkeyed if entry.key in written and written[entry.key] > entry.last_seen]
     return stale
+
+
+def _unverifiable(
+    app: AppConfig, store: StateStore, dataset: str, entries: list[_Entry], result: ReplayResult
+) -> list[_Entry]:
+    """The entries without a row key that replay cannot check: the change feed was pruned up to
+    entries written at or after they were last seen, so a later write of their key may be gone
+    from it (:func:`_superseded` would miss it, and replay would write the older record over the
+    newer row). They stay in the quarantine with a reason saying what to do; their ``last_seen``
+    is left alone, so every later replay holds them back too. Counted in ``result``."""
+    unkeyed = [entry for entry in entries if entry.row_key is None]
+    if not unkeyed:
+        return []
+    mark = FeedPruner(store).pruned(dataset)
+    if mark is None:
+        return []
+    held = [entry for entry in unkeyed if _utc(entry.last_seen) <= mark.upto_changed_at]
+    if not held:
+        return []
+    q = store.tables.quarantine
+    pruned = mark.upto_changed_at.astimezone(ZoneInfo(app.timezone))
+    delete = f"DELETE FROM {q.name} WHERE dataset = '{dataset}' AND row_key IS NULL"  # noqa: S608 - shown, not run
+    reason = (
+        f"not replayed: stored without its row key, and the change feed of {dataset} was pruned "
+        f"(syncd changes prune, changes.retention_days) up to entries written {pruned:%Y-%m-%d %H:%M:%S} "
+        f"({app.timezone}), after this record was last seen: replay cannot tell whether a later record of "
+        "its key was written since, and could overwrite that with this older one. Delete the entry and "
+        f"read the dataset again: {delete}, then `syncd sync {dataset} --full` (docs/cli.md, replay)"
+    )
+    digests = [entry.digest for entry in held]
+    try:
+        with write_engine(store.engine).begin() as conn:
+            for part in chunked(digests, 500):
+                conn.execute(
+                    sa.update(q)
+                    .where(q.c.dataset == dataset, q.c.raw_hash.in_(list(part)))
+                    .values(reason=reason)
+                )
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetError(f"updating quarantine entries of dataset {dataset} failed: {exc}") from exc
+    result.unverified += len(held)
+    result.still_failing += len(held)
+    result.reasons[reason] = result.reasons.get(reason, 0) + len(held)
+    return held
 
 
 def _last_changes(store: StateStore, dataset: str, entries: Sequence[_Entry]) -> dict[str, datetime]:
