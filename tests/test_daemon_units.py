@@ -25,7 +25,7 @@ from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import crontab_weekdays
 from syncd.daemon.locks import DatasetLocker
 from syncd.daemon.notify import SystemdNotifier
-from syncd.daemon.scheduler import DatasetScheduler, build_trigger
+from syncd.daemon.scheduler import PRUNE_JOB, DatasetScheduler, build_trigger
 from syncd.daemon.service import Daemon
 from syncd.daemon.state import RunBook
 from syncd.gateway import FaultPlan, Gateway
@@ -698,6 +698,34 @@ def test_after_a_step_back_interval_jobs_keep_their_pace_and_cron_jobs_follow_th
     (step,) = [e for e in logs if e["event"] == "daemon.clock_step"]
     assert step["log_level"] == "warning" and -86401 < step["step_s"] < -86399
     assert sorted(step["rescheduled"]) == ["hourly", "nightly"]
+
+
+def test_the_daily_prune_the_clock_jumped_over_is_not_caught_up(stepped_clock: SteppedClock) -> None:
+    """A clock set wrong far forward (a bad time source, `date -s` with a typo, a VM resumed with a
+    wrong host clock) made the daily retention, jumped over, run at once with a cut-off computed from
+    the wrong time: every entry looked old. The daemon's own daily jobs take their next time in the
+    new clock instead, and the step is remembered (the daemon does not prune for a day after it)."""
+    stepped_clock.at(datetime(2030, 3, 10, 3, 0, tzinfo=SHANGHAI))
+    ran: list[datetime] = []
+    sched = DatasetScheduler(
+        lambda name: None, timezone="Asia/Shanghai", heartbeat_interval=timedelta(seconds=0.5)
+    )
+    sched.start()
+    try:
+        first = sched.set_daily(PRUNE_JOB, lambda: ran.append(stepped_clock.now(SHANGHAI)), (3, 30))
+        assert first == datetime(2030, 3, 10, 3, 30, tzinfo=SHANGHAI)
+        with capture_logs() as logs:
+            stepped_clock.offset += 400 * 86400 + 3600  # 2031-04-14 04:00: today's 03:30 jumped over
+            time.sleep(1.5)  # the scheduler thread wakes for the heartbeat at least twice
+        following = sched._scheduler.get_job(PRUNE_JOB).next_run_time
+    finally:
+        sched.shutdown()
+    assert ran == [], "the retention ran at once after the clock jumped forward"
+    assert following == datetime(2031, 4, 15, 3, 30, tzinfo=SHANGHAI)
+    since = sched.since_clock_step()
+    assert since is not None and 0 <= since < 5
+    (step,) = [e for e in logs if e["event"] == "daemon.clock_step"]
+    assert step["rescheduled"] == {PRUNE_JOB: following.isoformat()}
 
 
 def test_a_steady_clock_re_arms_nothing(stepped_clock: SteppedClock) -> None:

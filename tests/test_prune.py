@@ -4,11 +4,14 @@ batches smaller than the data, dry run, resuming), ``syncd changes prune`` and t
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +29,7 @@ from syncd.targets import StateStore, create_target_engine, shape_from_dataset, 
 from syncd.targets.prune import PRUNE_LOCK, FeedPruner, PruneBound
 from tests.daemon_proc import daemon_config
 from tests.e2e import SECRET, SECRET_ENV
+from tests.test_daemon_units import _REAL_DATETIME, SteppedClock, _AnyDatetime
 from tests.test_targets_writer import RUN1, RUN2, RUN3, engine, make_dataset, resident, store
 
 __all__ = ["engine", "store"]  # fixtures shared with test_targets_writer
@@ -440,3 +444,147 @@ def test_without_retention_the_daemon_deletes_nothing(config: Path) -> None:
         daemon.scheduler.shutdown()
         daemon.locker.close()
         daemon.engine.dispose()
+
+
+# --------------------------------------------------------------------------- wrong clocks
+
+
+def shift_clock(monkeypatch: pytest.MonkeyPatch, modules: tuple[str, ...]) -> SteppedClock:
+    """The wall clock (``datetime.now``) of these modules, and APScheduler's, ``offset`` seconds from
+    the real one, as a stepped system clock is to the whole process (tests/test_daemon_units.py);
+    the database server's clock stays right."""
+    clock = SteppedClock()
+
+    class Shifted(_REAL_DATETIME, metaclass=_AnyDatetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return clock.now(tz)
+
+    for name, module in list(sys.modules.items()):
+        ours = name.startswith("apscheduler.") or name in modules
+        if ours and getattr(module, "datetime", None) is _REAL_DATETIME:
+            monkeypatch.setattr(module, "datetime", Shifted)
+    return clock
+
+
+DAEMON_CLOCK = (
+    "syncd.daemon.scheduler", "syncd.daemon.service", "syncd.targets.writer", "syncd.targets.prune"
+)
+
+
+def test_entries_written_before_ntp_set_the_clock_survive_the_step(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server boots with its RTC 400 days behind (syncd.service was not ordered after
+    time-sync.target): the daemon's first runs stamp today's entries 400 days back. Then chrony steps
+    the clock right: the daemon re-armed the daily retention it had "jumped over" to run at once, and
+    with retention_days: 30 it deleted every entry written seconds before, unread. The retention is
+    not caught up after a step, and waits a day after one."""
+    clock = shift_clock(monkeypatch, DAEMON_CLOCK)
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    clock.offset = -400 * 86400
+    with Gateway(records=60, seed=9, app_secret=SECRET) as gw:
+        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, every="1h")
+        at = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(hours=6)).strftime("%H:%M")
+        config.write_text(config.read_text() + f"changes: {{retention_days: 30, prune_at: '{at}'}}\n")
+        daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+        thread = threading.Thread(target=daemon.serve)
+        with capture_logs() as logs:
+            thread.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not any(e["event"] == "sync.finish" for e in logs) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                written = ids_of(daemon.store, "residents")
+                assert len(written) == 60
+                clock.offset = 0.0  # chrony steps the clock right
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if any(e["event"] == "daemon.clock_step" for e in logs):
+                        break
+                    time.sleep(0.05)
+                time.sleep(2)  # a prune caught up "at once" would be running now
+                following = daemon.scheduler._scheduler.get_job(PRUNE_JOB).next_run_time
+            finally:
+                daemon.request_stop()
+                thread.join(60)
+        left = ids_of(daemon.store, "residents")
+    assert left == written, f"{len(written) - len(left)} of the entries written seconds ago were pruned"
+    assert not [e for e in logs if e["event"].startswith("changes.prune")]
+    assert following.strftime("%H:%M") == at and following > datetime.now(UTC)
+    since = daemon.scheduler.since_clock_step()
+    assert since is not None and since < 60
+
+
+def test_the_daemon_does_not_prune_within_a_day_of_a_clock_step(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text + "changes: {retention_days: 30, prune_at: '04:15'}\n", encoding="utf-8")
+    clock = shift_clock(monkeypatch, ("syncd.daemon.scheduler",))
+    daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
+    try:
+        everything = ids_of(daemon.store, "residents")
+        age(daemon.engine, everything[:25])
+        daemon.scheduler.start()
+        daemon._schedule_retention(daemon.app)
+        clock.offset -= 7 * 86400  # a VM restored from last week's snapshot
+        daemon.scheduler.check_clock()  # (or the scheduler thread did, waking up)
+        with capture_logs() as logs:
+            daemon.prune_job()  # the daily job, within the day
+        assert ids_of(daemon.store, "residents") == everything
+        (skipped,) = [e for e in logs if e["event"] == "changes.prune_skipped"]
+        assert skipped["reason"] == "clock_step" and skipped["log_level"] == "warning"
+        assert "Nothing was deleted" in skipped["hint"]
+        daemon.scheduler._stepped_at -= 86400  # a day later, on the steady clock
+        daemon.prune_job()
+        assert ids_of(daemon.store, "residents") == everything[25:]
+    finally:
+        daemon.scheduler.shutdown()
+        daemon.locker.close()
+        daemon.engine.dispose()
+
+
+@pytest.fixture
+def clock_ahead(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    """This process's clock an hour ahead of the database server's."""
+    clock = shift_clock(monkeypatch, ("syncd.targets.prune", "syncd.commands.changes"))
+    clock.offset = 3600.0
+    return clock
+
+
+def test_a_prune_by_time_refuses_when_the_database_server_disagrees_about_the_time(
+    config: Path, db_url: str, clock_ahead: SteppedClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cut-off of a prune by time comes from this machine's clock, and it stamped the entries: a
+    clock an hour (or a year) off deletes entries that are not old. The database server keeps a clock
+    of its own (not SQLite: a file on this machine), read once per prune."""
+    eng, store = _feed(config)
+    locker = DatasetLocker(db_url)
+    try:
+        everything = ids_of(store, "residents")
+        age(eng, everything[:10], datetime.now(UTC) - timedelta(days=30, minutes=30))
+        capsys.readouterr()
+        code = main(["-c", str(config), "changes", "prune", "residents", "--keep-days", "30"])
+        captured = capsys.readouterr()
+        if db_url.startswith("sqlite"):
+            assert code == 0 and ids_of(store, "residents") == everything[10:]
+            return
+        assert code == 1, captured
+        assert ids_of(store, "residents") == everything
+        assert "refused: this machine's clock (" in captured.err
+        assert " s ahead of the database server's (" in captured.err
+        assert "Nothing was deleted" in captured.err and "timedatectl" in captured.err
+        with capture_logs() as logs:
+            outcome = prune_datasets(store, locker, {"residents": PruneBound(before=datetime.now(UTC))})
+        assert outcome.refused is not None and not outcome.results and not outcome.locked
+        (skipped,) = [e for e in logs if e["event"] == "changes.prune_skipped"]
+        assert skipped["reason"] == "clock_mismatch" and 3590 < skipped["apart_s"] < 3610
+        # the lock was not taken: whoever's clock agrees prunes meanwhile
+        with locker.hold(PRUNE_LOCK) as held:
+            assert held
+        # an id bound does not depend on the clock
+        assert prune_datasets(store, locker, {"residents": PruneBound(upto_id=everything[4])}).deleted == 5
+    finally:
+        locker.close()
+        eng.dispose()

@@ -33,6 +33,7 @@ from syncd.commands.common import (
 
 if TYPE_CHECKING:
     from syncd.config.model import AppConfig
+    from syncd.ops.prune import PruneOutcome
     from syncd.targets import StateStore
     from syncd.targets.prune import PruneBound
 
@@ -308,6 +309,7 @@ def _prune(args: argparse.Namespace, app: AppConfig) -> int:
             dry_run=args.dry_run,
             on_batch=batch,
             on_result=done,
+            zone=zone,
         )
     except KeyboardInterrupt:
         total = sum(deleted.values())
@@ -323,6 +325,14 @@ def _prune(args: argparse.Namespace, app: AppConfig) -> int:
     finally:
         locker.close()
         engine.dispose()
+    return _report(outcome, verb)
+
+
+def _report(outcome: PruneOutcome, verb: str) -> int:
+    """The end of the command's output, and its exit code."""
+    if outcome.refused is not None:
+        print(f"syncd changes prune: refused: {outcome.refused}", file=sys.stderr)
+        return EXIT_FAILED
     if outcome.locked:
         print(
             "skipped: another syncd process is pruning the change feed now (the daemon's retention, or "

@@ -39,7 +39,13 @@ when they moved apart by :data:`CLOCK_STEP_THRESHOLD` or more since the last loo
   the step); a cron job gets its next time in the new wall time (a cron time the clock went back over
   comes again and its run is repeated: harmless, an unchanged row is not written again);
 * stepped forward: a job whose time the clock jumped over runs once now, within the catch-up spread,
-  as after a restart (it would otherwise be skipped as missed); later ones keep their time.
+  as after a restart (it would otherwise be skipped as missed); later ones keep their time. Not the
+  daemon's own daily jobs (the change feed's retention): one the clock jumped over takes its next
+  time in the new clock, as if the day had passed without it. A clock set wrong forward would
+  otherwise make the retention run at once, with a cut-off computed from the wrong time.
+
+:meth:`DatasetScheduler.since_clock_step` says how long ago the last step was noticed (on the steady
+clock): the daemon does not prune the change feed within a day of one (:mod:`syncd.daemon.service`).
 """
 
 from __future__ import annotations
@@ -164,6 +170,7 @@ class DatasetScheduler:
         self._last_beat = time.monotonic()
         self._step_threshold = clock_step_threshold.total_seconds()
         self._clock_offset = self._wall_offset()
+        self._stepped_at: float | None = None  # _steady() when the last step was noticed
         self._scheduler = _CheckedScheduler(
             self.check_clock,
             jobstores={"default": MemoryJobStore()},
@@ -268,6 +275,7 @@ class DatasetScheduler:
             step, self._clock_offset = offset - self._clock_offset, offset
             if abs(step) < self._step_threshold:
                 return None
+            self._stepped_at = _steady()
             now = self._now()
             moved: dict[str, str] = {}
             for job in self._scheduler.get_jobs():
@@ -287,25 +295,34 @@ class DatasetScheduler:
                 if step < 0
                 else "the system clock was set forward; datasets whose time it jumped over run now"
             )
-            + ": check the server's time synchronisation (NTP, 时钟同步) if this repeats",
+            + "; no change-feed retention (changes.retention_days) runs within 24 hours of a step: check "
+            "the server's time synchronisation (NTP, 时钟同步) if this repeats",
         )
         return step
+
+    def since_clock_step(self) -> float | None:
+        """Seconds since :meth:`check_clock` last noticed a step (on the steady clock, so a step does
+        not shift it); None when it never did."""
+        stepped = self._stepped_at
+        return None if stepped is None else _steady() - stepped
 
     def _rearmed(self, job: Any, step: float, now: datetime) -> datetime | None:
         """The next run time of ``job`` after a clock step of ``step`` seconds, or None to keep it."""
         old: datetime | None = job.next_run_time
         if old is None:  # paused
             return None
-        if step < 0:  # back: interval jobs keep their pace, cron ones follow the new wall time
-            if isinstance(job.trigger, IntervalTrigger):
-                return max(now, old + timedelta(seconds=step))
+        if step > 0 and old > now:  # forward, not jumped over
+            return None
+        if step < 0 and isinstance(job.trigger, IntervalTrigger):  # back: interval jobs keep their pace
+            return max(now, old + timedelta(seconds=step))
+        if job.id == HEARTBEAT_JOB:
+            return now
+        schedule = self._schedules.get(job.id)
+        if step < 0 or schedule is None:
+            # back: a cron job follows the new wall time; forward: the daemon's own daily job the clock
+            # jumped over is never caught up (module docstring), it takes its next time in the new clock
             when: datetime | None = job.trigger.get_next_fire_time(None, now)
             return when
-        if old > now:  # forward, not jumped over
-            return None
-        schedule = self._schedules.get(job.id)
-        if schedule is None:  # the heartbeat
-            return now
         return self._catch_up(schedule, now)
 
     def _beat(self) -> None:

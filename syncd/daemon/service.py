@@ -7,7 +7,8 @@ Threads and who owns what:
 * the scheduler thread dispatches jobs; dataset runs execute in its worker pool
   (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`; the change feed's
   retention (``changes.retention_days``) runs once a day at ``changes.prune_at`` in a thread of its
-  own (:meth:`Daemon.prune_job`), when any dataset's entries expire;
+  own (:meth:`Daemon.prune_job`), when any dataset's entries expire — never within a day of a clock
+  step, nor while this machine's clock and the database server's disagree (:mod:`syncd.ops.prune`);
 * the HTTP thread serves ``/metrics`` and ``/healthz``.
 
 At start the daemon waits for the target database (:meth:`Daemon._wait_for_target`), retrying
@@ -34,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -72,6 +73,8 @@ _TICK = 1.0  # seconds between supervision checks of the main thread
 _STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else changed
 _TARGET_RETRY_FIRST = 2.0  # seconds before the second try to reach the target database at start
 _TARGET_RETRY_MAX = 60.0  # the wait doubles up to this
+PRUNE_QUIET_AFTER_STEP = timedelta(hours=24)
+"""The daemon does not prune the change feed this long after a clock step (:meth:`Daemon.prune_job`)."""
 
 
 def schedules_of(app: AppConfig) -> dict[str, Schedule]:
@@ -422,12 +425,13 @@ class Daemon:
 
     def prune_job(self) -> None:
         """The scheduler's daily job: delete the change entries older than their dataset's retention
-        (syncd.ops.prune), stopping between batches when the daemon stops; never raises."""
+        (syncd.ops.prune), stopping between batches when the daemon stops; never raises. Not within
+        a day of a clock step (:meth:`_clock_stepped`)."""
         structlog.contextvars.clear_contextvars()
         try:
             app = self.app
             bounds = retention_bounds(app, datetime.now(UTC))
-            if not bounds or self._stop.is_set():
+            if not bounds or self._stop.is_set() or self._clock_stepped():
                 return
             with self._active_cv:
                 self._active.add(PRUNE_JOB)
@@ -438,6 +442,7 @@ class Daemon:
                     bounds,
                     should_stop=self._stop.is_set,
                     on_batch=self.metrics.changes_pruned_by_retention,
+                    zone=ZoneInfo(app.timezone),
                 )
             finally:
                 with self._active_cv:
@@ -447,6 +452,26 @@ class Daemon:
             log.error("changes.prune_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
         finally:
             structlog.contextvars.clear_contextvars()
+
+    def _clock_stepped(self) -> bool:
+        """Whether the system clock was stepped within :data:`PRUNE_QUIET_AFTER_STEP` (logged): a time
+        bound is computed from the clock, and the entries are stamped by it, so the daemon does not
+        prune until the clock has held for a day."""
+        since = self.scheduler.since_clock_step()
+        quiet = PRUNE_QUIET_AFTER_STEP.total_seconds()
+        if since is None or since >= quiet:
+            return False
+        log.warning(
+            "changes.prune_skipped",
+            reason="clock_step",
+            since_step_s=round(since),
+            hint=f"the system clock was stepped {round(since / 3600, 1)} h ago (daemon.clock_step): the "
+            "retention does not prune within 24 hours of a step, as its cut-off comes from the clock and "
+            "entries written while it was wrong carry wrong times. Nothing was deleted; the daily prune "
+            "goes on once the clock has held for a day. Check the server's time synchronisation "
+            "(timedatectl, chrony / NTP)",
+        )
+        return True
 
     # ------------------------------------------------------------------ configuration
 

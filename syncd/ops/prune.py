@@ -6,6 +6,13 @@ node, or the command by hand) does nothing and says so. A dataset whose prune fa
 (``changes.prune_failed``) and the next one goes on. :func:`retention_bounds` is what the daemon
 prunes: every configured dataset whose entries are not kept for good
 (:meth:`syncd.config.model.AppConfig.retention_days`).
+
+A prune by time trusts this machine's clock twice: its cut-off comes from it, and syncd stamped the
+entries with it. So before it takes the lock it reads the database server's clock (one query;
+not for SQLite, a file on this machine) and refuses when the two are more than
+:data:`CLOCK_TOLERANCE` apart (``changes.prune_skipped``, ``reason="clock_mismatch"``), saying
+which clock is ahead: one of them is wrong, and pruning waits until it is set right. A refusing
+process does not hold the lock, so another node whose clock agrees prunes meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -21,18 +29,24 @@ from syncd.config.model import AppConfig
 from syncd.daemon.locks import DatasetLocker
 from syncd.errors import TargetError
 from syncd.targets import StateStore
+from syncd.targets.engine import describe_url
 from syncd.targets.prune import PRUNE_BATCH, PRUNE_LOCK, FeedPruner, PruneBound, PruneResult
 
-__all__ = ["PruneOutcome", "prune_datasets", "retention_bounds"]
+__all__ = ["CLOCK_TOLERANCE", "PruneOutcome", "clock_mismatch", "prune_datasets", "retention_bounds"]
 
 log = structlog.get_logger(__name__)
+
+CLOCK_TOLERANCE = timedelta(minutes=5)
+"""How far this machine's clock and the database server's may be apart for a prune by time."""
 
 
 @dataclass
 class PruneOutcome:
-    """What :func:`prune_datasets` did: ``locked`` when another prune held the lock (nothing done)."""
+    """What :func:`prune_datasets` did: ``locked`` when another prune held the lock, ``refused`` (why)
+    when the clocks disagree (nothing done either way)."""
 
     locked: bool = False
+    refused: str | None = None
     results: list[PruneResult] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # dataset -> error
     stopped: bool = False
@@ -52,6 +66,41 @@ def retention_bounds(app: AppConfig, now: datetime) -> dict[str, PruneBound]:
     return bounds
 
 
+def clock_mismatch(store: StateStore, zone: ZoneInfo | None = None) -> str | None:
+    """Why a prune by time must not run now: this machine's clock and the database server's are more
+    than :data:`CLOCK_TOLERANCE` apart (logged as ``changes.prune_skipped``); None when they agree,
+    or the target is SQLite. Times are shown in ``zone`` (default UTC). TargetError when the
+    database's clock cannot be read."""
+    clocks = FeedPruner(store).clocks()
+    if clocks is None:
+        return None
+    ours, theirs = clocks
+    apart = (ours - theirs).total_seconds()
+    if abs(apart) <= CLOCK_TOLERANCE.total_seconds():
+        return None
+    shown = zone or ZoneInfo("UTC")
+    ahead = "ahead of" if apart > 0 else "behind"
+    where = describe_url(store.engine.url)
+    problem = (
+        f"this machine's clock ({ours.astimezone(shown):%Y-%m-%d %H:%M:%S}) is {abs(round(apart))} s "
+        f"{ahead} the database server's ({theirs.astimezone(shown):%Y-%m-%d %H:%M:%S} {shown.key}, "
+        f"{where}), more than the {round(CLOCK_TOLERANCE.total_seconds())} s a prune allows: its cut-off "
+        "comes from this machine's clock and the change entries were stamped by it, so one wrong clock "
+        "could delete entries that are not old. Nothing was deleted. Find the clock that is wrong "
+        "(`timedatectl` on this machine and on the database server, against a trusted time), set it "
+        "right through its time synchronisation (chrony / NTP), then prune again"
+    )
+    log.warning(
+        "changes.prune_skipped",
+        reason="clock_mismatch",
+        ours=ours.isoformat(),
+        database=theirs.isoformat(),
+        apart_s=round(apart, 1),
+        hint=problem,
+    )
+    return problem
+
+
 def prune_datasets(
     store: StateStore,
     locker: DatasetLocker,
@@ -62,12 +111,18 @@ def prune_datasets(
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[str, int], None] | None = None,
     on_result: Callable[[PruneResult], None] | None = None,
+    zone: ZoneInfo | None = None,
 ) -> PruneOutcome:
     """Prune each dataset of ``bounds`` in turn (see the module docstring); ``on_batch(dataset,
-    deleted)`` hears of every committed batch, ``on_result`` of every dataset done. TargetError only
-    when the lock cannot be taken (the database is unreachable)."""
+    deleted)`` hears of every committed batch, ``on_result`` of every dataset done. ``zone``: the
+    time zone of a refusal's times. TargetError only when the database's clock cannot be read or
+    the lock cannot be taken (the database is unreachable)."""
     started = time.monotonic()
     outcome = PruneOutcome()
+    if any(bound.before is not None for bound in bounds.values()):
+        outcome.refused = clock_mismatch(store, zone)
+        if outcome.refused is not None:
+            return outcome
     pruner = FeedPruner(store, batch_size=batch_size)
     with locker.hold(PRUNE_LOCK) as acquired:
         if not acquired:

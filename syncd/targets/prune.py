@@ -158,6 +158,23 @@ class FeedPruner:
             return None
         return PrunedMark(int(row[0]), _utc(row[1]), int(row[2]), _utc(row[3]))
 
+    def clocks(self) -> tuple[datetime, datetime] | None:
+        """(this process's clock, the database server's) read at the same moment, both UTC; None for
+        SQLite, a file on this machine with no clock of its own. One query. TargetError when the
+        database cannot be read."""
+        if self._sqlite:
+            return None
+        family = dialect_family(self._engine)
+        query = "SELECT CURRENT_TIMESTAMP" if family == "postgresql" else "SELECT UTC_TIMESTAMP(6)"
+        try:
+            with self._engine.connect() as conn:
+                before = datetime.now(UTC)
+                theirs = conn.execute(sa.text(query)).scalar_one()
+                after = datetime.now(UTC)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail("reading the database server's clock", exc) from exc
+        return before + (after - before) / 2, _utc(theirs)
+
     def _span(self, conn: sa.Connection, dataset: str, bound: PruneBound) -> tuple[int, int, int] | None:
         """(lowest id, highest id that may go, newest id) of the dataset's entries; None: no entries.
         A time bound does not narrow it: the walk (:meth:`_next_range`) stops where it begins."""
