@@ -120,6 +120,15 @@ def test_start_limits_live_in_unit_section(unit: Unit) -> None:
     assert one(unit, "Service", "RestartSec")
 
 
+def test_started_after_the_network_and_the_clock(unit: Unit) -> None:
+    """Change entries are stamped with the system clock and the retention's cut-off comes from it: a
+    server whose RTC lost its time must not run syncd before NTP has set the clock."""
+    wants = " ".join(unit["Unit"]["Wants"]).split()
+    after = " ".join(unit["Unit"]["After"]).split()
+    for target in ("network-online.target", "time-sync.target"):
+        assert target in wants and target in after, target
+
+
 def test_system_call_filter(unit: Unit) -> None:
     assert unit["Service"]["SystemCallFilter"][0] == "@system-service"
     assert all(v.startswith("~") for v in unit["Service"]["SystemCallFilter"][1:])
@@ -159,7 +168,8 @@ def test_docs_cover_the_unit(unit: Unit) -> None:
         name, path = value.split(":", 1)
         assert name in doc and path in doc
     for needle in ("systemctl reload syncd", "journalctl -u syncd -o cat", "/var/lib/syncd", "/healthz",
-                   "/metrics", "syncd check", "LoadCredential"):
+                   "/metrics", "syncd check", "LoadCredential", "time-sync.target", "chrony-wait.service",
+                   "systemd-time-wait-sync.service"):
         assert needle in doc, needle
 
 
