@@ -346,6 +346,12 @@ def test_cli_prune_by_keep_days_and_by_checkpoint(config: Path, capsys: pytest.C
         (["--keep-days", "3"], "name the datasets to prune"),
         (["--all", "--upto-id", "5"], "name exactly one dataset"),
         (["residents", "--keep-days", "0"], "at least 1"),
+        (["residents", "--keep-days", "1000000"], "--keep-days must be at most 36500"),
+        (["residents", "--keep-days", "99999999999999999999"], "--keep-days must be at most 36500"),
+        (["residents", "--before", "0001-01-01"], "is too early: give a time from 1900-01-01 on"),
+        (["residents", "--before", "9999-12-31T23:59-05:00"], "is out of range"),
+        (["residents", "--upto-id", "-1"], "--upto-id must be between 0 and 9223372036854775807"),
+        (["residents", "--upto-id", "99999999999999999999"], "--upto-id must be between 0 and"),
         (["residents", "--before", "2999-01-01"], "in the future"),
         (["residents", "--before", "yesterday"], "is not a time"),
         (["residents", "--keep-days", "3", "--batch-size", "0"], "--batch-size must be between"),
@@ -358,6 +364,23 @@ def test_cli_prune_usage_errors(
 ) -> None:
     capsys.readouterr()
     assert main(["-c", str(lite_config), "changes", "prune", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--after-id", "99999999999999999999"], "--after-id must be between -9223372036854775807 and 922"),
+        (["--after-id", "0", "--limit", "99999999999999999999"], "--limit must be between 1 and 922"),
+        (["--since", "0001-01-01"], "'0001-01-01' is too early: give a time from 1900-01-01 on"),
+    ],
+)
+def test_cli_show_usage_errors(
+    lite_config: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    """Numbers and times out of the database's (or Python's) range were tracebacks."""
+    capsys.readouterr()
+    assert main(["-c", str(lite_config), "changes", "residents", *extra]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -46,6 +46,9 @@ USAGE = (
 )
 PRUNE = "prune"
 _MAX_BATCH = 100_000
+_MAX_KEEP_DAYS = 36_500  # a century, as changes.retention_days
+_EARLIEST = "1900-01-01"  # no change entry is older; earlier times overflow a datetime in some zones
+_MAX_ID = 2**63 - 1  # change-feed ids (and LIMITs) are 64-bit integers in every target database
 _SHOW_ONLY = ("limit", "format")
 _PRUNE_ONLY = ("names", "all", "before", "keep_days", "upto_id", "dry_run", "batch_size")
 
@@ -89,7 +92,19 @@ def _parse_time(option: str, text: str, zone: ZoneInfo) -> datetime:
         raise ValueError(f"{option} {text!r} is not a time such as 2025-03-01 08:00 or 2025-03-01") from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
-    return value.astimezone(UTC)
+    earliest = datetime.fromisoformat(_EARLIEST).replace(tzinfo=zone)
+    if value < earliest:
+        raise ValueError(f"{option} {text!r} is too early: give a time from {_EARLIEST} on")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # the last hours of year 9999 in a zone east of UTC
+        raise ValueError(f"{option} {text!r} is out of range: give a time before 9999-12-31") from exc
+
+
+def _check_id(option: str, value: int | None, lowest: int) -> None:
+    """ValueError when ``value`` (given) is not a number the database can compare ids with."""
+    if value is not None and not lowest <= value <= _MAX_ID:
+        raise ValueError(f"{option} must be between {lowest} and {_MAX_ID} (change-feed ids are 64-bit)")
 
 
 def _parse_since(text: str, zone: ZoneInfo) -> datetime:
@@ -124,8 +139,9 @@ def _check_args(args: argparse.Namespace, zone: ZoneInfo) -> datetime | None:
     since = _parse_since(args.since, zone) if args.since else None
     if since is None and args.after_id is None:
         raise ValueError("give --since TIME or --after-id N")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be at least 1")
+    _check_id("--after-id", args.after_id, -_MAX_ID)
+    if args.limit is not None and not 1 <= args.limit <= _MAX_ID:
+        raise ValueError(f"--limit must be between 1 and {_MAX_ID}")
     return since
 
 
@@ -220,24 +236,31 @@ def _prune_bound(args: argparse.Namespace, zone: ZoneInfo, now: datetime) -> Pru
         raise ValueError("say what to delete: --before TIME, --keep-days N and/or --upto-id N")
     if not 1 <= args.batch_size <= _MAX_BATCH:
         raise ValueError(f"--batch-size must be between 1 and {_MAX_BATCH}")
-    before = None
-    if args.before is not None:
-        before = _parse_time("--before", args.before, zone)
-        if before > now:
-            raise ValueError(f"--before {args.before!r} is in the future: that would delete every entry")
-    if args.keep_days is not None:
-        if args.keep_days < 1:
-            raise ValueError("--keep-days must be at least 1 (use --before for an exact time)")
-        before = now - timedelta(days=args.keep_days)
+    before = _time_bound(args, zone, now)
     if args.upto_id is not None:
-        if args.upto_id < 0:
-            raise ValueError("--upto-id must not be negative")
+        _check_id("--upto-id", args.upto_id, 0)
         if args.all or len(args.names) != 1:
             raise ValueError(
                 "--upto-id is one reader's checkpoint, and ids are in order only within one dataset "
                 "(docs/changes.md §1): name exactly one dataset"
             )
     return PruneBound(before=before, upto_id=args.upto_id)
+
+
+def _time_bound(args: argparse.Namespace, zone: ZoneInfo, now: datetime) -> datetime | None:
+    """The time ``--before`` or ``--keep-days`` asks for (None: neither); ValueError when it is wrong."""
+    if args.before is not None:
+        before = _parse_time("--before", args.before, zone)
+        if before > now:
+            raise ValueError(f"--before {args.before!r} is in the future: that would delete every entry")
+        return before
+    if args.keep_days is None:
+        return None
+    if args.keep_days < 1:
+        raise ValueError("--keep-days must be at least 1 (use --before for an exact time)")
+    if args.keep_days > _MAX_KEEP_DAYS:
+        raise ValueError(f"--keep-days must be at most {_MAX_KEEP_DAYS} (a century, as retention_days)")
+    return now - timedelta(days=args.keep_days)
 
 
 def _describe(bound: PruneBound, zone: ZoneInfo) -> str:
