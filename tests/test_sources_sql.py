@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from syncd.errors import PermanentUpstreamError
 from syncd.runner import Backfill, run_dataset
@@ -278,24 +279,77 @@ def test_a_mysql_timestamp_window_is_read_in_the_apps_zone_whatever_the_servers(
     assert zone == ("Asia/Shanghai" if named else "+08:00")
 
 
-def test_a_zone_with_daylight_saving_time_needs_the_mysql_time_zone_tables(mariadb_url: str) -> None:
-    """Without the server's time-zone tables a zone with daylight saving time has no fixed offset
-    to stand in for it: the read fails and says how to load them (rather than read shifted windows)."""
+def _no_time_zone_tables(mariadb_url: str, upd: str | None) -> None:
+    """people(id, name, upd) on a server without its time-zone tables (else the test is skipped)."""
     engine = sa.create_engine(mariadb_url)
     try:
         if _server_has_time_zone_tables(engine):
             pytest.skip("this server has its time-zone tables loaded")
-        upstream_table(engine, 1, when=T0)
+        with engine.begin() as conn:
+            column = "" if upd is None else f", upd {upd} NULL DEFAULT NULL"
+            conn.exec_driver_sql(f"CREATE TABLE people (id VARCHAR(16) PRIMARY KEY, "
+                                 f"name VARCHAR(16){column})")
+            if upd is None:
+                conn.exec_driver_sql("INSERT INTO people VALUES ('a', 'x')")
+            else:
+                conn.exec_driver_sql("INSERT INTO people VALUES ('a', 'x', %s), ('b', 'y', NULL)", (T0,))
     finally:
         engine.dispose()
-    app, ds = _build(mariadb_url, "sqlite://", incremental=True)
-    app = app.model_copy(update={"timezone": "Europe/Berlin"})
-    src = SqlSource.from_config(app, ds)
+
+
+def _dst_source(mariadb_url: str, incremental: bool) -> SqlSource:
+    columns = {"pid": {"source": "id", "type": "string", "length": 16, "nullable": False},
+               "name": {"source": "name", "type": "string", "length": 16}}
+    source = {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]}
+    if incremental:
+        source["incremental"] = {"field": "upd"}
+    app, ds = make_app("sqlite://", source, connections={"qzk": {"type": "sql", "url": mariadb_url}},
+                       columns=columns)
+    return SqlSource.from_config(app.model_copy(update={"timezone": "Europe/Berlin"}), ds)
+
+
+def test_a_dst_zone_without_the_mysql_time_zone_tables_fails_a_timestamp_update_column(
+    mariadb_url: str,
+) -> None:
+    """Without the server's time-zone tables a zone with daylight saving time has no fixed offset
+    to stand in for it: a TIMESTAMP update column would be compared with the window in the server's
+    zone, so the read fails and says how to load them (rather than read shifted windows)."""
+    _no_time_zone_tables(mariadb_url, "TIMESTAMP")
+    src = _dst_source(mariadb_url, incremental=True)
     try:
-        with pytest.raises(PermanentUpstreamError, match=r"daylight saving time.*mysql_tzinfo_to_sql"):
+        expected = r"TIMESTAMP update column upd.*daylight saving time.*mysql_tzinfo_to_sql"
+        with pytest.raises(PermanentUpstreamError, match=expected):
             list(src.read(Window(since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))))
     finally:
         src.close()
+
+
+@pytest.mark.parametrize("upd", [None, "DATETIME"], ids=["no-update-column", "DATETIME-update-column"])
+def test_a_dst_zone_without_the_mysql_time_zone_tables_reads_what_has_no_timestamp_window(
+    mariadb_url: str, upd: str | None
+) -> None:
+    """Every read of such a front-end failed, though the session's zone changes nothing for DATETIME
+    columns (or a source without an update column): now the session keeps the server's zone, with
+    a warning once per process."""
+    _no_time_zone_tables(mariadb_url, upd)
+    window = Window(None, T0 + timedelta(hours=1)) if upd else Window(None, None)
+    read: list[list[str]] = []
+    with capture_logs() as logs:
+        for _ in range(2):  # two runs of the daemon's process
+            src = _dst_source(mariadb_url, incremental=upd is not None)
+            try:
+                read.append(sorted(r["id"] for page in src.read(window) for r in page.records))
+                with src._engine.connect() as conn:
+                    zone = conn.exec_driver_sql("SELECT @@session.time_zone").scalar()
+            finally:
+                src.close()
+    expected = ["a", "b"] if upd else ["a"]
+    assert read == [expected, expected]
+    assert zone == "SYSTEM"
+    (kept,) = [e for e in logs if e["event"] == "sync.source_time_zone_kept"]
+    assert kept["log_level"] == "warning" and kept["timezone"] == "Europe/Berlin"
+    assert "daylight saving time" in kept["reason"] and "mysql_tzinfo_to_sql" in kept["hint"]
+    assert kept["server_time_zone"] and kept["database"].startswith("mysql+pymysql://")
 
 
 @pytest.mark.parametrize(("zone", "offset"), [

@@ -26,10 +26,13 @@ How it reads (DESIGN §4.3, §4.5):
   ``PRAGMA query_only``);
 * the session's time zone is the app's (PostgreSQL ``TimeZone``, MySQL/MariaDB ``time_zone``), so a
   ``timestamptz``/``TIMESTAMP`` update column is compared with the local-time window in local time.
+  A MySQL/MariaDB server without its time-zone tables cannot take a zone with daylight saving time:
+  the session keeps the server's zone (a warning), and only a TIMESTAMP update column fails the read.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -89,8 +92,10 @@ def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | No
     ``timestamptz`` (PostgreSQL ``TimeZone``) or ``TIMESTAMP`` (MySQL/MariaDB ``time_zone``) column,
     and returns such a column's values in that zone (a server in UTC read 08:00 Shanghai as 16:00).
     MySQL/MariaDB know named zones only from their time-zone tables: without them a zone with no
-    daylight saving time is set as its fixed offset (``+08:00``), any other is an error that says
-    to load the tables (:func:`_mysql_time_zone`)."""
+    daylight saving time is set as its fixed offset (``+08:00``); for any other the session keeps
+    the server's zone, with a warning once per process that says to load the tables, and the
+    connection's ``info`` says why (:data:`_ZONE_UNSET`): DATETIME columns do not care, a windowed
+    TIMESTAMP update column does (:func:`_mysql_time_zone`)."""
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
@@ -119,12 +124,15 @@ def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | No
         where = describe_url(parsed)
 
         @event.listens_for(engine, "connect")
-        def _session(dbapi_connection: Any, _record: Any) -> None:
+        def _session(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(statement)
                 if zone is not None:
-                    _mysql_time_zone(cursor, zone, engine.dialect.loaded_dbapi.Error, where)
+                    unset = _mysql_time_zone(cursor, zone, engine.dialect.loaded_dbapi.Error)
+                    if unset is not None:
+                        record.info[_ZONE_UNSET] = unset
+                        _warn_zone_kept(cursor, where, zone, unset)
             finally:
                 cursor.close()
 
@@ -132,15 +140,23 @@ def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | No
 
 
 _MYSQL_UNKNOWN_TIME_ZONE = 1298  # ER_UNKNOWN_TIME_ZONE: the server has no time-zone tables (or no such zone)
+_MYSQL_TIMESTAMP = 7  # MYSQL_TYPE_TIMESTAMP, a result column's type code (PyMySQL, mysqlclient)
+_ZONE_UNSET = "syncd_time_zone_unset"
+"""Key of a MySQL/MariaDB connection's ``info``: why its session kept the server's time zone."""
+_zone_warned: set[tuple[str, str]] = set()
+_zone_warned_lock = threading.Lock()
 
 
-def _mysql_time_zone(cursor: Any, zone: str, dbapi_error: type[Exception], where: str) -> None:
+def _mysql_time_zone(cursor: Any, zone: str, dbapi_error: type[Exception]) -> str | None:
     """Set a MySQL/MariaDB session's ``time_zone`` to ``zone``, or to its fixed offset when the
-    server has no time-zone tables and the zone keeps one offset all year (Asia/Shanghai: ``+08:00``);
-    a zone with daylight saving time has no such stand-in, so that is an error naming the fix."""
+    server has no time-zone tables and the zone keeps one offset all year (Asia/Shanghai: ``+08:00``).
+    A zone with daylight saving time has no such stand-in: the session keeps the server's zone, and
+    the reason is returned (None: set). That matters only for TIMESTAMP columns, which the server
+    converts to and from the session's zone: :meth:`SqlSource._times_kept` refuses to window a
+    TIMESTAMP update column on such a session (:func:`_zone_error`)."""
     try:
         cursor.execute("SET time_zone = %s", (zone,))
-        return
+        return None
     except dbapi_error as exc:
         if not exc.args or exc.args[0] != _MYSQL_UNKNOWN_TIME_ZONE:
             raise
@@ -148,17 +164,49 @@ def _mysql_time_zone(cursor: Any, zone: str, dbapi_error: type[Exception], where
     if offset is not None:
         try:
             cursor.execute("SET time_zone = %s", (offset,))
-            return
+            return None
         except dbapi_error as exc:  # an offset outside the server's range (+14:00 on MariaDB)
             if not exc.args or exc.args[0] != _MYSQL_UNKNOWN_TIME_ZONE:
                 raise
-    why = (f"{zone} has daylight saving time, so no fixed offset can stand in" if offset is None
-           else f"the server does not take its fixed offset {offset} either")
-    raise PermanentUpstreamError(
+    return (f"{zone} has daylight saving time, so no fixed offset can stand in" if offset is None
+            else f"the server does not take its fixed offset {offset} either")
+
+
+_LOAD_ZONES = "Ask its DBA to load them: mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql -u root mysql"
+
+
+def _warn_zone_kept(cursor: Any, where: str, zone: str, why: str) -> None:
+    """Log ``sync.source_time_zone_kept`` once per process for a front-end database and zone."""
+    with _zone_warned_lock:
+        if (where, zone) in _zone_warned:
+            return
+        _zone_warned.add((where, zone))
+    try:
+        cursor.execute("SELECT @@session.time_zone, @@system_time_zone")
+        session_zone, system_zone = cursor.fetchone()
+        kept = f"{system_zone}" if session_zone == "SYSTEM" else f"{session_zone}"
+    except Exception:  # noqa: BLE001 - only the warning's detail: the session works as it is
+        kept = None
+    log.warning(
+        "sync.source_time_zone_kept",
+        database=where,
+        timezone=zone,
+        server_time_zone=kept,
+        reason=f"its time-zone tables are not loaded (or lack this zone), and {why}",
+        hint=(
+            "the session keeps the server's time zone: DATETIME columns are read as stored, TIMESTAMP "
+            "columns in the server's zone, and a TIMESTAMP update column (incremental.field) fails "
+            f"the read. {_LOAD_ZONES}"
+        ),
+    )
+
+
+def _zone_error(where: str, zone: str, why: str, field: str) -> PermanentUpstreamError:
+    return PermanentUpstreamError(
         f"front-end database {where} does not know the time zone {zone!r} (timezone in syncd.yaml), "
-        "which its session needs to compare TIMESTAMP columns with the local-time window: its time-zone "
-        f"tables are not loaded (or lack this zone), and {why}. Ask its DBA to load them: "
-        "mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql -u root mysql"
+        f"which its session needs to compare the TIMESTAMP update column {field} (incremental.field) "
+        f"with the local-time window: its time-zone tables are not loaded (or lack this zone), and "
+        f"{why}. {_LOAD_ZONES}"
     )
 
 
@@ -198,6 +246,7 @@ class SqlSource:
         zone = getattr(tz, "key", None)  # a ZoneInfo's name (other tzinfo: the server's own zone)
         self._engine = source_engine(url, connect_timeout=connect_timeout, timezone=zone)
         self._where = describe_url(self._engine.url)
+        self._mysql = self._engine.dialect.name in ("mysql", "mariadb")
         cols: list[sa.ColumnClause[Any]] = [sa.column(c) for c in columns]
         self._from: sa.TableClause | sa.Subquery
         if source.table is not None:
@@ -354,8 +403,14 @@ class SqlSource:
                     self.stats.requests += 1
                     described = conn.execute(values.where(sa.false()))
                     columns = described.cursor.description
-                    kind = _kind(self._engine.dialect.loaded_dbapi, columns[0][1] if columns else None)
+                    type_code = columns[0][1] if columns else None
+                    kind = _kind(self._engine.dialect.loaded_dbapi, type_code)
                     described.close()
+                    unset = conn.info.get(_ZONE_UNSET)
+                    if unset is not None and type_code == _MYSQL_TIMESTAMP and self._mysql:
+                        # compared in the server's zone, the window would be shifted by its offset
+                        zone = getattr(self._tz, "key", str(self._tz))
+                        raise _zone_error(self._where, zone, unset, self._upd or "")
                     sample = None
                     if kind != "time":
                         self.stats.requests += 1
