@@ -175,7 +175,7 @@ def test_pad_space_key_columns_of_an_earlier_version_are_reported_with_their_fix
 
     plan = plan_dataset(app, ds, store.engine, now=NOW, source_factory=_source(records))
     shown = [w for w in plan.warnings if "PAD SPACE" in w]
-    assert len(shown) == 2 and fixes["syncd_row_state"] in "\n".join(shown)
+    assert len(shown) == 3 and all(fix in "\n".join(shown) for fix in fixes.values())
 
     with store.engine.begin() as conn:  # the operator runs the statements
         for fix in fixes.values():
@@ -195,6 +195,36 @@ def test_pad_space_key_columns_of_an_earlier_version_are_reported_with_their_fix
     assert not [e for e in logs if e["event"] in ("target.key_collation_inexact", "target.lookup_unpacked")]
     assert not [w for w in plan_dataset(app, ds, store.engine, source_factory=_source(both)).warnings
                 if "key column" in w]
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("old", ["syncd_row_state", "syncd_snapshot_missing"])
+def test_plan_previews_the_streaks_when_row_state_and_the_streak_table_differ_in_collation(
+    mariadb_url: str, old: str
+) -> None:
+    """After an upgrade, a row_state an earlier version made (utf8mb4_bin) meets a streak table made
+    since (NO PAD); or the operator ran the fix syncd printed for row_state only (nothing is said of
+    snapshot_missing while missing_runs is 1). `syncd plan` joined the two key columns, and MariaDB
+    refused ("Illegal mix of collations"): a traceback instead of a plan."""
+    app, ds = _app(mariadb_url, missing_runs=2)
+    store = _store(mariadb_url)
+    records = [TWINS[0], *OTHERS]
+    assert run_dataset(app, ds, store, now=NOW, source_factory=_source(records)).ok
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {old} CONVERT TO {OLD}")
+    store = _store(mariadb_url)  # a new process
+    read = records[:-1]  # k7 gone upstream
+    second = run_dataset(app, ds, store, now=NOW, source_factory=_source(read))
+    assert second.ok and second.counts.deleted == 0, second.error  # its streak starts
+
+    plan = plan_dataset(app, ds, store.engine, now=NOW, source_factory=_source(read))
+    assert plan.snapshot is not None and (plan.snapshot.missing, plan.snapshot.due) == (1, 1)
+    assert [s["key"] for s in plan.categories["delete"].samples] == ["k7"]
+    shown = [w for w in plan.warnings if "PAD SPACE" in w]
+    assert len(shown) == 1 and f"table {old}, key column row_key" in shown[0], plan.warnings
+
+    third = run_dataset(app, ds, store, now=NOW, source_factory=_source(read))
+    assert third.ok and third.counts.deleted == 1, third.error
 
 
 @pytest.mark.parametrize(

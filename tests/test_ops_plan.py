@@ -161,6 +161,33 @@ def test_plan_on_a_missing_sqlite_file_creates_no_file(
     assert list(db.parent.iterdir()) == []
 
 
+def test_plan_reports_a_database_error_in_one_line_not_a_traceback(
+    tmp_path: Path, gateway: Gateway, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`syncd plan` let SQLAlchemy's errors through (the CLI catches syncd's own): an operator got a
+    traceback, with the SQL, for a table that did not fit (on MariaDB: key columns of two
+    collations). It now says which dataset, what it was doing, where, and the database's words."""
+    from syncd.cli import main
+
+    cfg = write_config(tmp_path, db_url=db_url, gateway_url=gateway.url)
+    assert main(["-c", str(cfg), "sync", "residents"]) == 0
+    engine = create_target_engine(db_url)
+    try:
+        with engine.begin() as conn:  # a state table that no longer fits
+            conn.exec_driver_sql("ALTER TABLE syncd_row_state DROP COLUMN row_hash")
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    assert main(["-c", str(cfg), "plan", "residents"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(
+        "syncd plan: dataset residents: comparing a batch with syncd_row_state and resident_info in "
+    ), err
+    assert "failed: " in err and "row_hash" in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
 def test_plan_of_an_expired_dataset_says_refused(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
     cfg = write_config(tmp_path, db_url=sqlite_url, gateway_url=gateway.url,
                        replace=[("valid_until: 2027-12-31", "valid_until: 2025-12-31"),

@@ -20,7 +20,8 @@ plan would change (to count a key seen twice in one pull once), never with uncha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,16 +31,18 @@ import sqlalchemy as sa
 
 from syncd.changes import DELETED_HASH, changed_indexes, classify, key_text, normaliser_for, row_hash
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
-from syncd.errors import AuthorizationError, RecordError
+from syncd.errors import AuthorizationError, RecordError, TargetError
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, delete_flag
 from syncd.runner import check_authorization, resume_from, unsure_snapshot
 from syncd.sources import Source, Window, build_source
 from syncd.targets import StateStore, state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
+from syncd.targets.engine import describe_url
 from syncd.targets.schema import text_key_columns
-from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview
+from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview, missing_table
 from syncd.targets.verify import KeyColumn, key_columns
+from syncd.targets.writer import failure_reason
 
 __all__ = ["Category", "PlanResult", "plan_dataset", "plan_window"]
 
@@ -76,6 +79,19 @@ class PlanResult:
     missing_runs: int = 1  # target.snapshot_delete.missing_runs
 
 
+@contextmanager
+def _on_target(engine: sa.Engine, dataset: DatasetConfig, doing: str) -> Iterator[None]:
+    """A database error of the block as a TargetError saying what the plan was doing (the CLI
+    reports SyncdErrors; a traceback is no answer for an operator)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        where = describe_url(engine.url)
+        raise TargetError(
+            f"dataset {dataset.name}: {doing} in {where} failed: {failure_reason(exc)[:500]}"
+        ) from exc
+
+
 def _read_watermark(conn: sa.Connection, marks: sa.Table, dataset: str, exists: bool) -> str | None:
     if not exists:
         return None
@@ -101,6 +117,7 @@ class _Planner:
         dataset: DatasetConfig, samples: int,
     ) -> None:
         self.engine = engine
+        self.prefix = prefix
         self.ds = dataset
         self.mapping = mapping
         self.result = result
@@ -121,14 +138,20 @@ class _Planner:
         self.key_expr: Any = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
 
     def key_warnings(self) -> list[str]:
-        """The key columns (target table, row_state) whose keys the database would not tell apart
-        exactly — MariaDB/MySQL tables made by an earlier version — with their fixes."""
+        """The key columns (target table, row_state, and snapshot_missing where ``missing_runs`` > 1
+        uses it) whose keys the database would not tell apart exactly — MariaDB/MySQL tables made by
+        an earlier version, a CHAR key column — with their fixes (as a sync warns of them)."""
         found: list[KeyColumn] = []
         if self.has_target:
             found += key_columns(self.engine, self.target.name, text_key_columns(self.ds)).values()
-        if self.has_state:
-            state = key_columns(self.engine, self.tables.row_state.name, ["row_key"], whole_table=True)
-            found += state.values()
+        own = [self.tables.row_state.name] if self.has_state else []
+        snapshot = self.ds.target.snapshot_delete
+        if snapshot is not None and snapshot.enabled and snapshot.missing_runs > 1:
+            streaks = missing_table(sa.MetaData(), self.prefix).name
+            if sa.inspect(self.engine).has_table(streaks):
+                own.append(streaks)
+        for name in own:
+            found += key_columns(self.engine, name, ["row_key"], whole_table=True).values()
         return [key.describe() for key in found if key.problem is not None]
 
     def _add(self, category: str, sample: dict[str, Any]) -> None:
@@ -190,7 +213,8 @@ class _Planner:
             by_key.pop(found[0], None)
             gone[found[0]] = found[1]
         hashes = {k: row_hash(r) for k, (r, _) in by_key.items()}
-        with self.engine.connect() as conn:
+        doing = f"comparing a batch with {self.tables.row_state.name} and {self.target.name}"
+        with _on_target(self.engine, self.ds, doing), self.engine.connect() as conn:
             stored = self.stored(conn, [*hashes, *gone])
             verdict = classify(hashes, gone, stored)
             wanted = [by_key[k][1] for k in verdict.update_candidates] + [gone[k] for k in verdict.deletes]
@@ -249,7 +273,7 @@ def plan_dataset(
     now = now or datetime.now(UTC)
     prefix = app.target.table_prefix
     marks = state_tables(sa.MetaData(), prefix).watermarks
-    with engine.connect() as conn:
+    with _on_target(engine, dataset, f"reading the watermark from {marks.name}"), engine.connect() as conn:
         watermark = _read_watermark(conn, marks, dataset.name, sa.inspect(conn).has_table(marks.name))
     window = plan_window(app, dataset, watermark, now)
     result = PlanResult(dataset=dataset.name, window=window, watermark=watermark)
@@ -262,9 +286,11 @@ def plan_dataset(
     if days <= dataset.authorization.warn_days:
         result.warnings.append(f"authorization {dataset.authorization.approval_code} expires in {days} days")
     mapping = compile_mapping(dataset, app.code_tables)
-    planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
-    result.warnings.extend(planner.key_warnings())
-    snapshot = _snapshot(app, planner, window)
+    with _on_target(engine, dataset, "reading its tables and their key columns"):
+        planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
+        result.warnings.extend(planner.key_warnings())
+    with _on_target(engine, dataset, "preparing the snapshot's seen-key table"):
+        snapshot = _snapshot(app, planner, window)
     source: Source | None = None
     try:
         source = source_factory(app, dataset)

@@ -49,7 +49,7 @@ from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import ColumnConfig, DatasetConfig, SnapshotDeleteConfig
 from syncd.errors import GuardError, TargetError
 from syncd.targets.dialects import BulkWriter, chunked, upsert_statement
-from syncd.targets.engine import write_engine
+from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts
 from syncd.targets.schema import (
     MYSQL_TABLE_OPTIONS,
@@ -61,7 +61,7 @@ from syncd.targets.schema import (
 from syncd.targets.sqltypes import exact_text
 from syncd.targets.state import StateStore
 from syncd.targets.verify import key_columns
-from syncd.targets.writer import BatchWriter
+from syncd.targets.writer import BatchWriter, failure_reason
 
 __all__ = ["SnapshotDeletes", "SnapshotPreview", "missing_table", "seen_table"]
 
@@ -286,7 +286,15 @@ class SnapshotDeletes:
     def preview(self, samples: int) -> SnapshotPreview:
         """What :meth:`apply` would do now, reading only: the guard's verdict, how many keys it
         would delete (with ``missing_runs`` > 1: those whose stored streak this read completes)
-        and the first ``samples`` of them."""
+        and the first ``samples`` of them. TargetError on a database error."""
+        try:
+            return self._preview(samples)
+        except sa.exc.SQLAlchemyError as exc:
+            where, ds = describe_url(self._store.engine.url), self._dataset
+            doing = f"dataset {ds}: comparing the keys read with {self._rs.name} (snapshot_delete)"
+            raise TargetError(f"{doing} in {where} failed: {failure_reason(exc)[:500]}") from exc
+
+    def _preview(self, samples: int) -> SnapshotPreview:
         missing, live = self._missing_of_live()
         refused = self._refusal(missing, live)
         if refused is not None or not missing:
@@ -299,7 +307,7 @@ class SnapshotDeletes:
                 if not sa.inspect(conn).has_table(ms.name):  # no run has counted a streak yet
                     return SnapshotPreview(live=live, missing=missing, due=0, keys=[], refused=None)
                 streak = sa.select(ms.c.row_key).where(
-                    ms.c.dataset == self._dataset, ms.c.row_key == rs.c.row_key,
+                    ms.c.dataset == self._dataset, ms.c.row_key == self._as_streak_key(rs.c.row_key),
                     ms.c.streak >= self._cfg.missing_runs - 1,
                 )
                 due_where = sa.and_(due_where, streak.exists())
@@ -309,6 +317,29 @@ class SnapshotDeletes:
             first = sa.select(rs.c.row_key).where(due_where).order_by(rs.c.row_key).limit(max(0, samples))
             keys = [str(k) for k in conn.execute(first).scalars()] if samples > 0 and due else []
         return SnapshotPreview(live=live, missing=missing, due=due, keys=keys, refused=None)
+
+    # MariaDB refuses to compare two columns of different collations ("Illegal mix of collations"),
+    # and after an upgrade syncd's row key columns differ: a row_state an earlier version made keeps
+    # utf8mb4_bin while a table created since (snapshot_missing) or a column added since
+    # (quarantine.row_key) has the NO PAD collation, and an operator may convert one table and not
+    # the other. The seen-key table takes row_state's collation when it is created. Where two key
+    # columns meet, the outer query's is cast to the collation of the one it probes, whose index
+    # then still serves the look-up (a cast column of the probed table loses it: every probe scans
+    # the dataset's rows).
+
+    def _as_row_state(self, key: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``key`` (an outer row key column of another of syncd's tables) in the collation of
+        ``row_state.row_key`` and the seen-key table (MariaDB/MySQL; unchanged elsewhere)."""
+        collation = self._store.row_key_collation
+        return key if collation is None else key.collate(collation)
+
+    def _as_streak_key(self, key: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``key`` (``row_state.row_key``) in the collation of ``snapshot_missing.row_key`` where the
+        two differ (MariaDB/MySQL: one catalogue query; unchanged elsewhere). The streaks' own
+        collation is the one a sync counts them in (``_update_streaks`` looks keys up in it)."""
+        found = key_columns(self._store.engine, self._missing.name, ["row_key"], whole_table=True)
+        streak = found["row_key"].collation if "row_key" in found else None
+        return key if streak is None or streak == self._store.row_key_collation else key.collate(streak)
 
     def _pages(self, query: sa.Select[Any], column: sa.ColumnElement[Any], size: int) -> Iterable[list[str]]:
         """Row keys of ``query`` in keyset pages (never OFFSET: rows leave while we page), read on
@@ -347,13 +378,7 @@ class SnapshotDeletes:
         """Remove the quarantine entries whose key this complete read did not see (see step 5)."""
         q = self._store.tables.quarantine
         seen = self._seen
-        entry_key: sa.ColumnElement[Any] = q.c.row_key
-        collation = self._store.row_key_collation
-        if collation is not None:
-            # MariaDB: the seen-key table has row_state's collation, which differs from the
-            # quarantine's NO PAD row_key where row_state was made by an earlier version
-            # ("Illegal mix of collations" otherwise)
-            entry_key = q.c.row_key.collate(collation)
+        entry_key = self._as_row_state(q.c.row_key)
         seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == entry_key).exists()
         mine = sa.and_(q.c.dataset == self._dataset, q.c.row_key.is_not(None))
         unseen = sa.select(q.c.row_key).where(mine, ~seen_here)
