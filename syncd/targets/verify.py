@@ -5,8 +5,9 @@ type, the key columns as its primary key or a unique key, and no extra NOT NULL 
 a default (syncd could not insert rows). Every problem is listed, each with a statement that
 fixes it, plus the alternative of letting syncd create a new table.
 
-:func:`key_columns` reads how MariaDB/MySQL compares a table's key columns (their collation):
-syncd warns about keys that do not compare exactly, with the ``ALTER TABLE`` that fixes them.
+:func:`key_columns` reads how the database compares a table's key columns (MariaDB/MySQL: their
+collation; a fixed-length CHAR type on MariaDB/MySQL and PostgreSQL): syncd warns about keys that
+do not compare exactly, with the ``ALTER TABLE`` that fixes them.
 """
 
 from __future__ import annotations
@@ -420,13 +421,13 @@ _MYSQL_KEY_COLUMNS = sa.text(
 
 @dataclass(frozen=True, slots=True)
 class KeyColumn:
-    """A key column of a MariaDB/MySQL table, as the catalogue describes it."""
+    """A text key column of a MariaDB/MySQL or PostgreSQL table, as the catalogue describes it."""
 
     table: str
     column: str
-    collation: str | None  # None: not a text column
-    problem: str | None  # why its keys do not compare exactly (key_collation_problem), or None
-    fix: str | None  # the ALTER TABLE giving it the server's NO PAD binary collation; None: none exists
+    collation: str | None  # None: not a text column (MariaDB/MySQL), or PostgreSQL
+    problem: str | None  # why its keys do not compare exactly (key_collation_problem, CHAR), or None
+    fix: str | None  # the ALTER TABLE making its keys exact; None: none exists (no NO PAD collation)
 
     def describe(self) -> str:
         """The problem in one line for the operator, with the fix."""
@@ -446,15 +447,25 @@ def _sql_quoted(value: str) -> str:
 def key_columns(
     engine: sa.Engine, table: str, columns: Sequence[str], *, whole_table: bool = False
 ) -> dict[str, KeyColumn]:
-    """``columns`` of ``table`` (those that exist) as MariaDB/MySQL compares them; {} on other
-    databases, which compare equal text exactly (PostgreSQL's deterministic collations, SQLite).
+    """``columns`` of ``table`` (those that exist) as the database compares them: on MariaDB/MySQL
+    their collation and type, on PostgreSQL their type (a fixed-length ``character(n)`` key column
+    ignores trailing spaces; its deterministic collations compare equal text exactly otherwise);
+    {} on SQLite, which compares text byte for byte whatever the declared type.
 
-    The fix of a column is a ``MODIFY`` that keeps its type, NOT NULL, default and comment
-    (``MODIFY`` replaces the whole column definition); with ``whole_table`` (syncd's own tables) it
-    converts every text column of the table and its default collation (``CONVERT TO``): a packed
-    ``row_state`` look-up puts the key and the hashes into one ``JSON_ARRAY``, which refuses text
-    of two collations. One catalogue query. Raises SQLAlchemy's DBAPIError."""
-    if dialect_family(engine) != "mysql" or not columns:
+    A CHAR key column never keeps keys apart that differ only in trailing spaces, whatever its
+    collation: its fix changes it to VARCHAR of the same length. The fix of a MariaDB/MySQL column
+    is a ``MODIFY`` that keeps its NOT NULL, default and comment (``MODIFY`` replaces the whole
+    column definition); with ``whole_table`` (syncd's own tables) it converts every text column of
+    the table and its default collation (``CONVERT TO``): a packed ``row_state`` look-up puts the
+    key and the hashes into one ``JSON_ARRAY``, which refuses text of two collations. syncd made
+    its own tables' keys VARCHAR, so on PostgreSQL ``whole_table`` reads nothing. One catalogue
+    query. Raises SQLAlchemy's DBAPIError."""
+    family = dialect_family(engine)
+    if not columns:
+        return {}
+    if family == "postgresql":
+        return {} if whole_table else _pg_key_columns(engine, table, columns)
+    if family != "mysql":
         return {}
     dialect = engine.dialect
     target = mysql_key_collation(dialect)
@@ -467,12 +478,17 @@ def key_columns(
     for found_name, found_collation, column_type, nullable, default, comment in rows:
         name, collation = str(found_name), None if found_collation is None else str(found_collation)
         problem = key_collation_problem(collation)
+        char = _CHAR.fullmatch(str(column_type))
+        if char is not None:
+            problems = (problem, _char_problem(str(column_type)))
+            problem = "; and ".join(p for p in problems if p is not None)
         fix = None
-        if problem is not None and exact and whole_table:
+        if problem is not None and exact and whole_table and char is None:
             fix = f"ALTER TABLE {prep.quote(table)} CONVERT TO CHARACTER SET utf8mb4 COLLATE {target};"
         elif problem is not None and exact:
+            kind = str(column_type) if char is None else f"VARCHAR({char['length']})"
             parts = [
-                f"ALTER TABLE {prep.quote(table)} MODIFY {prep.quote(name)} {column_type} "
+                f"ALTER TABLE {prep.quote(table)} MODIFY {prep.quote(name)} {kind} "
                 f"CHARACTER SET utf8mb4 COLLATE {target}",
                 "NOT NULL" if nullable == "NO" else "NULL",
             ]
@@ -482,4 +498,42 @@ def key_columns(
                 parts.append(f"COMMENT {_sql_quoted(str(comment))}")
             fix = " ".join(parts) + ";"
         found[name] = KeyColumn(table, name, collation, problem, fix)
+    return found
+
+
+_CHAR = re.compile(r"(?:char|character)\((?P<length>\d+)\)", re.IGNORECASE)
+"""A fixed-length text type as MariaDB/MySQL (``char(32)``) and PostgreSQL (``character(32)``)
+name it."""
+
+# PostgreSQL: the key columns of type character(n) (bpchar), found as an unqualified name is
+# (search_path); pg_class/pg_attribute read the same way on every PostgreSQL-speaking database
+_PG_CHAR_KEY_COLUMNS = sa.text(
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod)"
+    " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+    " WHERE c.relname = :table AND pg_catalog.pg_table_is_visible(c.oid) AND a.attnum > 0"
+    " AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.bpchar'::pg_catalog.regtype"
+    " AND a.attname IN :columns"
+).bindparams(sa.bindparam("columns", expanding=True))
+
+
+def _char_problem(type_text: str) -> str:
+    return (
+        f"{type_text} is fixed-length (CHAR): the database pads its values with spaces and ignores "
+        "trailing spaces when it compares them, whatever the collation, so keys that differ only in "
+        "trailing spaces ('A001' and 'A001 ') are one key"
+    )
+
+
+def _pg_key_columns(engine: sa.Engine, table: str, columns: Sequence[str]) -> dict[str, KeyColumn]:
+    """The ``character(n)`` columns among ``columns`` of a PostgreSQL ``table``, with the ALTER
+    TABLE that makes them VARCHAR of the same length (or text, without a length)."""
+    prep = engine.dialect.identifier_preparer
+    with engine.connect() as conn:
+        rows = conn.execute(_PG_CHAR_KEY_COLUMNS, {"table": table, "columns": list(columns)}).all()
+    found: dict[str, KeyColumn] = {}
+    for name, type_text in rows:
+        char = _CHAR.fullmatch(str(type_text))
+        kind = "text" if char is None else f"varchar({char['length']})"
+        fix = f"ALTER TABLE {prep.quote(table)} ALTER COLUMN {prep.quote(str(name))} TYPE {kind};"
+        found[str(name)] = KeyColumn(table, str(name), None, _char_problem(str(type_text)), fix)
     return found
