@@ -997,10 +997,11 @@ def _read_and_write(
         snapshot = _snapshot(run, mapping)
         writer = _process(run, reading, mapping, snapshot)
         stats = _read_to_the_end(run, reading)
-        if stats.total_changed:
+        shifted = _shifted(run, stats)
+        if shifted is not None:
             reading.close(True)
             reading = _Reading(run, window, source_factory, first_load=False)
-            writer, stats = _read_again(run, reading, mapping, snapshot, stats)
+            writer, stats = _read_again(run, reading, mapping, snapshot, stats, reason=shifted)
         _snapshot_deletes(run, reading.open(), window, snapshot, writer)
         # still ours, or another run may have read and written meanwhile: no watermark, and a file
         # source keeps its files
@@ -1038,14 +1039,40 @@ def _read_to_the_end(run: _Run, reading: _Reading) -> ReadStats:
     return stats
 
 
+def _shifted(run: _Run, stats: ReadStats) -> str | None:
+    """Why records may have shifted past a page boundary during this read, or None.
+
+    A page-number or offset read of a result that changes while it is paged can skip the record at
+    a page boundary. When the gateway bounds the window's end (``incremental.end_param``), a record
+    updated during the read leaves the result and the reported total changes. A gateway without that
+    bound keeps it, with its new update time, at the end of a result ordered by update time: the
+    total stays, and the record after the one that moved slipped onto a page already read. Such a
+    read shows an update time at or after the run's start (nothing the run could have seen before
+    it started): read again then too."""
+    if stats.total_changed:
+        return "the gateway's reported total changed while paging: a record may have been skipped"
+    source = run.ds.source
+    paging = getattr(getattr(source, "pagination", None), "type", None)
+    if paging in ("page_number", "offset") and run.max_seen is not None and run.max_seen >= run.started_local:
+        return (
+            f"a record updated at {run.max_seen.isoformat(sep=' ')}, after the run started, was read: "
+            "records that move while the gateway pages by number or offset can skip one"
+        )
+    return None
+
+
 def _read_again(
     run: _Run,
     reading: _Reading,
     mapping: CompiledMapping,
     snapshot: SnapshotDeletes | None,
     first: ReadStats,
+    *,
+    reason: str,
 ) -> tuple[BatchWriter, ReadStats]:
-    """Read the same window once more, after a read whose reported total changed between pages.
+    """Read the same window once more, after a read in which records may have shifted past a page
+    boundary (:func:`_shifted`: the reported total changed between pages, or a record updated after
+    the run started was read).
 
     Records that leave (or enter) the upstream result while it is paged by page number or offset
     shift the rest: the record at a page boundary moves onto a page already read and that read
@@ -1058,7 +1085,7 @@ def _read_again(
     records, counted once; the error limit judges one read); what it writes is."""
     log.warning(
         "sync.reread",
-        reason="the gateway's reported total changed while paging: a record may have been skipped",
+        reason=reason,
         pages=first.pages,
         records=first.records,
     )

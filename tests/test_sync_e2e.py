@@ -279,3 +279,38 @@ def test_a_record_shifted_off_its_page_by_an_update_is_not_lost(
             assert again.ok and set(target_rows(db_url)) == set(upstream_active(gateway.store))
         finally:
             syncer.close()
+
+
+
+def test_a_record_moved_to_the_end_by_an_update_is_not_lost_where_the_window_has_no_end(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway without an end bound for the window (``end_param: null``) keeps a record updated
+    during the read in the result, moved to its end (ordered by update time): the total stays the
+    same, but every record after its old place moves up one, and the first record of a later page
+    lands on a page already read. Its update time is old, so no later incremental run would read
+    it. A read that met an update time at or after the run's start reads the window again."""
+    with demo_gateway(monkeypatch, records=450, seed=5) as gateway:
+        cfg = write_config(tmp_path, db_url=db_url, gateway_url=gateway.url, page_size=100,
+                           replace=[("    end_param: updateTimeEnd", "    end_param: null")])
+        syncer = Syncer(cfg)
+        try:
+            early = gateway.store.ids()[0]  # first in (updateTime, id) order: page 1
+
+            def update_during_the_read(progress: Progress) -> None:
+                if progress.pages == 1:  # page 2 may already be read ahead; pages 3-5 shift
+                    gateway.store.set_time(local_now() + timedelta(minutes=1))
+                    gateway.store.update([early], remark="读取期间修改")
+
+            with capture_logs() as logs:
+                first = syncer.run(on_progress=update_during_the_read)
+            assert first.ok, first.error
+            rereads = [e for e in logs if e["event"] == "sync.reread"]
+            assert rereads and "after the run started" in rereads[0]["reason"]
+            assert not any(e["event"] == "sync.read_unstable" for e in logs)
+            assert set(target_rows(db_url)) == set(upstream_active(gateway.store))
+            with capture_logs() as logs:
+                again = syncer.run()
+            assert again.ok and set(target_rows(db_url)) == set(upstream_active(gateway.store))
+        finally:
+            syncer.close()
