@@ -392,12 +392,7 @@ class SqlSource:
         if self._times is None:
             upd = self._from.c[self._upd or ""]
             values = sa.select(upd).select_from(self._from)
-            try:
-                conn = self._engine.connect()
-            except sa.exc.SQLAlchemyError as exc:
-                raise TransientUpstreamError(
-                    f"front-end database {self._where} is unreachable: {_reason(exc)}"
-                ) from exc
+            conn = self._connect()
             try:
                 with conn:
                     self.stats.requests += 1
@@ -534,14 +529,18 @@ class SqlSource:
             f"once upstream fills {self._upd}"
         )
 
-    def _pages(self, query: sa.Select[Any]) -> Iterator[Page]:
-        """The rows of one query, streamed in pages of at most the fetch size."""
+    def _connect(self) -> sa.Connection:
+        """A connection to the front-end database; TransientUpstreamError (retried) when unreachable."""
         try:
-            conn = self._engine.connect()
+            return self._engine.connect()
         except sa.exc.SQLAlchemyError as exc:
             raise TransientUpstreamError(
                 f"front-end database {self._where} is unreachable: {_reason(exc)}"
             ) from exc
+
+    def _pages(self, query: sa.Select[Any]) -> Iterator[Page]:
+        """The rows of one query, streamed in pages of at most the fetch size."""
+        conn = self._connect()
         try:
             with conn:
                 self.stats.requests += 1
