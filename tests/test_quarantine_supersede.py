@@ -275,6 +275,58 @@ def test_a_snapshot_delete_supersedes_the_quarantined_version(
         site.close()
 
 
+def test_an_entry_of_a_row_waiting_out_missing_runs_stays_with_its_row(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """With ``missing_runs: 2`` a row missing once stands (upstream may send it again), and so does
+    the entry of its latest version: it went with the first miss, and a replay after that could no
+    longer restore the row's newer version. It goes with the row, when the second miss deletes it."""
+    site = Site(tmp_path, db_url, upstream)
+    read_whole_with_snapshot_deletes(tmp_path, max_ratio=0.5)
+    dataset = tmp_path / "datasets" / "residents.yaml"
+    text = dataset.read_text(encoding="utf-8")
+    text = text.replace("{max_ratio: 0.5}", "{max_ratio: 0.5, missing_runs: 2}")
+    dataset.write_text(text, encoding="utf-8")
+    try:
+        others = [record(f"R{i}") for i in range(2, 5)]
+        upstream.serve(record("R1"), *others)
+        site.sync()
+        upstream.serve(record("R1", BAD), *others)
+        site.sync()
+        assert set(site.entries()) == {"R1"}
+        upstream.serve(*others)
+        once = site.sync()
+        assert once.counts.deleted == 0 and "R1" in site.rows()
+        assert set(site.entries()) == {"R1"}, "the entry of a row that still stands was dropped"
+        twice = site.sync()
+        assert twice.counts.deleted == 1 and "R1" not in site.rows()
+        assert site.entries() == {}
+    finally:
+        site.close()
+
+
+def test_an_empty_answer_keeps_the_entries_of_a_dataset_with_no_rows(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """Every record of the dataset failed its mapping: no live rows, so the delete guard has nothing
+    to measure an empty answer against. An empty answer (a gateway fault as often as not) must not
+    empty the quarantine, which holds the only trace of those records."""
+    site = Site(tmp_path, db_url, upstream)
+    read_whole_with_snapshot_deletes(tmp_path, max_ratio=0.5)
+    try:
+        upstream.serve(record("R8", BAD), record("R9", BAD))
+        site.sync()
+        assert set(site.entries()) == {"R8", "R9"} and site.rows() == {}
+        upstream.serve()
+        site.sync()
+        assert set(site.entries()) == {"R8", "R9"}
+        upstream.serve(record("R9", BAD))  # a real answer without R8: R8's entry goes
+        site.sync()
+        assert set(site.entries()) == {"R9"}
+    finally:
+        site.close()
+
+
 @pytest.mark.parametrize("worker", ["never", "always"])
 def test_the_last_record_of_a_key_decides_within_a_read(
     tmp_path: Path, sqlite_url: str, upstream: Upstream, worker: str

@@ -24,8 +24,9 @@ run did not see were deleted upstream. Memory stays bounded at any table size (D
    ``row_state`` (or carry the deleted hash), and the next complete run deletes the rest;
 5. the quarantine entries of keys this complete read did not see are removed (after the guard):
    upstream no longer sends those records, so replaying one would bring back a record deleted
-   upstream. Entries of keys with rows go with their rows' deletes (the writer removes the entries
-   of the keys it deletes); this also covers keys that never had a row (their first record failed).
+   upstream. Here only the keys without a live row (their first record failed); entries of keys
+   with rows go with their rows' deletes (the writer removes the entries of the keys it deletes),
+   after ``missing_runs`` misses when it is above 1. A read that saw no key at all removes none.
 
 ``syncd plan`` asks the same questions without writing (:meth:`SnapshotDeletes.preview`): its
 seen keys go into the same kind of temporary table, which no other session sees and which ends
@@ -153,6 +154,7 @@ class SnapshotDeletes:
         self._insert_seen = BulkWriter(store.engine, self._seen, ("row_key",))
         self._conn: sa.Connection | None = None  # holds the seen-key table (prepare … close)
         self._buffered: list[tuple[str]] = []  # seen keys not inserted yet (SEEN_BUFFER)
+        self._seen_count = 0  # keys marked seen by this run (repeats counted)
         self._indexed = False
         self._writes = write_engine(store.engine)
         keys = key_column_names(shape)
@@ -219,6 +221,7 @@ class SnapshotDeletes:
 
     def mark_seen(self, row_keys: Sequence[str]) -> None:
         """Record that this run saw ``row_keys`` (after their batch committed)."""
+        self._seen_count += len(row_keys)
         self._buffered.extend((key,) for key in row_keys)
         if len(self._buffered) >= SEEN_BUFFER:
             self._flush_seen()
@@ -375,13 +378,20 @@ class SnapshotDeletes:
             conn.execute(sa.delete(ms).where(mine, ms.c.run_id != self._run_id))
 
     def _forget_unseen_entries(self) -> None:
-        """Remove the quarantine entries whose key this complete read did not see (see step 5)."""
-        q = self._store.tables.quarantine
+        """Remove the quarantine entries whose key this complete read did not see (see step 5):
+        only those of keys without a live row — an entry of a key with a row goes when the writer
+        deletes the row (at once, or after ``missing_runs`` misses: until then the row stands and
+        upstream may send the key again) — and nothing after a read that saw no key at all (an empty
+        answer: the delete guard cannot judge a dataset whose every record is quarantined)."""
+        if self._seen_count == 0:
+            return
+        q, rs = self._store.tables.quarantine, self._rs
         seen = self._seen
         entry_key = self._as_row_state(q.c.row_key)
         seen_here = sa.select(seen.c.row_key).where(seen.c.row_key == entry_key).exists()
+        has_row = sa.select(rs.c.row_key).where(self._alive(), rs.c.row_key == entry_key).exists()
         mine = sa.and_(q.c.dataset == self._dataset, q.c.row_key.is_not(None))
-        unseen = sa.select(q.c.row_key).where(mine, ~seen_here)
+        unseen = sa.select(q.c.row_key).where(mine, ~seen_here, ~has_row)
         conn = self._session()
         with conn.begin():  # read where the seen-key table is; deleted in a write transaction
             keys = sorted({str(k) for k in conn.execute(unseen).scalars()})
