@@ -215,8 +215,7 @@ class _Run:
                 "the service is stopping; committed batches are kept and the next run resumes "
                 "from the unchanged watermark"
             )
-        if self.lock is not None:
-            self.lock.check()
+        self.check_lock()
 
     def check_lock(self, force: bool = False) -> None:
         """RunLockLost when the run's lock is gone (``force``: ask the database now)."""
@@ -848,12 +847,15 @@ def _take_mapped(run: _Run, worker: ReadWorker, batch: _Batch) -> None:
         raise
 
 
+_TOTAL_CHANGED = "the gateway's reported total changed while paging: a record may have been skipped"
+
+
 def unsure_snapshot(stats: ReadStats) -> str | None:
     """Why this complete read may still have missed a live record, or None. Records that enter or
     leave the upstream result while it is paged by page number or offset shift the rest: one at a
     page boundary is skipped, and would be deleted here (and inserted again by the next run)."""
     if stats.total_changed:
-        return "the gateway's reported total changed while paging: a record may have been skipped"
+        return _TOTAL_CHANGED
     if stats.reported_total is not None and stats.records < stats.reported_total:
         return f"upstream reported {stats.reported_total} records but {stats.records} were received"
     return None
@@ -1050,7 +1052,7 @@ def _shifted(run: _Run, stats: ReadStats) -> str | None:
     read shows an update time at or after the run's start (nothing the run could have seen before
     it started): read again then too."""
     if stats.total_changed:
-        return "the gateway's reported total changed while paging: a record may have been skipped"
+        return _TOTAL_CHANGED
     source = run.ds.source
     paging = getattr(getattr(source, "pagination", None), "type", None)
     if paging in ("page_number", "offset") and run.max_seen is not None and run.max_seen >= run.started_local:

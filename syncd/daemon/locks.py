@@ -51,6 +51,7 @@ from sqlalchemy.pool import NullPool
 from syncd.errors import RunLockLost, TargetError
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import with_driver
+from syncd.targets.writer import failure_reason
 
 __all__ = [
     "LOCK_CHECK_INTERVAL_S",
@@ -105,16 +106,6 @@ class HeldLock:
             "network drop, a server or proxy timeout)",
             reason=self.lost,
         )
-
-
-def _driver_error(exc: sa.exc.SQLAlchemyError) -> str:
-    """The first line of the driver's message (not SQLAlchemy's SQL and background link)."""
-    orig = getattr(exc, "orig", None)
-    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
-    if len(args) == 2 and isinstance(args[0], int):  # PyMySQL: (2013, 'Lost connection to …')
-        return f"error {args[0]}: {args[1]}"
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def lock_key(dataset: str) -> int:
@@ -258,7 +249,7 @@ class DatasetLocker:
                 try:
                     conn.exec_driver_sql("SELECT 1")
                 except sa.exc.SQLAlchemyError as exc:
-                    return f"its PostgreSQL session ended ({_driver_error(exc)})"
+                    return f"its PostgreSQL session ended ({failure_reason(exc)})"
                 return None
 
             held = HeldLock(dataset, alive) if acquired else None
@@ -282,7 +273,7 @@ class DatasetLocker:
                 if conn.execute(mine, {"name": name}).scalar() == 1:
                     return None
             except sa.exc.SQLAlchemyError as exc:
-                return f"its MariaDB/MySQL session ended ({_driver_error(exc)})"
+                return f"its MariaDB/MySQL session ended ({failure_reason(exc)})"
             return f"the server no longer has lock {name} on syncd's lock session (IS_USED_LOCK)"
 
         held = HeldLock(dataset, held_here) if acquired else None

@@ -279,10 +279,7 @@ class BatchWriter:
 
     def _keys_match(self, keys: Sequence[Row]) -> Any:
         """WHERE clause: the key is one of ``keys`` (key values in ``key_indexes`` order)."""
-        params = [self._key_param(k) for k in keys]
-        if self._key_array is not None:
-            return self._key_expr == sa.any_(sa.bindparam(None, params, type_=self._key_array))
-        return self._key_expr.in_(params)
+        return _one_of(self._key_expr, [self._key_param(k) for k in keys], self._key_array)
 
     def _reject(self, row: Row, reason: str) -> QuarantineItem:
         return QuarantineItem(raw=dict(zip(self._columns, row, strict=False)), reason=reason)
@@ -665,13 +662,11 @@ class BatchWriter:
             return [k for k in held if any(k in group for group in groups)]
         return list(dict.fromkeys(k for group in groups for k in group if k in held))
 
-    def _row_key_in(self, keys: list[str]) -> sa.ColumnElement[bool]:
+    def _row_key_in(self, keys: list[str]) -> Any:
         """``quarantine.row_key IN keys``; on PostgreSQL ``= ANY(array)``: one parameter and one
         cached statement instead of a list of a thousand to parse and plan on every batch."""
-        row_key = self._tables.quarantine.c.row_key
-        if self._reads.dialect.name != "postgresql":
-            return row_key.in_(keys)
-        return row_key == sa.any_(sa.bindparam(None, keys, type_=postgresql.ARRAY(sa.String())))
+        array = postgresql.ARRAY(sa.String()) if self._reads.dialect.name == "postgresql" else None
+        return _one_of(self._tables.quarantine.c.row_key, keys, array)
 
     def _keys_with_entries(self, keys: list[str]) -> list[str]:
         """Past QUARANTINE_KEYS_HELD: which of ``keys`` hold entries, asked with a read (an indexed
@@ -824,6 +819,14 @@ def _values_json(columns: Sequence[str]) -> Callable[[Row], str]:
     exec(compiled_source(source, "<syncd change values>"), ns)  # noqa: S102 - syncd's own template
     function: Callable[[Row], str] = ns["_values"]
     return function
+
+
+def _one_of(expr: Any, values: list[Any], array: Any | None) -> Any:
+    """``expr IN values``, or with a PostgreSQL ``array`` type ``expr = ANY(:values)``: one parameter
+    and one cached statement instead of an IN list of a thousand to parse and plan every batch."""
+    if array is not None:
+        return expr == sa.any_(sa.bindparam(None, values, type_=array))
+    return expr.in_(values)
 
 
 def _quarantine_upsert(engine: sa.Engine, q: sa.Table) -> Any:
