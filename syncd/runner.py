@@ -4,7 +4,9 @@ The runner only wires the stages (DESIGN §3): the source reads, the compiled ma
 batch writer detects changes and commits each batch atomically with its change-log and row-state
 rows. What the runner owns is the run's policy:
 
-* authorization is checked before anything is read (DESIGN §4.7);
+* authorization is checked before anything is read (DESIGN §4.7), and so is the key definition:
+  a dataset whose key is made differently from when its rows were synced is refused
+  (:mod:`syncd.targets.keydef`);
 * the read window: ``since = watermark - lookback`` and ``until = start - safety_lag``;
 * the watermark advances only after every batch of the run has committed, to the newest update
   time seen (never past ``until``) — so a crash at any point re-reads from the old watermark and
@@ -56,6 +58,7 @@ from syncd.targets import (
     StateStore,
     default_node,
 )
+from syncd.targets.keydef import KeyDefinitionChanged, check_key_definition
 from syncd.targets.snapshot import SnapshotDeletes
 
 __all__ = ["Backfill", "Progress", "RunLock", "RunResult", "check_authorization", "run_dataset"]
@@ -917,7 +920,7 @@ def run_dataset(
     with _bound(dataset=dataset.name, run_id=run.run_id):
         try:
             before = _start(run, trigger)
-        except AuthorizationError as exc:
+        except (AuthorizationError, KeyDefinitionChanged) as exc:
             log.error("sync.refused", reason=str(exc))
             _record_refusal(run, trigger, str(exc))
             return RunResult(
@@ -948,7 +951,8 @@ def _run_info(run: _Run, trigger: str, before: str | None) -> RunInfo:
 
 
 def _start(run: _Run, trigger: str) -> str | None:
-    """Check the authorization, prepare the state tables and open the run record; return the watermark."""
+    """Check the authorization, prepare the state tables, check the key definition
+    (:mod:`syncd.targets.keydef`) and open the run record; return the watermark."""
     auth = run.ds.authorization
     days_left = check_authorization(run.ds, run.started_local.date())
     if days_left <= auth.warn_days:
@@ -957,6 +961,7 @@ def _start(run: _Run, trigger: str) -> str | None:
         )
         log.warning("authorization.expiring", approval_code=auth.approval_code, days_left=days_left)
     run.store.ensure_schema()
+    check_key_definition(run.store, run.ds, run.app.code_tables)  # KeyDefinitionChanged: refused
     before = run.store.get_watermark(run.ds.name)
     run.store.begin_run(_run_info(run, trigger, before))
     return before

@@ -16,6 +16,8 @@ Nothing is written: no run record, no watermark, no table is created (a missing 
 table simply means every row would be inserted; the seen-key table is temporary, visible to no
 other session, and dropped when the plan ends). Memory grows only with the number of keys the
 plan would change (to count a key seen twice in one pull once), never with unchanged rows.
+A dataset whose key definition changed since its rows were synced is reported as refused, as a
+run would be (:mod:`syncd.targets.keydef`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from syncd.sources import Source, Window, build_source
 from syncd.targets import StateStore, state_tables, target_table
 from syncd.targets.dialects import chunked, param_budget
 from syncd.targets.engine import describe_url
+from syncd.targets.keydef import KeyDefinitionChanged, check_key_definition
 from syncd.targets.schema import text_key_columns
 from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview, missing_table
 from syncd.targets.verify import KeyColumn, key_columns
@@ -281,6 +284,11 @@ def plan_dataset(
     try:
         days = check_authorization(dataset, local_today)
     except AuthorizationError as exc:
+        result.refused = str(exc)
+        return result
+    try:  # a plan writes nothing: a missing definition is recorded by the next run, not here
+        check_key_definition(StateStore(engine, prefix), dataset, app.code_tables, record=False)
+    except KeyDefinitionChanged as exc:
         result.refused = str(exc)
         return result
     if days <= dataset.authorization.warn_days:

@@ -47,6 +47,7 @@ from syncd.mapping.records import RecordSorter, delete_flag, storable
 from syncd.runner import RunLock, check_authorization
 from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
 from syncd.targets.dialects import chunked
+from syncd.targets.keydef import check_key_definition
 from syncd.targets.prune import FeedPruner
 
 __all__ = ["ReplayResult", "find_entry", "list_entries", "replay_quarantine"]
@@ -129,13 +130,16 @@ def replay_quarantine(
 ) -> ReplayResult:
     """Re-map and write the quarantined records of ``dataset`` (see the module docstring).
 
-    Raises AuthorizationError when the dataset's authorization does not allow writing today, and
+    Raises AuthorizationError when the dataset's authorization does not allow writing today,
+    KeyDefinitionChanged (:mod:`syncd.targets.keydef`) when its key is made differently from when
+    its rows were synced, and
     RunLockLost (the replay recorded as failed) when ``lock``, the dataset's run lock, is lost
     before a page is written.
     """
     now = now or datetime.now(UTC)
     check_authorization(dataset, now.astimezone(ZoneInfo(app.timezone)).date())
     store.ensure_schema()
+    check_key_definition(store, dataset, app.code_tables)  # KeyDefinitionChanged: nothing replayed
     replay = compile_replay(dataset, app.code_tables)
     writer = store.writer(dataset, replay.mapping)
     is_deleted = delete_flag(dataset)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["BatchCounts", "QuarantineItem", "RunCounts", "RunInfo", "default_node"]
+__all__ = ["BatchCounts", "QuarantineItem", "ResetCounts", "RunCounts", "RunInfo", "default_node"]
 
 
 def default_node() -> str:
@@ -80,6 +80,16 @@ class BatchCounts:
     def written(self) -> int:
         """Rows inserted, updated or deleted (those that have a change entry)."""
         return self.inserted + self.updated + self.deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCounts:
+    """What ``syncd reset`` found of a dataset (StateStore.reset_counts / reset_dataset)."""
+
+    row_keys: int  # keys in row_state
+    watermark: str | None
+    quarantined: int  # quarantined records (kept)
+    target_rows: int | None  # rows in the target table; None when it does not exist
 
 
 @dataclass(slots=True)

@@ -19,6 +19,9 @@ hashes and change entries commit in one transaction (DESIGN §4.2). Names carry 
 - ``changes_pruned`` dataset → the highest change-feed ``id`` (and ``changed_at``) deleted by
   ``syncd changes prune`` or the daemon's retention, so a reader whose position lies below it
   learns that entries it has not read are gone (:mod:`syncd.targets.prune`)
+- ``key_defs``   dataset → the digest of its key definition the row keys in ``row_state`` were
+  made under (:mod:`syncd.targets.keydef`): a run whose configuration makes keys differently is
+  refused until the operator reverts the change or resets the dataset (``syncd reset``)
 
 On MariaDB every table is InnoDB, utf8mb4 (characters outside the BMP, 𠮷, survive) with the
 utf8mb4_bin collation as the table's default, whatever the database's default: text never
@@ -134,10 +137,12 @@ class StateTables:
     runs: sa.Table
     quarantine: sa.Table
     changes_pruned: sa.Table
+    key_defs: sa.Table
 
     def all(self) -> tuple[sa.Table, ...]:
         return (
-            self.row_state, self.changes, self.watermarks, self.runs, self.quarantine, self.changes_pruned
+            self.row_state, self.changes, self.watermarks, self.runs, self.quarantine, self.changes_pruned,
+            self.key_defs,
         )
 
 
@@ -238,7 +243,16 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         sa.Column("pruned_at", UtcDateTime(), nullable=False),  # the last prune that deleted any
         **MYSQL_TABLE_OPTIONS,
     )
-    return StateTables(row_state, changes, watermarks, runs, quarantine, changes_pruned)
+    key_defs = sa.Table(
+        f"{prefix}key_defs",
+        metadata,
+        sa.Column("dataset", dataset, primary_key=True),
+        # syncd.targets.keydef.key_definition: JSON of digests (never a salt in clear)
+        sa.Column("definition", sa.String(1000), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    return StateTables(row_state, changes, watermarks, runs, quarantine, changes_pruned, key_defs)
 
 
 def target_table(metadata: sa.MetaData, dataset: DatasetConfig, shape: MappingShape) -> sa.Table:

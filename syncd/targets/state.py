@@ -22,7 +22,7 @@ from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
-from syncd.targets.records import RunCounts, RunInfo
+from syncd.targets.records import ResetCounts, RunCounts, RunInfo
 from syncd.targets.schema import (
     ADDED_QUARANTINE_COLUMNS,
     ADDED_STATE_COLUMNS,
@@ -219,6 +219,85 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"reading the watermark of dataset {dataset}", exc) from exc
         return None if value is None else str(value)
+
+    # ------------------------------------------------------------------ key definition and reset
+
+    def key_definition(self, dataset: str) -> str | None:
+        """The key definition stored for ``dataset`` (:mod:`syncd.targets.keydef`); None when none
+        is, also when the table does not exist yet (a plan before the first run writes nothing)."""
+        kd = self.tables.key_defs
+        query = sa.select(kd.c.definition).where(kd.c.dataset == dataset)
+        try:
+            with self.engine.connect() as conn:
+                if not self._schema_ready and not sa.inspect(conn).has_table(kd.name):
+                    return None
+                value = conn.execute(query).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"reading the key definition of dataset {dataset}", exc) from exc
+        return None if value is None else str(value)
+
+    def record_key_definition(self, dataset: str, definition: str) -> None:
+        kd = self.tables.key_defs
+        try:
+            with self._writes.begin() as conn:
+                stmt = upsert_statement(conn, kd, ("dataset",), ["definition", "updated_at"])
+                now = datetime.now(UTC)
+                conn.execute(stmt, [{"dataset": dataset, "definition": definition, "updated_at": now}])
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"recording the key definition of dataset {dataset}", exc) from exc
+
+    def reset_counts(self, dataset: DatasetConfig) -> ResetCounts:
+        """What :meth:`reset_dataset` would remove for ``dataset`` (nothing is written)."""
+        if not self._schema_ready:
+            self.ensure_schema()
+        rs, marks, q = self.tables.row_state, self.tables.watermarks, self.tables.quarantine
+        count = sa.select(sa.func.count()).select_from
+        try:
+            with self.engine.connect() as conn:
+                keys = conn.execute(count(rs).where(rs.c.dataset == dataset.name)).scalar() or 0
+                mark = conn.execute(sa.select(marks.c.value).where(marks.c.dataset == dataset.name)).scalar()
+                quarantined = conn.execute(count(q).where(q.c.dataset == dataset.name)).scalar() or 0
+                table = sa.table(dataset.target.table)
+                rows = None
+                if sa.inspect(conn).has_table(dataset.target.table):
+                    rows = conn.execute(count(table)).scalar() or 0
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"counting the state of dataset {dataset.name}", exc) from exc
+        return ResetCounts(int(keys), None if mark is None else str(mark), int(quarantined), rows)
+
+    def reset_dataset(self, dataset: DatasetConfig, *, truncate_target: bool = False) -> ResetCounts:
+        """Forget what syncd knows of ``dataset``'s rows, in ONE transaction: its row state, its
+        watermark, its stored key definition and its snapshot miss counts; quarantined records stay
+        (replay re-maps them) but lose their row key (made the old way). With ``truncate_target``
+        the rows of its target table are deleted too. The change feed is left as it is. Returns
+        what there was."""
+        counts = self.reset_counts(dataset)
+        from syncd.targets.snapshot import missing_table  # snapshot imports this module
+
+        t = self.tables
+        missing = missing_table(sa.MetaData(), self.prefix)
+        name = dataset.name
+        try:
+            with self._writes.begin() as conn:
+                for table in (t.row_state, t.watermarks, t.key_defs):
+                    conn.execute(sa.delete(table).where(table.c.dataset == name))
+                q = t.quarantine
+                conn.execute(sa.update(q).where(q.c.dataset == name).values(row_key=None))
+                if sa.inspect(conn).has_table(missing.name):
+                    conn.execute(sa.delete(missing).where(missing.c.dataset == name))
+                if truncate_target and counts.target_rows is not None:
+                    conn.execute(sa.delete(sa.table(dataset.target.table)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"resetting dataset {name}", exc) from exc
+        log.warning(
+            "dataset.reset",
+            dataset=name,
+            row_keys=counts.row_keys,
+            watermark=counts.watermark,
+            target_table=dataset.target.table,
+            target_rows_deleted=counts.target_rows if truncate_target else 0,
+        )
+        return counts
 
     # ------------------------------------------------------------------ reads for operators and apps
 

@@ -1,0 +1,83 @@
+"""``syncd reset DATASET --yes [--truncate-target]``: forget a dataset's synced state, so that its
+next run loads everything again as a first load.
+
+For a dataset whose key definition changed (:mod:`syncd.targets.keydef` refuses to run it):
+clears its row state, watermark, stored key definition and snapshot miss counts in one
+transaction, under the dataset's run lock. Quarantined records stay (``syncd quarantine replay``
+re-maps them). The target table keeps its rows unless ``--truncate-target`` deletes them in the
+same transaction; without it the statement that would is printed, for the operator to decide.
+The change feed is not touched. Without ``--yes`` only what would be done is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from syncd.commands.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    dataset_or_report,
+    load_or_report,
+    open_store,
+    run_locks,
+)
+
+NAME = "reset"
+HELP = "forget a dataset's row state and watermark (after a key change) so its next run loads everything"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET")
+    parser.add_argument("--yes", action="store_true", help="do it (without: only say what would be done)")
+    parser.add_argument(
+        "--truncate-target",
+        action="store_true",
+        help="also delete every row of the dataset's target table (in the same transaction)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from syncd.errors import SyncdError
+
+    app = load_or_report(args)
+    if app is None:
+        return EXIT_CONFIG
+    dataset = dataset_or_report(app, args.dataset, "reset")
+    if dataset is None:
+        return EXIT_CONFIG
+    table = dataset.target.table
+    engine, store = open_store(app)
+    try:
+        if not args.yes:
+            counts = store.reset_counts(dataset)
+            rows = "does not exist" if counts.target_rows is None else f"has {counts.target_rows} row(s)"
+            print(f"syncd reset {dataset.name} would forget {counts.row_keys} row key(s) and the watermark "
+                  f"{counts.watermark or '(none)'}; the next run loads everything again as a first load.")
+            keep = "keep them (add --truncate-target to delete them)"
+            truncate = "delete them too" if args.truncate_target else keep
+            print(f"table {table} {rows}: it would {truncate}; "
+                  f"{counts.quarantined} quarantined record(s) stay; the change feed is not touched.")
+            print("nothing was changed: run it again with --yes", file=sys.stderr)
+            return EXIT_CONFIG
+        with run_locks(app, "reset") as lock, lock(dataset.name) as held:
+            if held is None:
+                return EXIT_FAILED
+            counts = store.reset_dataset(dataset, truncate_target=args.truncate_target)
+    except SyncdError as exc:
+        print(f"syncd reset: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+    print(f"{dataset.name}: reset: forgot {counts.row_keys} row key(s) and the watermark "
+          f"{counts.watermark or '(none)'}; the next run loads everything again")
+    if counts.target_rows is None:
+        pass
+    elif args.truncate_target:
+        print(f"table {table}: deleted its {counts.target_rows} row(s)")
+    elif counts.target_rows:
+        empty = "DELETE FROM " + table  # noqa: S608 - printed for the operator, never executed
+        print(f"table {table} keeps its {counts.target_rows} row(s), keyed the old way: rows the next run "
+              f"writes under the new key come beside them. To empty it: {empty};")
+    return EXIT_OK

@@ -1,0 +1,182 @@
+"""The key definition of a dataset, remembered so that a changed key is refused, not flooded in.
+
+``row_state`` holds each row's key as the configuration made it (``row_key``). When an operator
+changes how keys are made — adds or removes a ``target.key`` column, changes a key column's
+``source``, transforms (a ``hash`` salt included), type or decimal scale, or a code table a key
+column looks up — the next run computes a different key for every record: every record would be
+an insert (the old rows stay beside the new ones; an incremental dataset never removes them, a
+snapshot dataset deletes and re-inserts everything). So the first run records
+:func:`key_definition` per dataset (``{prefix}key_defs``) and every later run, plan and
+quarantine replay compares it first (:func:`check_key_definition`): on a difference the dataset
+is refused with :class:`KeyDefinitionChanged`, naming the file, the line of ``target.key`` and
+the two ways out — revert the change, or ``syncd reset DATASET`` (the next run loads everything
+again under the new key).
+
+The definition is JSON of short digests (one of the key column list, one per key column); a
+salt only ever enters a digest, never the text. Non-key columns, validators, lengths and
+``nullable`` are not in it: they do not change a key (other mapping changes re-map through the
+mapping fingerprint, :attr:`syncd.mapping.CompiledMapping.fingerprint`). A database written by
+an earlier syncd has no definition stored: the next run records it and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from pydantic import SecretStr
+
+from syncd.config.model import ColumnConfig, DatasetConfig
+from syncd.config.positions import Position, parse_yaml
+from syncd.errors import ConfigIssue, SyncdError
+
+__all__ = ["KeyDefinitionChanged", "KeyStore", "check_key_definition", "key_definition"]
+
+log = structlog.get_logger(__name__)
+
+SCHEME = 1
+"""Bumped only when the digests below are computed differently (a stored older scheme is then
+re-recorded, never refused)."""
+
+
+class KeyDefinitionChanged(SyncdError):
+    """The dataset's key is made differently from when its rows were synced: the run is refused."""
+
+    def __init__(self, issue: ConfigIssue) -> None:
+        self.issue = issue
+        super().__init__(str(issue))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()  # into a digest only
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(_plain(value), sort_keys=True, default=repr, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _column_part(spec: ColumnConfig, code_tables: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """What of a key column decides its key values: where the value comes from, how it is
+    transformed, and how it is normalised (type; scale for decimals; the bool words)."""
+    transforms = [t.model_dump(exclude_none=True) for t in spec.transforms]
+    named = sorted({t.table for t in spec.transforms if t.type == "code_table" and isinstance(t.table, str)})
+    part: dict[str, Any] = {"source": spec.source, "type": spec.type, "transforms": transforms}
+    if named:
+        part["code_tables"] = {name: code_tables.get(name) for name in named}
+    if spec.type == "decimal":
+        part["scale"] = spec.scale
+    if spec.type == "bool":
+        part["bool"] = [spec.true_values, spec.false_values]
+    return part
+
+
+def key_definition(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, str]]) -> str:
+    """The dataset's key definition as stored in ``key_defs`` (see the module docstring)."""
+    columns = {k: _digest(_column_part(dataset.columns[k], code_tables)) for k in dataset.target.key}
+    return json.dumps(
+        {"v": SCHEME, "key": _digest(list(dataset.target.key)), "columns": columns}, sort_keys=True
+    )
+
+
+def _changed(stored: str, current: str) -> list[str]:
+    """What differs between two definitions, for the operator: ``target.key`` and/or the key
+    columns whose definition changed. Empty when the stored one is of another scheme."""
+    try:
+        old, new = json.loads(stored), json.loads(current)
+    except ValueError:
+        return []
+    if not isinstance(old, dict) or old.get("v") != new["v"]:
+        return []
+    if old.get("key") != new["key"]:
+        return ["target.key (the key columns)"]
+    old_columns = old.get("columns") or {}
+    return [f"columns.{name}" for name, digest in new["columns"].items() if old_columns.get(name) != digest]
+
+
+def _positions(file: str, changed: list[str]) -> tuple[Position, dict[str, int]]:
+    """Where ``target.key`` is written in ``file``, and the line of each changed column."""
+    try:
+        doc = parse_yaml(Path(file).read_text(encoding="utf-8-sig"), file)
+    except (OSError, UnicodeError, SyncdError):
+        return Position(0, 0), {}
+    lines = {}
+    for item in changed:
+        if item.startswith("columns."):
+            lines[item] = doc.position(("columns", item.removeprefix("columns.")), on_key=True).line
+    return doc.position(("target", "key"), on_key=True), lines
+
+
+def _refusal(dataset: DatasetConfig, stored: str, current: str, table_prefix: str) -> KeyDefinitionChanged:
+    changed = _changed(stored, current)
+    file = dataset.source_file or f"the file of dataset {dataset.name}"
+    at, lines = _positions(dataset.source_file, changed) if dataset.source_file else (Position(0, 0), {})
+    what = ", ".join(f"{c} (line {lines[c]})" if lines.get(c) else c for c in changed) or "the key"
+    name = dataset.name
+    message = (
+        f"dataset {name}: its key is made differently from when its rows were synced ({what} changed). "
+        f"{table_prefix}row_state holds the keys made the old way, so every record would look new: an "
+        f"insert for every row, the old rows left beside the new ones in table {dataset.target.table}. "
+        f"The dataset does not run until either: revert the change; or start it over under the new key "
+        f"with `syncd reset {name} --yes` (forgets its row state and watermark so that the next run "
+        f"loads everything again; add --truncate-target to empty table {dataset.target.table} as well)"
+    )
+    return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.key", message))
+
+
+class KeyStore(Protocol):
+    """What :func:`check_key_definition` needs of :class:`~syncd.targets.state.StateStore`."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def key_definition(self, dataset: str) -> str | None: ...
+    def record_key_definition(self, dataset: str, definition: str) -> None: ...
+    def has_row_state(self, dataset: str) -> bool: ...
+    def get_watermark(self, dataset: str) -> str | None: ...
+
+
+def check_key_definition(
+    store: KeyStore,
+    dataset: DatasetConfig,
+    code_tables: Mapping[str, Mapping[str, str]],
+    *,
+    record: bool = True,
+) -> None:
+    """Raise :class:`KeyDefinitionChanged` when the stored key definition of ``dataset`` differs
+    from its configuration while rows made under the stored one remain (row state or a
+    watermark); otherwise, when ``record``, store the current one (a first run, a database of
+    an earlier syncd, a dataset just reset). ``record=False``: a plan,
+    which writes nothing."""
+    current = key_definition(dataset, code_tables)
+    stored = store.key_definition(dataset.name)
+    if stored == current:
+        return
+    name = dataset.name
+    if (
+        stored is not None
+        and _same_scheme(stored)  # another scheme is re-recorded
+        and (store.has_row_state(name) or store.get_watermark(name) is not None)
+    ):
+        raise _refusal(dataset, stored, current, store.prefix)
+    if record:
+        store.record_key_definition(name, current)
+        log.info("state.key_definition_recorded", dataset=name, replaced=stored is not None)
+
+
+def _same_scheme(stored: str) -> bool:
+    try:
+        found = json.loads(stored)
+    except ValueError:
+        return False
+    return isinstance(found, dict) and found.get("v") == SCHEME

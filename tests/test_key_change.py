@@ -1,0 +1,207 @@
+"""A dataset whose key definition changed after it synced is refused until reverted or reset
+(syncd.targets.keydef, ``syncd reset``): against the simulated gateway and real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from syncd.gateway import Gateway
+from syncd.ops.plan import plan_dataset
+from syncd.ops.quarantine import replay_quarantine
+from syncd.targets.keydef import KeyDefinitionChanged
+from tests.e2e import (
+    Syncer,
+    change_log,
+    demo_gateway,
+    read_whole_with_snapshot_deletes,
+    syncd_cli,
+    target_rows,
+    write_config,
+)
+
+SALT_ENV = "SYNCD_TEST_KEY_SALT"
+KEY_COLUMN = "  resident_id:\n    source: id\n    type: string\n    length: 16\n"
+HASHED_KEY = KEY_COLUMN.replace("length: 16", "length: 64") + (
+    f"    transforms: [{{hash: {{salt: '${{{SALT_ENV}}}'}}}}]\n"
+)
+SHORT_KEY = KEY_COLUMN + "    transforms: [{regex_extract: {pattern: '(.{5})$'}}]\n"
+RECORDS = 40
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(SALT_ENV, "first-salt-Qm7")
+    with demo_gateway(monkeypatch, records=RECORDS, seed=11) as gw:
+        yield gw
+
+
+def edit(root: Path, old: str, new: str) -> Path:
+    path = root / "datasets" / "residents.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def synced_once(
+    root: Path, db_url: str, gateway: Gateway, *, key: str = KEY_COLUMN, snapshot: bool = False
+) -> Path:
+    cfg = write_config(root, db_url=db_url, gateway_url=gateway.url, replace=[(KEY_COLUMN, key)])
+    if snapshot:
+        read_whole_with_snapshot_deletes(root, max_ratio=1.0)
+    s = Syncer(cfg)
+    try:
+        first = s.run()
+    finally:
+        s.close()
+    assert first.ok and first.counts.inserted == RECORDS, first.error
+    return cfg
+
+
+def run_once(cfg: Path) -> tuple[str, str | None, int]:
+    s = Syncer(cfg)
+    try:
+        result = s.run()
+    finally:
+        s.close()
+    return result.status, result.error, result.counts.inserted
+
+
+def key_line(dataset_file: Path) -> int:
+    lines = dataset_file.read_text(encoding="utf-8").splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.strip().startswith("key:"))
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["incremental", "snapshot"])
+def test_a_changed_key_transform_is_refused_with_file_line_and_fix(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway, snapshot: bool
+) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway, snapshot=snapshot)
+    entries = len(change_log(sqlite_url))
+    dataset_file = edit(tmp_path, KEY_COLUMN, SHORT_KEY)
+
+    status, error, inserted = run_once(cfg)
+
+    assert status == "refused" and inserted == 0
+    assert error is not None
+    assert error.startswith(f"{dataset_file}:{key_line(dataset_file)}:")
+    assert "target.key: dataset residents" in error
+    assert "columns.resident_id (line" in error
+    assert "revert the change" in error and "syncd reset residents --yes" in error
+    assert "--truncate-target" in error
+    assert len(target_rows(sqlite_url)) == RECORDS  # nothing written: no duplicates, no flood
+    assert len(change_log(sqlite_url)) == entries
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT status FROM syncd_runs ORDER BY started_at")).scalars().all()
+    engine.dispose()
+    assert runs[-1] == "refused"  # in the audit trail
+
+    edit(tmp_path, SHORT_KEY, KEY_COLUMN)  # reverting is the other way out
+    assert run_once(cfg)[:2] == ("success", None)
+
+
+def test_a_changed_hash_salt_is_refused_and_never_shown(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway, key=HASHED_KEY)
+    monkeypatch.setenv(SALT_ENV, "second-salt-Zk4")
+
+    status, error, _ = run_once(cfg)
+
+    assert status == "refused"
+    assert error is not None and "columns.resident_id" in error
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT definition FROM syncd_key_defs")).scalar_one()
+    engine.dispose()
+    for salt in ("first-salt-Qm7", "second-salt-Zk4"):
+        assert salt not in error and salt not in stored
+
+
+def test_added_key_column_is_refused_at_target_key(tmp_path: Path, sqlite_url: str, gateway: Gateway) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway)
+    dataset_file = edit(tmp_path, "key: [resident_id]", "key: [resident_id, household_id]")
+    status, error, _ = run_once(cfg)
+    assert status == "refused"
+    assert error is not None and f"{dataset_file}:{key_line(dataset_file)}:" in error
+    assert "target.key (the key columns) changed" in error
+
+
+def test_a_database_without_a_stored_definition_records_it_and_runs(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway
+) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway)
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:  # as an earlier syncd left it: no such table
+        conn.execute(sa.text("DROP TABLE syncd_key_defs"))
+
+    assert run_once(cfg) == ("success", None, 0)
+
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT dataset FROM syncd_key_defs")).scalars().all() == ["residents"]
+    engine.dispose()
+    edit(tmp_path, KEY_COLUMN, SHORT_KEY)  # and from now on a key change is caught
+    assert run_once(cfg)[0] == "refused"
+
+
+def test_a_non_key_mapping_change_still_runs(tmp_path: Path, sqlite_url: str, gateway: Gateway) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway)
+    name_column = "    length: 64\n    transforms: [strip]\n"
+    edit(tmp_path, name_column, name_column.replace("[strip]", "[strip, upper]"))
+    # a key column's validators and nullability do not make keys: no refusal either
+    edit(tmp_path, KEY_COLUMN + "    nullable: false\n", KEY_COLUMN + "    validators: [required]\n")
+    status, error, inserted = run_once(cfg)
+    assert (status, error, inserted) == ("success", None, 0)
+
+
+def test_plan_and_replay_refuse_too(tmp_path: Path, sqlite_url: str, gateway: Gateway) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway)
+    edit(tmp_path, KEY_COLUMN, SHORT_KEY)
+    s = Syncer(cfg)
+    try:
+        ds = s.app.datasets["residents"]
+        plan = plan_dataset(s.app, ds, s.engine)
+        assert plan.refused is not None and "syncd reset residents --yes" in plan.refused
+        with pytest.raises(KeyDefinitionChanged, match="syncd reset residents"):
+            replay_quarantine(s.app, ds, s.store)
+    finally:
+        s.close()
+
+
+def test_reset_then_a_clean_first_load(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    cfg = synced_once(tmp_path, db_url, gateway)
+    edit(tmp_path, KEY_COLUMN, SHORT_KEY)
+    assert run_once(cfg)[0] == "refused"
+
+    asked = syncd_cli("-c", str(cfg), "reset", "residents")
+    assert asked.returncode == 2, asked.stderr
+    assert f"would forget {RECORDS} row key(s)" in asked.stdout and "--yes" in asked.stderr
+    assert run_once(cfg)[0] == "refused"  # nothing was changed
+
+    done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes", "--truncate-target")
+    assert done.returncode == 0, done.stderr
+    assert f"forgot {RECORDS} row key(s)" in done.stdout
+    assert f"deleted its {RECORDS} row(s)" in done.stdout
+    assert target_rows(db_url) == {}
+
+    status, error, inserted = run_once(cfg)
+    assert (status, error, inserted) == ("success", None, RECORDS)
+    rows = target_rows(db_url)
+    assert len(rows) == RECORDS and all(len(k) == 5 for k in rows)  # keys made the new way only
+    assert run_once(cfg) == ("success", None, 0)  # and the definition is recorded again
+
+
+def test_reset_keeps_the_target_rows_unless_asked(tmp_path: Path, sqlite_url: str, gateway: Gateway) -> None:
+    cfg = synced_once(tmp_path, sqlite_url, gateway, snapshot=True)
+    done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"keeps its {RECORDS} row(s)" in done.stdout and "DELETE FROM resident_info;" in done.stdout
+    assert len(target_rows(sqlite_url)) == RECORDS
+    # a first load again: every row is written over its old self (an insert entry each), none doubled
+    assert run_once(cfg) == ("success", None, RECORDS)
+    assert len(target_rows(sqlite_url)) == RECORDS
