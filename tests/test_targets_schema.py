@@ -154,7 +154,7 @@ def test_mariadb_tables_are_utf8mb4_bin_whatever_the_database_default(mariadb_ur
             )
     finally:
         eng.dispose()
-    assert len(collations) == 7  # the six state tables and the target table
+    assert len(collations) == 8  # the seven state tables and the target table
     assert set(collations.values()) == {"utf8mb4_bin"}, collations
 
 
@@ -298,6 +298,7 @@ def test_postgresql_state_keys_compare_bytes_whatever_the_database_collation(pg_
             "syncd_quarantine.dataset",
             "syncd_quarantine.row_key",
             "syncd_changes_pruned.dataset",
+            "syncd_key_defs.dataset",
             "syncd_snapshot_missing.dataset",
             "syncd_snapshot_missing.row_key",
             "syncd_files.dataset",
