@@ -205,3 +205,56 @@ def test_reset_keeps_the_target_rows_unless_asked(tmp_path: Path, sqlite_url: st
     # a first load again: every row is written over its old self (an insert entry each), none doubled
     assert run_once(cfg) == ("success", None, RECORDS)
     assert len(target_rows(sqlite_url)) == RECORDS
+
+
+def table_line(dataset_file: Path) -> int:
+    lines = dataset_file.read_text(encoding="utf-8").splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.strip().startswith("table:"))
+
+
+def count_rows(url: str, table: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())  # noqa: S608 - a test table name
+    finally:
+        engine.dispose()
+
+
+def test_a_new_target_table_is_refused_until_reset(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    """Rows synced into resident_info are remembered in row_state: pointed at a new table, a run
+    wrote only what changed upstream (nothing), leaving the new table empty for good."""
+    cfg = synced_once(tmp_path, db_url, gateway)
+    dataset_file = edit(tmp_path, "table: resident_info", "table: resident_info_v2")
+
+    status, error, inserted = run_once(cfg)
+
+    assert status == "refused" and inserted == 0
+    assert error is not None and error.startswith(f"{dataset_file}:{table_line(dataset_file)}:")
+    assert "target.table: dataset residents: target.table is now resident_info_v2" in error
+    assert "ALTER TABLE resident_info RENAME TO resident_info_v2" in error
+    assert "syncd reset residents --yes" in error
+
+    done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert run_once(cfg) == ("success", None, RECORDS)  # every row, into the new table
+    assert count_rows(db_url, "resident_info_v2") == RECORDS
+    assert count_rows(db_url, "resident_info") == RECORDS  # the old table is left alone
+
+
+def test_a_table_renamed_in_the_database_goes_on(
+    tmp_path: Path, db_url: str, gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = synced_once(tmp_path, db_url, gateway)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE resident_info RENAME TO resident_info_v2"))
+    engine.dispose()
+    edit(tmp_path, "table: resident_info", "table: resident_info_v2")
+
+    assert run_once(cfg) == ("success", None, 0)  # the row state still describes the rows
+
+    assert count_rows(db_url, "resident_info_v2") == RECORDS
+    assert "state.table_renamed" in capsys.readouterr().out
+    edit(tmp_path, KEY_COLUMN, SHORT_KEY)  # the new definition is the one compared from now on
+    assert run_once(cfg)[0] == "refused"

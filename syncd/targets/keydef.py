@@ -12,8 +12,13 @@ is refused with :class:`KeyDefinitionChanged`, naming the file, the line of ``ta
 the two ways out — revert the change, or ``syncd reset DATASET`` (the next run loads everything
 again under the new key).
 
-The definition is JSON of short digests (one of the key column list, one per key column); a
-salt only ever enters a digest, never the text. Non-key columns, validators, lengths and
+The target table is part of it too: rows synced into table A and remembered in ``row_state``
+are not in table B, and a run into B would write only the records that changed upstream. When
+``target.table`` changed, the dataset is refused the same way, unless the old table is gone and
+the new one exists (renamed in the database, the rows with it: recorded, ``state.table_renamed``).
+
+The definition is JSON of the table name and short digests (one of the key column list, one per
+key column); a salt only ever enters a digest, never the text. Non-key columns, validators, lengths and
 ``nullable`` are not in it: they do not change a key (other mapping changes re-map through the
 mapping fingerprint, :attr:`syncd.mapping.CompiledMapping.fingerprint`). A database written by
 an earlier syncd has no definition stored: the next run records it and goes on.
@@ -85,8 +90,24 @@ def key_definition(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str
     """The dataset's key definition as stored in ``key_defs`` (see the module docstring)."""
     columns = {k: _digest(_column_part(dataset.columns[k], code_tables)) for k in dataset.target.key}
     return json.dumps(
-        {"v": SCHEME, "key": _digest(list(dataset.target.key)), "columns": columns}, sort_keys=True
+        {
+            "v": SCHEME,
+            "table": dataset.target.table,
+            "key": _digest(list(dataset.target.key)),
+            "columns": columns,
+        },
+        sort_keys=True,
     )
+
+
+def _table_of(definition: str) -> str | None:
+    """The target table a stored definition names (None: not known)."""
+    try:
+        found = json.loads(definition)
+    except ValueError:
+        return None
+    table = found.get("table") if isinstance(found, dict) else None
+    return table if isinstance(table, str) else None
 
 
 def _changed(stored: str, current: str) -> list[str]:
@@ -102,6 +123,29 @@ def _changed(stored: str, current: str) -> list[str]:
         return ["target.key (the key columns)"]
     old_columns = old.get("columns") or {}
     return [f"columns.{name}" for name, digest in new["columns"].items() if old_columns.get(name) != digest]
+
+
+def _table_refusal(dataset: DatasetConfig, old_table: str, table_prefix: str) -> KeyDefinitionChanged:
+    """``target.table`` names another table than the one the dataset's rows were synced into."""
+    file = dataset.source_file or f"the file of dataset {dataset.name}"
+    at = Position(0, 0)
+    if dataset.source_file:
+        try:
+            doc = parse_yaml(Path(file).read_text(encoding="utf-8-sig"), file)
+            at = doc.position(("target", "table"), on_key=True)
+        except (OSError, UnicodeError, SyncdError):
+            pass
+    name, table = dataset.name, dataset.target.table
+    message = (
+        f"dataset {name}: target.table is now {table}, but its rows were synced into table {old_table} "
+        f"and {table_prefix}row_state remembers them there: records that did not change upstream would "
+        f"never be written into {table}, which would stay incomplete. The dataset does not run until "
+        f"either: revert target.table to {old_table}; or, to keep the rows, rename the table in the "
+        f"database (ALTER TABLE {old_table} RENAME TO {table}; syncd then goes on where it was); or "
+        f"load {table} from scratch with `syncd reset {name} --yes` (forgets the row state and the "
+        f"watermark; table {old_table} is left as it is)"
+    )
+    return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.table", message))
 
 
 def _positions(file: str, changed: list[str]) -> tuple[Position, dict[str, int]]:
@@ -143,6 +187,7 @@ class KeyStore(Protocol):
     def key_definition(self, dataset: str) -> str | None: ...
     def record_key_definition(self, dataset: str, definition: str) -> None: ...
     def has_row_state(self, dataset: str) -> bool: ...
+    def has_table(self, name: str) -> bool: ...
     def get_watermark(self, dataset: str) -> str | None: ...
 
 
@@ -163,15 +208,30 @@ def check_key_definition(
     if stored == current:
         return
     name = dataset.name
+    renamed = False
     if (
         stored is not None
         and _same_scheme(stored)  # another scheme is re-recorded
         and (store.has_row_state(name) or store.get_watermark(name) is not None)
     ):
-        raise _refusal(dataset, stored, current, store.prefix)
+        old_table = _table_of(stored)
+        if old_table is not None and old_table != dataset.target.table:
+            # the table was renamed in the database (the rows went with it): the row state still
+            # describes them; anything else leaves the new table without the rows synced before
+            renamed = not store.has_table(old_table) and store.has_table(dataset.target.table)
+            if not renamed:
+                raise _table_refusal(dataset, old_table, store.prefix)
+        if _changed(stored, current) or not renamed:
+            raise _refusal(dataset, stored, current, store.prefix)
     if record:
         store.record_key_definition(name, current)
-        log.info("state.key_definition_recorded", dataset=name, replaced=stored is not None)
+        if renamed:
+            log.warning(
+                "state.table_renamed", dataset=name, old_table=_table_of(stored or ""),
+                table=dataset.target.table,
+            )
+        else:
+            log.info("state.key_definition_recorded", dataset=name, replaced=stored is not None)
 
 
 def _same_scheme(stored: str) -> bool:

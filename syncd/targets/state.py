@@ -308,6 +308,14 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(doing, exc) from exc
 
+    def has_table(self, name: str) -> bool:
+        """Whether table ``name`` exists in the target database."""
+        try:
+            with self.engine.connect() as conn:
+                return bool(sa.inspect(conn).has_table(name))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"looking for table {name}", exc) from exc
+
     def has_row_state(self, dataset: str) -> bool:
         """Whether ``row_state`` holds any key of ``dataset`` (a first load has none)."""
         rs = self.tables.row_state

@@ -399,7 +399,8 @@ def verify_target_table(engine: sa.Engine, table: sa.Table, dataset: DatasetConf
     lines.append(
         "or point target.table at a new table name and let syncd create it (target.create: true)"
         + (sqlite_note if dialect_family(engine) == "sqlite" else "")
-        + "."
+        + f", then `syncd reset {dataset.name} --yes` so that its next run loads every row into the "
+        "new table (rows that did not change upstream would not be written there otherwise)."
     )
     raise TargetSchemaError(
         "\n".join(lines),
