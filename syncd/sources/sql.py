@@ -55,6 +55,7 @@ from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, Trans
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.engine import describe_url, with_driver
+from syncd.targets.writer import failure_reason
 
 __all__ = ["SqlSource", "columns_read", "source_engine"]
 
@@ -411,10 +412,7 @@ class SqlSource:
                         self.stats.requests += 1
                         sample = conn.execute(values.where(upd.is_not(None)).limit(1)).scalar()
             except sa.exc.SQLAlchemyError as exc:
-                raise PermanentUpstreamError(
-                    f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
-                    "Check the table/query and that every column the dataset maps exists"
-                ) from exc
+                raise self._read_failed(exc) from exc
             self._times = self._times_for(kind, sample)
             self._time_of = self._times.time_of
         return self._times
@@ -535,7 +533,7 @@ class SqlSource:
             return self._engine.connect()
         except sa.exc.SQLAlchemyError as exc:
             raise TransientUpstreamError(
-                f"front-end database {self._where} is unreachable: {_reason(exc)}"
+                f"front-end database {self._where} is unreachable: {failure_reason(exc)[:500]}"
             ) from exc
 
     def _pages(self, query: sa.Select[Any]) -> Iterator[Page]:
@@ -559,10 +557,13 @@ class SqlSource:
                     # generator: close the server-side cursor now, not at garbage collection
                     result.close()
         except sa.exc.SQLAlchemyError as exc:
-            raise PermanentUpstreamError(
-                f"reading {self.cfg.table or 'the query'} from {self._where} failed: {_reason(exc)}. "
-                "Check the table/query and that every column the dataset maps exists"
-            ) from exc
+            raise self._read_failed(exc) from exc
+
+    def _read_failed(self, exc: sa.exc.SQLAlchemyError) -> PermanentUpstreamError:
+        return PermanentUpstreamError(
+            f"reading {self._what} from {self._where} failed: {failure_reason(exc)[:500]}. "
+            "Check the table/query and that every column the dataset maps exists"
+        )
 
     def update_time(self, record: dict[str, Any]) -> datetime | None:
         if self._upd is None:
@@ -825,6 +826,3 @@ def _sqlite_local_time(tz: tzinfo) -> Any:
 
     return local_time
 
-
-def _reason(exc: sa.exc.SQLAlchemyError) -> str:
-    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
