@@ -10,20 +10,26 @@ numbers with text (nothing matched). The window is now bound in the column's own
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.dialects import mysql
 
+from syncd.config.loader import load_dataset_file
 from syncd.config.model import SqlIncrementalConfig
 from syncd.errors import ConfigError
+from syncd.ops.plan import plan_dataset
 from syncd.runner import run_dataset
 from syncd.sources import Window
 from syncd.sources.sql import SqlSource
+from syncd.targets import create_target_engine
 from tests.sources_kit import local_rows, make_app, store_for
 
 T = datetime(2026, 3, 1, 8, 0, 0)  # local time of the app's zone
@@ -222,3 +228,91 @@ def test_a_format_that_does_not_sort_like_the_times_is_refused_with_the_way_out(
         SqlIncrementalConfig.model_validate({"field": "upd", "format": fmt})
     with pytest.raises(ValidationError, match="not both"):
         SqlIncrementalConfig.model_validate({"field": "upd", "format": "%Y%m%d%H%M%S", "unit": "ms"})
+
+
+_DATASET_YAML = """\
+name: upd_people
+source:
+  type: sql
+  connection: qzk
+  table: people_upd
+  key: [id]
+  page_size: 2
+  incremental:
+    field: upd
+    lookback: 0s
+    safety_lag: 0s
+{setting}
+authorization:
+  approval_code: 测试〔2026〕1号
+  fields: [id, name, amount, upd]
+  valid_from: 2020-01-01
+  valid_until: 2099-12-31
+target: {{table: upd_people_local, key: [pid]}}
+columns:
+  pid: {{source: id, type: string, length: 32, nullable: false}}
+  name: {{source: name, type: string, length: 64}}
+"""
+
+
+def _dataset_file(tmp_path: Path, front_url: str, setting: str) -> tuple[Any, Any, str, int]:
+    """A dataset written in a real file (the messages name its lines) around ``people_upd``;
+    also the file's name and the line of ``setting``."""
+    app, _ = _app(front_url, "sqlite://", _source(front_url, "text"))
+    file = tmp_path / "upd_people.yaml"
+    file.write_text(_DATASET_YAML.format(setting=f"    {setting}"), encoding="utf-8")
+    line = file.read_text(encoding="utf-8").splitlines().index(f"    {setting}") + 1
+    return app, load_dataset_file(file, app, env={}), str(file), line
+
+
+# id: (database, column type, the type's name in the warning)
+TIME_TYPES: dict[str, tuple[str, Any, str]] = {
+    "pg_timestamp": ("pg_url", sa.DateTime, "TIMESTAMP"),
+    "pg_timestamptz": ("pg_url", sa.DateTime(timezone=True), "TIMESTAMPTZ"),
+    "pg_date": ("pg_url", sa.Date, "DATE"),
+    "mariadb_datetime": ("mariadb_url", sa.DateTime, "DATETIME"),
+    "mariadb_timestamp": ("mariadb_url", mysql.TIMESTAMP, "TIMESTAMP"),
+}
+
+
+@pytest.mark.parametrize("setting", ["format: '%Y%m%d%H%M%S'", "unit: ms"])
+@pytest.mark.parametrize("case", list(TIME_TYPES))
+def test_format_or_unit_on_a_time_column_is_a_positioned_warning(
+    request: pytest.FixtureRequest, tmp_path: Path, case: str, setting: str
+) -> None:
+    """`format:`/`unit:` on an update column of a time type were silently ignored. They still do not
+    change the read (the database compares times: such a dataset read right before), but the run,
+    and a plan, warn with the file, the line and the field, and the fix."""
+    fixture, upd_type, type_name = TIME_TYPES[case]
+    url = request.getfixturevalue(fixture)
+    front = sa.create_engine(url)
+    try:
+        table = _table(front, upd_type)
+        with front.begin() as conn:
+            conn.execute(table.insert(), [
+                {"id": "p1", "name": "名", "amount": 1, "upd": T},
+                {"id": "p2", "name": "名", "amount": 2, "upd": T - timedelta(days=1)},
+            ])
+    finally:
+        front.dispose()
+    app, ds, file, line = _dataset_file(tmp_path, url, setting)
+    field = setting.split(":", maxsplit=1)[0]
+    words = (rf"^{re.escape(file)}:{line}:\d+: source\.incremental\.{field}: ignored: the update column upd "
+             rf"of people_upd is a {type_name} \(a time type\).*Remove `{re.escape(field)}: ")
+    src = SqlSource.from_config(app, ds)
+    try:
+        # wide enough for a timestamptz written in the test session's zone (UTC)
+        window = Window(since=T - timedelta(hours=9), until=T + timedelta(hours=9))
+        read = [r["id"] for page in src.read(window) for r in page.records]
+    finally:
+        src.close()
+    assert read == ["p1"]  # read as times, as before
+    assert len(src.stats.warnings) == 1
+    assert re.search(words, src.stats.warnings[0]), src.stats.warnings
+    engine = create_target_engine("sqlite://")
+    try:
+        plan = plan_dataset(app, ds, engine, now=datetime(2026, 3, 2, tzinfo=ZONE))
+    finally:
+        engine.dispose()
+    assert plan.categories["insert"].count == 2
+    assert any(re.search(words, w) for w in plan.warnings), plan.warnings

@@ -32,10 +32,10 @@ from syncd.config.interpolate import (
 )
 from syncd.config.messages import LOADER_FIELDS, Leaf, iter_leaves, scalar_types, translate
 from syncd.config.model import AppConfig, DatasetConfig
-from syncd.config.positions import Document, Path, parse_yaml
+from syncd.config.positions import Document, Path, format_path, parse_yaml
 from syncd.errors import ConfigError, ConfigIssue
 
-__all__ = ["load_config", "load_dataset_file"]
+__all__ = ["config_issue", "load_config", "load_dataset_file"]
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +139,17 @@ def _dataset_files(
     if not files:
         log.warning("config.no_datasets", directory=str(directory))
     return files
+
+
+def config_issue(file: str, path: Path, message: str) -> ConfigIssue:
+    """An issue with ``path`` of ``file`` found after the load (a source's probe of its front-end
+    table): the file is read again for the line ``path`` (or its nearest written ancestor) is on;
+    line 0 when the file can no longer be read."""
+    try:
+        doc = parse_yaml(_read(FsPath(file)), file)
+    except ConfigError:
+        return ConfigIssue(file, 0, 0, format_path(path), message)
+    return doc.issue(path, message)
 
 
 def _load_dataset(file: FsPath, session: _Session) -> Loaded | None:

@@ -43,6 +43,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy import event
 
+from syncd.config.loader import config_issue
 from syncd.config.model import (
     AppConfig,
     DatasetConfig,
@@ -50,6 +51,7 @@ from syncd.config.model import (
     SqlIncrementalConfig,
     SqlSourceConfig,
 )
+from syncd.config.positions import format_path
 from syncd.config.timeformat import TimeFormat, guess_time_format, time_format
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
@@ -243,7 +245,7 @@ class SqlSource:
         self.cfg = source
         self.stats = ReadStats()
         self._tz = tz
-        self._config_file = config_file or "the dataset's file"
+        self._config_file = config_file
         zone = getattr(tz, "key", None)  # a ZoneInfo's name (other tzinfo: the server's own zone)
         self._engine = source_engine(url, connect_timeout=connect_timeout, timezone=zone)
         self._where = describe_url(self._engine.url)
@@ -407,6 +409,7 @@ class SqlSource:
                         # compared in the server's zone, the window would be shifted by its offset
                         zone = getattr(self._tz, "key", str(self._tz))
                         raise _zone_error(self._where, zone, unset, self._upd or "")
+                    type_name = _type_name(self._engine.dialect.name, type_code)
                     sample = None
                     if kind != "time":
                         self.stats.requests += 1
@@ -415,7 +418,28 @@ class SqlSource:
                 raise self._read_failed(exc) from exc
             self._times = self._times_for(kind, sample)
             self._time_of = self._times.time_of
+            if kind == "time" or isinstance(sample, datetime | date):
+                self._warn_ignored(type_name)
         return self._times
+
+    def _warn_ignored(self, type_name: str | None) -> None:
+        """``incremental.format``/``unit`` given for an update column of a time type, which the
+        database compares with the window as times: they have nothing to say about it. A warning,
+        not an error: such a dataset read right before (the settings were ignored), and an upgrade
+        must not stop it; the operator learns where the line is that misleads the next reader."""
+        inc = self._inc
+        for name, value in (("format", inc.format), ("unit", inc.unit)):
+            if value is None:
+                continue
+            kind = f"a {type_name} (a time type)" if type_name else "of a time type"
+            issue = self._issue(name, (
+                f"ignored: the update column {self._upd} of {self._what} is {kind}, and syncd reads its "
+                f"values as times (`{name}:` is for times kept as text or numbers). "
+                f"Remove `{name}: {value!r}`"))
+            log.warning("sync.update_column_setting_ignored", dataset=self.name, file=issue.file,
+                        line=issue.line, field=issue.path, column_type=type_name,
+                        hint=f"remove `{name}:` from source.incremental")
+            self.stats.warnings.append(str(issue))
 
     def _times_for(self, kind: str | None, sample: Any) -> _Times:
         """The :class:`_Times` of an update column of driver type ``kind`` with the value ``sample``."""
@@ -513,10 +537,15 @@ class SqlSource:
             f"{_looks_like(sample, self._tz)}"
         )
 
+    def _issue(self, field: str, message: str) -> ConfigIssue:
+        """An issue with ``source.incremental.<field>``, at its line of the dataset's file."""
+        path = ("source", "incremental", field)
+        if not self._config_file:
+            return ConfigIssue("the dataset's file", 0, 0, format_path(path), message)
+        return config_issue(self._config_file, path, message)
+
     def _config_error(self, field: str, message: str) -> ConfigError:
-        return ConfigError([ConfigIssue(file=self._config_file, line=0, column=0,
-                                        path=f"source.incremental.{field}",
-                                        message=message)])
+        return ConfigError([self._issue(field, message)])
 
     def _warn_undated(self, count: int) -> None:
         log.warning("sync.rows_without_update_time", dataset=self.name, field=self._upd, rows=count)
@@ -580,6 +609,26 @@ _CONVERT = (
     "PostgreSQL to_timestamp(upd, 'YYYY/MM/DD HH24:MI:SS')::timestamp AS upd, MySQL/MariaDB "
     "STR_TO_DATE(upd, '%Y/%m/%d %H:%i:%s') AS upd, with the pattern of its values; see docs/sources.md"
 )
+
+
+_MYSQL_TIME_TYPES = {7: "TIMESTAMP", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR", 14: "DATE"}
+
+
+def _type_name(dialect: str, type_code: Any) -> str | None:
+    """The database's name of a time type a result column's type code stands for (PostgreSQL
+    ``TIMESTAMPTZ``, MySQL/MariaDB ``DATETIME``), None when not known."""
+    if not isinstance(type_code, int):
+        return None
+    if dialect in ("mysql", "mariadb"):
+        return _MYSQL_TIME_TYPES.get(type_code)
+    if dialect == "postgresql":
+        try:
+            from psycopg.postgres import types
+        except ImportError:  # another driver: no name, the message says "a time type"
+            return None
+        info = types.get(type_code)
+        return None if info is None else info.name.upper()
+    return None
 
 
 def _kind(dbapi: Any, type_code: Any) -> str | None:
