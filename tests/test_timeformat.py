@@ -82,3 +82,13 @@ def test_values_not_in_the_format_are_not_read_as_times(fmt: str, value: str) ->
     assert not parsed.matches(value)
     with pytest.raises(ValueError):
         parsed.parse(value)
+
+
+def test_read_is_strict_where_parse_is_quick() -> None:
+    """``parse`` (once per record) does not compare the separators; ``read`` does, so a value
+    written another way, which does not sort with the others, is no time for the watermark."""
+    fmt = time_format("%Y/%m/%d %H:%M")
+    assert fmt.parse("2026-03-01 08:00") == datetime(2026, 3, 1, 8, 0)
+    assert fmt.read("2026-03-01 08:00") is None
+    assert fmt.read("2026/03/01 08:00") == datetime(2026, 3, 1, 8, 0)
+    assert fmt.read("2026/13/01 08:00") is None

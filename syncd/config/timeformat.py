@@ -75,6 +75,17 @@ class TimeFormat:
         value = datetime.fromisoformat(text if self._iso is None else self._iso(text))
         return value.replace(microsecond=micro) if micro else value
 
+    def read(self, text: str) -> datetime | None:
+        """The time ``text`` writes when it is written exactly in this format (:meth:`matches`),
+        else None: a value written otherwise does not sort like the others, so its time is not one
+        the window's comparison can be trusted with."""
+        if self._pattern.fullmatch(text) is None:
+            return None
+        try:
+            return self.parse(text)
+        except ValueError:  # 2026-13-45
+            return None
+
     def matches(self, text: str) -> bool:
         """``text`` is written exactly in this format (zero-padded, with its separators)."""
         if self._pattern.fullmatch(text) is None:

@@ -64,6 +64,7 @@ __all__ = ["SqlSource", "columns_read", "source_engine"]
 log = structlog.get_logger(__name__)
 
 _FETCH = 1000  # rows per server-side fetch (one Page)
+_SAMPLES = 20  # values of a text update column at either end of its order that tell its format
 
 
 def columns_read(dataset: DatasetConfig) -> tuple[str, ...]:
@@ -266,6 +267,9 @@ class SqlSource:
         self._keys = [sel[c] for c in source.key]
         # how the update column keeps its times, found on the first read (_times_kept)
         self._times: _Times | None = None
+        # the rows of the current read whose update value is not written in the column's text form
+        self._misfits = 0
+        self._misfit: tuple[Any] | None = None  # the first such value
         self._time_of: Callable[[Any], datetime | None] = _Native(tz).time_of
         if self._upd is not None and self._engine.dialect.name == "sqlite":
             local = _sqlite_local_time(tz)
@@ -357,8 +361,12 @@ class SqlSource:
         Rows with a NULL key are read apart, after the others. So are a full read's rows with no
         update time (a legacy front-end table whose update column was added later, or is filled by
         only some of its writers): they are part of the dataset, but no window can select them, so
-        an incremental run never reads them again; the read warns how many there are."""
+        an incremental run never reads them again; the read warns how many there are. The same
+        goes for the rows of a text update column whose value is not written in its form (an
+        empty text, another format): no text comparison can place them in a window, so a full
+        read takes them wherever they sort (:meth:`_misfits_above`) and any read counts them."""
         times = self._times_kept() if self._upd is not None else None
+        self._misfits, self._misfit = 0, None
         in_window = self._in_window(window, times)
         keyed = [key.is_not(None) for key in self._keys]
         with_keys = in_window.where(*keyed)
@@ -373,7 +381,14 @@ class SqlSource:
                 position = None if after is None else after[0]
                 return self._in_window(window, times, position, dated=True).where(*keyed)
 
-            yield from self._keyset(dated, self._order, self._order_names)
+            if times is not None and times.form is not None:
+                yield from self._counted(self._keyset(dated, self._order, self._order_names), times)
+                if window.since is None and window.until is not None:
+                    yield from self._misfits_above(window, times, keyed)
+            else:
+                yield from self._keyset(dated, self._order, self._order_names)
+            if self._misfits and times is not None:
+                self._warn_misfits(times, full=window.since is None)
             if window.since is None:
                 undated = 0
                 undated_query = with_keys.where(upd.is_(None))
@@ -385,6 +400,47 @@ class SqlSource:
         null_keys = sa.or_(*(key.is_(None) for key in self._keys))
         yield from self._pages(in_window.where(null_keys))
         self.stats.complete = True
+
+    def _counted(self, pages: Iterator[Page], times: _Times) -> Iterator[Page]:
+        """``pages``, their update values not written in the column's text form counted."""
+        upd, time_of = self._upd or "", times.time_of
+        for page in pages:
+            for record in page.records:
+                value = record.get(upd)
+                if value is not None and time_of(value) is None:
+                    self._misfits += 1
+                    self._misfit = self._misfit or (value,)
+            yield page
+
+    def _misfits_above(
+        self, window: Window, times: _Times, keyed: Sequence[sa.ColumnElement[bool]]
+    ) -> Iterator[Page]:
+        """A full read's rows above the window's upper bound whose update value is not written in the
+        column's text form ('2026/03/01' sorts after every '2026-…' bound): part of the dataset, which
+        no window selects. The rows there in the form are newer than the window, left for the next
+        run as always; the text comparison serves the index range (usually a few rows)."""
+        upd = self._from.c[self._upd or ""]
+        newer = times.above(upd, window.until or datetime.max)
+        above = sa.select(*self._select).select_from(self._from).where(*newer, upd.is_not(None), *keyed)
+        for page in self._counted(self._keyset(lambda _: above, self._order, self._order_names), times):
+            odd = [r for r in page.records if times.time_of(r[self._upd or ""]) is None]
+            self.stats.records -= len(page.records) - len(odd)
+            if odd:
+                yield Page(records=odd, number=page.number)
+
+    def _warn_misfits(self, times: _Times, *, full: bool) -> None:
+        count, example = self._misfits, (self._misfit or ("",))[0]
+        log.warning("sync.rows_with_unreadable_update_time", dataset=self.name, field=self._upd,
+                    form=times.form, rows=count, example=example)
+        took = ("this full read took them, but incremental runs" if full else
+                "this run took those its window's text comparison selected, but incremental runs")
+        self.stats.warnings.append(
+            f"{count} rows of {self._what} have an update time not written as {times.form} (such as "
+            f"{self._upd} = {example!r}): {took} compare the column as text in that form and cannot tell "
+            f"which window such a value belongs in, so their changes are read reliably only by a full "
+            f"read (syncd sync {self.name} --full, e.g. on a weekly timer). Have upstream write them as "
+            f"the others, or convert the column to a time in `query:` ({_CONVERT})"
+        )
 
     def _times_kept(self) -> _Times:
         """How the update column keeps its times, found once per source: from the column's type
@@ -410,15 +466,12 @@ class SqlSource:
                         zone = getattr(self._tz, "key", str(self._tz))
                         raise _zone_error(self._where, zone, unset, self._upd or "")
                     type_name = _type_name(self._engine.dialect.name, type_code)
-                    sample = None
-                    if kind != "time":
-                        self.stats.requests += 1
-                        sample = conn.execute(values.where(upd.is_not(None)).limit(1)).scalar()
+                    samples = [] if kind == "time" else self._samples(conn, values, upd)
             except sa.exc.SQLAlchemyError as exc:
                 raise self._read_failed(exc) from exc
-            self._times = self._times_for(kind, sample)
+            self._times = self._times_for(kind, samples)
             self._time_of = self._times.time_of
-            if kind == "time" or isinstance(sample, datetime | date):
+            if kind == "time" or (samples and isinstance(samples[-1], datetime | date)):
                 self._warn_ignored(type_name)
         return self._times
 
@@ -441,14 +494,29 @@ class SqlSource:
                         hint=f"remove `{name}:` from source.incremental")
             self.stats.warnings.append(str(issue))
 
-    def _times_for(self, kind: str | None, sample: Any) -> _Times:
-        """The :class:`_Times` of an update column of driver type ``kind`` with the value ``sample``."""
-        if sample is None:  # no value yet: no window selects a row, whatever its bounds' form
+    def _samples(self, conn: sa.Connection, values: sa.Select[Any], upd: sa.ColumnElement[Any]) -> list[Any]:
+        """Values of the update column that tell how it keeps its times: the lowest and the highest
+        :data:`_SAMPLES` in the column's own order, the one the window compares in (a value written
+        another way, or an empty text, tends to sort at either end; an index on the column serves
+        both). One value, whatever the database returned first, was all there was: an empty text
+        failed the read, and a format recognised from it left the rows written another way to
+        chance."""
+        present = values.where(upd.is_not(None))
+        self.stats.requests += 2
+        low = conn.execute(present.order_by(upd).limit(_SAMPLES)).scalars().all()
+        high = conn.execute(present.order_by(upd.desc()).limit(_SAMPLES)).scalars().all()
+        return [*low, *reversed(high)]
+
+    def _times_for(self, kind: str | None, samples: list[Any]) -> _Times:
+        """The :class:`_Times` of an update column of driver type ``kind`` holding ``samples``
+        (:meth:`_samples`, lowest first); a value's type is the highest's (the latest writer's)."""
+        if not samples:  # no value yet: no window selects a row, whatever its bounds' form
             return self._times_by_kind(kind)
+        sample = samples[-1]
         if isinstance(sample, datetime | date):
             return _Native(self._tz)  # format and unit have nothing to say about a time column
         if isinstance(sample, str):
-            return self._text_times(sample.strip())
+            return self._text_times([v.strip() for v in samples if isinstance(v, str)])
         if isinstance(sample, int | float | Decimal) and not isinstance(sample, bool):
             return self._number_times(sample)
         raise self._config_error("field", (
@@ -479,21 +547,41 @@ class SqlSource:
             f"{self._what} holds text{seen}: leave `unit:` out, or convert the column in `query:` "
             f"(CAST({self._upd} AS BIGINT) AS {self._upd})"))
 
-    def _text_times(self, value: str) -> _Times:
+    def _text_times(self, values: list[str]) -> _Times:
+        """A text update column holding ``values``: in ``incremental.format``, when one of them is
+        written in it (the others are counted by the read, :meth:`_misfits_above`), or in the one
+        format they all are written in. An empty text is no time (a writer's "none"): it decides
+        nothing, and the read counts it too."""
         inc = self._inc
+        written = [v for v in values if v]
         if inc.unit is not None:
-            raise self._unit_on_text(value)
+            raise self._unit_on_text((written or values)[-1])
         if inc.format is not None:
             declared = time_format(inc.format)
-            if not declared.matches(value):
+            if written and not any(declared.matches(v) for v in written):
                 raise self._config_error("format", (
                     f"{declared.text!r} does not match the update column {self._upd} of {self._what}, "
-                    f"which holds values like {value!r}: write the format they are written in "
+                    f"which holds values like {written[-1]!r}: write the format they are written in "
                     f"(year first, zero-padded), or convert the column to a time in `query:` ({_CONVERT})"))
             return _Text(declared)
-        if self._engine.dialect.name == "sqlite" and value[4:5] == "-" and _local_time(value, self._tz):
+        sqlite = self._engine.dialect.name == "sqlite"
+        if not written:
+            return _IsoText(self._tz) if sqlite else _Text(time_format("%Y-%m-%d %H:%M:%S"))
+        if sqlite and all(v[4:5] == "-" and _local_time(v, self._tz) for v in written):
             return _IsoText(self._tz)  # ISO 8601 text, spelled in any of its ways (SQLite)
-        guessed = guess_time_format(value)
+        ways: dict[str, tuple[str, TimeFormat | None]] = {}  # format (or "") -> the first value so
+        for value in written:
+            guessed = guess_time_format(value)
+            ways.setdefault("" if guessed is None else guessed.text, (value, guessed))
+        if len(ways) > 1:
+            seen = ", ".join(f"{v!r} (as {f.text!r})" if f is not None else
+                             f"{v!r} (in no way that sorts like the times)" for v, f in ways.values())
+            raise self._config_error("format", (
+                f"the update column {self._upd} of {self._what} holds times written in more than one "
+                f"way: {seen}, so no one text comparison can window them: say how the column writes its "
+                "times with `format:` (a row written another way is then read by full reads only, with "
+                f"a warning that counts them), or convert the column to a time in `query:` ({_CONVERT})"))
+        value, guessed = next(iter(ways.values()))
         if guessed is None:
             raise self._config_error("field", (
                 f"the update column {self._upd} of {self._what} holds text like {value!r}, which does "
@@ -679,6 +767,8 @@ class _Times:
     """How an update column keeps its times: the window's bounds written in that form (a list of
     conditions on the column) and a value read back as a local time (for the watermark)."""
 
+    form: str | None = None  # a text form: what its values are written as (a value not so: no time)
+
     def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
         return [upd >= since]
 
@@ -691,6 +781,10 @@ class _Times:
         """The lower bound of a keyset page whose read stands at update value ``after`` (None: the
         first page): the window's, unless a form needs the position to start its index range."""
         return self.lower(upd, since) if since is not None else []
+
+    def above(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        """The values :meth:`upper` does not take (not NULL): those that sort after the window."""
+        return [sa.not_(sa.and_(*self.upper(upd, until)))]
 
     def time_of(self, value: Any) -> datetime | None:
         raise NotImplementedError
@@ -719,6 +813,8 @@ class _IsoText(_Native):
     (:data:`_LOCAL_TIME`) is compared with the bounds in that form; a text range on the column
     itself (two days wider, for the offsets) keeps an index on it usable."""
 
+    form = "an ISO 8601 time"
+
     def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
         return self.floor(upd, since, None)
 
@@ -742,6 +838,16 @@ class _IsoText(_Native):
         local = getattr(sa.func, _LOCAL_TIME)(upd)
         return [upd < (until + _MARGIN + timedelta(days=1)).date().isoformat(), local <= _time_text(until)]
 
+    def above(self, upd: sa.ColumnElement[Any], until: datetime) -> list[sa.ColumnElement[bool]]:
+        """Not :meth:`upper`, with the local time asked only of the values within the margin: a value
+        before it is either a time whose local one is before ``until`` too, or no ISO time at all,
+        kept as it is by :data:`_LOCAL_TIME` and so taken by :meth:`upper` (a full scan called it on
+        every row)."""
+        high = (until + _MARGIN + timedelta(days=1)).date().isoformat()
+        local = getattr(sa.func, _LOCAL_TIME)(upd)
+        near = sa.and_(upd >= (until - _MARGIN).date().isoformat(), local > _time_text(until))
+        return [sa.or_(upd >= high, near)]
+
 
 class _Text(_Times):
     """Text in one format that sorts like the times (:mod:`syncd.config.timeformat`): the bounds
@@ -752,7 +858,8 @@ class _Text(_Times):
 
     def __init__(self, fmt: TimeFormat) -> None:
         self._fmt = fmt
-        self._parse = fmt.parse
+        self._read = fmt.read
+        self.form = repr(fmt.text)
 
     def lower(self, upd: sa.ColumnElement[Any], since: datetime) -> list[sa.ColumnElement[bool]]:
         fmt = self._fmt
@@ -772,10 +879,8 @@ class _Text(_Times):
 
     def time_of(self, value: Any) -> datetime | None:
         if isinstance(value, str):
-            try:
-                return self._parse(value.strip())  # strip: PostgreSQL pads char(n) with spaces
-            except ValueError:
-                return None
+            # strictly in the format: a value written otherwise has no place in the text order
+            return self._read(value.strip())  # strip: PostgreSQL pads char(n) with spaces
         return None
 
 
