@@ -51,6 +51,8 @@ HASHED_KEY = (
     "  resident_id:\n    source: id\n    type: string\n    length: 64\n    nullable: false\n"
     f'    transforms: [strip, lower, {{hash: "${{{SALT_ENV}}}"}}]\n',
 )
+KEY = HASHED_KEY[0]
+CHECKED_KEY = KEY + '    validators: [{regex: "^Z"}]\n'  # fails every key the tests send
 CHECKED_PHONE = (
     "    transforms: [strip, halfwidth, null_if, {mask: phone}]\n",
     '    transforms: [strip, halfwidth, null_if, {mask: phone}]\n    validators: [{regex: "^1[0-9]{10}$"}]\n',
@@ -431,6 +433,66 @@ def test_an_entry_without_its_row_key_is_not_replayed_once_the_feed_was_pruned_p
     again = site.replay()
     assert (again.unverified, again.inserted, again.updated) == (2, 0, 0)
     assert site.rows()["R1"]["remark"] == "newer"
+
+
+def test_a_replay_that_still_fails_keeps_when_an_entry_without_its_row_key_was_last_seen(
+    site: Site, upstream: Upstream
+) -> None:
+    """An entry without its row key is checked against the change feed since it was last seen. A
+    replay in which it still failed with another reason (its key columns failing too) wrote it back
+    as seen now, one more time: the next replay looked at the feed only from then, missed the
+    write of its key in between, and wrote the 10-day-old record over the newer row. A replay
+    sees nothing upstream: only the reason changes."""
+    now = datetime.now(UTC)
+    upstream.serve(record("R1", BAD))
+    assert site.sync().counts.quarantined == 1
+    q, ch = site.store.tables.quarantine, site.store.tables.changes
+    ten_days_ago = now - timedelta(days=10)
+    with site.engine.begin() as conn:  # stored without its row key (older syncd), 10 days ago
+        seen = {"first_seen": ten_days_ago, "last_seen": ten_days_ago}
+        conn.execute(sa.update(q).values(row_key=None, protected=None, **seen))
+    upstream.serve(record("R1", GOOD, remark="newer"))
+    site.sync()
+    with site.engine.begin() as conn:  # 5 days ago: upstream corrected R1
+        conn.execute(sa.update(ch).values(changed_at=now - timedelta(days=5)))
+    before = site.entries()["R1"]
+
+    dataset = site.root / "datasets" / "residents.yaml"
+    plain = dataset.read_text(encoding="utf-8")
+    dataset.write_text(plain.replace(KEY, CHECKED_KEY), encoding="utf-8")  # its key fails now too
+    first = site.replay()
+    assert (first.still_failing, first.superseded, first.inserted, first.updated) == (1, 0, 0, 0)
+    entry = site.entries()["R1"]
+    assert entry["reason"] != before["reason"] and "resident_id" in entry["reason"]
+    assert (entry["row_key"], entry["times"], entry["run_id"]) == (None, 1, before["run_id"])
+    assert abs(entry["last_seen"] - ten_days_ago) < timedelta(seconds=1), "a replay counted as a sighting"
+    assert abs(entry["first_seen"] - ten_days_ago) < timedelta(seconds=1)
+
+    dataset.write_text(plain, encoding="utf-8")
+    site.relax()
+    second = site.replay()
+    assert site.rows()["R1"]["remark"] == "newer", "replay wrote the 10-day-old record over the newer row"
+    assert (second.superseded, second.updated) == (1, 0)
+    assert site.entries() == {}
+
+
+def test_a_still_failing_entry_under_an_older_hash_moves_to_its_hash_as_it_was_seen(
+    site: Site, upstream: Upstream
+) -> None:
+    """An entry stored under another raw hash (an older hashing) comes back under its hash, with
+    its sightings as they were: a replay is no sighting."""
+    now = datetime.now(UTC)
+    upstream.serve(record("R1", BAD))
+    site.sync()
+    q = site.store.tables.quarantine
+    seen = now - timedelta(days=10)
+    (digest,) = [e["raw_hash"] for e in site.entries().values()]
+    with site.engine.begin() as conn:
+        conn.execute(sa.update(q).values(raw_hash="0" * 32, first_seen=seen, last_seen=seen, times=3))
+    assert site.replay().still_failing == 1
+    (entry,) = site.entries().values()
+    assert (entry["raw_hash"], entry["times"]) == (digest, 3)
+    assert abs(entry["last_seen"] - seen) < timedelta(seconds=1)
 
 
 # --------------------------------------------------------------------------- redacted fields

@@ -26,6 +26,13 @@ to entries written at or after the entry was last seen (:meth:`FeedPruner.pruned
 ``last_seen`` untouched, with a reason that tells the operator to delete it and backfill with
 ``syncd sync DATASET --full``. Replaying twice is harmless: a written row has the same hash the
 second time, so it makes no change entry.
+
+A replay receives nothing from upstream, so an entry that still fails is not *seen* again: replay
+may give it its new reason (and the row key its key columns now map to), but keeps its
+``first_seen``, ``last_seen``, ``times`` and ``run_id``. ``last_seen`` is what the checks above start
+from: an entry without a row key rewritten as seen at the replay would have the change feed
+checked only from then, and the next replay would miss a write of its key (or a prune of the
+feed) in between and write the older record over the newer row.
 """
 
 from __future__ import annotations
@@ -40,12 +47,14 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from syncd.changes import raw_hash
+from syncd.changes.hashing import json_text
+from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.errors import RecordError, TargetError
 from syncd.mapping.compiler import ReplayMapping, compile_replay
 from syncd.mapping.records import RecordSorter, delete_flag, storable
 from syncd.runner import RunLock, check_authorization
-from syncd.targets import BatchWriter, QuarantineItem, RunCounts, RunInfo, StateStore, write_engine
+from syncd.targets import BatchWriter, RunCounts, RunInfo, StateStore, write_engine
 from syncd.targets.dialects import chunked
 from syncd.targets.keydef import check_key_definition
 from syncd.targets.prune import FeedPruner
@@ -95,7 +104,10 @@ class _Entry:
     reason: str
     row_key: str | None
     protected: dict[str, Any] | None
+    first_seen: datetime
     last_seen: datetime
+    times: int
+    run_id: str
     row: Row | None = None
     error: str | None = None
     key: str | None = None  # the row key it stands for, when known
@@ -105,7 +117,10 @@ def _entries(store: StateStore, dataset: str) -> list[_Entry]:
     """The dataset's entries, oldest first, read once before anything is written."""
     q = store.tables.quarantine
     query = (
-        sa.select(q.c.raw_hash, q.c.raw, q.c.reason, q.c.row_key, q.c.protected, q.c.last_seen)
+        sa.select(
+            q.c.raw_hash, q.c.raw, q.c.reason, q.c.row_key, q.c.protected,
+            q.c.first_seen, q.c.last_seen, q.c.times, q.c.run_id,
+        )
         .where(q.c.dataset == dataset)
         .order_by(q.c.last_seen, q.c.raw_hash)
     )
@@ -115,8 +130,11 @@ def _entries(store: StateStore, dataset: str) -> list[_Entry]:
     except sa.exc.SQLAlchemyError as exc:
         raise TargetError(f"reading the quarantine of dataset {dataset} failed: {exc}") from exc
     return [
-        _Entry(str(h), json.loads(raw), reason, key, None if prot is None else json.loads(prot), seen)
-        for h, raw, reason, key, prot, seen in rows
+        _Entry(
+            str(h), json.loads(raw), reason, key, None if prot is None else json.loads(prot),
+            first, last, int(times), str(run_id),
+        )
+        for h, raw, reason, key, prot, first, last, times, run_id in rows
     ]
 
 
@@ -301,7 +319,7 @@ def _replay_page(
 ) -> None:
     rows: list[Row] = []
     deletes: list[Row] = []
-    failing: list[QuarantineItem] = []
+    failing: list[dict[str, Any]] = []
     landed: list[str] = []
     key_of = sorter.mapping.key_of
     for entry in page:
@@ -316,15 +334,23 @@ def _replay_page(
                 continue  # the entry stands as it is: not seen again upstream, so its count stays
             # the stored raw is already redacted: its hash is the entry's own, so this updates the
             # reason (and the key, when the entry had none); its upstream key is read from it as the
-            # run read it, and its masked/hashed values are kept
-            item = QuarantineItem(
-                raw=raw,
-                reason=storable(reason) or "",
-                record_key=storable(sorter.record_key(raw)),
-                row_key=entry.key,
-                protected=entry.protected,
+            # run read it, its masked/hashed values are kept, and so is when it was seen (no sighting)
+            record_key = storable(sorter.record_key(raw))
+            failing.append(
+                {
+                    "dataset": result.dataset,
+                    "raw_hash": raw_hash(raw),
+                    "run_id": entry.run_id,
+                    "record_key": None if record_key is None else record_key[:ROW_KEY_LENGTH],
+                    "raw": json_text(raw),
+                    "reason": storable(reason) or "",
+                    "first_seen": entry.first_seen,
+                    "last_seen": entry.last_seen,
+                    "times": entry.times,
+                    "row_key": entry.key,
+                    "protected": None if entry.protected is None else json_text(entry.protected),
+                }
             )
-            failing.append(item)
             if not same:
                 landed.append(digest)  # an entry stored under an older hashing: replaced by the new one
             continue
@@ -333,7 +359,7 @@ def _replay_page(
         else:
             rows.append(row)
         landed.append(digest)
-    batch = writer.write(result.run_id, rows, deletes, failing)
+    batch = writer.write(result.run_id, rows, deletes)
     # what the replay wrote; its still-failing records are no new quarantine entries
     counts.inserted += batch.inserted
     counts.updated += batch.updated
@@ -343,8 +369,43 @@ def _replay_page(
     result.updated += batch.updated
     result.deleted += batch.deleted
     result.unchanged += batch.unchanged
-    result.still_failing += batch.quarantined - len(failing)  # rows the writer refused (null key …)
-    _forget(store, result.dataset, landed)
+    result.still_failing += batch.quarantined  # rows the writer refused (null key …)
+    _settle(store, result.dataset, failing, landed)
+
+
+def _settle(store: StateStore, dataset: str, failing: list[dict[str, Any]], landed: list[str]) -> None:
+    """In one transaction: remove the entries in ``landed`` and store the still-failing entries
+    ``failing`` (quarantine rows) with their new reason and key, their sightings as they were. An
+    entry stored under an older hashing comes back under its new hash; when that hash already has
+    an entry (the record quarantined again since), that one stays as it was seen, with the new
+    reason."""
+    q = store.tables.quarantine
+    by_hash = {entry["raw_hash"]: entry for entry in failing}
+    update = (
+        sa.update(q)
+        .where(q.c.dataset == sa.bindparam("b_dataset"), q.c.raw_hash == sa.bindparam("b_raw_hash"))
+        .values(
+            reason=sa.bindparam("b_reason"),
+            record_key=sa.bindparam("b_record_key"),
+            row_key=sa.bindparam("b_row_key"),
+        )
+    )
+    try:
+        with write_engine(store.engine).begin() as conn:
+            for part in chunked(landed, 500):
+                conn.execute(sa.delete(q).where(q.c.dataset == dataset, q.c.raw_hash.in_(list(part))))
+            stored: set[str] = set()
+            for part in chunked(list(by_hash), 500):
+                query = sa.select(q.c.raw_hash).where(q.c.dataset == dataset, q.c.raw_hash.in_(list(part)))
+                stored.update(str(h) for (h,) in conn.execute(query))
+            changed = [{f"b_{k}": v for k, v in entry.items()} for h, entry in by_hash.items() if h in stored]
+            if changed:
+                conn.execute(update, changed)
+            new = [entry for h, entry in by_hash.items() if h not in stored]
+            if new:
+                conn.execute(sa.insert(q), new)
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetError(f"updating quarantine entries of dataset {dataset} failed: {exc}") from exc
 
 
 def _forget(store: StateStore, dataset: str, hashes: list[str]) -> None:
