@@ -376,6 +376,62 @@ def test_second_expiry_is_permanent(server: LoopbackServer) -> None:
     assert len(server.to("/api/q")) == 2
 
 
+class AnotherHolder:
+    """Another process with the same app_key on a gateway keeping one valid token per app_key:
+    it fetches a token right after each of the next ``times`` tokens ``gateway`` issues to us, which
+    revokes ours before we use it."""
+
+    def __init__(self, server: LoopbackServer, gateway: TokenGateway, times: int) -> None:
+        self.left = times
+        self._gateway = gateway
+        server.route("/auth/token", self.token)
+
+    def token(self, req: Recorded) -> Reply:
+        reply = self._gateway.token(req)
+        if self.left > 0:
+            self.left -= 1
+            self._gateway.revoked.update(self._gateway.issued)
+        return reply
+
+
+def test_a_token_revoked_right_after_issue_is_retried_with_backoff_and_warned_once(
+    server: LoopbackServer,
+) -> None:
+    """Another process using the same app_key: our tokens are revoked right after they are issued.
+    The request is repeated with new tokens (backoff and jitter between them) until one sticks, and
+    the operator is told once what is going on and what to do."""
+    gateway = TokenGateway(server)
+    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with parts[0], capture_logs() as logs:
+        call(parts)  # the credentials work
+        gateway.revoked.update(gateway.issued)  # the other process fetched its token
+        other = AnotherHolder(server, gateway, times=2)
+        assert len(call(parts).records) == 100
+        other.left = 3
+        gateway.revoked.update(gateway.issued)
+        assert len(call(parts).records) == 100
+    assert len(server.to("/auth/token")) == 1 + 3 + 4
+    warnings = [e for e in logs if e["event"] == "auth.token_revoked_early"]
+    assert len(warnings) == 1, warnings
+    (warning,) = warnings
+    assert warning["log_level"] == "warning" and warning["connection"] == "gw"
+    assert "another process appears to use the same app_key" in warning["message"]
+    assert "connections.gw.auth.app_key" in warning["message"] and "multi-token" in warning["message"]
+
+
+def test_tokens_revoked_right_after_issue_fail_after_the_retry_budget(server: LoopbackServer) -> None:
+    """Bounded: retry.attempts more tokens (4 here), then the request fails, saying why."""
+    gateway = TokenGateway(server)
+    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with parts[0]:
+        call(parts)
+        gateway.revoked.update(gateway.issued)
+        AnotherHolder(server, gateway, times=1000)
+        with pytest.raises(PermanentUpstreamError, match="another process appears to use the same app_key"):
+            call(parts)
+    assert len(server.to("/auth/token")) == 1 + 1 + 4
+
+
 def test_bad_credentials_are_permanent_and_not_retried(server: LoopbackServer) -> None:
     TokenGateway(server)
     parts = setup(server, {**token_auth(), "app_secret": "not-the-secret"})

@@ -356,6 +356,10 @@ def test_401_refreshes_only_refreshable_auth(server: LoopbackServer) -> None:
     class Counting:
         refreshable = True
         refreshed = 0
+        accepted = False
+
+        def note_accepted(self) -> None:
+            self.accepted = True
 
         def apply(
             self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None

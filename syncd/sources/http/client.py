@@ -9,8 +9,22 @@ envelope). Failures are sorted by :mod:`syncd.errors`:
   exponential backoff and jitter (``retry.attempts`` within ``retry.deadline``), honouring
   ``Retry-After``; when the budget is spent the last error becomes permanent;
 - :class:`AuthExpiredError` makes the client call ``auth.refresh()`` once and repeat the
-  request once; a second expiry is permanent;
+  request once; a second expiry is permanent, unless a credential of this client was accepted
+  before (see below);
 - anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once.
+
+A credential refused right after it was refreshed, by a gateway that accepted this client's
+credentials before, was most likely revoked by another process fetching its own with the same
+app_key (a gateway keeping one valid token per app_key: two nodes, or a ``syncd sync`` by hand
+beside the daemon); each fetch evicts the other's. The client then waits (exponential backoff with
+jitter from ``retry.backoff_initial``, so the two drift apart), refreshes and repeats the request,
+at most ``retry.attempts`` times within ``retry.deadline``, and warns once
+(``auth.token_revoked_early``) with what to do. "Accepted before" is remembered per credential and
+process (:attr:`RequestAuth.accepted`), so a daemon's every run after its first has it. While no
+credential was ever accepted, the second refusal fails at once as it always did (wrong auth
+settings, or ``envelope.auth_expired_codes`` listing a code that is no expiry; the message names
+the other-process case too). A single process never sees a fresh credential refused once the
+settings work, so its requests are as before.
 
 No secret reaches a message or a log line: URLs lose the values of secret-looking query
 keys, every text is scrubbed of the secret values the auth scheme registered and of the
@@ -19,6 +33,7 @@ values it added to the request, and upstream exceptions are never chained.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -72,6 +87,14 @@ class RequestAuth(Protocol):
     ) -> None: ...
 
     def refresh(self) -> None: ...
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the gateway accepted a credential of this scheme in this process."""
+        ...
+
+    def note_accepted(self) -> None:
+        """A request with the scheme's credential succeeded."""
 
 
 @dataclass(slots=True)
@@ -132,7 +155,9 @@ class HttpClient:
         # exponential backoff with up to one initial step of random jitter, so that many datasets
         # retrying against one gateway do not hit it in lockstep
         self._backoff = wait_exponential(multiplier=initial, max=self._backoff_max) + wait_random(0, initial)
+        self._backoff_initial = initial
         self._skew_warned = False
+        self._revoked_warned = False  # auth.token_revoked_early said once
         self._session = requests.Session()
         # ~/.netrc is no source of syncd's credentials (secrets come only from the environment or
         # credential files): an auth that adds nothing stops requests from reading it, which it
@@ -179,7 +204,7 @@ class HttpClient:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body, decode)
         try:
-            return self._retrying(call, auth, parse)
+            return self._accepted(auth, self._retrying(call, auth, parse))
         except AuthExpiredError as first:
             if auth is None:
                 raise PermanentUpstreamError(
@@ -189,18 +214,72 @@ class HttpClient:
                 ) from None
             log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=first.code)
             auth.refresh()
-        try:
-            return self._retrying(call, auth, parse)
-        except AuthExpiredError as second:
-            raise PermanentUpstreamError(
-                f"{second}; the credential was rejected again right after it was refreshed: check the "
-                "auth settings and that envelope.auth_expired_codes lists only expiry codes",
-                code=second.code,
-                status=second.status,
-            ) from None
+        revoked = 0  # credentials refused right after they were refreshed
+        since = time.monotonic()
+        while True:
+            try:
+                return self._accepted(auth, self._retrying(call, auth, parse))
+            except AuthExpiredError as again:
+                waited = time.monotonic() - since
+                if not auth.accepted or revoked >= self._attempts or waited >= self._deadline:
+                    raise self._refused_again(again, revoked) from None
+                revoked += 1
+                self._warn_revoked(call, again)
+                code = again.code
+            # jitter: two processes evicting each other drift apart instead of refreshing in lockstep
+            pause = min(self._backoff_initial * 2 ** (revoked - 1), self._backoff_max)
+            pause += random.uniform(0, self._backoff_initial)  # noqa: S311 - jitter, not a secret
+            time.sleep(min(pause, max(0.0, self._deadline - waited)))
+            log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=code, again=revoked)
+            auth.refresh()
 
     def close(self) -> None:
         self._session.close()
+
+    # ------------------------------------------------------------------ credentials refused early
+
+    def _accepted(self, auth: RequestAuth | None, result: T) -> T:
+        if auth is not None and auth.refreshable and not auth.accepted:
+            auth.note_accepted()
+        return result
+
+    def _other_holder(self) -> str:
+        connection = self.name or "<name>"
+        return (
+            "another process appears to use the same app_key (another node, or a `syncd sync` by hand "
+            "beside the daemon) on a gateway that keeps one valid token per app_key: each token one "
+            "process fetches revokes the other's. Give every node (and manual runs) its own app_key "
+            f"(connections.{connection}.auth.app_key), or ask the gateway's operator to allow several "
+            "valid tokens per app_key (multi-token setting); docs/sources.md, one app_key per process"
+        )
+
+    def _warn_revoked(self, call: _Call, exc: AuthExpiredError) -> None:
+        if self._revoked_warned:
+            return
+        self._revoked_warned = True
+        log.warning(
+            "auth.token_revoked_early",
+            connection=self.name,
+            url=call.shown_url,
+            code=exc.code,
+            status=exc.status,
+            message=f"the gateway refused a credential right after issuing it: {self._other_holder()}; "
+            "syncd retries with backoff meanwhile",
+        )
+
+    def _refused_again(self, exc: AuthExpiredError, revoked: int) -> PermanentUpstreamError:
+        if revoked == 0:  # no credential of it ever worked in this process: most likely the settings
+            message = (
+                f"{exc}; the credential was rejected again right after it was refreshed: check the "
+                "auth settings and that envelope.auth_expired_codes lists only expiry codes (or: "
+                f"{self._other_holder()})"
+            )
+        else:
+            message = (
+                f"{exc}; the credential was rejected right after it was refreshed {revoked + 1} times "
+                f"(retry.attempts and retry.deadline bound the retries): {self._other_holder()}"
+            )
+        return PermanentUpstreamError(message, code=exc.code, status=exc.status)
 
     def __enter__(self) -> HttpClient:
         return self

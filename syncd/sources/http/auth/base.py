@@ -93,6 +93,7 @@ class AuthScheme(ABC, Generic[C]):
         self._config_file = config_file
         self._config_path = config_path
         self._delegate: Renewal | None = None
+        self._accepted = False
         for value in self.secret_values():
             client.redactor.add(value)
 
@@ -108,6 +109,15 @@ class AuthScheme(ABC, Generic[C]):
 
     def refresh(self) -> None:
         """Fetch a new credential (called once after the gateway said the current one expired)."""
+
+    @property
+    def accepted(self) -> bool:
+        """Whether a request with this scheme's credential succeeded (the client notes it): then a
+        fresh credential refused at once was revoked, not misconfigured (:mod:`syncd.sources.http.client`)."""
+        return self._accepted
+
+    def note_accepted(self) -> None:
+        self._accepted = True
 
     # ------------------------------------------------------------------ sharing with the read worker
 
@@ -140,7 +150,14 @@ class SharedCredential:
     credential lives in process-wide state with a ``lock`` (``_state``): mixed in before
     AuthScheme; the scheme writes ``_export_locked``/``_adopt_locked``, called under the lock."""
 
-    _state: Any
+    _state: Any  # with an ``accepted`` flag: the credential worked in this process
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self._state.accepted)
+
+    def note_accepted(self) -> None:
+        self._state.accepted = True
 
     def export_state(self) -> CredentialState | None:
         with self._state.lock:

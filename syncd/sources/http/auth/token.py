@@ -44,6 +44,7 @@ class _TokenState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     token: str | None = None
     refresh_at: float = 0.0  # time.monotonic() after which the token is fetched again
+    accepted: bool = False  # a request with a token of it succeeded (SharedCredential.accepted)
 
 
 def _number(value: Any) -> float | None:

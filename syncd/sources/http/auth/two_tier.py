@@ -56,6 +56,7 @@ class _Secrets:
     request_renew_at: float = 0.0  # epoch seconds (the gateway's end times are wall-clock)
     refresh: str | None = None
     refresh_usable_until: float = 0.0
+    accepted: bool = False  # a request with a secret of it succeeded (SharedCredential.accepted)
 
 
 class _RefreshRejected(PermanentUpstreamError):
@@ -253,4 +254,9 @@ class _RenewalSignature:
         params["sign"] = hashlib.md5(text, usedforsecurity=False).hexdigest()  # the gateway protocol's
 
     def refresh(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
+        pass
+
+    accepted: ClassVar[bool] = False  # not refreshable: the client never asks
+
+    def note_accepted(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
         pass
