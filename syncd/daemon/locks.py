@@ -22,7 +22,10 @@ content, and the second marks the first ``abandoned`` in the runs table while it
 full-snapshot run that ended first deleted live rows as gone upstream; seen keys are now per run.)
 
 The locker owns a small engine of its own with no pool (``NullPool``): every lock is a fresh
-connection, closed when the run ends, never handed to other code.
+connection, closed when the run ends, never handed to other code. The connection idles for the
+whole run: TCP keepalive keeps a firewall from forgetting it, and notices within about a minute a
+server gone silent (:mod:`syncd.targets.deadpeer`), so :meth:`HeldLock.check` then fails at once
+(or within that minute), never hangs.
 
 A lock can be lost while its run goes on: a DBA ends the lock's session (``pg_terminate_backend``,
 ``KILL``), the database fails over, the network drops the connection. Another node or a ``syncd sync``
@@ -50,6 +53,7 @@ from sqlalchemy.pool import NullPool
 
 from syncd.errors import RunLockLost, TargetError
 from syncd.targets.dbtls import mysql_tls_args
+from syncd.targets.deadpeer import detect_dead_peers
 from syncd.targets.engine import with_driver
 from syncd.targets.writer import failure_reason
 
@@ -161,9 +165,9 @@ class DatasetLocker:
         self.family = families.get(backend, "sqlite")
         if self.family in ("postgresql", "mysql"):
             tls = mysql_tls_args(parsed) if self.family == "mysql" else {}  # each lock is a new connection
-            self._engine = sa.create_engine(
+            self._engine = detect_dead_peers(sa.create_engine(
                 parsed, poolclass=NullPool, hide_parameters=True, connect_args=tls
-            )
+            ))
         else:
             self._lock_dir = sqlite_lock_dir(parsed)
 

@@ -27,7 +27,10 @@ How it reads (DESIGN §4.3, §4.5):
 * the session's time zone is the app's (PostgreSQL ``TimeZone``, MySQL/MariaDB ``time_zone``), so a
   ``timestamptz``/``TIMESTAMP`` update column is compared with the local-time window in local time.
   A MySQL/MariaDB server without its time-zone tables cannot take a zone with daylight saving time:
-  the session keeps the server's zone (a warning), and only a TIMESTAMP update column fails the read.
+  the session keeps the server's zone (a warning), and only a TIMESTAMP update column fails the read;
+* a PostgreSQL or MySQL/MariaDB server gone silent mid-read (a firewall, a failover) is noticed
+  within about a minute (TCP keepalive, :mod:`syncd.targets.deadpeer`): the read fails as a
+  transient error instead of hanging.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from syncd.config.timeformat import TimeFormat, guess_time_format, time_format
 from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.targets.dbtls import mysql_tls_args
+from syncd.targets.deadpeer import detect_dead_peers
 from syncd.targets.engine import describe_url, with_driver
 from syncd.targets.writer import failure_reason
 
@@ -122,6 +126,7 @@ def source_engine(url: str, *, connect_timeout: float = 10.0, timezone: str | No
         connect_args = {"connect_timeout": timeout, **mysql_tls_args(parsed)}
     engine = sa.create_engine(parsed, pool_size=1, pool_pre_ping=True, hide_parameters=True,
                               connect_args=connect_args)
+    detect_dead_peers(engine)  # a front-end database behind a firewall that forgets idle connections
     if backend in ("mysql", "mariadb", "sqlite"):
         statement = "PRAGMA query_only = ON" if backend == "sqlite" else "SET SESSION TRANSACTION READ ONLY"
         zone = timezone if backend != "sqlite" else None

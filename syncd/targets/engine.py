@@ -21,6 +21,10 @@ Each backend is set up for a daemon that writes batches for years:
   TLS on a connection to this machine itself unless the URL asks for it, the URL's TLS flags as
   booleans (:func:`syncd.targets.dbtls.mysql_tls_args`).
 
+PostgreSQL and MariaDB/MySQL connections notice a peer gone silent (a firewall that dropped the
+connection's state, a failover, a pulled cable) within about a minute, through TCP keepalive and
+``TCP_USER_TIMEOUT``, instead of waiting for hours (:mod:`syncd.targets.deadpeer`).
+
 Every engine hides statement parameters from error messages (``hide_parameters``): rows hold
 personal data, and errors end up in logs.
 """
@@ -35,6 +39,7 @@ from sqlalchemy.pool import QueuePool
 
 from syncd.errors import TargetError
 from syncd.targets.dbtls import mysql_tls_args
+from syncd.targets.deadpeer import detect_dead_peers
 
 __all__ = [
     "WRITE_OPTION",
@@ -144,9 +149,9 @@ def create_target_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -
             connect_args={"connect_timeout": 10, "application_name": "syncd"},
         )
         event.listen(engine, "connect", _postgres_session)
-        return engine
+        return detect_dead_peers(engine)
     if backend in ("mysql", "mariadb"):
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -156,6 +161,7 @@ def create_target_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -
             hide_parameters=True,
             connect_args={"connect_timeout": 10, "init_command": _MYSQL_STRICT, **mysql_tls_args(parsed)},
         )
+        return detect_dead_peers(engine)
     raise TargetError(
         f"unsupported target database {backend!r} in {describe_url(parsed)}: "
         "use sqlite, postgresql (also KingbaseES/openGauss) or mysql/mariadb"

@@ -1,0 +1,235 @@
+"""Dead-peer detection on syncd's database connections (syncd.targets.deadpeer).
+
+For PostgreSQL and MariaDB, each of the three engines syncd opens (the target's, a front-end
+database source's, the run locks') connects over TCP to 127.0.0.1 and the keepalive timers and
+TCP_USER_TIMEOUT are read back from the live socket; a query longer than those timers still
+completes (the server's kernel answers the probes while it works).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from syncd.daemon.locks import DatasetLocker
+from syncd.sources.sql import source_engine
+from syncd.targets import deadpeer
+from syncd.targets.engine import create_target_engine
+
+# --------------------------------------------------------------------------- connections
+
+
+@contextmanager
+def _opened(engine: sa.Engine) -> Iterator[list[Any]]:
+    """Collects the DB-API connections ``engine`` opens meanwhile."""
+    opened: list[Any] = []
+
+    def _seen(dbapi_connection: Any, _record: Any) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(engine, "connect", _seen)
+    try:
+        yield opened
+    finally:
+        event.remove(engine, "connect", _seen)
+
+
+@contextmanager
+def _target_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
+    engine = create_target_engine(url)
+    try:
+        with engine.connect() as conn:
+            yield conn.connection.dbapi_connection, lambda sql: conn.exec_driver_sql(sql).scalar()
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _source_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
+    engine = source_engine(url, timezone="Asia/Shanghai")
+    try:
+        with engine.connect() as conn:
+            yield conn.connection.dbapi_connection, lambda sql: conn.exec_driver_sql(sql).scalar()
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _lock_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
+    """The run lock's own connection, while the lock is held (it is opened inside ``take``)."""
+    locker = DatasetLocker(url)
+    try:
+        with _opened_by_any_engine() as opened, locker.take("dead_peer") as held:
+            assert held is not None
+            (dbapi_connection,) = opened
+
+            def query(sql: str) -> Any:
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.execute(sql)
+                    return cursor.fetchone()[0]
+                finally:
+                    cursor.close()
+
+            yield dbapi_connection, query
+            held.check(force=True)  # the lock's session survived what the test did on it
+    finally:
+        locker.close()
+
+
+@contextmanager
+def _opened_by_any_engine() -> Iterator[list[Any]]:
+    """Collects the DB-API connections any engine opens meanwhile (the locker's engine is its own)."""
+    opened: list[Any] = []
+
+    def _seen(dbapi_connection: Any, _record: Any) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(sa.Engine, "connect", _seen)
+    try:
+        yield opened
+    finally:
+        event.remove(sa.Engine, "connect", _seen)
+
+
+ENGINES = {"target": _target_connection, "source": _source_connection, "lock": _lock_connection}
+
+
+# --------------------------------------------------------------------------- socket options
+
+
+def _pg_socket(dbapi_connection: Any) -> socket.socket:
+    """A duplicate of a psycopg connection's socket (closing it leaves the connection alone)."""
+    return socket.socket(fileno=os.dup(dbapi_connection.pgconn.socket))
+
+
+def _options(sock: socket.socket) -> dict[str, int]:
+    return {
+        "SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "TCP_KEEPIDLE": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "TCP_KEEPINTVL": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        "TCP_KEEPCNT": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        "TCP_USER_TIMEOUT": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    }
+
+
+def _socket_options(kind: str, dbapi_connection: Any) -> dict[str, int]:
+    if kind == "postgresql":
+        with _pg_socket(dbapi_connection) as sock:
+            assert sock.family == socket.AF_INET
+            return _options(sock)
+    sock = dbapi_connection._sock
+    assert sock.family == socket.AF_INET
+    return _options(sock)
+
+
+CONFIGURED = {
+    "SO_KEEPALIVE": 1,
+    "TCP_KEEPIDLE": deadpeer.KEEPALIVE_IDLE_S,
+    "TCP_KEEPINTVL": deadpeer.KEEPALIVE_INTERVAL_S,
+    "TCP_KEEPCNT": deadpeer.KEEPALIVE_COUNT,
+    "TCP_USER_TIMEOUT": deadpeer.TCP_USER_TIMEOUT_S * 1000,
+}
+
+
+def test_settings_are_a_minute() -> None:
+    """The documented numbers: a silent peer noticed about a minute after its last packet."""
+    assert deadpeer.KEEPALIVE_IDLE_S + deadpeer.KEEPALIVE_INTERVAL_S * deadpeer.KEEPALIVE_COUNT == 60
+    assert deadpeer.TCP_USER_TIMEOUT_S == 60
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(kind, URL of a fresh database over TCP on 127.0.0.1)."""
+    from tests.conftest import _fresh_mariadb, _fresh_postgres
+
+    fresh = _fresh_postgres if request.param == "postgresql" else _fresh_mariadb
+    for url in fresh():
+        assert sa.make_url(url).host == "127.0.0.1"
+        yield request.param, url
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_live_socket_has_the_dead_peer_settings(server: tuple[str, str], engine: str) -> None:
+    kind, url = server
+    with ENGINES[engine](url) as (dbapi_connection, query):
+        assert query("SELECT 1") == 1
+        assert _socket_options(kind, dbapi_connection) == CONFIGURED
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_query_longer_than_the_timers_is_not_cut_off(
+    server: tuple[str, str], engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probes every second, the peer given up after 1 s without an answer: the server's kernel
+    answers them while it sleeps, and the query returns."""
+    kind, url = server
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_INTERVAL_S", 1)
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_COUNT", 1)
+    monkeypatch.setattr(deadpeer, "TCP_USER_TIMEOUT_S", 1)
+    sleep = "SELECT 1 FROM pg_sleep(2)" if kind == "postgresql" else "SELECT SLEEP(2) + 1"
+    with ENGINES[engine](url) as (dbapi_connection, query):
+        assert _socket_options(kind, dbapi_connection)["TCP_KEEPIDLE"] == 1
+        assert query(sleep) == 1
+        assert query("SELECT 1") == 1
+
+
+@pytest.mark.postgres
+def test_a_url_setting_wins(pg_url: str) -> None:
+    engine = create_target_engine(pg_url + "?keepalives_idle=120")
+    try:
+        with engine.connect() as conn, _pg_socket(conn.connection.dbapi_connection) as sock:
+            options = _options(sock)
+        assert options == {**CONFIGURED, "TCP_KEEPIDLE": 120}
+    finally:
+        engine.dispose()
+
+
+PG_SOCKET_DIR = Path("/var/run/postgresql")
+MARIADB_SOCKET = Path("/run/mysqld/mysqld.sock")
+
+
+@pytest.mark.postgres
+def test_a_unix_socket_postgres_connection_works(pg_url: str) -> None:
+    """libpq ignores the keepalive parameters on a Unix socket, rather than refusing them."""
+    if not (PG_SOCKET_DIR / ".s.PGSQL.5432").exists():
+        pytest.skip(f"no PostgreSQL Unix socket in {PG_SOCKET_DIR}")
+    url = sa.make_url(pg_url).set(host=None, query={"host": str(PG_SOCKET_DIR)})
+    for make in (create_target_engine, source_engine):
+        engine = make(url.render_as_string(hide_password=False))
+        try:
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+                # the empty address of a Unix socket: no client address on the server's side
+                assert conn.exec_driver_sql("SELECT inet_client_addr()").scalar() is None
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.mariadb
+def test_a_unix_socket_mariadb_connection_is_left_alone(mariadb_url: str) -> None:
+    if not MARIADB_SOCKET.exists():
+        pytest.skip(f"no MariaDB Unix socket at {MARIADB_SOCKET}")
+    url = sa.make_url(mariadb_url).set(host="localhost")
+    url = url.update_query_dict({"unix_socket": str(MARIADB_SOCKET)})
+    engine = create_target_engine(url.render_as_string(hide_password=False))
+    try:
+        with _opened(engine) as opened, engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+            assert opened[0]._sock.family == socket.AF_UNIX
+    finally:
+        engine.dispose()
