@@ -109,8 +109,8 @@ def _libpq_version(dialect: sa.Dialect) -> int | None:
         return None
 
 
-def _socket_options() -> list[tuple[int, int, int]]:
-    """(level, option, value) for a TCP socket, each option this platform has."""
+def _socket_options() -> list[tuple[int, str, int, int]]:
+    """(level, name, option, value) for a TCP socket, each option this platform has."""
     wanted = [
         (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
         (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
@@ -118,11 +118,11 @@ def _socket_options() -> list[tuple[int, int, int]]:
         (socket.IPPROTO_TCP, "TCP_KEEPCNT", KEEPALIVE_COUNT),
         (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_S * 1000),
     ]
-    options: list[tuple[int, int, int]] = []
+    options: list[tuple[int, str, int, int]] = []
     for level, name, value in wanted:
         option = getattr(socket, name, None)
         if option is not None:
-            options.append((level, option, value))
+            options.append((level, name, option, value))
     return options
 
 
@@ -132,8 +132,8 @@ def _socket_timers(dbapi_connection: Any, _record: Any) -> None:
     sock = getattr(dbapi_connection, "_sock", None)
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return  # a Unix socket (a local server), or a driver that keeps its socket elsewhere
-    for level, option, value in _socket_options():
+    for level, name, option, value in _socket_options():
         try:
             sock.setsockopt(level, option, value)
         except OSError as exc:  # the kernel does not know it: detection is slower, nothing breaks
-            log.debug("db.socket_option_refused", option=option, error=str(exc))
+            log.debug("db.socket_option_refused", option=name, error=str(exc))
