@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from syncd.errors import PermanentUpstreamError
+from syncd.errors import PermanentUpstreamError, TransientUpstreamError
 from syncd.runner import Backfill, run_dataset
 from syncd.sources import Window
 from syncd.sources.sql import SqlSource
@@ -520,3 +520,28 @@ def test_sqlite_text_times_are_converted_once_per_row_not_once_per_page(
     assert len(ids) == len(set(ids)) == rows
     per_row = calls[0] / rows
     assert per_row < (1.2 if full else 2.2), f"{per_row:.1f} conversions a row: pages scanned from the start"
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_mid_read_is_transient_and_says_so(pg_url: str) -> None:
+    """A front-end session ended mid-read (a restart, a DBA's kill, a silent network noticed by
+    syncd.targets.deadpeer) is not a problem with the table or query."""
+    front = sa.create_engine(pg_url)
+    upstream_table(front, 30, when=T0)
+    app, ds = _build(pg_url, pg_url, incremental=False, page_size=10)
+    src = SqlSource.from_config(app, ds)
+    pages = src.read(Window(None, None))
+    try:
+        next(pages)
+        with front.connect() as conn:  # end the source's session, as a DBA's kill would
+            ended = conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND application_name = 'syncd'"
+            )).scalars().all()
+        assert ended == [True]
+        with pytest.raises(TransientUpstreamError, match="was lost while reading") as caught:
+            list(pages)
+        assert "Check the table/query" not in str(caught.value)
+    finally:
+        src.close()
+        front.dispose()

@@ -56,7 +56,13 @@ from syncd.config.model import (
 )
 from syncd.config.positions import format_path
 from syncd.config.timeformat import TimeFormat, guess_time_format, time_format
-from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError, TransientUpstreamError
+from syncd.errors import (
+    ConfigError,
+    ConfigIssue,
+    PermanentUpstreamError,
+    TransientUpstreamError,
+    UpstreamError,
+)
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.targets.dbtls import mysql_tls_args
 from syncd.targets.deadpeer import detect_dead_peers
@@ -681,9 +687,20 @@ class SqlSource:
         except sa.exc.SQLAlchemyError as exc:
             raise self._read_failed(exc) from exc
 
-    def _read_failed(self, exc: sa.exc.SQLAlchemyError) -> PermanentUpstreamError:
+    def _read_failed(self, exc: sa.exc.SQLAlchemyError) -> UpstreamError:
+        """The error of a read that failed: the connection lost mid-read (the server restarted or
+        ended the session, the network went silent: syncd.targets.deadpeer) is transient, and says
+        so; anything else is a problem with the table or query."""
+        reason = failure_reason(exc)[:500]
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return TransientUpstreamError(
+                f"the connection to front-end database {self._where} was lost while reading {self._what}: "
+                f"{reason}. The batches already written stay and the watermark did not move: the next "
+                "run reads the rest; if this repeats, check the network to the front-end database and "
+                "the server's logs (a restart, a killed session, an idle timeout)"
+            )
         return PermanentUpstreamError(
-            f"reading {self._what} from {self._where} failed: {failure_reason(exc)[:500]}. "
+            f"reading {self._what} from {self._where} failed: {reason}. "
             "Check the table/query and that every column the dataset maps exists"
         )
 
