@@ -79,6 +79,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield from _fresh_mariadb()
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def tcp_db(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(kind, URL) of a fresh database of each networked kind, reached over TCP on 127.0.0.1."""
+    fresh = _fresh_postgres if request.param == "postgresql" else _fresh_mariadb
+    for url in fresh():
+        assert sa.make_url(url).host == "127.0.0.1"
+        yield request.param, url
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'target.db'}"

@@ -8,6 +8,7 @@ completes (the server's kernel answers the probes while it works).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -43,8 +44,7 @@ def _opened(engine: sa.Engine) -> Iterator[list[Any]]:
 
 
 @contextmanager
-def _target_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
-    engine = create_target_engine(url)
+def _connection_of(engine: sa.Engine) -> Iterator[tuple[Any, Callable[[str], Any]]]:
     try:
         with engine.connect() as conn:
             yield conn.connection.dbapi_connection, lambda sql: conn.exec_driver_sql(sql).scalar()
@@ -52,14 +52,12 @@ def _target_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
         engine.dispose()
 
 
-@contextmanager
-def _source_connection(url: str) -> Iterator[tuple[Any, Callable[[str], Any]]]:
-    engine = source_engine(url, timezone="Asia/Shanghai")
-    try:
-        with engine.connect() as conn:
-            yield conn.connection.dbapi_connection, lambda sql: conn.exec_driver_sql(sql).scalar()
-    finally:
-        engine.dispose()
+def _target_connection(url: str) -> contextlib.AbstractContextManager[tuple[Any, Callable[[str], Any]]]:
+    return _connection_of(create_target_engine(url))
+
+
+def _source_connection(url: str) -> contextlib.AbstractContextManager[tuple[Any, Callable[[str], Any]]]:
+    return _connection_of(source_engine(url, timezone="Asia/Shanghai"))
 
 
 @contextmanager
@@ -146,25 +144,10 @@ def test_settings_are_a_minute() -> None:
     assert deadpeer.TCP_USER_TIMEOUT_S == 60
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """(kind, URL of a fresh database over TCP on 127.0.0.1)."""
-    from tests.conftest import _fresh_mariadb, _fresh_postgres
-
-    fresh = _fresh_postgres if request.param == "postgresql" else _fresh_mariadb
-    for url in fresh():
-        assert sa.make_url(url).host == "127.0.0.1"
-        yield request.param, url
-
 
 @pytest.mark.parametrize("engine", list(ENGINES))
-def test_live_socket_has_the_dead_peer_settings(server: tuple[str, str], engine: str) -> None:
-    kind, url = server
+def test_live_socket_has_the_dead_peer_settings(tcp_db: tuple[str, str], engine: str) -> None:
+    kind, url = tcp_db
     with ENGINES[engine](url) as (dbapi_connection, query):
         assert query("SELECT 1") == 1
         assert _socket_options(kind, dbapi_connection) == CONFIGURED
@@ -172,11 +155,11 @@ def test_live_socket_has_the_dead_peer_settings(server: tuple[str, str], engine:
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_a_query_longer_than_the_timers_is_not_cut_off(
-    server: tuple[str, str], engine: str, monkeypatch: pytest.MonkeyPatch
+    tcp_db: tuple[str, str], engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Probes every second, the peer given up after 1 s without an answer: the server's kernel
     answers them while it sleeps, and the query returns."""
-    kind, url = server
+    kind, url = tcp_db
     monkeypatch.setattr(deadpeer, "KEEPALIVE_IDLE_S", 1)
     monkeypatch.setattr(deadpeer, "KEEPALIVE_INTERVAL_S", 1)
     monkeypatch.setattr(deadpeer, "KEEPALIVE_COUNT", 1)

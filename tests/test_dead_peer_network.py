@@ -189,24 +189,11 @@ def _running_sleep(admin: sa.Engine, kind: str, marker: str) -> int | None:
     return None if found is None else int(found)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    from tests.conftest import _fresh_mariadb, _fresh_postgres
-
-    fresh = _fresh_postgres if request.param == "postgresql" else _fresh_mariadb
-    for url in fresh():
-        yield request.param, url
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["target", "source", "lock"])
-def test_a_silent_server_fails_the_query(server: tuple[str, str], engine: str, link: Link) -> None:
-    kind, url = server
+def test_a_silent_server_fails_the_query(tcp_db: tuple[str, str], engine: str, link: Link) -> None:
+    kind, url = tcp_db
     parsed = sa.make_url(url)
     forwarder = Forwarder(link.host_address, (parsed.host or "127.0.0.1", parsed.port or 0))
     admin = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
