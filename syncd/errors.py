@@ -1,7 +1,8 @@
 """The exception tree of syncd: what failed decides what happens next.
 
     SyncdError
-    ├── ConfigError                 operator's YAML is wrong: positioned message, exit 2, nothing runs
+    ├── ConfigError                 operator's YAML is wrong: positioned message, exit 2; found at the load,
+    │                               nothing runs, found by a run (a SQL update column), that run fails
     ├── AuthorizationError          the dataset's authorization forbids this run (expired, not yet valid)
     ├── UpstreamError               something upstream went wrong
     │   ├── TransientUpstreamError  retried with backoff (timeouts, 5xx, 429, truncated body, "系统繁忙")
@@ -62,6 +63,10 @@ class ConfigError(SyncdError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigIssue]]]:
+        """Pickled as its issues (the read worker raises it in the run's process as itself)."""
+        return (ConfigError, (self.issues,))
 
 
 class AuthorizationError(SyncdError):

@@ -42,7 +42,15 @@ import structlog
 from syncd.changes import record_digester
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
-from syncd.errors import AuthorizationError, GuardError, RecordError, RunLockLost, StopRequested, SyncdError
+from syncd.errors import (
+    AuthorizationError,
+    ConfigError,
+    GuardError,
+    RecordError,
+    RunLockLost,
+    StopRequested,
+    SyncdError,
+)
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, Rejected, Row
@@ -97,6 +105,9 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     freshness_lag_s: int | None = None  # seconds between the run's start and the watermark
     worker_peak_rss_bytes: int | None = None  # the read worker's peak memory, when the run had one
+    # failed on a configuration error found only as it read (e.g. a SQL source's update column):
+    # ``error`` names the file, line and field; the YAML must change, a retry cannot help
+    config_error: bool = False
 
     @property
     def ok(self) -> bool:
@@ -199,6 +210,7 @@ class _Run:
         self.on_progress: Callable[[Progress], None] | None = None
         self.started_mono = time.monotonic()
         self.worker_peak_rss: int | None = None
+        self.config_error = False  # the run failed on a ConfigError (RunResult.config_error)
 
     def took_page(self, reported_total: int | None) -> None:
         self.counts.pages += 1
@@ -929,7 +941,8 @@ def run_dataset(
         except SyncdError as exc:
             log.error("sync.failed", error=str(exc), error_type=type(exc).__name__)
             return RunResult(
-                dataset.name, run.run_id, "failed", run.counts, time.monotonic() - started, error=str(exc)
+                dataset.name, run.run_id, "failed", run.counts, time.monotonic() - started, error=str(exc),
+                config_error=isinstance(exc, ConfigError),
             )
         with fewer_collections():  # syncd.gcpolicy
             status, error, after = _read_and_write(run, before, trigger, source_factory)
@@ -1028,6 +1041,7 @@ def _read_and_write(
     except Exception as exc:  # every failure is recorded on the run, then reported (BLE allows re-logging)
         known = isinstance(exc, SyncdError)
         error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        run.config_error = isinstance(exc, ConfigError)
         log.error("sync.failed", error=error, error_type=type(exc).__name__, exc_info=not known)
         return "failed", error, None
     finally:
@@ -1149,6 +1163,7 @@ def _finish(
         error=error,
         warnings=run.warnings,
         worker_peak_rss_bytes=run.worker_peak_rss,
+        config_error=run.config_error and status == "failed",
     )
     lag = None
     if result.watermark_after:

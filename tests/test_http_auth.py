@@ -253,18 +253,15 @@ def test_missing_sm3_support_is_a_clear_config_error(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(hashlib, "new", without_sm3)  # an OpenSSL built without SM3
     with pytest.raises(ConfigError, match="no SM3"):
-        Signer(
-            SignatureRecipe(algorithm="sm3", parts=("{secret}",)), config_path="connections.gw.auth.recipe"
-        )
+        Signer(SignatureRecipe(algorithm="sm3", parts=("{secret}",)), config_path=("gw", "auth"))
 
 
 def test_unknown_placeholder_is_a_config_error() -> None:
     from syncd.config.model import SignatureRecipe
 
+    recipe = SignatureRecipe(algorithm="md5", parts=("{app_key}", "{appSecret}"))
     with pytest.raises(ConfigError, match=r"unknown placeholder \{appSecret\}") as info:
-        Signer(
-            SignatureRecipe(algorithm="md5", parts=("{app_key}", "{appSecret}")), config_path="auth.recipe"
-        )
+        Signer(recipe, config_path=("auth", "recipe"))
     assert info.value.issues[0].path == "auth.recipe.parts[1]"
 
 

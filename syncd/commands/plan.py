@@ -92,7 +92,7 @@ def _sqlite_file_missing(url: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from syncd.errors import SyncdError
+    from syncd.errors import ConfigError, SyncdError
     from syncd.ops.plan import plan_dataset
 
     app = load_or_report(args)
@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         engine, _ = open_store(app)
     try:
         result = plan_dataset(app, dataset, engine, samples=max(0, args.samples))
+    except ConfigError as exc:  # found only once the source was read (a SQL update column's values)
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"syncd plan: configuration invalid: {len(exc.issues)} problem(s) found reading "
+              f"{dataset.name}'s source", file=sys.stderr)
+        return EXIT_CONFIG
     except SyncdError as exc:
         print(f"syncd plan: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         reporter = ProgressReporter(sys.stderr, live=live)
     engine, store = open_store(app)
     failed = 0
+    config_errors = 0  # runs that failed on a configuration error only found as they read: exit 2
     try:
         with run_locks(app, NAME) as lock:
             for name in names:
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                     reporter.done()
                 print(result.summary(), flush=True)
                 failed += not result.ok
+                config_errors += result.config_error
     finally:
         engine.dispose()
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_CONFIG if config_errors else EXIT_FAILED if failed else EXIT_OK

@@ -4,6 +4,8 @@
   mean what they say (:func:`syncd.targets.dbtls.tls_url_problem`), and a connection to another
   machine that would not check the server's certificate is logged as a warning with its line
   (``config.database_tls_unverified``; the same for ``type: sql`` connections);
+- a signing auth scheme's ``recipe`` compiles (templates, placeholders, SM3 on this host), as the
+  http source would compile it (:func:`syncd.sources.http.auth.signing.recipe_problems`);
 - a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type
   (file sources have none); ``type: sql`` connection URLs name a database kind SQLAlchemy knows;
 - a SQL source (前置库) reads plain columns: every mapped source path is one column name;
@@ -70,7 +72,12 @@ def _hint(name: str, known: Iterable[str]) -> str:
 
 
 def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
-    """The main file: the target URL must be one SQLAlchemy can open. Never quotes the URL."""
+    """The main file: the target and front-end database URLs, the connections' signature recipes."""
+    return _target_url(app, doc) + _sql_connections(app, doc) + _signature_recipes(app, doc)
+
+
+def _target_url(app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    """The target URL must be one SQLAlchemy can open. Never quotes the URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -84,7 +91,22 @@ def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     except NoSuchModuleError:
         return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:///…, "
                           "postgresql+psycopg://… or mysql+pymysql://… (MariaDB)")]
-    return _tls(doc, ("target", "url"), url) + _sql_connections(app, doc)
+    return _tls(doc, ("target", "url"), url)
+
+
+def _signature_recipes(app: AppConfig, doc: Document) -> list[ConfigIssue]:
+    """A signing auth scheme's recipe must compile: its templates parse, name known placeholders,
+    and its algorithm is one this host's OpenSSL has (SM3). The source would find these only when
+    built for a run."""
+    from syncd.sources.http.auth.signing import recipe_problems
+
+    issues = []
+    for name, conn in app.connections.items():
+        recipe = getattr(conn.auth, "recipe", None) if conn.type == "http" else None
+        if recipe is not None:
+            at: Path = ("connections", name, "auth", "recipe")
+            issues += [doc.issue((*at, *where), message) for where, message in recipe_problems(recipe)]
+    return issues
 
 
 def _tls(doc: Document, at: Path, url: URL) -> list[ConfigIssue]:

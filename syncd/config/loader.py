@@ -141,10 +141,15 @@ def _dataset_files(
     return files
 
 
-def config_issue(file: str, path: Path, message: str) -> ConfigIssue:
+def config_issue(
+    file: str, path: Path, message: str, *, unnamed: str = "the configuration file"
+) -> ConfigIssue:
     """An issue with ``path`` of ``file`` found after the load (a source's probe of its front-end
-    table): the file is read again for the line ``path`` (or its nearest written ancestor) is on;
-    line 0 when the file can no longer be read."""
+    table, an auth scheme built for a run): the file is read again for the line ``path`` (or its
+    nearest written ancestor) is on; line 0 when the file can no longer be read, and ``unnamed``
+    stands for the file when the configuration was not loaded from one (``file`` empty)."""
+    if not file:
+        return ConfigIssue(unnamed, 0, 0, format_path(path), message)
     try:
         doc = parse_yaml(_read(FsPath(file)), file)
     except ConfigError:

@@ -54,7 +54,6 @@ from syncd.config.model import (
     SqlIncrementalConfig,
     SqlSourceConfig,
 )
-from syncd.config.positions import format_path
 from syncd.config.timeformat import TimeFormat, guess_time_format, time_format
 from syncd.errors import (
     ConfigError,
@@ -296,11 +295,12 @@ class SqlSource:
         if not isinstance(src, SqlSourceConfig):
             raise TypeError(f"dataset {dataset.name} has a {src.type} source, not a sql one")
         connection = app.connections.get(src.connection)
-        if not isinstance(connection, SqlConnection):
-            raise ConfigError([ConfigIssue(
-                file=dataset.source_file or app.source_file or "syncd.yaml", line=0, column=0,
-                path="source.connection",
-                message=f"connection {src.connection!r} is not a `type: sql` connection under connections:",
+        if not isinstance(connection, SqlConnection):  # the load's cross-check refuses this already
+            raise ConfigError([config_issue(
+                dataset.source_file, ("source", "connection"),
+                f"connection {src.connection!r} is not a `type: sql` connection under connections: in "
+                f"{app.source_file or 'the main file'}: name one that is",
+                unnamed="the dataset's file",
             )])
         return cls(
             dataset=dataset.name,
@@ -309,7 +309,7 @@ class SqlSource:
             columns=columns_read(dataset),
             tz=ZoneInfo(app.timezone),
             connect_timeout=connection.connect_timeout.total_seconds(),
-            config_file=dataset.source_file or app.source_file or "syncd.yaml",
+            config_file=dataset.source_file,  # where source.incremental is written
         )
 
     def __repr__(self) -> str:
@@ -638,10 +638,8 @@ class SqlSource:
 
     def _issue(self, field: str, message: str) -> ConfigIssue:
         """An issue with ``source.incremental.<field>``, at its line of the dataset's file."""
-        path = ("source", "incremental", field)
-        if not self._config_file:
-            return ConfigIssue("the dataset's file", 0, 0, format_path(path), message)
-        return config_issue(self._config_file, path, message)
+        return config_issue(self._config_file, ("source", "incremental", field), message,
+                            unnamed="the dataset's file")
 
     def _config_error(self, field: str, message: str) -> ConfigError:
         return ConfigError([self._issue(field, message)])

@@ -21,8 +21,9 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from syncd.changes.hashing import text_digester
+from syncd.config.loader import config_issue
 from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
-from syncd.errors import ConfigError, ConfigIssue, PermanentUpstreamError
+from syncd.errors import ConfigError, PermanentUpstreamError
 from syncd.paths import compile_path
 from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 from syncd.sources.http import texts
@@ -116,7 +117,7 @@ class HttpSource:
                 client=self._client,
                 envelope=Envelope(connection.envelope, tz=tz),
                 config_file=config_file,
-                config_path=f"connections.{connection_name}.auth",
+                config_path=("connections", connection_name, "auth"),
             )
         except BaseException:
             self._client.close()
@@ -140,23 +141,17 @@ class HttpSource:
         if not isinstance(src, HttpSourceConfig):
             raise TypeError(f"dataset {dataset.name} has a {src.type} source, not an http one")
         connection = app.connections.get(src.connection)
-        if not isinstance(connection, HttpConnection | None):
-            raise TypeError(f"connection {src.connection!r} is of type {connection.type}, not http")
-        if connection is None:
-            known = ", ".join(sorted(app.connections)) or "none are defined"
-            main = app.source_file or "syncd.yaml"
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        file=dataset.source_file or main,
-                        line=0,
-                        column=0,
-                        path="source.connection",
-                        message=f"unknown connection {src.connection!r}: define it under connections: "
-                        f"in {main} (known: {known})",
-                    )
-                ]
-            )
+        if not isinstance(connection, HttpConnection):  # the load's cross-check refuses this already
+            main = app.source_file or "the main file"
+            if connection is None:
+                known = ", ".join(sorted(app.connections)) or "none are defined"
+                message = f"unknown connection {src.connection!r}: define it under connections: in {main} "
+                message += f"(known: {known})"
+            else:
+                message = f"connection {src.connection!r} in {main} is of type {connection.type}, not http: "
+                message += "name an http connection"
+            raise ConfigError([config_issue(dataset.source_file, ("source", "connection"), message,
+                                            unnamed="the dataset's file")])
         return cls(
             dataset=dataset.name,
             source=src,

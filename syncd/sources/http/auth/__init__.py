@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from syncd.config.positions import Path, format_path
 from syncd.sources.http.auth.base import AnyAuthConfig, AuthScheme
 from syncd.sources.http.auth.signing import SignedScheme, Signer
 from syncd.sources.http.auth.simple import HmacHeadersScheme, NoAuthScheme, StaticKeyScheme
@@ -56,7 +57,7 @@ def build_auth(
     client: HttpClient,
     envelope: Envelope,
     config_file: str = "",
-    config_path: str = "auth",
+    config_path: Path = ("auth",),
 ) -> AuthScheme[Any]:
     """The scheme for ``cfg``; an unknown ``type`` names the known ones."""
     try:
@@ -64,6 +65,6 @@ def build_auth(
     except KeyError:
         known = ", ".join(sorted(AUTH))
         raise ValueError(
-            f"unknown auth type {cfg.type!r} at {config_path}.type; known types: {known}"
+            f"unknown auth type {cfg.type!r} at {format_path(config_path)}.type; known types: {known}"
         ) from None
     return cls(cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path)

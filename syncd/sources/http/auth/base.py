@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
+from syncd.config.loader import config_issue
 from syncd.config.model import (
     HmacHeadersAuth,
     NoAuth,
@@ -33,7 +34,8 @@ from syncd.config.model import (
     TokenAuth,
     TwoTierSecretAuth,
 )
-from syncd.errors import ConfigError, ConfigIssue
+from syncd.config.positions import Path
+from syncd.errors import ConfigError
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope
 
@@ -85,7 +87,7 @@ class AuthScheme(ABC, Generic[C]):
         client: HttpClient,
         envelope: Envelope,
         config_file: str = "",
-        config_path: str = "auth",
+        config_path: Path = ("auth",),
     ) -> None:
         self.cfg: C = cfg
         self._client = client
@@ -209,5 +211,7 @@ def forget_shared_state() -> None:
         _SHARED.clear()
 
 
-def config_error(file: str, path: str, message: str) -> ConfigError:
-    return ConfigError([ConfigIssue(file=file or "syncd.yaml", line=0, column=0, path=path, message=message)])
+def config_error(file: str, problems: list[tuple[Path, str]]) -> ConfigError:
+    """The configuration errors a scheme found when it was built: each ``(path, message)`` at the
+    line of ``file`` (the main file, where ``connections:`` is written) that ``path`` is on."""
+    return ConfigError([config_issue(file, at, message, unnamed="syncd.yaml") for at, message in problems])

@@ -4,7 +4,9 @@ A recipe names the ordered ``parts`` (literal text with placeholders ``{app_key}
 ``{secret}``, ``{timestamp}``, ``{nonce}``, ``{token}``, ``{client_id}``, ``{path}``,
 ``{body}``), the separator, the algorithm (md5, sha1, sha256, hmac-sha256 keyed by the
 secret, sm3) and the encoding (hex, hex-upper, base64). :class:`Signer` compiles it once;
-placeholder names and SM3 support are checked when the source is built, not per request.
+placeholder names and SM3 support are checked when the configuration is loaded
+(:func:`recipe_problems`, positioned by ``syncd check``) and again when the source is built,
+never per request.
 
 Guangdong TIF style, for example::
 
@@ -19,6 +21,7 @@ request secret for ``two_tier_secret``). ``extra`` values may use the same place
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import hmac
 import string
@@ -27,11 +30,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from syncd.config.model import SignatureRecipe, SignedAuth
+from syncd.config.positions import Path
 from syncd.sources.http.auth.base import AuthScheme, config_error, new_nonce, now_stamp
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope
 
-__all__ = ["PLACEHOLDERS", "SignedScheme", "Signer", "digest_function"]
+__all__ = ["PLACEHOLDERS", "SignedScheme", "Signer", "digest_function", "recipe_problems"]
 
 PLACEHOLDERS = ("app_key", "secret", "timestamp", "nonce", "token", "client_id", "path", "body")
 
@@ -63,42 +67,51 @@ def _fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
+def recipe_problems(recipe: SignatureRecipe) -> list[tuple[Path, str]]:
+    """What keeps ``recipe`` from signing on this host, each problem with its path under the recipe
+    (``("parts", 1)``): a template that does not parse, an unknown placeholder, an algorithm this
+    Python's OpenSSL lacks (SM3). ``syncd check`` reports them (:mod:`syncd.config.crosscheck`),
+    so a run never meets them."""
+    problems: list[tuple[Path, str]] = []
+    templates: list[tuple[Path, str]] = [
+        *((("parts", i), p) for i, p in enumerate(recipe.parts)),
+        *((("extra", k), v) for k, v in recipe.extra.items()),
+    ]
+    for where, template in templates:
+        try:
+            names = _fields(template)
+        except ValueError as exc:
+            problems.append((where, (
+                f"{template!r} is not a valid template ({exc}): a placeholder is written {{name}}, "
+                "a literal brace as {{ or }}")))
+            continue
+        unknown = [n for n in names if n not in PLACEHOLDERS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], PLACEHOLDERS, n=1, cutoff=0.6)
+            hint = f"did you mean {{{close[0]}}}? " if close else ""
+            problems.append((where, (
+                f"unknown placeholder {{{unknown[0]}}}: {hint}the placeholders are "
+                + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS) + "; write a literal brace as {{ or }}")))
+    try:
+        digest_function(recipe.algorithm)
+    except ValueError:
+        problems.append((("algorithm",), (
+            "this Python's OpenSSL has no SM3 (国密) support: use an OpenSSL build with SM3 "
+            "(OpenSSL 1.1.1 or later, as shipped by Debian and the 信创 distributions)")))
+    return problems
+
+
 class Signer:
     """A compiled signature recipe: ``sign(...)`` returns the parameters to send, ``place`` puts them."""
 
     def __init__(
-        self, recipe: SignatureRecipe, *, config_file: str = "", config_path: str = "auth.recipe"
+        self, recipe: SignatureRecipe, *, config_file: str = "", config_path: Path = ("auth", "recipe")
     ) -> None:
         self.recipe = recipe
-        for where, template in [
-            *((f"parts[{i}]", p) for i, p in enumerate(recipe.parts)),
-            *((f"extra.{k}", v) for k, v in recipe.extra.items()),
-        ]:
-            try:
-                names = _fields(template)
-            except ValueError as exc:
-                raise config_error(
-                    config_file,
-                    f"{config_path}.{where}",
-                    f"{template!r} is not a valid template ({exc}); write a literal brace as {{{{ or }}}}",
-                ) from None
-            unknown = [n for n in names if n not in PLACEHOLDERS]
-            if unknown:
-                raise config_error(
-                    config_file,
-                    f"{config_path}.{where}",
-                    f"unknown placeholder {{{unknown[0]}}}; known: "
-                    + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS),
-                )
-        try:
-            self._digest = digest_function(recipe.algorithm)
-        except ValueError:
-            raise config_error(
-                config_file,
-                f"{config_path}.algorithm",
-                "this Python's OpenSSL has no SM3 (国密) support: use an OpenSSL build with SM3 "
-                "(OpenSSL 1.1.1 or later, as shipped by Debian and the 信创 distributions)",
-            ) from None
+        problems = recipe_problems(recipe)
+        if problems:  # checked by the load already; this is the last line of defence
+            raise config_error(config_file, [((*config_path, *at), message) for at, message in problems])
+        self._digest = digest_function(recipe.algorithm)
         self._encode = _ENCODERS[recipe.encoding]
         used = {n for p in recipe.parts for n in _fields(p)} | {
             n for v in recipe.extra.values() for n in _fields(v)
@@ -156,12 +169,12 @@ class SignedScheme(AuthScheme[SignedAuth]):
         client: HttpClient,
         envelope: Envelope,
         config_file: str = "",
-        config_path: str = "auth",
+        config_path: Path = ("auth",),
     ) -> None:
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
         )
-        self._signer = Signer(cfg.recipe, config_file=config_file, config_path=f"{config_path}.recipe")
+        self._signer = Signer(cfg.recipe, config_file=config_file, config_path=(*config_path, "recipe"))
 
     def secret_values(self) -> tuple[str, ...]:
         return (self.cfg.secret.get_secret_value(),)

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from syncd.config.model import TokenAuth
+from syncd.config.positions import Path, format_path
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import MISSING, compile_path
 from syncd.sources.http.auth.base import (
@@ -73,7 +74,7 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
         client: HttpClient,
         envelope: Envelope,
         config_file: str = "",
-        config_path: str = "auth",
+        config_path: Path = ("auth",),
     ) -> None:
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
@@ -174,7 +175,7 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
             said = f": {outcome.message}" if outcome.message else ""
             raise PermanentUpstreamError(
                 f"the gateway rejected app_key/app_secret at the token endpoint (business code "
-                f"{outcome.code}{said}): check {self._config_path}.app_key and app_secret"
+                f"{outcome.code}{said}): check {format_path(self._config_path)}.app_key and app_secret"
                 f"{self._envelope.clock_note(body)}",
                 code=outcome.code,
             )
@@ -184,7 +185,7 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
         if not isinstance(token, str) or not token:
             raise PermanentUpstreamError(
                 f"the token endpoint's answer has no token at {self.cfg.token_path!r} "
-                f"({self._config_path}.token_path); it has {describe_shape(body)}"
+                f"({format_path(self._config_path)}.token_path); it has {describe_shape(body)}"
             )
         return token, self._ttl(body)
 

@@ -28,6 +28,7 @@ import orjson
 import structlog
 
 from syncd.config.model import TwoTierSecretAuth
+from syncd.config.positions import Path, format_path
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import compile_path
 from syncd.sources.http.auth.base import (
@@ -76,13 +77,13 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
         client: HttpClient,
         envelope: Envelope,
         config_file: str = "",
-        config_path: str = "auth",
+        config_path: Path = ("auth",),
     ) -> None:
         super().__init__(
             cfg, client=client, envelope=envelope, config_file=config_file, config_path=config_path
         )
         app_secret = cfg.app_secret.get_secret_value()
-        self._signer = Signer(cfg.recipe, config_file=config_file, config_path=f"{config_path}.recipe")
+        self._signer = Signer(cfg.recipe, config_file=config_file, config_path=(*config_path, "recipe"))
         self._send_app_key = "appKey" not in cfg.recipe.extra
         self._by_key_url = client.resolve(cfg.refresh_by_key_url)
         self._by_secret_url = client.resolve(cfg.refresh_by_secret_url)
@@ -197,7 +198,7 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
                 raise _RefreshRejected(f"the gateway refused the refresh secret{said}", code=outcome.code)
             raise PermanentUpstreamError(
                 f"the gateway rejected app_key/app_secret at refreshTokenByKey{said}: check "
-                f"{self._config_path}.app_key and app_secret{self._envelope.clock_note(body)}",
+                f"{format_path(self._config_path)}.app_key and app_secret{self._envelope.clock_note(body)}",
                 code=outcome.code,
             )
         payload = self._payload_at(body)
@@ -209,7 +210,7 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
         if not isinstance(payload, dict) or not isinstance(payload.get("requestSecret"), str):
             raise PermanentUpstreamError(
                 f"the secret endpoint's answer has no requestSecret under {self.cfg.payload_path!r} "
-                f"({self._config_path}.payload_path); it has {describe_shape(body)}"
+                f"({format_path(self._config_path)}.payload_path); it has {describe_shape(body)}"
             )
         return payload
 
