@@ -26,12 +26,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from syncd.config.docpath import Path, format_path
 from syncd.errors import ConfigError, ConfigIssue
 
 __all__ = ["Document", "Path", "Position", "format_path", "parse_yaml"]
-
-Path = tuple[str | int, ...]
-"""A location inside a document: mapping keys and 0-based list indexes."""
 
 _CORE = "tag:yaml.org,2002:"
 _MAX_NODES = 1_000_000  # alias expansion ("billion laughs") guard
@@ -70,17 +68,6 @@ class Document:
     def issue(self, path: Path, message: str, *, on_key: bool = False) -> ConfigIssue:
         pos = self.position(path, on_key=on_key)
         return ConfigIssue(self.file, pos.line, pos.column, format_path(path), message)
-
-
-def format_path(path: Path) -> str:
-    """``("columns", "xm", "transforms", 0)`` → ``columns.xm.transforms[0]``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 def parse_yaml(text: str, file: str) -> Document:

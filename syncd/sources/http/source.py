@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from syncd.changes.hashing import text_digester
-from syncd.config.loader import config_issue
 from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
 from syncd.errors import ConfigError, PermanentUpstreamError
 from syncd.paths import compile_path
@@ -150,6 +149,8 @@ class HttpSource:
             else:
                 message = f"connection {src.connection!r} in {main} is of type {connection.type}, not http: "
                 message += "name an http connection"
+            from syncd.config.loader import config_issue  # the read worker does not import the loader
+
             raise ConfigError([config_issue(dataset.source_file, ("source", "connection"), message,
                                             unnamed="the dataset's file")])
         return cls(

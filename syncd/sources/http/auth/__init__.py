@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.config.positions import Path, format_path
+from syncd.config.docpath import Path, format_path
 from syncd.sources.http.auth.base import AnyAuthConfig, AuthScheme
 from syncd.sources.http.auth.signing import SignedScheme, Signer
 from syncd.sources.http.auth.simple import HmacHeadersScheme, NoAuthScheme, StaticKeyScheme

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from syncd.config.loader import config_issue
+from syncd.config.docpath import Path
 from syncd.config.model import (
     HmacHeadersAuth,
     NoAuth,
@@ -34,7 +34,6 @@ from syncd.config.model import (
     TokenAuth,
     TwoTierSecretAuth,
 )
-from syncd.config.positions import Path
 from syncd.errors import ConfigError
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope
@@ -214,4 +213,6 @@ def forget_shared_state() -> None:
 def config_error(file: str, problems: list[tuple[Path, str]]) -> ConfigError:
     """The configuration errors a scheme found when it was built: each ``(path, message)`` at the
     line of ``file`` (the main file, where ``connections:`` is written) that ``path`` is on."""
+    from syncd.config.loader import config_issue  # only on this path: the read worker never loads YAML
+
     return ConfigError([config_issue(file, at, message, unnamed="syncd.yaml") for at, message in problems])

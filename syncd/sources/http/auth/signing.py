@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from syncd.config.docpath import Path
 from syncd.config.model import SignatureRecipe, SignedAuth
-from syncd.config.positions import Path
 from syncd.sources.http.auth.base import AuthScheme, config_error, new_nonce, now_stamp
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope

@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
+from syncd.config.docpath import Path, format_path
 from syncd.config.model import TokenAuth
-from syncd.config.positions import Path, format_path
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import MISSING, compile_path
 from syncd.sources.http.auth.base import (

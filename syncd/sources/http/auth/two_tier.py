@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import orjson
 import structlog
 
+from syncd.config.docpath import Path, format_path
 from syncd.config.model import TwoTierSecretAuth
-from syncd.config.positions import Path, format_path
 from syncd.errors import PermanentUpstreamError
 from syncd.paths import compile_path
 from syncd.sources.http.auth.base import (
