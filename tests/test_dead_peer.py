@@ -2,8 +2,9 @@
 
 For PostgreSQL and MariaDB, each of the three engines syncd opens (the target's, a front-end
 database source's, the run locks') connects over TCP to 127.0.0.1 and the keepalive timers and
-TCP_USER_TIMEOUT are read back from the live socket; a query longer than those timers still
-completes (the server's kernel answers the probes while it works).
+TCP_USER_TIMEOUT (not on the target's) are read back from the live socket; a query longer than
+those timers still completes (the server's kernel answers the probes while it works), and so does
+a target COPY that waits for another transaction's lock.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,13 +146,13 @@ def test_settings_are_a_minute() -> None:
     assert deadpeer.TCP_USER_TIMEOUT_S == 60
 
 
-
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_live_socket_has_the_dead_peer_settings(tcp_db: tuple[str, str], engine: str) -> None:
     kind, url = tcp_db
     with ENGINES[engine](url) as (dbapi_connection, query):
         assert query("SELECT 1") == 1
-        assert _socket_options(kind, dbapi_connection) == CONFIGURED
+        expected = CONFIGURED if engine != "target" else {**CONFIGURED, "TCP_USER_TIMEOUT": 0}
+        assert _socket_options(kind, dbapi_connection) == expected
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -172,12 +174,49 @@ def test_a_query_longer_than_the_timers_is_not_cut_off(
 
 
 @pytest.mark.postgres
+def test_a_target_copy_waiting_for_a_lock_is_not_cut_off(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COPY into the target that waits mid-stream for another transaction's uncommitted row of
+    the same key: the server stops reading while the client still sends, its receive window stays
+    at zero. A live, legitimate wait; TCP_USER_TIMEOUT would end the connection after its time
+    (Linux 5.11 and later), so the target engine has none."""
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_INTERVAL_S", 1)
+    monkeypatch.setattr(deadpeer, "KEEPALIVE_COUNT", 1)
+    monkeypatch.setattr(deadpeer, "TCP_USER_TIMEOUT_S", 1)
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (id int PRIMARY KEY, pad text)"))
+    holder = admin.connect()
+    holding = holder.begin()
+    holder.execute(sa.text("INSERT INTO t VALUES (0, 'x')"))
+    release = threading.Timer(4, holding.rollback)
+    release.start()
+    engine = create_target_engine(pg_url)
+    pad = "y" * 20_000
+    try:
+        with engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            with raw.cursor() as cursor, cursor.copy("COPY t (id, pad) FROM STDIN") as copy:
+                for i in range(3000):  # 60 MB: far more than the socket buffers hold
+                    copy.write_row((i, pad))
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 3000
+    finally:
+        release.join()
+        engine.dispose()
+        holder.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
 def test_a_url_setting_wins(pg_url: str) -> None:
     engine = create_target_engine(pg_url + "?keepalives_idle=120")
     try:
         with engine.connect() as conn, _pg_socket(conn.connection.dbapi_connection) as sock:
             options = _options(sock)
-        assert options == {**CONFIGURED, "TCP_KEEPIDLE": 120}
+        assert options == {**CONFIGURED, "TCP_KEEPIDLE": 120, "TCP_USER_TIMEOUT": 0}
     finally:
         engine.dispose()
 

@@ -2,8 +2,8 @@
 
 The client runs in a network namespace of its own and reaches the database through a veth pair and
 a TCP forwarder in this process (PostgreSQL and MariaDB listen on 127.0.0.1 only). Once its query
-runs, the host end of the pair goes down (:meth:`Link.cut`): the server goes silent as behind a
-firewall that forgot the connection, without closing anything. (``tc … netem loss 100%`` is not
+runs, the client's frames stop reaching the host end (:meth:`Link.cut`): the server goes silent as
+behind a firewall that forgot the connection, without closing anything. (``tc … netem loss 100%`` is not
 used: this kernel has no netem, and packets dropped on the client's own interface look to TCP like
 local congestion, which keepalive never gives up on.) The client (keepalive
 timers patched to 1 s) must then fail with a connection error within a generous deadline, instead
@@ -59,10 +59,13 @@ class Link:
     host_address: str
 
     def cut(self) -> None:
-        """This namespace's end of the pair goes down: what the client sends is lost on the way,
-        nothing comes back, and nothing tells the client (no reset, no ICMP). Its own end stays
-        up and keeps its route, so its kernel counts its packets as sent."""
-        _run("ip", "link", "set", self.host_device, "down")
+        """What the client sends is lost on the way, and nothing tells it (no reset, no ICMP): its
+        namespace addresses the host end by a hardware address nobody has, so the host end drops
+        every frame (not its own). Both ends stay up: the client's kernel counts its packets as
+        sent and unanswered (a link set down would look to TCP like local congestion, which
+        keepalive never gives up on)."""
+        _run("ip", "netns", "exec", self.namespace, "ip", "neigh", "replace", self.host_address,
+             "lladdr", "02:00:00:5e:00:01", "dev", "eth0", "nud", "permanent")
 
 
 @pytest.fixture

@@ -12,8 +12,15 @@ dataset's job slot and run lock, and nothing alarms.
 - keepalive probes after :data:`KEEPALIVE_IDLE_S` seconds of silence, every
   :data:`KEEPALIVE_INTERVAL_S` seconds, the peer given up after :data:`KEEPALIVE_COUNT` unanswered
   ones. The probes also keep a middlebox's idle state from expiring in the first place;
-- ``TCP_USER_TIMEOUT`` of :data:`TCP_USER_TIMEOUT_S`: data sent but not acknowledged for that long
-  ends the connection (keepalive does not cover a pending write).
+- ``TCP_USER_TIMEOUT`` of :data:`TCP_USER_TIMEOUT_S` (``user_timeout=True``: the run-lock and
+  front-end database engines): data sent but not acknowledged for that long ends the connection.
+  Keepalive does not cover a pending write, and a run lock's connection is never idle long enough
+  for keepalive (it is asked every few seconds): its check would wait out the kernel's
+  retransmissions (``net.ipv4.tcp_retries2``, about 15 minutes). NOT on the target engine: since
+  Linux 5.11 it also ends a connection whose peer keeps its receive window at zero that long, which
+  is what a live server does while a ``COPY`` or a large insert waits for another transaction's
+  lock (the server stops reading, the client keeps sending): a legitimate wait. Those two engines
+  send only small queries, so a live server never leaves their data unacknowledged.
 
 The connection then fails with an error instead of hanging (about a minute after the peer went
 silent), the run fails with a database error and is retried as any run is. Long queries are not
@@ -66,13 +73,14 @@ _LIBPQ_DRIVERS = ("psycopg", "psycopg2")
 _LIBPQ_TCP_USER_TIMEOUT = 120000  # libpq 12 added tcp_user_timeout; an older one refuses the name
 
 
-def detect_dead_peers(engine: sa.Engine) -> sa.Engine:
-    """Set up ``engine`` so that its connections notice a silent peer (see the module docstring);
+def detect_dead_peers(engine: sa.Engine, *, user_timeout: bool = True) -> sa.Engine:
+    """Set up ``engine`` so that its connections notice a silent peer (see the module docstring),
+    with ``TCP_USER_TIMEOUT`` when ``user_timeout`` (never for an engine that sends bulk data);
     returns ``engine``. A SQLite engine, or a driver syncd does not know, is left as it is."""
     dialect = engine.dialect
     family = dialect.name
     if family == "postgresql" and dialect.driver in _LIBPQ_DRIVERS:
-        libpq = _libpq_version(dialect)
+        libpq = _libpq_version(dialect) if user_timeout else 0
 
         @event.listens_for(engine, "do_connect")
         def _libpq_args(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
@@ -80,13 +88,18 @@ def detect_dead_peers(engine: sa.Engine) -> sa.Engine:
                 cparams.setdefault(name, value)  # a value the URL gives wins
 
     elif family in ("mysql", "mariadb"):
-        event.listen(engine, "connect", _socket_timers)
+
+        @event.listens_for(engine, "connect")
+        def _timers(dbapi_connection: Any, _record: Any) -> None:
+            _socket_timers(dbapi_connection, user_timeout=user_timeout)
+
     return engine
 
 
 def libpq_dead_peer_args(libpq_version: int | None = None) -> dict[str, Any]:
     """libpq connection parameters of the current settings (``tcp_user_timeout`` in milliseconds,
-    left out for a libpq older than 12, whose ``libpq_version`` is below 120000)."""
+    left out for a libpq older than 12, whose ``libpq_version`` is below 120000, and for 0: an
+    engine without it)."""
     args: dict[str, Any] = {
         "keepalives": 1,
         "keepalives_idle": KEEPALIVE_IDLE_S,
@@ -109,15 +122,16 @@ def _libpq_version(dialect: sa.Dialect) -> int | None:
         return None
 
 
-def _socket_options() -> list[tuple[int, str, int, int]]:
+def _socket_options(*, user_timeout: bool = True) -> list[tuple[int, str, int, int]]:
     """(level, name, option, value) for a TCP socket, each option this platform has."""
     wanted = [
         (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
         (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
         (socket.IPPROTO_TCP, "TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
         (socket.IPPROTO_TCP, "TCP_KEEPCNT", KEEPALIVE_COUNT),
-        (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_S * 1000),
     ]
+    if user_timeout:
+        wanted.append((socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_S * 1000))
     options: list[tuple[int, str, int, int]] = []
     for level, name, value in wanted:
         option = getattr(socket, name, None)
@@ -126,13 +140,13 @@ def _socket_options() -> list[tuple[int, str, int, int]]:
     return options
 
 
-def _socket_timers(dbapi_connection: Any, _record: Any) -> None:
-    """``connect`` listener of a MariaDB/MySQL engine: the keepalive timers and user timeout on
-    PyMySQL's socket (a TCP one only)."""
+def _socket_timers(dbapi_connection: Any, *, user_timeout: bool) -> None:
+    """On a MariaDB/MySQL connection: the keepalive timers (and the user timeout) on PyMySQL's
+    socket (a TCP one only)."""
     sock = getattr(dbapi_connection, "_sock", None)
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return  # a Unix socket (a local server), or a driver that keeps its socket elsewhere
-    for level, name, option, value in _socket_options():
+    for level, name, option, value in _socket_options(user_timeout=user_timeout):
         try:
             sock.setsockopt(level, option, value)
         except OSError as exc:  # the kernel does not know it: detection is slower, nothing breaks

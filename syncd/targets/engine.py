@@ -22,8 +22,9 @@ Each backend is set up for a daemon that writes batches for years:
   booleans (:func:`syncd.targets.dbtls.mysql_tls_args`).
 
 PostgreSQL and MariaDB/MySQL connections notice a peer gone silent (a firewall that dropped the
-connection's state, a failover, a pulled cable) within about a minute, through TCP keepalive and
-``TCP_USER_TIMEOUT``, instead of waiting for hours (:mod:`syncd.targets.deadpeer`).
+connection's state, a failover, a pulled cable) within about a minute, through TCP keepalive,
+instead of waiting for hours (:mod:`syncd.targets.deadpeer`; without ``TCP_USER_TIMEOUT`` here,
+which would cut a bulk write that waits for another transaction's lock).
 
 Every engine hides statement parameters from error messages (``hide_parameters``): rows hold
 personal data, and errors end up in logs.
@@ -149,7 +150,7 @@ def create_target_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -
             connect_args={"connect_timeout": 10, "application_name": "syncd"},
         )
         event.listen(engine, "connect", _postgres_session)
-        return detect_dead_peers(engine)
+        return detect_dead_peers(engine, user_timeout=False)  # bulk writes: see deadpeer
     if backend in ("mysql", "mariadb"):
         engine = sa.create_engine(
             parsed,
@@ -161,7 +162,7 @@ def create_target_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -
             hide_parameters=True,
             connect_args={"connect_timeout": 10, "init_command": _MYSQL_STRICT, **mysql_tls_args(parsed)},
         )
-        return detect_dead_peers(engine)
+        return detect_dead_peers(engine, user_timeout=False)  # bulk writes: see deadpeer
     raise TargetError(
         f"unsupported target database {backend!r} in {describe_url(parsed)}: "
         "use sqlite, postgresql (also KingbaseES/openGauss) or mysql/mariadb"
