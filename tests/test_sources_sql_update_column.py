@@ -375,6 +375,24 @@ def test_an_empty_text_does_not_decide_the_format_and_is_read_by_a_full_read(
                      r"this full read took them, but incremental runs", src.stats.warnings[0])
 
 
+@pytest.mark.parametrize("placeholder", ["0000-00-00 00:00:00", "null", "-"])
+def test_a_placeholder_value_does_not_decide_the_format(
+    db_url: str, tmp_path: Path, placeholder: str
+) -> None:
+    """A legacy placeholder no time format reads (a MySQL zero date kept as text, 'null', '-')
+    sorts at one end of the column, where the format is sampled: beside values in one format it
+    decides nothing, as an empty text does, instead of stopping the dataset as "more than one way"."""
+    _text_rows(db_url, {"a0": placeholder, "p1": "2026-03-01 08:00:00", "p2": "2026-03-01 09:00:00"})
+    app, ds, _, _ = _dataset_file(tmp_path, db_url, "")
+    src = SqlSource.from_config(app, ds)
+    try:
+        assert _read_ids(src, Window(since=None, until=T + timedelta(hours=2))) == ["a0", "p1", "p2"]
+        assert _read_ids(src, Window(since=T, until=T + timedelta(hours=2))) == ["p1", "p2"]
+    finally:
+        src.close()
+    assert any(f"(such as upd = {placeholder!r})" in w for w in src.stats.warnings), src.stats.warnings
+
+
 def test_values_not_in_the_declared_format_are_read_by_a_full_read_and_counted(
     db_url: str, tmp_path: Path
 ) -> None:

@@ -578,12 +578,21 @@ class SqlSource:
         sqlite = self._engine.dialect.name == "sqlite"
         if not written:
             return _IsoText(self._tz) if sqlite else _Text(time_format("%Y-%m-%d %H:%M:%S"))
-        if sqlite and all(v[4:5] == "-" and _local_time(v, self._tz) for v in written):
-            return _IsoText(self._tz)  # ISO 8601 text, spelled in any of its ways (SQLite)
+        iso = [v[4:5] == "-" and _local_time(v, self._tz) is not None for v in written]
+        pairs = zip(iso, written, strict=True)
+        if sqlite and any(iso) and all(ok or guess_time_format(v) is None for ok, v in pairs):
+            # ISO 8601 text, spelled in any of its ways (SQLite); a placeholder no format reads
+            # decides nothing (the read counts its rows)
+            return _IsoText(self._tz)
         ways: dict[str, tuple[str, TimeFormat | None]] = {}  # format (or "") -> the first value so
         for value in written:
             guessed = guess_time_format(value)
             ways.setdefault("" if guessed is None else guessed.text, (value, guessed))
+        if len(ways) > 1 and "" in ways:
+            # a placeholder no time format reads ('0000-00-00 00:00:00' written as text, 'null',
+            # '-') beside values in one format decides nothing, as an empty text does: the read
+            # counts such rows (sync.rows_with_unreadable_update_time); two formats still conflict
+            del ways[""]
         if len(ways) > 1:
             seen = ", ".join(f"{v!r} (as {f.text!r})" if f is not None else
                              f"{v!r} (in no way that sorts like the times)" for v, f in ways.values())
