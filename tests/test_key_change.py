@@ -201,6 +201,7 @@ def test_reset_keeps_the_target_rows_unless_asked(tmp_path: Path, sqlite_url: st
     done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes")
     assert done.returncode == 0, done.stderr
     assert f"keeps its {RECORDS} row(s)" in done.stdout and "DELETE FROM resident_info;" in done.stdout
+    assert "reload it (systemctl reload syncd) before its next run of residents" in done.stdout
     assert len(target_rows(sqlite_url)) == RECORDS
     # a first load again: every row is written over its old self (an insert entry each), none doubled
     assert run_once(cfg) == ("success", None, RECORDS)
@@ -258,3 +259,72 @@ def test_a_table_renamed_in_the_database_goes_on(
     assert "state.table_renamed" in capsys.readouterr().out
     edit(tmp_path, KEY_COLUMN, SHORT_KEY)  # the new definition is the one compared from now on
     assert run_once(cfg)[0] == "refused"
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_old_table_gone_and_an_empty_new_table_is_not_a_rename(
+    tmp_path: Path, db_url: str, gateway: Gateway
+) -> None:
+    """The old table dropped and an empty new one created (or a stale one of that name): not a
+    rename, the rows are not in the new table."""
+    cfg = synced_once(tmp_path, db_url, gateway)
+    execute(db_url, "ALTER TABLE resident_info RENAME TO resident_info_v2", "DELETE FROM resident_info_v2")
+    edit(tmp_path, "table: resident_info", "table: resident_info_v2")
+
+    status, error, inserted = run_once(cfg)
+
+    assert (status, inserted) == ("refused", 0)
+    assert error is not None and "target.table is now resident_info_v2" in error
+    assert count_rows(db_url, "resident_info_v2") == 0
+
+
+def test_a_dropped_target_table_is_refused_not_recreated_empty(
+    tmp_path: Path, db_url: str, gateway: Gateway
+) -> None:
+    cfg = synced_once(tmp_path, db_url, gateway)
+    execute(db_url, "DROP TABLE resident_info")
+    dataset_file = tmp_path / "datasets" / "residents.yaml"
+
+    status, error, inserted = run_once(cfg)
+
+    assert (status, inserted) == ("refused", 0)
+    assert error is not None and error.startswith(f"{dataset_file}:{table_line(dataset_file)}:")
+    assert f"table resident_info does not exist but syncd_row_state remembers {RECORDS} rows" in error
+    assert "syncd reset residents --yes" in error
+    engine = sa.create_engine(db_url)
+    try:
+        assert not sa.inspect(engine).has_table("resident_info")  # not created again empty
+    finally:
+        engine.dispose()
+
+    done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert run_once(cfg) == ("success", None, RECORDS)  # loaded again
+    assert count_rows(db_url, "resident_info") == RECORDS
+
+
+def test_a_long_composite_key_definition_is_stored(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    names = [f"k{i:02d}_" + "x" * 56 for i in range(12)]
+    extra = "".join(f"  {n}:\n    source: id\n    type: string\n    length: 16\n" for n in names)
+    cfg = write_config(tmp_path, db_url=db_url, gateway_url=gateway.url, replace=[
+        ("key: [resident_id]", "key: [resident_id, " + ", ".join(names) + "]"),
+        ("columns:\n", "columns:\n" + extra),
+    ])
+    status, error, inserted = run_once(cfg)
+    assert (status, error, inserted) == ("success", None, RECORDS)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT definition FROM syncd_key_defs")).scalar_one()
+    finally:
+        engine.dispose()
+    assert len(stored) > 1000

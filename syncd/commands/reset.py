@@ -80,4 +80,7 @@ def run(args: argparse.Namespace) -> int:
         empty = "DELETE FROM " + table  # noqa: S608 - printed for the operator, never executed
         print(f"table {table} keeps its {counts.target_rows} row(s), keyed the old way: rows the next run "
               f"writes under the new key come beside them. To empty it: {empty};")
+    print("a running daemon whose configuration still has the old key: reload it (systemctl reload syncd) "
+          f"before its next run of {dataset.name}, or it records the old key definition and loads everything "
+          "under the old key")
     return EXIT_OK

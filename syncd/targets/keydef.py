@@ -15,7 +15,10 @@ again under the new key).
 The target table is part of it too: rows synced into table A and remembered in ``row_state``
 are not in table B, and a run into B would write only the records that changed upstream. When
 ``target.table`` changed, the dataset is refused the same way, unless the old table is gone and
-the new one exists (renamed in the database, the rows with it: recorded, ``state.table_renamed``).
+the new one holds the rows (renamed in the database, the rows with it: at least as many rows as
+``row_state`` has keys of the dataset, and not none; recorded, ``state.table_renamed``). A target
+table that no longer exists while ``row_state`` remembers rows synced into it (dropped) is refused
+too: created again empty, it would only ever get the records that change upstream.
 
 The definition is JSON of the table name and short digests (one of the key column list, one per
 key column); a salt only ever enters a digest, never the text. Non-key columns, validators, lengths and
@@ -125,16 +128,21 @@ def _changed(stored: str, current: str) -> list[str]:
     return [f"columns.{name}" for name, digest in new["columns"].items() if old_columns.get(name) != digest]
 
 
+def _table_position(dataset: DatasetConfig) -> Position:
+    """Where ``target.table`` is written in the dataset's file (0:0 when not known)."""
+    if dataset.source_file:
+        try:
+            doc = parse_yaml(Path(dataset.source_file).read_text(encoding="utf-8-sig"), dataset.source_file)
+            return doc.position(("target", "table"), on_key=True)
+        except (OSError, UnicodeError, SyncdError):
+            pass
+    return Position(0, 0)
+
+
 def _table_refusal(dataset: DatasetConfig, old_table: str, table_prefix: str) -> KeyDefinitionChanged:
     """``target.table`` names another table than the one the dataset's rows were synced into."""
     file = dataset.source_file or f"the file of dataset {dataset.name}"
-    at = Position(0, 0)
-    if dataset.source_file:
-        try:
-            doc = parse_yaml(Path(file).read_text(encoding="utf-8-sig"), file)
-            at = doc.position(("target", "table"), on_key=True)
-        except (OSError, UnicodeError, SyncdError):
-            pass
+    at = _table_position(dataset)
     name, table = dataset.name, dataset.target.table
     message = (
         f"dataset {name}: target.table is now {table}, but its rows were synced into table {old_table} "
@@ -188,6 +196,8 @@ class KeyStore(Protocol):
     def record_key_definition(self, dataset: str, definition: str) -> None: ...
     def has_row_state(self, dataset: str) -> bool: ...
     def has_table(self, name: str) -> bool: ...
+    def table_rows(self, name: str) -> int | None: ...
+    def row_state_keys(self, dataset: str) -> int: ...
     def get_watermark(self, dataset: str) -> str | None: ...
 
 
@@ -205,9 +215,17 @@ def check_key_definition(
     which writes nothing."""
     current = key_definition(dataset, code_tables)
     stored = store.key_definition(dataset.name)
+    name = dataset.name
+    stored_table = _table_of(stored) if stored is not None else None
+    if (
+        (stored_table in (None, dataset.target.table) or not _same_scheme(stored or ""))
+        and not store.has_table(dataset.target.table)
+    ):  # a changed target.table is refused below (the table message)
+        keys = store.row_state_keys(name)
+        if keys:
+            raise _missing_table_refusal(dataset, keys, store.prefix)
     if stored == current:
         return
-    name = dataset.name
     renamed = False
     if (
         stored is not None
@@ -218,7 +236,7 @@ def check_key_definition(
         if old_table is not None and old_table != dataset.target.table:
             # the table was renamed in the database (the rows went with it): the row state still
             # describes them; anything else leaves the new table without the rows synced before
-            renamed = not store.has_table(old_table) and store.has_table(dataset.target.table)
+            renamed = not store.has_table(old_table) and _holds_the_rows(store, dataset)
             if not renamed:
                 raise _table_refusal(dataset, old_table, store.prefix)
         if _changed(stored, current) or not renamed:
@@ -232,6 +250,26 @@ def check_key_definition(
             )
         else:
             log.info("state.key_definition_recorded", dataset=name, replaced=stored is not None)
+
+
+def _holds_the_rows(store: KeyStore, dataset: DatasetConfig) -> bool:
+    """Whether the target table holds the rows ``row_state`` remembers: at least one row per key
+    (``row_state`` has one per live row; soft-deleted rows stay in the table), and not none."""
+    rows = store.table_rows(dataset.target.table)
+    return rows is not None and rows > 0 and rows >= store.row_state_keys(dataset.name)
+
+
+def _missing_table_refusal(dataset: DatasetConfig, keys: int, table_prefix: str) -> KeyDefinitionChanged:
+    """The target table does not exist, yet ``row_state`` remembers rows synced into it."""
+    file = dataset.source_file or f"the file of dataset {dataset.name}"
+    at = _table_position(dataset)
+    name, table = dataset.name, dataset.target.table
+    message = (
+        f"dataset {name}: table {table} does not exist but {table_prefix}row_state remembers {keys} rows "
+        f"synced into it: restore the table (or rename it back), or `syncd reset {name} --yes` to load "
+        f"it again (created again empty, it would only get the records that change upstream)"
+    )
+    return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.table", message))
 
 
 def _same_scheme(stored: str) -> bool:

@@ -248,7 +248,7 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         metadata,
         sa.Column("dataset", dataset, primary_key=True),
         # syncd.targets.keydef.key_definition: JSON of digests (never a salt in clear)
-        sa.Column("definition", sa.String(1000), nullable=False),
+        sa.Column("definition", sa.Text(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         **MYSQL_TABLE_OPTIONS,
     )

@@ -257,10 +257,7 @@ class StateStore:
                 keys = conn.execute(count(rs).where(rs.c.dataset == dataset.name)).scalar() or 0
                 mark = conn.execute(sa.select(marks.c.value).where(marks.c.dataset == dataset.name)).scalar()
                 quarantined = conn.execute(count(q).where(q.c.dataset == dataset.name)).scalar() or 0
-                table = sa.table(dataset.target.table)
-                rows = None
-                if sa.inspect(conn).has_table(dataset.target.table):
-                    rows = conn.execute(count(table)).scalar() or 0
+                rows = _table_rows(conn, dataset.target.table)
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"counting the state of dataset {dataset.name}", exc) from exc
         return ResetCounts(int(keys), None if mark is None else str(mark), int(quarantined), rows)
@@ -315,6 +312,27 @@ class StateStore:
                 return bool(sa.inspect(conn).has_table(name))
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"looking for table {name}", exc) from exc
+
+    def table_rows(self, name: str) -> int | None:
+        """How many rows table ``name`` of the target database holds; None when it does not exist."""
+        try:
+            with self.engine.connect() as conn:
+                return _table_rows(conn, name)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"counting the rows of table {name}", exc) from exc
+
+    def row_state_keys(self, dataset: str) -> int:
+        """How many keys ``row_state`` holds for ``dataset`` (one per live row); 0 also when the
+        table does not exist yet (a plan before the first run writes nothing)."""
+        rs = self.tables.row_state
+        query = sa.select(sa.func.count()).select_from(rs).where(rs.c.dataset == dataset)
+        try:
+            with self.engine.connect() as conn:
+                if not self._schema_ready and not sa.inspect(conn).has_table(rs.name):
+                    return 0
+                return int(conn.execute(query).scalar() or 0)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail(f"counting the row state of dataset {dataset}", exc) from exc
 
     def has_row_state(self, dataset: str) -> bool:
         """Whether ``row_state`` holds any key of ``dataset`` (a first load has none)."""
@@ -398,3 +416,10 @@ class StateStore:
         for row in rows:
             row["raw"] = _decode(row["raw"])
         return rows
+
+
+def _table_rows(conn: sa.Connection, name: str) -> int | None:
+    """Rows of table ``name`` (quoted as syncd creates it); None when it does not exist."""
+    if not sa.inspect(conn).has_table(name):
+        return None
+    return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar() or 0)
