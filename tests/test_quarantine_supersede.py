@@ -495,6 +495,84 @@ def test_a_still_failing_entry_under_an_older_hash_moves_to_its_hash_as_it_was_s
     assert abs(entry["last_seen"] - seen) < timedelta(seconds=1)
 
 
+def test_an_older_entry_without_its_row_key_goes_when_a_newer_one_of_its_key_lands(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """Two versions of R1 quarantined, the older stored without its row key (so the second did not
+    supersede it). The YAML is relaxed enough for the newer one: it lands, and the older one, which
+    still fails, must not stay as an entry of R1 (given R1's row key, a later replay with the YAML
+    relaxed further would write it over the newer row). Replay keys it and supersedes it."""
+    site = Site(tmp_path, db_url, upstream)
+    try:
+        upstream.serve(record("R1", BAD_TOO, remark="older"))
+        site.sync()
+        q = site.store.tables.quarantine
+        ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+        with site.engine.begin() as conn:  # as an older syncd stored it, 10 days ago
+            conn.execute(sa.update(q).values(row_key=None, first_seen=ten_days_ago, last_seen=ten_days_ago))
+        upstream.serve(record("R1", BAD, remark="newer"))
+        site.sync()
+        assert len(list_entries(site.store, "residents")) == 2
+
+        dataset = site.root / "datasets" / "residents.yaml"
+        text = dataset.read_text(encoding="utf-8")
+        dataset.write_text(text.replace("{max: 3}", f"{{max: {BAD}}}"), encoding="utf-8")
+        result = site.replay()
+        assert (result.examined, result.superseded, result.inserted, result.still_failing) == (2, 1, 1, 0)
+        assert site.entries() == {}
+        assert site.rows()["R1"]["remark"] == "newer"
+
+        site.relax()
+        again = site.replay()
+        assert (again.examined, again.inserted, again.updated) == (0, 0, 0)
+        assert site.rows()["R1"]["remark"] == "newer"
+    finally:
+        site.close()
+
+
+def test_a_replay_killed_between_its_write_and_settling_its_entries_converges_when_run_again(
+    site: Site, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is written (rows, change feed) in one transaction and its entries settled (replayed
+    ones removed, still failing ones given their new reason) in the next. The process dies in
+    between: the next replay ends where one uninterrupted replay would have — each row written
+    once, one change entry each, the entry that still fails with its new reason and sightings."""
+    upstream.serve(record("R1", BAD), record("R2", BAD), record("R3", BAD_TOO))
+    site.sync()
+    q = site.store.tables.quarantine
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+    with site.engine.begin() as conn:
+        conn.execute(  # R2 as an older syncd stored it: the writer cannot find it by its key
+            sa.update(q).where(q.c.record_key == "R2").values(row_key=None, protected=None)
+        )
+        conn.execute(sa.update(q).values(first_seen=ten_days_ago, last_seen=ten_days_ago, times=2))
+    before = site.entries()
+    dataset = site.root / "datasets" / "residents.yaml"
+    text = dataset.read_text(encoding="utf-8")
+    dataset.write_text(text.replace("{max: 3}", f"{{max: {BAD}}}"), encoding="utf-8")
+
+    def killed(*_args: object) -> None:
+        raise RuntimeError("the process dies right after the page's write commits")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="the process dies"):
+        patch.setattr("syncd.ops.quarantine._settle", killed)
+        site.replay()
+    assert set(site.rows()) == {"R1", "R2"}
+    assert set(site.entries()) == {"R2", "R3"}, "the writer removes the entries it finds by key"
+
+    result = site.replay()
+    assert (result.examined, result.inserted, result.updated, result.still_failing) == (2, 0, 0, 1)
+    assert site.replayed_changes(result) == []
+    changes = [(c["op"], c["row_key"]) for c in change_log(site.db_url)]
+    assert sorted(changes) == [("insert", "R1"), ("insert", "R2")]
+    assert {k: r["household_size"] for k, r in site.rows().items()} == {"R1": BAD, "R2": BAD}
+    (left,) = site.entries().values()
+    assert left["record_key"] == "R3" and left["reason"] != before["R3"]["reason"]
+    assert (left["times"], left["run_id"], left["row_key"]) == (2, before["R3"]["run_id"], "R3")
+    assert abs(left["last_seen"] - ten_days_ago) < timedelta(seconds=1)
+    assert site.replay().examined == 1 and site.entries() == {"R3": left}
+
+
 # --------------------------------------------------------------------------- redacted fields
 
 
