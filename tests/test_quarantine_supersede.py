@@ -495,6 +495,67 @@ def test_a_still_failing_entry_under_an_older_hash_moves_to_its_hash_as_it_was_s
     assert abs(entry["last_seen"] - seen) < timedelta(seconds=1)
 
 
+def _older_copy(site: Site, seen: datetime) -> dict[str, Any]:
+    """Store a copy of the dataset's one entry as an older syncd stored it: under another raw hash
+    (an older hashing), without its row key and the values of its masked/hashed columns, seen
+    ``seen`` (twice). Returns the entry under its hash as it is now."""
+    q = site.store.tables.quarantine
+    (entry,) = site.entries().values()
+    with site.engine.begin() as conn:
+        (stored,) = conn.execute(sa.select(q)).mappings().all()
+        copy = {**stored, "raw_hash": "0" * 32, "row_key": None, "protected": None}
+        conn.execute(sa.insert(q), [{**copy, "first_seen": seen, "last_seen": seen, "times": 2}])
+    return entry
+
+
+def test_an_older_copy_of_an_entry_does_not_rewrite_the_entry_under_its_hash(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """The same record stored twice: by an older syncd under an older hashing (no row key, no stored
+    hash of its hashed key, so replay cannot key it) and again since under its hash, with both. The
+    copy moving to its hash rewrote that entry's reason ("only hashed") and row key (None): a later
+    write of the key no longer superseded the entry. The copy is superseded instead."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        assert site.sync().counts.quarantined == 1
+        entry = _older_copy(site, datetime.now(UTC) - timedelta(days=10))
+        assert entry["row_key"] is not None and entry["protected"] is not None
+
+        result = site.replay()  # the YAML unchanged: the entry still fails as it did
+        (left,) = site.entries().values()
+        assert (left["row_key"], left["reason"]) == (entry["row_key"], entry["reason"])
+        assert left == entry, "the older copy rewrote the entry under its hash"
+        assert (result.examined, result.superseded, result.still_failing) == (2, 1, 1)
+
+        upstream.serve(record("R1", GOOD, remark="newer"))  # a later write of its key supersedes it
+        site.sync()
+        assert site.entries() == {}
+    finally:
+        site.close()
+
+
+def test_an_older_copy_of_a_replayed_entry_does_not_come_back_under_its_hash(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """As above, the YAML relaxed: the entry under its hash lands; its older copy (which cannot
+    be keyed, so no key supersedes it) came back under the hash that just landed, as a still
+    failing entry of a record already written."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        site.sync()
+        _older_copy(site, datetime.now(UTC) - timedelta(days=10))
+        site.relax()
+        result = site.replay()
+        assert (result.examined, result.superseded, result.inserted, result.still_failing) == (2, 1, 1, 0)
+        assert site.entries() == {}, "the older copy of a replayed record stayed in the quarantine"
+        (row,) = site.rows().values()
+        assert row["household_size"] == BAD
+    finally:
+        site.close()
+
+
 def test_an_older_entry_without_its_row_key_goes_when_a_newer_one_of_its_key_lands(
     tmp_path: Path, db_url: str, upstream: Upstream
 ) -> None:

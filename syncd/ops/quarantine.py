@@ -18,14 +18,15 @@ their stored values, so a hashed key comes out as a sync writes it). Records tha
 written through :meth:`BatchWriter.write` (change tracked, atomic per batch, recorded as a run with
 trigger ``replay`` for the audit trail) and their entries are deleted; the others stay with their
 new reason. Entries are replayed oldest first, and of several entries of one key only the newest
-(older ones are superseded, and removed). An entry stored without ``row_key`` (by an older syncd,
-or its key columns could not be mapped) is also superseded when the change feed shows a write of
-its key after it was last seen; and it is not replayed at all once the feed may have lost such a
-write: when the dataset's feed was pruned (``syncd changes prune``, ``changes.retention_days``) up
-to entries written at or after the entry was last seen (:meth:`FeedPruner.pruned`), it stays, its
-``last_seen`` untouched, with a reason that tells the operator to delete it and backfill with
-``syncd sync DATASET --full``. Replaying twice is harmless: a written row has the same hash the
-second time, so it makes no change entry.
+(older ones are superseded, and removed); an entry stored under an older hashing whose record is
+also stored under its hash now is a copy of that entry, and superseded too. An entry stored
+without ``row_key`` (by an older syncd, or its key columns could not be mapped) is also superseded
+when the change feed shows a write of its key after it was last seen; and it is not replayed at
+all once the feed may have lost such a write: when the dataset's feed was pruned (``syncd changes
+prune``, ``changes.retention_days``) up to entries written at or after the entry was last seen
+(:meth:`FeedPruner.pruned`), it stays, its ``last_seen`` untouched, with a reason that tells the
+operator to delete it and backfill with ``syncd sync DATASET --full``. Replaying twice is harmless:
+a written row has the same hash the second time, so it makes no change entry.
 
 A replay receives nothing from upstream, so an entry that still fails is not *seen* again: replay
 may give it its new reason (and the row key its key columns now map to), but keeps its
@@ -76,7 +77,7 @@ class ReplayResult:
     deleted: int = 0
     unchanged: int = 0
     still_failing: int = 0
-    superseded: int = 0  # entries removed unreplayed: a later record of their key was handled
+    superseded: int = 0  # entries removed unreplayed: a later record of their key was handled, or a copy
     unverified: int = 0  # entries kept unreplayed (also still_failing): no row key, feed pruned past them
     reasons: dict[str, int] = field(default_factory=dict)  # new reason → how many
 
@@ -100,6 +101,7 @@ class _Entry:
     """One quarantine entry as replay reads it, and what the current mapping makes of it."""
 
     digest: str
+    current: str  # its raw hash now: ``digest`` unless it was stored under an older hashing
     raw: dict[str, Any]
     reason: str
     row_key: str | None
@@ -129,13 +131,16 @@ def _entries(store: StateStore, dataset: str) -> list[_Entry]:
             rows = conn.execute(query).all()
     except sa.exc.SQLAlchemyError as exc:
         raise TargetError(f"reading the quarantine of dataset {dataset} failed: {exc}") from exc
-    return [
-        _Entry(
-            str(h), json.loads(raw), reason, key, None if prot is None else json.loads(prot),
-            first, last, int(times), str(run_id),
+    entries: list[_Entry] = []
+    for h, raw, reason, key, prot, first, last, times, run_id in rows:
+        record = json.loads(raw)
+        entries.append(
+            _Entry(
+                str(h), raw_hash(record), record, reason, key, None if prot is None else json.loads(prot),
+                first, last, int(times), str(run_id),
+            )
         )
-        for h, raw, reason, key, prot, first, last, times, run_id in rows
-    ]
+    return entries
 
 
 def replay_quarantine(
@@ -223,18 +228,40 @@ def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> Non
 
 
 def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[_Entry]:
-    """The entries not to replay: of several entries of one key all but the newest, and entries
-    stored without a row key whose key the change feed shows written after they were last seen."""
+    """The entries not to replay: copies of one record (see :func:`_copies`), of several entries of
+    one key all but the newest, and entries stored without a row key whose key the change feed
+    shows written after they were last seen."""
+    stale = _copies(entries)
+    copied = {id(entry) for entry in stale}
     newest: dict[str, _Entry] = {}
     for entry in entries:  # oldest first: the last of a key is its newest
-        if entry.key is not None:
+        if entry.key is not None and id(entry) not in copied:
             newest[entry.key] = entry
-    stale = [entry for entry in entries if entry.key is not None and newest[entry.key] is not entry]
+    stale += [
+        entry
+        for entry in entries
+        if entry.key is not None and id(entry) not in copied and newest[entry.key] is not entry
+    ]
     unkeyed = [entry for entry in newest.values() if entry.row_key is None]
     if unkeyed:
         written = _last_changes(store, dataset, unkeyed)
         stale += [entry for entry in unkeyed if entry.key in written and written[entry.key] > entry.last_seen]
     return stale
+
+
+def _copies(entries: list[_Entry]) -> list[_Entry]:
+    """Entries stored under an older hashing whose record has another entry under the same hash
+    now: the one under that hash (the record quarantined again since), else the newest. One record
+    has one key, so they are entries of one key even when replay cannot key them (an older syncd
+    stored neither the row key nor the hashed key's value): left, the copy moving to its hash
+    would rewrite that entry's reason and row key, or come back as the entry of a record that just
+    landed."""
+    kept: dict[str, _Entry] = {}
+    for entry in entries:  # oldest first
+        other = kept.get(entry.current)
+        if other is None or other.digest != other.current:
+            kept[entry.current] = entry
+    return [entry for entry in entries if kept[entry.current] is not entry]
 
 
 def _unverifiable(
@@ -328,7 +355,7 @@ def _replay_page(
             reason = entry.error or ""
             result.reasons[reason] = result.reasons.get(reason, 0) + 1
             result.still_failing += 1
-            same = raw_hash(raw) == digest
+            same = entry.current == digest
             keyed = entry.row_key is not None or entry.key is None  # nothing to add to its key
             if same and keyed and storable(reason) == entry.reason:
                 continue  # the entry stands as it is: not seen again upstream, so its count stays
@@ -339,7 +366,7 @@ def _replay_page(
             failing.append(
                 {
                     "dataset": result.dataset,
-                    "raw_hash": raw_hash(raw),
+                    "raw_hash": entry.current,
                     "run_id": entry.run_id,
                     "record_key": None if record_key is None else record_key[:ROW_KEY_LENGTH],
                     "raw": json_text(raw),
@@ -376,9 +403,8 @@ def _replay_page(
 def _settle(store: StateStore, dataset: str, failing: list[dict[str, Any]], landed: list[str]) -> None:
     """In one transaction: remove the entries in ``landed`` and store the still-failing entries
     ``failing`` (quarantine rows) with their new reason and key, their sightings as they were. An
-    entry stored under an older hashing comes back under its new hash; when that hash already has
-    an entry (the record quarantined again since), that one stays as it was seen, with the new
-    reason."""
+    entry stored under an older hashing comes back under its new hash (no entry holds that hash:
+    :func:`_copies` superseded it otherwise)."""
     q = store.tables.quarantine
     by_hash = {entry["raw_hash"]: entry for entry in failing}
     update = (
