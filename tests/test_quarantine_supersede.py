@@ -634,6 +634,30 @@ def test_a_replay_killed_between_its_write_and_settling_its_entries_converges_wh
     assert site.replay().examined == 1 and site.entries() == {"R3": left}
 
 
+def test_a_replay_interrupted_with_ctrl_c_is_not_recorded_as_a_success(
+    tmp_path: Path, sqlite_url: str, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after a page's write committed, before its entries were settled: the audit trail
+    (the runs table, trigger ``replay``) recorded the replay as a success."""
+    site = Site(tmp_path, sqlite_url, upstream)
+    try:
+        upstream.serve(record("R1", BAD))
+        site.sync()
+        site.relax()
+
+        def interrupted(*_args: object) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr("syncd.ops.quarantine._settle", interrupted)
+            site.replay()
+        (run,) = [r for r in site.store.last_runs("residents") if r["trigger"] == "replay"]
+        assert (run["status"], run["error"]) == ("failed", "KeyboardInterrupt")
+        assert site.replay().examined == 0  # the writer removed the entry it found by key
+    finally:
+        site.close()
+
+
 # --------------------------------------------------------------------------- redacted fields
 
 

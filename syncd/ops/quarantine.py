@@ -202,8 +202,8 @@ def replay_quarantine(
                 store, writer=writer, is_deleted=is_deleted, page=list(page), result=result,
                 counts=counts, sorter=sorter,
             )
-    except Exception as exc:
-        error = str(exc)
+    except BaseException as exc:  # Ctrl-C too: a replay stopped mid-way is no success (the audit trail)
+        error = str(exc) or type(exc).__name__
         raise
     finally:
         status = "success" if error is None else "failed"
