@@ -416,17 +416,93 @@ def test_a_token_revoked_right_after_issue_is_retried_with_backoff_and_warned_on
     assert "connections.gw.auth.app_key" in warning["message"] and "multi-token" in warning["message"]
 
 
-def test_tokens_revoked_right_after_issue_fail_after_the_retry_budget(server: LoopbackServer) -> None:
-    """Bounded: retry.attempts more tokens (4 here), then the request fails, saying why."""
+@pytest.mark.parametrize(("attempts", "rounds"), [(4, 3), (2, 2)])
+def test_tokens_revoked_right_after_issue_fail_after_the_retry_budget(
+    server: LoopbackServer, attempts: int, rounds: int
+) -> None:
+    """Bounded: min(retry.attempts, 3) more tokens, then the request fails, saying why (each token
+    issued revokes the one every other dataset of the process uses)."""
     gateway = TokenGateway(server)
-    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    retry = {"attempts": attempts, "backoff_initial": "10ms", "backoff_max": "50ms", "deadline": "5s"}
+    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]}, retry=retry)
     with parts[0]:
         call(parts)
         gateway.revoked.update(gateway.issued)
         AnotherHolder(server, gateway, times=1000)
         with pytest.raises(PermanentUpstreamError, match="another process appears to use the same app_key"):
             call(parts)
-    assert len(server.to("/auth/token")) == 1 + 1 + 4
+    assert len(server.to("/auth/token")) == 1 + 1 + rounds
+
+
+def test_an_endpoint_refusing_every_token_fails_at_once_though_another_accepts_them(
+    server: LoopbackServer,
+) -> None:
+    """One process, one app_key: /api/q works, /api/other answers 40101 whatever the token (an API
+    the app_key is not approved for, or a code in auth_expired_codes that is no expiry there). That
+    is no token revoked by another process: one refresh, then a clear error at once, as for a
+    credential that never worked; no backoff rounds, no warning blaming another process, and no
+    more tokens issued (each would revoke the one the other datasets use)."""
+    TokenGateway(server)
+    server.route("/api/other", lambda req: envelope(code="40101", msg="token无效"))
+    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with parts[0], capture_logs() as logs:
+        call(parts)  # the credentials work: /api/q accepted a token
+        for _ in range(2):
+            with pytest.raises(PermanentUpstreamError) as info:
+                call(parts, path="/api/other", params={"pageNo": 1})
+            message = str(info.value)
+            assert "rejected again right after it was refreshed" in message
+            assert "connections.gw.envelope.auth_expired_codes" in message
+            assert "approved for this API" in message
+            assert "another process appears to use the same app_key" in message  # the other lead
+        assert len(call(parts).records) == 100  # the other endpoint's token is the last one issued
+    assert len(server.to("/auth/token")) == 1 + 2  # one refresh per failed request
+    assert len(server.to("/api/other")) == 2 * 2
+    assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+
+
+def test_a_token_revoked_soon_after_a_refresh_is_refreshed_after_a_pause_and_warned(
+    server: LoopbackServer,
+) -> None:
+    """Another process with the same app_key that refreshes the moment its own token is revoked:
+    ours, fetched moments ago and accepted, is refused before we use it again. Refreshing at once
+    would revoke the other's before its request lands, and it would do the same to us; the client
+    pauses first (so one of the two gets through each time) and tells the operator, once."""
+    gateway = TokenGateway(server)
+    parts = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with parts[0], capture_logs() as logs:
+        call(parts)
+        gateway.revoked.update(gateway.issued)
+        call(parts)  # refused once: refreshed at once, as for any expiry
+        assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+        for _ in range(2):
+            gateway.revoked.update(gateway.issued)  # the other process fetched its token
+            assert len(call(parts).records) == 100
+    assert len(server.to("/auth/token")) == 1 + 3
+    warnings = [e for e in logs if e["event"] == "auth.token_revoked_early"]
+    assert len(warnings) == 1, warnings
+    assert "another process appears to use the same app_key" in warnings[0]["message"]
+
+
+def test_an_endpoint_accepted_by_another_source_of_the_process_retries_revoked_tokens(
+    server: LoopbackServer,
+) -> None:
+    """The endpoints that accepted a credential are the credential's, process-wide: a dataset
+    whose path another source (an earlier run of the daemon) read with the same credential retries
+    a token revoked right after issue; the paging query is no part of the endpoint."""
+    gateway = TokenGateway(server)
+    first = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with first[0]:
+        call(first, params={"pageNo": 2})
+    second = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
+    with second[0], capture_logs() as logs:
+        gateway.revoked.update(gateway.issued)
+        AnotherHolder(server, gateway, times=1)
+        assert len(call(second, params={"pageNo": 1}).records) == 100
+    assert len(server.to("/auth/token")) == 1 + 2
+    assert [e["event"] for e in logs if e["event"] == "auth.token_revoked_early"] == [
+        "auth.token_revoked_early"
+    ]
 
 
 def test_bad_credentials_are_permanent_and_not_retried(server: LoopbackServer) -> None:

@@ -356,10 +356,11 @@ def test_401_refreshes_only_refreshable_auth(server: LoopbackServer) -> None:
     class Counting:
         refreshable = True
         refreshed = 0
-        accepted = False
+        def accepted_at(self, endpoint: str) -> bool:
+            return False
 
-        def note_accepted(self) -> None:
-            self.accepted = True
+        def note_accepted(self, endpoint: str) -> None:
+            pass
 
         def apply(
             self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None

@@ -9,22 +9,34 @@ envelope). Failures are sorted by :mod:`syncd.errors`:
   exponential backoff and jitter (``retry.attempts`` within ``retry.deadline``), honouring
   ``Retry-After``; when the budget is spent the last error becomes permanent;
 - :class:`AuthExpiredError` makes the client call ``auth.refresh()`` once and repeat the
-  request once; a second expiry is permanent, unless a credential of this client was accepted
-  before (see below);
+  request once; a second expiry is permanent, unless this endpoint accepted a credential of the
+  scheme before (see below);
 - anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once.
 
-A credential refused right after it was refreshed, by a gateway that accepted this client's
-credentials before, was most likely revoked by another process fetching its own with the same
-app_key (a gateway keeping one valid token per app_key: two nodes, or a ``syncd sync`` by hand
-beside the daemon); each fetch evicts the other's. The client then waits (exponential backoff with
-jitter from ``retry.backoff_initial``, so the two drift apart), refreshes and repeats the request,
-at most ``retry.attempts`` times within ``retry.deadline``, and warns once
-(``auth.token_revoked_early``) with what to do. "Accepted before" is remembered per credential and
-process (:attr:`RequestAuth.accepted`), so a daemon's every run after its first has it. While no
-credential was ever accepted, the second refusal fails at once as it always did (wrong auth
-settings, or ``envelope.auth_expired_codes`` listing a code that is no expiry; the message names
-the other-process case too). A single process never sees a fresh credential refused once the
-settings work, so its requests are as before.
+A credential refused right after it was refreshed, on an endpoint (the request's URL without its
+query) that accepted a credential of this scheme before, was most likely revoked by another process
+fetching its own with the same app_key (a gateway keeping one valid token per app_key: two nodes,
+or a ``syncd sync`` by hand beside the daemon); each fetch evicts the other's. The client then
+waits (exponential backoff with jitter from ``retry.backoff_initial``, so the two drift apart),
+refreshes and repeats the request, at most ``min(retry.attempts, 3)`` times within
+``retry.deadline``, and warns once (``auth.token_revoked_early``) with what to do. Few rounds: each
+refresh on such a gateway also re-issues the token every other dataset of the process uses. The
+other process mostly refreshes the moment its own token is refused, revoking ours before our
+request lands; so a credential this client refreshed less than a minute ago, refused on an endpoint
+that accepted one, is also taken for revoked: the client warns and pauses (one backoff step with
+jitter) before refreshing it, and with both processes pausing one of them gets through each time.
+
+The endpoints that accepted a credential are remembered per credential and process
+(:meth:`RequestAuth.accepted_at`, kept with the credential's process-wide state), so a daemon's
+every run after the first on a dataset has its path; a dataset's first page marks it. It must be
+the same endpoint, not merely the same credential: an endpoint that refuses every credential with
+an "expired" code (an API the app_key is not approved for, or ``envelope.auth_expired_codes``
+listing a code that is no expiry there) while others work is no revocation, and retrying it would
+cost every request there ``retry.attempts`` refreshes and backoffs and re-issue the other
+datasets' token each time. So while this endpoint never accepted a credential, the second refusal
+fails at once as it always did (the message names the auth settings, the expiry codes and the
+other-process case). A single process never sees a fresh credential refused where one worked
+before, so its requests are as before.
 
 No secret reaches a message or a log line: URLs lose the values of secret-looking query
 keys, every text is scrubbed of the secret values the auth scheme registered and of the
@@ -39,7 +51,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import requests
@@ -75,6 +87,12 @@ T = TypeVar("T")
 _CHUNK = 64 * 1024
 _SKEW_WARN_SECONDS = 60.0
 _USER_AGENT = "syncd/0.1 (+data-return sync daemon)"
+# at most this many refresh-and-repeat rounds for credentials revoked right after issue (and at most
+# retry.attempts): each round re-issues the credential every other dataset of the process uses
+_REVOKED_ROUNDS = 3
+# a credential refused this soon after this client refreshed it, where one was accepted before, was
+# most likely revoked by another process: the client pauses before refreshing it (see fetch)
+_RECENT_REFRESH = 60.0
 
 
 class RequestAuth(Protocol):
@@ -88,13 +106,13 @@ class RequestAuth(Protocol):
 
     def refresh(self) -> None: ...
 
-    @property
-    def accepted(self) -> bool:
-        """Whether the gateway accepted a credential of this scheme in this process."""
+    def accepted_at(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` (a request URL without its query) accepted a credential of this
+        scheme in this process."""
         ...
 
-    def note_accepted(self) -> None:
-        """A request with the scheme's credential succeeded."""
+    def note_accepted(self, endpoint: str) -> None:
+        """A request to ``endpoint`` with the scheme's credential succeeded."""
 
 
 @dataclass(slots=True)
@@ -120,6 +138,13 @@ def _encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         out.append((key, ("true" if value else "false") if isinstance(value, bool) else str(value)))
     return out
+
+
+def _endpoint_of(url: str) -> str:
+    """The endpoint a request URL names, for :meth:`RequestAuth.accepted_at`: the URL without its
+    query and fragment (the paging parameters change from page to page, the endpoint does not)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
 
 
 def _with_message(exc: UpstreamError, message: str) -> UpstreamError:
@@ -158,6 +183,7 @@ class HttpClient:
         self._backoff_initial = initial
         self._skew_warned = False
         self._revoked_warned = False  # auth.token_revoked_early said once
+        self._refreshed_at: float | None = None  # time.monotonic() of this client's last auth.refresh()
         self._session = requests.Session()
         # ~/.netrc is no source of syncd's credentials (secrets come only from the environment or
         # credential files): an auth that adds nothing stops requests from reading it, which it
@@ -203,8 +229,9 @@ class HttpClient:
             body = urlencode(_encode_params(form)).encode("ascii")
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body, decode)
+        endpoint = _endpoint_of(call.url)
         try:
-            return self._accepted(auth, self._retrying(call, auth, parse))
+            return self._accepted(auth, endpoint, self._retrying(call, auth, parse))
         except AuthExpiredError as first:
             if auth is None:
                 raise PermanentUpstreamError(
@@ -212,36 +239,60 @@ class HttpClient:
                     code=first.code,
                     status=first.status,
                 ) from None
+            if self._refreshed_recently() and auth.accepted_at(endpoint):
+                # a credential this client fetched moments ago, accepted here, refused already: most
+                # likely another process with this app_key revoked it and is reading with its own
+                # right now. Refreshing at once would revoke that one before its request lands, and
+                # the other would refresh at once too: whoever waits never gets a request through.
+                # Both pausing first (with jitter) lets one of the two through each time.
+                self._warn_revoked(call, first)
+                self._pause_revoked(1, self._deadline)
             log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=first.code)
-            auth.refresh()
+            self._refresh(auth)
         revoked = 0  # credentials refused right after they were refreshed
+        rounds = min(self._attempts, _REVOKED_ROUNDS)
         since = time.monotonic()
         while True:
             try:
-                return self._accepted(auth, self._retrying(call, auth, parse))
+                return self._accepted(auth, endpoint, self._retrying(call, auth, parse))
             except AuthExpiredError as again:
                 waited = time.monotonic() - since
-                if not auth.accepted or revoked >= self._attempts or waited >= self._deadline:
+                # revoked by another process only where a credential worked before: an endpoint
+                # refusing every one (not approved for the app_key, a code that is no expiry) is not
+                if not auth.accepted_at(endpoint) or revoked >= rounds or waited >= self._deadline:
                     raise self._refused_again(again, revoked) from None
                 revoked += 1
                 self._warn_revoked(call, again)
                 code = again.code
-            # jitter: two processes evicting each other drift apart instead of refreshing in lockstep
-            pause = min(self._backoff_initial * 2 ** (revoked - 1), self._backoff_max)
-            pause += random.uniform(0, self._backoff_initial)  # noqa: S311 - jitter, not a secret
-            time.sleep(min(pause, max(0.0, self._deadline - waited)))
+            self._pause_revoked(revoked, self._deadline - waited)
             log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=code, again=revoked)
-            auth.refresh()
+            self._refresh(auth)
 
     def close(self) -> None:
         self._session.close()
 
     # ------------------------------------------------------------------ credentials refused early
 
-    def _accepted(self, auth: RequestAuth | None, result: T) -> T:
-        if auth is not None and auth.refreshable and not auth.accepted:
-            auth.note_accepted()
+    def _accepted(self, auth: RequestAuth | None, endpoint: str, result: T) -> T:
+        if auth is not None and auth.refreshable and not auth.accepted_at(endpoint):
+            auth.note_accepted(endpoint)
         return result
+
+    def _refresh(self, auth: RequestAuth) -> None:
+        self._refreshed_at = time.monotonic()
+        auth.refresh()
+
+    def _refreshed_recently(self) -> bool:
+        at = self._refreshed_at
+        return at is not None and time.monotonic() - at < _RECENT_REFRESH
+
+    def _pause_revoked(self, revoked: int, remaining: float) -> None:
+        """The wait before refreshing a credential another process revoked (``revoked``: the round):
+        exponential backoff plus jitter, so two processes evicting each other drift apart instead
+        of refreshing in lockstep; never past ``remaining`` seconds."""
+        pause = min(self._backoff_initial * 2 ** (revoked - 1), self._backoff_max)
+        pause += random.uniform(0, self._backoff_initial)  # noqa: S311 - jitter, not a secret
+        time.sleep(min(pause, max(0.0, remaining)))
 
     def _other_holder(self) -> str:
         connection = self.name or "<name>"
@@ -263,21 +314,26 @@ class HttpClient:
             url=call.shown_url,
             code=exc.code,
             status=exc.status,
-            message=f"the gateway refused a credential right after issuing it: {self._other_holder()}; "
+            message=f"the gateway refused a credential soon after issuing it, on an endpoint that accepted "
+            f"one before: {self._other_holder()}; "
             "syncd retries with backoff meanwhile",
         )
 
     def _refused_again(self, exc: AuthExpiredError, revoked: int) -> PermanentUpstreamError:
-        if revoked == 0:  # no credential of it ever worked in this process: most likely the settings
+        connection = f"connections.{self.name or '<name>'}"
+        if revoked == 0:  # no credential ever worked on this endpoint in this process: most likely settings
             message = (
-                f"{exc}; the credential was rejected again right after it was refreshed: check the "
-                "auth settings and that envelope.auth_expired_codes lists only expiry codes (or: "
-                f"{self._other_holder()})"
+                f"{exc}; the credential was rejected again right after it was refreshed, and this "
+                f"endpoint never accepted one in this process: check the auth settings ({connection}.auth; "
+                "is the app_key approved for this API?) and that "
+                f"{connection}.envelope.auth_expired_codes lists only codes that mean an expired "
+                f"credential (or: {self._other_holder()})"
             )
         else:
             message = (
                 f"{exc}; the credential was rejected right after it was refreshed {revoked + 1} times "
-                f"(retry.attempts and retry.deadline bound the retries): {self._other_holder()}"
+                f"on an endpoint that accepted it before (at most min(retry.attempts, "
+                f"{_REVOKED_ROUNDS}) retries within retry.deadline): {self._other_holder()}"
             )
         return PermanentUpstreamError(message, code=exc.code, status=exc.status)
 

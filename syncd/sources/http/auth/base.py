@@ -94,7 +94,7 @@ class AuthScheme(ABC, Generic[C]):
         self._config_file = config_file
         self._config_path = config_path
         self._delegate: Renewal | None = None
-        self._accepted = False
+        self._accepted: set[str] = set()
         for value in self.secret_values():
             client.redactor.add(value)
 
@@ -111,14 +111,14 @@ class AuthScheme(ABC, Generic[C]):
     def refresh(self) -> None:
         """Fetch a new credential (called once after the gateway said the current one expired)."""
 
-    @property
-    def accepted(self) -> bool:
-        """Whether a request with this scheme's credential succeeded (the client notes it): then a
-        fresh credential refused at once was revoked, not misconfigured (:mod:`syncd.sources.http.client`)."""
-        return self._accepted
+    def accepted_at(self, endpoint: str) -> bool:
+        """Whether a request to ``endpoint`` (its URL without the query) with this scheme's credential
+        succeeded (the client notes it): then a fresh credential refused there at once was revoked,
+        not misconfigured (:mod:`syncd.sources.http.client`)."""
+        return endpoint in self._accepted
 
-    def note_accepted(self) -> None:
-        self._accepted = True
+    def note_accepted(self, endpoint: str) -> None:
+        self._accepted.add(endpoint)
 
     # ------------------------------------------------------------------ sharing with the read worker
 
@@ -151,14 +151,13 @@ class SharedCredential:
     credential lives in process-wide state with a ``lock`` (``_state``): mixed in before
     AuthScheme; the scheme writes ``_export_locked``/``_adopt_locked``, called under the lock."""
 
-    _state: Any  # with an ``accepted`` flag: the credential worked in this process
+    _state: Any  # with an ``accepted`` set: the endpoints the credential worked on in this process
 
-    @property
-    def accepted(self) -> bool:
-        return bool(self._state.accepted)
+    def accepted_at(self, endpoint: str) -> bool:
+        return endpoint in self._state.accepted
 
-    def note_accepted(self) -> None:
-        self._state.accepted = True
+    def note_accepted(self, endpoint: str) -> None:
+        self._state.accepted.add(endpoint)  # one per dataset path: a few, kept for the process's life
 
     def export_state(self) -> CredentialState | None:
         with self._state.lock:

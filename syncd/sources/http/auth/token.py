@@ -45,7 +45,8 @@ class _TokenState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     token: str | None = None
     refresh_at: float = 0.0  # time.monotonic() after which the token is fetched again
-    accepted: bool = False  # a request with a token of it succeeded (SharedCredential.accepted)
+    # endpoints a request with a token of it succeeded on (SharedCredential.accepted_at)
+    accepted: set[str] = field(default_factory=set)
 
 
 def _number(value: Any) -> float | None:

@@ -57,7 +57,8 @@ class _Secrets:
     request_renew_at: float = 0.0  # epoch seconds (the gateway's end times are wall-clock)
     refresh: str | None = None
     refresh_usable_until: float = 0.0
-    accepted: bool = False  # a request with a secret of it succeeded (SharedCredential.accepted)
+    # endpoints a request with a secret of it succeeded on (SharedCredential.accepted_at)
+    accepted: set[str] = field(default_factory=set)
 
 
 class _RefreshRejected(PermanentUpstreamError):
@@ -257,7 +258,8 @@ class _RenewalSignature:
     def refresh(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
         pass
 
-    accepted: ClassVar[bool] = False  # not refreshable: the client never asks
+    def accepted_at(self, endpoint: str) -> bool:  # pragma: no cover - not refreshable: never asked
+        return False
 
-    def note_accepted(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
+    def note_accepted(self, endpoint: str) -> None:  # pragma: no cover - not refreshable: never called
         pass
