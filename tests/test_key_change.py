@@ -105,6 +105,32 @@ def test_a_changed_key_transform_is_refused_with_file_line_and_fix(
     assert run_once(cfg)[:2] == ("success", None)
 
 
+CODED_KEY = KEY_COLUMN + "    transforms: [{code_table: {table: {'0': zero}}}]\n"
+CONCAT_KEY = KEY_COLUMN.replace("    source: id\n", "") + "    transforms: [{concat: {fields: [id]}}]\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "spelled_out"),
+    [
+        (HASHED_KEY, HASHED_KEY.replace("'}}]", "', algorithm: sha256}}]")),
+        (CODED_KEY, CODED_KEY.replace("}}}]", "}, unknown: keep}}]")),
+        (SHORT_KEY, SHORT_KEY.replace("'}}]", "', group: 1}}]")),
+        (CONCAT_KEY, CONCAT_KEY.replace("[id]}}]", "[id], separator: ''}}]")),
+    ],
+    ids=["hash-algorithm", "code_table-unknown", "regex_extract-group", "concat-separator"],
+)
+def test_writing_out_a_default_option_is_not_a_key_change(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway, key: str, spelled_out: str
+) -> None:
+    """The same keys are made whether a transform option's default is written out or left out."""
+    assert spelled_out != key
+    cfg = synced_once(tmp_path, sqlite_url, gateway, key=key)
+    edit(tmp_path, key, spelled_out)
+    assert run_once(cfg) == ("success", None, 0)
+    edit(tmp_path, spelled_out, key)  # and back
+    assert run_once(cfg) == ("success", None, 0)
+
+
 def test_a_changed_hash_salt_is_refused_and_never_shown(
     tmp_path: Path, sqlite_url: str, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

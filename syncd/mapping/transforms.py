@@ -16,6 +16,7 @@ must be the first transform of a column without ``source:``. ``mask`` and ``hash
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -58,6 +59,7 @@ __all__ = [
     "TRANSFORM_OPTIONS",
     "TransformFactory",
     "build_transform",
+    "with_defaults",
 ]
 
 PARSE_CACHE_SIZE = 4_096
@@ -74,7 +76,43 @@ _HALFWIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
 
 def build_transform(cfg: TransformConfig, ctx: StepContext) -> Step:
     """Validate ``cfg`` and build its step (errors are positioned relative to the transform)."""
-    return lookup_factory(TRANSFORMS, TRANSFORM_OPTIONS, "transform", cfg)(cfg, ctx)
+    factory = lookup_factory(TRANSFORMS, TRANSFORM_OPTIONS, "transform", cfg)
+    return factory(with_defaults(cfg), ctx)
+
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "null_if": {"values": DEFAULT_NULL_VALUES},
+    "date": {"formats": DEFAULT_DATE_FORMATS},
+    "datetime": {"formats": DEFAULT_DATETIME_FORMATS},
+    "code_table": {"unknown": "keep"},
+    "concat": {"separator": ""},
+    "hash": {"algorithm": "sha256"},
+}
+
+
+def with_defaults(cfg: TransformConfig) -> TransformConfig:
+    """``cfg`` with each option it leaves out set to the value the transform then uses, so that
+    writing a default out and leaving it out give the same configuration: the factories build
+    their steps from it (:func:`build_transform`) and the stored key definition digests it
+    (:mod:`syncd.targets.keydef`). The one place these defaults are decided.
+
+    ``regex_extract``'s ``group`` becomes the group number it reads (1 when the pattern has a
+    group, else 0; a digit string as its number); ``mask`` kind ``keep`` gets ``keep_first`` and
+    ``keep_last`` 0 (the other kinds are fixed and take neither). An option the transform cannot
+    use is left as it is (the factory rejects it)."""
+    update = {k: v for k, v in _DEFAULTS.get(cfg.type, {}).items() if getattr(cfg, k) is None}
+    if cfg.type == "mask" and cfg.kind == "keep":
+        update.update({k: 0 for k in ("keep_first", "keep_last") if getattr(cfg, k) is None})
+    elif cfg.type == "regex_extract" and cfg.pattern is not None:
+        group = cfg.group
+        if group is None:
+            with contextlib.suppress(re.error):  # the factory names the pattern's error
+                group = 1 if re.compile(cfg.pattern).groups else 0
+        elif isinstance(group, str) and group.isdigit():
+            group = int(group)
+        if group != cfg.group:
+            update["group"] = group
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _single_value(value: Any, what: str) -> None:

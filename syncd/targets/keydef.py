@@ -21,7 +21,9 @@ table that no longer exists while ``row_state`` remembers rows synced into it (d
 too: created again empty, it would only ever get the records that change upstream.
 
 The definition is JSON of the table name and short digests (one of the key column list, one per
-key column); a salt only ever enters a digest, never the text. Non-key columns, validators, lengths and
+key column); a salt only ever enters a digest, never the text. A transform enters it as it runs,
+its options' defaults filled in (:func:`syncd.mapping.transforms.with_defaults`): writing a
+default out, or leaving it out, is the same definition. Non-key columns, validators, lengths and
 ``nullable`` are not in it: they do not change a key (other mapping changes re-map through the
 mapping fingerprint, :attr:`syncd.mapping.CompiledMapping.fingerprint`). A database written by
 an earlier syncd has no definition stored: the next run records it and goes on.
@@ -41,6 +43,7 @@ from pydantic import SecretStr
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.config.positions import Position, parse_yaml
 from syncd.errors import ConfigIssue, SyncdError
+from syncd.mapping.transforms import with_defaults
 
 __all__ = ["KeyDefinitionChanged", "KeyStore", "check_key_definition", "key_definition"]
 
@@ -76,8 +79,10 @@ def _digest(value: Any) -> str:
 
 def _column_part(spec: ColumnConfig, code_tables: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     """What of a key column decides its key values: where the value comes from, how it is
-    transformed, and how it is normalised (type; scale for decimals; the bool words)."""
-    transforms = [t.model_dump(exclude_none=True) for t in spec.transforms]
+    transformed, and how it is normalised (type; scale for decimals; the bool words). The
+    transforms as they run, their options' defaults filled in: writing a default out (``hash``
+    ``algorithm: sha256``, ``code_table`` ``unknown: keep``) is no change."""
+    transforms = [with_defaults(t).model_dump(exclude_none=True) for t in spec.transforms]
     named = sorted({t.table for t in spec.transforms if t.type == "code_table" and isinstance(t.table, str)})
     part: dict[str, Any] = {"source": spec.source, "type": spec.type, "transforms": transforms}
     if named:
