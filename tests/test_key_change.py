@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,3 +355,33 @@ def test_a_long_composite_key_definition_is_stored(tmp_path: Path, db_url: str, 
     finally:
         engine.dispose()
     assert len(stored) > 1000
+
+
+def test_printed_statements_quote_a_mixed_case_table(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    """syncd creates ResidentInfo quoted: the ALTER TABLE of the refusal and the DELETE FROM of
+    reset must name it the same way, or PostgreSQL folds them to residentinfo and fails."""
+    cfg = write_config(
+        tmp_path, db_url=db_url, gateway_url=gateway.url,
+        replace=[("table: resident_info", "table: ResidentInfo")],
+    )
+    assert run_once(cfg) == ("success", None, RECORDS)
+    edit(tmp_path, "table: ResidentInfo", "table: ResidentInfo2")
+    status, error, _ = run_once(cfg)
+    assert status == "refused" and error is not None
+    rename = re.search(r"\((ALTER TABLE [^;]+);", error)
+    assert rename is not None, error
+    execute(db_url, rename.group(1))  # as the message says
+    assert run_once(cfg) == ("success", None, 0)  # renamed: goes on
+
+    done = syncd_cli("-c", str(cfg), "reset", "residents", "--yes")
+    assert done.returncode == 0, done.stderr
+    delete = re.search(r"To empty it: (DELETE FROM [^;]+);", done.stdout)
+    assert delete is not None, done.stdout
+    execute(db_url, delete.group(1))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(sa.func.count()).select_from(sa.table("ResidentInfo2"))).scalar()
+    finally:
+        engine.dispose()
+    assert rows == 0

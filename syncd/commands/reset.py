@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.truncate_target:
         print(f"table {table}: deleted its {counts.target_rows} row(s)")
     elif counts.target_rows:
-        empty = "DELETE FROM " + table  # noqa: S608 - printed for the operator, never executed
+        empty = "DELETE FROM " + store.quote(table)  # noqa: S608 - printed for the operator, never executed
         print(f"table {table} keeps its {counts.target_rows} row(s), keyed the old way: rows the next run "
               f"writes under the new key come beside them. To empty it: {empty};")
     print("a running daemon whose configuration still has the old key: reload it (systemctl reload syncd) "

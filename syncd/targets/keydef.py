@@ -144,17 +144,18 @@ def _table_position(dataset: DatasetConfig) -> Position:
     return Position(0, 0)
 
 
-def _table_refusal(dataset: DatasetConfig, old_table: str, table_prefix: str) -> KeyDefinitionChanged:
+def _table_refusal(dataset: DatasetConfig, old_table: str, store: KeyStore) -> KeyDefinitionChanged:
     """``target.table`` names another table than the one the dataset's rows were synced into."""
     file = dataset.source_file or f"the file of dataset {dataset.name}"
     at = _table_position(dataset)
-    name, table = dataset.name, dataset.target.table
+    name, table, table_prefix = dataset.name, dataset.target.table, store.prefix
+    rename = f"ALTER TABLE {store.quote(old_table)} RENAME TO {store.quote(table)}"
     message = (
         f"dataset {name}: target.table is now {table}, but its rows were synced into table {old_table} "
         f"and {table_prefix}row_state remembers them there: records that did not change upstream would "
         f"never be written into {table}, which would stay incomplete. The dataset does not run until "
         f"either: revert target.table to {old_table}; or, to keep the rows, rename the table in the "
-        f"database (ALTER TABLE {old_table} RENAME TO {table}; syncd then goes on where it was); or "
+        f"database ({rename}; syncd then goes on where it was); or "
         f"load {table} from scratch with `syncd reset {name} --yes` (forgets the row state and the "
         f"watermark; table {old_table} is left as it is)"
     )
@@ -197,6 +198,7 @@ class KeyStore(Protocol):
     @property
     def prefix(self) -> str: ...
 
+    def quote(self, name: str) -> str: ...
     def key_definition(self, dataset: str) -> str | None: ...
     def record_key_definition(self, dataset: str, definition: str) -> None: ...
     def has_row_state(self, dataset: str) -> bool: ...
@@ -243,7 +245,7 @@ def check_key_definition(
             # describes them; anything else leaves the new table without the rows synced before
             renamed = not store.has_table(old_table) and _holds_the_rows(store, dataset)
             if not renamed:
-                raise _table_refusal(dataset, old_table, store.prefix)
+                raise _table_refusal(dataset, old_table, store)
         if _changed(stored, current) or not renamed:
             raise _refusal(dataset, stored, current, store.prefix)
     if record:

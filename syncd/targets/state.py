@@ -305,6 +305,12 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(doing, exc) from exc
 
+    def quote(self, name: str) -> str:
+        """``name`` as a statement printed for the operator must write it in this database: quoted
+        the way syncd's own statements quote it (only when needed: ``ResidentInfo`` and reserved
+        words are, a lower-case name stays as it is)."""
+        return str(self.engine.dialect.identifier_preparer.quote(name))
+
     def has_table(self, name: str) -> bool:
         """Whether table ``name`` exists in the target database."""
         try:
