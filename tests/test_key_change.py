@@ -385,3 +385,36 @@ def test_printed_statements_quote_a_mixed_case_table(tmp_path: Path, db_url: str
     finally:
         engine.dispose()
     assert rows == 0
+
+
+def names_fold(url: str) -> bool:
+    """Whether the database compares table names without regard to case (as syncd should see it)."""
+    engine = sa.create_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            return True
+        if engine.dialect.name == "postgresql":
+            return False
+        with engine.connect() as conn:
+            return str(conn.execute(sa.text("SELECT @@lower_case_table_names")).scalar()) != "0"
+    finally:
+        engine.dispose()
+
+
+def test_a_case_only_change_of_the_table_name(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    """SQLite (and MariaDB with lower_case_table_names) compare table names without case: Resident_Info
+    is the very table the rows are in, so that is no change. PostgreSQL: another table, refused."""
+    cfg = synced_once(tmp_path, db_url, gateway)
+    edit(tmp_path, "table: resident_info", "table: Resident_Info")
+
+    status, error, inserted = run_once(cfg)
+
+    if names_fold(db_url):
+        assert (status, error, inserted) == ("success", None, 0)
+        edit(tmp_path, KEY_COLUMN, SHORT_KEY)  # the recorded definition is still compared
+        assert run_once(cfg)[0] == "refused"
+    else:
+        assert (status, inserted) == ("refused", 0)
+        assert error is not None and "target.table is now Resident_Info" in error
+        quoted = sa.create_engine(db_url).dialect.identifier_preparer.quote("Resident_Info")
+        assert quoted != "Resident_Info" and f"ALTER TABLE resident_info RENAME TO {quoted}" in error

@@ -16,9 +16,13 @@ The target table is part of it too: rows synced into table A and remembered in `
 are not in table B, and a run into B would write only the records that changed upstream. When
 ``target.table`` changed, the dataset is refused the same way, unless the old table is gone and
 the new one holds the rows (renamed in the database, the rows with it: at least as many rows as
-``row_state`` has keys of the dataset, and not none; recorded, ``state.table_renamed``). A target
-table that no longer exists while ``row_state`` remembers rows synced into it (dropped) is refused
-too: created again empty, it would only ever get the records that change upstream.
+``row_state`` has keys of the dataset, and not none; recorded, ``state.table_renamed``). Where
+the database compares table names without regard to case (SQLite always; MariaDB/MySQL with
+``lower_case_table_names`` other than 0), a change of ``target.table``'s letter case alone names
+the same table and is no change (PostgreSQL: syncd quotes its names, so ``ResidentInfo`` and
+``residentinfo`` are two tables). A target table that no longer exists while ``row_state``
+remembers rows synced into it (dropped) is refused too: created again empty, it would only ever
+get the records that change upstream.
 
 The definition is JSON of the table name and short digests (one of the key column list, one per
 key column); a salt only ever enters a digest, never the text. A transform enters it as it runs,
@@ -203,6 +207,7 @@ class KeyStore(Protocol):
     def record_key_definition(self, dataset: str, definition: str) -> None: ...
     def has_row_state(self, dataset: str) -> bool: ...
     def has_table(self, name: str) -> bool: ...
+    def same_table(self, a: str, b: str) -> bool: ...
     def table_rows(self, name: str) -> int | None: ...
     def row_state_keys(self, dataset: str) -> int: ...
     def get_watermark(self, dataset: str) -> str | None: ...
@@ -223,30 +228,34 @@ def check_key_definition(
     current = key_definition(dataset, code_tables)
     stored = store.key_definition(dataset.name)
     name = dataset.name
+    table = dataset.target.table
     stored_table = _table_of(stored) if stored is not None else None
     if (
-        (stored_table in (None, dataset.target.table) or not _same_scheme(stored or ""))
-        and not store.has_table(dataset.target.table)
+        (stored_table is None or store.same_table(stored_table, table) or not _same_scheme(stored or ""))
+        and not store.has_table(table)
     ):  # a changed target.table is refused below (the table message)
         keys = store.row_state_keys(name)
         if keys:
             raise _missing_table_refusal(dataset, keys, store.prefix)
     if stored == current:
         return
-    renamed = False
+    renamed = respelled = False
     if (
         stored is not None
         and _same_scheme(stored)  # another scheme is re-recorded
         and (store.has_row_state(name) or store.get_watermark(name) is not None)
     ):
         old_table = _table_of(stored)
-        if old_table is not None and old_table != dataset.target.table:
+        if old_table is not None and old_table != table:
+            # only the letter case changed, in a database where that names the same table (SQLite;
+            # MariaDB/MySQL with lower_case_table_names): the rows are where they were
+            respelled = store.same_table(old_table, table)
             # the table was renamed in the database (the rows went with it): the row state still
             # describes them; anything else leaves the new table without the rows synced before
-            renamed = not store.has_table(old_table) and _holds_the_rows(store, dataset)
-            if not renamed:
+            renamed = not respelled and not store.has_table(old_table) and _holds_the_rows(store, dataset)
+            if not (renamed or respelled):
                 raise _table_refusal(dataset, old_table, store)
-        if _changed(stored, current) or not renamed:
+        if _changed(stored, current) or not (renamed or respelled):
             raise _refusal(dataset, stored, current, store.prefix)
     if record:
         store.record_key_definition(name, current)

@@ -33,6 +33,7 @@ from syncd.targets.schema import (
     state_tables,
     warn_inexact_keys,
 )
+from syncd.targets.sqltypes import MYSQL_NAMES
 from syncd.targets.verify import key_columns
 from syncd.targets.writer import BatchWriter, failure_reason
 
@@ -71,6 +72,7 @@ class StateStore:
         MariaDB refuses to compare columns of two collations. None elsewhere."""
         # dataset name -> (the configuration it was built from, its target table definition)
         self._targets: dict[str, tuple[DatasetConfig, sa.Table]] = {}
+        self._names_fold: bool | None = None  # table names compare without case (same_table)
 
     def __repr__(self) -> str:
         return f"StateStore({self._where}, prefix={self.prefix!r})"
@@ -310,6 +312,32 @@ class StateStore:
         the way syncd's own statements quote it (only when needed: ``ResidentInfo`` and reserved
         words are, a lower-case name stays as it is)."""
         return str(self.engine.dialect.identifier_preparer.quote(name))
+
+    def same_table(self, a: str, b: str) -> bool:
+        """Whether table names ``a`` and ``b`` name the same table in the target database: equal,
+        or differing in letter case only where the database compares table names without regard
+        to it (SQLite always; MariaDB/MySQL when ``lower_case_table_names`` is not 0). PostgreSQL
+        and the others: exactly (syncd quotes its table names)."""
+        if a == b:
+            return True
+        if a.lower() != b.lower():
+            return False
+        if self._names_fold is None:
+            self._names_fold = self._table_names_fold()
+        return self._names_fold
+
+    def _table_names_fold(self) -> bool:
+        name = self.engine.dialect.name
+        if name == "sqlite":
+            return True
+        if name not in MYSQL_NAMES:
+            return False
+        try:
+            with self.engine.connect() as conn:
+                setting = conn.execute(sa.text("SELECT @@lower_case_table_names")).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._fail("reading lower_case_table_names", exc) from exc
+        return str(setting) != "0"
 
     def has_table(self, name: str) -> bool:
         """Whether table ``name`` exists in the target database."""

@@ -182,9 +182,20 @@ def _reflect(engine: sa.Engine, name: str) -> _Reflected:
             return found
     with _quiet_reflection():
         inspector = sa.inspect(engine)
+        if engine.dialect.name == "sqlite":
+            name = _sqlite_spelling(inspector, name)
         columns = {c["name"]: c for c in inspector.get_columns(name)}
         pk = tuple(inspector.get_pk_constraint(name).get("constrained_columns") or ())
     return _Reflected(engine, name, columns, pk)
+
+
+def _sqlite_spelling(inspector: sa.Inspector, name: str) -> str:
+    """The name table ``name`` was created under: SQLite finds Resident_Info as resident_info, but
+    SQLAlchemy reads its primary key by the exact name (``sqlite_master``: NoSuchTableError)."""
+    names = inspector.get_table_names()
+    if name in names:
+        return name
+    return next((n for n in names if n.lower() == name.lower()), name)
 
 
 # PostgreSQL: the table's columns and primary key in one catalogue query, instead of SQLAlchemy's
