@@ -418,3 +418,26 @@ def test_a_case_only_change_of_the_table_name(tmp_path: Path, db_url: str, gatew
         assert error is not None and "target.table is now Resident_Info" in error
         quoted = sa.create_engine(db_url).dialect.identifier_preparer.quote("Resident_Info")
         assert quoted != "Resident_Info" and f"ALTER TABLE resident_info RENAME TO {quoted}" in error
+
+
+def table_names(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_reset_without_yes_creates_nothing(tmp_path: Path, db_url: str, gateway: Gateway) -> None:
+    """The dry run says "nothing was changed": it must not create syncd's state tables either."""
+    cfg = write_config(tmp_path, db_url=db_url, gateway_url=gateway.url)
+    before = table_names(db_url)
+    assert not any(name.startswith("syncd_") for name in before)
+
+    asked = syncd_cli("-c", str(cfg), "reset", "residents")
+
+    assert asked.returncode == 2, asked.stderr
+    assert "would forget 0 row key(s) and the watermark (none)" in asked.stdout
+    assert "table resident_info does not exist" in asked.stdout
+    assert "nothing was changed" in asked.stderr
+    assert table_names(db_url) == before

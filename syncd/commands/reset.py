@@ -6,7 +6,8 @@ clears its row state, watermark, stored key definition and snapshot miss counts 
 transaction, under the dataset's run lock. Quarantined records stay (``syncd quarantine replay``
 re-maps them). The target table keeps its rows unless ``--truncate-target`` deletes them in the
 same transaction; without it the statement that would is printed, for the operator to decide.
-The change feed is not touched. Without ``--yes`` only what would be done is printed.
+The change feed is not touched. Without ``--yes`` only what would be done is printed: it only
+reads (syncd's state tables are not created either; one that does not exist counts as empty).
 """
 
 from __future__ import annotations

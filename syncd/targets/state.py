@@ -249,20 +249,29 @@ class StateStore:
             raise self._fail(f"recording the key definition of dataset {dataset}", exc) from exc
 
     def reset_counts(self, dataset: DatasetConfig) -> ResetCounts:
-        """What :meth:`reset_dataset` would remove for ``dataset`` (nothing is written)."""
-        if not self._schema_ready:
-            self.ensure_schema()
+        """What :meth:`reset_dataset` would remove for ``dataset``. Reads only: nothing is written
+        or created (``syncd reset`` without ``--yes``); a state table that does not exist yet
+        counts as empty."""
         rs, marks, q = self.tables.row_state, self.tables.watermarks, self.tables.quarantine
         count = sa.select(sa.func.count()).select_from
+        name = dataset.name
         try:
             with self.engine.connect() as conn:
-                keys = conn.execute(count(rs).where(rs.c.dataset == dataset.name)).scalar() or 0
-                mark = conn.execute(sa.select(marks.c.value).where(marks.c.dataset == dataset.name)).scalar()
-                quarantined = conn.execute(count(q).where(q.c.dataset == dataset.name)).scalar() or 0
+                present = set(sa.inspect(conn).get_table_names()) if not self._schema_ready else None
+
+                def exists(table: sa.Table) -> bool:
+                    return present is None or table.name in present
+
+                keys = conn.execute(count(rs).where(rs.c.dataset == name)).scalar() if exists(rs) else 0
+                mark = (
+                    conn.execute(sa.select(marks.c.value).where(marks.c.dataset == name)).scalar()
+                    if exists(marks) else None
+                )
+                quarantined = conn.execute(count(q).where(q.c.dataset == name)).scalar() if exists(q) else 0
                 rows = _table_rows(conn, dataset.target.table)
         except sa.exc.SQLAlchemyError as exc:
-            raise self._fail(f"counting the state of dataset {dataset.name}", exc) from exc
-        return ResetCounts(int(keys), None if mark is None else str(mark), int(quarantined), rows)
+            raise self._fail(f"counting the state of dataset {name}", exc) from exc
+        return ResetCounts(int(keys or 0), None if mark is None else str(mark), int(quarantined or 0), rows)
 
     def reset_dataset(self, dataset: DatasetConfig, *, truncate_target: bool = False) -> ResetCounts:
         """Forget what syncd knows of ``dataset``'s rows, in ONE transaction: its row state, its
@@ -270,6 +279,8 @@ class StateStore:
         (replay re-maps them) but lose their row key (made the old way). With ``truncate_target``
         the rows of its target table are deleted too. The change feed is left as it is. Returns
         what there was."""
+        if not self._schema_ready:
+            self.ensure_schema()
         counts = self.reset_counts(dataset)
         from syncd.targets.snapshot import missing_table  # snapshot imports this module
 
