@@ -441,3 +441,83 @@ def test_reset_without_yes_creates_nothing(tmp_path: Path, db_url: str, gateway:
     assert "table resident_info does not exist" in asked.stdout
     assert "nothing was changed" in asked.stderr
     assert table_names(db_url) == before
+
+
+GENDER_KEY = ("key: [resident_id]", "key: [resident_id, gender]")
+GENDER_TABLE = '{"1": 男, "2": 女, "9": 未说明, 男: 男, 女: 女}'
+ETHNICITY_KEY = ("key: [resident_id]", "key: [resident_id, ethnicity]")
+
+
+def synced_with(root: Path, db_url: str, gateway: Gateway, *replace: tuple[str, str]) -> Path:
+    """The demo dataset, changed by ``replace``, after a first run (records whose code is not
+    in a code table may be quarantined: they make no row)."""
+    cfg = write_config(root, db_url=db_url, gateway_url=gateway.url, replace=replace)
+    status, error, inserted = run_once(cfg)
+    assert status == "success" and inserted > 0, error
+    return cfg
+
+
+def edit_main(root: Path, old: str, new: str) -> None:
+    path = root / "syncd.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_code_table_entries_of_a_quarantining_key_column(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway
+) -> None:
+    """gender is a key column whose code table quarantines unknown codes: a code without an entry
+    never made a row, so an added entry changes no stored key; a removed or changed one does."""
+    cfg = synced_with(tmp_path, sqlite_url, gateway, GENDER_KEY)
+
+    edit(tmp_path, GENDER_TABLE, GENDER_TABLE.replace('"9": 未说明,', '"9": 未说明, "0": 未知,'))
+    assert run_once(cfg)[:2] == ("success", None)  # an added entry: goes on (and is recorded)
+
+    for old, new in [
+        ('"9": 未说明, ', ""),  # removed
+        ('"2": 女', '"2": F'),  # another value
+        ('"1": 男,', '"1": 男, " 1": 其他,'),  # takes " 1", which "1" matched before (stripped)
+    ]:
+        before = (tmp_path / "datasets" / "residents.yaml").read_text(encoding="utf-8")
+        edited = edit(tmp_path, old, new)
+        status, error, inserted = run_once(cfg)
+        assert (status, inserted) == ("refused", 0), (old, new, error)
+        assert error is not None and "columns.gender (line" in error
+        edited.write_text(before, encoding="utf-8")
+    assert run_once(cfg)[:2] == ("success", None)  # reverted: the recorded entries again
+
+
+def test_an_added_entry_of_a_named_quarantining_code_table_goes_on(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway
+) -> None:
+    cfg = synced_with(
+        tmp_path, sqlite_url, gateway, ETHNICITY_KEY,
+        ("{table: ethnicity, unknown: keep}", "{table: ethnicity, unknown: quarantine}"),
+    )
+    edit_main(tmp_path, '"03": 回族}', '"03": 回族, "04": 藏族}')
+    assert run_once(cfg)[:2] == ("success", None)
+    edit_main(tmp_path, '"02": 蒙古族, ', "")
+    status, error, _ = run_once(cfg)
+    assert status == "refused" and error is not None and "columns.ethnicity (line" in error
+
+
+@pytest.mark.parametrize(
+    ("replace", "added"),
+    [
+        ((ETHNICITY_KEY,), None),  # unknown: keep, the code itself was the key
+        ((GENDER_KEY, ("unknown: quarantine", "unknown: null\n      - {default: 未知}")), GENDER_TABLE),
+    ],
+    ids=["unknown-keep", "unknown-null-then-default"],
+)
+def test_an_added_code_table_entry_is_refused_where_unmatched_values_made_rows(
+    tmp_path: Path, sqlite_url: str, gateway: Gateway, replace: tuple[tuple[str, str], ...], added: str | None
+) -> None:
+    cfg = synced_with(tmp_path, sqlite_url, gateway, *replace)
+    if added is None:
+        edit_main(tmp_path, '"03": 回族}', '"03": 回族, "04": 藏族}')
+    else:
+        edit(tmp_path, added, added.replace('"9": 未说明,', '"9": 未说明, "0": 未知,'))
+    status, error, inserted = run_once(cfg)
+    assert (status, inserted) == ("refused", 0), error
+    assert error is not None and "target.key: dataset residents" in error and "columns." in error

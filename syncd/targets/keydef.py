@@ -27,26 +27,38 @@ get the records that change upstream.
 The definition is JSON of the table name and short digests (one of the key column list, one per
 key column); a salt only ever enters a digest, never the text. A transform enters it as it runs,
 its options' defaults filled in (:func:`syncd.mapping.transforms.with_defaults`): writing a
-default out, or leaving it out, is the same definition. Non-key columns, validators, lengths and
-``nullable`` are not in it: they do not change a key (other mapping changes re-map through the
-mapping fingerprint, :attr:`syncd.mapping.CompiledMapping.fingerprint`). A database written by
-an earlier syncd has no definition stored: the next run records it and goes on.
+default out, or leaving it out, is the same definition.
+
+A code table a key column looks up with ``unknown: quarantine`` (or ``null`` with no ``default``
+after it: a key is never NULL) made no row for a code it has no entry for: adding an entry makes
+only new rows, from records that were quarantined. Such a table is stored as one short digest per
+entry (``entries``, by ``column.transform index``) instead of inside the column's digest: an
+added entry passes (the definition is recorded again); a removed or changed one is a key change,
+and so is an added entry that takes a value another entry matched before (`` 1`` beside ``1``:
+the look-up tries the value as it is before stripping it). With ``unknown: keep`` the code itself
+became the key of a code without an entry, so any change of the table is a key change.
+
+Non-key columns, validators, lengths and ``nullable`` are not in it: they do not change a key
+(other mapping changes re-map through the mapping fingerprint,
+:attr:`syncd.mapping.CompiledMapping.fingerprint`). A database written by an earlier syncd has no
+definition stored: the next run records it and goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from pydantic import SecretStr
 
-from syncd.config.model import ColumnConfig, DatasetConfig
+from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
 from syncd.config.positions import Position, parse_yaml
 from syncd.errors import ConfigIssue, SyncdError
+from syncd.mapping.base import STRIP_CHARS
 from syncd.mapping.transforms import with_defaults
 
 __all__ = ["KeyDefinitionChanged", "KeyStore", "check_key_definition", "key_definition"]
@@ -56,6 +68,10 @@ log = structlog.get_logger(__name__)
 SCHEME = 1
 """Bumped only when the digests below are computed differently (a stored older scheme is then
 re-recorded, never refused)."""
+
+ENTRY_DIGEST_BYTES = 4
+"""Of one code-table entry (``entries``): 8 hex characters each, a table of 5,000 entries in 40,000;
+a removed entry goes unnoticed only if another entry shares its digest (about 1 in 860,000 then)."""
 
 
 class KeyDefinitionChanged(SyncdError):
@@ -81,16 +97,95 @@ def _digest(value: Any) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
-def _column_part(spec: ColumnConfig, code_tables: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+def _entries_only(spec: ColumnConfig, at: int, transform: TransformConfig) -> bool:
+    """Whether only the entries the code table of transform ``at`` has had matter to the keys
+    of the rows synced: a value without an entry never got a row (``unknown: quarantine``; or
+    ``null`` with no ``default`` after it: a key is never NULL, the record was quarantined), so
+    an added entry makes only new rows. ``unknown: keep`` made the value itself the key: an added
+    entry changes the key of rows synced."""
+    if transform.unknown == "quarantine":
+        return True
+    return transform.unknown == "null" and not any(t.type == "default" for t in spec.transforms[at + 1 :])
+
+
+def _entry_tables(
+    dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, str]]
+) -> dict[str, Mapping[str, str]]:
+    """The code tables of key columns whose entries are compared one by one (see
+    :func:`_entries_only`), by place: ``column.transform index``."""
+    found: dict[str, Mapping[str, str]] = {}
+    for name in dataset.target.key:
+        spec = dataset.columns[name]
+        for at, given in enumerate(spec.transforms):
+            t = with_defaults(given)
+            if t.type != "code_table" or not _entries_only(spec, at, t):
+                continue
+            table = code_tables.get(t.table) if isinstance(t.table, str) else t.table
+            if table is not None:
+                found[f"{name}.{at}"] = table
+    return found
+
+
+def _entry_digest(code: str, value: str) -> str:
+    text = json.dumps([code, value], ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=ENTRY_DIGEST_BYTES).hexdigest()
+
+
+def _entry_digests(table: Mapping[str, str]) -> str:
+    """The digests of a code table's entries, sorted and joined (fixed width, no separator)."""
+    return "".join(sorted({_entry_digest(str(k), str(v)) for k, v in table.items()}))
+
+
+def _split_digests(text: Any) -> set[str] | None:
+    width = 2 * ENTRY_DIGEST_BYTES
+    if not isinstance(text, str) or len(text) % width:
+        return None
+    return {text[i : i + width] for i in range(0, len(text), width)}
+
+
+def _entries_kept(stored: Any, table: Mapping[str, str]) -> bool:
+    """Whether ``table`` still maps every value as the stored entries did: none of them removed
+    or changed, and no entry added that takes a value the stored ones matched. The look-up
+    tries the value as it is, then stripped (:mod:`syncd.mapping.transforms`): an added `` 1``
+    would take the value `` 1`` that entry ``1`` mapped before."""
+    old = _split_digests(stored)
+    if old is None:
+        return False
+    entries = {str(k): str(v) for k, v in table.items()}
+    new = {_entry_digest(k, v): k for k, v in entries.items()}
+    if not old <= new.keys():
+        return False  # an entry was removed or maps to another value
+    for digest, code in new.items():
+        bare = code.strip(STRIP_CHARS)
+        if digest in old or bare == code or bare not in entries:
+            continue
+        if entries[bare] != entries[code] and _entry_digest(bare, entries[bare]) in old:
+            return False
+    return True
+
+
+def _column_part(
+    name: str, spec: ColumnConfig, code_tables: Mapping[str, Mapping[str, str]], by_entry: Collection[str]
+) -> dict[str, Any]:
     """What of a key column decides its key values: where the value comes from, how it is
     transformed, and how it is normalised (type; scale for decimals; the bool words). The
     transforms as they run, their options' defaults filled in: writing a default out (``hash``
-    ``algorithm: sha256``, ``code_table`` ``unknown: keep``) is no change."""
-    transforms = [with_defaults(t).model_dump(exclude_none=True) for t in spec.transforms]
-    named = sorted({t.table for t in spec.transforms if t.type == "code_table" and isinstance(t.table, str)})
+    ``algorithm: sha256``, ``code_table`` ``unknown: keep``) is no change. A code table whose
+    entries are compared one by one (``by_entry``: its place) is left out: they are stored
+    beside (``entries``)."""
+    transforms = []
+    named: set[str] = set()
+    for at, t in enumerate(spec.transforms):
+        dump = with_defaults(t).model_dump(exclude_none=True)
+        if t.type == "code_table":
+            if f"{name}.{at}" in by_entry:
+                dump["table"] = {"entries": t.table if isinstance(t.table, str) else None}
+            elif isinstance(t.table, str):
+                named.add(t.table)
+        transforms.append(dump)
     part: dict[str, Any] = {"source": spec.source, "type": spec.type, "transforms": transforms}
     if named:
-        part["code_tables"] = {name: code_tables.get(name) for name in named}
+        part["code_tables"] = {table: code_tables.get(table) for table in sorted(named)}
     if spec.type == "decimal":
         part["scale"] = spec.scale
     if spec.type == "bool":
@@ -100,16 +195,19 @@ def _column_part(spec: ColumnConfig, code_tables: Mapping[str, Mapping[str, str]
 
 def key_definition(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, str]]) -> str:
     """The dataset's key definition as stored in ``key_defs`` (see the module docstring)."""
-    columns = {k: _digest(_column_part(dataset.columns[k], code_tables)) for k in dataset.target.key}
-    return json.dumps(
-        {
-            "v": SCHEME,
-            "table": dataset.target.table,
-            "key": _digest(list(dataset.target.key)),
-            "columns": columns,
-        },
-        sort_keys=True,
-    )
+    by_entry = _entry_tables(dataset, code_tables)
+    columns = {
+        k: _digest(_column_part(k, dataset.columns[k], code_tables, by_entry)) for k in dataset.target.key
+    }
+    definition: dict[str, Any] = {
+        "v": SCHEME,
+        "table": dataset.target.table,
+        "key": _digest(list(dataset.target.key)),
+        "columns": columns,
+    }
+    if by_entry:
+        definition["entries"] = {place: _entry_digests(table) for place, table in by_entry.items()}
+    return json.dumps(definition, sort_keys=True)
 
 
 def _table_of(definition: str) -> str | None:
@@ -122,19 +220,27 @@ def _table_of(definition: str) -> str | None:
     return table if isinstance(table, str) else None
 
 
-def _changed(stored: str, current: str) -> list[str]:
+def _changed(stored: str, current: str, by_entry: Mapping[str, Mapping[str, str]]) -> list[str] | None:
     """What differs between two definitions, for the operator: ``target.key`` and/or the key
-    columns whose definition changed. Empty when the stored one is of another scheme."""
+    columns whose definition changed; a code table compared by entry (``by_entry``, the current
+    tables by place) differs only when :func:`_entries_kept` says so. Empty when nothing that
+    makes keys differs; None when the stored one is not a definition of this scheme."""
     try:
         old, new = json.loads(stored), json.loads(current)
     except ValueError:
-        return []
+        return None
     if not isinstance(old, dict) or old.get("v") != new["v"]:
-        return []
+        return None
     if old.get("key") != new["key"]:
         return ["target.key (the key columns)"]
     old_columns = old.get("columns") or {}
-    return [f"columns.{name}" for name, digest in new["columns"].items() if old_columns.get(name) != digest]
+    changed = {name for name, digest in new["columns"].items() if old_columns.get(name) != digest}
+    old_entries = old.get("entries") or {}
+    for place in set(old_entries) | set(by_entry):
+        table = by_entry.get(place)
+        if table is None or not _entries_kept(old_entries.get(place), table):
+            changed.add(place.rpartition(".")[0])
+    return [f"columns.{name}" for name in new["columns"] if name in changed]
 
 
 def _table_position(dataset: DatasetConfig) -> Position:
@@ -179,8 +285,7 @@ def _positions(file: str, changed: list[str]) -> tuple[Position, dict[str, int]]
     return doc.position(("target", "key"), on_key=True), lines
 
 
-def _refusal(dataset: DatasetConfig, stored: str, current: str, table_prefix: str) -> KeyDefinitionChanged:
-    changed = _changed(stored, current)
+def _refusal(dataset: DatasetConfig, changed: list[str], table_prefix: str) -> KeyDefinitionChanged:
     file = dataset.source_file or f"the file of dataset {dataset.name}"
     at, lines = _positions(dataset.source_file, changed) if dataset.source_file else (Position(0, 0), {})
     what = ", ".join(f"{c} (line {lines[c]})" if lines.get(c) else c for c in changed) or "the key"
@@ -255,8 +360,10 @@ def check_key_definition(
             renamed = not respelled and not store.has_table(old_table) and _holds_the_rows(store, dataset)
             if not (renamed or respelled):
                 raise _table_refusal(dataset, old_table, store)
-        if _changed(stored, current) or not (renamed or respelled):
-            raise _refusal(dataset, stored, current, store.prefix)
+        # what else differs: the key columns, or the entries of a code table (added ones pass)
+        changed = _changed(stored, current, _entry_tables(dataset, code_tables))
+        if changed is None or changed:
+            raise _refusal(dataset, changed or [], store.prefix)
     if record:
         store.record_key_definition(name, current)
         if renamed:

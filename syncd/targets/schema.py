@@ -248,7 +248,7 @@ def state_tables(metadata: sa.MetaData, prefix: str = "syncd_") -> StateTables:
         metadata,
         sa.Column("dataset", dataset, primary_key=True),
         # syncd.targets.keydef.key_definition: JSON of digests (never a salt in clear)
-        sa.Column("definition", sa.Text(), nullable=False),
+        sa.Column("definition", LONG_TEXT, nullable=False),  # per-entry digests of large code tables
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         **MYSQL_TABLE_OPTIONS,
     )
