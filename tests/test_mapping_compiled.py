@@ -421,6 +421,23 @@ def test_replay_without_protected_values_masks_again_and_refuses_to_hash_again()
         compile_replay(salted, CODE_TABLES)(redacted, mapping.protect(RECORD))
 
 
+def test_merged_protected_values_of_entries_of_one_record_map_as_a_sync() -> None:
+    """Entries of one record each holding part of its stored values (or a value computed under
+    settings changed since): merged, the preferred entry's first, each column takes a value
+    computed under its current settings, so the record maps as a sync of the clear one."""
+    dataset = _without_clear_id()
+    mapping, replay = compile_mapping(dataset, CODE_TABLES), compile_replay(dataset, CODE_TABLES)
+    redacted, protected = mapping.redact_raw(RECORD), mapping.protect(RECORD)
+    assert protected is not None
+    stale = {**protected, "id_hash": ["0123456789abcdef", "a hash under another salt"]}
+    only_hash = {"id_hash": protected["id_hash"]}
+    merged = replay.merge_protected([stale, None, only_hash])
+    assert merged == protected
+    assert replay(redacted, merged) == mapping(RECORD)
+    assert replay.merge_protected([stale]) == stale  # nothing usable instead: kept as stored
+    assert replay.merge_protected([None, None]) is None
+
+
 def test_replay_refuses_a_column_that_reads_a_redacted_field_in_clear(residents: CompiledMapping) -> None:
     """id_number maps idCard in clear; the quarantine keeps idCard only hashed (for id_hash):
     replay must not map the hash as if it were the ID number."""

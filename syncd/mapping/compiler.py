@@ -28,7 +28,7 @@ import copy
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -213,6 +213,25 @@ class ReplayMapping:
     def key_of_entry(self, raw: Any, protected: Mapping[str, Any] | None) -> Row:
         """The key values of a quarantined entry (RecordError when its key columns cannot be had)."""
         return self.key_record(self.record(raw, protected))
+
+    def merge_protected(self, stored: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        """The stored masked/hashed values of entries of one record (the same redacted raw, so
+        computed from the same clear record), the preferred entry's first, as one entry's: for
+        each column the first value computed under its current settings, else the first stored.
+        None when none of them stored any."""
+        if all(values is None for values in stored):
+            return None
+        current = {p.column: p.fingerprint for _slot, p in self._slots}
+        out: dict[str, Any] = {}
+        for values in stored:  # values replay can use
+            for column, value in (values or {}).items():
+                usable = isinstance(value, list) and len(value) == 2 and value[0] == current.get(column)
+                if usable and column not in out:
+                    out[column] = value
+        for values in stored:  # the others, kept as they were stored
+            for column, value in (values or {}).items():
+                out.setdefault(column, value)
+        return out
 
 
 def _absent(value: Any) -> bool:
