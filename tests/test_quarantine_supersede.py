@@ -14,6 +14,7 @@ format) into a real database, then relaxes the YAML and replays:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -552,6 +553,104 @@ def test_an_older_copy_of_a_replayed_entry_does_not_come_back_under_its_hash(
         assert site.entries() == {}, "the older copy of a replayed record stayed in the quarantine"
         (row,) = site.rows().values()
         assert row["household_size"] == BAD
+    finally:
+        site.close()
+
+
+def _copy_holding_the_key(site: Site, seen: datetime) -> tuple[dict[str, Any], str]:
+    """Store a copy of the dataset's one entry under another raw hash (an older hashing), seen
+    ``seen``, holding its row key and stored values, and take both from the entry under its hash
+    (stored when its key column failed before its hash). Returns the copy as stored and the hash."""
+    q = site.store.tables.quarantine
+    with site.engine.begin() as conn:
+        (stored,) = conn.execute(sa.select(q)).mappings().all()
+        assert stored["protected"] is not None and stored["row_key"] is not None
+        copy = {**stored, "raw_hash": "0" * 32, "first_seen": seen, "last_seen": seen}
+        conn.execute(sa.insert(q), [copy])
+        under_hash = sa.update(q).where(q.c.raw_hash == stored["raw_hash"])
+        conn.execute(under_hash.values(row_key=None, protected=None))
+    return copy, str(stored["raw_hash"])
+
+
+def test_an_older_copy_holding_the_only_hashed_key_value_lands(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """R1 quarantined twice: under an older hashing with its row key and the stored value of its
+    hashed key, and under its hash without them. Replay kept the entry under the hash, which can
+    never be written ("only hashed"), and removed the copy, the only entry that could: with the
+    YAML fixed R1 never landed. The entry that maps stands, and lands."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        assert site.sync().counts.quarantined == 1
+        copy, _digest = _copy_holding_the_key(site, datetime.now(UTC) - timedelta(days=10))
+        site.relax()
+        result = site.replay()
+        assert (result.examined, result.superseded, result.inserted, result.still_failing) == (2, 1, 1, 0)
+        assert site.entries() == {}
+        (key,) = site.rows()
+        assert key == copy["row_key"], "written under another key than a sync writes"
+        assert site.rows()[key]["household_size"] == BAD
+    finally:
+        site.close()
+
+
+def test_an_older_copy_holding_the_hashed_key_value_gives_it_to_the_entry_that_stands(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """As above with the YAML unchanged: the record still fails. It stays under its hash with the
+    copy's row key and stored values (the copy removed), and its own reason and sightings; a
+    later replay with the YAML fixed writes it, and a later write of its key supersedes it."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        assert site.sync().counts.quarantined == 1
+        (entry,) = site.entries().values()
+        copy, digest = _copy_holding_the_key(site, datetime.now(UTC) - timedelta(days=10))
+        result = site.replay()
+        assert (result.examined, result.superseded, result.still_failing, result.inserted) == (2, 1, 1, 0)
+        (left,) = site.entries().values()
+        assert (left["raw_hash"], left["row_key"]) == (digest, copy["row_key"])
+        assert left["protected"] == entry["protected"] and left["reason"] == entry["reason"]
+        assert (left["first_seen"], left["last_seen"], left["times"]) == (
+            entry["first_seen"], entry["last_seen"], entry["times"],
+        )
+
+        upstream.serve(record("R1", GOOD, remark="newer"))  # found by its row key now
+        site.sync()
+        assert site.entries() == {}
+        site.relax()
+        assert site.replay().examined == 0
+        assert site.rows()[copy["row_key"]]["remark"] == "newer"
+    finally:
+        site.close()
+
+
+def test_entries_of_one_record_each_holding_part_of_its_stored_values_land_as_one(
+    tmp_path: Path, db_url: str, upstream: Upstream
+) -> None:
+    """The entry under the hash holds the stored hash of the key, an older copy the stored masked
+    phone (whose validator saw the clear number): neither maps alone, the two together do."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY, CHECKED_PHONE))
+    try:
+        upstream.serve(record("R1", BAD))
+        assert site.sync().counts.quarantined == 1
+        q = site.store.tables.quarantine
+        with site.engine.begin() as conn:
+            (stored,) = conn.execute(sa.select(q)).mappings().all()
+            protected = json.loads(stored["protected"])
+            assert {"resident_id", "phone"} <= set(protected)
+            seen = datetime.now(UTC) - timedelta(days=10)
+            copy = {**stored, "raw_hash": "0" * 32, "row_key": None, "first_seen": seen, "last_seen": seen}
+            del protected["resident_id"]
+            conn.execute(sa.insert(q), [{**copy, "protected": json.dumps(protected)}])
+            key_only = json.dumps({"resident_id": json.loads(stored["protected"])["resident_id"]})
+            conn.execute(sa.update(q).where(q.c.raw_hash == stored["raw_hash"]).values(protected=key_only))
+        site.relax()
+        result = site.replay()
+        assert (result.examined, result.superseded, result.inserted, result.still_failing) == (2, 1, 1, 0)
+        assert site.entries() == {}
+        assert site.rows()[stored["row_key"]]["phone"] == "138****5678"
     finally:
         site.close()
 

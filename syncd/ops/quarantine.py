@@ -19,7 +19,9 @@ written through :meth:`BatchWriter.write` (change tracked, atomic per batch, rec
 trigger ``replay`` for the audit trail) and their entries are deleted; the others stay with their
 new reason. Entries are replayed oldest first, and of several entries of one key only the newest
 (older ones are superseded, and removed); an entry stored under an older hashing whose record is
-also stored under its hash now is a copy of that entry, and superseded too. An entry stored
+also stored under its hash now is a copy of that entry: the entries of one record first share
+what they hold (row key, stored masked/hashed values), then the one that maps (else whose key is
+known, else the one under the hash) stands and the others are superseded too. An entry stored
 without ``row_key`` (by an older syncd, or its key columns could not be mapped) is also superseded
 when the change feed shows a write of its key after it was last seen; and it is not replayed at
 all once the feed may have lost such a write: when the dataset's feed was pruned (``syncd changes
@@ -113,6 +115,7 @@ class _Entry:
     row: Row | None = None
     error: str | None = None
     key: str | None = None  # the row key it stands for, when known
+    carried: bool = False  # given values its record's other entries held (:func:`_share`)
 
 
 def _entries(store: StateStore, dataset: str) -> list[_Entry]:
@@ -184,7 +187,9 @@ def replay_quarantine(
         result.examined = len(entries)  # not counted as fetched: nothing was received from upstream
         for entry in entries:
             _map_entry(entry, replay, writer)
-        stale = _superseded(store, dataset.name, entries)
+        stale = _copies(entries, replay, writer)
+        copied = {id(entry) for entry in stale}
+        stale += _superseded(store, dataset.name, [entry for entry in entries if id(entry) not in copied])
         result.superseded = len(stale)
         if lock is not None:
             lock.check(force=True)
@@ -213,6 +218,7 @@ def replay_quarantine(
 
 def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> None:
     """Map the entry with the current configuration; note its row (or error) and its key."""
+    entry.row = entry.error = entry.key = None
     try:
         entry.row = replay(entry.raw, entry.protected)
     except RecordError as exc:
@@ -228,20 +234,14 @@ def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> Non
 
 
 def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[_Entry]:
-    """The entries not to replay: copies of one record (see :func:`_copies`), of several entries of
-    one key all but the newest, and entries stored without a row key whose key the change feed
-    shows written after they were last seen."""
-    stale = _copies(entries)
-    copied = {id(entry) for entry in stale}
+    """The entries not to replay (copies already left out, see :func:`_copies`): of several
+    entries of one key all but the newest, and entries stored without a row key whose key the
+    change feed shows written after they were last seen."""
     newest: dict[str, _Entry] = {}
     for entry in entries:  # oldest first: the last of a key is its newest
-        if entry.key is not None and id(entry) not in copied:
+        if entry.key is not None:
             newest[entry.key] = entry
-    stale += [
-        entry
-        for entry in entries
-        if entry.key is not None and id(entry) not in copied and newest[entry.key] is not entry
-    ]
+    stale = [entry for entry in entries if entry.key is not None and newest[entry.key] is not entry]
     unkeyed = [entry for entry in newest.values() if entry.row_key is None]
     if unkeyed:
         written = _last_changes(store, dataset, unkeyed)
@@ -249,19 +249,66 @@ def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[
     return stale
 
 
-def _copies(entries: list[_Entry]) -> list[_Entry]:
-    """Entries stored under an older hashing whose record has another entry under the same hash
-    now: the one under that hash (the record quarantined again since), else the newest. One record
-    has one key, so they are entries of one key even when replay cannot key them (an older syncd
-    stored neither the row key nor the hashed key's value): left, the copy moving to its hash
-    would rewrite that entry's reason and row key, or come back as the entry of a record that just
-    landed."""
-    kept: dict[str, _Entry] = {}
-    for entry in entries:  # oldest first
-        other = kept.get(entry.current)
-        if other is None or other.digest != other.current:
-            kept[entry.current] = entry
-    return [entry for entry in entries if kept[entry.current] is not entry]
+def _copies(entries: list[_Entry], replay: ReplayMapping, writer: BatchWriter) -> list[_Entry]:
+    """Entries of a record that has another entry under the same raw hash now (one stored under
+    an older hashing by an older syncd, the record quarantined again since): all but the most
+    useful one, which replay then takes as the record's only entry. One record has one key, so
+    they are entries of one key even when replay cannot key some of them; left, a copy moving to
+    its hash would rewrite that entry's reason and row key, or come back as the entry of a record
+    that just landed.
+
+    An older syncd may have stored what replay needs (the row key, the stored value of a hashed
+    key) with the copy only, the entry under the hash having been stored when the column failed
+    before its hash: the entries first share what they hold (:func:`_share`), so removing one
+    loses nothing. Kept is the one that maps now, else whose key is known, else the one under
+    the current hash, else the newest; its own reason and sightings stand."""
+    groups: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.current, []).append(entry)
+    stale: set[int] = set()
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        _share(group, replay, writer)
+        ranked = sorted(  # ties: the later of the oldest-first order (the newest) first
+            enumerate(group),
+            key=lambda item: (
+                item[1].row is not None,
+                item[1].key is not None,
+                item[1].digest == item[1].current,
+                item[1].last_seen,
+                item[0],
+            ),
+            reverse=True,
+        )
+        stale.update(id(entry) for _, entry in ranked[1:])
+    return [entry for entry in entries if id(entry) in stale]
+
+
+def _share(group: list[_Entry], replay: ReplayMapping, writer: BatchWriter) -> None:
+    """Give each entry of one record (``group``, oldest first) what the others hold and it lacks:
+    the stored values of the masked/hashed columns (the same redacted raw, so computed from the
+    same clear record; the entry under the current hash, then the newest, preferred), an entry
+    that did not map mapped again with them; and the row key, when the entries stored one and
+    the entry's key is unknown or that one. An entry given something is ``carried``: stored again
+    even when it still fails with the reason it had."""
+    preferred = sorted(
+        enumerate(group), key=lambda item: (item[1].digest == item[1].current, item[0]), reverse=True
+    )
+    merged = replay.merge_protected([entry.protected for _, entry in preferred])
+    for entry in group:
+        if entry.row is None and (merged or None) != (entry.protected or None):
+            entry.protected = merged
+            entry.carried = True
+            _map_entry(entry, replay, writer)
+    stored = {entry.row_key for entry in group if entry.row_key is not None}
+    if len(stored) != 1:
+        return
+    (key,) = stored
+    for entry in group:  # one record, one key: no later write of it since that entry was seen
+        if entry.row_key is None and entry.key in (None, key):
+            entry.row_key = entry.key = key
+            entry.carried = True
 
 
 def _unverifiable(
@@ -357,11 +404,12 @@ def _replay_page(
             result.still_failing += 1
             same = entry.current == digest
             keyed = entry.row_key is not None or entry.key is None  # nothing to add to its key
-            if same and keyed and storable(reason) == entry.reason:
+            if same and keyed and not entry.carried and storable(reason) == entry.reason:
                 continue  # the entry stands as it is: not seen again upstream, so its count stays
             # the stored raw is already redacted: its hash is the entry's own, so this updates the
             # reason (and the key, when the entry had none); its upstream key is read from it as the
-            # run read it, its masked/hashed values are kept, and so is when it was seen (no sighting)
+            # run read it, its masked/hashed values are kept (with those carried over from its
+            # record's other entries), and so is when it was seen (no sighting)
             record_key = storable(sorter.record_key(raw))
             failing.append(
                 {
@@ -402,9 +450,9 @@ def _replay_page(
 
 def _settle(store: StateStore, dataset: str, failing: list[dict[str, Any]], landed: list[str]) -> None:
     """In one transaction: remove the entries in ``landed`` and store the still-failing entries
-    ``failing`` (quarantine rows) with their new reason and key, their sightings as they were. An
-    entry stored under an older hashing comes back under its new hash (no entry holds that hash:
-    :func:`_copies` superseded it otherwise)."""
+    ``failing`` (quarantine rows) with their new reason, key and masked/hashed values, their
+    sightings as they were. An entry stored under an older hashing comes back under its new hash
+    (no entry holds that hash: :func:`_copies` superseded it otherwise)."""
     q = store.tables.quarantine
     by_hash = {entry["raw_hash"]: entry for entry in failing}
     update = (
@@ -414,6 +462,7 @@ def _settle(store: StateStore, dataset: str, failing: list[dict[str, Any]], land
             reason=sa.bindparam("b_reason"),
             record_key=sa.bindparam("b_record_key"),
             row_key=sa.bindparam("b_row_key"),
+            protected=sa.bindparam("b_protected"),
         )
     )
     try:
