@@ -8,7 +8,8 @@ import hmac
 import json
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, get_args
 
@@ -37,6 +38,7 @@ from syncd.config.model import (
 from syncd.errors import ConfigError, PermanentUpstreamError
 from syncd.sources.base import Window
 from syncd.sources.http.auth import AUTH, AuthScheme, Signer, build_auth
+from syncd.sources.http.auth.base import forget_shared_state
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, ParsedPage
 from syncd.sources.http.source import HttpSource
@@ -484,21 +486,184 @@ def test_a_token_revoked_soon_after_a_refresh_is_refreshed_after_a_pause_and_war
     assert "another process appears to use the same app_key" in warnings[0]["message"]
 
 
+EXPIRED = {"auth_expired_codes": ["40101"]}
+
+
+def token_source(server: LoopbackServer, source: dict[str, Any], **conn: Any) -> HttpSource:
+    """A dataset reading ``source`` through a token connection whose 40101 means expired."""
+    cfg = connection(server.url, auth=token_auth(), envelope=EXPIRED, **conn)
+    return HttpSource.from_config(app_config(cfg), dataset_config(source))
+
+
+def read_all(source: HttpSource, window: Window | None = None) -> int:
+    return sum(len(p.records) for p in source.read(window or Window(None, None)))
+
+
 def test_an_endpoint_accepted_by_another_source_of_the_process_retries_revoked_tokens(
     server: LoopbackServer,
 ) -> None:
     """The endpoints that accepted a credential are the credential's, process-wide: a dataset
-    whose path another source (an earlier run of the daemon) read with the same credential retries
-    a token revoked right after issue; the paging query is no part of the endpoint."""
+    whose API another source (an earlier run of the daemon) read with the same credential retries
+    a token revoked right after issue; the paging and window parameters are no part of the endpoint."""
     gateway = TokenGateway(server)
-    first = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
-    with first[0]:
-        call(first, params={"pageNo": 2})
-    second = setup(server, token_auth(), envelope={"auth_expired_codes": ["40101"]})
-    with second[0], capture_logs() as logs:
-        gateway.revoked.update(gateway.issued)
-        AnotherHolder(server, gateway, times=1)
-        assert len(call(second, params={"pageNo": 1}).records) == 100
+    dataset = {"path": "/api/residents", "params": {"regionCode": "330102"}, "incremental": {"field": "t"}}
+    first = token_source(server, dataset)
+    try:
+        assert read_all(first, Window(datetime(2026, 1, 1), datetime(2026, 1, 2))) == 250  # pages 1-3
+    finally:
+        first.close()
+    second = token_source(server, dataset)
+    try:
+        with capture_logs() as logs:
+            gateway.revoked.update(gateway.issued)
+            AnotherHolder(server, gateway, times=1)
+            assert read_all(second, Window(datetime(2026, 1, 2), datetime(2026, 1, 3))) == 250
+    finally:
+        second.close()
+    assert len(server.to("/auth/token")) == 1 + 2
+    assert [e["event"] for e in logs if e["event"] == "auth.token_revoked_early"] == [
+        "auth.token_revoked_early"
+    ]
+
+
+class ApiByParameter:
+    """A gateway that picks the API by a parameter of one URL (``/api/q?api=…``, or ``api`` in a
+    POST body): ``ok`` answers with the token ``gateway`` issued, ``denied`` (an API the app_key is
+    not approved for) answers 40101 to every token."""
+
+    def __init__(self, server: LoopbackServer, gateway: TokenGateway) -> None:
+        self.gateway = gateway
+        server.handler = self.data
+
+    def data(self, req: Recorded) -> Reply:
+        api = (req.json() or {}).get("api") if req.method == "POST" else req.query.get("api")
+        if api == "denied":
+            return envelope(code="40101", msg="token无效")
+        token = (req.header("Authorization") or "").removeprefix("Bearer ")
+        gw = self.gateway
+        if token not in gw.issued or token in gw.revoked:
+            return envelope(code="40101", msg="token已过期")
+        return envelope([{"id": 1}], total=1)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_api_chosen_by_a_parameter_refusing_every_token_fails_at_once(
+    server: LoopbackServer, method: str
+) -> None:
+    """One URL, the API chosen by a query parameter (GET) or a body field (POST): ``api=ok`` works,
+    ``api=denied`` refuses every token. The denied API is another endpoint than the accepted one,
+    so, as for a separate path: one refresh, then a clear error at once; no revocation rounds
+    (each would re-issue the token every other dataset uses), no warning blaming another process."""
+    ApiByParameter(server, TokenGateway(server))
+    retry = {"attempts": 5, "backoff_initial": "100ms", "backoff_max": "1s", "deadline": "30s"}
+
+    def dataset(api: str) -> dict[str, Any]:
+        if method == "GET":
+            return {"path": "/api/q", "params": {"api": api}}
+        return {"path": "/api/q", "method": "POST", "body": {"api": api}}
+
+    ok = token_source(server, dataset("ok"), retry=retry)
+    denied = token_source(server, dataset("denied"), retry=retry)
+    try:
+        with capture_logs() as logs:
+            assert read_all(ok) == 1
+            with pytest.raises(PermanentUpstreamError, match="never accepted one in this process"):
+                read_all(denied)
+    finally:
+        ok.close()
+        denied.close()
+    assert len(server.to("/auth/token")) == 1 + 1
+    assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+
+
+class OneTokenGateway:
+    """One valid token per app_key (issuing one revokes the previous one); tokens live ``ttl`` s and
+    the token answer says so, so the client renews them ahead of expiry (at ttl/2 here). ``race``,
+    when set, is called once while a request to /api/b is being answered."""
+
+    def __init__(self, server: LoopbackServer, ttl: float) -> None:
+        self.ttl = ttl
+        self.valid: dict[str, float] = {}
+        self.issued = 0
+        self.race: Callable[[], None] | None = None
+        server.route("/auth/token", self.token)
+        server.route("/api/a", self.data)
+        server.route("/api/b", self.data_b)
+
+    def token(self, req: Recorded) -> Reply:
+        self.issued += 1
+        token = f"tok-{self.issued}-{'k' * 24}"
+        self.valid = {token: time.monotonic() + self.ttl}
+        return Reply(json={"code": "0", "msg": "ok", "data": {"accessToken": token, "expiresIn": self.ttl}})
+
+    def data(self, req: Recorded) -> Reply:
+        token = (req.header("Authorization") or "").removeprefix("Bearer ")
+        if token in self.valid and time.monotonic() < self.valid[token]:
+            return envelope([{"id": 1}], total=1)
+        return envelope(code="40101", msg="token已过期")
+
+    def data_b(self, req: Recorded) -> Reply:
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return self.data(req)
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["same_process", "read_worker"])
+def test_short_lived_tokens_renewed_by_another_dataset_are_no_revocation(
+    server: LoopbackServer, worker: bool
+) -> None:
+    """One process, one app_key, two datasets, 1-s tokens renewed 0.5 s ahead. Twice, dataset A
+    renews the shared token while B's request is in flight: B is refused and goes on with A's token
+    (its refresh fetches none). That is an ordinary expiry, however soon it happens again: no
+    pause and no warning that another process uses the app_key (a pause let A's token come due
+    and re-issued it, revoking the one A reads with). The same when B is a read worker, which gets
+    its tokens from the run's process (A)."""
+    gateway = OneTokenGateway(server, ttl=1.0)
+    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
+    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+    if worker:
+        forget_shared_state()  # another process: a state of its own
+    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+
+    def a_renews() -> None:
+        time.sleep(0.55)  # the token is due: dataset A's next request renews it
+        call(a, path="/api/a")
+
+    with a[0], b[0], capture_logs() as logs:
+        call(a, path="/api/a")
+        if worker:
+            b[1].adopt_state(a[1].export_state())
+            b[1].delegate_renewal(a[1].renew_for_delegate)
+        assert (a[1]._state is b[1]._state) is not worker  # type: ignore[attr-defined]
+        call(b, path="/api/b")  # both endpoints accepted the token
+        for _ in range(2):
+            gateway.race = a_renews
+            assert call(b, path="/api/b").records == [{"id": 1}]
+    assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+    assert [e["event"] for e in logs if e["event"] == "http.auth_refresh"] == ["http.auth_refresh"] * 2
+    assert gateway.issued == 1 + 2  # A's two renewals, nothing re-issued after a pause
+
+
+def test_the_read_worker_knows_the_endpoints_that_accepted_the_credential(server: LoopbackServer) -> None:
+    """The read worker adopts the run process's credential with the endpoints it was accepted at:
+    a token revoked right after issue on the worker's first page of a dataset the run's process
+    read before is retried as revoked (with a warning), instead of failing at once."""
+    gateway = TokenGateway(server)
+    dataset = {"path": "/api/residents"}
+    run = token_source(server, dataset)
+    forget_shared_state()  # the worker is another process: a state of its own
+    child = token_source(server, dataset)
+    try:
+        assert read_all(run) == 250
+        child.share_credentials(run.credential_state(), run.renew_credential)
+        with capture_logs() as logs:
+            gateway.revoked.update(gateway.issued)
+            AnotherHolder(server, gateway, times=1)
+            assert read_all(child) == 250
+    finally:
+        run.close()
+        child.close()
     assert len(server.to("/auth/token")) == 1 + 2
     assert [e["event"] for e in logs if e["event"] == "auth.token_revoked_early"] == [
         "auth.token_revoked_early"

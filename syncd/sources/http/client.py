@@ -13,8 +13,8 @@ envelope). Failures are sorted by :mod:`syncd.errors`:
   scheme before (see below);
 - anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once.
 
-A credential refused right after it was refreshed, on an endpoint (the request's URL without its
-query) that accepted a credential of this scheme before, was most likely revoked by another process
+A credential refused right after it was refreshed, on an endpoint (the API a request calls: see
+below) that accepted a credential of this scheme before, was most likely revoked by another process
 fetching its own with the same app_key (a gateway keeping one valid token per app_key: two nodes,
 or a ``syncd sync`` by hand beside the daemon); each fetch evicts the other's. The client then
 waits (exponential backoff with jitter from ``retry.backoff_initial``, so the two drift apart),
@@ -22,21 +22,29 @@ refreshes and repeats the request, at most ``min(retry.attempts, 3)`` times with
 ``retry.deadline``, and warns once (``auth.token_revoked_early``) with what to do. Few rounds: each
 refresh on such a gateway also re-issues the token every other dataset of the process uses. The
 other process mostly refreshes the moment its own token is refused, revoking ours before our
-request lands; so a credential this client refreshed less than a minute ago, refused on an endpoint
-that accepted one, is also taken for revoked: the client warns and pauses (one backoff step with
-jitter) before refreshing it, and with both processes pausing one of them gets through each time.
+request lands; so a credential this client fetched less than a minute ago (its ``auth.refresh()``
+fetched one: not when another source of the process had replaced the refused one already, which
+refresh merely adopts), refused on an endpoint that accepted one, is also taken for revoked: the
+client warns and pauses (one backoff step with jitter) before refreshing it, and with both
+processes pausing one of them gets through each time. A refusal of a credential that another
+source of this process replaced meanwhile (datasets renewing a short-lived token in turn) is an
+ordinary expiry: no pause, no warning.
 
 The endpoints that accepted a credential are remembered per credential and process
 (:meth:`RequestAuth.accepted_at`, kept with the credential's process-wide state), so a daemon's
-every run after the first on a dataset has its path; a dataset's first page marks it. It must be
-the same endpoint, not merely the same credential: an endpoint that refuses every credential with
-an "expired" code (an API the app_key is not approved for, or ``envelope.auth_expired_codes``
-listing a code that is no expiry there) while others work is no revocation, and retrying it would
-cost every request there ``retry.attempts`` refreshes and backoffs and re-issue the other
-datasets' token each time. So while this endpoint never accepted a credential, the second refusal
-fails at once as it always did (the message names the auth settings, the expiry codes and the
-other-process case). A single process never sees a fresh credential refused where one worked
-before, so its requests are as before.
+every run after the first on a dataset has its endpoint; a dataset's first page marks it (they
+travel to the read worker with the credential). An endpoint is the API a request calls
+(:func:`endpoint_id`), named by the caller: an :class:`~syncd.sources.http.source.HttpSource` passes
+its dataset's method, URL, static ``params`` and ``body``, without the paging and window parameters,
+so two APIs behind one URL that differ by a parameter or a body field (``?api=…``) are two
+endpoints; without one, the whole request is. It must be the same endpoint, not merely the same
+credential: an endpoint that refuses every credential with an "expired" code (an API the app_key is
+not approved for, or ``envelope.auth_expired_codes`` listing a code that is no expiry there) while
+others work is no revocation, and retrying it would cost every request there ``retry.attempts``
+refreshes and backoffs and re-issue the other datasets' token each time. So while this endpoint
+never accepted a credential, the second refusal fails at once as it always did (the message names
+the auth settings, the expiry codes and the other-process case). A single process never sees a fresh
+credential refused where one worked before, so its requests are as before.
 
 No secret reaches a message or a log line: URLs lose the values of secret-looking query
 keys, every text is scrubbed of the secret values the auth scheme registered and of the
@@ -45,13 +53,14 @@ values it added to the request, and upstream exceptions are never chained.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin
 
 import orjson
 import requests
@@ -78,7 +87,7 @@ from syncd.sources.http.diagnose import (
 )
 from syncd.sources.http.redact import Redactor, sanitize_url, snippet
 
-__all__ = ["HttpClient", "RequestAuth"]
+__all__ = ["HttpClient", "RequestAuth", "endpoint_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -104,11 +113,14 @@ class RequestAuth(Protocol):
         self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], body: bytes | None
     ) -> None: ...
 
-    def refresh(self) -> None: ...
+    def refresh(self) -> bool:
+        """Fetch a new credential; True when this call fetched one, False when another source of
+        the process had replaced the refused credential already (the new one is used as it is)."""
+        ...
 
     def accepted_at(self, endpoint: str) -> bool:
-        """Whether ``endpoint`` (a request URL without its query) accepted a credential of this
-        scheme in this process."""
+        """Whether ``endpoint`` (:func:`endpoint_id`) accepted a credential of this scheme in this
+        process."""
         ...
 
     def note_accepted(self, endpoint: str) -> None:
@@ -140,11 +152,14 @@ def _encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _endpoint_of(url: str) -> str:
-    """The endpoint a request URL names, for :meth:`RequestAuth.accepted_at`: the URL without its
-    query and fragment (the paging parameters change from page to page, the endpoint does not)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
+def endpoint_id(method: str, url: str, params: Mapping[str, Any] | None = None, body: Any = None) -> str:
+    """What identifies the API a request calls, for :meth:`RequestAuth.accepted_at`: its method,
+    URL, parameters and body, given without the parameters that change from page to page (paging,
+    window). Some gateways pick the API by a query parameter or a body field of one URL, and an
+    app_key may be approved for one of them only. A short hash (the parameters may hold secrets)."""
+    encoded = sorted(_encode_params(params or {}))
+    text = orjson.dumps([method.upper(), url, encoded, body], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def _with_message(exc: UpstreamError, message: str) -> UpstreamError:
@@ -183,7 +198,8 @@ class HttpClient:
         self._backoff_initial = initial
         self._skew_warned = False
         self._revoked_warned = False  # auth.token_revoked_early said once
-        self._refreshed_at: float | None = None  # time.monotonic() of this client's last auth.refresh()
+        # time.monotonic() of this client's last auth.refresh() that fetched a new credential
+        self._refreshed_at: float | None = None
         self._session = requests.Session()
         # ~/.netrc is no source of syncd's credentials (secrets come only from the environment or
         # credential files): an auth that adds nothing stops requests from reading it, which it
@@ -215,11 +231,13 @@ class HttpClient:
         form: Mapping[str, Any] | None = None,
         auth: RequestAuth | None = None,
         decode: Callable[[bytearray], Any] | None = None,
+        endpoint: str | None = None,
     ) -> T:
         """Send one logical request (retrying as configured) and return ``parse(decoded_json)``.
 
         ``decode(raw)`` decodes the body first (byte order mark removed) when given; where it returns
-        None the body is decoded with orjson as usual."""
+        None the body is decoded with orjson as usual. ``endpoint``: the API this request calls
+        (:func:`endpoint_id` without the paging parameters); by default the whole request."""
         headers: dict[str, str] = {}
         body: bytes | None = None
         if json_body is not None:
@@ -229,7 +247,8 @@ class HttpClient:
             body = urlencode(_encode_params(form)).encode("ascii")
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         call = _Call(method.upper(), self.resolve(url), dict(params or {}), headers, body, decode)
-        endpoint = _endpoint_of(call.url)
+        if endpoint is None:
+            endpoint = endpoint_id(call.method, call.url, call.params, json_body if form is None else form)
         try:
             return self._accepted(auth, endpoint, self._retrying(call, auth, parse))
         except AuthExpiredError as first:
@@ -240,7 +259,9 @@ class HttpClient:
                     status=first.status,
                 ) from None
             if self._refreshed_recently() and auth.accepted_at(endpoint):
-                # a credential this client fetched moments ago, accepted here, refused already: most
+                # a credential this client fetched moments ago (_refreshed_at is set only when its
+                # refresh fetched one: a credential another dataset of the process renewed while this
+                # request was in flight is no revocation), accepted here, refused already: most
                 # likely another process with this app_key revoked it and is reading with its own
                 # right now. Refreshing at once would revoke that one before its request lands, and
                 # the other would refresh at once too: whoever waits never gets a request through.
@@ -279,8 +300,8 @@ class HttpClient:
         return result
 
     def _refresh(self, auth: RequestAuth) -> None:
-        self._refreshed_at = time.monotonic()
-        auth.refresh()
+        if auth.refresh():
+            self._refreshed_at = time.monotonic()
 
     def _refreshed_recently(self) -> bool:
         at = self._refreshed_at

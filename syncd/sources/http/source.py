@@ -7,7 +7,10 @@ time, so memory is bounded by the page size; ``stats.complete`` becomes True onl
 last page was reached normally.
 
 Parameters: static ``params`` go into the query; paging and incremental parameters go into
-the query for GET, and into the JSON body (merged over ``body``) for POST.
+the query for GET, and into the JSON body (merged over ``body``) for POST. The API a dataset calls
+(:func:`~syncd.sources.http.client.endpoint_id`, for telling a revoked credential from one the API
+refuses) is its method, URL, static ``params`` and ``body``: never the paging or window parameters,
+which change from page to page and run to run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from syncd.sources.base import Page, ReadStats, ResumePoint, Window
 from syncd.sources.http import texts
 from syncd.sources.http.auth import build_auth
 from syncd.sources.http.auth.base import CredentialState, Renewal
-from syncd.sources.http.client import HttpClient
+from syncd.sources.http.client import HttpClient, endpoint_id
 from syncd.sources.http.envelope import Envelope, ParsedPage
 from syncd.sources.http.paging import Paginator, build_paginator
 from syncd.sources.http.texts import RecordTexts, TextSplitter
@@ -122,6 +125,7 @@ class HttpSource:
             self._client.close()
             raise
         self._url = self._client.resolve(source.path)
+        self._endpoint = endpoint_id(source.method, self._url, source.params, source.body)
         inc = source.incremental
         self._time_at = compile_path(inc.field) if inc is not None else None
         self._time_field = inc.field.split(".", 1)[0] if inc is not None else None
@@ -305,6 +309,7 @@ class HttpSource:
             auth=self._auth,
             parse=lambda decoded: self._parse(decoded, paginator),
             decode=self._decode if self._splitter is not None else None,
+            endpoint=self._endpoint,
         )
 
     def _decode(self, raw: bytearray) -> Any:

@@ -108,11 +108,15 @@ class AuthScheme(ABC, Generic[C]):
     ) -> None:
         """Add the credentials to the request parts (``params`` and ``headers`` are mutated)."""
 
-    def refresh(self) -> None:
-        """Fetch a new credential (called once after the gateway said the current one expired)."""
+    def refresh(self) -> bool:
+        """Fetch a new credential (called once after the gateway said the current one expired).
+        True when this call got a new one for the refused credential; False when another source of
+        the process had replaced it already (or the scheme has none to fetch)."""
+        return False
 
     def accepted_at(self, endpoint: str) -> bool:
-        """Whether a request to ``endpoint`` (its URL without the query) with this scheme's credential
+        """Whether a request to ``endpoint`` (:func:`~syncd.sources.http.client.endpoint_id`) with this
+        scheme's credential
         succeeded (the client notes it): then a fresh credential refused there at once was revoked,
         not misconfigured (:mod:`syncd.sources.http.client`)."""
         return endpoint in self._accepted
@@ -134,7 +138,9 @@ class AuthScheme(ABC, Generic[C]):
         """The run's process: the credential a read worker asks for. ``held`` is the fingerprint of
         the one the worker holds (refused or due), None when it holds none. A new one is fetched
         only when this process holds none, or the same one, or its own is due; else the worker gets
-        the one this process holds (another dataset, or this process, renewed it meanwhile)."""
+        the one this process holds (another dataset, or this process, renewed it meanwhile). The
+        answer's ``renewed`` is True when the worker's was this process's current credential and a
+        new one was fetched for it (what :meth:`refresh` returns in the worker)."""
         return None
 
     def delegate_renewal(self, renew: Renewal) -> None:
@@ -153,6 +159,10 @@ class SharedCredential:
 
     _state: Any  # with an ``accepted`` set: the endpoints the credential worked on in this process
 
+    # The accepted endpoints travel with the credential to the read worker (export_state, adopt_state):
+    # a credential revoked on the worker's first page of a dataset the run's process read before is
+    # then retried as revoked there too, instead of failing at once. A few short hashes.
+
     def accepted_at(self, endpoint: str) -> bool:
         return endpoint in self._state.accepted
 
@@ -161,12 +171,16 @@ class SharedCredential:
 
     def export_state(self) -> CredentialState | None:
         with self._state.lock:
-            return self._export_locked()
+            exported = self._export_locked()
+            if exported is not None:
+                exported["accepted"] = sorted(self._state.accepted)
+            return exported
 
     def adopt_state(self, state: CredentialState | None) -> None:
         if state:
             with self._state.lock:
                 self._adopt_locked(state)
+                self._state.accepted.update(state.get("accepted", ()))
 
     def _export_locked(self) -> CredentialState | None:
         raise NotImplementedError

@@ -100,20 +100,24 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
         else:
             params[self.cfg.query_param] = token
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         state = self._state
         with state.lock:
             if state.token is not None and state.token != self._used:
-                return  # another source already replaced the token we were refused with
-            self._obtain_locked()
+                return False  # another source already replaced the token we were refused with
+            return self._obtain_locked()[1]
 
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state
         with state.lock:
             token = state.token
-            if token is None or time.monotonic() >= state.refresh_at or fingerprint(token) == held:
+            renewed = token is not None and fingerprint(token) == held
+            if token is None or time.monotonic() >= state.refresh_at or renewed:
                 self._fetch_locked()
-            return self._export_locked()
+            exported = self._export_locked()
+            if exported is not None:
+                exported["renewed"] = renewed
+            return exported
 
     # ------------------------------------------------------------------ internals
 
@@ -122,21 +126,22 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
         with state.lock:
             token = state.token
             if token is None or time.monotonic() >= state.refresh_at:
-                token = self._obtain_locked()
+                token = self._obtain_locked()[0]
         self._used = token
         self._client.redactor.add(token)
         return token
 
-    def _obtain_locked(self) -> str:
-        """A new token: from the token endpoint, or (the read worker) from the run's process."""
+    def _obtain_locked(self) -> tuple[str, bool]:
+        """A new token: from the token endpoint, or (the read worker) from the run's process; and
+        whether it was issued for the one held (False: the run's process had replaced that one)."""
         ask = self._delegate
         if ask is None:
-            return self._fetch_locked()
+            return self._fetch_locked(), True
         held = self._state.token
         answer = ask(fingerprint(held) if held is not None else None)
         if not answer:  # pragma: no cover - the run's process answers with a token or raises
             raise PermanentUpstreamError("the run's process had no token for the read worker")
-        return self._adopt_locked(answer)
+        return self._adopt_locked(answer), bool(answer.get("renewed"))
 
     def _export_locked(self) -> CredentialState | None:
         state = self._state

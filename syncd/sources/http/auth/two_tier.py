@@ -106,22 +106,26 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
             values = {"appKey": self.cfg.app_key, **values}
         self._signer.place(values, params, headers)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         state = self._state
         with state.lock:
             if state.request is not None and state.request != self._used:
-                return  # another source renewed it already
-            self._obtain_locked()
+                return False  # another source renewed it already
+            return self._obtain_locked()
 
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state
         with state.lock:
             request = state.request
+            renewed = request is not None and fingerprint(request) == held
             if request is None:
                 self._by_key_locked()
-            elif time.time() >= state.request_renew_at or fingerprint(request) == held:
+            elif time.time() >= state.request_renew_at or renewed:
                 self._renew_locked()
-            return self._export_locked()
+            exported = self._export_locked()
+            if exported is not None:
+                exported["renewed"] = renewed
+            return exported
 
     # ------------------------------------------------------------------ internals
 
@@ -139,8 +143,9 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
         self._client.redactor.add(refresh)
         return secret
 
-    def _obtain_locked(self) -> None:
-        """A request secret: from the secret endpoints, or (the read worker) from the run's process."""
+    def _obtain_locked(self) -> bool:
+        """A request secret: from the secret endpoints, or (the read worker) from the run's process.
+        Whether it was issued for the one held (False: the run's process had replaced that one)."""
         state = self._state
         ask = self._delegate
         if ask is not None:
@@ -148,10 +153,12 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
             if not answer:  # pragma: no cover - the run's process answers with a secret or raises
                 raise PermanentUpstreamError("the run's process had no request secret for the read worker")
             self._adopt_locked(answer)
-        elif state.request is None:
+            return bool(answer.get("renewed"))
+        if state.request is None:
             self._by_key_locked()
         else:
             self._renew_locked()
+        return True
 
     def _export_locked(self) -> CredentialState | None:
         state = self._state
@@ -255,8 +262,8 @@ class _RenewalSignature:
         params["requestTime"] = request_time
         params["sign"] = hashlib.md5(text, usedforsecurity=False).hexdigest()  # the gateway protocol's
 
-    def refresh(self) -> None:  # pragma: no cover - not refreshable: the client never calls it
-        pass
+    def refresh(self) -> bool:  # pragma: no cover - not refreshable: the client never calls it
+        return False
 
     def accepted_at(self, endpoint: str) -> bool:  # pragma: no cover - not refreshable: never asked
         return False
