@@ -7,9 +7,10 @@ MariaDB tests are skipped when the server is not reachable, unless SYNCD_REQUIRE
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if secret in content:
                 report.outcome = "failed"
                 report.longrepr = f"a configured secret leaked into the test's {section!r}"
+
+
+def remove_sm3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's hashlib as on a host whose OpenSSL was built without SM3 (国密)."""
+    real_new: Callable[..., object] = hashlib.new
+
+    def without_sm3(name: str, *args: object, **kwargs: object) -> object:
+        if name.lower() == "sm3":
+            raise ValueError("unsupported hash type sm3")
+        return real_new(name, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "new", without_sm3)

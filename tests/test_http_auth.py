@@ -42,6 +42,7 @@ from syncd.sources.http.auth.base import forget_shared_state
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.envelope import Envelope, ParsedPage
 from syncd.sources.http.source import HttpSource
+from tests.conftest import remove_sm3
 
 APP_KEY = "app-330100"
 APP_SECRET = "app-secret-Zx9!q"
@@ -246,14 +247,7 @@ def test_sm3_matches_the_standard_test_vector() -> None:
 def test_missing_sm3_support_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from syncd.config.model import SignatureRecipe
 
-    real_new = hashlib.new
-
-    def without_sm3(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.lower() == "sm3":
-            raise ValueError("unsupported hash type sm3")
-        return real_new(name, *args, **kwargs)
-
-    monkeypatch.setattr(hashlib, "new", without_sm3)  # an OpenSSL built without SM3
+    remove_sm3(monkeypatch)  # an OpenSSL built without SM3
     with pytest.raises(ConfigError, match="no SM3"):
         Signer(SignatureRecipe(algorithm="sm3", parts=("{secret}",)), config_path=("gw", "auth"))
 

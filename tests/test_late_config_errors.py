@@ -11,7 +11,6 @@ a run that failed on one, as for any configuration error.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from syncd.config import load_config
 from syncd.errors import ConfigError, ConfigIssue
 from syncd.sources.http.source import HttpSource
 from syncd.sources.sql import SqlSource
+from tests.conftest import remove_sm3
 from tests.e2e import syncd_cli
 
 AUTHORIZATION = """
@@ -137,14 +137,7 @@ def test_missing_sm3_is_found_by_the_load_and_by_the_source_at_the_algorithm_lin
     main = _signed(tmp_path, algorithm="sm3", good=True)
     env = {"GW_SECRET": "gw-secret-1"}
     app = load_config(main, env=env)  # this Python has SM3
-    real_new = hashlib.new
-
-    def without_sm3(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.lower() == "sm3":
-            raise ValueError("unsupported hash type sm3")
-        return real_new(name, *args, **kwargs)
-
-    monkeypatch.setattr(hashlib, "new", without_sm3)  # an OpenSSL built without SM3
+    remove_sm3(monkeypatch)  # an OpenSSL built without SM3
     where = _at(main, "algorithm: sm3", skip=len("algorithm: "))
     expected = f"{where}: connections.tif.auth.recipe.algorithm: this Python's OpenSSL has no SM3"
     with pytest.raises(ConfigError) as loaded:
