@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from syncd.changes.keys import row_key_function
 from syncd.config import load_config
 from syncd.config.model import AppConfig
+from syncd.errors import RunLockLost
 from syncd.gateway import RecordFactory
 from syncd.mapping import compile_mapping
 from syncd.ops.quarantine import ReplayResult, list_entries, replay_quarantine
@@ -622,6 +623,81 @@ def test_an_older_copy_holding_the_hashed_key_value_gives_it_to_the_entry_that_s
         site.relax()
         assert site.replay().examined == 0
         assert site.rows()[copy["row_key"]]["remark"] == "newer"
+    finally:
+        site.close()
+
+
+class _LostAtFirstPage:
+    """A run lock that holds at the forced check before the superseded entries are removed, and is
+    lost at the first page's check."""
+
+    def check(self, *, force: bool = False) -> None:
+        if not force:
+            raise RunLockLost("the dataset lock is gone", reason="test")
+
+
+@pytest.mark.parametrize("kept_under", ["its hash", "an older hash"])
+def test_a_replay_stopped_after_removing_a_copy_keeps_what_only_the_copy_held(
+    tmp_path: Path, db_url: str, upstream: Upstream, kept_under: str
+) -> None:
+    """The copy holding R1's row key and the stored hash of its hashed key was removed in its own
+    transaction, the entry that stands given them in memory only: the run lock lost before the first
+    page, the entry left could never be written ("only hashed"), and R1 never landed. The entry that
+    stands is stored with them (under its hash, when it stood under an older one too) as the copy is
+    removed, so the next replay lands R1."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        assert site.sync().counts.quarantined == 1
+        (entry,) = site.entries().values()
+        copy, digest = _copy_holding_the_key(site, datetime.now(UTC) - timedelta(days=10))
+        if kept_under == "an older hash":  # no entry under its hash: the newer copy stands
+            q = site.store.tables.quarantine
+            with site.engine.begin() as conn:
+                conn.execute(sa.update(q).where(q.c.raw_hash == digest).values(raw_hash="1" * 32))
+        site.relax()
+        app = site.app()
+        with pytest.raises(RunLockLost):
+            replay_quarantine(app, app.datasets["residents"], site.store, lock=_LostAtFirstPage())
+        assert site.rows() == {}
+        (left,) = site.entries().values()
+        assert (left["raw_hash"], left["row_key"]) == (digest, copy["row_key"])
+        assert left["protected"] == entry["protected"]
+        assert (left["last_seen"], left["times"]) == (entry["last_seen"], entry["times"])
+
+        result = site.replay()  # the lock back
+        assert (result.examined, result.superseded, result.inserted, result.still_failing) == (1, 0, 1, 0)
+        assert site.entries() == {}
+        assert site.rows()[copy["row_key"]]["household_size"] == BAD
+    finally:
+        site.close()
+
+
+def test_a_replay_killed_after_writing_a_record_whose_copy_held_its_key_leaves_no_entry(
+    tmp_path: Path, db_url: str, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, the process dies between the page's write and settling its entries: the entry that
+    stands was stored without the row key it was given in memory, so the writer could not remove it
+    by key, and every later replay kept it as a still failing entry of a record already written
+    ("only hashed"). Stored with its key, the write removes it."""
+    site = Site(tmp_path, db_url, upstream, replace=(HASHED_KEY,))
+    try:
+        upstream.serve(record("R1", BAD))
+        site.sync()
+        copy, _digest = _copy_holding_the_key(site, datetime.now(UTC) - timedelta(days=10))
+        site.relax()
+
+        def killed(*_args: object) -> None:
+            raise RuntimeError("the process dies right after the page's write commits")
+
+        with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="the process dies"):
+            patch.setattr("syncd.ops.quarantine._settle", killed)
+            site.replay()
+        assert set(site.rows()) == {copy["row_key"]}
+        assert site.entries() == {}, "the writer removes the entry it finds by key"
+        result = site.replay()
+        assert (result.examined, result.inserted, result.updated, result.still_failing) == (0, 0, 0, 0)
+        assert site.entries() == {} and site.rows()[copy["row_key"]]["household_size"] == BAD
     finally:
         site.close()
 

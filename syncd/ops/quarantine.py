@@ -21,7 +21,9 @@ new reason. Entries are replayed oldest first, and of several entries of one key
 (older ones are superseded, and removed); an entry stored under an older hashing whose record is
 also stored under its hash now is a copy of that entry: the entries of one record first share
 what they hold (row key, stored masked/hashed values), then the one that maps (else whose key is
-known, else the one under the hash) stands and the others are superseded too. An entry stored
+known, else the one under the hash) stands and the others are superseded too; the one that stands
+is stored with what it was given (under its hash) in the transaction that removes the others,
+before any page is written, so a replay stopped later loses nothing the removed copies held. An entry stored
 without ``row_key`` (by an older syncd, or its key columns could not be mapped) is also superseded
 when the change feed shows a write of its key after it was last seen; and it is not replayed at
 all once the feed may have lost such a write: when the dataset's feed was pruned (``syncd changes
@@ -193,9 +195,9 @@ def replay_quarantine(
         result.superseded = len(stale)
         if lock is not None:
             lock.check(force=True)
-        _forget(store, dataset.name, [entry.digest for entry in stale])
         gone = {id(entry) for entry in stale}
         left = [entry for entry in entries if id(entry) not in gone]
+        _forget(store, dataset.name, stale, [entry for entry in left if entry.carried])
         held = _unverifiable(app, store, dataset.name, left, result)
         if held:
             gone = {id(entry) for entry in held}
@@ -259,9 +261,11 @@ def _copies(entries: list[_Entry], replay: ReplayMapping, writer: BatchWriter) -
 
     An older syncd may have stored what replay needs (the row key, the stored value of a hashed
     key) with the copy only, the entry under the hash having been stored when the column failed
-    before its hash: the entries first share what they hold (:func:`_share`), so removing one
-    loses nothing. Kept is the one that maps now, else whose key is known, else the one under
-    the current hash, else the newest; its own reason and sightings stand."""
+    before its hash: the entries first share what they hold (:func:`_share`), and the one kept is
+    stored with it in the transaction that removes the others (:func:`_forget`), so removing one
+    loses nothing, even when the replay stops before the kept one is written or settled. Kept is
+    the one that maps now, else whose key is known, else the one under the current hash, else
+    the newest; its own reason and sightings stand."""
     groups: dict[str, list[_Entry]] = {}
     for entry in entries:
         groups.setdefault(entry.current, []).append(entry)
@@ -290,8 +294,8 @@ def _share(group: list[_Entry], replay: ReplayMapping, writer: BatchWriter) -> N
     the stored values of the masked/hashed columns (the same redacted raw, so computed from the
     same clear record; the entry under the current hash, then the newest, preferred), an entry
     that did not map mapped again with them; and the row key, when the entries stored one and
-    the entry's key is unknown or that one. An entry given something is ``carried``: stored again
-    even when it still fails with the reason it had."""
+    the entry's key is unknown or that one. An entry given something is ``carried``: stored with
+    it in the transaction that removes its copies (:func:`_forget`), before any page is written."""
     preferred = sorted(
         enumerate(group), key=lambda item: (item[1].digest == item[1].current, item[0]), reverse=True
     )
@@ -483,11 +487,31 @@ def _settle(store: StateStore, dataset: str, failing: list[dict[str, Any]], land
         raise TargetError(f"updating quarantine entries of dataset {dataset} failed: {exc}") from exc
 
 
-def _forget(store: StateStore, dataset: str, hashes: list[str]) -> None:
+def _forget(store: StateStore, dataset: str, stale: list[_Entry], carried: list[_Entry]) -> None:
+    """In one transaction: remove the ``stale`` entries and store on each ``carried`` entry (the one
+    of its record that stands, :func:`_copies`) what it was given by the removed copies (its row key,
+    its masked/hashed values), moving it to its current raw hash when stored under an older one.
+    Done before any page is written: a replay stopped later (run lock lost, a failed batch, Ctrl-C,
+    a crash between a page's write and :func:`_settle`) leaves an entry that holds all its record's
+    removed copies held, so the next replay lands it, and the writer, given its row key, removes it
+    when it writes the row. The carried entries are then as stored (``carried`` reset)."""
     q = store.tables.quarantine
     try:
         with write_engine(store.engine).begin() as conn:
-            for part in chunked(hashes, 500):
+            for part in chunked([entry.digest for entry in stale], 500):
                 conn.execute(sa.delete(q).where(q.c.dataset == dataset, q.c.raw_hash.in_(list(part))))
+            for entry in carried:  # no other entry holds its current hash: its copies are gone
+                conn.execute(
+                    sa.update(q)
+                    .where(q.c.dataset == dataset, q.c.raw_hash == entry.digest)
+                    .values(
+                        raw_hash=entry.current,
+                        row_key=entry.row_key,
+                        protected=None if entry.protected is None else json_text(entry.protected),
+                    )
+                )
     except sa.exc.SQLAlchemyError as exc:
-        raise TargetError(f"removing replayed quarantine entries of dataset {dataset} failed: {exc}") from exc
+        raise TargetError(f"updating quarantine entries of dataset {dataset} failed: {exc}") from exc
+    for entry in carried:
+        entry.digest = entry.current
+        entry.carried = False
