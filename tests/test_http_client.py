@@ -356,6 +356,10 @@ def test_401_refreshes_only_refreshable_auth(server: LoopbackServer) -> None:
     class Counting:
         refreshable = True
         refreshed = 0
+
+        def replaced(self) -> bool:
+            return False
+
         def accepted_at(self, endpoint: str) -> bool:
             return False
 

@@ -28,7 +28,11 @@ refresh merely adopts), refused on an endpoint that accepted one, is also taken 
 client warns and pauses (one backoff step with jitter) before refreshing it, and with both
 processes pausing one of them gets through each time. A refusal of a credential that another
 source of this process replaced meanwhile (datasets renewing a short-lived token in turn) is an
-ordinary expiry: no pause, no warning.
+ordinary expiry: no pause, no warning, no round. The client asks the scheme
+(:meth:`RequestAuth.replaced`) before it pauses, warns or counts a round, and goes on with the new
+credential at once. A read worker answers from the credential it holds, not asking the run's
+process (a round trip behind the pages in flight): one the run's process replaced meanwhile may
+still cost the worker one pause and the warning (conservative: never less protection).
 
 The endpoints that accepted a credential are remembered per credential and process
 (:meth:`RequestAuth.accepted_at`, kept with the credential's process-wide state), so a daemon's
@@ -116,6 +120,11 @@ class RequestAuth(Protocol):
     def refresh(self) -> bool:
         """Fetch a new credential; True when this call fetched one, False when another source of
         the process had replaced the refused credential already (the new one is used as it is)."""
+        ...
+
+    def replaced(self) -> bool:
+        """Whether the credential the last request used (the one just refused) was replaced in this
+        process meanwhile (another source renewed it): then :meth:`refresh` merely adopts the new one."""
         ...
 
     def accepted_at(self, endpoint: str) -> bool:
@@ -258,14 +267,15 @@ class HttpClient:
                     code=first.code,
                     status=first.status,
                 ) from None
-            if self._refreshed_recently() and auth.accepted_at(endpoint):
+            if self._refreshed_recently() and auth.accepted_at(endpoint) and not auth.replaced():
                 # a credential this client fetched moments ago (_refreshed_at is set only when its
-                # refresh fetched one: a credential another dataset of the process renewed while this
-                # request was in flight is no revocation), accepted here, refused already: most
-                # likely another process with this app_key revoked it and is reading with its own
-                # right now. Refreshing at once would revoke that one before its request lands, and
-                # the other would refresh at once too: whoever waits never gets a request through.
-                # Both pausing first (with jitter) lets one of the two through each time.
+                # refresh fetched one), accepted here, refused already, and still the one the process
+                # holds (one another dataset of the process renewed while this request was in flight
+                # is no revocation: refresh adopts it, no pause): most likely another process with
+                # this app_key revoked it and is reading with its own right now. Refreshing at once
+                # would revoke that one before its request lands, and the other would refresh at once
+                # too: whoever waits never gets a request through. Both pausing first (with jitter)
+                # lets one of the two through each time.
                 self._warn_revoked(call, first)
                 self._pause_revoked(1, self._deadline)
             log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=first.code)
@@ -280,11 +290,19 @@ class HttpClient:
                 waited = time.monotonic() - since
                 # revoked by another process only where a credential worked before: an endpoint
                 # refusing every one (not approved for the app_key, a code that is no expiry) is not
-                if not auth.accepted_at(endpoint) or revoked >= rounds or waited >= self._deadline:
+                if not auth.accepted_at(endpoint) or waited >= self._deadline:
+                    raise self._refused_again(again, revoked) from None
+                code = again.code
+                if auth.replaced():
+                    # another dataset of the process renewed it meanwhile: an ordinary expiry, no
+                    # round; the new one at once (bounded by the deadline, each one a renewal)
+                    log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=code)
+                    self._refresh(auth)
+                    continue
+                if revoked >= rounds:
                     raise self._refused_again(again, revoked) from None
                 revoked += 1
                 self._warn_revoked(call, again)
-                code = again.code
             self._pause_revoked(revoked, self._deadline - waited)
             log.info("http.auth_refresh", connection=self.name, url=call.shown_url, code=code, again=revoked)
             self._refresh(auth)

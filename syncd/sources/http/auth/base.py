@@ -114,6 +114,14 @@ class AuthScheme(ABC, Generic[C]):
         the process had replaced it already (or the scheme has none to fetch)."""
         return False
 
+    def replaced(self) -> bool:
+        """Whether the credential the last request used (the one the gateway just refused) was
+        replaced in this process meanwhile (another source renewed it): :meth:`refresh` would adopt
+        the new one without fetching, so the refusal is an ordinary expiry, no revocation. Asked
+        before the client pauses for a revoked credential. A read worker answers from what it holds
+        (not asking the run's process): see :mod:`syncd.sources.http.client`."""
+        return False
+
     def accepted_at(self, endpoint: str) -> bool:
         """Whether a request to ``endpoint`` (:func:`~syncd.sources.http.client.endpoint_id`) with this
         scheme's credential

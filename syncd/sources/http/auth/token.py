@@ -107,6 +107,11 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
                 return False  # another source already replaced the token we were refused with
             return self._obtain_locked()[1]
 
+    def replaced(self) -> bool:
+        state = self._state
+        with state.lock:
+            return state.token is not None and state.token != self._used
+
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state
         with state.lock:

@@ -113,6 +113,11 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
                 return False  # another source renewed it already
             return self._obtain_locked()
 
+    def replaced(self) -> bool:
+        state = self._state
+        with state.lock:
+            return state.request is not None and state.request != self._used
+
     def renew_for_delegate(self, held: str | None) -> CredentialState | None:
         state = self._state
         with state.lock:
@@ -263,6 +268,9 @@ class _RenewalSignature:
         params["sign"] = hashlib.md5(text, usedforsecurity=False).hexdigest()  # the gateway protocol's
 
     def refresh(self) -> bool:  # pragma: no cover - not refreshable: the client never calls it
+        return False
+
+    def replaced(self) -> bool:  # pragma: no cover - not refreshable: never asked
         return False
 
     def accepted_at(self, endpoint: str) -> bool:  # pragma: no cover - not refreshable: never asked
