@@ -639,6 +639,63 @@ def test_short_lived_tokens_renewed_by_another_dataset_are_no_revocation(
     assert gateway.issued == 1 + 2  # A's two renewals, nothing re-issued after a pause
 
 
+def test_a_token_replaced_in_the_process_after_an_own_recent_fetch_is_no_revocation(
+    server: LoopbackServer,
+) -> None:
+    """B fetched the token itself moments ago (an ordinary expiry); then dataset A renews the shared
+    token while B's request is in flight. The refused token was replaced in this process already:
+    B goes on with A's at once. No pause (during which A's token came due and B fetched another,
+    revoking A's), no warning that another process uses the app_key."""
+    gateway = OneTokenGateway(server, ttl=1.0)
+    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
+    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+
+    def a_renews() -> None:
+        time.sleep(0.55)  # the token is due: dataset A's next request renews it
+        call(a, path="/api/a")
+
+    with a[0], b[0], capture_logs() as logs:
+        call(a, path="/api/a")
+        call(b, path="/api/b")  # both endpoints accepted the token
+        gateway.valid.clear()  # the gateway drops it (a restart): B's next request fetches one
+        assert call(b, path="/api/b").records == [{"id": 1}]
+        assert b[0]._refreshed_at is not None  # B's own refresh fetched it: a pause would be armed
+        gateway.race = a_renews
+        assert call(b, path="/api/b").records == [{"id": 1}]
+    assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+    assert gateway.issued == 1 + 1 + 1  # A's first, B's after the drop, A's renewal: nothing re-issued
+
+
+def test_a_token_replaced_in_the_process_during_the_retry_is_no_revoked_round(server: LoopbackServer) -> None:
+    """The same check in the retry after a refresh: B's token is refused (an ordinary expiry), B
+    fetches a new one, and dataset A renews it while B's retry is in flight. That second refusal is
+    of a token the process replaced already: B goes on with A's at once, without counting a
+    revoked round, pausing or warning."""
+    gateway = OneTokenGateway(server, ttl=1.0)
+    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
+    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+
+    def a_renews() -> None:
+        time.sleep(0.55)  # B's fresh token is due: dataset A's next request renews it
+        call(a, path="/api/a")
+
+    def on_the_retry() -> None:
+        gateway.race = a_renews  # not on B's first request: on its retry after the refresh
+
+    with a[0], b[0], capture_logs() as logs:
+        call(a, path="/api/a")
+        call(b, path="/api/b")  # both endpoints accepted the token
+        gateway.valid.clear()  # the gateway drops it: B's next request is refused and B fetches one
+        gateway.race = on_the_retry
+        assert call(b, path="/api/b").records == [{"id": 1}]
+    assert not [e for e in logs if e["event"] == "auth.token_revoked_early"]
+    refreshes = [e for e in logs if e["event"] == "http.auth_refresh"]
+    assert len(refreshes) == 2 and not [e for e in refreshes if e.get("again")]
+    assert gateway.issued == 1 + 1 + 1  # A's first, B's after the drop, A's renewal: nothing re-issued
+
+
 def test_the_read_worker_knows_the_endpoints_that_accepted_the_credential(server: LoopbackServer) -> None:
     """The read worker adopts the run process's credential with the endpoints it was accepted at:
     a token revoked right after issue on the worker's first page of a dataset the run's process
