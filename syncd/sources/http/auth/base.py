@@ -177,6 +177,29 @@ class SharedCredential:
     def note_accepted(self, endpoint: str) -> None:
         self._state.accepted.add(endpoint)  # one per dataset path: a few, kept for the process's life
 
+    _used: str | None  # the credential this scheme's last request went out with
+
+    def replaced(self) -> bool:
+        """Whether the credential of the last request was replaced in this process meanwhile."""
+        with self._state.lock:
+            return self._replaced_locked()
+
+    def _replaced_locked(self) -> bool:
+        issued = self._issued_locked()
+        return issued is not None and issued != self._used
+
+    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+        """:meth:`AuthScheme.renew_for_delegate`: ``renewed`` when the worker held this process's
+        current credential (the scheme's ``_renew_delegate_locked`` then fetches a new one)."""
+        with self._state.lock:
+            issued = self._issued_locked()
+            renewed = issued is not None and fingerprint(issued) == held
+            self._renew_delegate_locked(renewed)
+            exported = self._export_locked()
+            if exported is not None:
+                exported["renewed"] = renewed
+            return exported
+
     def export_state(self) -> CredentialState | None:
         with self._state.lock:
             exported = self._export_locked()
@@ -189,6 +212,15 @@ class SharedCredential:
             with self._state.lock:
                 self._adopt_locked(state)
                 self._state.accepted.update(state.get("accepted", ()))
+
+    def _issued_locked(self) -> str | None:
+        """The credential this process holds now (None: none yet)."""
+        raise NotImplementedError
+
+    def _renew_delegate_locked(self, renewed: bool) -> None:
+        """Fetch a new credential for a read worker when this process holds none, its own is due,
+        or ``renewed`` (the worker's refused one is this process's current one)."""
+        raise NotImplementedError
 
     def _export_locked(self) -> CredentialState | None:
         raise NotImplementedError

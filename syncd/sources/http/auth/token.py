@@ -103,26 +103,17 @@ class TokenScheme(SharedCredential, AuthScheme[TokenAuth]):
     def refresh(self) -> bool:
         state = self._state
         with state.lock:
-            if state.token is not None and state.token != self._used:
+            if self._replaced_locked():
                 return False  # another source already replaced the token we were refused with
             return self._obtain_locked()[1]
 
-    def replaced(self) -> bool:
-        state = self._state
-        with state.lock:
-            return state.token is not None and state.token != self._used
+    def _issued_locked(self) -> str | None:
+        return self._state.token
 
-    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+    def _renew_delegate_locked(self, renewed: bool) -> None:
         state = self._state
-        with state.lock:
-            token = state.token
-            renewed = token is not None and fingerprint(token) == held
-            if token is None or time.monotonic() >= state.refresh_at or renewed:
-                self._fetch_locked()
-            exported = self._export_locked()
-            if exported is not None:
-                exported["renewed"] = renewed
-            return exported
+        if state.token is None or time.monotonic() >= state.refresh_at or renewed:
+            self._fetch_locked()
 
     # ------------------------------------------------------------------ internals
 

@@ -109,28 +109,19 @@ class TwoTierSecretScheme(SharedCredential, AuthScheme[TwoTierSecretAuth]):
     def refresh(self) -> bool:
         state = self._state
         with state.lock:
-            if state.request is not None and state.request != self._used:
+            if self._replaced_locked():
                 return False  # another source renewed it already
             return self._obtain_locked()
 
-    def replaced(self) -> bool:
-        state = self._state
-        with state.lock:
-            return state.request is not None and state.request != self._used
+    def _issued_locked(self) -> str | None:
+        return self._state.request
 
-    def renew_for_delegate(self, held: str | None) -> CredentialState | None:
+    def _renew_delegate_locked(self, renewed: bool) -> None:
         state = self._state
-        with state.lock:
-            request = state.request
-            renewed = request is not None and fingerprint(request) == held
-            if request is None:
-                self._by_key_locked()
-            elif time.time() >= state.request_renew_at or renewed:
-                self._renew_locked()
-            exported = self._export_locked()
-            if exported is not None:
-                exported["renewed"] = renewed
-            return exported
+        if state.request is None:
+            self._by_key_locked()
+        elif time.time() >= state.request_renew_at or renewed:
+            self._renew_locked()
 
     # ------------------------------------------------------------------ internals
 
