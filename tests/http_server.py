@@ -35,6 +35,7 @@ __all__ = [
     "LoopbackServer",
     "Recorded",
     "Reply",
+    "ScriptedResidents",
     "app_config",
     "connection",
     "dataset_config",
@@ -253,6 +254,25 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ScriptedResidents:
+    """A loopback gateway in the demo dataset's wire format (token auth, ``/api/residents/query``
+    paged by ``pageNo``) serving the pages a test sets, whatever the window asked for."""
+
+    def __init__(self) -> None:
+        self.server = LoopbackServer().start()
+        self.pages: list[list[dict[str, Any]]] = []
+        self.server.route(
+            "/auth/token",
+            lambda _r: Reply(json={"code": "0", "data": {"accessToken": "t", "expiresIn": 7200}}),
+        )
+        self.server.route("/api/residents/query", self._page)
+
+    def _page(self, request: Recorded) -> Reply:
+        number = int(request.query.get("pageNo", "1"))
+        page = self.pages[number - 1] if number <= len(self.pages) else []
+        return envelope(page, total=sum(len(p) for p in self.pages))
 
 
 def serve() -> Iterator[LoopbackServer]:

@@ -32,7 +32,7 @@ from syncd.runner import run_dataset
 from syncd.targets import StateStore, create_target_engine
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e import SECRET, SECRET_ENV, write_config
-from tests.http_server import LoopbackServer, Recorded, Reply, envelope
+from tests.http_server import ScriptedResidents
 
 SQLISH = [
     "'; DROP TABLE resident_info; --",
@@ -108,22 +108,7 @@ def build_pages(plan: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, A
     return [records[i : i + PAGE] for i in range(0, len(records), PAGE)]
 
 
-class Upstream:
-    """A loopback gateway serving scripted pages in the demo dataset's wire format."""
-
-    def __init__(self) -> None:
-        self.server = LoopbackServer().start()
-        self.pages: list[list[dict[str, Any]]] = []
-        self.server.route(
-            "/auth/token",
-            lambda _r: Reply(json={"code": "0", "data": {"accessToken": "t", "expiresIn": 7200}}),
-        )
-        self.server.route("/api/residents/query", self._page)
-
-    def _page(self, request: Recorded) -> Reply:
-        number = int(request.query.get("pageNo", "1"))
-        page = self.pages[number - 1] if number <= len(self.pages) else []
-        return envelope(page, total=sum(len(p) for p in self.pages))
+Upstream = ScriptedResidents
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from tests.e2e import (
     target_rows,
     write_config,
 )
-from tests.http_server import LoopbackServer, Recorded, Reply, envelope
+from tests.http_server import ScriptedResidents
 
 HOUSEHOLD = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
 STRICT = HOUSEHOLD + "    validators: [{range: {max: 3}}]\n"
@@ -61,22 +61,8 @@ CHECKED_PHONE = (
 )
 
 
-class Upstream:
+class Upstream(ScriptedResidents):
     """A loopback gateway serving the pages the test sets, whatever the window asked for."""
-
-    def __init__(self) -> None:
-        self.server = LoopbackServer().start()
-        self.pages: list[list[dict[str, Any]]] = []
-        self.server.route(
-            "/auth/token",
-            lambda _r: Reply(json={"code": "0", "data": {"accessToken": "t", "expiresIn": 7200}}),
-        )
-        self.server.route("/api/residents/query", self._page)
-
-    def _page(self, request: Recorded) -> Reply:
-        number = int(request.query.get("pageNo", "1"))
-        page = self.pages[number - 1] if number <= len(self.pages) else []
-        return envelope(page, total=sum(len(p) for p in self.pages))
 
     def serve(self, *records: dict[str, Any], page_size: int = 100) -> None:
         listed = list(records)
