@@ -58,6 +58,15 @@ class Syncer:
         self.engine.dispose()
 
 
+def sync_once(config: Path, **kw: Any) -> RunResult:
+    """One run of the residents dataset with a fresh configuration load and engine."""
+    syncer = Syncer(config)
+    try:
+        return syncer.run(**kw)
+    finally:
+        syncer.close()
+
+
 @contextmanager
 def demo_gateway(monkeypatch: pytest.MonkeyPatch, *, records: int, seed: int) -> Iterator[Gateway]:
     """A started simulated gateway whose app secret the configs of :func:`write_config` read."""

@@ -19,6 +19,7 @@ from tests.e2e import (
     change_log,
     demo_gateway,
     read_whole_with_snapshot_deletes,
+    sync_once,
     syncd_cli,
     target_rows,
     write_config,
@@ -54,21 +55,13 @@ def synced_once(
     cfg = write_config(root, db_url=db_url, gateway_url=gateway.url, replace=[(KEY_COLUMN, key)])
     if snapshot:
         read_whole_with_snapshot_deletes(root, max_ratio=1.0)
-    s = Syncer(cfg)
-    try:
-        first = s.run()
-    finally:
-        s.close()
+    first = sync_once(cfg)
     assert first.ok and first.counts.inserted == RECORDS, first.error
     return cfg
 
 
 def run_once(cfg: Path) -> tuple[str, str | None, int]:
-    s = Syncer(cfg)
-    try:
-        result = s.run()
-    finally:
-        s.close()
+    result = sync_once(cfg)
     return result.status, result.error, result.counts.inserted
 
 

@@ -30,7 +30,7 @@ from syncd.config import load_config
 from syncd.errors import UpstreamError
 from syncd.gateway import FaultPlan, Gateway
 from syncd.logs import configure_logging
-from syncd.runner import Backfill, RunResult, run_dataset
+from syncd.runner import Backfill
 from syncd.sources.base import Window
 from syncd.sources.worker import (
     PIPE_BYTES,
@@ -42,8 +42,14 @@ from syncd.sources.worker import (
     _encode_rows,
     _rebuild,
 )
-from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, demo_gateway, read_whole_with_snapshot_deletes, write_config
+from tests.e2e import (
+    SECRET,
+    SECRET_ENV,
+    demo_gateway,
+    read_whole_with_snapshot_deletes,
+    sync_once,
+    write_config,
+)
 
 RECORDS = 600
 
@@ -65,15 +71,6 @@ def _worker_config(root: Path, db_url: str, gateway_url: str, mode: str, prefix:
         text.replace(f"  url: {db_url}\n", f"  url: {db_url}\n  table_prefix: {prefix}\n", 1), "utf-8"
     )
     return cfg
-
-
-def _sync(cfg: Path, **kw: Any) -> RunResult:
-    app = load_config(cfg)
-    engine = create_target_engine(app.target.url.get_secret_value())
-    try:
-        return run_dataset(app, app.datasets["residents"], StateStore(engine, app.target.table_prefix), **kw)
-    finally:
-        engine.dispose()
 
 
 def _json_log() -> io.StringIO:
@@ -162,7 +159,7 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
 
     log = _json_log()
     asked_before = len(gateway.request_log)
-    first = _sync(worker_cfg)
+    first = sync_once(worker_cfg)
     assert first.ok, first.error
     assert first.counts.fetched == first.counts.reported_total == RECORDS + 30  # every record once
     # every page requested once: this process reads no page ahead while the worker may take over
@@ -176,7 +173,7 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     assert first.worker_peak_rss_bytes is not None and 20 * 2**20 < first.worker_peak_rss_bytes < 1024 * 2**20
     done = [e for e in _events(log) if e["event"] == "sync.read_worker_done"]
     assert [e["peak_rss_mb"] for e in done] == [round(first.worker_peak_rss_bytes / 2**20, 1)]
-    reference_first = _sync(inproc_cfg)
+    reference_first = sync_once(inproc_cfg)
     assert reference_first.ok and reference_first.worker_peak_rss_bytes is None
     assert [e["event"] for e in _events(log)].count("sync.read_worker") == 1  # "never": in-process
     assert first.counts.quarantined > 0 and first.counts.inserted > 0
@@ -184,9 +181,9 @@ def test_worker_writes_exactly_what_the_run_itself_writes(
     gateway.store.churn(120, random.Random(4))  # updates, logical deletes, new records
     always = worker_cfg.read_text(encoding="utf-8").replace("read_worker: auto", "read_worker: always")
     worker_cfg.write_text(always, encoding="utf-8")
-    second = _sync(worker_cfg, backfill=Backfill(full=True))  # every record read, most unchanged
+    second = sync_once(worker_cfg, backfill=Backfill(full=True))  # every record read, most unchanged
     assert second.ok, second.error
-    again = _sync(inproc_cfg, backfill=Backfill(full=True))
+    again = sync_once(inproc_cfg, backfill=Backfill(full=True))
     assert again.ok
     assert (second.counts.inserted, second.counts.updated, second.counts.deleted) == (
         again.counts.inserted,
@@ -224,7 +221,7 @@ def test_a_worker_that_fails_while_starting_leaves_the_read_in_the_run(
     else:
         monkeypatch.setattr(subprocess, "Popen", no_process)
     log = _json_log()
-    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    result = sync_once(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
     assert result.ok, result.error
     assert result.counts.fetched == result.counts.reported_total == RECORDS
     assert result.counts.inserted + result.counts.quarantined + result.counts.deleted == RECORDS
@@ -244,7 +241,7 @@ def test_a_worker_not_ready_before_the_read_ends_is_ended(
     monkeypatch.setattr("syncd.runner.WORKER_MIN_RECORDS", RECORDS // 2)
     monkeypatch.setattr(ReadWorker, "wait_ready", lambda self, timeout=0.0: False)
     log = _json_log()
-    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    result = sync_once(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
     assert result.ok, result.error
     assert result.counts.fetched == RECORDS and result.worker_peak_rss_bytes is None
     events = _events(log)
@@ -255,7 +252,7 @@ def test_a_worker_not_ready_before_the_read_ends_is_ended(
 def test_worker_log_events_carry_the_run_fields(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
     gateway.faults.fail_next("busy")  # the worker's first data request: it retries, and logs it
     log = _json_log()
-    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
+    result = sync_once(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
     assert result.ok, result.error
     events = _events(log)
     retry = [e for e in events if e["event"] == "http.retry"]
@@ -274,7 +271,7 @@ def test_upstream_error_in_the_worker_fails_the_run_with_the_same_error(
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, "a-wrong-secret")
     log = _json_log()
-    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
+    result = sync_once(_worker_config(tmp_path, sqlite_url, gateway.url, "always"))
     assert result.status == "failed"
     events = _events(log)
     failed = [e for e in events if e["event"] == "sync.failed"]
@@ -291,7 +288,7 @@ def test_stop_request_ends_the_worker(
         gw.latency = 0.05
         log = _json_log()
         pages: list[int] = []
-        result = _sync(
+        result = sync_once(
             _worker_config(tmp_path, sqlite_url, gw.url, "always"),
             should_stop=lambda: len(pages) >= 3,
             on_progress=lambda p: pages.append(p.pages),
@@ -311,7 +308,7 @@ def test_an_interrupted_run_counts_the_requests_it_sent(
         gw.latency = 0.02
         pages: list[int] = []
         before = len(gw.request_log)
-        result = _sync(
+        result = sync_once(
             _worker_config(tmp_path, sqlite_url, gw.url, mode),
             should_stop=lambda: len(pages) >= 3,
             on_progress=lambda p: pages.append(p.pages),
@@ -508,7 +505,7 @@ def test_dates_and_decimals_travel_as_text() -> None:
 def test_auto_reads_a_small_first_load_in_process(tmp_path: Path, gateway: Gateway, sqlite_url: str) -> None:
     """Below WORKER_MIN_RECORDS the worker's start would cost more than it saves."""
     log = _json_log()
-    result = _sync(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
+    result = sync_once(_worker_config(tmp_path, sqlite_url, gateway.url, "auto"))
     assert result.ok and result.counts.inserted > 0
     assert "sync.read_worker" not in [e["event"] for e in _events(log)]
 
@@ -562,7 +559,7 @@ def test_a_worker_killed_by_the_stop_itself_leaves_the_run_interrupted(
     monkeypatch.setattr("syncd.runner.ReadWorker", SignalledAtStart)
     with demo_gateway(monkeypatch, records=300, seed=3) as gw:
         cfg = _worker_config(tmp_path, sqlite_url, gw.url, "always")
-        result = _sync(cfg, should_stop=lambda: stop["now"])
+        result = sync_once(cfg, should_stop=lambda: stop["now"])
     assert result.status == "interrupted", (result.status, result.error)
 
 
@@ -627,7 +624,7 @@ def test_a_total_that_changed_in_the_worker_makes_the_run_read_again(
     as a read in the run's own process does (tests/test_snapshot.py)."""
     cfg = _worker_config(tmp_path, db_url, gateway.url, "always")
     read_whole_with_snapshot_deletes(tmp_path)
-    assert _sync(cfg).ok
+    assert sync_once(cfg).ok
     gone = gateway.store.ids()[-1]
     gateway.store.hard_delete([gone])
     # page 1 says 7 fewer than the others: every record arrives (more than the first total), and
@@ -635,7 +632,7 @@ def test_a_total_that_changed_in_the_worker_makes_the_run_read_again(
     gateway.faults = FaultPlan(drift=-7)
     gateway.faults.fail_next("total_drift")
     with capture_logs() as logs:
-        drifted = _sync(cfg)
+        drifted = sync_once(cfg)
     assert drifted.ok, drifted.error
     rereads = [e["event"] for e in logs if e["event"] in ("sync.reread", "sync.read_unstable")]
     assert rereads == ["sync.reread"]

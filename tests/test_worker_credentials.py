@@ -23,12 +23,11 @@ from structlog.testing import capture_logs
 from syncd.config import load_config
 from syncd.gateway import FaultPlan, Gateway
 from syncd.logs import configure_logging
-from syncd.runner import Backfill, RunResult, run_dataset
+from syncd.runner import Backfill, RunResult
 from syncd.sources import build_source
 from syncd.sources.base import Window
 from syncd.sources.worker import ReadWorker
-from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, read_whole_with_snapshot_deletes, write_config
+from tests.e2e import SECRET, SECRET_ENV, read_whole_with_snapshot_deletes, sync_once, write_config
 
 RECORDS = 600
 
@@ -66,15 +65,6 @@ def _config(root: Path, db_url: str, gateway_url: str, mode: str, *, two_tier: b
     return cfg
 
 
-def _sync(cfg: Path, **kw: Any) -> RunResult:
-    app = load_config(cfg)
-    engine = create_target_engine(app.target.url.get_secret_value())
-    try:
-        return run_dataset(app, app.datasets["residents"], StateStore(engine, app.target.table_prefix), **kw)
-    finally:
-        engine.dispose()
-
-
 def _rejected(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Requests the gateway refused for an expired credential (in either process: the worker's
     events reach the run's log when it logs at INFO)."""
@@ -100,12 +90,12 @@ def test_a_handed_over_read_keeps_the_run_processs_token(
     _hand_over_after_first_page(monkeypatch)
     cfg = _config(tmp_path, sqlite_url, gateway.url, "auto")
     with capture_logs() as logs:
-        first = _sync(cfg)
+        first = sync_once(cfg)
         assert first.ok, first.error
         assert first.counts.fetched == RECORDS
         assert [e for e in logs if e["event"] == "sync.read_worker_took_over"]
         assert gateway.credentials_issued["token"] == 1
-        again = _sync(cfg, backfill=Backfill(full=True))  # no worker: a re-sync reads in-process
+        again = sync_once(cfg, backfill=Backfill(full=True))  # no worker: a re-sync reads in-process
     assert again.ok, again.error
     assert gateway.credentials_issued["token"] == 1
     assert _rejected(logs) == []
@@ -121,7 +111,7 @@ def test_the_run_process_rereads_with_the_workers_token(
     gateway.faults = FaultPlan(drift=-7)
     gateway.faults.fail_next("total_drift")
     with capture_logs() as logs:
-        result = _sync(cfg)
+        result = sync_once(cfg)
     assert result.ok, result.error
     assert [e["event"] for e in logs if e["event"] == "sync.reread"] == ["sync.reread"]
     assert gateway.credentials_issued["token"] == 1
@@ -156,7 +146,7 @@ def test_concurrent_runs_through_workers_share_one_credential(
 
         def run(i: int) -> None:
             start.wait()
-            results[i] = _sync(cfgs[i])
+            results[i] = sync_once(cfgs[i])
 
         with capture_logs() as logs:
             threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -210,11 +200,11 @@ def test_a_token_refused_in_the_worker_is_renewed_by_the_run_process(
     cfg = _config(tmp_path, sqlite_url, gateway.url, "always")
     gateway.faults.fail_next("token_expire")  # the worker's first data request: 40101, token revoked
     with capture_logs() as logs:
-        first = _sync(cfg)
+        first = sync_once(cfg)
         assert first.ok, first.error
         assert gateway.credentials_issued["token"] == 2
         assert len(_rejected(logs)) == 1
-        again = _sync(cfg, backfill=Backfill(full=True))  # a re-sync: read in the run's process
+        again = sync_once(cfg, backfill=Backfill(full=True))  # a re-sync: read in the run's process
     assert again.ok, again.error
     assert gateway.credentials_issued["token"] == 2
     assert len(_rejected(logs)) == 1
@@ -242,7 +232,7 @@ def test_a_token_the_run_process_renews_reaches_the_worker_without_another(
 
         try:
             with capture_logs() as logs:
-                result = _sync(cfg, on_progress=renew_at_page_two)
+                result = sync_once(cfg, on_progress=renew_at_page_two)
         finally:
             other.close()
         issued = gw.credentials_issued["token"]
