@@ -210,27 +210,26 @@ def key_definition(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str
     return json.dumps(definition, sort_keys=True)
 
 
-def _table_of(definition: str) -> str | None:
-    """The target table a stored definition names (None: not known)."""
+def _parsed(stored: str | None) -> dict[str, Any] | None:
+    """A stored definition of this scheme as a dict; None when there is none, or it is of
+    another scheme (re-recorded, never refused)."""
+    if stored is None:
+        return None
     try:
-        found = json.loads(definition)
+        found = json.loads(stored)
     except ValueError:
         return None
-    table = found.get("table") if isinstance(found, dict) else None
-    return table if isinstance(table, str) else None
+    return found if isinstance(found, dict) and found.get("v") == SCHEME else None
 
 
-def _changed(stored: str, current: str, by_entry: Mapping[str, Mapping[str, str]]) -> list[str] | None:
+def _changed(
+    old: dict[str, Any], current: str, by_entry: Mapping[str, Mapping[str, str]]
+) -> list[str]:
     """What differs between two definitions, for the operator: ``target.key`` and/or the key
     columns whose definition changed; a code table compared by entry (``by_entry``, the current
     tables by place) differs only when :func:`_entries_kept` says so. Empty when nothing that
-    makes keys differs; None when the stored one is not a definition of this scheme."""
-    try:
-        old, new = json.loads(stored), json.loads(current)
-    except ValueError:
-        return None
-    if not isinstance(old, dict) or old.get("v") != new["v"]:
-        return None
+    makes keys differs (``old`` is the stored one, :func:`_parsed`)."""
+    new = json.loads(current)
     if old.get("key") != new["key"]:
         return ["target.key (the key columns)"]
     old_columns = old.get("columns") or {}
@@ -332,25 +331,20 @@ def check_key_definition(
     which writes nothing."""
     current = key_definition(dataset, code_tables)
     stored = store.key_definition(dataset.name)
+    old = _parsed(stored)
     name = dataset.name
     table = dataset.target.table
-    stored_table = _table_of(stored) if stored is not None else None
-    if (
-        (stored_table is None or store.same_table(stored_table, table) or not _same_scheme(stored or ""))
-        and not store.has_table(table)
-    ):  # a changed target.table is refused below (the table message)
+    old_table = old.get("table") if old is not None else None
+    old_table = old_table if isinstance(old_table, str) else None
+    if (old_table is None or store.same_table(old_table, table)) and not store.has_table(table):
+        # a changed target.table is refused below (the table message)
         keys = store.row_state_keys(name)
         if keys:
             raise _missing_table_refusal(dataset, keys, store.prefix)
     if stored == current:
         return
     renamed = respelled = False
-    if (
-        stored is not None
-        and _same_scheme(stored)  # another scheme is re-recorded
-        and (store.has_row_state(name) or store.get_watermark(name) is not None)
-    ):
-        old_table = _table_of(stored)
+    if old is not None and (store.has_row_state(name) or store.get_watermark(name) is not None):
         if old_table is not None and old_table != table:
             # only the letter case changed, in a database where that names the same table (SQLite;
             # MariaDB/MySQL with lower_case_table_names): the rows are where they were
@@ -361,16 +355,13 @@ def check_key_definition(
             if not (renamed or respelled):
                 raise _table_refusal(dataset, old_table, store)
         # what else differs: the key columns, or the entries of a code table (added ones pass)
-        changed = _changed(stored, current, _entry_tables(dataset, code_tables))
-        if changed is None or changed:
-            raise _refusal(dataset, changed or [], store.prefix)
+        changed = _changed(old, current, _entry_tables(dataset, code_tables))
+        if changed:
+            raise _refusal(dataset, changed, store.prefix)
     if record:
         store.record_key_definition(name, current)
         if renamed:
-            log.warning(
-                "state.table_renamed", dataset=name, old_table=_table_of(stored or ""),
-                table=dataset.target.table,
-            )
+            log.warning("state.table_renamed", dataset=name, old_table=old_table, table=table)
         else:
             log.info("state.key_definition_recorded", dataset=name, replaced=stored is not None)
 
@@ -393,11 +384,3 @@ def _missing_table_refusal(dataset: DatasetConfig, keys: int, table_prefix: str)
         f"it again (created again empty, it would only get the records that change upstream)"
     )
     return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.table", message))
-
-
-def _same_scheme(stored: str) -> bool:
-    try:
-        found = json.loads(stored)
-    except ValueError:
-        return False
-    return isinstance(found, dict) and found.get("v") == SCHEME
