@@ -142,19 +142,20 @@ def _dataset_files(
 
 
 def config_issue(
-    file: str, path: Path, message: str, *, unnamed: str = "the configuration file"
+    file: str, path: Path, message: str, *, unnamed: str = "the configuration file", on_key: bool = False
 ) -> ConfigIssue:
     """An issue with ``path`` of ``file`` found after the load (a source's probe of its front-end
     table, an auth scheme built for a run): the file is read again for the line ``path`` (or its
     nearest written ancestor) is on; line 0 when the file can no longer be read, and ``unnamed``
-    stands for the file when the configuration was not loaded from one (``file`` empty)."""
+    stands for the file when the configuration was not loaded from one (``file`` empty). ``on_key``:
+    the position of the key itself rather than of its value."""
     if not file:
         return ConfigIssue(unnamed, 0, 0, format_path(path), message)
     try:
         doc = parse_yaml(_read(FsPath(file)), file)
     except ConfigError:
         return ConfigIssue(file, 0, 0, format_path(path), message)
-    return doc.issue(path, message)
+    return doc.issue(path, message, on_key=on_key)
 
 
 def _load_dataset(file: FsPath, session: _Session) -> Loaded | None:

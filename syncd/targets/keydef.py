@@ -55,6 +55,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import SecretStr
 
+from syncd.config.loader import config_issue
 from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
 from syncd.config.positions import Position, parse_yaml
 from syncd.errors import ConfigIssue, SyncdError
@@ -242,21 +243,8 @@ def _changed(
     return [f"columns.{name}" for name in new["columns"] if name in changed]
 
 
-def _table_position(dataset: DatasetConfig) -> Position:
-    """Where ``target.table`` is written in the dataset's file (0:0 when not known)."""
-    if dataset.source_file:
-        try:
-            doc = parse_yaml(Path(dataset.source_file).read_text(encoding="utf-8-sig"), dataset.source_file)
-            return doc.position(("target", "table"), on_key=True)
-        except (OSError, UnicodeError, SyncdError):
-            pass
-    return Position(0, 0)
-
-
 def _table_refusal(dataset: DatasetConfig, old_table: str, store: KeyStore) -> KeyDefinitionChanged:
     """``target.table`` names another table than the one the dataset's rows were synced into."""
-    file = dataset.source_file or f"the file of dataset {dataset.name}"
-    at = _table_position(dataset)
     name, table, table_prefix = dataset.name, dataset.target.table, store.prefix
     rename = f"ALTER TABLE {store.quote(old_table)} RENAME TO {store.quote(table)}"
     message = (
@@ -268,7 +256,15 @@ def _table_refusal(dataset: DatasetConfig, old_table: str, store: KeyStore) -> K
         f"load {table} from scratch with `syncd reset {name} --yes` (forgets the row state and the "
         f"watermark; table {old_table} is left as it is)"
     )
-    return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.table", message))
+    return _table_issue(dataset, message)
+
+
+def _table_issue(dataset: DatasetConfig, message: str) -> KeyDefinitionChanged:
+    """A refusal at ``target.table`` of the dataset's file."""
+    unnamed = f"the file of dataset {dataset.name}"
+    path = ("target", "table")
+    issue = config_issue(dataset.source_file, path, message, unnamed=unnamed, on_key=True)
+    return KeyDefinitionChanged(issue)
 
 
 def _positions(file: str, changed: list[str]) -> tuple[Position, dict[str, int]]:
@@ -375,12 +371,10 @@ def _holds_the_rows(store: KeyStore, dataset: DatasetConfig) -> bool:
 
 def _missing_table_refusal(dataset: DatasetConfig, keys: int, table_prefix: str) -> KeyDefinitionChanged:
     """The target table does not exist, yet ``row_state`` remembers rows synced into it."""
-    file = dataset.source_file or f"the file of dataset {dataset.name}"
-    at = _table_position(dataset)
     name, table = dataset.name, dataset.target.table
     message = (
         f"dataset {name}: table {table} does not exist but {table_prefix}row_state remembers {keys} rows "
         f"synced into it: restore the table (or rename it back), or `syncd reset {name} --yes` to load "
         f"it again (created again empty, it would only get the records that change upstream)"
     )
-    return KeyDefinitionChanged(ConfigIssue(file, at.line, at.column, "target.table", message))
+    return _table_issue(dataset, message)
