@@ -248,6 +248,8 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
             f"ins {data['inserted']} upd {data['updated']} del {data['deleted']} "
             f"same {data['unchanged']} quar {data['quarantined']}"
         )
+        if data.get("worker_peak_rss_mb") is not None:  # the two peaks the RSS column adds up
+            detail += f"; RSS run {data['run_peak_rss_mb']:.0f} + worker {data['worker_peak_rss_mb']:.0f} MB"
         if data.get("error"):
             detail += f" error: {data['error'][:200]}"
     elif data.get("table_rows") is not None:  # dlt: what its table holds after the load

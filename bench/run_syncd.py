@@ -74,6 +74,10 @@ def main() -> int:
                 "unchanged": c.unchanged,
                 "quarantined": c.quarantined,
                 "peak_rss_mb": (peak_rss_bytes() + (result.worker_peak_rss_bytes or 0)) / 2**20,
+                "run_peak_rss_mb": peak_rss_bytes() / 2**20,
+                "worker_peak_rss_mb": (
+                    None if result.worker_peak_rss_bytes is None else result.worker_peak_rss_bytes / 2**20
+                ),
                 "disk_read_mb": read_mb,
             }
         ),
