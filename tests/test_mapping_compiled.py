@@ -654,3 +654,30 @@ def test_date_parsers_agree_with_strptime_on_real_dates(fmt: str) -> None:
         moment = start + timedelta(days=step * 0.97, microseconds=step * 7_919_000 % 86_400_000)
         text = moment.strftime(fmt)
         assert parse(text) == datetime.strptime(text, fmt), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0999-01-02",
+        "0001/01/01",
+        "1799年12月31日",
+        "2999年1月2日",
+        "9999年12月31日",
+        "2201-03-04",
+        "9999-12-31",
+    ],
+)
+@pytest.mark.parametrize("want", [date, datetime])
+def test_years_outside_the_lookup_tables_parse_like_strptime(text: str, want: type[date]) -> None:
+    # the fast tiers look years 1800-2200 and 9999 up in a table; others go on to int() or a slower tier
+    formats = ["%Y-%m-%d", "%Y/%m/%d", "%Y年%m月%d日"]
+    expected = next(p for f in formats if (p := _strptime_or_none(text, f)) is not None)
+    assert build_parser(formats, want)(text) == (expected.date() if want is date else expected)
+
+
+def _strptime_or_none(text: str, fmt: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, fmt)
+    except ValueError:
+        return None
