@@ -109,6 +109,18 @@ def test_sqlite_lock_places(tmp_path: Path) -> None:
     assert relative == Path.cwd() / "data" / "t.db.syncd-locks"
 
 
+def test_one_database_reached_by_two_paths_has_one_set_of_locks(tmp_path: Path) -> None:
+    # a daemon configured with /var/lib/syncd/target.db and a manual run with the linked-to path
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    direct = DatasetLocker(f"sqlite:///{tmp_path / 'data' / 'target.db'}")
+    linked = DatasetLocker(f"sqlite:///{tmp_path / 'link' / 'target.db'}")
+    with direct.hold("residents") as held:
+        assert held
+        with linked.hold("residents") as also:
+            assert not also
+
+
 def test_a_lock_that_cannot_be_taken_says_where_and_why(tmp_path: Path) -> None:
     (tmp_path / "target.db.syncd-locks").write_text("not a directory", encoding="utf-8")
     locker = DatasetLocker(f"sqlite:///{tmp_path / 'target.db'}")

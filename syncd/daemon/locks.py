@@ -148,7 +148,9 @@ def sqlite_lock_dir(url: sa.URL) -> Path | None:
             return None
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
         return None
-    path = Path(database).expanduser().absolute()  # relative: to the working directory, as SQLite's
+    # relative: to the working directory, as SQLite's; symbolic links resolved, so that processes
+    # reaching one database file by different paths (/var/lib/syncd -> /data/syncd) share its locks
+    path = Path(database).expanduser().resolve()
     return path.with_name(path.name + ".syncd-locks")
 
 
