@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +268,101 @@ def test_csv_rows_of_blanks_are_skipped_and_xlsx_rows_may_end_early(
     assert local_rows(store) == {
         "p1": ("张三", 10), "p2": ("李四", None), "x1": ("赵六", None), "x2": ("钱七", 8)
     }
+
+
+def _rewrite_xlsx_part(path: Path, part: str, edit: Callable[[bytes], bytes]) -> None:
+    """Rewrite one part of an XLSX (a zip of XML) as another exporter would have written it."""
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, edit(data) if item.filename == part else data)
+    tmp.replace(path)
+
+
+@pytest.mark.parametrize("ref", ["A1", "A1:B3"])
+def test_an_xlsx_with_a_wrong_dimension_is_read_whole(
+    tmp_path: Path, sqlite_url: str, store: StateStore, ref: str
+) -> None:
+    """openpyxl's read-only mode trusts <dimension ref>, which WPS writes as "A1": the sheet was read
+    as empty (or its rows and columns past the ref cut off) and the file moved to processed/."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["id", "name", "amount"])
+    for i in range(5):
+        sheet.append([f"x{i}", "张三", i])
+    book.save(drop / "a.xlsx")
+
+    def stale(xml: bytes) -> bytes:
+        edited = re.sub(rb'<dimension ref="[^"]*"\s*/>', f'<dimension ref="{ref}"/>'.encode(), xml)
+        assert edited != xml
+        return edited
+
+    _rewrite_xlsx_part(drop / "a.xlsx", "xl/worksheets/sheet1.xml", stale)
+    (drop / "a.xlsx.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.xlsx")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert local_rows(store) == {f"x{i}": ("张三", i) for i in range(5)}
+
+
+def test_xlsx_values_in_a_column_without_a_header_fail_the_file(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """Values past the header, or under an empty header cell, were dropped without a word (a CSV row
+    with more cells than the header fails its file); an empty spacer column is still fine."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["id", None, "name", "amount"])  # column B: an empty spacer
+    sheet.append(["x1", None, "赵六", 1])
+    sheet.append(["x2", "  ", "钱七", 2])
+    book.save(drop / "spacer.xlsx")
+    (drop / "spacer.xlsx.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.xlsx")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert local_rows(store) == {"x1": ("赵六", 1), "x2": ("钱七", 2)}
+
+    for name, row, says in (
+        ("past.xlsx", ["x3", None, "孙八", 3, "备注"], "cell E2 holds '备注' but column E has no name"),
+        ("under.xlsx", ["x3", "备注", "孙八", 3], "cell B2 holds '备注' but column B has no name"),
+    ):
+        book = Workbook()
+        sheet = book.active
+        assert sheet is not None
+        sheet.append(["id", None, "name", "amount"])
+        sheet.append(row)
+        book.save(drop / name)
+        (drop / (name + ".ok")).touch()
+        result = run_dataset(app, ds, store)
+        assert not result.ok and name in (result.error or "")
+        reason = (drop / "failed" / (name + ".reason.txt")).read_text(encoding="utf-8")
+        assert f"{says} in the header (row 1)" in reason
+    assert "x3" not in local_rows(store)
+
+
+def test_csv_values_under_an_empty_header_cell_fail_the_file(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """One empty header cell became a column named "" whose values were never mapped (two empty ones
+    failed as a repeated name); now an empty column reads, and a value in it fails the file."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text("id,,name,,amount\r\np1,,张三,,10\r\n", encoding="utf-8")
+    (drop / "a.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.csv")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    (drop / "b.csv").write_text("id,,name,,amount\r\np2,,李四,,20\r\np3,北京,王五,,30\r\n", encoding="utf-8")
+    (drop / "b.csv.ok").touch()
+    result = run_dataset(app, ds, store)
+    assert not result.ok
+    reason = (drop / "failed" / "b.csv.reason.txt").read_text(encoding="utf-8")
+    assert "row 3 has the value '北京' in column 2, which has no name in the header (row 1)" in reason
+    assert local_rows(store) == {"p1": ("张三", 10)}

@@ -6,7 +6,8 @@
   the check runs incremental decoders over 1 MiB blocks.
 * :func:`read_records` streams records: CSV rows as dicts of strings (header row and delimiter
   configurable), XLSX rows as dicts of cell values (openpyxl ``read_only``/``values_only``, so a
-  big sheet is never loaded whole), JSONL lines as dicts.
+  big sheet is never loaded whole), JSONL lines as dicts. A column without a name in the header
+  may only hold blanks: a value in it (or past the header's last column) fails the file.
 """
 
 from __future__ import annotations
@@ -125,13 +126,32 @@ def read_records(path: Path, cfg: FileSourceConfig, encoding: str | None) -> Ite
     return _xlsx(path, cfg)
 
 
-def _header(cells: list[Any], name: str) -> list[str]:
+def _header(cells: list[Any] | tuple[Any, ...], name: str) -> list[str]:
+    """The column names of the header row; a column without a name is "" (its cells must stay empty)."""
     names = [("" if c is None else str(c)).strip().lstrip("\ufeff") for c in cells]
     while names and not names[-1]:
         names.pop()
-    if not names or len(set(names)) != len(names):
+    given = [n for n in names if n]
+    if not given or len(set(given)) != len(given):
         raise FileProblem(f"the header row of {name} is empty or repeats a column name: {names!r}")
     return names
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _headless(header: list[str], cells: list[Any] | tuple[Any, ...]) -> int | None:
+    """The index of the first non-blank cell in a column without a name (empty or past the header)."""
+    for i, value in enumerate(cells):
+        if (i >= len(header) or not header[i]) and not _blank(value):
+            return i
+    return None
+
+
+def _record(header: list[str], cells: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """A row as a dict: every named column, None for cells the row does not have."""
+    return {h: cells[i] if i < len(cells) else None for i, h in enumerate(header) if h}
 
 
 def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str, Any]]:
@@ -143,7 +163,7 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
             if number < cfg.header_row:
                 continue
             if header is None:
-                header = _header(list(cells), path.name)
+                header = _header(cells, path.name)
                 width = len(header)
                 continue
             if not any(cells):
@@ -170,7 +190,14 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
                         f"needs all {width} cells (empty ones as {cfg.delimiter * 2!r}): fix the file and "
                         "drop it again"
                     )
-            yield dict(zip(header, cells, strict=False))
+            stray = _headless(header, cells)
+            if stray is not None:
+                raise FileProblem(
+                    f"{path.name} {_csv_row(number, reader.line_num)} has the value {cells[stray]!r} in "
+                    f"column {stray + 1}, which has no name in the header (row {cfg.header_row}): name the "
+                    "column or delete it, and drop the file again"
+                )
+            yield _record(header, cells)
         if header is None:
             raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
 
@@ -197,6 +224,7 @@ def _jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
 
 def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
     from openpyxl import load_workbook
+    from openpyxl.utils import get_column_letter
 
     try:
         book = load_workbook(path, read_only=True, data_only=True)
@@ -207,16 +235,28 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
             names = ", ".join(book.sheetnames)
             raise FileProblem(f"{path.name} has no sheet {cfg.sheet!r} (sheets: {names})")
         sheet = book[cfg.sheet] if cfg.sheet is not None else book.worksheets[0]
+        # read_only trusts the sheet's <dimension ref>, which some exporters write wrong (WPS writes
+        # "A1"): the rows past it, or the columns, would be silently left out. Without it rows are
+        # still streamed, each as long as its last cell
+        sheet.reset_dimensions()
         header: list[str] | None = None
         for number, cells in enumerate(sheet.iter_rows(values_only=True), start=1):
             if number < cfg.header_row:
                 continue
             if header is None:
-                header = _header(list(cells), path.name)
+                header = _header(cells, path.name)
                 continue
             if all(c is None for c in cells):
                 continue
-            yield dict(zip(header, cells, strict=False))
+            stray = _headless(header, cells)
+            if stray is not None:
+                column = get_column_letter(stray + 1)
+                raise FileProblem(
+                    f"{path.name} sheet {sheet.title!r} cell {column}{number} holds {cells[stray]!r} but "
+                    f"column {column} has no name in the header (row {cfg.header_row}): name the column "
+                    "or delete it, and drop the file again"
+                )
+            yield _record(header, cells)
         if header is None:
             raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
     finally:
