@@ -366,3 +366,73 @@ def test_csv_values_under_an_empty_header_cell_fail_the_file(
     reason = (drop / "failed" / "b.csv.reason.txt").read_text(encoding="utf-8")
     assert "row 3 has the value '北京' in column 2, which has no name in the header (row 1)" in reason
     assert local_rows(store) == {"p1": ("张三", 10)}
+
+
+_NS = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+_RELS = '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+_CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+
+
+def _excel_xlsx(path: Path, rows: list[tuple[str, str, int]], padding: int = 0) -> None:
+    """An XLSX as Excel and WPS write it: every text in xl/sharedStrings.xml (openpyxl writes none),
+    followed by ``padding`` bytes of further distinct strings (streamed into the zip)."""
+    strings = ["id", "name", "amount"]
+    head = "".join(f'<c r="{c}1" t="s"><v>{i}</v></c>' for i, c in enumerate("ABC"))
+    cells = [f'<row r="1">{head}</row>']
+    for r, (key, name, amount) in enumerate(rows, start=2):
+        strings += [key, name]
+        cells.append(f'<row r="{r}"><c r="A{r}" t="s"><v>{len(strings) - 2}</v></c>'
+                     f'<c r="B{r}" t="s"><v>{len(strings) - 1}</v></c><c r="C{r}"><v>{amount}</v></c></row>')
+    chunk = "".join(f"<si><t>居民{i:07d}号</t></si>" for i in range(1000)).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        z.writestr("[Content_Types].xml", (
+            '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+            'content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+            'relationships+xml"/><Default Extension="xml" ContentType="application/xml"/>'
+            f'<Override PartName="/xl/workbook.xml" ContentType="{_CT}.sheet.main+xml"/>'
+            f'<Override PartName="/xl/worksheets/sheet1.xml" ContentType="{_CT}.worksheet+xml"/>'
+            f'<Override PartName="/xl/sharedStrings.xml" ContentType="{_CT}.sharedStrings+xml"/></Types>'))
+        z.writestr("_rels/.rels", (
+            f'{_RELS}<Relationship Id="rId1" Type="{_REL}/officeDocument" Target="xl/workbook.xml"/>'
+            "</Relationships>"))
+        z.writestr("xl/workbook.xml", (
+            f'<workbook {_NS} xmlns:r="{_REL}"><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/>'
+            "</sheets></workbook>"))
+        z.writestr("xl/_rels/workbook.xml.rels", (
+            f'{_RELS}<Relationship Id="rId1" Type="{_REL}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{_REL}/sharedStrings" Target="sharedStrings.xml"/>'
+            "</Relationships>"))
+        z.writestr("xl/worksheets/sheet1.xml", (
+            f'<worksheet {_NS}><dimension ref="A1:C{len(rows) + 1}"/><sheetData>{"".join(cells)}'
+            "</sheetData></worksheet>"))
+        with z.open("xl/sharedStrings.xml", "w", force_zip64=True) as part:
+            part.write(f"<sst {_NS}>".encode() + "".join(f"<si><t>{t}</t></si>" for t in strings).encode())
+            for _ in range(-(-padding // len(chunk))):
+                part.write(chunk)
+            part.write(b"</sst>")
+
+
+def test_an_xlsx_with_shared_strings_too_big_to_load_fails_with_a_reason(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """openpyxl loads all of xl/sharedStrings.xml (every distinct text) before the first row: memory
+    grew with the file (DESIGN 4.5). Above XLSX_SHARED_STRINGS_LIMIT the file is refused, unread."""
+    from syncd.sources.files.readers import XLSX_SHARED_STRINGS_LIMIT
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _excel_xlsx(drop / "small.xlsx", [("x1", "张三", 1)], padding=1 << 20)
+    (drop / "small.xlsx.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.xlsx")
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert local_rows(store) == {"x1": ("张三", 1)}
+    _excel_xlsx(drop / "big.xlsx", [("x2", "李四", 2)], padding=XLSX_SHARED_STRINGS_LIMIT)
+    (drop / "big.xlsx.ok").touch()
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 0  # refused before a row of it was read
+    reason = (drop / "failed" / "big.xlsx.reason.txt").read_text(encoding="utf-8")
+    assert "MiB of shared strings (xl/sharedStrings.xml, uncompressed), over the 64 MiB" in reason
+    assert "Re-export the data as CSV" in reason
+    assert local_rows(store) == {"x1": ("张三", 1)}

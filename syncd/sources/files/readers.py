@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,22 @@ import orjson
 
 from syncd.config.model import FileSourceConfig
 
-__all__ = ["FALLBACK_ENCODINGS", "FileProblem", "Inspected", "file_format", "inspect_file", "read_records"]
+__all__ = [
+    "FALLBACK_ENCODINGS",
+    "XLSX_SHARED_STRINGS_LIMIT",
+    "FileProblem",
+    "Inspected",
+    "file_format",
+    "inspect_file",
+    "read_records",
+]
 
 FALLBACK_ENCODINGS = ("utf-8-sig", "utf-8", "gb18030")
 _BLOCK = 1 << 20
+XLSX_SHARED_STRINGS_LIMIT = 64 << 20
+"""Most uncompressed bytes of an XLSX's shared strings part (xl/sharedStrings.xml) syncd reads: that
+part holds every distinct text of the workbook and openpyxl loads it whole before the first row, so
+memory would grow with the file (DESIGN 4.5). Such a file is refused with a reason asking for CSV."""
 _UTF8_EVIDENCE = 16
 """Non-ASCII characters a file must have decoded as UTF-8 before its first invalid byte to count as
 damaged UTF-8 rather than GB18030: GBK text breaks UTF-8 at once (its characters rarely form valid
@@ -68,6 +81,8 @@ def _non_ascii(text: str) -> int:
 def inspect_file(path: Path, cfg: FileSourceConfig) -> Inspected:
     """Hash the file and choose its encoding in one pass over the bytes."""
     text = file_format(path, cfg) != "xlsx"
+    if not text:
+        _check_shared_strings(path)  # refused before anything of it is read: the run goes on
     candidates = (cfg.encoding,) if cfg.encoding else FALLBACK_ENCODINGS
     decoders = {n: codecs.getincrementaldecoder(n)(errors="strict") for n in candidates} if text else {}
     digest = hashlib.sha256()
@@ -226,6 +241,7 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
     from openpyxl import load_workbook
     from openpyxl.utils import get_column_letter
 
+    _check_shared_strings(path)
     try:
         book = load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a damaged file
@@ -261,3 +277,20 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
             raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
     finally:
         book.close()
+
+
+def _check_shared_strings(path: Path) -> None:
+    """Refuse a workbook whose shared strings part is too big to load (:data:`XLSX_SHARED_STRINGS_LIMIT`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = [i for i in archive.infolist() if i.filename.lower().endswith("sharedstrings.xml")]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise FileProblem(f"{path.name} is not a readable XLSX workbook: {exc}") from None
+    for part in parts:
+        if part.file_size > XLSX_SHARED_STRINGS_LIMIT:
+            raise FileProblem(
+                f"{path.name} holds {part.file_size >> 20} MiB of shared strings ({part.filename}, "
+                f"uncompressed), over the {XLSX_SHARED_STRINGS_LIMIT >> 20} MiB syncd reads: an XLSX keeps "
+                "every distinct text of the workbook in that one part, loaded whole before the first row. "
+                "Re-export the data as CSV (or split it into smaller workbooks) and drop it again"
+            )
