@@ -436,3 +436,45 @@ def test_an_xlsx_with_shared_strings_too_big_to_load_fails_with_a_reason(
     assert "MiB of shared strings (xl/sharedStrings.xml, uncompressed), over the 64 MiB" in reason
     assert "Re-export the data as CSV" in reason
     assert local_rows(store) == {"x1": ("张三", 1)}
+
+
+def test_a_gbk_file_with_utf8_rows_appended_fails_instead_of_garbling_them(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """UTF-8 rows after GBK ones: UTF-8 failed on the first row, the file read as GB18030, and every
+    UTF-8 row was written garbled (李四 as 鏉庡洓). GBK text that happens to be valid UTF-8 still reads
+    as GB18030: 女 (C5 AE) is a two-byte sequence, and forty rows of it before the first invalid byte
+    made the file count as damaged UTF-8; some three-character names are three-byte sequences."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    gbk = "id,name,amount\r\n" + "".join(f"p{i},张三,{i}\r\n" for i in range(3))
+    utf8 = "".join(f"q{i},李四,{i}\r\n" for i in range(50))  # appended by another exporter
+    (drop / "mixed.csv").write_bytes(gbk.encode("gbk") + utf8.encode("utf-8"))
+    (drop / "mixed.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.csv")
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 0
+    reason = (drop / "failed" / "mixed.csv.reason.txt").read_text(encoding="utf-8")
+    assert "mixes encodings" in reason and "from line 5 on its rows are UTF-8" in reason
+    assert local_rows(store) == {}
+
+    level1 = bytes(range(0xB0, 0xD8)), bytes(range(0xA1, 0xFF))  # GB2312 level-1 hanzi
+    chars = [bytes((a, b)).decode("gbk") for a in level1[0] for b in level1[1] if (a, b) < (0xD7, 0xFA)]
+    names = ["女" * 3] * 40 + [chars[i % len(chars)] + chars[i * 7 % len(chars)] + chars[i * 31 % len(chars)]
+                               for i in range(4000)]
+    text = "id,name,amount\r\n" + "".join(f"g{i},{n},{i % 100}\r\n" for i, n in enumerate(names))
+    assert sum(1 for n in names if _valid_utf8(n.encode("gbk"))) > 40  # the chance matches are there
+    (drop / "gbk.csv").write_bytes(text.encode("gbk"))
+    (drop / "gbk.csv.ok").touch()
+    app, ds = _app(sqlite_url, drop, pattern="*.csv", page_size=1000)
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == len(names), result.error
+    assert local_rows(store)["g0"] == ("女女女", 0)
+
+
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

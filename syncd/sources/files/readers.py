@@ -42,9 +42,10 @@ XLSX_SHARED_STRINGS_LIMIT = 64 << 20
 part holds every distinct text of the workbook and openpyxl loads it whole before the first row, so
 memory would grow with the file (DESIGN 4.5). Such a file is refused with a reason asking for CSV."""
 _UTF8_EVIDENCE = 16
-"""Non-ASCII characters a file must have decoded as UTF-8 before its first invalid byte to count as
+"""Chinese characters a file must have decoded as UTF-8 before its first invalid byte to count as
 damaged UTF-8 rather than GB18030: GBK text breaks UTF-8 at once (its characters rarely form valid
-UTF-8 sequences, so sixteen in a row before the first invalid one do not happen)."""
+three-byte UTF-8 sequences, so sixteen in a row before the first invalid one do not happen). Two-byte
+sequences do not count: many single GBK characters are one (女 is C5 AE, U+016E)."""
 
 
 class FileProblem(Exception):
@@ -72,10 +73,14 @@ def file_format(path: Path, cfg: FileSourceConfig) -> str:
                       "(csv, xlsx or jsonl)")
 
 
-def _non_ascii(text: str) -> int:
-    """At least how many characters of ``text`` are not ASCII (each takes 2-4 bytes in UTF-8), at C
-    speed: a 1 MiB block is not walked character by character."""
-    return (len(text.encode("utf-8", "surrogatepass")) - len(text)) // 3
+_CJK_LEADS = bytes(range(0xE4, 0xEA)) + bytes(range(0xF0, 0xF5))
+"""First bytes of the UTF-8 form of CJK ideographs (U+4000–U+9FFF, and the supplementary planes)."""
+
+
+def _chinese(data: bytes) -> int:
+    """How many Chinese characters ``data`` holds if it is UTF-8 (their first bytes), at C speed: a
+    1 MiB block is not walked character by character."""
+    return len(data) - len(data.translate(None, _CJK_LEADS))
 
 
 def inspect_file(path: Path, cfg: FileSourceConfig) -> Inspected:
@@ -83,52 +88,136 @@ def inspect_file(path: Path, cfg: FileSourceConfig) -> Inspected:
     text = file_format(path, cfg) != "xlsx"
     if not text:
         _check_shared_strings(path)  # refused before anything of it is read: the run goes on
-    candidates = (cfg.encoding,) if cfg.encoding else FALLBACK_ENCODINGS
-    decoders = {n: codecs.getincrementaldecoder(n)(errors="strict") for n in candidates} if text else {}
+    guess = _EncodingGuess(cfg.encoding) if text else None
     digest = hashlib.sha256()
     size = 0
-    first = True
-    utf8_chars = 0  # non-ASCII characters the guessed UTF-8 decoded before it failed (if it did)
-    damaged: tuple[int, int] | None = None  # (byte offset of the first invalid byte, utf8_chars)
     with path.open("rb") as fh:
         while block := fh.read(_BLOCK):
             digest.update(block)
-            if first and "utf-8-sig" in decoders and not block.startswith(codecs.BOM_UTF8):
-                del decoders["utf-8-sig"]  # no BOM: plain UTF-8 decides
-            first = False
-            for name, decoder in list(decoders.items()):
-                try:
-                    decoded = decoder.decode(block)
-                except UnicodeDecodeError as exc:
-                    del decoders[name]
-                    if name.startswith("utf-8") and not cfg.encoding and damaged is None:
-                        before = block[: exc.start].decode("utf-8", errors="ignore")
-                        chars = utf8_chars + _non_ascii(before)
-                        damaged = (size + exc.start, chars)
-                    continue
-                if name.startswith("utf-8") and utf8_chars < _UTF8_EVIDENCE:
-                    utf8_chars += _non_ascii(decoded)
+            if guess is not None:
+                guess.feed(block, size)
             size += len(block)
-    for name, decoder in list(decoders.items()):
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            del decoders[name]
-    encoding: str | None = None
-    if text:
-        ok = [n for n in candidates if n in decoders]
+    encoding = None if guess is None else guess.choose(path.name)
+    return Inspected(sha256=digest.hexdigest(), size=size, encoding=encoding)
+
+
+class _EncodingGuess:
+    """The configured encoding, or the first of :data:`FALLBACK_ENCODINGS` that decodes every block."""
+
+    def __init__(self, configured: str | None) -> None:
+        self._configured = configured
+        self._candidates = (configured,) if configured else FALLBACK_ENCODINGS
+        self._decoders = {n: codecs.getincrementaldecoder(n)(errors="strict") for n in self._candidates}
+        self._first = True
+        self._utf8_chars = 0  # Chinese characters the guessed UTF-8 decoded before it failed (if it did)
+        self._damaged: tuple[int, int] | None = None  # (offset of the first invalid byte, utf8_chars)
+        self._utf8_rows: _Utf8Rows | None = None
+        self._lines = 0  # line breaks before the current block
+
+    def feed(self, block: bytes, offset: int) -> None:
+        decoders = self._decoders
+        if self._first and "utf-8-sig" in decoders and not block.startswith(codecs.BOM_UTF8):
+            del decoders["utf-8-sig"]  # no BOM: plain UTF-8 decides
+        self._first = False
+        for name, decoder in list(decoders.items()):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                del decoders[name]
+                if name.startswith("utf-8") and not self._configured and self._damaged is None:
+                    self._damaged = (offset + exc.start, self._utf8_chars + _chinese(block[: exc.start]))
+                continue
+            if name.startswith("utf-8") and self._utf8_chars < _UTF8_EVIDENCE:
+                self._utf8_chars += _chinese(block)
+        if self._utf8_rows is None and self._damaged is not None and "gb18030" in decoders:
+            self._utf8_rows = _Utf8Rows(self._lines + 1)  # not UTF-8: are some rows UTF-8 all the same?
+        if self._utf8_rows is not None:
+            self._utf8_rows.feed(block)
+        self._lines += block.count(b"\n")
+
+    def choose(self, file: str) -> str:
+        for name, decoder in list(self._decoders.items()):
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                del self._decoders[name]
+        ok = [n for n in self._candidates if n in self._decoders]
         if not ok:
-            tried = " → ".join(candidates)
-            raise FileProblem(f"{path.name} is not valid text in {tried}: set source.encoding to the "
+            tried = " → ".join(self._candidates)
+            raise FileProblem(f"{file} is not valid text in {tried}: set source.encoding to the "
                               "file's encoding, or re-export it as UTF-8")
-        encoding = ok[0]
-        if encoding == "gb18030" and damaged is not None and damaged[1] >= _UTF8_EVIDENCE:
+        damaged = self._damaged
+        if ok[0] != "gb18030" or damaged is None:
+            return ok[0]
+        if damaged[1] >= _UTF8_EVIDENCE:
             raise FileProblem(
-                f"{path.name} is UTF-8 ({damaged[1]}+ characters decoded) but byte {damaged[0]} is not "
+                f"{file} is UTF-8 ({damaged[1]}+ characters decoded) but byte {damaged[0]} is not "
                 "valid UTF-8 (a truncated or damaged character): read as GB18030 every row would be "
                 "garbled. Fix the file and drop it again, or set source.encoding if it really is GB18030"
             )
-    return Inspected(sha256=digest.hexdigest(), size=size, encoding=encoding)
+        found = None if self._utf8_rows is None else self._utf8_rows.finish()
+        if found is not None:
+            raise FileProblem(
+                f"{file} mixes encodings: it is not UTF-8 (byte {damaged[0]} is not valid UTF-8) and reads "
+                f"as GB18030 (GBK), but from line {found[0]} on its rows are UTF-8 ({found[1]}+ Chinese "
+                "characters in a row): read as GB18030 those rows would be garbled. Export the whole file "
+                "in one encoding and drop it again, or set source.encoding if it really is GB18030"
+            )
+        return ok[0]
+
+
+class _Utf8Rows:
+    """Finds UTF-8 rows in a file read as GB18030 (another exporter's rows appended to a GBK file).
+
+    Lines are checked on their own: a line of non-ASCII text that is valid UTF-8 and holds
+    three- or four-byte sequences (Chinese characters) counts towards a run, a line that is not
+    valid UTF-8 ends the run, ASCII lines are neutral. GBK text forms such sequences only by chance
+    (never a two-character word, seldom a line), so :data:`_UTF8_EVIDENCE` characters in a run of
+    lines do not happen in a GBK file. Two-byte sequences do not count: many single GBK characters
+    (女 is C5 AE) are valid two-byte UTF-8."""
+
+    def __init__(self, line: int) -> None:
+        self._line = line  # number of the line the next byte belongs to
+        self._carry = b""  # the unfinished last line of the bytes fed so far
+        self._run = 0
+        self._start = 0
+        self.found: tuple[int, int] | None = None  # (first line of the run, its characters)
+
+    def feed(self, block: bytes) -> None:
+        if self.found is not None:
+            return
+        data = self._carry + block
+        cut = data.rfind(b"\n") + 1
+        self._carry = data[cut:]
+        for raw in data[:cut].split(b"\n")[:-1]:
+            self._check(raw)
+            self._line += 1
+        if len(self._carry) > _BLOCK:  # a line over 1 MiB: judged in pieces (a piece may cut a character)
+            self._check(self._carry)
+            self._carry = b""
+
+    def finish(self) -> tuple[int, int] | None:
+        if self._carry:
+            self._check(self._carry)
+            self._carry = b""
+        return self.found
+
+    def _check(self, raw: bytes) -> None:
+        if raw.isascii() or self.found is not None:
+            return
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._run = 0
+            return
+        chars = _chinese(raw)
+        if not chars:
+            return
+        if self._run == 0:
+            self._start = self._line
+        self._run += chars
+        if self._run >= _UTF8_EVIDENCE:
+            self.found = (self._start, self._run)
 
 
 def read_records(path: Path, cfg: FileSourceConfig, encoding: str | None) -> Iterator[dict[str, Any]]:
