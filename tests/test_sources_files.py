@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from openpyxl import Workbook
 
 from syncd.runner import run_dataset
@@ -478,3 +479,35 @@ def _valid_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_files_named_in_gbk_are_recorded_moved_and_reported(tmp_path: Path, db_url: str) -> None:
+    """A name of GBK bytes (a Windows SFTP client, unzip of a Windows zip) is not UTF-8: recording it in
+    the ledger raised UnicodeEncodeError, so no file of the run was recorded or moved, and a reason
+    naming it could not be written. The name is stored and reported with its bytes as \\xNN."""
+    store = store_for(db_url)
+    try:
+        drop = tmp_path / "drop"
+        drop.mkdir()
+        good, bad = os.fsdecode("人口数据.csv".encode("gbk")), os.fsdecode("错误.csv".encode("gbk"))
+        (drop / good).write_bytes(b"id,name,amount\r\np1,x,1\r\n")
+        (drop / (good + ".ok")).touch()
+        _csv(drop / "b.csv", [("p2", "李四", "2")], "utf-8")
+        app, ds = _app(db_url, drop, pattern="*.csv")
+        result = run_dataset(app, ds, store)
+        assert result.ok and not result.warnings, (result.error, result.warnings)
+        assert set(local_rows(store)) == {"p1", "p2"}
+        assert [p.name for p in drop.iterdir()] == ["processed"]
+        assert (drop / "processed" / good).exists() and (drop / "processed" / (good + ".ok")).exists()
+        with store.engine.connect() as conn:
+            names = set(conn.execute(sa.text("SELECT file_name FROM syncd_files")).scalars())
+        assert names == {"\\xc8\\xcb\\xbf\\xda\\xca\\xfd\\xbe\\xdd.csv", "b.csv"}
+
+        (drop / bad).write_bytes(b"id,name,amount\r\np3,x\r\n")  # a short row
+        (drop / (bad + ".ok")).touch()
+        result = run_dataset(app, ds, store)
+        says = "\\xb4\\xed\\xce\\xf3.csv row 2 has 2 cells"
+        assert result.status == "failed" and says in (result.error or "")
+        assert says in (drop / "failed" / (bad + ".reason.txt")).read_text("utf-8")
+    finally:
+        store.engine.dispose()

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncd.errors import TargetError
+from syncd.sources.files.readers import name_text
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.schema import MYSQL_TABLE_OPTIONS, create_tables
@@ -70,8 +71,8 @@ class FileLedger:
         self._ensure()
         now = datetime.now(UTC)
         rows = [
-            {"dataset": self._dataset, "sha256": sha, "file_name": name[:512], "size": size, "records": n,
-             "processed_at": now}
+            {"dataset": self._dataset, "sha256": sha, "file_name": name_text(name)[:512], "size": size,
+             "records": n, "processed_at": now}
             for sha, name, size, n in entries
         ]
         stmt = upsert_statement(self._engine, self.table, ("dataset", "sha256"),

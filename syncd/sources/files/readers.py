@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "Inspected",
     "file_format",
     "inspect_file",
+    "name_text",
     "read_records",
 ]
 
@@ -59,6 +61,22 @@ class Inspected:
     encoding: str | None  # None for XLSX (a zip of XML, always UTF-8 inside)
 
 
+def name_text(name: str) -> str:
+    """A file name as syncd stores, logs and compares it: the name itself, or for a name whose bytes are
+    not UTF-8 (a GBK name left by a Windows SFTP client or unzip, held as surrogate escapes) its ASCII
+    with every other byte as ``\\xNN`` (as ``ls -b`` shows it, in hex). Files are still opened and
+    moved by their real name."""
+    raw = os.fsencode(name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("ascii", "backslashreplace")
+
+
+def _shown(path: Path) -> str:
+    return name_text(path.name)
+
+
 def file_format(path: Path, cfg: FileSourceConfig) -> str:
     if cfg.format is not None:
         return cfg.format
@@ -69,7 +87,7 @@ def file_format(path: Path, cfg: FileSourceConfig) -> str:
         return "xlsx"
     if ext in ("jsonl", "ndjson"):
         return "jsonl"
-    raise FileProblem(f"cannot tell the format of {path.name} from its extension: set source.format "
+    raise FileProblem(f"cannot tell the format of {_shown(path)} from its extension: set source.format "
                       "(csv, xlsx or jsonl)")
 
 
@@ -97,7 +115,7 @@ def inspect_file(path: Path, cfg: FileSourceConfig) -> Inspected:
             if guess is not None:
                 guess.feed(block, size)
             size += len(block)
-    encoding = None if guess is None else guess.choose(path.name)
+    encoding = None if guess is None else guess.choose(_shown(path))
     return Inspected(sha256=digest.hexdigest(), size=size, encoding=encoding)
 
 
@@ -267,7 +285,7 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
             if number < cfg.header_row:
                 continue
             if header is None:
-                header = _header(cells, path.name)
+                header = _header(cells, _shown(path))
                 width = len(header)
                 continue
             if not any(cells):
@@ -277,7 +295,7 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
                     # the values are shifted (an unquoted delimiter in a value, most often): mapping
                     # the row by position would write one column's value into another
                     raise FileProblem(
-                        f"{path.name} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
+                        f"{_shown(path)} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
                         f"header has {width}: a value holding the delimiter {cfg.delimiter!r} must be "
                         "quoted; fix the file and drop it again"
                     )
@@ -288,7 +306,7 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
                     # short ones) or a truncated export: padded with empty cells, the first half
                     # would be written with empty columns and the second half as a row of its own
                     raise FileProblem(
-                        f"{path.name} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
+                        f"{_shown(path)} {_csv_row(number, reader.line_num)} has {len(cells)} cells but the "
                         f"header has {width}: a line break inside a value (the value must be quoted), a "
                         "truncated line, or an export that leaves out trailing empty cells; every row "
                         f"needs all {width} cells (empty ones as {cfg.delimiter * 2!r}): fix the file and "
@@ -297,13 +315,13 @@ def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str,
             stray = _headless(header, cells)
             if stray is not None:
                 raise FileProblem(
-                    f"{path.name} {_csv_row(number, reader.line_num)} has the value {cells[stray]!r} in "
+                    f"{_shown(path)} {_csv_row(number, reader.line_num)} has the value {cells[stray]!r} in "
                     f"column {stray + 1}, which has no name in the header (row {cfg.header_row}): name the "
                     "column or delete it, and drop the file again"
                 )
             yield _record(header, cells)
         if header is None:
-            raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
+            raise FileProblem(f"{_shown(path)} has no header row (row {cfg.header_row})")
 
 
 def _csv_row(number: int, line: int) -> str:
@@ -320,9 +338,9 @@ def _jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
             try:
                 value = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
-                raise FileProblem(f"{path.name} line {number} is not JSON: {exc}") from None
+                raise FileProblem(f"{_shown(path)} line {number} is not JSON: {exc}") from None
             if not isinstance(value, dict):
-                raise FileProblem(f"{path.name} line {number} is not a JSON object")
+                raise FileProblem(f"{_shown(path)} line {number} is not a JSON object")
             yield value
 
 
@@ -334,11 +352,11 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
     try:
         book = load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a damaged file
-        raise FileProblem(f"{path.name} is not a readable XLSX workbook: {exc}") from None
+        raise FileProblem(f"{_shown(path)} is not a readable XLSX workbook: {exc}") from None
     try:
         if cfg.sheet is not None and cfg.sheet not in book.sheetnames:
             names = ", ".join(book.sheetnames)
-            raise FileProblem(f"{path.name} has no sheet {cfg.sheet!r} (sheets: {names})")
+            raise FileProblem(f"{_shown(path)} has no sheet {cfg.sheet!r} (sheets: {names})")
         sheet = book[cfg.sheet] if cfg.sheet is not None else book.worksheets[0]
         # read_only trusts the sheet's <dimension ref>, which some exporters write wrong (WPS writes
         # "A1"): the rows past it, or the columns, would be silently left out. Without it rows are
@@ -349,7 +367,7 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
             if number < cfg.header_row:
                 continue
             if header is None:
-                header = _header(cells, path.name)
+                header = _header(cells, _shown(path))
                 continue
             if all(c is None for c in cells):
                 continue
@@ -357,13 +375,13 @@ def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
             if stray is not None:
                 column = get_column_letter(stray + 1)
                 raise FileProblem(
-                    f"{path.name} sheet {sheet.title!r} cell {column}{number} holds {cells[stray]!r} but "
+                    f"{_shown(path)} sheet {sheet.title!r} cell {column}{number} holds {cells[stray]!r} but "
                     f"column {column} has no name in the header (row {cfg.header_row}): name the column "
                     "or delete it, and drop the file again"
                 )
             yield _record(header, cells)
         if header is None:
-            raise FileProblem(f"{path.name} has no header row (row {cfg.header_row})")
+            raise FileProblem(f"{_shown(path)} has no header row (row {cfg.header_row})")
     finally:
         book.close()
 
@@ -374,11 +392,11 @@ def _check_shared_strings(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             parts = [i for i in archive.infolist() if i.filename.lower().endswith("sharedstrings.xml")]
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise FileProblem(f"{path.name} is not a readable XLSX workbook: {exc}") from None
+        raise FileProblem(f"{_shown(path)} is not a readable XLSX workbook: {exc}") from None
     for part in parts:
         if part.file_size > XLSX_SHARED_STRINGS_LIMIT:
             raise FileProblem(
-                f"{path.name} holds {part.file_size >> 20} MiB of shared strings ({part.filename}, "
+                f"{_shown(path)} holds {part.file_size >> 20} MiB of shared strings ({part.filename}, "
                 f"uncompressed), over the {XLSX_SHARED_STRINGS_LIMIT >> 20} MiB syncd reads: an XLSX keeps "
                 "every distinct text of the workbook in that one part, loaded whole before the first row. "
                 "Re-export the data as CSV (or split it into smaller workbooks) and drop it again"

@@ -31,7 +31,7 @@ from syncd.config.model import AppConfig, DatasetConfig, FileSourceConfig
 from syncd.errors import PermanentUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.sources.files.ledger import FileLedger
-from syncd.sources.files.readers import FileProblem, inspect_file, read_records
+from syncd.sources.files.readers import FileProblem, inspect_file, name_text, read_records
 from syncd.targets.engine import create_target_engine
 
 __all__ = ["FileSource"]
@@ -114,7 +114,8 @@ class FileSource:
             if self._complete(path, now):
                 ready.append(path)
             else:
-                log.info("file.waiting", dataset=self.name, file=path.name, until=self.cfg.complete_when)
+                log.info("file.waiting", dataset=self.name, file=name_text(path.name),
+                         until=self.cfg.complete_when)
         return ready
 
     # ------------------------------------------------------------------ Source protocol
@@ -123,6 +124,7 @@ class FileSource:
         del window  # a drop folder has no update-time window
         seen: dict[str, str] = {}
         for path in self.candidates():
+            shown = name_text(path.name)  # a GBK name is not UTF-8: stored and logged as text
             try:
                 info = inspect_file(path, self.cfg)
             except (FileProblem, OSError) as exc:
@@ -136,10 +138,10 @@ class FileSource:
             if first is not None:
                 self._skipped.append((path, f"duplicate: the same content (sha256 {info.sha256}) was "
                                             f"already processed as {first}; not read again"))
-                log.info("file.duplicate", dataset=self.name, file=path.name, sha256=info.sha256)
+                log.info("file.duplicate", dataset=self.name, file=shown, sha256=info.sha256)
                 continue
-            seen[info.sha256] = path.name
-            log.info("file.reading", dataset=self.name, file=path.name, enc=info.encoding, size=info.size)
+            seen[info.sha256] = shown
+            log.info("file.reading", dataset=self.name, file=shown, enc=info.encoding, size=info.size)
             count = 0
             try:
                 for page in self._pages(path, info.encoding):
@@ -147,7 +149,7 @@ class FileSource:
                     yield page
             except (FileProblem, OSError, UnicodeDecodeError) as exc:
                 self._fail(path, str(exc))
-                raise PermanentUpstreamError(f"file {path.name} could not be read to the end: {exc}; "
+                raise PermanentUpstreamError(f"file {shown} could not be read to the end: {exc}; "
                                              f"it goes to {FAILED}/ and the run fails") from exc
             self._taken.append(_Taken(path, info.sha256, info.size, count))
         self.stats.complete = True
@@ -179,7 +181,7 @@ class FileSource:
         return Page(records=records, number=self.stats.pages)
 
     def _fail(self, path: Path, reason: str) -> None:
-        log.warning("file.failed", dataset=self.name, file=path.name, reason=reason)
+        log.warning("file.failed", dataset=self.name, file=name_text(path.name), reason=reason)
         self._failed.append((path, reason))
 
     def update_time(self, record: dict[str, Any]) -> datetime | None:
@@ -213,9 +215,10 @@ def _move(path: Path, folder: Path, reason: str, marker_suffix: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         target = folder / f"{path.stem}.{stamp}{path.suffix}"
     when = datetime.now(UTC).isoformat(timespec="seconds")
-    target.with_name(target.name + REASON_SUFFIX).write_text(f"{when} {reason}\n", encoding="utf-8")
+    target.with_name(target.name + REASON_SUFFIX).write_text(f"{when} {reason}\n", encoding="utf-8",
+                                                             errors="backslashreplace")
     path.replace(target)
     marker = path.with_name(path.name + marker_suffix)
     if marker.exists():
         marker.replace(target.with_name(target.name + marker_suffix))
-    log.info("file.moved", file=path.name, to=str(target), reason=reason)
+    log.info("file.moved", file=name_text(path.name), to=name_text(str(target)), reason=reason)
