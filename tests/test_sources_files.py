@@ -511,3 +511,49 @@ def test_files_named_in_gbk_are_recorded_moved_and_reported(tmp_path: Path, db_u
         assert says in (drop / "failed" / (bad + ".reason.txt")).read_text("utf-8")
     finally:
         store.engine.dispose()
+
+
+def test_a_symlink_in_the_drop_folder_is_not_followed(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """The uploader is another trust domain (an SFTP client can create links): a link to a file
+    outside the folder was read, and the service's secrets ended up in the quarantine's raw
+    payloads. A link goes to failed/ (the link itself, not what it points at), with the reason."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    secrets = tmp_path / "etc-syncd" / "secrets.env"  # readable by the service, not by the uploader
+    secrets.parent.mkdir()
+    secrets.write_text("id,name,amount\r\nDB_PASSWORD=hunter2,x,1\r\n", encoding="utf-8")
+    (drop / "a.csv").symlink_to(secrets)
+    (drop / "b.csv").symlink_to(tmp_path / "nowhere.csv")  # a dangling link
+    _csv(drop / "c.csv", ROWS, "utf-8")
+    app, ds = _app(sqlite_url, drop, pattern="*.csv")
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 3, result.error
+    assert set(local_rows(store)) == {"p1", "p2", "p3"}
+    with store.engine.connect() as conn:
+        assert not conn.execute(sa.text("SELECT * FROM syncd_quarantine")).all()
+    for name in ("a.csv", "b.csv"):
+        assert (drop / "failed" / name).is_symlink()
+        reason = (drop / "failed" / (name + ".reason.txt")).read_text(encoding="utf-8")
+        assert f"{name} is a symbolic link: syncd reads only files placed in the drop folder itself" in reason
+    assert secrets.read_text(encoding="utf-8").startswith("id,name")  # the target is left alone
+
+
+def test_a_file_replaced_by_a_link_after_the_listing_is_not_followed(tmp_path: Path) -> None:
+    """Between listing the folder and opening the file, the uploader may swap in a link or a FIFO:
+    files are opened with O_NOFOLLOW and must be regular files."""
+    from syncd.config.model import FileSourceConfig
+    from syncd.sources.files import FileProblem, inspect_file, read_records
+
+    cfg = FileSourceConfig(type="file", path=str(tmp_path), pattern="*.csv")
+    secrets = tmp_path / "secrets.csv"
+    secrets.write_text("id,name\r\nhunter2,x\r\n", encoding="utf-8")
+    (tmp_path / "a.csv").symlink_to(secrets)
+    with pytest.raises(FileProblem, match=r"a\.csv is a symbolic link"):
+        inspect_file(tmp_path / "a.csv", cfg)
+    with pytest.raises(FileProblem, match=r"a\.csv is a symbolic link"):
+        next(read_records(tmp_path / "a.csv", cfg, "utf-8"))
+    os.mkfifo(tmp_path / "f.csv")
+    with pytest.raises(FileProblem, match=r"f\.csv is not a regular file"):
+        inspect_file(tmp_path / "f.csv", cfg)  # not left waiting for a writer

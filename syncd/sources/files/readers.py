@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import hashlib
+import io
 import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -77,6 +80,30 @@ def _shown(path: Path) -> str:
     return name_text(path.name)
 
 
+def open_data(path: Path) -> BinaryIO:
+    """Open a dropped file for reading, refusing what is not a regular file in the folder itself: a
+    symbolic link (the uploader, another trust domain, could point it at any file the service may
+    read, e.g. its own secrets) or a FIFO or device put in place after the folder was listed."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileProblem(
+                f"{_shown(path)} is a symbolic link: syncd reads only files placed in the drop folder itself "
+                "(a link may point at any file the service can read); copy the file in instead of linking it"
+            ) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileProblem(f"{_shown(path)} is not a regular file (a FIFO, device or folder): not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def file_format(path: Path, cfg: FileSourceConfig) -> str:
     if cfg.format is not None:
         return cfg.format
@@ -105,11 +132,12 @@ def inspect_file(path: Path, cfg: FileSourceConfig) -> Inspected:
     """Hash the file and choose its encoding in one pass over the bytes."""
     text = file_format(path, cfg) != "xlsx"
     if not text:
-        _check_shared_strings(path)  # refused before anything of it is read: the run goes on
+        with open_data(path) as fh:
+            _check_shared_strings(fh, _shown(path))  # refused before anything of it is read: the run goes on
     guess = _EncodingGuess(cfg.encoding) if text else None
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as fh:
+    with open_data(path) as fh:
         while block := fh.read(_BLOCK):
             digest.update(block)
             if guess is not None:
@@ -277,7 +305,7 @@ def _record(header: list[str], cells: list[Any] | tuple[Any, ...]) -> dict[str, 
 
 
 def _csv(path: Path, cfg: FileSourceConfig, encoding: str) -> Iterator[dict[str, Any]]:
-    with path.open("r", encoding=encoding, newline="") as fh:
+    with io.TextIOWrapper(open_data(path), encoding=encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter=cfg.delimiter)
         header: list[str] | None = None
         width = 0
@@ -330,7 +358,7 @@ def _csv_row(number: int, line: int) -> str:
 
 
 def _jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
-    with path.open("r", encoding=encoding) as fh:
+    with io.TextIOWrapper(open_data(path), encoding=encoding) as fh:
         for number, line in enumerate(fh, start=1):
             text = line.strip().lstrip("\ufeff")
             if not text:
@@ -346,57 +374,64 @@ def _jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
 
 def _xlsx(path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
     from openpyxl import load_workbook
+
+    with open_data(path) as fh:
+        _check_shared_strings(fh, _shown(path))
+        fh.seek(0)
+        try:
+            book = load_workbook(fh, read_only=True, data_only=True)
+        except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a damaged file
+            raise FileProblem(f"{_shown(path)} is not a readable XLSX workbook: {exc}") from None
+        try:
+            yield from _sheet_rows(book, path, cfg)
+        finally:
+            book.close()
+
+
+def _sheet_rows(book: Any, path: Path, cfg: FileSourceConfig) -> Iterator[dict[str, Any]]:
     from openpyxl.utils import get_column_letter
 
-    _check_shared_strings(path)
-    try:
-        book = load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for a damaged file
-        raise FileProblem(f"{_shown(path)} is not a readable XLSX workbook: {exc}") from None
-    try:
-        if cfg.sheet is not None and cfg.sheet not in book.sheetnames:
-            names = ", ".join(book.sheetnames)
-            raise FileProblem(f"{_shown(path)} has no sheet {cfg.sheet!r} (sheets: {names})")
-        sheet = book[cfg.sheet] if cfg.sheet is not None else book.worksheets[0]
-        # read_only trusts the sheet's <dimension ref>, which some exporters write wrong (WPS writes
-        # "A1"): the rows past it, or the columns, would be silently left out. Without it rows are
-        # still streamed, each as long as its last cell
-        sheet.reset_dimensions()
-        header: list[str] | None = None
-        for number, cells in enumerate(sheet.iter_rows(values_only=True), start=1):
-            if number < cfg.header_row:
-                continue
-            if header is None:
-                header = _header(cells, _shown(path))
-                continue
-            if all(c is None for c in cells):
-                continue
-            stray = _headless(header, cells)
-            if stray is not None:
-                column = get_column_letter(stray + 1)
-                raise FileProblem(
-                    f"{_shown(path)} sheet {sheet.title!r} cell {column}{number} holds {cells[stray]!r} but "
-                    f"column {column} has no name in the header (row {cfg.header_row}): name the column "
-                    "or delete it, and drop the file again"
-                )
-            yield _record(header, cells)
+    if cfg.sheet is not None and cfg.sheet not in book.sheetnames:
+        names = ", ".join(book.sheetnames)
+        raise FileProblem(f"{_shown(path)} has no sheet {cfg.sheet!r} (sheets: {names})")
+    sheet = book[cfg.sheet] if cfg.sheet is not None else book.worksheets[0]
+    # read_only trusts the sheet's <dimension ref>, which some exporters write wrong (WPS writes
+    # "A1"): the rows past it, or the columns, would be silently left out. Without it rows are
+    # still streamed, each as long as its last cell
+    sheet.reset_dimensions()
+    header: list[str] | None = None
+    for number, cells in enumerate(sheet.iter_rows(values_only=True), start=1):
+        if number < cfg.header_row:
+            continue
         if header is None:
-            raise FileProblem(f"{_shown(path)} has no header row (row {cfg.header_row})")
-    finally:
-        book.close()
+            header = _header(cells, _shown(path))
+            continue
+        if all(c is None for c in cells):
+            continue
+        stray = _headless(header, cells)
+        if stray is not None:
+            column = get_column_letter(stray + 1)
+            raise FileProblem(
+                f"{_shown(path)} sheet {sheet.title!r} cell {column}{number} holds {cells[stray]!r} but "
+                f"column {column} has no name in the header (row {cfg.header_row}): name the column "
+                "or delete it, and drop the file again"
+            )
+        yield _record(header, cells)
+    if header is None:
+        raise FileProblem(f"{_shown(path)} has no header row (row {cfg.header_row})")
 
 
-def _check_shared_strings(path: Path) -> None:
+def _check_shared_strings(fh: BinaryIO, name: str) -> None:
     """Refuse a workbook whose shared strings part is too big to load (:data:`XLSX_SHARED_STRINGS_LIMIT`)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(fh) as archive:
             parts = [i for i in archive.infolist() if i.filename.lower().endswith("sharedstrings.xml")]
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise FileProblem(f"{_shown(path)} is not a readable XLSX workbook: {exc}") from None
+        raise FileProblem(f"{name} is not a readable XLSX workbook: {exc}") from None
     for part in parts:
         if part.file_size > XLSX_SHARED_STRINGS_LIMIT:
             raise FileProblem(
-                f"{_shown(path)} holds {part.file_size >> 20} MiB of shared strings ({part.filename}, "
+                f"{name} holds {part.file_size >> 20} MiB of shared strings ({part.filename}, "
                 f"uncompressed), over the {XLSX_SHARED_STRINGS_LIMIT >> 20} MiB syncd reads: an XLSX keeps "
                 "every distinct text of the workbook in that one part, loaded whole before the first row. "
                 "Re-export the data as CSV (or split it into smaller workbooks) and drop it again"

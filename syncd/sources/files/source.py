@@ -18,6 +18,7 @@ with a ``name.reason.txt`` saying what happened; files that could not be read go
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,10 +109,21 @@ class FileSource:
                 f"files out of it (e.g. give that user's group rwx on it)"
             ) from None
         now = time.time()
-        found = [p for p in self.folder.glob(self.cfg.pattern) if p.is_file() and not self._is_auxiliary(p)]
+        found: list[tuple[float, str, Path, bool]] = []
+        for path in self.folder.glob(self.cfg.pattern):
+            if self._is_auxiliary(path):
+                continue
+            try:
+                st = path.lstat()  # a link is judged as a link, never by what it points at
+            except FileNotFoundError:
+                continue  # moved away since the folder was listed
+            link = stat.S_ISLNK(st.st_mode)
+            if link or stat.S_ISREG(st.st_mode):
+                found.append((st.st_mtime, path.name, path, link))
         ready = []
-        for path in sorted(found, key=lambda p: (p.stat().st_mtime, p.name)):
-            if self._complete(path, now):
+        for _, _, path, link in sorted(found):
+            # a link is taken at once, never read: opening it fails and it goes to failed/ with the reason
+            if link or self._complete(path, now):
                 ready.append(path)
             else:
                 log.info("file.waiting", dataset=self.name, file=name_text(path.name),
