@@ -557,3 +557,66 @@ def test_a_file_replaced_by_a_link_after_the_listing_is_not_followed(tmp_path: P
     os.mkfifo(tmp_path / "f.csv")
     with pytest.raises(FileProblem, match=r"f\.csv is not a regular file"):
         inspect_file(tmp_path / "f.csv", cfg)  # not left waiting for a writer
+
+
+def test_a_marker_older_than_its_file_does_not_certify_it(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """The daily export rewrites 人口.csv under the same name. A failed run left 人口.csv.ok in place;
+    the next day syncd found the export half rewritten and took the old marker for "complete": the
+    partial file was read, recorded and moved to processed/."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    data = _csv(drop / "人口.csv", [("p1", "张三", "not a number")], "utf-8")
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop), "pattern": "*.csv"})
+    app = app.model_copy(update={"defaults": app.defaults.model_copy(
+        update={"error_limit": app.defaults.error_limit.model_copy(update={"count": 0})})})
+    assert run_dataset(app, ds, store).status == "failed"
+    assert data.exists() and (drop / "人口.csv.ok").exists()
+    marker_time = (drop / "人口.csv.ok").stat().st_mtime_ns
+    # day 2: the exporter has written 2 of its 3 rows (its marker comes when it is done)
+    data.write_text("id,name,amount\r\np1,张三,1\r\np2,李四,2\r\n", encoding="utf-8")
+    os.utime(data, ns=(marker_time + 10**9, marker_time + 10**9))
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 0, result.error
+    assert data.exists() and not (drop / "processed").exists()
+    # done: the last row and then the marker, written again
+    with data.open("a", encoding="utf-8", newline="") as fh:
+        fh.write("p3,王五,3\r\n")
+    os.utime(data, ns=(marker_time + 10**9, marker_time + 10**9))
+    os.utime(drop / "人口.csv.ok", ns=(marker_time + 2 * 10**9, marker_time + 2 * 10**9))
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.fetched == 3, result.error
+    assert (drop / "processed" / "人口.csv").exists()
+
+
+@pytest.mark.parametrize("complete_when", ["marker", "stable"])
+def test_a_file_written_to_while_it_is_read_stays_for_the_next_run(
+    tmp_path: Path, sqlite_url: str, complete_when: str
+) -> None:
+    """A file that changes after syncd judged it complete (an exporter starting again under the same
+    name, or appending past stable_for) was read, hashed before the change, recorded and moved:
+    now the run fails and the file stays, to be read again whole."""
+    from syncd.errors import TransientUpstreamError
+    from syncd.sources.base import Window
+    from syncd.sources.files.source import FileSource
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    data = _csv(drop / "a.csv", [("p1", "张三", "1"), ("p2", "李四", "2"), ("p3", "王五", "3")], "utf-8")
+    old = time.time() - 7200
+    os.utime(data, (old, old))
+    app, ds = _app(sqlite_url, drop, complete_when=complete_when, stable_for="1h")
+    source = FileSource.from_config(app, ds)
+    try:
+        pages = source.read(Window(since=None, until=None))
+        assert [r["id"] for r in next(pages).records] == ["p1", "p2"]
+        with data.open("a", encoding="utf-8", newline="") as fh:  # the sender starts writing again
+            fh.write("p4,赵六,4\r\n")
+        changed = r"a\.csv was read, but it changed while syncd read it"
+        with pytest.raises(TransientUpstreamError, match=changed):
+            list(pages)
+        source.finish(False)
+    finally:
+        source.close()
+    assert data.exists() and not (drop / "processed").exists() and not (drop / "failed").exists()

@@ -3,8 +3,10 @@
 Each run:
 
 1. lists the files matching ``pattern`` (oldest first) and takes only complete ones — with a
-   marker file (``name.csv.ok``) or, with ``complete_when: stable``, unmodified for
-   ``stable_for`` — so a half-written file is never read;
+   marker file (``name.csv.ok``) no older than the file or, with ``complete_when: stable``,
+   unmodified for ``stable_for`` — so a half-written file is never read; symbolic links are never
+   followed (they go to ``failed/``). Completeness is checked again just before a file is read,
+   and its size and time after: a file that changed meanwhile is left for the next run;
 2. hashes each file (sha256) and skips content the ledger (``{prefix}files``) already holds,
    or that appeared twice in this run: a file dropped twice is processed once;
 3. streams the records of each new file in pages of ``page_size``.
@@ -29,10 +31,10 @@ from typing import Any
 import structlog
 
 from syncd.config.model import AppConfig, DatasetConfig, FileSourceConfig
-from syncd.errors import PermanentUpstreamError
+from syncd.errors import PermanentUpstreamError, TransientUpstreamError
 from syncd.sources.base import Page, ReadStats, Window
 from syncd.sources.files.ledger import FileLedger
-from syncd.sources.files.readers import FileProblem, inspect_file, name_text, read_records
+from syncd.sources.files.readers import FileProblem, Inspected, inspect_file, name_text, read_records
 from syncd.targets.engine import create_target_engine
 
 __all__ = ["FileSource"]
@@ -88,10 +90,21 @@ class FileSource:
         name = path.name
         return name.endswith((self.cfg.marker_suffix, REASON_SUFFIX)) or name.startswith(".")
 
-    def _complete(self, path: Path, now: float) -> bool:
+    def _incomplete(self, path: Path, st: os.stat_result, now: float) -> str | None:
+        """Why the file (as ``st`` saw it) is not known to be complete yet, or None when it is."""
         if self.cfg.complete_when == "marker":
-            return path.with_name(path.name + self.cfg.marker_suffix).exists()
-        return now - path.stat().st_mtime >= self.cfg.stable_for.total_seconds()
+            marker = path.with_name(path.name + self.cfg.marker_suffix)
+            try:
+                written = marker.lstat().st_mtime_ns
+            except FileNotFoundError:
+                return f"no marker {name_text(marker.name)} yet"
+            if written < st.st_mtime_ns:  # left by an earlier delivery (e.g. kept by a failed run)
+                return (f"the marker {name_text(marker.name)} is older than the file (the file was written "
+                        "again after it): waiting for the sender to write the marker again")
+            return None
+        if now - st.st_mtime < self.cfg.stable_for.total_seconds():
+            return f"modified less than stable_for ({self.cfg.stable_for}) ago"
+        return None
 
     def candidates(self) -> list[Path]:
         """Complete files waiting in the folder, oldest first."""
@@ -109,7 +122,7 @@ class FileSource:
                 f"files out of it (e.g. give that user's group rwx on it)"
             ) from None
         now = time.time()
-        found: list[tuple[float, str, Path, bool]] = []
+        found: list[tuple[float, str, Path, os.stat_result]] = []
         for path in self.folder.glob(self.cfg.pattern):
             if self._is_auxiliary(path):
                 continue
@@ -117,18 +130,30 @@ class FileSource:
                 st = path.lstat()  # a link is judged as a link, never by what it points at
             except FileNotFoundError:
                 continue  # moved away since the folder was listed
-            link = stat.S_ISLNK(st.st_mode)
-            if link or stat.S_ISREG(st.st_mode):
-                found.append((st.st_mtime, path.name, path, link))
+            if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+                found.append((st.st_mtime, path.name, path, st))
         ready = []
-        for _, _, path, link in sorted(found):
+        for _, _, path, st in sorted(found, key=lambda f: f[:2]):
             # a link is taken at once, never read: opening it fails and it goes to failed/ with the reason
-            if link or self._complete(path, now):
+            why = None if stat.S_ISLNK(st.st_mode) else self._incomplete(path, st, now)
+            if why is None:
                 ready.append(path)
             else:
                 log.info("file.waiting", dataset=self.name, file=name_text(path.name),
-                         until=self.cfg.complete_when)
+                         until=self.cfg.complete_when, reason=why)
         return ready
+
+    @staticmethod
+    def _changed(path: Path, seen: os.stat_result) -> str | None:
+        """Why ``path`` is no longer the file ``seen`` described (its size or time changed), or None."""
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return "it was removed while syncd read it"
+        if (st.st_mode, st.st_size, st.st_mtime_ns) != (seen.st_mode, seen.st_size, seen.st_mtime_ns):
+            return (f"it changed while syncd read it ({seen.st_size} → {st.st_size} bytes, modified "
+                    f"{datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec='seconds')})")
+        return None
 
     # ------------------------------------------------------------------ Source protocol
 
@@ -137,11 +162,10 @@ class FileSource:
         seen: dict[str, str] = {}
         for path in self.candidates():
             shown = name_text(path.name)  # a GBK name is not UTF-8: stored and logged as text
-            try:
-                info = inspect_file(path, self.cfg)
-            except (FileProblem, OSError) as exc:
-                self._fail(path, str(exc))
+            inspected = self._inspect(path, shown)
+            if inspected is None:
                 continue
+            st, info = inspected
             self.stats.bytes += info.size
             first = seen.get(info.sha256)
             if first is None:
@@ -160,11 +184,41 @@ class FileSource:
                     count += len(page.records)
                     yield page
             except (FileProblem, OSError, UnicodeDecodeError) as exc:
+                if (why := self._changed(path, st)) is not None:  # the sender's doing, not the file's
+                    raise TransientUpstreamError(f"file {shown} could not be read to the end: {exc}; {why}: "
+                                                 "it stays in place and the run fails") from exc
                 self._fail(path, str(exc))
                 raise PermanentUpstreamError(f"file {shown} could not be read to the end: {exc}; "
                                              f"it goes to {FAILED}/ and the run fails") from exc
+            if (why := self._changed(path, st)) is not None:
+                # rows of a file being rewritten may have been written: the run must not succeed on
+                # them (nor infer snapshot deletes); the next run reads the whole file again, and the
+                # rows already written are not written twice
+                raise TransientUpstreamError(f"file {shown} was read, but {why}: it stays in place to be "
+                                             "read again whole next run, and this run fails")
             self._taken.append(_Taken(path, info.sha256, info.size, count))
         self.stats.complete = True
+
+    def _inspect(self, path: Path, shown: str) -> tuple[os.stat_result, Inspected] | None:
+        """The file's size and time, hash and encoding, checked again just before reading (the marker
+        may be gone, the file written again since it was listed); None when it is not taken now."""
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return None  # moved away meanwhile
+        why = None if stat.S_ISLNK(st.st_mode) else self._incomplete(path, st, time.time())
+        if why is None:
+            try:
+                info = inspect_file(path, self.cfg)
+            except (FileProblem, OSError) as exc:
+                if (why := self._changed(path, st)) is None:
+                    self._fail(path, str(exc))
+                    return None
+            else:
+                if (why := self._changed(path, st)) is None:  # what was hashed is what is read
+                    return st, info
+        log.info("file.waiting", dataset=self.name, file=shown, until=self.cfg.complete_when, reason=why)
+        return None
 
     def _pages(self, path: Path, encoding: str | None) -> Iterator[Page]:
         size = self.cfg.page_size
