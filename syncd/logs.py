@@ -89,6 +89,19 @@ def use_json(fmt: Literal["auto", "json", "console"], stream: TextIO) -> bool:
         return True
 
 
+# APScheduler's warnings of a run it did not start (busy, or too late); syncd.daemon.scheduler logs
+# each as schedule.skipped with the dataset, the reason and what to change (docs/daemon.md)
+_SKIP_WARNINGS = (
+    'Execution of job "%s" skipped: maximum number of running instances reached (%d)',
+    'Run time of job "%s" was missed by %s',
+)
+
+
+def _said_by_syncd(record: logging.LogRecord) -> bool:
+    """Drop APScheduler's own line for a skipped run: ``schedule.skipped`` says it better."""
+    return not (record.name.startswith("apscheduler.") and record.msg in _SKIP_WARNINGS)
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -130,6 +143,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(_said_by_syncd)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
