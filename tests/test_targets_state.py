@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from syncd.errors import TargetError
-from syncd.targets import RunCounts, RunInfo, StateStore, shape_from_dataset
+from syncd.targets import RunCounts, RunInfo, StateStore, create_target_engine, shape_from_dataset
 from tests.test_targets_writer import RUN1, RUN2, RUN3, engine, make_dataset, resident, store
 
 __all__ = ["engine", "store"]  # fixtures shared with test_targets_writer
@@ -177,3 +178,84 @@ def test_last_started_is_the_latest_run_that_ended(store: StateStore) -> None:
     store.finish_run("e" * 32, "households", status="success", counts=RunCounts(), error=None, watermark=None)
     assert store.last_started("residents") == naive.replace(tzinfo=UTC) + timedelta(hours=1)  # the failure
     assert store.last_started("households") == naive.replace(tzinfo=UTC) + timedelta(hours=9)
+
+
+def _ended(store: StateStore, run_id: str, status: str, at: datetime, dataset: str = "residents") -> None:
+    store.begin_run(run_info(run_id, dataset, at=at))
+    store.finish_run(run_id, dataset, status=status, counts=RunCounts(), error=None, watermark=None)
+
+
+def test_runs_stamped_by_a_clock_that_was_ahead_are_set_apart(store: StateStore) -> None:
+    """A hardware clock kept in Beijing time and read as UTC stamps runs 8 h ahead until NTP steps it
+    back: the scheduler and the last-run gauges must not take such a run as the latest one."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    _ended(store, "a" * 32, "success", now - timedelta(hours=2))
+    _ended(store, "b" * 32, "failed", now - timedelta(hours=1))
+    _ended(store, "c" * 32, "success", now + timedelta(hours=8))  # the clock was 8 h fast
+    assert store.last_started("residents") == now - timedelta(hours=1)
+    _ended(store, "d" * 32, "refused", now + timedelta(hours=8), dataset="households")  # only a fast one
+    assert store.last_started("households") is None
+
+    times = store.run_times(timeout=timedelta(seconds=30))
+    ended = {r["run_id"]: r["finished_at"] for r in store.last_runs(limit=10)}
+    residents = times["residents"]
+    assert residents.started == now - timedelta(hours=1)  # the failure, not the run 8 h ahead
+    assert residents.future == now + timedelta(hours=8)
+    assert residents.finished == ended["b" * 32]
+    assert residents.succeeded == ended["a" * 32]
+    households = times["households"]
+    assert (households.started, households.finished, households.succeeded) == (None, None, None)
+    assert households.future == now + timedelta(hours=8)
+
+
+def test_run_times_of_every_dataset_in_one_read(store: StateStore) -> None:
+    """What the daemon reads at start and on reload: per dataset, the start of the latest ended run
+    (what a schedule counts from), the end of the latest run (interrupted too) and of the latest
+    success; running and abandoned runs count for none of them."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    _ended(store, "a" * 32, "success", now - timedelta(hours=3))
+    _ended(store, "b" * 32, "refused", now - timedelta(hours=2))
+    _ended(store, "c" * 32, "interrupted", now - timedelta(hours=1))
+    store.begin_run(run_info("d" * 32, "households", at=now - timedelta(minutes=5)))  # still running
+    store.begin_run(run_info("e" * 32, "streets", at=now - timedelta(hours=9)))
+    store.begin_run(run_info("f" * 32, "streets", at=now - timedelta(hours=8)))  # e becomes abandoned
+    ended = {r["run_id"]: r["finished_at"] for r in store.last_runs(limit=10)}
+    assert set(store.run_times(timeout=timedelta(seconds=30))) == {"residents"}
+    residents = store.run_times(timeout=timedelta(seconds=30))["residents"]
+    assert residents.started == now - timedelta(hours=2)  # not the interrupted one
+    assert residents.finished == ended["c" * 32]  # the interrupted one ran
+    assert residents.succeeded == ended["a" * 32]
+    assert residents.future is None
+
+
+def test_reading_the_run_times_gives_up_after_its_timeout(store: StateStore, engine: sa.Engine) -> None:
+    """The daemon's main thread reads the run times at start and on reload: a runs table locked by
+    a maintenance statement must cost it the timeout, not its watchdog. The connection goes back to
+    the pool without the short timeout."""
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        pytest.skip("SQLite has no statement timeout (its busy timeout bounds the wait)")
+    runs = store.tables.runs.name
+    pg = dialect == "postgresql"
+    lock = f"LOCK TABLE {runs} IN ACCESS EXCLUSIVE MODE" if pg else f"LOCK TABLES {runs} WRITE"
+    dba = create_target_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with dba.connect() as conn:
+            conn.execute(sa.text(lock))
+            release = threading.Timer(60, conn.connection.dbapi_connection.close)  # never hang the suite
+            release.start()
+            try:
+                with pytest.raises(TargetError, match="reading the latest runs of every dataset"):
+                    store.run_times(timeout=timedelta(seconds=1))
+            finally:
+                release.cancel()
+            conn.rollback()
+            if not pg:
+                conn.execute(sa.text("UNLOCK TABLES"))
+    finally:
+        dba.dispose()
+    assert store.run_times(timeout=timedelta(seconds=30)) == {}
+    if not pg:  # the session setting was put back on the pooled connection
+        same = "SELECT @@session.max_statement_time = @@global.max_statement_time"
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(same)).scalar()

@@ -8,6 +8,7 @@ atomically (DESIGN §4.1-4.4).
 from __future__ import annotations
 
 from syncd.targets.engine import create_target_engine, describe_url, dialect_family, write_engine
+from syncd.targets.history import RunTimes
 from syncd.targets.records import BatchCounts, QuarantineItem, RunCounts, RunInfo, default_node
 from syncd.targets.schema import (
     DatasetShape,
@@ -31,6 +32,7 @@ __all__ = [
     "QuarantineItem",
     "RunCounts",
     "RunInfo",
+    "RunTimes",
     "StateStore",
     "StateTables",
     "TargetSchemaError",

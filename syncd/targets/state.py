@@ -12,7 +12,7 @@ Timestamps are stored as UTC and returned as aware UTC datetimes.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
+from syncd.targets.history import FUTURE_TOLERANCE, RunTimes, read_run_times, statement_timeout
 from syncd.targets.records import ResetCounts, RunCounts, RunInfo
 from syncd.targets.schema import (
     ADDED_QUARANTINE_COLUMNS,
@@ -389,15 +390,35 @@ class StateStore:
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"reading the row state of dataset {dataset}", exc) from exc
 
+    def run_times(self, *, timeout: timedelta, now: datetime | None = None) -> dict[str, RunTimes]:
+        """The latest runs of every dataset (any node), in one query cancelled after ``timeout``
+        where the database can (:mod:`syncd.targets.history`); runs stamped after ``now`` (+ a
+        minute) only in :attr:`RunTimes.future`. A dataset that never ended a run is missing."""
+        moment = datetime.now(UTC) if now is None else now
+        limit = timeout.total_seconds()
+        try:
+            with self.engine.connect() as conn, statement_timeout(conn, timeout):
+                return read_run_times(conn, self.tables.runs, moment)
+        except sa.exc.SQLAlchemyError as exc:
+            runs = self.tables.runs.name
+            doing = f"reading the latest runs of every dataset from {runs} (limit {limit:g} s)"
+            raise self._fail(doing, exc) from exc
+
     def last_started(self, dataset: str) -> datetime | None:
         """When the dataset's latest run that ended (success, failed or refused: not interrupted,
-        abandoned or still running) started, in UTC; None when it never ran. On any node."""
+        abandoned or still running) started, in UTC; None when it never ran. On any node. A run
+        stamped after now (+ a minute: a clock that was ahead) is not counted."""
         runs = self.tables.runs
-        # newest first through the (dataset, started_at) index, stopping at the first ended run: a
-        # daemon asks once per dataset at start, and the runs of years stay in the table
+        bound = datetime.now(UTC) + FUTURE_TOLERANCE
+        # newest first through the (dataset, started_at) index, stopping at the first ended run: the
+        # runs of years stay in the table
         query = (
             sa.select(runs.c.started_at)
-            .where(runs.c.dataset == dataset, runs.c.status.in_(("success", "failed", "refused")))
+            .where(
+                runs.c.dataset == dataset,
+                runs.c.status.in_(("success", "failed", "refused")),
+                runs.c.started_at <= bound,
+            )
             .order_by(runs.c.started_at.desc())
             .limit(1)
         )
