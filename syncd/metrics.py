@@ -55,6 +55,12 @@ with ``syncd_authorization_remaining_seconds < 30 * 86400``).
 When the daemon loads its configuration it should call :meth:`Metrics.register_dataset` for each
 dataset (so every counter exists at 0 before the first run and ``rate()``/``increase()`` see the
 first increment) and :meth:`Metrics.forget_dataset` for each dataset removed by a reload.
+
+The two timestamp gauges outlive the process through the runs table: at start and on each reload the
+daemon gives each scheduled dataset's latest run and success from there (any node, also ``syncd
+sync``) to :meth:`Metrics.restore_run_times`, so a stale-data alert on
+``syncd_last_success_timestamp_seconds`` keeps firing across restarts; a dataset no longer scheduled
+loses both (:meth:`Metrics.clear_run_times`), as a dataset that never ran has none.
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ class Metrics:
         self._clock = clock
         self._lock = threading.Lock()
         self._datasets: set[str] = set()
+        self._times: dict[tuple[str, str], float] = {}  # ("run" | "success", dataset) -> the time shown
         reg = CollectorRegistry(auto_describe=True)  # where the metric objects live
         #: what is exported: ``reg`` without the ``*_created`` series
         self.registry = CollectorRegistry(auto_describe=False)
@@ -226,10 +233,10 @@ class Metrics:
             self.rows.remove(name, op)
         for metric in (
             self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
-            self.changes_pruned, self.run_duration,
-            self.last_success, self.last_run, self.watermark_lag, self.authorization_remaining,
+            self.changes_pruned, self.run_duration, self.watermark_lag, self.authorization_remaining,
         ):
             metric.remove(name)
+        self.clear_run_times(name)
 
     @property
     def datasets(self) -> frozenset[str]:
@@ -267,15 +274,40 @@ class Metrics:
         if status in _DID_WORK:
             self.run_duration.labels(name).observe(max(0.0, float(result.duration)))
         if not status.startswith("skipped_"):
-            self.last_run.labels(name).set(now)
+            self._set_time("run", name, now, later_only=False)
         if status == "success":
-            self.last_success.labels(name).set(now)
+            self._set_time("success", name, now, later_only=False)
         lag = getattr(result, "freshness_lag_s", None)
         if lag is not None:
             self.set_watermark_lag(name, lag)
         days = getattr(result, "days_left", None)
         if days is not None:
             self.set_authorization_days(name, days)
+
+    def restore_run_times(self, dataset: str, *, last_run: float | None, last_success: float | None) -> None:
+        """The dataset's latest run and success as the runs table holds them (Unix times; None: none):
+        each gauge takes its time unless it already shows a later one (a run of this process)."""
+        for kind, when in (("run", last_run), ("success", last_success)):
+            if when is not None:
+                self._set_time(kind, dataset, when, later_only=True)
+
+    def clear_run_times(self, dataset: str) -> None:
+        """Remove the dataset's two timestamp gauges (it is no longer scheduled, or removed)."""
+        with self._lock:
+            for kind in ("run", "success"):
+                if self._times.pop((kind, dataset), None) is not None:
+                    self._time_gauge(kind).remove(dataset)
+
+    def _time_gauge(self, kind: str) -> Gauge:
+        return self.last_run if kind == "run" else self.last_success
+
+    def _set_time(self, kind: str, dataset: str, when: float, *, later_only: bool) -> None:
+        with self._lock:
+            key = (kind, dataset)
+            if later_only and self._times.get(key, when) > when:
+                return
+            self._times[key] = when
+            self._time_gauge(kind).labels(dataset).set(when)
 
     def run_skipped(self, dataset: str, outcome: str) -> None:
         """A scheduled run that never started: ``skipped_running`` (the dataset's previous run was

@@ -420,7 +420,7 @@ def test_an_unexpected_error_after_the_start_stops_the_daemon_in_order(
             notifier = SystemdNotifier(environ={"NOTIFY_SOCKET": notify.path})
             daemon = Daemon(config, load_config(config), notifier=notifier)
 
-            def broken_apply(schedules: Any) -> Any:
+            def broken_apply(schedules: Any, last_started: Any = None) -> Any:
                 raise RuntimeError("the scheduler's job store exploded")
 
             with capture_logs() as logs:
@@ -462,7 +462,7 @@ def test_a_failure_late_in_the_start_stops_what_had_started(
     """The monitoring server and the scheduler had started when the first jobs could not be added:
     serve() raised, and the port stayed open with a scheduler thread behind it."""
 
-    def broken_apply(schedules: Any) -> Any:
+    def broken_apply(schedules: Any, last_started: Any = None) -> Any:
         raise RuntimeError("no jobs today")
 
     monkeypatch.setattr(daemon.scheduler, "apply", broken_apply)
@@ -494,10 +494,10 @@ def test_a_busy_monitoring_port_is_a_start_failure_without_a_traceback(daemon: D
 
 
 def _first_runs(schedules: dict[str, Any], last: dict[str, datetime | None]) -> dict[str, datetime | None]:
-    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai", last_started=last.get)
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai")
     sched._scheduler.start(paused=True)  # next run times are computed; nothing is dispatched
     try:
-        sched.apply(schedules)
+        sched.apply(schedules, {name: when for name, when in last.items() if when is not None})
         return sched.next_run_times()
     finally:
         sched.shutdown()
@@ -532,20 +532,34 @@ def test_a_cron_run_missed_while_the_daemon_was_down_runs_at_start() -> None:
     assert first["never"] == on_the_hour  # cron is chosen for the hours a gateway allows: no run now
 
 
-def test_an_unreadable_run_history_leaves_the_trigger_alone() -> None:
-    def broken(name: str) -> datetime | None:
-        raise RuntimeError("database down")
+def test_a_last_run_stamped_by_a_clock_that_was_ahead_means_run_now() -> None:
+    """A run that started after now (the clock was 8 h fast when it ran: a hardware clock in Beijing
+    time read as UTC) says nothing of when the dataset really ran: it runs at once, with a warning
+    naming the dataset and the stored time, instead of waiting hours (interval) or for ever (cron)."""
+    now = datetime.now(SHANGHAI)
+    fast = now + timedelta(hours=8)
+    with capture_logs() as logs:
+        first = _first_runs(
+            {"every15m": every(15 * 60), "nightly": CronSchedule(type="cron", cron="0 2 * * *")},
+            {"every15m": fast, "nightly": fast},
+        )
+    for name in ("every15m", "nightly"):
+        due = first[name]
+        assert due is not None and due <= now + timedelta(seconds=35), name
+    warned = {e["dataset"]: e for e in logs if e["event"] == "schedule.last_run_in_future"}
+    assert set(warned) == {"every15m", "nightly"}
+    assert warned["every15m"]["last_started"] == fast.isoformat() and "NTP" in warned["every15m"]["hint"]
 
-    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai", last_started=broken)
+
+def test_without_the_last_runs_a_new_job_takes_its_trigger() -> None:
+    sched = DatasetScheduler(lambda name: None, timezone="Asia/Shanghai")
     sched._scheduler.start(paused=True)
     try:
-        with capture_logs() as logs:
-            sched.apply({"a": IntervalSchedule(type="interval", every=timedelta(hours=6))})
+        sched.apply({"a": IntervalSchedule(type="interval", every=timedelta(hours=6))}, None)
         due = sched.next_run_times()["a"]
     finally:
         sched.shutdown()
     assert due is not None and due > datetime.now(SHANGHAI) + timedelta(hours=5)
-    assert [e["event"] for e in logs] == ["schedule.last_run_unknown"]
 
 
 def test_the_pool_holds_every_connection_the_concurrent_runs_may_take(daemon: Daemon) -> None:

@@ -126,6 +126,26 @@ def test_failed_run_updates_last_run_but_not_last_success() -> None:
     assert value(m, "syncd_run_duration_seconds_count", dataset="residents") == 2
 
 
+def test_run_times_restored_from_the_runs_table_never_go_back(metrics: Metrics) -> None:
+    """At start and on reload the daemon gives each scheduled dataset's last run and success from
+    the runs table: the gauges take them, unless this process already shows a later run."""
+    metrics.restore_run_times("residents", last_run=NOW - 60, last_success=NOW - 3600)
+    assert value(metrics, "syncd_last_run_timestamp_seconds", dataset="residents") == NOW - 60
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="residents") == NOW - 3600
+    metrics.restore_run_times("households", last_run=NOW - 60, last_success=None)  # never succeeded
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="households") is None
+    metrics.observe_run(run(status="success"))  # at NOW
+    metrics.restore_run_times("residents", last_run=NOW - 10, last_success=NOW - 10)  # a reload
+    assert value(metrics, "syncd_last_run_timestamp_seconds", dataset="residents") == NOW
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="residents") == NOW
+    metrics.clear_run_times("residents")  # no longer scheduled
+    assert value(metrics, "syncd_last_run_timestamp_seconds", dataset="residents") is None
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="residents") is None
+    assert value(metrics, "syncd_runs_total", dataset="residents", outcome="success") == 1
+    metrics.restore_run_times("residents", last_run=NOW - 10, last_success=NOW - 10)  # scheduled again
+    assert value(metrics, "syncd_last_success_timestamp_seconds", dataset="residents") == NOW - 10
+
+
 def test_refused_and_skipped_runs_do_not_skew_durations(metrics: Metrics) -> None:
     metrics.observe_run(run(status="refused", duration=0.001, counts=NS(), days_left=-3))
     metrics.observe_run(run(dataset="households", status="skipped_locked", duration=0.0, counts=NS()))

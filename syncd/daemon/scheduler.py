@@ -9,11 +9,16 @@ because every worker was busy). Dataset runs share a pool of ``max_concurrent`` 
 the heartbeat has an executor of its own so busy workers never delay it.
 
 A job added when the daemon starts (or a reload adds a dataset) takes the dataset's last run into
-account (``last_started``, from the runs table: any node, also ``syncd sync``), so a restart never
-starves a dataset: an interval dataset runs ``every`` after its last run started, at once when that
-is past or it never ran; a cron dataset whose scheduled time passed since its last run (the daemon
-was down at 02:00) runs at once, and otherwise waits for its next scheduled time, as does a cron
-dataset that never ran (cron is chosen for the hours the gateway allows). A catch-up run starts
+account (the ``last_started`` times given to :meth:`DatasetScheduler.apply`, which the daemon reads
+from the runs table beforehand: any node, also ``syncd sync``; the scheduler itself never waits on a
+database), so a restart never starves a dataset: an interval dataset runs ``every`` after its last
+run started, at once when that is past or it never ran; a cron dataset whose scheduled time passed
+since its last run (the daemon was down at 02:00) runs at once, and otherwise waits for its next
+scheduled time, as does a cron dataset that never ran (cron is chosen for the hours the gateway
+allows). A last run that started after now (more than :data:`FUTURE_TOLERANCE`: stamped by a clock
+that was ahead, typically a hardware clock in Beijing time read as UTC until NTP corrected it) says
+nothing of when the dataset really ran: it runs at once (``schedule.last_run_in_future``). With no
+times given (the runs could not be read), a new job takes its trigger's first time. A catch-up run starts
 within the schedule's ``jitter`` (or :data:`CATCH_UP_SPREAD`), so many datasets due after a long
 stop do not all hit the gateway in the same second (an interval dataset within one interval at
 most, when that is shorter).
@@ -70,6 +75,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import cron_trigger
+from syncd.targets.history import FUTURE_TOLERANCE
 
 __all__ = [
     "CLOCK_STEP_THRESHOLD",
@@ -152,7 +158,6 @@ class DatasetScheduler:
         misfire_grace_time: timedelta = timedelta(minutes=10),
         heartbeat_interval: timedelta = timedelta(seconds=10),
         on_heartbeat: Callable[[], None] | None = None,
-        last_started: Callable[[str], datetime | None] | None = None,
         on_skipped: Callable[[str, str], None] | None = None,
         clock_step_threshold: timedelta = CLOCK_STEP_THRESHOLD,
     ) -> None:
@@ -160,7 +165,6 @@ class DatasetScheduler:
         (``skipped_running`` or ``skipped_missed``, see :meth:`_skipped`)."""
         self._run_fn = run_fn
         self._on_skipped = on_skipped
-        self._last_started = last_started
         self._zone = ZoneInfo(timezone)
         self._grace = max(1, int(misfire_grace_time.total_seconds()))
         self._beat_every = heartbeat_interval.total_seconds()
@@ -332,8 +336,13 @@ class DatasetScheduler:
 
     # ------------------------------------------------------------------ jobs
 
-    def apply(self, schedules: Mapping[str, Schedule]) -> SchedulePlan:
-        """Make the jobs match ``schedules`` exactly: add, remove and reschedule."""
+    def apply(
+        self, schedules: Mapping[str, Schedule], last_started: Mapping[str, datetime] | None = None
+    ) -> SchedulePlan:
+        """Make the jobs match ``schedules`` exactly: add, remove and reschedule. A job added plans its
+        first run from ``last_started`` (when each dataset's latest run started; a dataset missing
+        never ran), or from its trigger alone when that is None (module docstring). Read no database
+        under ``self._lock``: the scheduler thread takes it before each look for due jobs."""
         plan = SchedulePlan()
         with self._lock:
             self.check_clock()  # the jobs already there follow a step before new ones are planned
@@ -347,7 +356,9 @@ class DatasetScheduler:
                     continue
                 trigger = build_trigger(schedule, self._zone)
                 if old is None:
-                    first = self._first_run(name, schedule, trigger)
+                    first = None if last_started is None else self._first_run(
+                        name, schedule, trigger, last_started.get(name)
+                    )
                     when = {} if first is None else {"next_run_time": first}
                     self._scheduler.add_job(
                         self._job, trigger, args=[name], id=name, name=name, executor="default", **when
@@ -359,18 +370,27 @@ class DatasetScheduler:
                 self._schedules[name] = schedule
         return plan
 
-    def _first_run(self, name: str, schedule: Schedule, trigger: BaseTrigger) -> datetime | None:
-        """The first run time of a job added now, from the dataset's last run (module docstring);
-        None leaves it to the trigger."""
-        if self._last_started is None:
-            return None
-        try:
-            last = self._last_started(name)
-        except Exception as exc:  # noqa: BLE001 - a database problem only costs the catch-up
-            log.warning("schedule.last_run_unknown", dataset=name, error=str(exc))
-            return None
+    def _first_run(
+        self, name: str, schedule: Schedule, trigger: BaseTrigger, last: datetime | None
+    ) -> datetime | None:
+        """The first run time of a job added now, from when the dataset's last run started (module
+        docstring); None leaves it to the trigger."""
         now = self._now()
         catch_up = self._catch_up(schedule, now)
+        if last is not None and last > now + FUTURE_TOLERANCE:
+            log.warning(
+                "schedule.last_run_in_future",
+                dataset=name,
+                last_started=last.isoformat(),
+                now=now.isoformat(),
+                first_run=catch_up.isoformat(),
+                hint="the runs table holds a run of this dataset that started after now: the clock was "
+                "ahead when it ran (often a hardware clock kept in Beijing time and read as UTC, until "
+                "NTP corrected it); the dataset runs now instead of waiting for that time. Check the "
+                "server's time synchronisation (timedatectl, chrony / NTP) and that the hardware clock "
+                "is in UTC (timedatectl set-local-rtc 0)",
+            )
+            return catch_up
         if isinstance(schedule, IntervalSchedule):
             due = None if last is None else last.astimezone(self._zone) + schedule.every
             first = catch_up if due is None or due <= now else due

@@ -54,7 +54,7 @@ from syncd.errors import ConfigError, SyncdError, TargetError
 from syncd.metrics import Metrics
 from syncd.ops.prune import prune_datasets, retention_bounds
 from syncd.runner import RunResult, run_dataset
-from syncd.targets import RunCounts, StateStore, create_target_engine
+from syncd.targets import RunCounts, RunTimes, StateStore, create_target_engine
 from syncd.targets.engine import pool_overflow
 
 __all__ = ["Daemon", "schedules_of"]
@@ -75,11 +75,32 @@ _TARGET_RETRY_FIRST = 2.0  # seconds before the second try to reach the target d
 _TARGET_RETRY_MAX = 60.0  # the wait doubles up to this
 PRUNE_QUIET_AFTER_STEP = timedelta(hours=24)
 """The daemon does not prune the change feed this long after a clock step (:meth:`Daemon.prune_job`)."""
+RUN_TIMES_TIMEOUT = timedelta(seconds=10)
+"""The longest the main thread waits for the runs table at start and on a reload
+(:meth:`Daemon._read_run_times`); with the 10 s connect timeout it stays well inside the 30 s between
+two watchdog pings (WatchdogSec=60)."""
 
 
 def schedules_of(app: AppConfig) -> dict[str, Schedule]:
     """The datasets that get a job: enabled and with a schedule."""
     return {n: d.schedule for n, d in app.datasets.items() if d.enabled and d.schedule is not None}
+
+
+def _started(times: dict[str, RunTimes] | None) -> dict[str, datetime] | None:
+    """What :meth:`DatasetScheduler.apply` plans first runs from: when each dataset's latest run
+    started, one stamped after now first (the scheduler warns about it and runs the dataset now)."""
+    if times is None:
+        return None
+    out: dict[str, datetime] = {}
+    for name, t in times.items():
+        when = t.future or t.started
+        if when is not None:
+            out[name] = when
+    return out
+
+
+def _unix(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
 
 
 class Daemon:
@@ -106,7 +127,6 @@ class Daemon:
             misfire_grace_time=d.misfire_grace_time,
             heartbeat_interval=d.heartbeat_interval,
             on_heartbeat=self.metrics.heartbeat,
-            last_started=self.store.last_started,
             on_skipped=self.metrics.run_skipped,
         )
         self.server: HealthServer | None = None
@@ -125,6 +145,7 @@ class Daemon:
         self._target_problem: str | None = None  # while waiting for the target database at start
         # a run's outcome is recorded, and a reload forgets removed datasets (_adopt), one at a time
         self._adopt_lock = threading.Lock()
+        self._scheduled: frozenset[str] = frozenset()  # the datasets with a job (_adopt)
         self._doing = "start"  # what the main thread does, for daemon.failed
 
     # ------------------------------------------------------------------ signals
@@ -236,9 +257,10 @@ class Daemon:
         if not self._wait_for_target():
             return False
         self.metrics.config_reloaded(True)
-        self._adopt(self.app)
+        times = self._read_run_times(self.app)
+        self._adopt(self.app, times)
         self.scheduler.start()
-        plan = self.scheduler.apply(schedules_of(self.app))
+        plan = self.scheduler.apply(schedules_of(self.app), _started(times))
         log.info(
             "daemon.started",
             config=str(self.config_path),
@@ -386,6 +408,8 @@ class Daemon:
             with self._adopt_lock:  # a reload may have removed the dataset meanwhile: leave it removed
                 if name in self.app.datasets:
                     self.metrics.observe_run(result)  # interrupted too: its batches committed
+                    if name not in self._scheduled:  # taken out of service meanwhile (_adopt)
+                        self.metrics.clear_run_times(name)
                     self.book.record(name, result.status)
                     self._set_days_left(self.app, name)
         finally:
@@ -475,16 +499,46 @@ class Daemon:
 
     # ------------------------------------------------------------------ configuration
 
-    def _adopt(self, app: AppConfig) -> None:
+    def _adopt(self, app: AppConfig, times: dict[str, RunTimes] | None = None) -> None:
         """Metrics series, run book and authorization gauges for the datasets of ``app`` (already
-        ``self.app``): a run of a removed dataset that ends later records nothing (:meth:`run_job`)."""
+        ``self.app``): a run of a removed dataset that ends later records nothing (:meth:`run_job`).
+        Only scheduled datasets have the last-run / last-success gauges, which start from ``times``
+        (the runs table; None: unreadable, the gauges keep what they show)."""
+        scheduled = frozenset(schedules_of(app))
         with self._adopt_lock:
+            self._scheduled = scheduled
             for name in self.metrics.datasets - set(app.datasets):
                 self.metrics.forget_dataset(name)
             for name in app.datasets:
                 self.metrics.register_dataset(name)
                 self._set_days_left(app, name)
+                last = None if times is None else times.get(name)
+                if name not in scheduled:
+                    self.metrics.clear_run_times(name)
+                elif last is not None:
+                    self.metrics.restore_run_times(
+                        name, last_run=_unix(last.finished), last_success=_unix(last.succeeded)
+                    )
             self.book.track(app.datasets)
+
+    def _read_run_times(self, app: AppConfig) -> dict[str, RunTimes] | None:
+        """Every dataset's latest runs from the runs table, waiting at most :data:`RUN_TIMES_TIMEOUT`
+        (never under the scheduler's lock: its thread would stop, and the heartbeat with it). None,
+        logged, when they cannot be read: the start or reload goes on without them."""
+        try:
+            return self.store.run_times(timeout=RUN_TIMES_TIMEOUT)
+        except TargetError as exc:
+            log.warning(
+                "schedule.last_run_unknown",
+                error=str(exc),
+                datasets=sorted(schedules_of(app)),
+                hint="the last runs could not be read from the runs table, so datasets added now are "
+                "planned from their schedule alone: an interval dataset first runs one `every` from now, "
+                "a cron dataset at its next time; syncd_last_run_timestamp_seconds and "
+                "syncd_last_success_timestamp_seconds show only runs of this process. Nothing else is "
+                "affected; check the target database if this repeats",
+            )
+            return None
 
     def _set_days_left(self, app: AppConfig, name: str) -> None:
         ds = app.datasets.get(name)
@@ -514,10 +568,11 @@ class Daemon:
         ]
         if restart_only:  # they apply at the next restart, whole: the running ones stay in force
             new = new.model_copy(update={k: getattr(self.app, k) for k in restart_only})
+        times = self._read_run_times(new)  # before the scheduler's lock is taken (apply)
         self.app = new
-        plan = self.scheduler.apply(schedules_of(new))
+        plan = self.scheduler.apply(schedules_of(new), _started(times))
         self._schedule_retention(new)
-        self._adopt(new)
+        self._adopt(new, times)
         self.metrics.config_reloaded(True)
         self.book.reload_problem = None
         log.info(
