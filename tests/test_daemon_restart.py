@@ -4,7 +4,8 @@
   clock that was ahead;
 * the last-run / last-success gauges, which the documented stale-data alert needs after a restart;
 * a reload reads the runs table without stopping the scheduler thread (its heartbeat), and goes on
-  when it cannot read it.
+  when it cannot read it;
+* a dataset taken out of service by a reload no longer counts for ``/healthz``.
 """
 
 from __future__ import annotations
@@ -164,3 +165,47 @@ def test_a_reload_that_cannot_read_the_runs_goes_on_without_them(
     assert "one `every` from now" in unknown["hint"]
     # never ran: with the runs read it would run at once; unread, its trigger plans it an hour on
     assert first is not None and first > datetime.now(UTC) + timedelta(minutes=50)
+
+
+@pytest.mark.parametrize("how", ["disabled", "unscheduled"])
+def test_a_dataset_taken_out_of_service_no_longer_makes_the_daemon_unhealthy(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A broken dataset taken out of service by a reload kept /healthz at 503 ("last 3 runs failed")
+    until a restart, and its last-run gauge kept a stale-data alert firing."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    dead_gateway = f"http://127.0.0.1:{free_port()}"
+    config = daemon_config(
+        tmp_path, db_url=sqlite_url, gateway_url=dead_gateway, every="1h", retry=FAST_RETRY
+    )
+    daemon = _daemon(config)
+    try:
+        daemon.store.ensure_schema()
+        daemon._adopt(daemon.app)
+        for _ in range(3):
+            daemon.run_job("residents")
+        ok, details = daemon.health()
+        assert not ok and "dataset residents: last 3 runs failed" in details["reasons"]
+        assert 'syncd_last_run_timestamp_seconds{dataset="residents"}' in daemon.metrics.render().decode()
+        ds = tmp_path / "datasets" / "residents.yaml"
+        text = ds.read_text(encoding="utf-8")
+        text = text + "enabled: false\n" if how == "disabled" else text.replace(HOURLY, "")
+        ds.write_text(text, encoding="utf-8")
+        assert daemon.reload()
+        assert daemon.scheduler.datasets == []  # nothing will run it again
+        ok, details = daemon.health()
+        gone = value(daemon.metrics, "syncd_last_run_timestamp_seconds", dataset="residents")
+        failed = value(daemon.metrics, "syncd_runs_total", dataset="residents", outcome="failed")
+        ds.write_text(text.replace("enabled: false\n", "") if how == "disabled" else text + HOURLY)
+        assert daemon.reload()  # scheduled again: a clean record, the gauge from the runs table
+        again = daemon.book.snapshot()["residents"]
+        back = value(daemon.metrics, "syncd_last_run_timestamp_seconds", dataset="residents")
+        (latest, *_) = daemon.store.last_runs("residents")
+    finally:
+        daemon.scheduler.shutdown()
+        daemon.engine.dispose()
+        daemon.locker.close()
+    assert ok, details
+    assert gone is None and failed == 3  # the counters stay
+    assert again.failures_in_a_row == 0
+    assert back == latest["finished_at"].timestamp()

@@ -197,6 +197,18 @@ def test_runbook_status_and_health_rule() -> None:
     assert not book.health(90.0, 60.0)[0]
 
 
+def test_runbook_forgets_a_dataset_taken_out_of_service() -> None:
+    book = RunBook(unhealthy_after_failures=1)
+    book.track(["a"])
+    book.record("a", "failed", now=1.0)
+    assert not book.health(1.0, 60.0)[0]
+    book.track([])  # a reload took it out of service (enabled: false, no schedule)
+    book.record("a", "failed", now=2.0)  # the run it had going ends afterwards
+    assert book.health(1.0, 60.0) == (True, {"heartbeat_age_s": 1.0, "failing": []})
+    book.track(["a"])  # scheduled again: a clean record
+    assert book.snapshot()["a"].failures_in_a_row == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -410,7 +410,7 @@ class Daemon:
                     self.metrics.observe_run(result)  # interrupted too: its batches committed
                     if name not in self._scheduled:  # taken out of service meanwhile (_adopt)
                         self.metrics.clear_run_times(name)
-                    self.book.record(name, result.status)
+                    self.book.record(name, result.status)  # counts only while scheduled
                     self._set_days_left(self.app, name)
         finally:
             structlog.contextvars.clear_contextvars()
@@ -502,8 +502,9 @@ class Daemon:
     def _adopt(self, app: AppConfig, times: dict[str, RunTimes] | None = None) -> None:
         """Metrics series, run book and authorization gauges for the datasets of ``app`` (already
         ``self.app``): a run of a removed dataset that ends later records nothing (:meth:`run_job`).
-        Only scheduled datasets have the last-run / last-success gauges, which start from ``times``
-        (the runs table; None: unreadable, the gauges keep what they show)."""
+        Only scheduled datasets count for health (the run book forgets one taken out of service) and
+        have the last-run / last-success gauges, which start from ``times`` (the runs table; None:
+        unreadable, the gauges keep what they show)."""
         scheduled = frozenset(schedules_of(app))
         with self._adopt_lock:
             self._scheduled = scheduled
@@ -519,7 +520,7 @@ class Daemon:
                     self.metrics.restore_run_times(
                         name, last_run=_unix(last.finished), last_success=_unix(last.succeeded)
                     )
-            self.book.track(app.datasets)
+            self.book.track(scheduled)
 
     def _read_run_times(self, app: AppConfig) -> dict[str, RunTimes] | None:
         """Every dataset's latest runs from the runs table, waiting at most :data:`RUN_TIMES_TIMEOUT`

@@ -1,8 +1,11 @@
 """What the daemon knows about its datasets' latest runs: the status line and the health rule.
 
 Health rule (``GET /healthz``, documented in docs/daemon.md): the daemon is healthy when the
-scheduler's heartbeat is fresh (younger than ``daemon.heartbeat_timeout``) and no dataset's last
-``daemon.unhealthy_after_failures`` runs in a row failed (``failed`` or ``refused``). Stale data
+scheduler's heartbeat is fresh (younger than ``daemon.heartbeat_timeout``) and no scheduled
+dataset's last ``daemon.unhealthy_after_failures`` runs in a row failed (``failed`` or
+``refused``). The book tracks the scheduled datasets only (:meth:`RunBook.track`): one taken out of
+service (``enabled: false``, no ``schedule``, removed) is forgotten, failures included, as it will
+not run again; scheduled again, it starts from a clean record. Stale data
 (no success for a long time) is an alert on ``syncd_last_success_timestamp_seconds``, not a
 health failure: a restart would not fix it.
 """
@@ -50,7 +53,8 @@ class RunBook:
         self.reload_problem: str | None = None
 
     def track(self, names: Iterable[str]) -> None:
-        """Keep exactly these datasets (after a (re)load)."""
+        """Keep exactly these datasets, the scheduled ones (after a (re)load): the records of the others
+        are dropped."""
         with self._lock:
             keep = set(names)
             for name in list(self._records):
@@ -62,12 +66,15 @@ class RunBook:
     def record(self, dataset: str, status: str, *, now: float | None = None) -> None:
         """A run of ``dataset`` ended with ``status``. skipped_locked and interrupted runs (counted in
         the metrics) say nothing of the dataset's health: they change neither the last status nor the
-        failures in a row."""
+        failures in a row. Nor does a run of a dataset not tracked (a reload took it out of service
+        while it ran)."""
         if status in ("skipped_locked", "interrupted"):
             return
         t = time.time() if now is None else now
         with self._lock:
-            rec = self._records.setdefault(dataset, DatasetRecord())
+            rec = self._records.get(dataset)
+            if rec is None:
+                return
             rec.last_status, rec.last_finished = status, t
             if status == "success":
                 rec.last_success, rec.failures_in_a_row = t, 0
