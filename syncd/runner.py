@@ -15,6 +15,10 @@ rows. What the runner owns is the run's policy:
 * full-snapshot delete detection (``target.snapshot_delete``): each batch's keys are marked
   seen after it committed; only a run that read the whole dataset deletes the unseen keys, and
   only within the guard (:mod:`syncd.targets.snapshot`);
+* a page with a ``checkpoint`` (the file source: the last page of a file) ends a whole: the batch
+  is written at once and the checkpoint (the file's ledger entry) commits in its transaction,
+  when the error limit would hold if the run ended there; a run that fails or is killed later
+  reads that file no more (reading it again would write its rows back to older values);
 * a source with a ``finish(success)`` method (the file source) is told how the run ended, after
   every batch committed, so it can move what it read;
 * the run's dataset lock (``lock``, :class:`RunLock`), when it has one, is checked between pages
@@ -33,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -55,10 +59,11 @@ from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, Rejected, Row
 from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
-from syncd.sources.base import Page, ResumePoint
+from syncd.sources.base import Checkpoint, Page, ResumePoint
 from syncd.sources.prefetch import Prefetcher
 from syncd.sources.worker import MappedPage, ReadWorker, ReadWorkerError
 from syncd.targets import (
+    BatchCounts,
     BatchWriter,
     QuarantineItem,
     RunCounts,
@@ -68,6 +73,9 @@ from syncd.targets import (
 )
 from syncd.targets.keydef import KeyDefinitionChanged, check_key_definition
 from syncd.targets.snapshot import SnapshotDeletes
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = ["Backfill", "Progress", "RunLock", "RunResult", "check_authorization", "run_dataset"]
 
@@ -277,19 +285,26 @@ class _Run:
     # ------------------------------------------------------------------ guards
 
     def check_error_limit(self, final: bool) -> None:
-        q, n = self.counts.quarantined, self.counts.fetched
+        problem = self.over_error_limit(self.counts.quarantined, final=final)
+        if problem is not None:
+            raise GuardError(problem)
+
+    def over_error_limit(self, quarantined: int, *, final: bool) -> str | None:
+        """Why ``quarantined`` records of those fetched so far are over the error limit, or None."""
+        q, n = quarantined, self.counts.fetched
         limit = self.error_limit
         if q > limit.count:
-            raise GuardError(
+            return (
                 f"{q} records quarantined, over the error limit of {limit.count} "
                 f"(error_limit.count): fix the mapping or the upstream data, then re-run"
             )
         # the ratio is judged once enough records were seen to make it meaningful
         if n and (final or n >= 10 * self.batch_size) and q / n > limit.ratio:
-            raise GuardError(
+            return (
                 f"{q} of {n} records quarantined ({q / n:.1%}), over the error limit ratio of "
                 f"{limit.ratio:.1%} (error_limit.ratio): fix the mapping or the upstream data, then re-run"
             )
+        return None
 
 
 def resume_from(app: AppConfig, inc: Any, watermark: str | None) -> datetime | None:
@@ -539,11 +554,14 @@ class _Batch:
             if self.snapshot is not None:  # their rows stand: seen, with nothing to write
                 self.snapshot.mark_seen(skipped)
 
-    def flush_when_full(self) -> None:
+    def flush_when_full(self, checkpoint: Checkpoint | None = None) -> None:
         """At the end of a page: once ``batch_size`` records wait, resolve them; once ``batch_size``
-        rows are left to write, write them (see the class docstring); report."""
+        rows are left to write, write them (see the class docstring); report. A page with a
+        ``checkpoint`` ends a whole (a file): what waits is written at once, with the checkpoint."""
         size = self.run.batch_size
-        if len(self) >= size:
+        if checkpoint is not None:
+            self.flush(checkpoint)
+        elif len(self) >= size:
             if self.waiting:
                 self.run.check_stop()
                 self._resolve_waiting()
@@ -551,15 +569,19 @@ class _Batch:
                 self.flush()
         self.run.report_progress()
 
-    def flush(self) -> None:
+    def flush(self, checkpoint: Checkpoint | None = None) -> None:
         """Resolve what waits and write the rest in one transaction (or not at all when a stop was
-        requested)."""
-        if not len(self):
+        requested). A source's ``checkpoint`` (:attr:`Page.checkpoint`: the records read so far are
+        a whole, e.g. a file) commits in the same transaction, or alone when nothing is left to write."""
+        if not len(self) and checkpoint is None:
             return
         run, sorter = self.run, self.sorter
         run.check_stop()  # a batch is committed whole or not started
         self._resolve_waiting()
+        also = None if checkpoint is None else self._gated(checkpoint)
         if not self.to_write():
+            if also is not None:
+                self.writer.write(run.run_id, [], also=also)
             return
         row_key = self.writer.row_key
         quarantined = [
@@ -581,6 +603,7 @@ class _Batch:
             sorter.digests,
             hashes=self.hashes,
             delete_after=sorter.delete_after,
+            also=also,
         )
         run.counts.add(counts)
         if self.snapshot is not None:  # after the batch committed: its keys were seen by this run
@@ -591,6 +614,21 @@ class _Batch:
         self.pending.clear()
         run.check_error_limit(final=False)
 
+    def _gated(self, checkpoint: Checkpoint) -> Callable[[sa.Connection, BatchCounts], None]:
+        """``checkpoint`` as the writer calls it inside the batch's transaction: only when the run's
+        error limit would hold if the run ended with this batch. Past it the batch still commits
+        (its quarantined records are kept) but the checkpoint does not: a file over the limit is
+        read again by the next run, as a run failing on the limit reads its window again."""
+        run = self.run
+
+        def also(conn: sa.Connection, counts: BatchCounts) -> None:
+            problem = run.over_error_limit(run.counts.quarantined + counts.quarantined, final=True)
+            if problem is None:
+                checkpoint(conn)
+            else:
+                log.info("sync.checkpoint_deferred", reason=problem)
+
+        return also
 
     def _seen_keys(self) -> list[str]:
         """The row keys the write just committed stands for, as ``row_state`` holds them: its rows'
@@ -816,7 +854,7 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
                     if ts is not None and (run.max_seen is None or ts > run.max_seen):
                         run.max_seen = ts
                     batch.add(record, digests.pop() if digests is not None else None)
-            batch.flush_when_full()
+            batch.flush_when_full(page.checkpoint)
             if page.resume is not None and reading.worker_ready():
                 return page.resume
             if reading.pending is None:  # no worker will take this read over (any more)

@@ -620,3 +620,167 @@ def test_a_file_written_to_while_it_is_read_stays_for_the_next_run(
     finally:
         source.close()
     assert data.exists() and not (drop / "processed").exists() and not (drop / "failed").exists()
+
+
+# ---------------------------------------------------------------- each file committed with its last batch
+
+def _dated(path: Path, rows: list[tuple[str, str, str]], mtime: float) -> Path:
+    """A UTF-8 CSV with its marker, modified at ``mtime`` (files are taken oldest first)."""
+    _csv(path, rows, "utf-8")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def _feed(store: StateStore) -> list[tuple[str, str]]:
+    """The change feed as (op, row key), in order."""
+    return [(c["op"], c["row_key"]) for c in store.changes("people", limit=10_000)]
+
+
+def _ledger(store: StateStore) -> dict[str, int]:
+    """File name -> records, of the people dataset's ledger entries."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT file_name, records FROM syncd_files WHERE dataset = 'people'"))
+        return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _no_errors(app: Any) -> Any:
+    """``app`` with ``error_limit.count: 0``: one quarantined record fails the run."""
+    limit = app.defaults.error_limit.model_copy(update={"count": 0})
+    return app.model_copy(update={"defaults": app.defaults.model_copy(update={"error_limit": limit})})
+
+
+def test_files_committed_before_a_failed_run_are_not_read_again(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """a.csv and b.csv committed, then c.csv failed the run: both stayed out of the ledger and the
+    next run read them again, writing p1 back to a.csv's 10 and then forward to b.csv's 20 (two
+    update entries in the change feed for a row that did not change upstream)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    t = 1_700_000_000
+    _dated(drop / "a.csv", [("p1", "张三", "10")], t)  # the older delivery
+    _dated(drop / "b.csv", [("p1", "张三", "20")], t + 60)  # the newer one corrects p1
+    (drop / "c.csv").write_text("id,name,amount\r\np7,王五,7\r\np8,赵六,8\r\np9,钱七\r\n", encoding="utf-8")
+    os.utime(drop / "c.csv", (t + 120, t + 120))
+    (drop / "c.csv.ok").touch()  # its short row fails it: it goes to failed/ and the run fails
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop), "page_size": 2}, batch_size=1)
+    first = run_dataset(app, ds, store)
+    assert not first.ok and (drop / "failed" / "c.csv").exists()
+    assert local_rows(store)["p1"] == ("张三", 20)
+    assert _ledger(store) == {"a.csv": 1, "b.csv": 1}
+    assert (drop / "a.csv").exists() and (drop / "b.csv").exists()  # nothing moves in a failed run
+    feed = _feed(store)
+    second = run_dataset(app, ds, store)
+    assert second.ok, second.error
+    assert second.counts.fetched == 0 and _feed(store) == feed
+    assert local_rows(store)["p1"] == ("张三", 20)
+    # the next run moves them, saying their records were committed
+    reason = (drop / "processed" / "a.csv.reason.txt").read_text(encoding="utf-8")
+    assert "already processed as a.csv" in reason and "1 records committed" in reason
+    assert not list(drop.glob("*.csv"))
+
+
+def test_a_crash_after_the_last_commit_reads_no_file_again(
+    tmp_path: Path, sqlite_url: str, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after every batch committed, before ``finish`` moved the files."""
+    from syncd.sources.files.source import FileSource
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    t = 1_700_000_000
+    _dated(drop / "a.csv", [("p1", "张三", "10"), ("p2", "李四", "1")], t)
+    _dated(drop / "b.csv", [("p1", "张三", "20")], t + 60)
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop), "page_size": 2}, batch_size=1)
+    with monkeypatch.context() as m:
+        m.setattr(FileSource, "finish", lambda self, success: None)  # killed here
+        assert run_dataset(app, ds, store).ok
+    feed = _feed(store)
+    assert feed == [("insert", "p1"), ("insert", "p2"), ("update", "p1")]
+    again = run_dataset(app, ds, store)
+    assert again.ok and again.counts.fetched == 0
+    assert _feed(store) == feed and local_rows(store)["p1"] == ("张三", 20)
+    assert sorted(p.name for p in (drop / "processed").glob("*.csv")) == ["a.csv", "b.csv"]
+
+
+def test_a_file_over_the_error_limit_is_read_again_alone(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """c.csv is over the error limit: it stays for the next run (the operator fixes the mapping or
+    the file) and every run fails on it, as before; a.csv and b.csv, committed within the limit,
+    are not read again (every run wrote p1 back to 10 and forward to 20 again: two entries each)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    t = 1_700_000_000
+    _dated(drop / "a.csv", [("p1", "张三", "10")], t)
+    _dated(drop / "b.csv", [("p1", "张三", "20")], t + 60)
+    _dated(drop / "c.csv", [("p9", "王五", "九")], t + 120)  # amount is not a number
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop), "page_size": 2}, batch_size=1)
+    app = _no_errors(app)
+    for _ in range(3):
+        result = run_dataset(app, ds, store)
+        assert result.status == "failed" and "error limit" in (result.error or "")
+        assert [key for _, key in _feed(store)] == ["p1", "p1"]
+    assert _ledger(store) == {"a.csv": 1, "b.csv": 1}
+    assert (drop / "c.csv").exists() and result.counts.fetched == 1
+    assert local_rows(store)["p1"] == ("张三", 20)
+
+
+def test_a_file_whose_ratio_fails_alone_is_recorded_when_the_run_ends_within_the_limit(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """1 of a.csv's 2 records is quarantined: over the 10 % ratio if the run ended there, so a.csv's
+    entry waits; b.csv's 20 good records bring the run within it, and the run records a.csv too."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    t = 1_700_000_000
+    _dated(drop / "a.csv", [("p1", "张三", "10"), ("p2", "李四", "二")], t)
+    _dated(drop / "b.csv", [(f"q{i}", "王五", str(i)) for i in range(20)], t + 60)
+    app, ds = make_app(sqlite_url, {"type": "file", "path": str(drop), "page_size": 50}, batch_size=50)
+    result = run_dataset(app, ds, store)
+    assert result.ok, result.error
+    assert result.counts.quarantined == 1
+    assert _ledger(store) == {"a.csv": 2, "b.csv": 20}
+    assert not list(drop.glob("*.csv"))
+
+
+def test_a_snapshot_of_several_files_deletes_only_after_a_run_read_all_of_them(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """A delivery of a.csv and b.csv is one snapshot. b.csv failed the run after a.csv committed;
+    the fixed b2.csv alone must not delete a.csv's rows (a.csv is in the ledger, not read again)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    t = 1_700_000_000
+    source = {"type": "file", "path": str(drop), "page_size": 2}
+    target = {"snapshot_delete": {"max_ratio": 1.0}}
+    app, ds = make_app(sqlite_url, source, batch_size=1, target=target)
+    _dated(drop / "s0.csv", ROWS, t)
+    assert run_dataset(app, ds, store).ok
+    _dated(drop / "a.csv", [("p1", "张三", "11")], t + 60)
+    (drop / "b.csv").write_text("id,name,amount\r\np2,李四\r\n", encoding="utf-8")  # short: fails the run
+    os.utime(drop / "b.csv", (t + 120, t + 120))
+    (drop / "b.csv.ok").touch()
+    assert not run_dataset(app, ds, store).ok
+    _dated(drop / "b2.csv", [("p2", "李四", "22")], t + 180)
+    fixed = run_dataset(app, ds, store)
+    assert fixed.ok, fixed.error
+    assert fixed.counts.deleted == 0
+    assert local_rows(store) == {"p1": ("张三", 11), "p2": ("李四", 22), "p3": ("王五", 30)}
+    _dated(drop / "c.csv", [("p1", "张三", "11"), ("p2", "李四", "22")], t + 240)  # the next whole one
+    later = run_dataset(app, ds, store)
+    assert later.ok and later.counts.deleted == 1 and set(local_rows(store)) == {"p1", "p2"}
+
+
+def test_a_plan_records_no_file(tmp_path: Path, sqlite_url: str, store: StateStore) -> None:
+    from syncd.ops.plan import plan_dataset
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", ROWS, "utf-8")
+    app, ds = _app(sqlite_url, drop)
+    planned = plan_dataset(app, ds, store.engine)
+    assert planned.fetched == 3
+    assert not store.has_table("syncd_files") or _ledger(store) == {}
+    result = run_dataset(app, ds, store)
+    assert result.ok and result.counts.inserted == 3

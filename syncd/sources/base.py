@@ -6,12 +6,15 @@ A source is built from its dataset's config by a factory registered in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Page", "ReadStats", "ResumePoint", "Source", "Window", "digest_texts"]
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+__all__ = ["Checkpoint", "Page", "ReadStats", "ResumePoint", "Source", "Window", "digest_texts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,12 @@ class Window:
 
     since: datetime | None
     until: datetime | None
+
+
+Checkpoint = Callable[["sa.Connection"], None]
+"""What a source records once the records up to the end of a page are committed (the file source:
+a file read to its end goes into its ledger). The runner calls it on the connection of the batch
+that commits the page's last record, inside that batch's transaction (:attr:`Page.checkpoint`)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +55,9 @@ class Page:
     digests: list[str] | None = None
     texts: list[bytes] | None = None
     heads: list[dict[str, Any]] | None = None
+    # the records up to this page's last one are a whole (a file): the runner writes them at once,
+    # and commits this with them, when the run's error limit would hold if it ended there
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(slots=True)

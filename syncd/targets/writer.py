@@ -106,6 +106,10 @@ CHANGE_COLUMNS = (
 )
 
 
+_Also = Callable[[sa.Connection, BatchCounts], None]
+"""More of the caller's state, committed in a batch's transaction (:meth:`BatchWriter.write`)."""
+
+
 @dataclass(slots=True)
 class _Batch:
     """One batch after deduplication: row key → row / key values / delete key values."""
@@ -296,6 +300,7 @@ class BatchWriter:
         *,
         hashes: Sequence[str] | None = None,
         delete_after: Sequence[int] | None = None,
+        also: _Also | None = None,
     ) -> BatchCounts:
         """Write one batch atomically; returns what it did.
 
@@ -313,6 +318,10 @@ class BatchWriter:
         that many of ``rows``. Then the last record of a key wins, a delete or a row: a delete
         supersedes the rows of its key before it, a row after it supersedes the delete — whatever
         records one write holds (the runner's batches end wherever ``batch_size`` falls).
+        ``also``, when given, is called inside the batch's transaction after its writes, with the
+        batch's counts, to commit more of the caller's state with it (the file source's ledger
+        entry of a file whose last record is in the batch); in a transaction of its own when the
+        batch has nothing to write.
         """
         batch = _Batch(run_id=run_id, now=datetime.now(UTC), rejects=list(quarantined))
         if digests is not None and len(digests) != len(rows):
@@ -331,7 +340,7 @@ class BatchWriter:
         self._collect_deletes(batch, deletes, delete_after)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
-            return batch.counts
+            return self._commit_alone(also, batch.counts)
         rejects, entered = self._settle_rejects(batch)
         stale = self._stale_keys([batch.rows, batch.deletes, entered])
         if hashes is None:
@@ -354,6 +363,7 @@ class BatchWriter:
                 superseded = self._remove_entries(conn, stale, list(entered.values()))
                 self._stage = f"writing {self._tables.quarantine.name}"
                 self._upsert_entries(conn, self._quarantine_rows(batch, rejects))
+                self._commit_also(conn, also, batch.counts)
                 self._stage = "committing"
         except sa.exc.SQLAlchemyError as exc:
             raise self._failed(self._stage, exc) from exc
@@ -361,6 +371,22 @@ class BatchWriter:
         self._analyzer.added(batch.counts.inserted)
         log.debug("target.batch", dataset=self._dataset, run_id=run_id, **counts_dict(batch.counts))
         return batch.counts
+
+    def _commit_also(self, conn: sa.Connection, also: _Also | None, counts: BatchCounts) -> None:
+        """Call the caller's ``also`` inside the batch's transaction (``write``)."""
+        if also is not None:
+            self._stage = "recording the source's checkpoint (the file ledger)"
+            also(conn, counts)
+
+    def _commit_alone(self, also: _Also | None, counts: BatchCounts) -> BatchCounts:
+        """A batch with nothing to write: the caller's ``also`` in a transaction of its own."""
+        if also is not None:
+            try:
+                with self._engine.begin() as conn:
+                    self._commit_also(conn, also, counts)
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._failed(self._stage, exc) from exc
+        return counts
 
     def _collect_rows(
         self,

@@ -1,9 +1,12 @@
 """The file ledger: which dropped files (by sha256 of their content) were processed, per dataset.
 
 ``{prefix}files`` lives in the target database beside syncd's other state tables. A file is
-recorded only after the run that read it succeeded — all its rows committed — so a crash before
-that re-reads the file, and the row hashes make the repeat free; a file whose content was
-recorded before is not read again, whatever its name.
+recorded in the transaction of the batch that commits its last record (the runner commits the
+file source's page checkpoint with it, :meth:`FileLedger.record_on`), so a failure or a crash
+after that never reads it again, and one before it reads again only that file (the row hashes
+make the repeat free). Reading again a file whose rows a later file changed would write them back
+to older values. A file whose content was recorded before is not read again, whatever its name.
+``syncd reset`` forgets a dataset's entries (:meth:`StateStore.reset_dataset`).
 """
 
 from __future__ import annotations
@@ -65,24 +68,28 @@ class FileLedger:
         return None if row is None else dict(row)
 
     def record(self, entries: list[tuple[str, str, int, int]]) -> None:
-        """Record (sha256, file name, size, records) entries as processed, in one transaction."""
+        """Record (sha256, file name, size, records) entries as processed, in one transaction of
+        their own; an entry already recorded keeps its time."""
         if not entries:
             return
         self._ensure()
+        try:
+            with write_engine(self._engine).begin() as conn:
+                self.record_on(conn, entries)
+        except sa.exc.SQLAlchemyError as exc:
+            where = describe_url(self._engine.url)
+            raise TargetError(f"recording processed files in {where} failed: {exc}") from exc
+
+    def record_on(self, conn: sa.Connection, entries: list[tuple[str, str, int, int]]) -> None:
+        """Record the entries on ``conn``, in the caller's transaction (the batch that committed a
+        file's last record); an entry already recorded keeps its time."""
         now = datetime.now(UTC)
         rows = [
             {"dataset": self._dataset, "sha256": sha, "file_name": name_text(name)[:512], "size": size,
              "records": n, "processed_at": now}
             for sha, name, size, n in entries
         ]
-        stmt = upsert_statement(self._engine, self.table, ("dataset", "sha256"),
-                                ["file_name", "size", "records", "processed_at"])
-        try:
-            with write_engine(self._engine).begin() as conn:
-                conn.execute(stmt, rows)
-        except sa.exc.SQLAlchemyError as exc:
-            where = describe_url(self._engine.url)
-            raise TargetError(f"recording processed files in {where} failed: {exc}") from exc
+        conn.execute(upsert_statement(conn, self.table, ("dataset", "sha256"), []), rows)
 
     def close(self) -> None:
         self._engine.dispose()

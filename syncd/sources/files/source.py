@@ -9,12 +9,18 @@ Each run:
    and its size and time after: a file that changed meanwhile is left for the next run;
 2. hashes each file (sha256) and skips content the ledger (``{prefix}files``) already holds,
    or that appeared twice in this run: a file dropped twice is processed once;
-3. streams the records of each new file in pages of ``page_size``.
+3. streams the records of each new file in pages of ``page_size``; the last page of a file
+   carries its ledger entry as its checkpoint (:attr:`~syncd.sources.base.Page.checkpoint`),
+   which the runner commits in the transaction of the batch holding the file's last record.
 
-Nothing moves while the run is going. The runner calls :meth:`FileSource.finish` once every batch
-committed: on success the files read are recorded in the ledger, then moved to ``processed/``
-with a ``name.reason.txt`` saying what happened; files that could not be read go to
-``failed/`` with the reason. After a failed run the files read stay in place for the next run.
+A file is thus in the ledger once all its rows committed, even if the run fails or is killed
+later: the next run does not read it again (which would write rows a later file changed back to
+this file's values), and moves it to ``processed/``. Nothing moves while the run is going. The
+runner calls :meth:`FileSource.finish` once every batch committed: on success the files read are
+moved to ``processed/`` with a ``name.reason.txt`` saying what happened (and recorded in the
+ledger, those whose checkpoint the error limit deferred); files that could not be read go to
+``failed/`` with the reason. After a failed run the files read stay in place: the next run reads
+again those not in the ledger, and moves the others.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,10 @@ class _Taken:
     size: int
     records: int
 
+    def entry(self) -> tuple[str, str, int, int]:
+        """The file's ledger entry (FileLedger.record)."""
+        return (self.sha256, self.path.name, self.size, self.records)
+
 
 class FileSource:
     """A :class:`~syncd.sources.base.Source` reading the files dropped for one dataset."""
@@ -65,6 +76,7 @@ class FileSource:
         self._ledger = ledger
         self._taken: list[_Taken] = []
         self._skipped: list[tuple[Path, str]] = []  # duplicates → processed/
+        self._recorded_before = False  # a file's content was in the ledger before this run
         self._failed: list[tuple[Path, str]] = []  # unreadable → failed/
 
     @classmethod
@@ -81,8 +93,10 @@ class FileSource:
 
     @property
     def snapshot_read(self) -> bool:
-        """A run that took no file says nothing about deletions (snapshot delete detection)."""
-        return bool(self._taken)
+        """A run that took no file says nothing about deletions (snapshot delete detection), nor
+        one that skipped a file recorded before: a snapshot dropped as several files, of which a
+        run that failed committed some, or one of them unchanged, is not all read by this run."""
+        return bool(self._taken) and not self._recorded_before
 
     # ------------------------------------------------------------------ discovery
 
@@ -170,7 +184,12 @@ class FileSource:
             first = seen.get(info.sha256)
             if first is None:
                 entry = self._ledger.processed(info.sha256)
-                first = None if entry is None else f"{entry['file_name']} at {entry['processed_at']}"
+                if entry is not None:
+                    self._recorded_before = True
+                    first = f"{entry['file_name']} at {entry['processed_at']}"
+                    if entry["file_name"] == shown[:512]:
+                        first += (f" ({entry['records']} records committed; a run that ended before "
+                                  f"moving the file leaves it here)")
             if first is not None:
                 self._skipped.append((path, f"duplicate: the same content (sha256 {info.sha256}) was "
                                             f"already processed as {first}; not read again"))
@@ -180,8 +199,21 @@ class FileSource:
             log.info("file.reading", dataset=self.name, file=shown, enc=info.encoding, size=info.size)
             count = 0
             try:
-                for page in self._pages(path, info.encoding):
+                for page, last in self._pages(path, info.encoding):
                     count += len(page.records)
+                    if last:  # read to its end: in the ledger once the batch of its last record commits
+                        if (why := self._changed(path, st)) is not None:
+                            # rows of a file being rewritten may have been written: the run must not
+                            # succeed on them (nor infer snapshot deletes), nor the file enter the
+                            # ledger; the next run reads the whole file again, and the rows already
+                            # written are not written twice
+                            raise TransientUpstreamError(
+                                f"file {shown} was read, but {why}: it stays in place to be read again "
+                                "whole next run, and this run fails"
+                            )
+                        taken = _Taken(path, info.sha256, info.size, count)
+                        self._taken.append(taken)
+                        page.checkpoint = partial(self._ledger.record_on, entries=[taken.entry()])
                     yield page
             except (FileProblem, OSError, UnicodeDecodeError) as exc:
                 if (why := self._changed(path, st)) is not None:  # the sender's doing, not the file's
@@ -190,13 +222,6 @@ class FileSource:
                 self._fail(path, str(exc))
                 raise PermanentUpstreamError(f"file {shown} could not be read to the end: {exc}; "
                                              f"it goes to {FAILED}/ and the run fails") from exc
-            if (why := self._changed(path, st)) is not None:
-                # rows of a file being rewritten may have been written: the run must not succeed on
-                # them (nor infer snapshot deletes); the next run reads the whole file again, and the
-                # rows already written are not written twice
-                raise TransientUpstreamError(f"file {shown} was read, but {why}: it stays in place to be "
-                                             "read again whole next run, and this run fails")
-            self._taken.append(_Taken(path, info.sha256, info.size, count))
         self.stats.complete = True
 
     def _inspect(self, path: Path, shown: str) -> tuple[os.stat_result, Inspected] | None:
@@ -220,26 +245,30 @@ class FileSource:
         log.info("file.waiting", dataset=self.name, file=shown, until=self.cfg.complete_when, reason=why)
         return None
 
-    def _pages(self, path: Path, encoding: str | None) -> Iterator[Page]:
+    def _pages(self, path: Path, encoding: str | None) -> Iterator[tuple[Page, bool]]:
+        """The file's pages, each with whether it is the last (a file of no record: one empty page)."""
         size = self.cfg.page_size
         records: list[dict[str, Any]] = []
         rows = read_records(path, self.cfg, encoding)
-        while True:
+
+        def following() -> dict[str, Any] | None:
             try:
-                record = next(rows, None)
+                return next(rows, None)
             except (FileProblem, OSError, UnicodeDecodeError):
                 raise
             except Exception as exc:
                 # csv.Error (a cell over the field size limit), a damaged XLSX part (ParseError) …
                 raise FileProblem(f"{type(exc).__name__}: {exc}") from exc
-            if record is None:
-                break
+
+        record = following()
+        if record is None:
+            yield self._page([]), True
+        while record is not None:
             records.append(record)
-            if len(records) >= size:
-                yield self._page(records)
+            record = following()  # read one ahead: a page knows whether it is the file's last
+            if record is None or len(records) >= size:
+                yield self._page(records), record is None
                 records = []
-        if records:
-            yield self._page(records)
 
     def _page(self, records: list[dict[str, Any]]) -> Page:
         self.stats.pages += 1
@@ -260,9 +289,11 @@ class FileSource:
         if not success:
             if self._taken:
                 log.info("file.kept", dataset=self.name, files=[t.path.name for t in self._taken],
-                         reason="the run did not succeed; the files are read again next run")
+                         reason="the run did not succeed: the next run moves to processed/ the files whose "
+                                "records all committed (they are in the ledger) and reads the others again")
             return
-        self._ledger.record([(t.sha256, t.path.name, t.size, t.records) for t in self._taken])
+        # the files whose checkpoint the error limit deferred (the run ended within it after all)
+        self._ledger.record([t.entry() for t in self._taken])
         for t in self._taken:
             _move(t.path, self.folder / PROCESSED, f"processed: {t.records} records, sha256 {t.sha256}",
                   self.cfg.marker_suffix)
