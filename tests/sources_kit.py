@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -80,3 +81,35 @@ def upstream_table(engine: sa.Engine, rows: int, *, when: datetime) -> sa.Table:
                 {"id": f"p{i:05d}", "name": f"名{i}", "amount": i, "upd": when} for i in range(rows)
             ])
     return table
+
+
+def file_config(root: Path, db_url: str, drop: Path, *, page_size: int = 100, batch_size: int = 100) -> Path:
+    """``syncd.yaml`` and ``datasets/people.yaml`` under ``root``: dataset people reads the CSV files
+    dropped into ``drop`` (the columns of :data:`COLUMNS`) into ``people_local``; returns syncd.yaml."""
+    (root / "datasets").mkdir(parents=True)
+    (root / "datasets" / "people.yaml").write_text(
+        f"""name: people
+source:
+  type: file
+  path: {drop}
+  pattern: "*.csv"
+  page_size: {page_size}
+authorization:
+  approval_code: 测试〔2026〕1号
+  fields: [id, name, amount]
+  valid_from: 2020-01-01
+  valid_until: 2099-12-31
+target:
+  table: people_local
+  key: [pid]
+columns:
+  pid: {{source: id, type: string, length: 32, nullable: false}}
+  name: {{source: name, type: string, length: 64}}
+  amount: {{source: amount, type: int}}
+batch_size: {batch_size}
+""",
+        encoding="utf-8",
+    )
+    path = root / "syncd.yaml"
+    path.write_text(f"timezone: Asia/Shanghai\ntarget:\n  url: {db_url}\n", encoding="utf-8")
+    return path

@@ -26,41 +26,12 @@ import sqlalchemy as sa
 
 from tests.e2e import change_log
 from tests.reliability_kit import databases
+from tests.sources_kit import file_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = 6
 ROWS = 1500
 DBS = databases(1)
-
-
-def _config(root: Path, db_url: str, drop: Path) -> Path:
-    (root / "datasets").mkdir(parents=True)
-    (root / "datasets" / "people.yaml").write_text(
-        f"""name: people
-source:
-  type: file
-  path: {drop}
-  pattern: "*.csv"
-  page_size: 100
-authorization:
-  approval_code: 测试〔2026〕1号
-  fields: [id, name, amount]
-  valid_from: 2020-01-01
-  valid_until: 2099-12-31
-target:
-  table: people_local
-  key: [pid]
-columns:
-  pid: {{source: id, type: string, length: 32, nullable: false}}
-  name: {{source: name, type: string, length: 64}}
-  amount: {{source: amount, type: int}}
-batch_size: 100
-""",
-        encoding="utf-8",
-    )
-    path = root / "syncd.yaml"
-    path.write_text(f"timezone: Asia/Shanghai\ntarget:\n  url: {db_url}\n", encoding="utf-8")
-    return path
 
 
 def _drop(drop: Path) -> None:
@@ -111,7 +82,7 @@ def test_kill_9_while_reading_files_converges_exactly(tmp_path: Path, db_url: st
     rng = random.Random(20261207)
     drop = tmp_path / "drop"
     _drop(drop)
-    cfg = _config(tmp_path / "cfg", db_url, drop)
+    cfg = file_config(tmp_path / "cfg", db_url, drop)
     engine = sa.create_engine(db_url)
     try:
         kills = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from openpyxl import Workbook
 
 from syncd.runner import run_dataset
 from syncd.targets import StateStore
-from tests.sources_kit import local_rows, make_app, store_for
+from tests.sources_kit import file_config, local_rows, make_app, store_for
 
 ROWS = [("p1", "张三", "10"), ("p2", "李四", "20"), ("p3", "王五", "30")]
 
@@ -784,3 +785,34 @@ def test_a_plan_records_no_file(tmp_path: Path, sqlite_url: str, store: StateSto
     assert not store.has_table("syncd_files") or _ledger(store) == {}
     result = run_dataset(app, ds, store)
     assert result.ok and result.counts.inserted == 3
+
+
+# ---------------------------------------------------------------- syncd reset forgets the file ledger
+
+def test_after_syncd_reset_a_file_dataset_loads_its_files_again(
+    tmp_path: Path, sqlite_url: str, store: StateStore
+) -> None:
+    """``syncd reset`` left ``syncd_files`` alone: the files dropped again to reload were skipped as
+    duplicates, and the table stayed empty after ``--truncate-target``."""
+    from tests.e2e import syncd_cli
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    _csv(drop / "a.csv", ROWS, "utf-8")
+    cfg = file_config(tmp_path / "cfg", sqlite_url, drop)
+    assert syncd_cli("-c", str(cfg), "sync", "people").returncode == 0
+    assert set(local_rows(store)) == {"p1", "p2", "p3"} and _ledger(store) == {"a.csv": 3}
+    asked = syncd_cli("-c", str(cfg), "reset", "people")
+    assert asked.returncode == 2, asked.stdout + asked.stderr
+    assert "file ledger: would forget 1 processed file(s) of people" in asked.stdout
+    assert f"copy them back from {drop}/processed/ into {drop}" in asked.stdout
+    assert _ledger(store) == {"a.csv": 3}  # the dry run changes nothing
+    done = syncd_cli("-c", str(cfg), "reset", "people", "--yes", "--truncate-target")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "file ledger: forgot 1 processed file(s) of people" in done.stdout
+    assert local_rows(store) == {} and _ledger(store) == {}
+    shutil.copy(drop / "processed" / "a.csv", drop / "a.csv")  # dropped again to reload
+    (drop / "a.csv.ok").touch()
+    assert syncd_cli("-c", str(cfg), "sync", "people").returncode == 0
+    assert local_rows(store) == {"p1": ("张三", 10), "p2": ("李四", 20), "p3": ("王五", 30)}
+    assert _ledger(store) == {"a.csv": 3}

@@ -90,6 +90,7 @@ class ResetCounts:
     watermark: str | None
     quarantined: int  # quarantined records (kept)
     target_rows: int | None  # rows in the target table; None when it does not exist
+    files: int = 0  # processed files in the file ledger ({prefix}files), a file source's
 
 
 @dataclass(slots=True)

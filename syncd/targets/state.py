@@ -254,6 +254,7 @@ class StateStore:
         or created (``syncd reset`` without ``--yes``); a state table that does not exist yet
         counts as empty."""
         rs, marks, q = self.tables.row_state, self.tables.watermarks, self.tables.quarantine
+        ledger = _files_table(self.prefix)
         count = sa.select(sa.func.count()).select_from
         name = dataset.name
         try:
@@ -269,17 +270,24 @@ class StateStore:
                     if exists(marks) else None
                 )
                 quarantined = conn.execute(count(q).where(q.c.dataset == name)).scalar() if exists(q) else 0
+                files = (  # the file source's ledger, created by its first run
+                    conn.execute(count(ledger).where(ledger.c.dataset == name)).scalar()
+                    if sa.inspect(conn).has_table(ledger.name) else 0
+                )
                 rows = _table_rows(conn, dataset.target.table)
         except sa.exc.SQLAlchemyError as exc:
             raise self._fail(f"counting the state of dataset {name}", exc) from exc
-        return ResetCounts(int(keys or 0), None if mark is None else str(mark), int(quarantined or 0), rows)
+        return ResetCounts(
+            int(keys or 0), None if mark is None else str(mark), int(quarantined or 0), rows, int(files or 0)
+        )
 
     def reset_dataset(self, dataset: DatasetConfig, *, truncate_target: bool = False) -> ResetCounts:
         """Forget what syncd knows of ``dataset``'s rows, in ONE transaction: its row state, its
-        watermark, its stored key definition and its snapshot miss counts; quarantined records stay
-        (replay re-maps them) but lose their row key (made the old way). With ``truncate_target``
-        the rows of its target table are deleted too. The change feed is left as it is. Returns
-        what there was."""
+        watermark, its stored key definition, its snapshot miss counts and, for a file source, its
+        processed files in the file ledger (so that the files dropped again load again);
+        quarantined records stay (replay re-maps them) but lose their row key (made the old way).
+        With ``truncate_target`` the rows of its target table are deleted too. The change feed is
+        left as it is. Returns what there was."""
         if not self._schema_ready:
             self.ensure_schema()
         counts = self.reset_counts(dataset)
@@ -294,8 +302,9 @@ class StateStore:
                     conn.execute(sa.delete(table).where(table.c.dataset == name))
                 q = t.quarantine
                 conn.execute(sa.update(q).where(q.c.dataset == name).values(row_key=None))
-                if sa.inspect(conn).has_table(missing.name):
-                    conn.execute(sa.delete(missing).where(missing.c.dataset == name))
+                for table in (missing, _files_table(self.prefix)):  # created on their first use
+                    if sa.inspect(conn).has_table(table.name):
+                        conn.execute(sa.delete(table).where(table.c.dataset == name))
                 if truncate_target and counts.target_rows is not None:
                     conn.execute(sa.delete(sa.table(dataset.target.table)))
         except sa.exc.SQLAlchemyError as exc:
@@ -307,6 +316,7 @@ class StateStore:
             watermark=counts.watermark,
             target_table=dataset.target.table,
             target_rows_deleted=counts.target_rows if truncate_target else 0,
+            files_forgotten=counts.files,
         )
         return counts
 
@@ -482,6 +492,13 @@ class StateStore:
         for row in rows:
             row["raw"] = _decode(row["raw"])
         return rows
+
+
+def _files_table(prefix: str) -> sa.Table:
+    """The file source's ledger (``{prefix}files``, :mod:`syncd.sources.files.ledger`)."""
+    from syncd.sources.files.ledger import files_table  # the file source builds on this package
+
+    return files_table(sa.MetaData(), prefix)
 
 
 def _table_rows(conn: sa.Connection, name: str) -> int | None:
