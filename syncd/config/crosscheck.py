@@ -19,7 +19,10 @@
 - target tables stay clear of syncd's own tables (``target.table_prefix``) and of each other;
 - dataset names are unique; column names do not differ only in letter case;
 - an incremental dataset's lookback covers the clock shift where the time zone has daylight saving
-  (a warning, ``config.lookback_under_dst``).
+  (a warning, ``config.lookback_under_dst``);
+- on an SQLite target, a decimal column whose values can have more significant digits than SQLite
+  stores exactly (15; a whole number: 64 bits) is a warning (``config.sqlite_decimal_digits``): the
+  writer quarantines such a record rather than store it rounded.
 
 Every issue is positioned in the file the operator has to change.
 """
@@ -170,6 +173,7 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
             issues.append(issue)
     issues += _authorization(dataset, doc, compiled_paths)
     _lookback_across_dst(dataset, app, doc)
+    _sqlite_decimals(dataset, app, doc)
     prefix = app.target.table_prefix
     if dataset.target.table.lower().startswith(prefix.lower()):
         issues.append(_issue(doc, ("target", "table"), (
@@ -214,6 +218,39 @@ def _lookback_across_dst(dataset: DatasetConfig, app: AppConfig, doc: Document) 
             lookback_s=lookback.total_seconds(),
             fix=f"set source.incremental.lookback to at least {shift} (clocks in {app.timezone} go back "
             f"{shift} when daylight saving ends; records of the repeated hour could be missed)",
+        )
+
+
+def _sqlite_decimals(dataset: DatasetConfig, app: AppConfig, doc: Document) -> None:
+    """SQLite keeps 15 significant digits of a number with decimals (it stores a REAL): a warning with
+    the line of each decimal column that admits more (:func:`syncd.targets.sqltypes.sqlite_decimal_limit`)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from syncd.targets.sqltypes import SQLITE_EXACT_DIGITS, sqlite_decimal_limit
+
+    try:
+        if make_url(app.target.url.get_secret_value()).get_backend_name() != "sqlite":
+            return
+    except ArgumentError:
+        return  # reported by _target_url
+    for name, cfg in dataset.columns.items():
+        if cfg.type != "decimal" or sqlite_decimal_limit(cfg.precision, cfg.scale) is None:
+            continue
+        at: Path = ("columns", name)
+        if "precision" in cfg.model_fields_set:
+            at = (*at, "precision")
+        _warn(
+            doc,
+            at,
+            "config.sqlite_decimal_digits",
+            precision=cfg.precision,
+            scale=cfg.scale,
+            fix=f"an SQLite target stores {SQLITE_EXACT_DIGITS} significant digits of a number with "
+            f"decimals exactly: set columns.{name}.precision to at most {SQLITE_EXACT_DIGITS} (the default "
+            f"is 18), or scale: 0 with precision at most 18, or use PostgreSQL or MariaDB as the target; "
+            f"until then a record whose {name} has more than {SQLITE_EXACT_DIGITS} significant digits is "
+            "quarantined, not stored rounded",
         )
 
 

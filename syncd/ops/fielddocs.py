@@ -119,7 +119,9 @@ FIELD_DOCS: dict[str, str] = {
     "ColumnConfig.type": "column type: string, int, decimal, date, datetime or bool. int, decimal, date "
     "and datetime read ASCII digits only: full-width ones (１２３．５, 全角) are quarantined unless the "
     "halfwidth transform comes first",
-    "ColumnConfig.precision": "decimal: total number of digits",
+    "ColumnConfig.precision": "decimal: total number of digits. An SQLite target keeps 15 significant "
+    "digits of a number with decimals (18 digits with scale 0): a record whose value has more is "
+    "quarantined, never stored rounded (PostgreSQL and MariaDB keep the full precision)",
     "ColumnConfig.scale": "decimal: digits after the decimal point",
     "ColumnConfig.nullable": "false = a record without a value is quarantined (NOT NULL)",
     "ColumnConfig.transforms": "ordered cleaning steps, e.g. [strip, halfwidth, {null_if: [无, /]}]",

@@ -8,6 +8,8 @@
   bind decimals as floats. This type binds the value as text rounded to the column's scale and
   reads it back through ``repr(float)``, so any value of up to 15 significant digits survives
   exactly (SQLite's own limit for NUMERIC affinity; use PostgreSQL or MariaDB beyond that).
+  :func:`sqlite_decimal_limit` is where a column's values stop surviving: the writer quarantines
+  such a record instead of storing it rounded.
 - :class:`UtcDateTime`: syncd's own timestamps, stored as naive UTC (DATETIME(6) on MariaDB),
   returned as aware UTC datetimes; an aware value is converted to UTC when bound.
 - :class:`KeyText`: text keys (text key columns of target tables, row keys and dataset names of the
@@ -37,6 +39,7 @@ __all__ = [
     "MYSQL_KEY_COLLATION",
     "MYSQL_NAMES",
     "PAD_KEY_COLLATION",
+    "SQLITE_EXACT_DIGITS",
     "ExactSqliteNumeric",
     "KeyChar",
     "KeyText",
@@ -46,6 +49,7 @@ __all__ = [
     "exact_text",
     "key_collation_problem",
     "mysql_key_collation",
+    "sqlite_decimal_limit",
 ]
 
 MYSQL_NAMES = ("mysql", "mariadb")
@@ -160,6 +164,22 @@ class ExactSqliteNumeric(sa.Numeric[Decimal]):
 
     def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], Any] | None:
         return normaliser_for_type("decimal", self.scale or 0)
+
+
+SQLITE_EXACT_DIGITS = 15
+"""Significant digits SQLite keeps of a number with a fraction: NUMERIC affinity turns the text bound
+for it into a REAL (a binary float; SQLite's docs: "only the first 15 significant decimal digits of
+the number are preserved"). A whole number (scale 0) is stored as an INTEGER, exact in 64 bits."""
+
+
+def sqlite_decimal_limit(precision: int, scale: int) -> Decimal | None:
+    """The magnitude from which a value of ``decimal(precision, scale)``, quantized to ``scale``, is
+    no longer stored exactly in an SQLite NUMERIC column, or None when every value the column admits
+    is. With ``scale`` > 0 that is 10**(15 - scale) (such a value has more than 15 significant
+    digits); with scale 0, 2**63 (past a 64-bit INTEGER)."""
+    if scale == 0:
+        return None if 10**precision <= 2**63 else Decimal(2**63)
+    return None if precision <= SQLITE_EXACT_DIGITS else Decimal(10) ** (SQLITE_EXACT_DIGITS - scale)
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):

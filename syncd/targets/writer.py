@@ -34,10 +34,12 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,6 +72,7 @@ from syncd.targets.dialects import (
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.records import BatchCounts, QuarantineItem
 from syncd.targets.schema import MappingShape, StateTables, key_column_names
+from syncd.targets.sqltypes import SQLITE_EXACT_DIGITS, sqlite_decimal_limit
 
 __all__ = ["BatchWriter", "failure_reason"]
 
@@ -93,6 +96,8 @@ more entries has every batch delete the entries of its keys (one indexed DELETE 
 Row = tuple[Any, ...]
 
 _INSERT_OP = Op.INSERT.value
+_IDENTITY = normaliser_for_type("string")  # the normaliser of text: nothing to do
+SQLITE_WHOLE_DIGITS = 18  # a whole number under 10**18 is under 2**63: an exact SQLite INTEGER
 
 CHANGE_COLUMNS = (
     "dataset",
@@ -170,14 +175,15 @@ class BatchWriter:
         self._stage = ""  # what the writer is doing, for error messages
         self._key_norms = tuple(self._norms[i] for i in self._key_idx)
         self._row_key = row_key_function([shape.specs[self._columns[i]] for i in self._key_idx])
-        identity = normaliser_for_type("string")
-        self._norm_at = tuple((i, n) for i, n in enumerate(self._norms) if n is not identity)
+        self._norm_at = tuple((i, n) for i, n in enumerate(self._norms) if n is not _IDENTITY)
         soft = dataset.target.logical_delete
         self._soft = soft.soft_column if soft is not None and soft.mode == "soft" else None
         self._out = self._columns + ((self._soft,) if self._soft else ())
         self._all_json = json_text(list(self._out))  # changed_columns of every insert and delete
         self._out_norms = (*self._norms, *((normaliser_for_type("bool"),) if self._soft else ()))
         self._normalised = _row_normaliser(len(self._columns), self._norm_at, soft=self._soft is not None)
+        # SQLite: the decimal columns whose values can exceed what it stores exactly, and their check
+        self._inexact, self._fits = _sqlite_inexact(engine, shape, self._columns)
         self._new_values = _values_json(self._out)
         # a row's key values, and key values given alone (deletes), normalised per column type
         self._key_of_row = _key_reader(self._key_idx, self._key_norms)
@@ -288,6 +294,33 @@ class BatchWriter:
     def _reject(self, row: Row, reason: str) -> QuarantineItem:
         return QuarantineItem(raw=dict(zip(self._columns, row, strict=False)), reason=reason)
 
+    def _inexact_reason(self, row: Row) -> str | None:
+        """Why SQLite would not store ``row`` exactly (a decimal value past
+        :func:`~syncd.targets.sqltypes.sqlite_decimal_limit`), or None. Only for rows ``_fits`` fails."""
+        for i, low, high in self._inexact:
+            v = row[i]
+            if v is None or (v.__class__ is Decimal and low < v < high):
+                continue
+            number = self._norms[i](v)
+            if not isinstance(number, Decimal) or (number.is_finite() and low < number < high):
+                continue
+            name, digits = self._columns[i], len(number.as_tuple().digits)
+            if number.as_tuple().exponent == 0:
+                what = "a whole number past the 64-bit range, which an SQLite target stores as a binary float"
+            else:
+                what = (
+                    f"{digits} significant digits; an SQLite target keeps {SQLITE_EXACT_DIGITS} of a number "
+                    "with decimals (it stores it as a binary float)"
+                )
+            return (
+                f"column {name}: {number} has {what}, so the record is not written rather than stored "
+                f"rounded. Fix: in the dataset's columns.{name}, keep precision at most "
+                f"{SQLITE_EXACT_DIGITS} (or scale 0 and precision at most 18), or use PostgreSQL or "
+                "MariaDB as the target (target.url); then re-read it with "
+                f"`syncd sync {self._dataset} --full`"
+            )
+        return None
+
     # ------------------------------------------------------------------ write
 
     def write(
@@ -310,8 +343,10 @@ class BatchWriter:
         are upserted into the quarantine table, but one followed by a row or delete of its
         ``row_key`` (its ``after``) or by another item of that key; the entries this write
         supersedes are removed (see the module docstring). A row whose key is null or longer than 512
-        characters is quarantined by the writer itself. ``digests`` (parallel to ``rows``) are the
-        digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
+        characters is quarantined by the writer itself, and so, on SQLite, is a row with a decimal value
+        SQLite would store rounded (:func:`~syncd.targets.sqltypes.sqlite_decimal_limit`; its entry
+        holds the mapped row and its key, in its place in the read). ``digests`` (parallel to ``rows``)
+        are the digests of the raw records the rows were mapped from, kept in ``row_state.record_digest``.
         ``hashes`` (parallel to ``rows``), when given, are the rows' :func:`row_hash` values, already
         computed where the rows were mapped (the read worker); otherwise the writer computes them.
         ``delete_after`` (parallel to ``deletes``), when given, places each delete in the read: after
@@ -336,7 +371,7 @@ class BatchWriter:
         if any(item.row_key is not None and item.after is not None for item in quarantined):
             batch.row_at = {} if batch.row_at is None else batch.row_at  # where each key was last handled
             batch.delete_at = {}
-        self._collect_rows(batch, rows, digests, hashes)
+        self._collect_rows(batch, rows, digests, hashes, delete_after)
         self._collect_deletes(batch, deletes, delete_after)
         batch.counts.quarantined = len(batch.rejects)
         if not (batch.rows or batch.deletes or batch.rejects):
@@ -394,10 +429,11 @@ class BatchWriter:
         rows: Sequence[Row],
         digests: Sequence[str | None] | None,
         hashes: Sequence[str] | None,
+        delete_after: Sequence[int] | None,
     ) -> None:
         width, key_of_row = len(self._columns), self._key_of_row
         by_key, keys_of, digests_of, hashes_of = batch.rows, batch.keys, batch.digests, batch.hashes
-        row_at = batch.row_at
+        row_at, fits = batch.row_at, self._fits
         for n, row in enumerate(rows):
             if len(row) != width:
                 raise ValueError(f"a row has {len(row)} values but the mapping has {width} columns")
@@ -410,6 +446,20 @@ class BatchWriter:
             if len(key) > ROW_KEY_LENGTH:
                 reason = f"the record key is longer than {ROW_KEY_LENGTH} characters"
                 batch.rejects.append(self._reject(row, reason))
+                continue
+            if fits is not None and not fits(row) and (inexact_reason := self._inexact_reason(row)):
+                # quarantined in its place in the read, as the mapping quarantines a record: a later
+                # row or delete of its key supersedes the entry, an earlier row of it stays
+                before = 0 if delete_after is None else bisect_right(delete_after, n)
+                raw = dict(zip(self._columns, row, strict=True))
+                rejects = batch.rejects  # in read order: the last item of a key is the one that stands
+                later = (j for j, r in enumerate(rejects) if r.after is None or r.after[0] > n)
+                at = next(later, len(rejects))
+                rejects.insert(at, QuarantineItem(raw, inexact_reason, key, key, after=(n + 1, before)))
+                if row_at is None:
+                    batch.row_at = row_at = {}
+                if batch.delete_at is None:
+                    batch.delete_at = {}
                 continue
             if key in by_key:
                 batch.counts.unchanged += 1  # superseded by a later row with the same key
@@ -801,6 +851,44 @@ def counts_dict(counts: BatchCounts) -> dict[str, int]:
         "unchanged": counts.unchanged,
         "quarantined": counts.quarantined,
     }
+
+
+def _sqlite_inexact(
+    engine: sa.Engine, shape: MappingShape, columns: Sequence[str]
+) -> tuple[tuple[tuple[int, Decimal, Decimal], ...], Callable[[Row], bool] | None]:
+    """On SQLite, ``(index, -limit, limit)`` of each decimal column whose values can reach
+    :func:`~syncd.targets.sqltypes.sqlite_decimal_limit`, and their :func:`_fits_check`; nothing
+    elsewhere (PostgreSQL and MariaDB keep every value of the declared type)."""
+    if engine.dialect.name != "sqlite":
+        return (), None
+    found, under = [], []
+    for i, name in enumerate(columns):
+        spec = shape.specs[name]
+        limit = sqlite_decimal_limit(spec.precision, spec.scale) if spec.type == "decimal" else None
+        if limit is not None:
+            found.append((i, -limit, limit))
+            # under 10**(15 - scale) is adjusted() below 15 - scale; under 10**18 (< 2**63), below 18
+            under.append((i, SQLITE_EXACT_DIGITS - spec.scale if spec.scale else SQLITE_WHOLE_DIGITS))
+    return tuple(found), _fits_check(under)
+
+
+def _fits_check(under: Sequence[tuple[int, int]]) -> Callable[[Row], bool] | None:
+    """``row -> True`` when each of its values is under its column's limit (:func:`_sqlite_inexact`) by
+    its exponent, as one generated expression (``r[i] is None or (r[i].__class__ is Decimal and
+    r[i].adjusted() < digits)``, ``under`` giving (i, digits): a tenth of a µs a column, half the cost
+    of comparing two Decimals); False sends the row to the full check (:meth:`BatchWriter._inexact_reason`):
+    a value not of the mapping's Decimal, or a whole number of 19 digits, under 2**63 or not. None
+    without such columns."""
+    if not under:
+        return None
+    ns: dict[str, Any] = {"_D": Decimal}
+    parts = []
+    for i, digits in under:
+        parts.append(f"(r[{i}] is None or (r[{i}].__class__ is _D and r[{i}].adjusted() < {digits}))")
+    source = f"def _fits(r):\n    return {' and '.join(parts)}\n"
+    exec(compiled_source(source, "<syncd sqlite decimal check>"), ns)  # noqa: S102 - syncd's own template
+    function: Callable[[Row], bool] = ns["_fits"]
+    return function
 
 
 def _key_reader(positions: Sequence[int], norms: Sequence[Normaliser]) -> Callable[[Row], Row]:
