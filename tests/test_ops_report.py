@@ -18,7 +18,8 @@ from syncd.gateway import Gateway
 from syncd.ops.report import month_bounds, render_csv, render_markdown, usage_report
 from syncd.runner import run_dataset
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, write_config
+from tests.e2e import SECRET, SECRET_ENV, ListSource, write_config
+from tests.sources_kit import make_app, store_for
 
 
 def test_month_bounds_follow_the_configured_zone() -> None:
@@ -68,3 +69,31 @@ def test_report_counts_runs_records_and_authorization(
     rows = list(csv.DictReader(io.StringIO(cli.stdout)))
     assert rows[0]["dataset"] == "residents" and rows[0]["inserted"] == str(item.inserted)
     assert cli.stdout == render_csv(items)
+
+
+def test_a_month_under_an_older_approval_reports_the_approval_its_runs_recorded(sqlite_url: str) -> None:
+    """After the authorization is renewed (a new 审批单号), the report shows what each run recorded:
+    one line per approval, the configured resource code and validity only on the current one's."""
+    src = {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]}
+    app, ds = make_app(sqlite_url, src, connections={"qzk": {"type": "sql", "url": "sqlite://"}})
+    auth = ds.authorization.model_copy(update={"purpose": "旧用途"})
+    old = ds.model_copy(update={"authorization": auth})
+    renewed = ds.model_copy(update={"authorization": auth.model_copy(update={
+        "approval_code": "测试〔2027〕9号", "purpose": "新用途", "resource_code": "330000-RK-0009"})})
+    app_now = app.model_copy(update={"datasets": {"people": renewed}})
+    store = store_for(sqlite_url)
+    try:
+        for dataset in (old, old, renewed):
+            rows = [[{"id": "p1", "name": "a", "amount": 1}]]
+            assert run_dataset(app, dataset, store, source_factory=lambda a, d, r=rows: ListSource(r)).ok
+        month = datetime.now(ZoneInfo(app.timezone)).strftime("%Y-%m")
+        before, now = usage_report(app_now, store.engine, month)
+        (never,) = usage_report(app_now, store.engine, "2001-01")
+    finally:
+        store.engine.dispose()
+    assert (before.approval_code, before.purpose, before.total_runs) == ("测试〔2026〕1号", "旧用途", 2)
+    assert (before.resource_code, before.valid_from, before.valid_until) == ("", "", "")
+    assert (now.approval_code, now.purpose, now.total_runs) == ("测试〔2027〕9号", "新用途", 1)
+    assert (now.resource_code, now.valid_until) == ("330000-RK-0009", "2099-12-31")
+    assert (never.approval_code, never.purpose, never.total_runs) == ("测试〔2027〕9号", "新用途", 0)
+    assert render_csv([before, now]).count("people,") == 2

@@ -1,9 +1,12 @@
 """Monthly usage report for the data bureau (使用留痕): who pulled what, when, under which approval.
 
 Built from syncd's ``runs`` table (one row per run: counts, approval code, purpose, node) in one
-grouped query per month, plus the authorization declared in each dataset's configuration
-(approval code, resource code, purpose, validity). Runs of datasets no longer configured are
-reported too, with the approval code recorded on the runs.
+grouped query per month: one line per dataset and approval code the month's runs were recorded under
+(an approval renewed mid-month gives two lines), with the purpose recorded on them. The resource
+code and validity come from the dataset's configuration, on the line of the approval it declares
+now only: an older approval's are not known to syncd, and the current ones would misreport them.
+A configured dataset without runs in the month gets one line with its configured authorization;
+runs of datasets no longer configured are reported too.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ _COUNTERS = ("fetched", "inserted", "updated", "deleted", "quarantined")
 
 @dataclass
 class DatasetUsage:
-    """One dataset's use in the month."""
+    """One dataset's use in the month under one approval code (``""``: runs that recorded none)."""
 
     dataset: str
     runs: dict[str, int] = field(default_factory=dict)  # status → number of runs
@@ -65,10 +68,11 @@ def month_bounds(month: str, timezone: str = "UTC") -> tuple[datetime, datetime]
 
 
 def usage_report(app: AppConfig, engine: sa.Engine, month: str) -> list[DatasetUsage]:
-    """Per dataset: runs by status, record counts, first/last run and the authorization."""
+    """Per dataset and recorded approval code: runs by status, record counts, first/last run, and
+    the authorization (see the module docstring). Sorted by dataset, then first run."""
     start, end = month_bounds(month, app.timezone)
     runs = state_tables(sa.MetaData(), app.target.table_prefix).runs
-    usage: dict[str, DatasetUsage] = {}
+    usage: dict[tuple[str, str], DatasetUsage] = {}
     if sa.inspect(engine).has_table(runs.name):
         query = (
             sa.select(
@@ -78,23 +82,34 @@ def usage_report(app: AppConfig, engine: sa.Engine, month: str) -> list[DatasetU
                 *(sa.func.coalesce(sa.func.sum(runs.c[c]), 0).label(c) for c in _COUNTERS),
                 sa.func.min(runs.c.started_at).label("first"),
                 sa.func.max(runs.c.started_at).label("last"),
-                sa.func.max(runs.c.approval_code).label("approval_code"),
+                runs.c.approval_code,
                 sa.func.max(runs.c.purpose).label("purpose"),
             )
             .where(runs.c.started_at >= start, runs.c.started_at < end)
-            .group_by(runs.c.dataset, runs.c.status)
+            .group_by(runs.c.dataset, runs.c.approval_code, runs.c.status)
         )
         with engine.connect() as conn:
             for row in conn.execute(query).mappings():
-                _add(usage.setdefault(row["dataset"], DatasetUsage(row["dataset"])), row)
+                key = (row["dataset"], row["approval_code"] or "")
+                _add(usage.setdefault(key, DatasetUsage(key[0], approval_code=key[1])), row)
+    recorded = {name for name, _ in usage}
     for name, ds in app.datasets.items():
-        item = usage.setdefault(name, DatasetUsage(name))
         auth = ds.authorization
-        item.approval_code = auth.approval_code
-        item.resource_code = auth.resource_code or ""
-        item.purpose = auth.purpose or ""
-        item.valid_from, item.valid_until = auth.valid_from.isoformat(), auth.valid_until.isoformat()
-    return [usage[k] for k in sorted(usage)]
+        if name not in recorded:  # no run this month: the authorization it runs under
+            usage[name, auth.approval_code] = DatasetUsage(name, approval_code=auth.approval_code,
+                                                           purpose=auth.purpose or "")
+        current = usage.get((name, auth.approval_code))
+        if current is not None:  # only the line of the approval configured now
+            current.resource_code = auth.resource_code or ""
+            current.valid_from = auth.valid_from.isoformat()
+            current.valid_until = auth.valid_until.isoformat()
+    return sorted(usage.values(), key=_order)
+
+
+def _order(item: DatasetUsage) -> tuple[str, bool, datetime, str]:
+    """Dataset, then its lines by first run (a line without runs last)."""
+    never = datetime.max.replace(tzinfo=UTC)
+    return (item.dataset, item.first_run is None, item.first_run or never, item.approval_code)
 
 
 def _add(item: DatasetUsage, row: Any) -> None:
@@ -104,8 +119,7 @@ def _add(item: DatasetUsage, row: Any) -> None:
     first, last = row["first"], row["last"]
     item.first_run = first if item.first_run is None or first < item.first_run else item.first_run
     item.last_run = last if item.last_run is None or last > item.last_run else item.last_run
-    item.approval_code = item.approval_code or (row["approval_code"] or "")
-    item.purpose = item.purpose or (row["purpose"] or "")
+    item.purpose = max(item.purpose, row["purpose"] or "")  # the query's max() across statuses
 
 
 _COLUMNS = (
