@@ -1019,10 +1019,11 @@ def _start(run: _Run, trigger: str) -> str | None:
 
 
 def _record_refusal(run: _Run, trigger: str, reason: str) -> None:
-    """Auditors see refused runs too (使用留痕); a database problem here only costs the record."""
+    """Auditors see refused runs too (使用留痕); a database problem here only costs the record. The
+    run moves no watermark: its row records the one in force as before and after."""
     try:
         run.store.ensure_schema()
-        run.store.begin_run(_run_info(run, trigger, None))
+        run.store.begin_run(_run_info(run, trigger, run.store.get_watermark(run.ds.name)))
         run.store.finish_run(
             run.run_id, run.ds.name, status="refused", counts=run.counts, error=reason, watermark=None
         )

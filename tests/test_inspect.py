@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from syncd.cli import main
+from syncd.config import load_config
 from syncd.gateway import Gateway
+from syncd.runner import run_dataset
+from syncd.targets import RunCounts, RunInfo, StateStore, create_target_engine
 from tests.daemon_proc import daemon_config
 from tests.e2e import SECRET, SECRET_ENV
 
@@ -33,6 +38,53 @@ def test_status_table_and_json(config: Path, capsys: pytest.CaptureFixture[str])
     (row,) = json.loads(capsys.readouterr().out)["datasets"]
     assert row["status"] == "success" and row["inserted"] == row["fetched"] > 0
     assert row["watermark"] and row["next_run"] and row["days_left"] > 0
+
+
+def _store(config: Path) -> StateStore:
+    app = load_config(config)
+    return StateStore(create_target_engine(app.target.url.get_secret_value()), app.target.table_prefix)
+
+
+def _status(config: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["datasets"]
+    return dict(row)
+
+
+def test_a_refused_run_records_and_status_keeps_showing_the_watermark_in_force(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refusal (authorization expired, key definition changed) moves no watermark: its run row
+    records the one in force, and `syncd status` still shows it (it showed none, as if lost)."""
+    app, store = load_config(config), _store(config)
+    try:
+        mark = store.get_watermark("residents")
+        refused = run_dataset(app, app.datasets["residents"], store, now=datetime(2099, 6, 1, tzinfo=UTC))
+        (row,) = store.last_runs("residents", limit=1)
+    finally:
+        store.engine.dispose()
+    assert mark and refused.status == "refused"
+    assert (row["status"], row["watermark_before"], row["watermark_after"]) == ("refused", mark, mark)
+    status = _status(config, capsys)
+    assert (status["status"], status["watermark"]) == ("refused", mark)
+
+
+def test_status_shows_the_stored_watermark_whatever_the_last_run_row_says(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run row without watermarks (a refusal recorded by an earlier syncd) hides nothing."""
+    store = _store(config)
+    try:
+        mark = store.get_watermark("residents")
+        old = RunInfo.create("residents", approval_code="x")
+        store.begin_run(old)
+        store.finish_run(
+            old.run_id, "residents", status="refused", counts=RunCounts(), error="x", watermark=None
+        )
+    finally:
+        store.engine.dispose()
+    assert mark and _status(config, capsys)["watermark"] == mark
 
 
 def test_runs_history(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

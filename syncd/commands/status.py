@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,8 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
 
 
-def collect(app: AppConfig, last: dict[str, dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """One row per configured dataset (``last``: its latest run row, if any)."""
+def collect(
+    app: AppConfig,
+    last: dict[str, dict[str, Any]],
+    now: datetime,
+    watermarks: Mapping[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per configured dataset (``last``: its latest run row, if any; ``watermarks``: the
+    stored watermark of each dataset, the one in force — without it, the one the last run recorded)."""
     from syncd.daemon.scheduler import build_trigger
 
     zone = ZoneInfo(app.timezone)
@@ -47,7 +54,10 @@ def collect(app: AppConfig, last: dict[str, dict[str, Any]], now: datetime) -> l
                 "updated": run.get("updated"),
                 "deleted": run.get("deleted"),
                 "quarantined": run.get("quarantined"),
-                "watermark": run.get("watermark_after") or run.get("watermark_before"),
+                "watermark": (
+                    watermarks.get(name) if watermarks is not None
+                    else run.get("watermark_after") or run.get("watermark_before")
+                ),
                 "next_run": next_run,
                 "authorization_until": auth.valid_until.isoformat(),
                 "days_left": (auth.valid_until - today).days,
@@ -67,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         store.ensure_schema()
         last = {name: runs[0] for name in app.datasets if (runs := store.last_runs(name, limit=1))}
+        # the one in force: a run row may not name it (a refusal recorded by an earlier syncd)
+        watermarks = {name: store.get_watermark(name) for name in app.datasets}
     except SyncdError as exc:
         print(f"syncd status: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         engine.dispose()
-    rows = collect(app, last, datetime.now(UTC))
+    rows = collect(app, last, datetime.now(UTC), watermarks)
     if args.json:
         print(json.dumps({"datasets": rows}, ensure_ascii=False, indent=2))
         return EXIT_OK
