@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -95,6 +96,34 @@ def test_runs_history(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["status"] for r in runs] == ["success", "success"]
     assert runs[0]["inserted"] == 0 and runs[1]["inserted"] > 0  # newest first
     assert main(["-c", str(config), "runs", "nosuch"]) == 2
+
+
+def test_runs_limit_past_64_bits_is_the_usage_error_changes_gives(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for command in (["runs", "residents"], ["changes", "residents", "--after-id", "0"]):
+        for limit in ("99999999999999999999", "0"):
+            assert main(["-c", str(config), *command, "--limit", limit]) == 2
+            assert "--limit must be between 1 and 9223372036854775807" in capsys.readouterr().err
+
+
+def test_runs_table_names_the_run_id_of_change_entries_its_approval_and_local_times(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/changes.md §2: a change entry's run_id is looked up with `syncd runs DATASET`."""
+    store = _store(config)
+    try:
+        run_id = store.changes("residents", limit=1)[0]["run_id"]
+        (run,) = store.last_runs("residents")
+    finally:
+        store.engine.dispose()
+    capsys.readouterr()
+    assert main(["-c", str(config), "runs", "residents"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split()[:6] == ["run_id", "started_at", "finished_at", "status", "trigger", "approval_code"]
+    local = run["started_at"].astimezone(ZoneInfo("Asia/Shanghai")).isoformat(sep=" ", timespec="seconds")
+    assert line.startswith(f"{run_id}  {local}") and f" {run['approval_code']} " in line, line
 
 
 def test_changes_feed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,8 @@ from syncd.commands.common import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
+    MAX_INT64,
+    check_limit,
     dataset_or_report,
     load_or_report,
     open_store,
@@ -48,7 +50,7 @@ PRUNE = "prune"
 _MAX_BATCH = 100_000
 _MAX_KEEP_DAYS = 36_500  # a century, as changes.retention_days
 _EARLIEST = "1900-01-01"  # no change entry is older; earlier times overflow a datetime in some zones
-_MAX_ID = 2**63 - 1  # change-feed ids (and LIMITs) are 64-bit integers in every target database
+_MAX_ID = MAX_INT64  # change-feed ids are 64-bit integers in every target database
 _SHOW_ONLY = ("limit", "format")
 _PRUNE_ONLY = ("names", "all", "before", "keep_days", "upto_id", "dry_run", "batch_size")
 
@@ -140,8 +142,7 @@ def _check_args(args: argparse.Namespace, zone: ZoneInfo) -> datetime | None:
     if since is None and args.after_id is None:
         raise ValueError("give --since TIME or --after-id N")
     _check_id("--after-id", args.after_id, -_MAX_ID)
-    if args.limit is not None and not 1 <= args.limit <= _MAX_ID:
-        raise ValueError(f"--limit must be between 1 and {_MAX_ID}")
+    check_limit(args.limit)
     return since
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "MAX_INT64",
+    "check_limit",
     "config_path",
     "dataset_or_report",
     "load_or_report",
@@ -37,6 +39,16 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 DEFAULT_CONFIG = "/etc/syncd/syncd.yaml"
+
+MAX_INT64 = 2**63 - 1
+"""The largest id, and LIMIT, every target database compares and takes (64-bit integers)."""
+
+
+def check_limit(value: int | None, option: str = "--limit") -> None:
+    """ValueError (a usage error) unless ``value``, when given, is a row count from 1 to
+    :data:`MAX_INT64`: a larger one is no usage error the database would report, but a traceback."""
+    if value is not None and not 1 <= value <= MAX_INT64:
+        raise ValueError(f"{option} must be between 1 and {MAX_INT64}")
 
 
 def config_path(args: argparse.Namespace) -> Path:

@@ -1,22 +1,29 @@
-"""``syncd runs DATASET``: the run history of a dataset (the audit trail, 使用留痕), newest first."""
+"""``syncd runs DATASET``: the run history of a dataset (the audit trail, 使用留痕), newest first.
+
+The table names each run by its ``run_id`` (what a change-feed entry names, docs/changes.md §2) and
+approval code, its times in the configured ``timezone`` as ``status`` and ``changes`` show them;
+``--json`` keeps every stored column, times in UTC."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from zoneinfo import ZoneInfo
 
 from syncd.commands._tables import render_table
-from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, check_limit, load_or_report, open_store
 
 NAME = "runs"
 HELP = "show the run history of a dataset, newest first (reads the target DB)"
 
 COLUMNS = (
+    "run_id",
     "started_at",
     "finished_at",
     "status",
     "trigger",
+    "approval_code",
     "fetched",
     "inserted",
     "updated",
@@ -41,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     app = load_or_report(args)
     if app is None:
         return EXIT_CONFIG
-    if args.limit < 1:
-        print("syncd runs: --limit must be at least 1", file=sys.stderr)
+    try:
+        check_limit(args.limit)
+    except ValueError as exc:
+        print(f"syncd runs: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     engine, store = open_store(app)
     try:
@@ -61,5 +70,10 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False, default=str))
         return EXIT_OK
+    zone = ZoneInfo(app.timezone)
+    for row in rows:
+        for name in ("started_at", "finished_at"):
+            if row[name] is not None:
+                row[name] = row[name].astimezone(zone).isoformat(sep=" ", timespec="seconds")
     print(render_table(rows, COLUMNS))
     return EXIT_OK
