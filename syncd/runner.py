@@ -31,6 +31,7 @@ rows. What the runner owns is the run's policy:
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,7 +60,7 @@ from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.mapping.records import RecordSorter, Rejected, Row
 from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
-from syncd.sources.base import Checkpoint, Page, ResumePoint
+from syncd.sources.base import NEVER, Checkpoint, Page, ResumePoint, StopSignal, watch_stop
 from syncd.sources.prefetch import Prefetcher
 from syncd.sources.worker import MappedPage, ReadWorker, ReadWorkerError
 from syncd.targets import (
@@ -212,7 +213,7 @@ class _Run:
         self.error_limit: ErrorLimit = dataset.error_limit or app.defaults.error_limit
         self.max_seen: datetime | None = None
         self.warnings: list[str] = []
-        self.should_stop: Callable[[], bool] = lambda: False
+        self.stop: StopSignal = NEVER  # run_dataset's should_stop; the source watches it too
         self.lock: RunLock | None = None
         self.backfill: Backfill | None = None
         self.on_progress: Callable[[Progress], None] | None = None
@@ -233,11 +234,7 @@ class _Run:
 
     def check_stop(self) -> None:
         """Between pages and before each batch: a stop request, or a lost run lock, ends the run."""
-        if self.should_stop():
-            raise StopRequested(
-                "the service is stopping; committed batches are kept and the next run resumes "
-                "from the unchanged watermark"
-            )
+        self.stop.check()
         self.check_lock()
 
     def check_lock(self, force: bool = False) -> None:
@@ -689,6 +686,7 @@ class _Reading:
     def open(self) -> Source | ReadWorker:
         if self.source is None:
             self.source = self.factory(self.run.app, self.run.ds)
+            watch_stop(self.source, self.run.stop)  # a stop ends its retries, not only its pages
             if self.switch_at is not None and hasattr(self.source, "offer_resume"):
                 self.source.offer_resume = True  # each page says where the worker could read on
         return self.source
@@ -745,6 +743,7 @@ class _Reading:
 
     def _spawn(self, reported_total: int | None, *, hold: bool) -> ReadWorker:
         worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=hold)
+        worker.watch_stop(self.run.stop)  # a stop ends the child even while it waits on the gateway
         log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
         return worker
 
@@ -946,15 +945,17 @@ def run_dataset(
     now: datetime | None = None,
     trigger: str = "manual",
     source_factory: Callable[[AppConfig, DatasetConfig], Source] = build_source,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: threading.Event | Callable[[], bool] | None = None,
     backfill: Backfill | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     lock: RunLock | None = None,
 ) -> RunResult:
     """Run ``dataset`` once. Never raises for a failed run: the result says what happened.
 
-    ``should_stop`` is polled between pages and before each batch is written; when it returns
-    True the run ends with status ``interrupted`` (the daemon's SIGTERM), keeping what committed.
+    ``should_stop`` (an Event, or a callable returning True) is polled between pages and before
+    each batch is written, and by the source before each request and retry and during its backoff
+    (:class:`~syncd.sources.base.StopSignal`); once set the run ends with status ``interrupted``
+    (the daemon's SIGTERM), keeping what committed, the watermark unmoved.
     ``backfill`` re-reads a window (see :class:`Backfill`); ``on_progress`` is called after every page.
     ``lock`` is the dataset's run lock the caller holds (``DatasetLocker.take``): checked between
     batches, a lost one fails the run (``sync.lock_lost``). Without it nothing is checked (tests,
@@ -963,7 +964,7 @@ def run_dataset(
     started = time.monotonic()
     run = _Run(app, dataset, store, now or datetime.now(UTC))
     if should_stop is not None:
-        run.should_stop = should_stop
+        run.stop = StopSignal(should_stop)
     run.backfill = backfill
     run.on_progress = on_progress
     run.lock = lock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 import traceback
 import tracemalloc
@@ -16,7 +17,8 @@ from http_server import LoopbackServer, Recorded, Reply, connection, envelope, s
 from structlog.testing import capture_logs
 
 from syncd.config.model import EnvelopeConfig, HttpConnection
-from syncd.errors import PermanentUpstreamError
+from syncd.errors import PermanentUpstreamError, StopRequested
+from syncd.sources.base import StopSignal
 from syncd.sources.http.client import HttpClient
 from syncd.sources.http.diagnose import parse_retry_after
 from syncd.sources.http.envelope import Envelope, ParsedPage
@@ -183,6 +185,45 @@ def test_connection_refused_gives_up_with_a_clear_message() -> None:
         with pytest.raises(PermanentUpstreamError, match="connection refused"):
             client.fetch("GET", "/x", parse=lambda body: body)
         assert client.stats.requests == 2
+
+
+# --------------------------------------------------------------------------- stop requests
+
+
+@pytest.mark.parametrize("kind", ["event", "callable"])
+def test_a_stop_ends_the_backoff_and_no_attempt_follows(server: LoopbackServer, kind: str) -> None:
+    """The daemon's stop reaches a request being retried: its backoff ends at once, and the run's
+    StopRequested (not the upstream error) ends the fetch, before the retry budget is spent."""
+    server.handler = lambda req: Reply(status=503, headers={"Retry-After": "20"})
+    retry = {"attempts": 5, "backoff_initial": "10ms", "backoff_max": "50ms", "deadline": "20m"}
+    event = threading.Event()
+    stop = StopSignal(event if kind == "event" else event.is_set)
+
+    def stop_after_the_first_request() -> None:
+        while not server.requests:
+            time.sleep(0.01)
+        event.set()
+
+    helper = threading.Thread(target=stop_after_the_first_request)
+    with make_client(server, retry=retry) as client, capture_logs() as logs:
+        client.stop = stop
+        helper.start()
+        with pytest.raises(StopRequested, match="the service is stopping"):
+            fetch(client)
+    helper.join()
+    assert len(server.requests) == 1
+    assert [e["wait_seconds"] for e in retries(logs)] == [20.0]  # it was waiting for the retry
+
+
+def test_a_stop_requested_before_a_request_sends_nothing(server: LoopbackServer) -> None:
+    server.queue(envelope([{"id": 1}]))
+    event = threading.Event()
+    event.set()
+    with make_client(server) as client:
+        client.stop = StopSignal(event)
+        with pytest.raises(StopRequested):
+            fetch(client)
+    assert server.requests == []
 
 
 # --------------------------------------------------------------------------- size limit, decoding

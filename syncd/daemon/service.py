@@ -425,7 +425,8 @@ class Daemon:
                         app.datasets[name],
                         self.store,
                         trigger="schedule",
-                        should_stop=self._stop.is_set,
+                        # the Event itself: a source retrying a stalled upstream wakes from its backoff
+                        should_stop=self._stop,
                         lock=held,  # checked between batches: a lock lost mid-run fails the run
                     )
             log.info(

@@ -6,15 +6,35 @@ A source is built from its dataset's config by a factory registered in
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from syncd.errors import StopRequested
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["Checkpoint", "Page", "ReadStats", "ResumePoint", "Source", "Window", "digest_texts"]
+__all__ = [
+    "Checkpoint",
+    "Page",
+    "ReadStats",
+    "ResumePoint",
+    "Source",
+    "StopSignal",
+    "Window",
+    "digest_texts",
+    "watch_stop",
+]
+
+STOP_MESSAGE = (
+    "the service is stopping; committed batches are kept and the next run resumes "
+    "from the unchanged watermark"
+)
+_POLL_S = 0.1  # how often StopSignal.sleep asks a should_stop callable (an Event is waited on instead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +108,58 @@ class ResumePoint:
     params: dict[str, Any]  # the next page's request parameters
     stats: ReadStats
     last_total: int | None  # the total the last page reported (a change on the next is a warning)
+
+
+class StopSignal:
+    """A run's stop request (the daemon's SIGTERM) as its source sees it: asked before each request
+    and each retry, and waited on instead of sleeping through a backoff, so that a source stuck
+    retrying an upstream ends the run at once instead of after its whole retry budget.
+
+    Built from a :class:`threading.Event` (the daemon's: a sleep wakes the moment it is set) or a
+    ``should_stop`` callable (asked every 0.1 s while sleeping); without either it never stops."""
+
+    __slots__ = ("_check", "_event")
+
+    def __init__(self, stop: threading.Event | Callable[[], bool] | None = None) -> None:
+        self._event = stop if isinstance(stop, threading.Event) else None
+        self._check: Callable[[], bool] | None = None if isinstance(stop, threading.Event) else stop
+
+    def requested(self) -> bool:
+        if self._event is not None:
+            return self._event.is_set()
+        return self._check is not None and self._check()
+
+    def check(self) -> None:
+        """Raise :class:`~syncd.errors.StopRequested` when the stop was requested."""
+        if self.requested():
+            raise StopRequested(STOP_MESSAGE)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or raise :class:`~syncd.errors.StopRequested` as soon as the stop is
+        requested (before, or while sleeping)."""
+        if self._event is not None:
+            if self._event.wait(max(0.0, seconds)):
+                raise StopRequested(STOP_MESSAGE)
+            return
+        end = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(_POLL_S, left))
+
+
+NEVER = StopSignal()
+"""The stop signal of a source nobody asked to watch one (``syncd sync``, tests): never stops."""
+
+
+def watch_stop(source: object, stop: StopSignal) -> None:
+    """Give ``source`` the run's stop signal, where it takes one (``watch_stop``: the http source,
+    the read worker); a source without it is stopped by the runner between its pages."""
+    watch = getattr(source, "watch_stop", None)
+    if watch is not None:
+        watch(stop)
 
 
 class Source(Protocol):

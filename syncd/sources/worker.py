@@ -46,7 +46,9 @@ child process on the other core; the run's own process only classifies and write
 - Ending: the child is killed with the parent (``PR_SET_PDEATHSIG``; a kill -9 of syncd leaves no
   orphan reading the gateway), killed when the run ends early (a stop request, a failed batch,
   an error guard); it ignores SIGTERM and SIGINT, which a service stop or Ctrl-C sends to the
-  whole process group: the stop is the parent's to carry out. An error in the child (an upstream
+  whole process group: the stop is the parent's to carry out. The parent kills it the moment the
+  run's stop is requested (:meth:`ReadWorker.watch_stop`), not at the next page it sends: a child
+  retrying a stalled gateway may send none for its whole retry budget. An error in the child (an upstream
   error, a bad mapping) is raised in the parent as the same exception. A child that dies without
   saying why is a :class:`ReadWorkerError` naming its exit status; the run fails and keeps its
   watermark.
@@ -75,10 +77,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
-from syncd.errors import SyncdError
+from syncd.errors import StopRequested, SyncdError
 from syncd.gcpolicy import settle_worker
 from syncd.procmem import peak_rss_bytes
-from syncd.sources.base import Page, ReadStats, ResumePoint, Window
+from syncd.sources.base import Page, ReadStats, ResumePoint, StopSignal, Window
 
 if TYPE_CHECKING:  # the worker's import path stays free of the mapping and the config models
     from syncd.mapping.records import RecordSorter, Rejected
@@ -88,6 +90,7 @@ __all__ = ["MappedPage", "ReadWorker", "ReadWorkerError", "child_environment"]
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _STOP_WAIT_S = 5.0  # how long a finished child may take to exit
+_CLOSED_POLL_S = 0.5  # how often the stop watcher (ReadWorker.watch_stop) looks whether the worker closed
 PIPE_BYTES = 1 << 20
 """Kernel buffer asked for the pages pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is also the default
 ``/proc/sys/fs/pipe-max-size`` an unprivileged process may ask for). Where it is refused the pipe
@@ -243,6 +246,7 @@ class ReadWorker:
         self._log = structlog.get_logger("syncd.sources.worker")
         self._keeper = _credential_keeper(app, dataset)
         self._child_traffic = (0, 0, 0)  # requests, retries, bytes the child reported so far
+        self._closed = threading.Event()  # close() was called: the stop watcher ends
         env = child_environment(Path(__file__).resolve().parents[2], os.environ)
         command = [sys.executable, "-P", "-m", "syncd.sources.worker", str(os.getpid())]
         try:
@@ -434,9 +438,32 @@ class ReadWorker:
             "above say why; defaults.read_worker: never reads in the run's own process instead"
         )
 
+    def watch_stop(self, stop: StopSignal) -> None:
+        """Kill the child as soon as ``stop`` (the run's) is requested, until :meth:`close`: the
+        run's process then sees it end (:meth:`pages` raises, the run asks its stop and ends
+        ``interrupted``) instead of waiting for a page the child may not send for the whole retry
+        budget of a stalled gateway. The child has nothing to save: it writes nothing."""
+        if self._keeper is not None:
+            self._keeper.watch_stop(stop)  # the credential it fetches for the child
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(self._kill_at, stop), name="syncd-worker-stop", daemon=True
+        ).start()
+
+    def _kill_at(self, stop: StopSignal) -> None:
+        while not self._closed.is_set():
+            try:
+                stop.sleep(_CLOSED_POLL_S)
+            except StopRequested:
+                if not self._closed.is_set() and not self._finished and self._proc.poll() is None:
+                    self._log.info("worker.stopped", pid=self.pid, reason="the service is stopping")
+                    self._proc.kill()
+                return
+
     def close(self) -> None:
         """End the child unless it already finished (SIGKILL: it ignores SIGTERM and holds
         nothing to save); reap it."""
+        self._closed.set()
         proc = self._proc
         if proc.poll() is None and not self._finished:
             proc.kill()

@@ -11,7 +11,12 @@ envelope). Failures are sorted by :mod:`syncd.errors`:
 - :class:`AuthExpiredError` makes the client call ``auth.refresh()`` once and repeat the
   request once; a second expiry is permanent, unless this endpoint accepted a credential of the
   scheme before (see below);
-- anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once.
+- anything else (other 4xx, oversized bodies, rejected credentials) is permanent at once;
+- a stop request (:attr:`HttpClient.stop`, the run's :class:`~syncd.sources.base.StopSignal`)
+  raises :class:`~syncd.errors.StopRequested` before any further attempt, wakes every backoff and
+  pause at once, and is asked between the chunks of a body: a stop waits for the request in flight
+  at most ``timeout.connect`` + ``timeout.read`` (each blocking socket operation is bounded by one
+  of them), never for the retry budget.
 
 A credential refused right after it was refreshed, on an endpoint (the API a request calls: see
 below) that accepted a credential of this scheme before, was most likely revoked by another process
@@ -81,7 +86,7 @@ from tenacity import (
 
 from syncd.config.model import HttpConnection
 from syncd.errors import AuthExpiredError, PermanentUpstreamError, TransientUpstreamError, UpstreamError
-from syncd.sources.base import ReadStats
+from syncd.sources.base import NEVER, ReadStats, StopSignal
 from syncd.sources.http.diagnose import (
     Failure,
     network_failure,
@@ -220,6 +225,9 @@ class HttpClient:
         self._session.headers.update(connection.headers)
         self._session.verify = self._verify
         self._env_settings: dict[tuple[str, str], Any] = {}
+        # the run's stop request (HttpSource.watch_stop): asked before each attempt and between the
+        # chunks of a body, and waited on instead of sleeping through a backoff or a pause
+        self.stop: StopSignal = NEVER
 
     # ------------------------------------------------------------------ public
 
@@ -331,7 +339,7 @@ class HttpClient:
         of refreshing in lockstep; never past ``remaining`` seconds."""
         pause = min(self._backoff_initial * 2 ** (revoked - 1), self._backoff_max)
         pause += random.uniform(0, self._backoff_initial)  # noqa: S311 - jitter, not a secret
-        time.sleep(min(pause, max(0.0, remaining)))
+        self.stop.sleep(min(pause, max(0.0, remaining)))
 
     def _other_holder(self) -> str:
         connection = self.name or "<name>"
@@ -394,6 +402,8 @@ class HttpClient:
             wait=self._wait,
             retry=retry_if_exception_type(TransientUpstreamError),
             before_sleep=lambda state: self._before_sleep(state, call),
+            # a stop request ends the backoff at once (StopRequested is not retried: it ends the run)
+            sleep=self.stop.sleep,
             reraise=True,
         )
         try:
@@ -432,6 +442,7 @@ class HttpClient:
     # ------------------------------------------------------------------ one attempt
 
     def _attempt(self, call: _Call, auth: RequestAuth | None, parse: Callable[[Any], T]) -> T:
+        self.stop.check()  # no new attempt (nor a first one) once the service is stopping
         params = dict(call.params)
         headers = dict(call.headers)
         if auth is not None:
@@ -521,6 +532,7 @@ class HttpClient:
         buf = bytearray()
         try:
             for chunk in response.iter_content(chunk_size=_CHUNK):
+                self.stop.check()  # a body trickling in: a stop waits for one read (timeout.read) at most
                 buf += chunk
                 if len(buf) > limit:
                     raise self._too_large(call, f"sent more than {limit} bytes")

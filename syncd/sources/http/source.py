@@ -27,7 +27,7 @@ from syncd.changes.hashing import text_digester
 from syncd.config.model import AppConfig, DatasetConfig, HttpConnection, HttpSourceConfig
 from syncd.errors import ConfigError, PermanentUpstreamError
 from syncd.paths import compile_path
-from syncd.sources.base import Page, ReadStats, ResumePoint, Window
+from syncd.sources.base import Page, ReadStats, ResumePoint, StopSignal, Window
 from syncd.sources.http import texts
 from syncd.sources.http.auth import build_auth
 from syncd.sources.http.auth.base import CredentialState, Renewal
@@ -229,6 +229,12 @@ class HttpSource:
 
     def close(self) -> None:
         self._client.close()
+
+    def watch_stop(self, stop: StopSignal) -> None:
+        """Stop at ``stop`` (the run's): no request or retry after it, no backoff sleeps through it
+        (:class:`~syncd.sources.http.client.HttpClient`); token requests of the auth go through the
+        same client."""
+        self._client.stop = stop
 
     # ------------------------------------------------------------------ credentials and the read worker
 
