@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import socket
 import sys
 import threading
@@ -88,6 +89,65 @@ def test_cron_with_both_day_fields_fires_on_either_as_crontab_does() -> None:
     only_days = build_trigger(CronSchedule(type="cron", cron="0 2 1,15 * *"), "Asia/Shanghai")
     fire = only_days.get_next_fire_time(None, datetime(2025, 1, 1, 3, 0, tzinfo=SHANGHAI))
     assert fire is not None and fire.strftime("%m-%d") == "01-15"
+
+
+def test_interval_jitter_delays_each_planned_time_and_never_adds_up() -> None:
+    """docs/daemon.md section 1: jitter delays each planned time (every n x ``every`` from the
+    first) by at most ``jitter``. APScheduler's IntervalTrigger planned from the previous jittered
+    time: `every: 15m, jitter: 5m` ran 82 times a day instead of 96, drifting ever later."""
+    random.seed(1)
+    schedule = IntervalSchedule(type="interval", every=timedelta(minutes=15), jitter=timedelta(minutes=5))
+    trigger = build_trigger(schedule, SHANGHAI)
+    first = datetime(2030, 3, 10, 0, 0, tzinfo=SHANGHAI)  # a run the scheduler planned itself
+    fire: datetime | None = first
+    late: list[timedelta] = []
+    for n in range(1, 97):  # a day
+        assert fire is not None
+        fire = trigger.get_next_fire_time(fire, fire)
+        assert fire is not None
+        late.append(fire - (first + n * schedule.every))
+    assert all(timedelta(0) <= d <= schedule.jitter for d in late), max(late)
+    assert len(set(late)) > 1  # a fresh jitter each time
+
+
+def test_interval_jitter_from_the_first_plan_and_catching_up() -> None:
+    """The first time (no previous run) and APScheduler's catch-up (it asks for the time after a run
+    it skipped, then after the last one it ran) stay on the grid of the first planned time."""
+    random.seed(2)
+    schedule = IntervalSchedule(type="interval", every=timedelta(minutes=10), jitter=timedelta(minutes=3))
+    trigger = build_trigger(schedule, SHANGHAI)
+    first = trigger.get_next_fire_time(None, datetime(2030, 3, 10, 8, 0, tzinfo=SHANGHAI))
+    assert first is not None
+    fires = [first]
+    for _ in range(5):
+        fire = trigger.get_next_fire_time(fires[-1], fires[-1])
+        assert fire is not None
+        fires.append(fire)
+    late = fires[-1] + timedelta(minutes=25)  # the scheduler woke late: two runs due, one runs
+    skipped = trigger.get_next_fire_time(fires[-1], late)
+    assert skipped is not None
+    fire = trigger.get_next_fire_time(skipped, late)
+    assert fire is not None
+    fires.append(fire)
+    slots = []
+    for fire in fires[1:]:
+        offset = fire - first  # both jittered from their planned times: within one jitter of n x every
+        n = round(offset / schedule.every)
+        assert -schedule.jitter <= offset - n * schedule.every <= schedule.jitter, offset
+        slots.append(n)
+    assert slots == [1, 2, 3, 4, 5, 7]
+
+
+def test_interval_jitter_longer_than_the_interval_never_goes_back() -> None:
+    random.seed(3)
+    schedule = IntervalSchedule(type="interval", every=timedelta(minutes=1), jitter=timedelta(minutes=5))
+    trigger = build_trigger(schedule, SHANGHAI)
+    fire = trigger.get_next_fire_time(None, datetime(2030, 3, 10, tzinfo=SHANGHAI))
+    for _ in range(200):
+        assert fire is not None
+        following = trigger.get_next_fire_time(fire, fire)
+        assert following is not None and following > fire
+        fire = following
 
 
 def test_cron_fires_in_the_configured_zone_on_a_utc_host(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.config.model import CronSchedule, IntervalSchedule
 from syncd.daemon.cron import cron_trigger
+from syncd.daemon.interval import GridIntervalTrigger
 from syncd.targets.history import FUTURE_TOLERANCE
 
 __all__ = [
@@ -134,7 +135,8 @@ def build_trigger(schedule: Schedule, timezone: str | tzinfo) -> BaseTrigger:
         trigger = cron_trigger(schedule.cron, zone)
         trigger.jitter = jitter
         return trigger
-    return IntervalTrigger(seconds=schedule.every.total_seconds(), timezone=zone, jitter=jitter)
+    # each run's jitter from its planned time, not from the previous jittered one (syncd.daemon.interval)
+    return GridIntervalTrigger(seconds=schedule.every.total_seconds(), timezone=zone, jitter=jitter)
 
 
 @dataclass(frozen=True)
