@@ -150,6 +150,28 @@ def test_interval_jitter_longer_than_the_interval_never_goes_back() -> None:
         fire = following
 
 
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        # crontab(5): a day field starting with * is unrestricted, so both fields must match
+        ("0 2 */2 * 1", ["01-13 Mon", "01-27 Mon", "02-03 Mon", "02-17 Mon", "03-03 Mon", "03-17 Mon"]),
+        ("0 2 1-7 * */7", ["01-05 Sun", "02-02 Sun", "03-02 Sun", "04-06 Sun", "05-04 Sun", "06-01 Sun"]),
+        ("0 2 * * 1", ["01-06 Mon", "01-13 Mon", "01-20 Mon", "01-27 Mon", "02-03 Mon", "02-10 Mon"]),
+    ],
+)
+def test_cron_day_field_starting_with_a_star_is_unrestricted(cron: str, expected: list[str]) -> None:
+    """cronie and vixie cron take both day fields together (AND) when either starts with ``*``:
+    ``0 2 */2 * 1`` is 02:00 on odd days that are Mondays, not odd days or Mondays."""
+    trigger = build_trigger(CronSchedule(type="cron", cron=cron), "Asia/Shanghai")
+    fires, previous, now = [], None, datetime(2025, 1, 1, 3, 0, tzinfo=SHANGHAI)
+    for _ in range(6):
+        fire = trigger.get_next_fire_time(previous, now)
+        assert fire is not None
+        fires.append(fire.strftime("%m-%d %a"))
+        previous, now = fire, fire + timedelta(seconds=1)
+    assert fires == expected
+
+
 def test_cron_fires_in_the_configured_zone_on_a_utc_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()

@@ -64,17 +64,20 @@ def crontab_weekdays(field: str) -> str:
 def cron_trigger(expression: str, timezone: str | tzinfo) -> BaseTrigger:
     """A trigger for a five-field crontab expression in ``timezone`` (raises ValueError).
 
-    As in crontab(5), when both the day-of-month and the weekday field are restricted (neither is
-    ``*``) the expression fires on days matching **either**: ``0 2 1,15 * 1`` runs on the 1st, the
-    15th and every Monday. APScheduler's CronTrigger requires both, so such an expression becomes
-    two triggers, one per field, whichever fires first."""
+    As in crontab(5), when both the day-of-month and the weekday field are restricted the expression
+    fires on days matching **either**: ``0 2 1,15 * 1`` runs on the 1st, the 15th and every Monday.
+    APScheduler's CronTrigger requires both, so such an expression becomes two triggers, one per
+    field, whichever fires first. A field is restricted when it does not *start* with ``*``
+    (crontab(5): "If both fields are restricted (i.e., don't start with *), the command will be run
+    when either field matches"; cronie and vixie cron set their DOM_STAR/DOW_STAR flag on the first
+    character): ``0 2 */2 * 1`` runs on odd days that are Mondays, as crontab does."""
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
     minute, hour, day, month, weekday = fields
     zone = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
     days = crontab_weekdays(weekday)
-    if day == "*" or weekday == "*":
+    if day.startswith("*") or weekday.startswith("*"):  # unrestricted: both must match (crontab(5))
         return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=days, timezone=zone)
     return OrTrigger(
         [
@@ -82,3 +85,4 @@ def cron_trigger(expression: str, timezone: str | tzinfo) -> BaseTrigger:
             CronTrigger(minute=minute, hour=hour, month=month, day_of_week=days, timezone=zone),
         ]
     )
+
