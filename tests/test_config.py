@@ -402,6 +402,24 @@ def test_bad_cron(ws: Workspace) -> None:
     assert only(ws.issues()).startswith(f"{where}: schedule.cron: '0 2 * *' is not a cron expression")
 
 
+@pytest.mark.parametrize("cron", ["0 2 30 2 *", "0 2 31 4,6,9,11 *"])
+def test_a_cron_that_never_fires_is_refused(ws: Workspace, cron: str) -> None:
+    """30 February passed `syncd check` and the dataset silently never ran."""
+    ws.edit(RES, 'cron: "0 2 * * *"', f'cron: "{cron}"')
+    where = ws.at(RES, f'"{cron}')
+    assert only(ws.issues()) == (
+        f"{where}: schedule.cron: {cron!r} never fires: no month has the day its day-of-month "
+        "and month fields ask for (such as 30 February or 31 April), so the dataset would never run: fix "
+        "the day or the month field (e.g. '0 2 28 2 *' for 02:00 on 28 February)"
+    )
+
+
+@pytest.mark.parametrize("cron", ["0 2 29 2 *", "0 2 30 2 1"])
+def test_a_cron_that_fires_rarely_is_accepted(ws: Workspace, cron: str) -> None:
+    ws.edit(RES, 'cron: "0 2 * * *"', f'cron: "{cron}"')  # leap years; Mondays in February
+    ws.load()
+
+
 LOGGING = "logging: {level: INFO, format: json}"
 RES_TARGET = "target:\n  table: resident_info"
 OUT_OF_RANGE = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -656,15 +656,21 @@ class CronSchedule(_Model):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, v: str) -> str:
-        from syncd.daemon.cron import cron_trigger
+        from syncd.daemon.cron import cron_trigger, never_fires
 
         try:
-            cron_trigger(v, "UTC")
+            trigger = cron_trigger(v, "UTC")
         except ValueError as exc:
             raise ValueError(
                 f"{v!r} is not a cron expression ({exc}): write five fields, minute hour day month "
                 "weekday, e.g. '0 2 * * *' for 02:00 every day"
             ) from exc
+        if never_fires(trigger, datetime.now(UTC)):
+            raise ValueError(
+                f"{v!r} never fires: no month has the day its day-of-month and month fields ask for "
+                "(such as 30 February or 31 April), so the dataset would never run: fix the day or "
+                "the month field (e.g. '0 2 28 2 *' for 02:00 on 28 February)"
+            )
         return v
 
 

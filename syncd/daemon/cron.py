@@ -9,14 +9,14 @@ The time zone is always explicit (a trigger without one uses the host's zone).
 
 from __future__ import annotations
 
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-__all__ = ["cron_trigger", "crontab_weekdays"]
+__all__ = ["cron_trigger", "crontab_weekdays", "never_fires"]
 
 _NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
@@ -86,3 +86,9 @@ def cron_trigger(expression: str, timezone: str | tzinfo) -> BaseTrigger:
         ]
     )
 
+
+def never_fires(trigger: BaseTrigger, now: datetime) -> bool:
+    """Whether ``trigger`` has no fire time after ``now``: a day that no month has (``0 2 30 2 *``,
+    30 February; ``0 2 31 4,6 *``). APScheduler searches the calendar and finds none. ``29 2``
+    fires in leap years, and a restricted weekday field always fires (either field matches)."""
+    return trigger.get_next_fire_time(None, now) is None
