@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from syncd import __version__
+from syncd import __version__, build
 from syncd.config.model import ColumnConfig, DatasetConfig, TransformConfig
 from syncd.errors import RecordError
 from syncd.mapping.base import (
@@ -87,7 +87,8 @@ class CompiledMapping:
     fingerprint: bytes = field(repr=False)
     """16 bytes that change whenever anything the mapping's result depends on changes: the
     columns and their transforms (salts included), the key, the logical-delete rule, the code
-    tables, the source kind and syncd's version. A stored digest of a raw record is only
+    tables, the source kind, syncd's version and its source files (:mod:`syncd.build`: any code
+    change, so an upgrade maps every record once). A stored digest of a raw record is only
     trusted under the same fingerprint (see :func:`syncd.changes.hashing.record_digester`)."""
     record_fields: tuple[str, ...] = field(repr=False)
     """The top-level record fields the mapping and the logical-delete rule read, sorted."""
@@ -577,6 +578,7 @@ def _fingerprint(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, 
     run that maps every record again: a stale fingerprint would skip a real change."""
     parts = {
         "syncd": __version__,
+        "build": build.source_digest(),  # a fix in a transform or validator changes no generated code
         "code": source,
         "columns": _plain({n: c.model_dump() for n, c in dataset.columns.items()}),
         "target": _plain(dataset.target.model_dump(include={"key", "logical_delete"})),
