@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from syncd import __version__
+from syncd.build import SOURCE_DIGEST
 from syncd.commands import discover
 from syncd.commands.common import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
@@ -28,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
             "syncd — 数据回流同步: pull authorized datasets from data-sharing gateways into local tables."
         ),
     )
-    p.add_argument("--version", action="version", version=f"syncd {__version__}")
+    p.add_argument(
+        "--version", action="version", version=f"syncd {__version__} (source {SOURCE_DIGEST})",
+        help="show the version and the digest of the installed source files (which build runs), then exit",
+    )
     p.add_argument(
         "-c",
         "--config",

@@ -29,7 +29,8 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
 ``syncd_config_reload_timestamp_seconds``   gauge      no label: time of the last reload attempt
 ``syncd_config_errors``                     gauge      no label: positioned errors of the last bad reload
 ``syncd_heartbeat_timestamp_seconds``       gauge      no label: last heartbeat of the scheduler
-``syncd_build_info{version,python}``        gauge      no ``dataset`` label; always 1
+``syncd_build_info{version,python,source}`` gauge      no ``dataset`` label; always 1; ``source``:
+                                                       :data:`syncd.build.SOURCE_DIGEST`
 ``process_resident_memory_bytes``, ``process_open_fds`` …  the standard process series of
                                                        prometheus_client (RSS, open files, CPU time,
                                                        start time): a daemon running for years is
@@ -77,6 +78,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import Metric
 
 from syncd import __version__
+from syncd.build import SOURCE_DIGEST
 
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "OPS", "OUTCOMES", "Metrics", "RunResultLike"]
 
@@ -199,9 +201,12 @@ class Metrics:
             "syncd_heartbeat_timestamp_seconds", "Unix time of the scheduler's last heartbeat.", registry=reg
         )
         self.build_info = Gauge(
-            "syncd_build_info", "syncd build information; always 1.", ("version", "python"), registry=reg
+            "syncd_build_info",
+            "syncd build information (source: digest of its source files, as syncd --version); always 1.",
+            ("version", "python", "source"),
+            registry=reg,
         )
-        self.build_info.labels(version=version, python=platform.python_version()).set(1)
+        self.build_info.labels(version=version, python=platform.python_version(), source=SOURCE_DIGEST).set(1)
         ProcessCollector(registry=reg)  # process_resident_memory_bytes, process_open_fds, … (Linux)
 
     # ------------------------------------------------------------------ datasets

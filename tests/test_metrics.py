@@ -262,7 +262,10 @@ def test_daemon_state_gauges(metrics: Metrics) -> None:
     assert value(metrics, "syncd_heartbeat_timestamp_seconds") == NOW
     import platform
 
-    assert value(metrics, "syncd_build_info", version=__version__, python=platform.python_version()) == 1
+    from syncd.build import SOURCE_DIGEST
+
+    labels = {"version": __version__, "python": platform.python_version(), "source": SOURCE_DIGEST}
+    assert value(metrics, "syncd_build_info", **labels) == 1
 
 
 def test_process_series_for_long_running_watch(metrics: Metrics) -> None:

@@ -148,3 +148,14 @@ def test_the_source_digest_covers_every_source_file_and_nothing_else(tmp_path: P
     (package / "sub" / "b.py").write_text("y = 2\n", encoding="utf-8")
     (package / "sub" / "b.py").rename(package / "b.py")  # the same bytes in another module
     assert build._digest_of(str(package)) != first
+
+
+def test_version_names_the_build(capsys: pytest.CaptureFixture[str]) -> None:
+    """`syncd --version` tells two builds with the same version number apart (docs/upgrade.md)."""
+    from syncd.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"syncd {syncd.__version__} (source {build.SOURCE_DIGEST})"
+    assert len(build.SOURCE_DIGEST) == 16 and int(build.SOURCE_DIGEST, 16) >= 0
