@@ -3,7 +3,7 @@
 Each test names a step a reviewer took from the docs that failed: the program the unit's
 ExecStart= names never created, check/plan run as an account that cannot read the root-only
 credentials, an in-place `pip install --upgrade` that keeps the old files of a build with the
-same version number.
+same version number, an SQLite example with a path relative to the working directory.
 """
 
 from __future__ import annotations
@@ -58,5 +58,20 @@ def test_no_doc_upgrades_in_place_with_pip_upgrade() -> None:
         for doc in DOCS
         for line in _shell_lines(doc)
         if re.search(r"\bpip\b.*\binstall\b", line) and re.search(r"(\s--upgrade|\s-U)\b", line)
+    ]
+    assert not bad, bad
+
+
+def test_every_sqlite_example_names_an_absolute_path() -> None:
+    """`sqlite:///var/lib/…` (three slashes) is relative to the working directory; examples use four."""
+    places = [*DOCS, *sorted((REPO / "docs").glob("*.json")), *sorted((REPO / "config").rglob("*.yaml")),
+              *sorted((REPO / "systemd").iterdir()), REPO / "syncd" / "config" / "model.py"]
+    relative = re.compile(r"sqlite:///(?![/{$]|x\.db is relative)")
+    explained = ("三个斜杠", "three slashes")  # a line that shows the mistake to say why it is one
+    bad = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in places
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if relative.search(line) and not any(words in line for words in explained)
     ]
     assert not bad, bad

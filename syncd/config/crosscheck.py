@@ -33,6 +33,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path as FsPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -92,9 +94,27 @@ def _target_url(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     try:
         url.get_dialect()
     except NoSuchModuleError:
-        return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:///…, "
+        return [doc.issue(("target", "url"), f"unknown database kind `{url.drivername}`: use sqlite:////…, "
                           "postgresql+psycopg://… or mysql+pymysql://… (MariaDB)")]
+    _sqlite_relative(doc, ("target", "url"), url)
     return _tls(doc, ("target", "url"), url)
+
+
+def _sqlite_relative(doc: Document, at: Path, url: URL) -> None:
+    """Warn about an SQLite file named by a relative path (``sqlite:///var/lib/…``, three slashes):
+    it resolves against the working directory of whoever runs syncd (``/`` under systemd, the
+    operator's own elsewhere), so `syncd check` or `plan` run from a shell reads another file."""
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return
+    if PurePosixPath(name).is_absolute():
+        return
+    here, under_systemd = FsPath.cwd() / name, FsPath("/") / name  # systemd starts services in /
+    _warn(doc, at, "config.sqlite_path_relative", path=name,
+          reason=f"the SQLite file {name} is a relative path: it resolves against the working directory "
+          f"(here {here}; under systemd {under_systemd}), so syncd run from another directory opens "
+          "another database",
+          fix=f"write an absolute path, with four slashes: sqlite:///{under_systemd}")
 
 
 def _signature_recipes(app: AppConfig, doc: Document) -> list[ConfigIssue]:
@@ -152,8 +172,9 @@ def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
             issues.append(doc.issue(at, f"unknown database kind `{url.drivername}`: use "
                                     "postgresql+psycopg://… (also KingbaseES, openGauss), "
                                     "mysql+pymysql://… (MariaDB, OceanBase) "
-                                    "or sqlite:///…; DM (达梦) needs its own SQLAlchemy dialect installed"))
+                                    "or sqlite:////…; DM (达梦) needs its own SQLAlchemy dialect installed"))
             continue
+        _sqlite_relative(doc, at, url)
         issues += _tls(doc, at, url)
     return issues
 

@@ -798,7 +798,9 @@ class DatabaseConfig(_Model):
     quarantine) live in the same database, so each batch commits atomically (DESIGN §4.2)."""
 
     url: SecretStr = Field(
-        description="SQLAlchemy URL, e.g. sqlite:///var/lib/syncd/syncd.db. MariaDB/MySQL on this "
+        description="SQLAlchemy URL, e.g. sqlite:////var/lib/syncd/syncd.db (four slashes: an absolute "
+        "path; sqlite:///x.db is relative to the working directory and warned about: "
+        "config.sqlite_path_relative). MariaDB/MySQL on this "
         "machine (localhost, 127.0.0.1, ::1, unix_socket) is reached without TLS unless the URL "
         "sets ssl_ca (verified TLS). Another host without a checked certificate is warned about "
         "(config.database_tls_unverified): add the CA (PostgreSQL sslmode=verify-full&sslrootcert=…, "
