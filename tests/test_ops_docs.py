@@ -3,13 +3,16 @@
 Each test names a step a reviewer took from the docs that failed: the program the unit's
 ExecStart= names never created, check/plan run as an account that cannot read the root-only
 credentials, an in-place `pip install --upgrade` that keeps the old files of a build with the
-same version number, an SQLite example with a path relative to the working directory.
+same version number, an SQLite example with a path relative to the working directory, a drop
+folder made writable with ReadWritePaths= alone (syncd moves the files it took).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from tests.test_systemd_unit import MAX_EXPOSURE, exposure, verify_copy
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "syncd.service"
@@ -75,3 +78,41 @@ def test_every_sqlite_example_names_an_absolute_path() -> None:
         if relative.search(line) and not any(words in line for words in explained)
     ]
     assert not bad, bad
+
+
+def _drop_folder_section() -> str:
+    text = (REPO / "docs" / "systemd.md").read_text(encoding="utf-8")
+    start = text.index("## 10. 文件落地目录")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_the_drop_folder_layout_gives_syncd_write_access_and_a_valid_unit(tmp_path: Path) -> None:
+    """syncd moves every file it took into processed/ or failed/: the documented drop-in runs it
+    under a static account whose primary group owns the folder (a DynamicUser cannot be given
+    write access to another account's folder, and supplementary groups do not survive
+    PrivateUsers=yes), and the unit with it still verifies and keeps its exposure level."""
+    section = _drop_folder_section()
+    assert "processed/" in section and "failed/" in section
+    blocks = re.findall(r"```ini\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1, "one drop-in"
+    lines = [line.strip() for line in blocks[0].splitlines() if line.strip()]
+    assert lines[0] == "[Service]"
+    settings = dict(line.split("=", 1) for line in lines[1:])
+    assert settings.get("DynamicUser") == "no" and settings.get("User") and settings.get("Group")
+    assert "SupplementaryGroups" not in settings
+    assert settings.get("ReadWritePaths")
+    mode = re.search(r"install -d -o root -g " + re.escape(settings["Group"]) + r" -m (\d+) " +
+                     re.escape(settings["ReadWritePaths"]) + r"\n", section)
+    assert mode, "the folder is created for the service's group"
+    bits = int(mode[1], 8)
+    assert bits & 0o070 == 0o070 and not bits & 0o1007, "group rwx; no sticky bit, nothing for others"
+
+    unit = UNIT.read_text(encoding="utf-8")
+    merged = unit.replace("\n[Install]", "\n" + "\n".join(lines[1:]) + "\n\n[Install]", 1)
+    res = verify_copy(tmp_path, merged)
+    assert (res.returncode, res.stdout + res.stderr) == (0, "")
+    copy = tmp_path / "with-drop-in" / "syncd.service"
+    copy.parent.mkdir()
+    copy.write_text(merged, encoding="utf-8")
+    assert exposure(copy) <= MAX_EXPOSURE

@@ -448,7 +448,10 @@ class FileSourceConfig(_Model):
     """A drop folder of CSV, XLSX or JSONL files; each file (by content hash) is taken once."""
 
     type: Literal["file"]
-    path: str = Field(description="the drop folder, e.g. /var/lib/syncd/drop/residents")
+    path: str = Field(
+        description="the drop folder, e.g. /srv/syncd-drop/residents; syncd moves each file it took into "
+        "processed/ or failed/ under it, so it needs write access to it (docs/systemd.md, section 10)"
+    )
     pattern: str = Field("*.csv", description="glob of the files to take, e.g. *.csv or 人口_*.xlsx")
     format: Literal["csv", "xlsx", "jsonl"] | None = Field(None, description="default: from the extension")
     encoding: str | None = Field(None, description="e.g. gb18030; default: UTF-8 (BOM) → UTF-8 → GB18030")
