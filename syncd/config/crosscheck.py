@@ -1,9 +1,11 @@
 """Checks that span several parts of the configuration, run after each file validated.
 
-- the target database URL parses and names a database kind SQLAlchemy knows; its TLS options
+- the target database URL parses and names a database kind SQLAlchemy knows (a URL that cannot be
+  read is reported without quoting it: it holds the password); its TLS options
   mean what they say (:func:`syncd.targets.dbtls.tls_url_problem`), and a connection to another
   machine that would not check the server's certificate is logged as a warning with its line
-  (``config.database_tls_unverified``; the same for ``type: sql`` connections);
+  (``config.database_tls_unverified``, showing the URL as written, references and not values;
+  the same for ``type: sql`` connections);
 - a signing auth scheme's ``recipe`` compiles (templates, placeholders, SM3 on this host), as the
   http source would compile it (:func:`syncd.sources.http.auth.signing.recipe_problems`);
 - a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type
@@ -30,6 +32,7 @@ Every issue is positioned in the file the operator has to change.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +54,16 @@ if TYPE_CHECKING:
 __all__ = ["Loaded", "check_app", "check_dataset", "check_unique"]
 
 log = structlog.get_logger(__name__)
+
+# a host name or an IP address (IPv6 without its brackets): anything else came from a URL that was
+# not what it seemed (e.g. a password with an unencoded `@`) and may hold part of a secret
+_HOST = re.compile(r"[A-Za-z0-9._\-]+|[0-9A-Fa-f:.]+")
+_BAD_URL = (
+    "this database URL cannot be read (a port that is not a number, or a `@`, `:`, `/` or `%` of a "
+    "password written inside the URL itself?): write the password as its own reference after the user "
+    "name, as it is, without escaping — e.g. {example} — syncd encodes it; a whole URL kept in one "
+    "variable or credential must have its password percent-encoded (@ → %40, : → %3A, / → %2F, % → %25)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,9 @@ def _target_url(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     except ArgumentError:
         return [doc.issue(("target", "url"), "this is not a database URL: write it like "
                           "sqlite:////var/lib/syncd/syncd.db or postgresql+psycopg://syncd:${DB_PASSWORD}@host/db")]
+    except ValueError:  # e.g. int() of a "port" that is part of a password; the message quotes it
+        return [doc.issue(("target", "url"), _BAD_URL.format(
+            example="postgresql+psycopg://syncd:${credential:db_password}@127.0.0.1:5432/jcsj"))]
     try:
         url.get_dialect()
     except NoSuchModuleError:
@@ -143,8 +159,23 @@ def _tls(doc: Document, at: Path, url: URL) -> list[ConfigIssue]:
         return [doc.issue(at, problem)]
     reason = unverified_tls(url)
     if reason is not None:
-        _warn(doc, at, "config.database_tls_unverified", host=url.host, reason=reason)
+        _warn(doc, at, "config.database_tls_unverified", host=_shown_host(url.host),
+              url=_shown_url(doc, at, url), reason=reason)
     return []
+
+
+def _shown_host(host: str | None) -> str | None:
+    """``host`` when it is a host name or an address; otherwise it came from a URL that did not read as
+    written and may hold part of a password: not shown."""
+    return host if host is None or _HOST.fullmatch(host) else "(not shown: not a host name)"
+
+
+def _shown_url(doc: Document, at: Path, url: URL) -> str:
+    """The URL as the operator wrote it: its ``${...}`` references (names, not values) or, when
+    written literally, the URL without its password."""
+    written = doc.written.get(at)
+    return written if written is not None else url.render_as_string(hide_password=True)
+
 
 
 def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
@@ -162,6 +193,10 @@ def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:
         except ArgumentError:
             issues.append(doc.issue(at, "this is not a database URL: write it like "
                                     "postgresql+psycopg://user:${credential:qzk_password}@host:5432/db"))
+            continue
+        except ValueError:  # e.g. int() of a "port" that is part of a password; the message quotes it
+            issues.append(doc.issue(at, _BAD_URL.format(
+                example="postgresql+psycopg://user:${credential:qzk_password}@host:5432/db")))
             continue
         if url.get_backend_name() in ("postgresql", "mysql", "mariadb") and "+" not in url.drivername:
             issues += _tls(doc, at, url)

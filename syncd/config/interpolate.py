@@ -8,6 +8,10 @@ Every string value (not key) of a document is a template:
   one trailing newline stripped; a file readable by group or others is logged as a warning;
 - ``$${`` is a literal ``${``; a ``$`` not followed by ``{`` is kept as it is.
 
+In a URL-valued field (``url`` or a name ending in ``_url``), a reference written in the URL's
+user info (``scheme://${USER}:${PASSWORD}@host``) is percent-encoded (:func:`userinfo_references`):
+a password is written as it is, and an ``@``, ``:``, ``/`` or ``%`` in it stays part of the password.
+
 :func:`secret_problem` decides whether the template written in a secret field really keeps the
 secret out of the file: only references, without defaults; a database URL may be literal as
 long as it carries no password.
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
@@ -34,8 +39,10 @@ __all__ = [
     "Reference",
     "Template",
     "interpolate_document",
+    "is_url_field",
     "parse_template",
     "secret_problem",
+    "userinfo_references",
 ]
 
 log = structlog.get_logger(__name__)
@@ -44,6 +51,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # a file name: no slash
 _URL_AUTH = re.compile(r"^[\w+.\-]+://(?:(?P<user>[^:/]*)(?::(?P<password>[^@]*))?@)?")
 _URL_QUERY_PASSWORD = re.compile(r"[?&](?:password|passwd|pwd)=([^&#]*)", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 LITERAL_MESSAGE = (
     "secrets must not be written into configuration files: put it in an environment variable "
@@ -127,6 +135,37 @@ def _reference(body: str) -> Reference:
     return Reference(name, default if sep else None)
 
 
+def is_url_field(name: str | int) -> bool:
+    """True for the names of URL-valued fields: ``url`` and ``*_url`` (``base_url``…)."""
+    return isinstance(name, str) and (name == "url" or name.endswith("_url"))
+
+
+def userinfo_references(template: Template) -> frozenset[int]:
+    """Indexes in ``template`` of the references written in the user info of a URL (``user:password@``).
+
+    Only the literal text decides where the user info is (a reference's value may hold any character):
+    after ``scheme://``, up to the last ``@`` before the first ``/``, ``?`` or ``#``.
+    """
+    masked = "".join(p if isinstance(p, str) else "\x00" for p in template)  # a reference is one \0
+    scheme = _URL_SCHEME.match(masked)
+    if scheme is None:
+        return frozenset()
+    start = scheme.end()
+    authority_end = min((i for c in "/?#" if (i := masked.find(c, start)) >= 0), default=len(masked))
+    at = masked.rfind("@", start, authority_end)
+    if at < 0:
+        return frozenset()
+    found, offset = set(), 0
+    for index, part in enumerate(template):
+        if isinstance(part, str):
+            offset += len(part)
+            continue
+        if start <= offset < at:
+            found.add(index)
+        offset += 1
+    return frozenset(found)
+
+
 @dataclass
 class Interpolator:
     """Renders templates against an environment; remembers what it read from credentials."""
@@ -135,15 +174,15 @@ class Interpolator:
     secrets: set[str] = field(default_factory=set)
     _credentials: dict[str, str] = field(default_factory=dict)
 
-    def render(self, template: Template) -> str:
+    def render(self, template: Template, *, quoted: Set[int] = frozenset()) -> str:
+        """The text of ``template``; the references at the indexes ``quoted`` are percent-encoded."""
         out: list[str] = []
-        for part in template:
+        for index, part in enumerate(template):
             if isinstance(part, str):
                 out.append(part)
-            elif part.credential:
-                out.append(self._credential(part.name))
-            else:
-                out.append(self._variable(part))
+                continue
+            value = self._credential(part.name) if part.credential else self._variable(part)
+            out.append(quote(value, safe="") if index in quoted else value)
         return "".join(out)
 
     def _variable(self, ref: Reference) -> str:
@@ -205,7 +244,8 @@ class Interpolated:
 def interpolate_document(doc: Document, interpolator: Interpolator) -> Interpolated:
     """Replace every templated string value of ``doc.data`` in place by its rendered text.
 
-    A value that fails keeps its raw text and gets a positioned issue.
+    The text as written goes to ``doc.written``. A reference in the user info of a URL-valued field
+    is percent-encoded. A value that fails keeps its raw text and gets a positioned issue.
     """
     result = Interpolated()
 
@@ -220,8 +260,10 @@ def interpolate_document(doc: Document, interpolator: Interpolator) -> Interpola
                 try:
                     template = parse_template(value)
                     if template != (value,):
-                        container[key] = interpolator.render(template)  # type: ignore[index]
+                        quoted = userinfo_references(template) if is_url_field(key) else frozenset()
+                        container[key] = interpolator.render(template, quoted=quoted)  # type: ignore[index]
                         result.templates[here] = template
+                        doc.written[here] = value
                 except InterpolationError as exc:
                     result.issues.append(doc.issue(here, str(exc)))
                     result.failed.add(here)

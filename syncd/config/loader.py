@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import structlog
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -28,6 +29,7 @@ from syncd.config.interpolate import (
     Reference,
     Template,
     interpolate_document,
+    is_url_field,
     secret_problem,
 )
 from syncd.config.messages import LOADER_FIELDS, Leaf, iter_leaves, scalar_types, translate
@@ -227,7 +229,7 @@ def _check_secret(
     skip: set[Path],
 ) -> None:
     """A secret field must be filled by interpolation; remember its values for redaction."""
-    url = leaf.field is not None and (leaf.field == "url" or leaf.field.endswith("_url"))
+    url = leaf.field is not None and is_url_field(leaf.field)
     problem = secret_problem(template, leaf.value, url=url)
     if problem:
         issues.append(doc.issue(leaf.path, problem))
@@ -235,8 +237,10 @@ def _check_secret(
     if isinstance(leaf.value, str):
         session.secrets.add(leaf.value)
     for part in template or ():
-        if isinstance(part, Reference):  # each referenced value alone: a password inside a URL
-            session.secrets.add(session.interpolator.render((part,)))
+        if not isinstance(part, Reference):
+            continue
+        value = session.interpolator.render((part,))
+        session.secrets.update((value, quote(value, safe="")))  # alone, and as encoded inside a URL
 
 
 def _replace(data: Any, path: Path, value: Any) -> None:

@@ -786,7 +786,9 @@ class SqlConnection(_Model):
     type: Literal["sql"]
     url: SecretStr = Field(
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:${credential:qzk}@host/db?sslmode=verify-full"
-        "&sslrootcert=/etc/syncd/qzk-ca.pem. Another host without a checked certificate is warned about "
+        "&sslrootcert=/etc/syncd/qzk-ca.pem. The password reference after `user:` is taken as it is: "
+        "write the password without escaping (syncd percent-encodes @ : / % in it). "
+        "Another host without a checked certificate is warned about "
         "(config.database_tls_unverified): add the CA (sslrootcert= / ssl_ca=) or write sslmode=disable / "
         "ssl_disabled=true"
     )
@@ -803,7 +805,10 @@ class DatabaseConfig(_Model):
     url: SecretStr = Field(
         description="SQLAlchemy URL, e.g. sqlite:////var/lib/syncd/syncd.db (four slashes: an absolute "
         "path; sqlite:///x.db is relative to the working directory and warned about: "
-        "config.sqlite_path_relative). MariaDB/MySQL on this "
+        "config.sqlite_path_relative) or "
+        "postgresql+psycopg://syncd:${credential:db_password}@127.0.0.1:5432/jcsj; the password reference "
+        "after `user:` is taken as it is: write the password without escaping (syncd percent-encodes "
+        "@ : / % in it). MariaDB/MySQL on this "
         "machine (localhost, 127.0.0.1, ::1, unix_socket) is reached without TLS unless the URL "
         "sets ssl_ca (verified TLS). Another host without a checked certificate is warned about "
         "(config.database_tls_unverified): add the CA (PostgreSQL sslmode=verify-full&sslrootcert=…, "

@@ -54,6 +54,9 @@ class Document:
     values: dict[Path, Position] = field(default_factory=dict)
     keys: dict[Path, Position] = field(default_factory=dict)
     scalar_text: dict[Path, str] = field(default_factory=dict)
+    #: the text of each ``${...}`` templated value as written, before interpolation: references are
+    #: names, never values, so it can be shown where the value (holding a secret) cannot
+    written: dict[Path, str] = field(default_factory=dict)
 
     def position(self, path: Path, *, on_key: bool = False) -> Position:
         """Where ``path`` was written; the nearest written ancestor when it was not (e.g. missing)."""
