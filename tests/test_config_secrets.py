@@ -5,6 +5,7 @@
   PostgreSQL and MariaDB users with such passwords, and no part of the password becomes the host.
 * A URL that cannot be read (a whole-URL credential with an unencoded password) is a positioned
   configuration error that does not quote the URL; a host that does not read as one is not logged.
+* A reference in a secret field that is set but empty is a positioned configuration error.
 """
 
 from __future__ import annotations
@@ -172,3 +173,37 @@ def test_the_warning_shows_the_url_as_written(tmp_path: Path, monkeypatch: pytes
     (warned,) = [e for e in logs if e["event"] == "config.database_tls_unverified"]
     assert (warned["host"], warned["url"]) == ("db.example.gov.cn", written)
     assert not [f for f in FRAGMENTS if f in repr(logs)]
+
+
+# ------------------------------------------------------------------ empty secrets
+
+
+def test_an_empty_variable_for_a_secret_is_a_positioned_error(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, db_url=f"sqlite:///{tmp_path / 't.db'}", gateway_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, env={SECRET_ENV: ""})
+    (issue,) = err.value.issues
+    assert issue.path == "connections.province_gateway.auth.app_secret"
+    assert issue.line == next(n for n, t in enumerate(cfg.read_text().splitlines(), 1) if "app_secret:" in t)
+    assert f"environment variable {SECRET_ENV} is set but empty" in issue.message
+
+
+def test_an_empty_credential_for_a_database_password_is_a_positioned_error(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "db_password").write_text("\n")
+    (creds / "db_password").chmod(0o600)
+    (creds / "unused").write_text("")  # an empty credential nothing refers to is fine (docs/systemd.md)
+    url = "postgresql+psycopg://syncd:${credential:db_password}@127.0.0.1:5432/jcsj"
+    cfg = write_config(tmp_path, db_url=url, gateway_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, env={SECRET_ENV: SECRET, "CREDENTIALS_DIRECTORY": str(creds)})
+    (issue,) = err.value.issues
+    assert issue.path == "target.url"
+    assert "credential db_password is empty" in issue.message
+
+
+def test_an_empty_reference_outside_the_user_info_is_not_a_secret(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://syncd:${PW}@127.0.0.1:5432/jcsj${SUFFIX}"
+    cfg = write_config(tmp_path, db_url=url, gateway_url="http://127.0.0.1:9")
+    load_config(cfg, env={SECRET_ENV: SECRET, "PW": PASSWORD, "SUFFIX": ""})

@@ -31,6 +31,7 @@ from syncd.config.interpolate import (
     interpolate_document,
     is_url_field,
     secret_problem,
+    userinfo_references,
 )
 from syncd.config.messages import LOADER_FIELDS, Leaf, iter_leaves, scalar_types, translate
 from syncd.config.model import AppConfig, DatasetConfig
@@ -228,7 +229,7 @@ def _check_secret(
     leaf: Leaf, template: Template | None, *, doc: Document, session: _Session, issues: list[ConfigIssue],
     skip: set[Path],
 ) -> None:
-    """A secret field must be filled by interpolation; remember its values for redaction."""
+    """A secret field must be filled by interpolation, with something; remember its values for redaction."""
     url = leaf.field is not None and is_url_field(leaf.field)
     problem = secret_problem(template, leaf.value, url=url)
     if problem:
@@ -236,11 +237,31 @@ def _check_secret(
         skip.add(leaf.path)
     if isinstance(leaf.value, str):
         session.secrets.add(leaf.value)
-    for part in template or ():
+    # the references that hold the secret: in a URL, those of its user info (or the whole URL)
+    parts = template or ()
+    holding = userinfo_references(parts) if url and len(parts) > 1 else range(len(parts))
+    for index, part in enumerate(parts):
         if not isinstance(part, Reference):
             continue
         value = session.interpolator.render((part,))
         session.secrets.update((value, quote(value, safe="")))  # alone, and as encoded inside a URL
+        if index in holding and part.default is None and not value and not problem:
+            issues.append(doc.issue(leaf.path, _empty_secret(part, leaf.field or format_path(leaf.path))))
+            skip.add(leaf.path)
+            problem = "empty"
+
+
+def _empty_secret(ref: Reference, name: str) -> str:
+    if ref.credential:
+        return (
+            f"the credential {ref.name} is empty (the file $CREDENTIALS_DIRECTORY/{ref.name}, loaded by the "
+            f"unit's LoadCredential={ref.name}:…): an empty {name} is never what was meant; write the secret "
+            f"into /etc/syncd/credentials/{ref.name} (see docs/systemd.md), or stop referring to it"
+        )
+    return (
+        f"the environment variable {ref.name} is set but empty: an empty {name} is never what was meant; "
+        f"set it to the secret (e.g. in /etc/syncd/syncd.env, the unit's EnvironmentFile=)"
+    )
 
 
 def _replace(data: Any, path: Path, value: Any) -> None:
