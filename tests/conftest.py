@@ -134,6 +134,8 @@ def _fresh_logging() -> Iterator[None]:
 
     import structlog
 
+    from syncd.logs import forget_secrets
+
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     config = structlog.get_config()
@@ -141,6 +143,7 @@ def _fresh_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.configure(**config)
+    forget_secrets()  # the secrets a test's configuration load handed to the log pipeline
 
 
 # --------------------------------------------------------------------------- secret scan

@@ -7,7 +7,8 @@ wrote (``00`` stays ``"00"``) and enforces the secrets rule → pydantic validat
 
 Every problem of every file is collected; :class:`ConfigError` carries them all. No message
 holds a secret: secret fields are never quoted, and every value read for one is redacted from
-the messages as a last line of defence.
+the messages as a last line of defence; the values are also handed to the log pipeline
+(:func:`syncd.logs.remember_secrets`), which hides them in every log line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from syncd.config.messages import LOADER_FIELDS, Leaf, iter_leaves, scalar_types
 from syncd.config.model import AppConfig, DatasetConfig
 from syncd.config.positions import Document, Path, format_path, parse_yaml
 from syncd.errors import ConfigError, ConfigIssue
+from syncd.logs import remember_secrets
 
 __all__ = ["config_issue", "load_config", "load_dataset_file"]
 
@@ -56,7 +58,12 @@ class _Session:
     interpolator: Interpolator
     issues: list[ConfigIssue] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set)
+    referenced: set[str] = field(default_factory=set)  # values of the references that hold a secret
     files: list[str] = field(default_factory=list)  # in the order read: issues are reported so
+
+    def remember(self) -> None:
+        """Hand every secret value read to the log pipeline: no log line may show one."""
+        remember_secrets(self.referenced | self.interpolator.secrets)
 
     def error(self) -> ConfigError:
         hidden = sorted((s for s in self.secrets | self.interpolator.secrets if len(s) >= _REDACT_MIN),
@@ -86,6 +93,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
             if item.doc is not None:
                 session.issues += check_dataset(item.dataset, app, item.doc)
     session.issues += check_unique(loaded)
+    session.remember()
     if session.issues or app is None:
         raise session.error()
     datasets = {item.dataset.name: item.dataset for item in loaded}
@@ -106,6 +114,7 @@ def load_dataset_file(
         session.issues += check_dataset(item.dataset, app, item.doc)
         others = [Loaded(ds, None) for ds in app.datasets.values() if not _same_file(ds.source_file, file)]
         session.issues += check_unique([*others, item])
+    session.remember()
     if session.issues or item is None:
         raise session.error()
     return item.dataset
@@ -244,8 +253,12 @@ def _check_secret(
         if not isinstance(part, Reference):
             continue
         value = session.interpolator.render((part,))
-        session.secrets.update((value, quote(value, safe="")))  # alone, and as encoded inside a URL
-        if index in holding and part.default is None and not value and not problem:
+        encoded = quote(value, safe="")
+        session.secrets.update((value, encoded))  # alone, and as encoded inside a URL
+        if index not in holding or part.default is not None:
+            continue  # e.g. a URL's ${DB_HOST}: not a secret, may be shown in logs
+        session.referenced.update((value, encoded))
+        if not value and not problem:
             issues.append(doc.issue(leaf.path, _empty_secret(part, leaf.field or format_path(leaf.path))))
             skip.add(leaf.path)
             problem = "empty"
