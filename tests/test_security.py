@@ -5,7 +5,9 @@
 * table and column names from the configuration are validated: injection attempts fail at load;
 * TLS verification is on by default (a self-signed loopback server is refused with a certificate
   message); ``ca_bundle:`` naming its CA makes the same server work;
-* a credential file readable by others is warned about (``config.credential_permissions``).
+* a credential file readable by others is warned about (``config.credential_permissions``);
+* ``ca_bundle:`` is relative to the configuration file and checked at load (exists, readable, PEM):
+  otherwise a configuration error on its line; ``verify_tls: false`` is warned about at every load.
 """
 
 from __future__ import annotations
@@ -253,3 +255,75 @@ def test_tls_verified_by_default_and_ca_bundle_makes_it_work(
         assert result.counts.inserted > 0
     finally:
         engine.dispose()
+
+
+def _with_tls_lines(main: Path, lines: str) -> Path:
+    text = main.read_text(encoding="utf-8").replace("    timeout:", f"{lines}    timeout:")
+    main.write_text(text, encoding="utf-8")
+    return main
+
+
+def _line_of(main: Path, words: str) -> int:
+    return next(n for n, text in enumerate(main.read_text(encoding="utf-8").splitlines(), 1) if words in text)
+
+
+def test_a_relative_ca_bundle_is_relative_to_the_configuration_file(
+    tmp_path: Path, sqlite_url: str, tls_gateway: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = tls_gateway
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    main = _with_tls_lines(write_config(tmp_path / "cfg", db_url=sqlite_url, gateway_url=url,
+                                        retry="{attempts: 1}"), "    ca_bundle: ca.pem\n")
+    (tmp_path / "cfg" / "ca.pem").write_bytes(ca.read_bytes())
+    elsewhere = tmp_path / "elsewhere"  # systemd starts the service in /
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    app = load_config(main)
+    assert app.connections["province_gateway"].ca_bundle == str(tmp_path / "cfg" / "ca.pem")  # type: ignore[union-attr]
+    engine = create_target_engine(sqlite_url)
+    try:
+        result = run_dataset(app, app.datasets["residents"], StateStore(engine))
+    finally:
+        engine.dispose()
+    assert result.ok, result.error
+
+
+@pytest.mark.parametrize(
+    ("written", "content", "words"),
+    [
+        ("ca.pem", None, "does not exist: copy the PEM file of the CA"),
+        ("ca.pem", b"not a certificate\n", "holds no PEM certificate: export the CA certificate as PEM"),
+        (".", None, "is a directory: name the CA's PEM file"),
+    ],
+)
+def test_a_ca_bundle_that_cannot_be_used_is_a_configuration_error_on_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str, content: bytes | None, words: str
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    main = _with_tls_lines(write_config(tmp_path, db_url=f"sqlite:///{tmp_path / 't.db'}",
+                                        gateway_url="https://127.0.0.1:9"), f"    ca_bundle: {written}\n")
+    if content is not None:
+        (tmp_path / written).write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(main)
+    (issue,) = err.value.issues
+    assert (issue.file, issue.line, issue.path) == (str(main), _line_of(main, "ca_bundle:"),
+                                                    "connections.province_gateway.ca_bundle")
+    assert words in issue.message and str(tmp_path) in issue.message, issue.message
+
+
+def test_verify_tls_false_is_warned_about_at_every_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    main = _with_tls_lines(write_config(tmp_path, db_url=f"sqlite:///{tmp_path / 't.db'}",
+                                        gateway_url="https://gw.example.gov.cn"), "    verify_tls: false\n")
+    for _ in range(2):
+        with capture_logs() as logs:
+            load_config(main)
+        (warned,) = [e for e in logs if e["event"] == "config.http_tls_unverified"]
+        assert warned["log_level"] == "warning"
+        at = (warned["file"], warned["line"], warned["field"], warned["connection"])
+        assert at == (str(main), _line_of(main, "verify_tls:"), "connections.province_gateway.verify_tls",
+                      "province_gateway")
+        assert "ca_bundle" in str(warned["fix"])

@@ -6,6 +6,8 @@
   machine that would not check the server's certificate is logged as a warning with its line
   (``config.database_tls_unverified``, showing the URL as written, references and not values;
   the same for ``type: sql`` connections);
+- an http connection that does not check the gateway's certificate (``verify_tls: false`` without a
+  ``ca_bundle``) is logged as a warning with its line (``config.http_tls_unverified``);
 - a signing auth scheme's ``recipe`` compiles (templates, placeholders, SM3 on this host), as the
   http source would compile it (:func:`syncd.sources.http.auth.signing.recipe_problems`);
 - a dataset's ``source.connection`` exists in ``connections:`` and is of the source's type
@@ -91,6 +93,7 @@ def _hint(name: str, known: Iterable[str]) -> str:
 
 def check_app(app: AppConfig, doc: Document) -> list[ConfigIssue]:
     """The main file: the target and front-end database URLs, the connections' signature recipes."""
+    _http_tls(app, doc)
     return _target_url(app, doc) + _sql_connections(app, doc) + _signature_recipes(app, doc)
 
 
@@ -176,6 +179,16 @@ def _shown_url(doc: Document, at: Path, url: URL) -> str:
     written = doc.written.get(at)
     return written if written is not None else url.render_as_string(hide_password=True)
 
+
+def _http_tls(app: AppConfig, doc: Document) -> None:
+    """``verify_tls: false`` without a ``ca_bundle``: anyone on the path can read and change the data
+    and the credentials. Allowed (a test gateway), but said at every load with what to do instead."""
+    for name, conn in app.connections.items():
+        if conn.type == "http" and not conn.verify_tls and conn.ca_bundle is None:
+            _warn(doc, ("connections", name, "verify_tls"), "config.http_tls_unverified", connection=name,
+                  fix="remove verify_tls: false and set ca_bundle: to the PEM file of the CA that signed "
+                  "the gateway's certificate (政务外网 CA, e.g. /etc/syncd/ca.pem): without a check, anyone "
+                  "on the network path can read the credentials and change the data")
 
 
 def _sql_connections(app: AppConfig, doc: Document) -> list[ConfigIssue]:

@@ -225,7 +225,10 @@ def _load(
             _replace(data, leaf.path, doc.scalar_text.get(leaf.path, str(leaf.value)))
     result: M | None = None
     try:
-        result = model.model_validate({**data, "source_file": str(file)} if default_name else data)
+        result = model.model_validate(
+            {**data, "source_file": str(file)} if default_name else data,
+            context={"config_dir": file.parent},  # relative file names (ca_bundle) are relative to it
+        )
     except ValidationError as exc:
         issues += translate(doc, model, exc.errors(), skip=skip, secrets=secret_paths)
     if named_after_file:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -768,9 +771,49 @@ class HttpConnection(_Model):
     timeout: TimeoutConfig = TimeoutConfig()
     retry: RetryConfig = RetryConfig()
     verify_tls: bool = True
-    ca_bundle: str | None = Field(None, description="PEM file of an intranet CA (政务外网 CA)")
+    ca_bundle: str | None = Field(
+        None,
+        description="PEM file of an intranet CA (政务外网 CA), e.g. /etc/syncd/ca.pem; a relative name is "
+        "relative to this file's directory. Checked at load: it must exist, be readable and hold a PEM "
+        "certificate",
+    )
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The CA file, made absolute against the configuration file's directory (the loader's
+        ``config_dir`` context; a run under systemd starts in /), and loaded once as the client will."""
+        if v is None:
+            return None
+        path = Path(v)
+        base = (info.context or {}).get("config_dir")
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        path = path.absolute()
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory: name the CA's PEM file in it (e.g. {path}/ca.pem)")
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except FileNotFoundError:
+            raise ValueError(
+                f"the CA file {path} does not exist: copy the PEM file of the CA that signed the gateway's "
+                "certificate there (under systemd keep it in /etc/syncd/; a relative name is relative to "
+                "the configuration file's directory)"
+            ) from None
+        except ssl.SSLError:
+            raise ValueError(
+                f"{path} holds no PEM certificate: export the CA certificate as PEM (Base64, "
+                "-----BEGIN CERTIFICATE-----), e.g. `openssl x509 -inform der -in ca.cer -out ca.pem`"
+            ) from None
+        except OSError as exc:
+            raise ValueError(
+                f"the CA file {path} cannot be read ({exc.strerror}): the user syncd runs as must be able "
+                "to read it (chmod 0644; under systemd keep it in /etc/syncd/: ProtectHome= hides /root "
+                "and /home)"
+            ) from None
+        return str(path)
 
     @field_validator("base_url")
     @classmethod
