@@ -550,6 +550,19 @@ def test_mapping_errors_are_positioned(ws: Workspace) -> None:
     )
 
 
+def test_mask_on_a_key_column_is_refused(ws: Workspace) -> None:
+    # two ID numbers that differ only in the hidden digits would become one row: refused, with the fix
+    ws.edit(RES, "resident_id: {source: id, nullable: false, length: 32}",
+            "resident_id: {source: id, nullable: false, length: 32, transforms: [strip, {mask: id_number}]}")
+    assert only(ws.issues()) == (
+        f"{ws.at(RES, '{mask: id_number}')}: columns.resident_id.transforms[1]: `resident_id` is a "
+        "target.key column and `mask` cannot be on it: different values with the same masked text (two ID "
+        "numbers differing only in the hidden digits) would become one row, the second overwriting the "
+        "first. To protect a key, replace the mask with a salted hash "
+        "({hash: {salt: \"${credential:NAME}\"}}, length 64 or more), or key the table on another column"
+    )
+
+
 AUTH_MESSAGE = (
     "is not in authorization.fields (授权字段): syncd only writes fields the approval covers; ask the data "
     "bureau to extend the approval or"

@@ -328,3 +328,42 @@ def test_spec_error_in_the_first_bad_column_wins() -> None:
             )
         )
     assert caught.value.path == ("columns", "a", "transforms", 0)
+
+
+
+MINIMAL: dict[str, Any] = {
+    "name": "t",
+    "source": {"type": "http", "connection": "gw", "path": "/api/x"},
+    "authorization": {"approval_code": "T-1", "fields": ["x"], "valid_from": "2026-01-01",
+                      "valid_until": "2027-01-01"},
+    "target": {"table": "t", "key": ["k"]},
+}
+
+
+def keyed(transforms: list[Any]) -> DatasetConfig:
+    """A dataset whose key column ``k`` has these transforms."""
+    return DatasetConfig.model_validate(
+        {**MINIMAL, "columns": {"k": {"source": "id", "length": 64, "transforms": transforms}}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("transforms", "at"),
+    [
+        ([{"mask": "id_number"}], 0),
+        (["strip", {"mask": {"kind": "keep", "keep_first": 6}}, {"hash": "s"}], 1),
+    ],
+)
+def test_mask_on_a_key_column_is_refused(transforms: list[Any], at: int) -> None:
+    """A masked key merges different records into one row (the second overwrites the first)."""
+    with pytest.raises(MappingSpecError) as caught:
+        compile_mapping(keyed(transforms))
+    assert caught.value.path == ("columns", "k", "transforms", at)
+    assert "target.key column and `mask` cannot be on it" in caught.value.message
+    assert "salted hash" in caught.value.message and "${credential:NAME}" in caught.value.message
+
+
+def test_a_salted_hash_on_a_key_column_keeps_records_apart() -> None:
+    mapping = compile_mapping(keyed(["strip", {"hash": "s"}]))
+    a, b = mapping({"id": "11010519491231002X"}), mapping({"id": "11010519571231002X"})
+    assert mapping.key_of(a) != mapping.key_of(b)

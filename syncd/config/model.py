@@ -641,7 +641,11 @@ class SnapshotDeleteConfig(_Model):
 
 class TargetTableConfig(_Model):
     table: Identifier
-    key: tuple[Identifier, ...] = Field(min_length=1, description="primary-key columns")
+    key: tuple[Identifier, ...] = Field(
+        min_length=1,
+        description="primary-key columns; a key column may be hashed (salted hash), never masked: "
+        "different values with the same masked text would become one row",
+    )
     create: bool = True  # create the table when absent; otherwise verify it
     logical_delete: LogicalDeleteConfig | None = None
     snapshot_delete: SnapshotDeleteConfig | None = None

@@ -480,7 +480,7 @@ def _plan_column(
         body = [*built, *guards, *tail, *checks]
     else:
         body = [*built[:sensitive_at], *checks, *built[sensitive_at:], *tail]
-        _check_hash_length(cfg, transforms, base)
+        _check_protected(name, cfg, base, is_key=is_key)
 
     _check_fixed_values(cfg, transforms, body, shown, base)
     steps = tuple(step for _, step in body)
@@ -511,13 +511,28 @@ def _hiding_describe(t: TransformConfig) -> Callable[[Any], str]:
     return shown
 
 
-def _check_hash_length(cfg: ColumnConfig, transforms: tuple[TransformConfig, ...], base: SpecPath) -> None:
+def _check_protected(name: str, cfg: ColumnConfig, base: SpecPath, *, is_key: bool) -> None:
+    """A masked/hashed column: a hash fits its length, and a key column is not masked. A mask keeps
+    a few characters of a value, so different values share the masked text: a masked key column
+    would merge different records (people) into one row, each overwriting the last. A salted hash
+    keeps them apart without storing the clear value."""
+    transforms = cfg.transforms
     if transforms[-1].type == "hash" and cfg.length is not None and cfg.length < HASH_HEX_LENGTH:
         raise MappingSpecError(
             (*base, "length"),
             f"a hash is {HASH_HEX_LENGTH} hex characters but length is {cfg.length}: "
             f"set length to {HASH_HEX_LENGTH} or more",
         )
+    at = next((i for i, t in enumerate(transforms) if t.type == "mask"), None)
+    if not is_key or at is None:
+        return
+    raise MappingSpecError(
+        (*base, "transforms", at),
+        f"`{name}` is a target.key column and `mask` cannot be on it: different values with the same "
+        "masked text (two ID numbers differing only in the hidden digits) would become one row, the "
+        "second overwriting the first. To protect a key, replace the mask with a salted hash "
+        "({hash: {salt: \"${credential:NAME}\"}}, length 64 or more), or key the table on another column",
+    )
 
 
 def _check_fixed_values(

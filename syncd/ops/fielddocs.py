@@ -108,7 +108,8 @@ FIELD_DOCS: dict[str, str] = {
     "TransformConfig.group": "regex_extract: the group to keep (number or name)",
     "TransformConfig.fields": "concat: the dotted source paths joined",
     "TransformConfig.separator": "concat: text between the parts",
-    "TransformConfig.kind": "mask: id_number, phone, name or keep (with keep_first/keep_last)",
+    "TransformConfig.kind": "mask: id_number, phone, name or keep (with keep_first/keep_last); "
+    "not on a target.key column (use hash there)",
     "TransformConfig.keep_first": "mask kind keep: characters kept at the start",
     "TransformConfig.keep_last": "mask kind keep: characters kept at the end",
     "TransformConfig.salt": "hash: the salt mixed into the hash",
