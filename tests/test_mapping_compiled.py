@@ -23,7 +23,7 @@ from syncd.config.model import DatasetConfig
 from syncd.errors import RecordError
 from syncd.gateway.data import CODE_TABLES, generate_records
 from syncd.mapping import CompiledMapping, compile_mapping
-from syncd.mapping.compiler import compile_replay
+from syncd.mapping.compiler import LEFT_OUT, compile_replay
 from syncd.mapping.dates import build_parser
 from syncd.paths import MISSING, compile_path
 
@@ -319,15 +319,39 @@ def test_redact_raw_agrees_with_the_mapping_on_digit_only_parts() -> None:
     assert mapping.redact_raw(record) == {
         "id": 1,
         "ids": {"2024": "330102********1234"},
-        "cards": ["330102********1234", "x"],
+        "cards": ["330102********1234", None],  # cards.1 is neither read nor authorized: left out
+        LEFT_OUT: 1,
     }
     as_list = {"id": 1, "ids": ["330102199001011234"], "cards": {"0": "330102199001011234"}}
     assert mapping(as_list) == ("1", None, "330102********1234")  # ids.2024: no item 2024
     assert mapping.redact_raw(as_list) == {
         "id": 1,
-        "ids": ["330102199001011234"],  # not read, so not redacted
+        "ids": [None],  # not read (ids.2024 is no item of it), so not kept
         "cards": {"0": "330102********1234"},
+        LEFT_OUT: 1,
     }
+
+
+def test_redact_raw_keeps_only_what_the_dataset_may_hold() -> None:
+    """authorization.fields and what the mapping reads; a whole object beats its parts, a list item
+    may be named from either end, and a scalar where an object is expected is left out."""
+    spec = copy.deepcopy(RESIDENTS)
+    spec["authorization"]["fields"] = ["id", "contact", "contact.emergencyName", "tags.-1", "home.city"]
+    spec["columns"] = {"resident_id": {"source": "id"}, "first": {"source": "tags.0.code"}}
+    mapping = compile_mapping(DatasetConfig.model_validate(spec))
+    record = {
+        "id": 1, "mobile": "13812345678",
+        "contact": {"emergencyName": "李四", "emergencyPhone": "139"},  # authorized whole
+        "tags": [{"code": "a", "note": "n0"}, "t1", {"code": "c", "note": "n2"}],
+        "home": "北京",  # home.city is authorized, but home is not an object
+    }
+    assert mapping.redact_raw(record) == {
+        "id": 1,
+        "contact": {"emergencyName": "李四", "emergencyPhone": "139"},
+        "tags": [{"code": "a"}, None, {"code": "c", "note": "n2"}],
+        LEFT_OUT: 4,  # mobile, tags.0.note, tags.1, home
+    }
+    assert mapping.redact_raw({"id": 1}) == {"id": 1}  # nothing left out: no count
 
 
 def test_record_that_is_not_an_object(residents: CompiledMapping) -> None:
@@ -373,7 +397,8 @@ def test_redact_raw_covers_concat_fields_and_masked_ids() -> None:
     assert mapping(record) == ("7", "330102********1234", "欧***")
     assert mapping.redact_raw(record) == {
         "id": 7,
-        "person": {"ids": ["330102********1234", "x"], "surname": "欧*", "given": "娜*"},
+        "person": {"ids": ["330102********1234", None], "surname": "欧*", "given": "娜*"},
+        LEFT_OUT: 1,
     }
 
 

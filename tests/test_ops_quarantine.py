@@ -10,13 +10,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
 from syncd.config import load_config
+from syncd.config.model import AppConfig, DatasetConfig
 from syncd.gateway import Gateway
+from syncd.mapping.compiler import LEFT_OUT
 from syncd.ops.quarantine import find_entry, list_entries, replay_quarantine
 from syncd.runner import run_dataset
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import SECRET, SECRET_ENV, change_log, target_rows, write_config
+from tests.e2e import SECRET, SECRET_ENV, ListSource, change_log, target_rows, write_config
 
 HOUSEHOLD = "    source: householdSize\n    type: int\n    transforms: [null_if]\n"
 STRICT = HOUSEHOLD + "    validators: [{range: {max: 3}}]\n"
@@ -202,3 +205,66 @@ def test_quarantine_list_and_show_print_local_times(
     assert f"last={local:%Y-%m-%d %H:%M:%S}" in shown.stdout, shown.stdout
     detail = cli(config, "show", "residents", entry["raw_hash"][:12])
     assert f"last_seen: {local.isoformat(sep=' ')}" in detail.stdout, detail.stdout
+
+
+def _people(*, strict: bool) -> tuple[AppConfig, DatasetConfig]:
+    columns = {
+        "pid": {"source": "id", "length": 32, "nullable": False},
+        "name": {"source": "name", "length": 16, "transforms": [{"mask": "name"}]},
+        "amount": {"source": "amount", "length": 32, "validators": [{"regex": "^[0-9]+$"}] if strict else []},
+        "emergency": {"source": "contact.emergencyName", "length": 16, "transforms": [{"mask": "name"}]},
+        "phone": {"source": "phones.0", "length": 16},
+    }
+    dataset = DatasetConfig.model_validate({
+        "name": "people",
+        "source": {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+        "authorization": {"approval_code": "测试〔2026〕2号", "valid_from": "2020-01-01",
+                          "valid_until": "2099-12-31",
+                          "fields": ["id", "name", "amount", "contact.emergencyName", "phones.0"]},
+        "target": {"table": "people_local", "key": ["pid"]},
+        "columns": columns,
+    })
+    app = AppConfig.model_validate({
+        "target": {"url": "sqlite://"}, "connections": {"qzk": {"type": "sql", "url": "sqlite://"}},
+        "datasets": {"people": dataset},
+    })
+    return app, dataset
+
+
+def test_a_quarantined_record_keeps_only_the_fields_the_dataset_may_hold(sqlite_url: str) -> None:
+    """Fields upstream sent beyond authorization.fields (top-level ones, the other fields of a
+    partly authorized object, the other items of a list) are left out of the entry, counted;
+    the masked ones are masked; a replay after the fix lands the record from what was kept."""
+    app, dataset = _people(strict=True)
+    record = {
+        "id": "p1", "name": "张三丰", "amount": "not a number",
+        "mobile": "13812345678", "religion": "某宗教",  # never authorized
+        "contact": {"emergencyName": "李四", "phone": "13900000000"},
+        "phones": ["0791-8888", "13700000000"],
+    }
+    good = [{"id": f"g{i}", "name": "王五", "amount": str(i)} for i in range(20)]
+    store = StateStore(create_target_engine(sqlite_url))
+    try:
+        result = run_dataset(app, dataset, store, source_factory=lambda a, d: ListSource([[*good, record]]))
+        assert result.ok, result.error
+        assert result.counts.quarantined == 1
+        (entry,) = list_entries(store, "people", limit=10)
+        assert entry["raw"] == {
+            "id": "p1", "name": "张**", "amount": "not a number",
+            "contact": {"emergencyName": "李*"}, "phones": ["0791-8888", None],
+            LEFT_OUT: 4,  # mobile, religion, contact.phone, phones.1
+        }
+        with store.engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT raw, protected FROM syncd_quarantine")).one()
+        for clear in ("13812345678", "某宗教", "13900000000", "13700000000", "三丰"):
+            assert clear not in stored.raw and clear not in (stored.protected or ""), clear
+
+        relaxed_app, relaxed = _people(strict=False)
+        replayed = replay_quarantine(relaxed_app, relaxed, store)
+        assert (replayed.inserted, replayed.still_failing) == (1, 0)
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT * FROM people_local WHERE pid = 'p1'")).mappings().one()
+        assert dict(row) == {"pid": "p1", "name": "张**", "amount": "not a number", "emergency": "李*",
+                             "phone": "0791-8888"}
+    finally:
+        store.engine.dispose()

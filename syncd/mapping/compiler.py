@@ -13,7 +13,8 @@ All columns then become Python statements of ONE generated function (:mod:`.code
 a record costs one call plus the real work, and a failing record raises a
 :class:`~syncd.errors.RecordError` naming its column.
 
-A quarantined record is stored redacted (:meth:`CompiledMapping.redact_raw`), with the values
+A quarantined record is stored reduced to the fields the dataset may hold and redacted
+(:meth:`CompiledMapping.redact_raw`), with the values
 its masked/hashed columns had right after their ``mask``/``hash`` step
 (:meth:`CompiledMapping.protect`). :func:`compile_replay` maps such an entry again: those columns
 go on from the stored values instead of masking or hashing a redacted value a second time.
@@ -56,13 +57,18 @@ from syncd.mapping.transforms import build_transform
 from syncd.mapping.validators import FLOAT_CHECKED, build_validator, float_guard
 from syncd.paths import MISSING, compile_path, list_index
 
-__all__ = ["CompiledMapping", "ReplayMapping", "compile_mapping", "compile_replay"]
+__all__ = ["LEFT_OUT", "CompiledMapping", "ReplayMapping", "compile_mapping", "compile_replay"]
 
 Row = tuple[Any, ...]
 Place = tuple[Callable[[Any], Any], str]
 """Where a source path's value sits: the getter of its container, and its last part."""
 HIDDEN = "(a hidden value)"
 HASH_HEX_LENGTH = 64
+LEFT_OUT = "syncd.fields_left_out"
+"""In a quarantined record: how many fields upstream sent that the dataset may not hold were left
+out. A top-level name with a dot, so no source path can read it (a path splits at dots)."""
+Tree = dict[str, "Tree | None"]
+"""The fields a dataset may hold, as a tree of path parts; None: the whole value under that part."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +103,8 @@ class CompiledMapping:
     _key_getter: Callable[[Row], Row] = field(repr=False)
     _redactions: tuple[tuple[Place, Callable[[Any], Any]], ...] = field(repr=False)
     _protectors: tuple[_Protector, ...] = field(repr=False, default=())
+    _held: Tree | None = field(repr=False, default=None)
+    """The fields the dataset may hold (:func:`_held_fields`); None: all of them."""
 
     def __call__(self, record: Mapping[str, Any]) -> Row:
         """Map one raw record to the row tuple, or raise :class:`RecordError` naming the column."""
@@ -107,10 +115,19 @@ class CompiledMapping:
         return self._key_getter(row)
 
     def redact_raw(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A deep copy of ``record`` whose fields feeding masked/hashed columns are masked/hashed
-        the same way, so a quarantined payload never holds a clear ID number. ``record`` is
-        left untouched."""
-        out: dict[str, Any] = copy.deepcopy(dict(record))
+        """A copy of ``record`` for the quarantine, holding only what the dataset may hold: the
+        fields of ``authorization.fields`` and those the mapping, the logical-delete rule, the
+        source key and the update time read (DESIGN §4.7), so fields upstream sent beyond the
+        approval are never stored; ``LEFT_OUT`` counts them, when there are any (their names and
+        values are not kept). The fields feeding masked/hashed columns are masked/hashed the same
+        way, so the payload never holds a clear ID number. ``record`` is left untouched."""
+        out: dict[str, Any]
+        if self._held is None:
+            out = copy.deepcopy(dict(record))
+        else:
+            out, left_out = _kept(record, self._held)
+            if left_out:
+                out[LEFT_OUT] = left_out
         for place, redact in self._redactions:
             _replace_at(out, place, redact)
         return out
@@ -297,6 +314,7 @@ def compile_mapping(
         _key_getter=_key_getter(key_indexes),
         _redactions=redactions,
         _protectors=protectors,
+        _held=_held_fields(dataset, paths),
     )
 
 
@@ -642,3 +660,81 @@ def _replace_at(obj: Any, place: Place, redact: Callable[[Any], Any]) -> None:
         index = list_index(last)
         if index is not None and -len(cur) <= index < len(cur):
             cur[index] = redact(cur[index])
+
+
+# --------------------------------------------------------------------------- fields the dataset may hold
+
+
+def _held_fields(dataset: DatasetConfig, reads: frozenset[str]) -> Tree:
+    """The tree of the paths a quarantined record keeps: ``authorization.fields``, plus what the
+    mapping, the logical-delete rule, the source key and the update time read (the configuration
+    check requires them to be authorized; a replay needs them either way)."""
+    paths = set(dataset.authorization.fields) | reads
+    if dataset.target.logical_delete is not None:
+        paths.add(dataset.target.logical_delete.field)
+    source = dataset.source
+    if source.type != "file" and source.incremental is not None:
+        paths.add(source.incremental.field)
+    if source.type == "sql":
+        paths.update(source.key)
+    tree: Tree = {}
+    for path in sorted(paths, key=lambda p: p.count(".")):  # a whole field before its parts
+        node: Tree | None = tree
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if node is None:
+                break  # held whole already
+            if i == len(parts) - 1:
+                node[part] = None
+            else:
+                node = node.setdefault(part, {})
+    return tree
+
+
+_DROP: Any = object()
+
+
+def _kept(record: Mapping[str, Any], tree: Tree) -> tuple[dict[str, Any], int]:
+    """``record`` reduced to ``tree`` (a deep copy), and how many values were left out."""
+    left_out = 0
+
+    def keep(value: Any, node: Tree | None) -> Any:
+        nonlocal left_out
+        if node is None:
+            return copy.deepcopy(value)
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                kept = keep(v, node[k]) if k in node else _DROP
+                if kept is _DROP:
+                    left_out += 1
+                else:
+                    out[k] = kept
+            return out
+        if isinstance(value, list):
+            # a path reads a list item by its position (``phones.0``, ``-1``): the items kept stay
+            # where they were, the others become null
+            items: list[Any] = []
+            for i, v in enumerate(value):
+                named = [node[p] for p in node if list_index(p) in (i, i - len(value))]
+                kept = keep(v, _union(named)) if named else _DROP
+                if kept is _DROP:
+                    left_out += v is not None
+                    kept = None
+                items.append(kept)
+            return items
+        return _DROP  # a value where the held paths expect an object or a list
+
+    out: dict[str, Any] = keep(dict(record), tree)
+    return out, left_out
+
+
+def _union(trees: list[Tree | None]) -> Tree | None:
+    """One tree holding what each of ``trees`` holds (a list item named as ``1`` and as ``-1``)."""
+    if any(t is None for t in trees):
+        return None
+    out: Tree = {}
+    for t in trees:
+        for part, sub in (t or {}).items():
+            out[part] = _union([out[part], sub]) if part in out else sub
+    return out
