@@ -45,6 +45,7 @@ import orjson
 import structlog
 
 from syncd.changes import record_digester
+from syncd.changes.digestkey import record_digest_key
 from syncd.changes.keys import ROW_KEY_LENGTH
 from syncd.config.model import AppConfig, DatasetConfig, ErrorLimit
 from syncd.errors import (
@@ -388,7 +389,8 @@ class _Batch:
         self.mapping = mapping
         self.snapshot = snapshot
         self.sorter = RecordSorter(run.ds, mapping)
-        self.digest = record_digester(mapping.record_fields, mapping.fingerprint)
+        self.digest_key = record_digest_key(run.app, run.ds, mapping)
+        self.digest = record_digester(mapping.record_fields, self.digest_key)
         self.skip_unchanged = skip_unchanged
         self.waiting: list[tuple[str, str | None, Any]] = []
         self.hashes: list[str] | None = None  # row hashes, when the rows come from the read worker
@@ -824,7 +826,7 @@ def _take_records(run: _Run, source: Source, reading: _Reading, batch: _Batch) -
     started for a large first load is ready to read on from there (:class:`_Reading`)."""
     update_time = source.update_time
     mapping = batch.mapping
-    if digest_texts(source, mapping.fingerprint) and batch.skip_unchanged and reading.switch_at is None:
+    if digest_texts(source, batch.digest_key) and batch.skip_unchanged and reading.switch_at is None:
         # a re-sync: most records are skipped by their digests, so they come undecoded
         source.read_heads(mapping.key_fields)  # type: ignore[attr-defined]
     pages = _Pages(

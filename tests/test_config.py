@@ -796,3 +796,29 @@ def test_a_lookback_shorter_than_the_daylight_saving_shift_is_warned_with_its_li
     with capture_logs() as logs:
         ws.load()
     assert not [e for e in logs if e["event"] == "config.lookback_under_dst"]
+
+
+def test_a_masked_dataset_whose_source_has_no_secret_is_warned_that_it_stores_no_record_digest(
+    ws: Workspace,
+) -> None:
+    """Its digests could only be keyed from the YAML: the masked characters could be recovered
+    from them (syncd.changes.digestkey), so none are stored, and the operator is told where and why."""
+    event = "config.record_digest_off"
+    with capture_logs() as logs:
+        ws.load()
+    assert not [e for e in logs if e["event"] == event]  # the gateway has an app_secret
+    ws.edit(MAIN, "type: token\n      url: /auth/token", "type: none\n      # url: /auth/token")
+    for line in ("      app_key: ${GATEWAY_APP_KEY:-test-app}\n", "      app_secret: ${GATEWAY_SECRET}\n",
+                 "      refresh_before: 5m\n"):
+        ws.edit(MAIN, line, "")
+    with capture_logs() as logs:
+        ws.load()
+    assert not [e for e in logs if e["event"] == event]  # the salt of id_hash keys the digests
+    ws.edit(RES, '{hash: "${ID_SALT}"}', "lower")
+    with capture_logs() as logs:
+        ws.load()
+    (warning,) = [e for e in logs if e["event"] == event]
+    assert warning["log_level"] == "warning" and warning["file"] == str(ws.path(RES))
+    assert f"{warning['file']}:{warning['line']}" == ws.at(RES, "{mask: name}").rsplit(":", 1)[0]
+    assert warning["field"] == "columns.name.transforms[2]"
+    assert "no record digest is stored" in warning["effect"] and "secret" in warning["fix"]

@@ -22,12 +22,20 @@ import sqlalchemy as sa
 
 from syncd.changes import record_digester
 from syncd.config import load_config
-from syncd.config.model import DatasetConfig
+from syncd.config.model import AppConfig, DatasetConfig
 from syncd.gateway import Gateway
 from syncd.mapping import CompiledMapping, compile_mapping
 from syncd.runner import Backfill, RunResult, run_dataset
 from syncd.targets import StateStore, create_target_engine
-from tests.e2e import ListSource, change_log, demo_gateway, target_rows, upstream_active, write_config
+from tests.e2e import (
+    SECRET_ENV,
+    ListSource,
+    change_log,
+    demo_gateway,
+    target_rows,
+    upstream_active,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -356,3 +364,77 @@ def test_a_record_after_a_pending_change_of_its_key_is_never_skipped(
         assert len(change_log(sqlite_url)) == entries  # the net change of the run: none
     finally:
         sync.engine.dispose()
+
+
+def test_a_rotated_source_secret_maps_every_record_once_and_changes_nothing(
+    sync: CountingSync, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo dataset masks columns: its record digests are keyed with the gateway's app secret
+    too (syncd.changes.digestkey), so a digest cannot be recomputed from the YAML. Rotating the
+    secret costs one mapping of every record; the row hashes find them unchanged."""
+    first = sync.run()
+    assert sync.mapped == first.counts.fetched
+    entries = len(change_log(db_url))
+    steady = sync.run()
+    assert sync.mapped == never_skipped(gateway, steady)
+
+    gateway.token_style._app_secret = b"rotated-Secret-4242"  # the gateway's side
+    monkeypatch.setenv(SECRET_ENV, "rotated-Secret-4242")
+    sync.reload()
+    rotated = sync.run()
+    assert sync.mapped == rotated.counts.fetched, "digests keyed with the old secret must not be trusted"
+    assert (rotated.counts.inserted, rotated.counts.updated, rotated.counts.deleted) == (0, 0, 0)
+    assert len(change_log(db_url)) == entries
+    again = sync.run()
+    assert sync.mapped == never_skipped(gateway, again)  # the new digests were stored
+
+
+MASKED_ID = {
+    "pid": {"source": "id", "type": "string", "length": 32, "nullable": False},
+    "id_masked": {"source": "card", "type": "string", "length": 18,
+                  "transforms": ["strip", {"mask": "id_number"}], "validators": ["id_number"]},
+}
+
+
+def _masked_people(sqlite_url: str, connection_url: str) -> tuple[AppConfig, DatasetConfig]:
+    from tests.sources_kit import make_app
+
+    return make_app(sqlite_url, {"type": "sql", "connection": "qzk", "table": "people", "key": ["id"]},
+                    connections={"qzk": {"type": "sql", "url": connection_url}}, columns=MASKED_ID)
+
+
+def test_a_masked_id_number_cannot_be_recovered_from_the_record_digest(sqlite_url: str) -> None:
+    """With the dataset YAML and read access to the target database, the 8 hidden digits of a
+    masked ID number (a birth date) must not be found by trying every date against the stored
+    digest. A source without a secret stores none; one with a password keys it with it."""
+    from datetime import date, timedelta
+
+    clear = "330102198503013526"
+    records = [{"id": "p1", "card": clear}]
+    # with a password first: the second run, without one, must clear the digest the first stored
+    for url, digested in (("postgresql+psycopg://u:pw-7Kq@127.0.0.1/none", True), ("sqlite://", False)):
+        app, ds = _masked_people(sqlite_url, url)
+        store = StateStore(create_target_engine(sqlite_url))
+        try:
+            result = run_dataset(app, ds, store, backfill=Backfill(full=True),
+                                 source_factory=lambda a, d: ListSource([list(records)]))
+            assert result.ok, result.error
+            with store.engine.connect() as conn:
+                masked = conn.execute(sa.text("SELECT id_masked FROM people_local")).scalar_one()
+                stored = conn.execute(sa.text("SELECT record_digest FROM syncd_row_state")).scalar_one()
+            again = run_dataset(app, ds, store, backfill=Backfill(full=True),
+                                source_factory=lambda a, d: ListSource([list(records)]))
+            assert again.ok and (again.counts.unchanged, again.counts.updated) == (1, 0)
+        finally:
+            store.engine.dispose()
+        assert masked == "330102********3526"
+        assert (stored is not None) is digested
+        # the "attacker": the dataset YAML and what the target database holds
+        mapping = compile_mapping(ds)
+        guess = record_digester(mapping.record_fields, mapping.fingerprint)
+        assert guess(records[0]) != stored
+        day = date(1900, 1, 1)
+        while day <= date(2026, 3, 1):
+            candidate = masked[:6] + day.strftime("%Y%m%d") + masked[-4:]
+            assert guess({"id": "p1", "card": candidate}) != stored, "the masked digits were recovered"
+            day += timedelta(days=1)

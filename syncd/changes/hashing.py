@@ -43,7 +43,8 @@ Row key (``key_text``)
     Decimals are written in fixed point, dates and datetimes in ISO 8601.
 
 Record digest (``record_digester``)
-    blake2b (16 bytes), keyed with the compiled mapping's fingerprint, over the orjson encoding
+    blake2b (16 bytes), keyed with the compiled mapping's fingerprint (and, for a dataset that
+    masks a column, its source's secrets: :mod:`syncd.changes.digestkey`), over the orjson encoding
     of the values of the top-level fields the mapping reads, in sorted field order. Values that
     are not JSON types (the SQL and XLSX sources' Decimal, datetime, bytes…) are encoded as a
     tagged object ``{"\u0000": type name, "v": text}``; such sources never yield objects of
@@ -237,10 +238,13 @@ def _tagged_value(value: Any) -> Any:
 _DIGEST_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_SORT_KEYS
 
 
-def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | None]:
+def record_digester(fields: Sequence[str], key: bytes | None) -> Callable[[Any], str | None]:
     """``record -> 32 hex characters`` over the values of ``fields`` (see the module docstring),
     or None when the record cannot be encoded (not an object, an integer beyond 64 bits, a lone
-    surrogate): such a record is simply mapped every time."""
+    surrogate): such a record is simply mapped every time. ``key`` None: no record is digested
+    (a masked dataset without a secret to key its digests with, :mod:`syncd.changes.digestkey`)."""
+    if key is None:
+        return _no_digest
     names = tuple(sorted(fields))
     dumps = orjson.dumps
     # the key's block is compressed once here; each digest copies that state (0.56 against 0.75 µs)
@@ -266,6 +270,10 @@ def record_digester(fields: Sequence[str], key: bytes) -> Callable[[Any], str | 
         return h.hexdigest()
 
     return record_digest
+
+
+def _no_digest(_record: Any) -> None:
+    return None
 
 
 def text_digester(key: bytes) -> Callable[[bytes], str]:

@@ -27,6 +27,8 @@
 - on an SQLite target, a decimal column whose values can have more significant digits than SQLite
   stores exactly (15; a whole number: 64 bits) is a warning (``config.sqlite_decimal_digits``): the
   writer quarantines such a record rather than store it rounded.
+- a dataset that masks a column and whose source has no secret stores no record digests
+  (a warning, ``config.record_digest_off``: :mod:`syncd.changes.digestkey`).
 
 Every issue is positioned in the file the operator has to change.
 """
@@ -52,6 +54,8 @@ from syncd.errors import ConfigIssue
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
+
+    from syncd.mapping import CompiledMapping
 
 __all__ = ["Loaded", "check_app", "check_dataset", "check_unique"]
 
@@ -235,11 +239,15 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
     issues = _connection(dataset, app, doc) + _code_tables(dataset, app, doc) + _sql_columns(dataset, doc)
     compiled_paths: frozenset[str] = frozenset()
     try:
-        compiled_paths = compile_mapping(dataset, app.code_tables).source_paths
+        mapping = compile_mapping(dataset, app.code_tables)
     except MappingSpecError as exc:
         issue = _issue(doc, exc.path, exc.message)
         if all(i.path != issue.path for i in issues):
             issues.append(issue)
+    else:
+        compiled_paths = mapping.source_paths
+        if not issues:
+            _record_digest_off(dataset, app, doc, mapping)
     issues += _authorization(dataset, doc, compiled_paths)
     _lookback_across_dst(dataset, app, doc)
     _sqlite_decimals(dataset, app, doc)
@@ -256,6 +264,36 @@ def check_dataset(dataset: DatasetConfig, app: AppConfig, doc: Document) -> list
                 f"columns `{first}` and `{column}` differ only in letter case: databases treat them "
                 "as the same column, rename one"), on_key=True))
     return issues
+
+
+def _record_digest_off(
+    dataset: DatasetConfig, app: AppConfig, doc: Document, mapping: CompiledMapping
+) -> None:
+    """A masked dataset whose source has no secret stores no record digests (a digest of the clear
+    record, keyed from the YAML alone, would give the masked characters away: syncd.changes.digestkey).
+    A warning at its first mask, saying what it costs and how to get them back."""
+    from syncd.changes.digestkey import record_digest_key
+
+    if record_digest_key(app, dataset, mapping) is not None:
+        return
+    column, at = next(
+        (name, i)
+        for name, cfg in dataset.columns.items()
+        for i, t in enumerate(cfg.transforms)
+        if t.type == "mask"
+    )
+    _warn(
+        doc,
+        ("columns", column, "transforms", at),
+        "config.record_digest_off",
+        reason="the dataset masks a column and its source connection has no secret (no auth secret, no "
+        "database password) to key record digests with: a digest keyed from the YAML alone would let "
+        "anyone who reads the target database recover the masked characters by trying every value",
+        effect="no record digest is stored: every record is mapped and compared by row hash on every run "
+        "(a re-sync is slower; its result is the same)",
+        fix="give the source connection its secret (e.g. the database password as ${credential:NAME}), "
+        "or accept the slower re-syncs",
+    )
 
 
 def _dst_shift(zone_name: str) -> timedelta:

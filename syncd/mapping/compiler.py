@@ -100,6 +100,12 @@ class CompiledMapping:
     """The top-level record fields the mapping and the logical-delete rule read, sorted."""
     key_fields: tuple[str, ...] = field(repr=False)
     """The top-level record fields ``key_record`` reads, sorted: a dict of just these gives the key."""
+    masked: bool = field(repr=False)
+    """Whether a column is masked: a digest of the clear record must then be keyed with a secret
+    (:func:`syncd.changes.digestkey.record_digest_key`), or the hidden characters could be
+    recovered from it by trying every value they can have."""
+    salted: bool = field(repr=False)
+    """Whether a column is hashed: its salt (a secret) feeds :attr:`fingerprint`."""
     _key_getter: Callable[[Row], Row] = field(repr=False)
     _redactions: tuple[tuple[Place, Callable[[Any], Any]], ...] = field(repr=False)
     _protectors: tuple[_Protector, ...] = field(repr=False, default=())
@@ -311,6 +317,8 @@ def compile_mapping(
         fingerprint=_fingerprint(dataset, tables, source),
         record_fields=tuple(sorted(fields)),
         key_fields=tuple(sorted({p.split(".", 1)[0] for i in key_indexes for p in plans[i].reads})),
+        masked=any(t.type == "mask" for cfg in dataset.columns.values() for t in cfg.transforms),
+        salted=any(t.type == "hash" for cfg in dataset.columns.values() for t in cfg.transforms),
         _key_getter=_key_getter(key_indexes),
         _redactions=redactions,
         _protectors=protectors,

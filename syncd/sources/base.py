@@ -176,9 +176,11 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def digest_texts(source: Source, key: bytes) -> bool:
+def digest_texts(source: Source, key: bytes | None) -> bool:
     """Ask ``source`` to give each page's record digests, taken over the records' texts with
     ``key`` (an http source: :meth:`HttpSource.digest_texts`); False where it gives none and its
-    reader digests the records by their values."""
+    reader digests the records by their values, and when ``key`` is None (no record digests)."""
+    if key is None:
+        return False
     ask = getattr(source, "digest_texts", None)
     return bool(ask(key)) if ask is not None else False

@@ -658,6 +658,7 @@ def _die_with_parent(parent: int) -> None:
 
 def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats]) -> None:
     """Read, map and send every page; ``reading`` gets the source's stats as soon as it exists."""
+    from syncd.changes.digestkey import record_digest_key
     from syncd.changes.hashing import record_digester, row_hash
     from syncd.changes.keys import row_key_function
     from syncd.mapping import compile_mapping
@@ -668,10 +669,11 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
     mapping = compile_mapping(dataset, app.code_tables)
     sorter = RecordSorter(dataset, mapping)
-    digest = record_digester(mapping.record_fields, mapping.fingerprint)
+    key = record_digest_key(app, dataset, mapping)  # the run's own, from the same configuration
+    digest = record_digester(mapping.record_fields, key)
     row_key = row_key_function([mapping.specs[mapping.columns[i]] for i in mapping.key_indexes])
     source = build_source(app, dataset)
-    digest_texts(source, mapping.fingerprint)  # as the run's own read does
+    digest_texts(source, key)  # as the run's own read does
     try:
         go, resume = _prepare(channel, init, source)
         if not go:  # the run no longer needs this worker (it read everything itself)

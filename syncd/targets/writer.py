@@ -11,7 +11,8 @@
    compare normalised values: the changed columns go to the feed; a candidate with no real
    difference only refreshes its stored hash;
    A row whose content is unchanged but whose record digest is new (or was never stored) only
-   gets its ``row_state.record_digest`` refreshed, so the runner can skip mapping it next time;
+   gets its ``row_state.record_digest`` refreshed, so the runner can skip mapping it next time
+   (a record without a digest clears the stored one);
 5. in ONE transaction: bulk upsert rows, bulk delete (hard: DELETE; soft: set the flag and keep
    the key's state with :data:`DELETED_HASH`), upsert row state, insert change entries, remove
    the quarantine entries the batch supersedes, upsert quarantine items. Any database error rolls
@@ -611,7 +612,9 @@ class BatchWriter:
         digests = batch.digests
         for key in verdict.unchanged:  # same content from a new record: keep its digest for next time
             digest = digests[key]
-            if digest is not None and digest != stored_digests.get(key):
+            # None clears a stored one: it may have been keyed so that it can be recomputed from the
+            # YAML (a masked dataset whose source has no secret: syncd.changes.digestkey)
+            if digest != stored_digests.get(key):
                 plan.state_upserts.append((dataset, key, hashes[key], digest))
         normalised, rows, insert_change = self._normalised, batch.rows, self._insert_change
         for key in verdict.inserts:  # keys row_state does not know: written without a merge
