@@ -612,7 +612,12 @@ class AuthorizationConfig(_Model):
 
 
 class LogicalDeleteConfig(_Model):
-    """An upstream flag marking a record deleted (``isDeleted: "1"``, ``SCBZ``, ``yxbz``)."""
+    """An upstream flag marking a record deleted (``isDeleted: "1"``, ``SCBZ``, ``yxbz``).
+
+    A flagged record maps its key columns only: a tombstone (the key and the flag, its other fields
+    empty) deletes its row, and is quarantined only when its key cannot be mapped. A soft delete
+    sets ``soft_column`` alone: the row keeps its other values.
+    """
 
     field: str = Field(description="dotted source path of the flag, e.g. isDeleted")
     values: tuple[str, ...] = ("1", "true", "Y")

@@ -70,9 +70,9 @@ class RecordSorter:
     """Maps records of one dataset and sorts them into rows, deletes and rejected records.
 
     ``sort(record, digest)`` appends to exactly one of ``rows`` (with ``digests`` in parallel),
-    ``deletes`` (the key values of a record flagged deleted upstream, with ``delete_after`` in
-    parallel: how many rows were sorted before it, its place in the read) or ``rejected`` (each
-    with its place: how many rows and deletes were sorted before it).
+    ``deletes`` (the key values of a record flagged deleted upstream, its key columns alone mapped,
+    with ``delete_after`` in parallel: how many rows were sorted before it, its place in the read)
+    or ``rejected`` (each with its place: how many rows and deletes were sorted before it).
     """
 
     def __init__(self, dataset: DatasetConfig, mapping: CompiledMapping) -> None:
@@ -96,8 +96,15 @@ class RecordSorter:
         return paths
 
     def sort(self, record: dict[str, Any], digest: str | None) -> None:
+        """Sort one record. A record flagged deleted upstream maps its key columns alone: a deletion
+        is often sent as a tombstone (the key, the flag, every other field empty), whose other
+        columns would fail their checks (``required``, ``nullable: false``); only a deletion whose
+        key cannot be mapped is quarantined. Deletes write nothing but the key and the flag."""
         mapping = self.mapping
         try:
+            if self.is_deleted is not None and self.is_deleted(record):
+                self.add_delete(mapping.key_record(record))
+                return
             row = mapping.map_record(record)
         except RecordError as exc:
             redacted = mapping.redact_raw(record)  # masked key columns stay masked in the entry
@@ -109,11 +116,8 @@ class RecordSorter:
             protected = mapping.protect(record)
             self.rejected.append(Rejected(redacted, reason, raw_key, key_values, protected, self.place()))
             return
-        if self.is_deleted is not None and self.is_deleted(record):
-            self.add_delete(mapping.key_of(row))
-        else:
-            self.rows.append(row)
-            self.digests.append(digest)
+        self.rows.append(row)
+        self.digests.append(digest)
 
     def place(self) -> tuple[int, int]:
         """Where the next record goes: after this many rows and deletes."""

@@ -331,16 +331,18 @@ def _read(
             result.reported_total = page.reported_total
         for record in page.records:
             result.fetched += 1
+            deleted = is_deleted is not None and is_deleted(record)
             try:
-                row = mapping(record)
+                # a deletion maps its key alone, as a sync does (RecordSorter.sort): a tombstone
+                row = mapping.key_record(record) if deleted else mapping(record)
             except RecordError as exc:
                 key = upstream_key(mapping.redact_raw(record))  # masked keys stay masked
                 result.categories["quarantine"].add({"reason": str(exc), "record_key": key}, samples)
                 if snapshot is not None:  # its stored row stands, as in a sync (runner._seen_keys)
                     snapshot.mark_seen(_quarantined_key(mapping, planner, record, key))
                 continue
-            if is_deleted is not None and is_deleted(record):
-                deletes.append(mapping.key_of(row))
+            if deleted:
+                deletes.append(row)
             else:
                 rows.append(row)
         if len(rows) + len(deletes) >= batch_size:

@@ -43,7 +43,7 @@ feed) in between and write the older record over the newer row.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -118,6 +118,7 @@ class _Entry:
     error: str | None = None
     key: str | None = None  # the row key it stands for, when known
     carried: bool = False  # given values its record's other entries held (:func:`_share`)
+    deleted: bool = False  # flagged deleted upstream: ``row`` is its key values alone (a tombstone)
 
 
 def _entries(store: StateStore, dataset: str) -> list[_Entry]:
@@ -188,6 +189,7 @@ def replay_quarantine(
         entries = _entries(store, dataset.name)
         result.examined = len(entries)  # not counted as fetched: nothing was received from upstream
         for entry in entries:
+            entry.deleted = is_deleted is not None and is_deleted(entry.raw)
             _map_entry(entry, replay, writer)
         stale = _copies(entries, replay, writer)
         copied = {id(entry) for entry in stale}
@@ -206,7 +208,7 @@ def replay_quarantine(
             if lock is not None:
                 lock.check()
             _replay_page(
-                store, writer=writer, is_deleted=is_deleted, page=list(page), result=result,
+                store, writer=writer, page=list(page), result=result,
                 counts=counts, sorter=sorter,
             )
     except BaseException as exc:  # Ctrl-C too: a replay stopped mid-way is no success (the audit trail)
@@ -219,10 +221,15 @@ def replay_quarantine(
 
 
 def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> None:
-    """Map the entry with the current configuration; note its row (or error) and its key."""
+    """Map the entry with the current configuration; note its row (or error) and its key. A
+    deletion maps its key columns alone, as a sync does (:meth:`RecordSorter.sort`): a tombstone
+    quarantined by an older syncd for its other, empty, fields is deleted now."""
     entry.row = entry.error = entry.key = None
     try:
-        entry.row = replay(entry.raw, entry.protected)
+        if entry.deleted:
+            entry.row = replay.key_of_entry(entry.raw, entry.protected)
+        else:
+            entry.row = replay(entry.raw, entry.protected)
     except RecordError as exc:
         entry.error = str(exc)
         entry.key = entry.row_key
@@ -232,7 +239,7 @@ def _map_entry(entry: _Entry, replay: ReplayMapping, writer: BatchWriter) -> Non
             except RecordError:
                 entry.key = None
         return
-    entry.key = writer.row_key(replay.mapping.key_of(entry.row))
+    entry.key = writer.row_key(entry.row if entry.deleted else replay.mapping.key_of(entry.row))
 
 
 def _superseded(store: StateStore, dataset: str, entries: list[_Entry]) -> list[_Entry]:
@@ -389,7 +396,6 @@ def _replay_page(
     store: StateStore,
     *,
     writer: BatchWriter,
-    is_deleted: Callable[[dict[str, Any]], bool] | None,
     page: list[_Entry],
     result: ReplayResult,
     counts: RunCounts,
@@ -399,7 +405,6 @@ def _replay_page(
     deletes: list[Row] = []
     failing: list[dict[str, Any]] = []
     landed: list[str] = []
-    key_of = sorter.mapping.key_of
     for entry in page:
         digest, raw, row = entry.digest, entry.raw, entry.row
         if row is None:
@@ -433,8 +438,8 @@ def _replay_page(
             if not same:
                 landed.append(digest)  # an entry stored under an older hashing: replaced by the new one
             continue
-        if is_deleted is not None and is_deleted(raw):
-            deletes.append(key_of(row))
+        if entry.deleted:
+            deletes.append(row)
         else:
             rows.append(row)
         landed.append(digest)
