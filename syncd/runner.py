@@ -59,6 +59,7 @@ from syncd.errors import (
 )
 from syncd.gcpolicy import fewer_collections
 from syncd.mapping import CompiledMapping, compile_mapping
+from syncd.mapping.casts import ColumnLimit
 from syncd.mapping.records import RecordSorter, Rejected, Row
 from syncd.sources import ReadStats, Source, Window, build_source, digest_texts
 from syncd.sources.base import NEVER, Checkpoint, Page, ResumePoint, StopSignal, watch_stop
@@ -208,6 +209,8 @@ class _Run:
         self.zone = ZoneInfo(app.timezone)
         self.started_utc = now.astimezone(UTC)
         self.started_local = now.astimezone(self.zone).replace(tzinfo=None, microsecond=0)
+        self.today = self.started_local.date()  # in the configured zone: the mapping's id_number checks
+        self.limits: dict[str, ColumnLimit] | None = None  # the target table's (StateStore.column_limits)
         self.run_id = uuid.uuid4().hex
         self.counts = RunCounts()
         self.batch_size = dataset.batch_size or app.defaults.batch_size
@@ -744,8 +747,12 @@ class _Reading:
         return worker
 
     def _spawn(self, reported_total: int | None, *, hold: bool) -> ReadWorker:
-        worker = ReadWorker(self.run.app, self.run.ds, self.window, keys=not self.first_load, hold=hold)
-        worker.watch_stop(self.run.stop)  # a stop ends the child even while it waits on the gateway
+        run = self.run
+        worker = ReadWorker(
+            run.app, run.ds, self.window,
+            keys=not self.first_load, hold=hold, today=run.today, limits=run.limits,
+        )
+        worker.watch_stop(run.stop)  # a stop ends the child even while it waits on the gateway
         log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)
         return worker
 
@@ -1053,9 +1060,11 @@ def _read_and_write(
     snapshot: SnapshotDeletes | None = None
     success = False
     try:
+        # the existing table's narrower columns, before a read worker compiles the mapping with them
+        run.limits = run.store.column_limits(run.ds)
         reading = _Reading(run, window, source_factory, first_load=not run.store.has_row_state(run.ds.name))
         reading.start_early()
-        mapping = compile_mapping(run.ds, run.app.code_tables)
+        mapping = compile_mapping(run.ds, run.app.code_tables, today=run.today, limits=run.limits)
         snapshot = _snapshot(run, mapping)
         writer = _process(run, reading, mapping, snapshot)
         stats = _read_to_the_end(run, reading)

@@ -557,7 +557,16 @@ class ColumnConfig(_Model):
         "an item in a list: phones.0); omit for constant/concat columns",
     )
     type: ColumnType = "string"
-    length: int | None = Field(None, ge=1, le=65535, description="VARCHAR length for string columns")
+    length: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "VARCHAR length for string columns; a longer value is quarantined. Without it a key column "
+            "is VARCHAR(255) (longer keys are quarantined), other columns unbounded text (or, in an "
+            "existing table, as long as its column)"
+        ),
+    )
     precision: int = Field(18, ge=1, le=65)
     scale: int = Field(2, ge=0, le=30)
     nullable: bool = True

@@ -91,6 +91,8 @@ class StepContext:
     code_tables: Mapping[str, Mapping[str, str]]
     describe: Callable[[Any], str]
     """Renders a value for an error message; hides it on masked or hashed columns."""
+    today: date | None = None
+    """Today in the configured ``timezone:`` (None: the host's date): the latest birth date."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,12 @@
 ``bool``       via the column's ``true_values`` / ``false_values`` (compared as text)
 =============  ==============================================================================
 
+A :class:`ColumnLimit` narrows a cast to what the target column holds when that is less than the
+column's type says: a text key column without ``length`` (VARCHAR(255) in a table syncd creates),
+and an existing table's narrower columns (a VARCHAR(10) for a ``string`` without ``length``, a
+32-bit INTEGER for ``int``). A value past it is quarantined, its reason naming the column, the
+value's size and the limit: one such value must never fail its batch on every run (DESIGN §4.6).
+
 For every type but ``string`` an empty or whitespace-only text is NULL. A failure raises
 :class:`~syncd.errors.RecordError` naming the value (truncated to 50 characters) and the
 column type; the compiler adds the column name.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
@@ -38,10 +45,28 @@ from syncd.config.model import ColumnConfig
 from syncd.errors import RecordError
 from syncd.mapping.base import STRIP_CHARS, MappingSpecError, Step, text_of
 
-__all__ = ["INT_MAX", "INT_MIN", "build_cast", "required_step"]
+__all__ = ["INT_MAX", "INT_MIN", "KEY_TEXT_LENGTH", "ColumnLimit", "build_cast", "required_step"]
 
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
+KEY_TEXT_LENGTH = 255
+"""Characters of a text key column without ``length:``: syncd creates it as VARCHAR(255)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnLimit:
+    """What a target column holds when it is less than the mapping's type: its most characters
+    (``length``) or its integer range (``low``..``high``). ``why`` ends a rejection's reason: the
+    column, the table and the fix."""
+
+    why: str
+    length: int | None = None
+    low: int | None = None
+    high: int | None = None
+
+    def key(self) -> tuple[int | None, int | None, int | None]:
+        """What the limit does to a mapping's result (the mapping's fingerprint reads it)."""
+        return (self.length, self.low, self.high)
 
 Describe = Callable[[Any], str]
 
@@ -59,8 +84,8 @@ def required_step(reason: str) -> Step:
     return Step(required, "if {v} is None: {f}({v})", on_str="", str_result="str", stripped_out="keep")
 
 
-def build_cast(config: ColumnConfig, describe: Describe) -> Step:
-    """The cast step of a column (``config.type``)."""
+def build_cast(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None = None) -> Step:
+    """The cast step of a column (``config.type``), narrowed to ``limit`` (see the module docstring)."""
     builder = {
         "string": _string,
         "int": _int,
@@ -69,7 +94,7 @@ def build_cast(config: ColumnConfig, describe: Describe) -> Step:
         "datetime": _datetime,
         "bool": _bool,
     }[config.type]
-    return builder(config, describe)
+    return builder(config, describe, limit)
 
 
 def _not_single(v: Any, describe: Describe, expected: str) -> RecordError:
@@ -89,8 +114,10 @@ def _full_width_hint(v: Any) -> str:
 _NUL = "\x00"
 
 
-def _string(config: ColumnConfig, describe: Describe) -> Step:
-    length = config.length
+def _string(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
+    length, why = config.length, ""
+    if limit is not None and limit.length is not None and (length is None or limit.length < length):
+        length, why = limit.length, f": {limit.why}"
 
     def to_string(v: Any) -> Any:
         if v is None:
@@ -103,7 +130,7 @@ def _string(config: ColumnConfig, describe: Describe) -> Step:
             except RecordError:
                 raise _not_single(v, describe, "text (column type string)") from None
         if length is not None and len(text) > length:
-            raise RecordError(f"{describe(text)} is too long ({len(text)} > {length})")
+            raise RecordError(f"{describe(text)} is too long ({len(text)} > {length}){why}")
         if _NUL in text:  # PostgreSQL cannot store it: one such record must not fail every batch
             raise RecordError(f"{describe(text)} contains a NUL character (\\x00), which no database stores")
         return text
@@ -145,14 +172,25 @@ def _long_whole(text: str) -> int | None:
     return -number if digits[0] == "-" else number
 
 
-def _int(config: ColumnConfig, describe: Describe) -> Step:
+def _range(limit: ColumnLimit | None, kind: str) -> tuple[int, int, str]:
+    """The integer range a column holds (the 64-bit one, or its ``limit``'s when narrower), and
+    what a value outside it is, after its description."""
+    if limit is None or (limit.low is None and limit.high is None):
+        return INT_MIN, INT_MAX, f"is out of range for a 64-bit integer (column type {kind})"
+    low = INT_MIN if limit.low is None else max(limit.low, INT_MIN)
+    high = INT_MAX if limit.high is None else min(limit.high, INT_MAX)
+    return low, high, f"is out of range ({low} to {high}): {limit.why}"
+
+
+def _int(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
     chars = STRIP_CHARS
+    low, high, why = _range(limit, "int")
 
     def bad(v: Any) -> RecordError:
         return _not_single(v, describe, "a whole number (column type int)")
 
     def out_of_range(v: Any) -> RecordError:
-        return RecordError(f"{describe(v)} is out of range for a 64-bit integer (column type int)")
+        return RecordError(f"{describe(v)} {why}")
 
     def other(v: Any) -> int:
         """Numbers that are not plain ints: 3.0, Decimal("3"), int subclasses."""
@@ -189,20 +227,21 @@ def _int(config: ColumnConfig, describe: Describe) -> Step:
             return None
         else:
             number = other(v)
-        if not INT_MIN <= number <= INT_MAX:
+        if not low <= number <= high:
             raise out_of_range(v)
         return number
 
     return Step(
         to_int,
         "if {v}.__class__ is not int or not {lo} <= {v} <= {hi}: {v} = {f}({v})",
-        {"lo": INT_MIN, "hi": INT_MAX},
+        {"lo": low, "hi": high},
         none_safe=True,
     )
 
 
-def _decimal(config: ColumnConfig, describe: Describe) -> Step:
+def _decimal(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
     precision, scale = config.precision, config.scale
+    low, high, why = _range(limit, f"decimal({precision},{scale})")  # decimal(p,0) in an integer column
     if scale > precision:
         raise MappingSpecError(("scale",), f"scale ({scale}) is greater than precision ({precision})")
     quantum = Decimal(1).scaleb(-scale)
@@ -263,6 +302,8 @@ def _decimal(config: ColumnConfig, describe: Describe) -> Step:
                 f"{describe(v)} has too many digits for column type {shape}: "
                 f"at most {precision - scale} before the decimal point"
             )
+        if limit is not None and not low <= result <= high:
+            raise RecordError(f"{describe(v)} {why}")
         return result if result else zero
 
     return Step(to_decimal, none_safe=True)
@@ -285,7 +326,7 @@ def _parse_date_text(text: str) -> date | None:
     return None
 
 
-def _date(config: ColumnConfig, describe: Describe) -> Step:
+def _date(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
     chars = STRIP_CHARS
 
     def bad(v: Any) -> RecordError:
@@ -354,7 +395,7 @@ def _parse_datetime_text(text: str) -> datetime | None:
     return None
 
 
-def _datetime(config: ColumnConfig, describe: Describe) -> Step:
+def _datetime(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
     chars = STRIP_CHARS
 
     def bad(v: Any) -> RecordError:
@@ -397,7 +438,7 @@ def _datetime(config: ColumnConfig, describe: Describe) -> Step:
     )
 
 
-def _bool(config: ColumnConfig, describe: Describe) -> Step:
+def _bool(config: ColumnConfig, describe: Describe, limit: ColumnLimit | None) -> Step:
     trues, falses = frozenset(config.true_values), frozenset(config.false_values)
     both = sorted(trues & falses)
     if both:

@@ -31,6 +31,7 @@ import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date
 from types import MappingProxyType
 from typing import Any
 
@@ -50,7 +51,7 @@ from syncd.mapping.base import (
     describe,
     text_of,
 )
-from syncd.mapping.casts import build_cast, required_step
+from syncd.mapping.casts import KEY_TEXT_LENGTH, ColumnLimit, build_cast, required_step
 from syncd.mapping.codegen import ColumnPlan, generate
 from syncd.mapping.masking import mask_function
 from syncd.mapping.transforms import build_transform
@@ -279,16 +280,25 @@ def compile_mapping(
     code_tables: Mapping[str, Mapping[str, str]] | None = None,
     *,
     inline: bool = True,
+    today: date | None = None,
+    limits: Mapping[str, ColumnLimit] | None = None,
 ) -> CompiledMapping:
     """Validate and compile ``dataset.columns``; raises :class:`MappingSpecError` with the path.
 
     ``inline=False`` calls every step's function instead of pasting its statement template
-    (same results, slower): the tests use it to check that both forms agree.
+    (same results, slower): the tests use it to check that both forms agree. ``today`` is the
+    date in the configured ``timezone:`` (the ``id_number`` validator's latest birth date); None:
+    the host's date. ``limits`` are the target table's narrower columns
+    (:func:`syncd.targets.verify.column_limits`); None: those of the table syncd creates (a text
+    key column without ``length:`` holds 255 characters).
     """
     tables: Mapping[str, Mapping[str, str]] = code_tables or {}
     keys = set(dataset.target.key)
+    limits = _default_limits(dataset) if limits is None else limits
     plans = [
-        _plan_column(name, cfg, is_key=name in keys, code_tables=tables)
+        _plan_column(
+            name, cfg, is_key=name in keys, code_tables=tables, today=today, limit=limits.get(name)
+        )
         for name, cfg in dataset.columns.items()
     ]
     source, fn = generate(dataset.name, plans, inline=inline)
@@ -314,7 +324,7 @@ def compile_mapping(
         map_record=fn,
         python_source=source,
         key_record=key_fn,
-        fingerprint=_fingerprint(dataset, tables, source),
+        fingerprint=_fingerprint(dataset, tables, source, limits),
         record_fields=tuple(sorted(fields)),
         key_fields=tuple(sorted({p.split(".", 1)[0] for i in key_indexes for p in plans[i].reads})),
         masked=any(t.type == "mask" for cfg in dataset.columns.values() for t in cfg.transforms),
@@ -331,13 +341,19 @@ def compile_replay(
     code_tables: Mapping[str, Mapping[str, str]] | None = None,
     *,
     inline: bool = True,
+    today: date | None = None,
+    limits: Mapping[str, ColumnLimit] | None = None,
 ) -> ReplayMapping:
-    """The mapping of ``dataset`` for its quarantined entries (see :class:`ReplayMapping`)."""
+    """The mapping of ``dataset`` for its quarantined entries (see :class:`ReplayMapping`;
+    ``today`` and ``limits`` as :func:`compile_mapping` takes them)."""
     tables: Mapping[str, Mapping[str, str]] = code_tables or {}
-    mapping = compile_mapping(dataset, tables, inline=inline)
+    mapping = compile_mapping(dataset, tables, inline=inline, today=today, limits=limits)
     keys = set(dataset.target.key)
+    limits = _default_limits(dataset) if limits is None else limits
     plans = [
-        _plan_column(name, cfg, is_key=name in keys, code_tables=tables)
+        _plan_column(
+            name, cfg, is_key=name in keys, code_tables=tables, today=today, limit=limits.get(name)
+        )
         for name, cfg in dataset.columns.items()
     ]
     protectors = {p.column: p for p in mapping._protectors}
@@ -449,8 +465,30 @@ def _protector(plan: ColumnPlan, cfg: ColumnConfig, tables: Mapping[str, Mapping
     )
 
 
+KEY_LENGTH_FIX = (
+    "a text key column without `length:` is VARCHAR({n}) in the table syncd creates: set `length:` "
+    "to the longest key upstream sends (an existing table then needs the ALTER TABLE that "
+    "`syncd check` shows)"
+)
+
+
+def _default_limits(dataset: DatasetConfig) -> dict[str, ColumnLimit]:
+    """The limits of the table syncd creates for ``dataset``: its text key columns without ``length:``."""
+    return {
+        name: ColumnLimit(KEY_LENGTH_FIX.format(n=KEY_TEXT_LENGTH), length=KEY_TEXT_LENGTH)
+        for name in dataset.target.key
+        if (cfg := dataset.columns.get(name)) is not None and cfg.type == "string" and cfg.length is None
+    }
+
+
 def _plan_column(
-    name: str, cfg: ColumnConfig, *, is_key: bool, code_tables: Mapping[str, Mapping[str, str]]
+    name: str,
+    cfg: ColumnConfig,
+    *,
+    is_key: bool,
+    code_tables: Mapping[str, Mapping[str, str]],
+    today: date | None = None,
+    limit: ColumnLimit | None = None,
 ) -> ColumnPlan:
     base: SpecPath = ("columns", name)
     transforms = cfg.transforms
@@ -474,7 +512,7 @@ def _plan_column(
             (*base, "type"), f"a {transforms[sensitive_at].type}ed value is text: use type: string"
         )
     shown = _hiding_describe(transforms[sensitive_at]) if sensitive_at is not None else describe
-    ctx = StepContext(column=name, config=cfg, code_tables=code_tables, describe=shown)
+    ctx = StepContext(column=name, config=cfg, code_tables=code_tables, describe=shown, today=today)
 
     built: list[tuple[SpecPath, Step]] = []
     for i, t in enumerate(transforms):
@@ -489,7 +527,7 @@ def _plan_column(
         except MappingSpecError as exc:
             raise exc.within(*base, "validators", i) from None
     try:
-        cast = build_cast(cfg, shown)
+        cast = build_cast(cfg, shown, limit)
     except MappingSpecError as exc:
         raise exc.within(*base) from None
     tail: list[tuple[SpecPath, Step]] = [((*base, "type"), cast)]
@@ -614,7 +652,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fingerprint(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, str]], source: str) -> bytes:
+def _fingerprint(
+    dataset: DatasetConfig,
+    code_tables: Mapping[str, Mapping[str, str]],
+    source: str,
+    limits: Mapping[str, ColumnLimit],
+) -> bytes:
     """See :attr:`CompiledMapping.fingerprint`. Any doubt makes it differ, which only costs one
     run that maps every record again: a stale fingerprint would skip a real change."""
     parts = {
@@ -625,6 +668,7 @@ def _fingerprint(dataset: DatasetConfig, code_tables: Mapping[str, Mapping[str, 
         "target": _plain(dataset.target.model_dump(include={"key", "logical_delete"})),
         "source": dataset.source.type,
         "code_tables": _plain(code_tables),
+        "limits": {name: limit.key() for name, limit in sorted(limits.items())},
     }
     text = json.dumps(parts, sort_keys=True, default=repr, ensure_ascii=False)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -222,7 +222,8 @@ def id_number_problem(text: str, today: date) -> str | None:
 @_register("id_number")
 def _id_number(cfg: ValidatorConfig, ctx: StepContext) -> Step:
     error = _fail(cfg.message)
-    today = date.today()
+    # the configured zone's date (the run's), not the host's: on a UTC host Beijing's day starts at 16:00
+    today = ctx.today or date.today()
     today_text = today.strftime("%Y%m%d")
     checks = _CHECK_DIGITS
 

@@ -44,7 +44,7 @@ from syncd.targets.engine import describe_url
 from syncd.targets.keydef import KeyDefinitionChanged, check_key_definition
 from syncd.targets.schema import text_key_columns
 from syncd.targets.snapshot import SnapshotDeletes, SnapshotPreview, missing_table
-from syncd.targets.verify import KeyColumn, key_columns
+from syncd.targets.verify import KeyColumn, column_limits, key_columns
 from syncd.targets.writer import failure_reason
 
 __all__ = ["Category", "PlanResult", "plan_dataset", "plan_window"]
@@ -293,7 +293,9 @@ def plan_dataset(
         return result
     if days <= dataset.authorization.warn_days:
         result.warnings.append(f"authorization {dataset.authorization.approval_code} expires in {days} days")
-    mapping = compile_mapping(dataset, app.code_tables)
+    with _on_target(engine, dataset, "reading the columns of its table"):
+        limits = column_limits(engine, dataset)  # as a sync maps: a value too big is quarantined
+    mapping = compile_mapping(dataset, app.code_tables, today=local_today, limits=limits)
     with _on_target(engine, dataset, "reading its tables and their key columns"):
         planner = _Planner(engine, prefix, mapping, result, dataset=dataset, samples=samples)
         result.warnings.extend(planner.key_warnings())

@@ -166,10 +166,12 @@ def replay_quarantine(
     before a page is written.
     """
     now = now or datetime.now(UTC)
-    check_authorization(dataset, now.astimezone(ZoneInfo(app.timezone)).date())
+    today = now.astimezone(ZoneInfo(app.timezone)).date()
+    check_authorization(dataset, today)
     store.ensure_schema()
     check_key_definition(store, dataset, app.code_tables)  # KeyDefinitionChanged: nothing replayed
-    replay = compile_replay(dataset, app.code_tables)
+    # as a sync maps: the configured zone's date, the existing table's narrower columns
+    replay = compile_replay(dataset, app.code_tables, today=today, limits=store.column_limits(dataset))
     writer = store.writer(dataset, replay.mapping)
     is_deleted = delete_flag(dataset)
     auth = dataset.authorization

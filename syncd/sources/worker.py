@@ -232,12 +232,21 @@ class ReadWorker:
     snapshot_read = True  # an http source reads the whole window
 
     def __init__(
-        self, app: Any, dataset: Any, window: Window, *, keys: bool = True, hold: bool = False
+        self,
+        app: Any,
+        dataset: Any,
+        window: Window,
+        *,
+        keys: bool = True,
+        hold: bool = False,
+        today: date | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         """Start the child. ``hold``: the child prepares everything (imports, the mapping, the
         source) and then waits: :meth:`wait_ready` tells when it is ready, :meth:`go` lets it read
         (from the first page, or on from a :class:`~syncd.sources.base.ResumePoint`). Meanwhile the
-        run reads in its own process, so the child's start-up (~0.3 s) is not spent waiting."""
+        run reads in its own process, so the child's start-up (~0.3 s) is not spent waiting.
+        ``today`` and ``limits``: what the run compiles its mapping with (:func:`compile_mapping`)."""
         self.stats = ReadStats()
         self.pid = 0
         self._hold = hold
@@ -275,6 +284,8 @@ class ReadWorker:
             "dataset": dataset,
             "window": window,
             "keys": keys,
+            "today": today,  # the run's mapping is compiled with these: the worker's is the same
+            "limits": limits,
             "hold": hold,
             "level": logging.getLogger().getEffectiveLevel(),
             "credentials": self._keeper.credential_state() if self._keeper is not None else None,
@@ -667,7 +678,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     from syncd.sources.prefetch import Prefetcher
 
     app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
-    mapping = compile_mapping(dataset, app.code_tables)
+    mapping = compile_mapping(dataset, app.code_tables, today=init.get("today"), limits=init.get("limits"))
     sorter = RecordSorter(dataset, mapping)
     key = record_digest_key(app, dataset, mapping)  # the run's own, from the same configuration
     digest = record_digester(mapping.record_fields, key)

@@ -31,6 +31,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from syncd.changes.detector import normaliser_for_type
 from syncd.config.model import ColumnConfig
+from syncd.mapping.casts import KEY_TEXT_LENGTH
 
 __all__ = [
     "LONG_TEXT",
@@ -57,7 +58,7 @@ LONG_TEXT: sa.types.TypeEngine[str] = sa.Text().with_variant(mysql.LONGTEXT(), *
 MICRO_DATETIME: sa.types.TypeEngine[datetime] = sa.DateTime().with_variant(
     mysql.DATETIME(fsp=6), *MYSQL_NAMES
 )
-KEY_STRING_LENGTH = 255
+KEY_STRING_LENGTH = KEY_TEXT_LENGTH  # the mapping's casts enforce it (syncd.mapping.casts)
 
 
 MARIADB_KEY_COLLATION = "utf8mb4_nopad_bin"

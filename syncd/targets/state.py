@@ -20,6 +20,7 @@ import structlog
 
 from syncd.config.model import DatasetConfig
 from syncd.errors import TargetError
+from syncd.mapping.casts import ColumnLimit
 from syncd.targets.dialects import upsert_statement
 from syncd.targets.engine import describe_url, write_engine
 from syncd.targets.history import FUTURE_TOLERANCE, RunTimes, read_run_times, statement_timeout
@@ -35,7 +36,7 @@ from syncd.targets.schema import (
     warn_inexact_keys,
 )
 from syncd.targets.sqltypes import MYSQL_NAMES
-from syncd.targets.verify import key_columns
+from syncd.targets.verify import column_limits, key_columns
 from syncd.targets.writer import BatchWriter, failure_reason
 
 __all__ = ["StateStore"]
@@ -114,6 +115,18 @@ class StateStore:
             self.row_key_collation = keys["row_key"].collation
             if warn:
                 warn_inexact_keys(self.engine, keys.values())
+
+    def column_limits(self, dataset: DatasetConfig) -> dict[str, ColumnLimit] | None:
+        """What the columns of ``dataset``'s existing target table hold where it is less than the
+        mapping's types (:func:`syncd.targets.verify.column_limits`), for the mapping's casts;
+        None before the table exists."""
+        try:
+            return column_limits(self.engine, dataset)
+        except sa.exc.DBAPIError as exc:
+            raise TargetError(
+                f"dataset {dataset.name}: cannot inspect table {dataset.target.table} in "
+                f"{describe_url(self.engine.url)}: {failure_reason(exc)[:500]}"
+            ) from exc
 
     def writer(self, dataset: DatasetConfig, shape: MappingShape) -> BatchWriter:
         """A writer for ``dataset``; creates or verifies its target table (TargetSchemaError)."""

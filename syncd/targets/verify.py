@@ -8,6 +8,11 @@ fixes it, plus the alternative of letting syncd create a new table.
 :func:`key_columns` reads how the database compares a table's key columns (MariaDB/MySQL: their
 collation; a fixed-length CHAR type on MariaDB/MySQL and PostgreSQL): syncd warns about keys that
 do not compare exactly, with the ``ALTER TABLE`` that fixes them.
+
+:func:`column_limits` reads what an existing table's columns hold where that is less than the
+mapping's types say (a VARCHAR(10) for a ``string`` without ``length``, a 32-bit INTEGER for
+``int``): the casts take them, so a value too big for its column is quarantined, not a batch that
+fails on every run.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from sqlalchemy.schema import CreateColumn, CreateTable
 
 from syncd.config.model import ColumnConfig, DatasetConfig
 from syncd.errors import TargetError
+from syncd.mapping.casts import KEY_TEXT_LENGTH, ColumnLimit
 from syncd.targets.engine import describe_url, dialect_family
 from syncd.targets.sqltypes import declared_type, key_collation_problem, mysql_key_collation
 
 __all__ = [
     "KeyColumn",
     "TargetSchemaError",
+    "column_limits",
     "incompatibility",
     "key_columns",
     "missing_table_error",
@@ -420,6 +427,80 @@ def verify_target_table(engine: sa.Engine, table: sa.Table, dataset: DatasetConf
         incompatible=found.incompatible,
         key_problem=found.key_problem,
     )
+
+
+# --------------------------------------------------------------------------- column limits
+
+_INT_BITS = {"TINYINT": 8, "MEDIUMINT": 24}  # MariaDB/MySQL's, beside SMALLINT, INTEGER and BIGINT
+
+
+def _int_range(actual: sa.types.TypeEngine[Any]) -> tuple[int, int] | None:
+    """The values an integer (or NUMERIC(p,0)) column holds; None for another type."""
+    if isinstance(actual, sa.Integer):
+        if isinstance(actual, sa.BigInteger):
+            bits = 64
+        elif isinstance(actual, sa.SmallInteger):
+            bits = 16
+        else:
+            bits = _INT_BITS.get(type(actual).__name__.upper(), 32)
+        if getattr(actual, "unsigned", False):
+            return 0, 2**bits - 1
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if not isinstance(actual, sa.Numeric) or isinstance(actual, sa.Float):
+        return None
+    if actual.precision and not actual.scale:
+        most = 10 ** actual.precision - 1
+        return -most, most
+    return None
+
+
+def _limit(
+    dataset: DatasetConfig, where: str, name: str, spec: ColumnConfig, actual: sa.types.TypeEngine[Any]
+) -> ColumnLimit | None:
+    """The limit of mapped column ``name`` (``where``: "column … of table … is TYPE"), or None."""
+    replay = f"then `syncd quarantine replay {dataset.name}`"
+    if spec.type == "string":
+        length = actual.length if isinstance(actual, sa.String) else None
+        if length is None or (spec.length is not None and spec.length <= length):
+            return None
+        if name in dataset.target.key and length == KEY_TEXT_LENGTH:  # the key column syncd created
+            fix = (
+                f"a text key column without `length:` is VARCHAR({length}): set `length:` to the longest "
+                f"key upstream sends and widen the column (ALTER TABLE, as `syncd check` shows), {replay}"
+            )
+            return ColumnLimit(fix, length=length)
+        return ColumnLimit(f"{where}: widen it (ALTER TABLE), {replay}", length=length)
+    if spec.type in ("int", "decimal"):
+        found = _int_range(actual) if spec.type == "int" or isinstance(actual, sa.Integer) else None
+        if found is None or (found[0] <= -(2**63) and found[1] >= 2**63 - 1):
+            return None
+        fix = f"{where}: change it to BIGINT (ALTER TABLE), {replay}"
+        return ColumnLimit(fix, low=found[0], high=found[1])
+    return None
+
+
+def column_limits(engine: sa.Engine, dataset: DatasetConfig) -> dict[str, ColumnLimit] | None:
+    """The mapped columns of ``dataset``'s existing target table that hold less than the mapping's
+    types (see the module docstring), for :func:`syncd.mapping.compile_mapping`; None when the table
+    does not exist yet (syncd creates it as the mapping says). SQLite's integers are 64-bit whatever
+    the declared type; its declared text lengths count, as on every database (a dataset behaves
+    alike on all three). Raises SQLAlchemy's DBAPIError."""
+    name = dataset.target.table
+    if not sa.inspect(engine).has_table(name):
+        return None
+    db = _reflect(engine, name)
+    by_lower = {column.lower(): col for column, col in db.columns.items()}
+    sqlite = dialect_family(engine) == "sqlite"
+    limits: dict[str, ColumnLimit] = {}
+    for column, spec in dataset.columns.items():
+        actual = db.columns.get(column) or by_lower.get(column.lower())
+        if actual is None or (sqlite and spec.type != "string"):
+            continue
+        where = f"column {column} of table {db.name} is {_sql_type(actual['type'], engine.dialect)}"
+        found = _limit(dataset, where, column, spec, actual["type"])
+        if found is not None:
+            limits[column] = found
+    return limits
 
 
 # --------------------------------------------------------------------------- key collations
