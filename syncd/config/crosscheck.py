@@ -339,7 +339,7 @@ def _sqlite_decimals(dataset: DatasetConfig, app: AppConfig, doc: Document) -> N
     try:
         if make_url(app.target.url.get_secret_value()).get_backend_name() != "sqlite":
             return
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return  # reported by _target_url
     for name, cfg in dataset.columns.items():
         if cfg.type != "decimal" or sqlite_decimal_limit(cfg.precision, cfg.scale) is None:
