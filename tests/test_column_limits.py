@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncd.runner import run_dataset
+from syncd.runner import RunResult, run_dataset
 from syncd.targets import StateStore
 from tests.e2e import ListSource
 from tests.sources_kit import make_app, store_for
@@ -31,6 +31,21 @@ def _reasons(store: StateStore) -> list[str]:
         return list(conn.execute(sa.text("SELECT reason FROM syncd_quarantine")).scalars())
 
 
+def _run_twice(app: Any, ds: Any, store: StateStore, records: list[dict[str, Any]]) -> list[RunResult]:
+    """Two runs over the same page: each succeeds with exactly one record quarantined (the next run
+    is no better, and no worse)."""
+    def source(_app: object, _ds: object) -> ListSource:
+        return ListSource([list(records)])  # a fresh page each run
+
+    results = []
+    for _ in range(2):
+        result = run_dataset(app, ds, store, now=NOW, source_factory=source)
+        assert result.ok, result.error
+        assert result.counts.quarantined == 1
+        results.append(result)
+    return results
+
+
 def test_a_key_longer_than_its_255_character_column_is_quarantined(db_url: str) -> None:
     columns = {
         "pid": {"source": "id", "type": "string", "nullable": False},  # no length: VARCHAR(255)
@@ -41,13 +56,7 @@ def test_a_key_longer_than_its_255_character_column_is_quarantined(db_url: str) 
     try:
         good = [{"id": f"p{i}", "name": "张三"} for i in range(20)] + [{"id": "k" * 255, "name": "王五"}]
         bad = {"id": "k" * 300, "name": "李四"}
-        def source(_app: object, _ds: object) -> ListSource:
-            return ListSource([[*good, bad]])  # a fresh page each run
-
-        for run in range(2):  # the next run is no better, and no worse
-            result = run_dataset(app, ds, store, now=NOW, source_factory=source)
-            assert result.ok, result.error
-            assert result.counts.quarantined == 1
+        for run, result in enumerate(_run_twice(app, ds, store, [*good, bad])):
             assert result.counts.inserted + result.counts.unchanged == 21
             assert result.counts.inserted == (21 if run == 0 else 0)
         (reason,) = _reasons(store)
@@ -97,13 +106,7 @@ def test_one_value_too_big_for_an_existing_column_is_quarantined(db_url: str, ca
         fits = 999 if case != "text" else "张三"
         good = [{"id": f"p{i}", "amount": fits} for i in range(19)] + [{"id": "none", "amount": None}]
         bad = {"id": "bad", "amount": bad_value}
-        def source(_app: object, _ds: object) -> ListSource:
-            return ListSource([[*good, bad]])  # a fresh page each run
-
-        for run in range(2):  # the next run is no better, and no worse
-            result = run_dataset(app, ds, store, now=NOW, source_factory=source)
-            assert result.ok, result.error
-            assert result.counts.quarantined == 1
+        for run, result in enumerate(_run_twice(app, ds, store, [*good, bad])):
             assert result.counts.inserted == (20 if run == 0 else 0)
         (reason,) = _reasons(store)
         assert reason.startswith("amount: ") and why in reason, reason
