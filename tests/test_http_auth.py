@@ -603,6 +603,26 @@ class OneTokenGateway:
         return self.data(req)
 
 
+def _two_datasets(
+    server: LoopbackServer, *, worker: bool = False
+) -> tuple[Any, Any, Any, Callable[[], None]]:
+    """A gateway of one 1-s token per app_key and two datasets A and B on it (B in a state of its own
+    when it stands for a read worker, another process), renewing 0.5 s ahead; and ``a_renews``, for
+    the gateway's race: once the token is due, dataset A's next request renews it."""
+    gateway = OneTokenGateway(server, ttl=1.0)
+    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
+    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+    if worker:
+        forget_shared_state()  # another process: a state of its own
+    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
+
+    def a_renews() -> None:
+        time.sleep(0.55)
+        call(a, path="/api/a")
+
+    return gateway, a, b, a_renews
+
+
 @pytest.mark.parametrize("worker", [False, True], ids=["same_process", "read_worker"])
 def test_short_lived_tokens_renewed_by_another_dataset_are_no_revocation(
     server: LoopbackServer, worker: bool
@@ -613,17 +633,7 @@ def test_short_lived_tokens_renewed_by_another_dataset_are_no_revocation(
     pause and no warning that another process uses the app_key (a pause let A's token come due
     and re-issued it, revoking the one A reads with). The same when B is a read worker, which gets
     its tokens from the run's process (A)."""
-    gateway = OneTokenGateway(server, ttl=1.0)
-    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
-    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-    if worker:
-        forget_shared_state()  # another process: a state of its own
-    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-
-    def a_renews() -> None:
-        time.sleep(0.55)  # the token is due: dataset A's next request renews it
-        call(a, path="/api/a")
-
+    gateway, a, b, a_renews = _two_datasets(server, worker=worker)
     with a[0], b[0], capture_logs() as logs:
         call(a, path="/api/a")
         if worker:
@@ -646,15 +656,7 @@ def test_a_token_replaced_in_the_process_after_an_own_recent_fetch_is_no_revocat
     token while B's request is in flight. The refused token was replaced in this process already:
     B goes on with A's at once. No pause (during which A's token came due and B fetched another,
     revoking A's), no warning that another process uses the app_key."""
-    gateway = OneTokenGateway(server, ttl=1.0)
-    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
-    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-
-    def a_renews() -> None:
-        time.sleep(0.55)  # the token is due: dataset A's next request renews it
-        call(a, path="/api/a")
-
+    gateway, a, b, a_renews = _two_datasets(server)
     with a[0], b[0], capture_logs() as logs:
         call(a, path="/api/a")
         call(b, path="/api/b")  # both endpoints accepted the token
@@ -672,15 +674,7 @@ def test_a_token_replaced_in_the_process_during_the_retry_is_no_revoked_round(se
     fetches a new one, and dataset A renews it while B's retry is in flight. That second refusal is
     of a token the process replaced already: B goes on with A's at once, without counting a
     revoked round, pausing or warning."""
-    gateway = OneTokenGateway(server, ttl=1.0)
-    retry = {"attempts": 5, "backoff_initial": "500ms", "backoff_max": "30s", "deadline": "5m"}
-    a = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-    b = setup(server, token_auth(refresh_before="500ms"), envelope=EXPIRED, retry=retry)
-
-    def a_renews() -> None:
-        time.sleep(0.55)  # B's fresh token is due: dataset A's next request renews it
-        call(a, path="/api/a")
-
+    gateway, a, b, a_renews = _two_datasets(server)  # a_renews: when B's fresh token is due
     def on_the_retry() -> None:
         gateway.race = a_renews  # not on B's first request: on its retry after the refresh
 
