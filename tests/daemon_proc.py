@@ -24,8 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def daemon_config(
-    root: Path, *, db_url: str, gateway_url: str, every: str = "1s", metrics_port: int = 0, **kw: Any
+    root: Path,
+    *,
+    db_url: str,
+    gateway_url: str,
+    every: str = "1s",
+    jitter: str | None = None,
+    metrics_port: int = 0,
+    **kw: Any,
 ) -> Path:
+    """A daemon's configuration of the e2e dataset, run ``every`` so often. A dataset that never ran
+    runs "at once": within its ``jitter``, or within 30 s (the scheduler's catch-up spread) when it
+    has none, so a test waiting for the first run of an hourly dataset gives it a short jitter."""
     path = write_config(root, db_url=db_url, gateway_url=gateway_url, **kw)
     with path.open("a", encoding="utf-8") as f:
         f.write(
@@ -33,7 +43,8 @@ def daemon_config(
             "stop_timeout: 20s}\n"
         )
     with (root / "datasets" / "residents.yaml").open("a", encoding="utf-8") as f:
-        f.write(f"schedule: {{type: interval, every: {every}}}\n")
+        spread = "" if jitter is None else f", jitter: {jitter}"
+        f.write(f"schedule: {{type: interval, every: {every}{spread}}}\n")
     return path
 
 

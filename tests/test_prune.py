@@ -507,7 +507,8 @@ def test_entries_written_before_ntp_set_the_clock_survive_the_step(
     monkeypatch.setenv(SECRET_ENV, SECRET)
     clock.offset = -400 * 86400
     with Gateway(records=60, seed=9, app_secret=SECRET) as gw:
-        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, every="1h")
+        # its first run comes within the jitter, not within the 30 s catch-up spread
+        config = daemon_config(tmp_path, db_url=sqlite_url, gateway_url=gw.url, every="1h", jitter="1s")
         at = (datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(hours=6)).strftime("%H:%M")
         config.write_text(config.read_text() + f"changes: {{retention_days: 30, prune_at: '{at}'}}\n")
         daemon = Daemon(config, load_config(config), notifier=SystemdNotifier(environ={}))
