@@ -248,6 +248,11 @@ def _measure(cmd: list[str], n: int, db: str, scenario: str, side: str, *, timeo
             f"ins {data['inserted']} upd {data['updated']} del {data['deleted']} "
             f"same {data['unchanged']} quar {data['quarantined']}"
         )
+        if data.get("cpu_s") is not None:
+            detail += f"; CPU run {data['cpu_s']:.2f}"
+            if data.get("worker_cpu_s") is not None:
+                detail += f" + worker {data['worker_cpu_s']:.2f}"
+            detail += " s"
         if data.get("worker_peak_rss_mb") is not None:  # the two peaks the RSS column adds up
             detail += f"; RSS run {data['run_peak_rss_mb']:.0f} + worker {data['worker_peak_rss_mb']:.0f} MB"
         if data.get("error"):
@@ -434,8 +439,7 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
                 s = setup[db]
                 if "syncd" in sides:
                     cfg = s[SYNCD_CONFIG.get(scenario, "snap")]
-                    cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(cfg), "residents"]
-                    results.append(measure(cmd, db, scenario, "syncd"))
+                    results.append(measure(_syncd_command(args, cfg, db, scenario), db, scenario, "syncd"))
                 if "dlt" in sides:
                     window = since if scenario == "incremental" else None
                     results.append(
@@ -458,6 +462,16 @@ def _round(args: argparse.Namespace, timed_out: dict[tuple[str, str, str], Measu
     finally:
         gateway.close()
     return results
+
+
+def _syncd_command(args: argparse.Namespace, config: Path, db: str, scenario: str) -> list[str]:
+    """The command of one syncd measurement (with ``--profile`` under ``--profile-dir``)."""
+    cmd = [args.syncd_python, str(HERE / "run_syncd.py"), str(config), "residents"]
+    if args.profile_dir is not None:  # one cProfile per measurement: a later round's replaces it
+        profile = Path(args.profile_dir).resolve() / f"{db}-{scenario}-{args.records}.prof"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--profile", str(profile)]
+    return cmd
 
 
 def _interpreter_label(python: str) -> str:
@@ -504,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         "syncd's libraries and counted in its time and memory",
     )
     p.add_argument("--out", default=str(HERE / "out"))
+    p.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write a cProfile of each syncd run (the run's process, not the read worker) here, as "
+        "DB-SCENARIO-N.prof, the last round's kept; the profiler's own cost is in that run's figures",
+    )
     p.add_argument("--write-results", action="store_true", help="rewrite bench/RESULTS.md")
     args = p.parse_args(argv)
     if "dlt" in args.sides:

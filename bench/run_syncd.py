@@ -8,6 +8,9 @@ process, so each is measured alone): the process's own plus, when the run used t
 what both held at once. Not ``ru_maxrss``: Linux carries the spawning process's high-water mark
 into it (the harness's 82 MB floored every figure; the worker's, the run's size when it started).
 ``disk_read_mb``: what the whole machine read from disk while the clock ran (``diskio.py``), or null.
+``cpu_s``: the CPU seconds of the run's process (all its threads) while the clock ran, and
+``worker_cpu_s`` the read worker's (null without one): against ``wall_s`` they tell whether the run
+waited (for the worker, the database, the gateway) or computed.
 ``--profile FILE`` writes a cProfile of the run.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -52,9 +56,11 @@ def main() -> int:
         profiler = cProfile.Profile()
         profiler.enable()
     paged_in = paged_in_bytes()
+    cpu_before, children_before = _cpu_s(), _cpu_s(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = run_dataset(app, app.datasets[args.dataset], store, trigger="bench")
     wall = time.perf_counter() - started
+    cpu, children_cpu = _cpu_s() - cpu_before, _cpu_s(resource.RUSAGE_CHILDREN) - children_before
     read_mb = disk_read_mb(paged_in, paged_in_bytes())
     if profiler is not None:
         profiler.disable()
@@ -79,11 +85,20 @@ def main() -> int:
                     None if result.worker_peak_rss_bytes is None else result.worker_peak_rss_bytes / 2**20
                 ),
                 "disk_read_mb": read_mb,
+                "cpu_s": cpu,
+                "worker_cpu_s": children_cpu if result.worker_peak_rss_bytes is not None else None,
             }
         ),
         flush=True,
     )
     return 0 if result.ok else 1
+
+
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user + system) of this process and all its threads, or (``RUSAGE_CHILDREN``)
+    of its children that ended: the read worker, which has ended when the run returns."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import pstats
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
             sys.executable,
             str(BENCH / "harness.py"),
             *("-n", str(N), "--dbs", "sqlite", "--out", str(tmp_path), "--latency-ms", "1", "--repeat", "2"),
+            *("--profile-dir", str(tmp_path / "profiles")),
         ],
         capture_output=True,
         text=True,
@@ -61,6 +64,13 @@ def test_the_harness_runs_every_scenario_on_sqlite(tmp_path: Path) -> None:
     assert by["snapshot-gone", "syncd"]["detail"].startswith("ins 0 upd 0 del 20 ")
     assert by["snapshot-gone", "syncd"]["rows"] == N - 20  # read: those 20 no longer among them
     assert all(r["peak_rss_mb"] > 0 for r in by.values())
+    # the CPU of both processes of a first load (the read worker's only when it ran), and a cProfile
+    # of every syncd measurement
+    syncd = {scenario: r["detail"] for (scenario, side), r in by.items() if side == "syncd"}
+    assert all(re.search(r"; CPU run \d+\.\d\d( \+ worker \d+\.\d\d)? s", d) for d in syncd.values())
+    profiles = {p.name for p in (tmp_path / "profiles").iterdir()}
+    assert profiles == {f"sqlite-{scenario}-{N}.prof" for scenario in syncd}
+    assert pstats.Stats(str(tmp_path / "profiles" / f"sqlite-snapshot-{N}.prof")).total_calls > 0
     assert "| syncd/dlt initial" in done.stdout
     assert results["machine"]["page cache"]  # how this machine reclaims idle page cache
     if Path("/proc/vmstat").exists():  # Linux: every side says what the machine read from disk
@@ -196,7 +206,7 @@ def _fake_round(
     args = harness.argparse.Namespace(
         records=N, dbs=["sqlite", "postgresql"], sides=["syncd", "dlt"], out=str(tmp_path), seed=1,
         latency_ms=0.0, batch_size=1000, scenarios=len(harness.SCENARIOS), timeout=60.0,
-        initial_timeout=None, syncd_python=sys.executable,
+        initial_timeout=None, syncd_python=sys.executable, profile_dir=None,
     )
     for name, value in options.items():
         setattr(args, name, value)
@@ -326,3 +336,23 @@ def test_ending_a_mariadb_session_that_already_ended_is_no_error(
                 conn.exec_driver_sql(f"KILL {session}")  # what the harness would have raised
     finally:
         engine.dispose()
+
+
+def test_the_detail_gives_both_processes_cpu_and_memory(harness: ModuleType) -> None:
+    """A first load with the read worker: the run's and the worker's CPU seconds and peaks, each
+    named, so that a reader sees which process the wall time waited for."""
+    line = {
+        "status": "success", "error": None, "wall_s": 3.1, "rows": 100, "inserted": 100, "updated": 0,
+        "deleted": 0, "unchanged": 0, "quarantined": 0, "peak_rss_mb": 140.0, "run_peak_rss_mb": 80.0,
+        "worker_peak_rss_mb": 60.0, "disk_read_mb": None, "cpu_s": 1.254, "worker_cpu_s": 2.5,
+    }
+    cmd = [sys.executable, "-c", f"print({json.dumps(json.dumps(line))})"]
+    m = harness._measure(cmd, 100, "sqlite", "initial", "syncd", timeout=60)
+    assert m.detail == (
+        "ins 100 upd 0 del 0 same 0 quar 0; CPU run 1.25 + worker 2.50 s; RSS run 80 + worker 60 MB"
+    )
+    alone = harness._measure(
+        [sys.executable, "-c", f"print({json.dumps(json.dumps(line | {'worker_cpu_s': None}))})"],
+        100, "sqlite", "snapshot", "syncd", timeout=60,
+    )
+    assert "; CPU run 1.25 s;" in alone.detail
