@@ -434,9 +434,9 @@ class _Batch:
     def add_page(self, page: MappedPage) -> None:
         """Take a page the read worker mapped."""
         sorter = self.sorter
-        hashes = self.hashes if self.hashes is not None else []
-        self.hashes = hashes
         if self.skip_unchanged:
+            hashes = self.hashes if self.hashes is not None else []
+            self.hashes = hashes
             # a page's deletes and rejected records wait among its rows, each at its place: the
             # last record of a key wins
             places = iter(self._page_places(page))
@@ -457,10 +457,11 @@ class _Batch:
                 self._wait_other(place[1])
                 place = next(places, None)
         else:
+            # a first load: the worker sends no row hashes, the writer takes them here (this process
+            # has CPU to spare while the worker reads and maps: docs/performance.md)
             base, deleted = len(sorter.rows), len(sorter.deletes)
             sorter.rows.extend(page.rows)
             sorter.digests.extend(page.digests)
-            hashes.extend(page.hashes)
             sorter.deletes.extend(page.deletes)
             sorter.delete_after.extend(base + n for n in page.delete_after)
             sorter.rejected.extend(

@@ -108,11 +108,11 @@ class ReadWorkerError(SyncdError):
 @dataclass(slots=True)
 class MappedPage:
     """One upstream page after the worker mapped it. ``rows``, ``digests``, ``hashes`` and ``keys``
-    are parallel (``keys`` is empty when the run did not ask for them: a first load skips no
-    record); so are ``deletes``, ``delete_after`` (each delete's place: after that many of
-    ``rows``) and ``delete_keys`` (empty like ``keys``); ``rejected`` are (masked record, reason,
-    upstream key, mapped key values) of records it could not map
-    (:data:`syncd.mapping.records.Rejected`)."""
+    are parallel (``hashes`` and ``keys`` are empty when the run did not ask for keys: a first load
+    skips no record, and its writer hashes the rows in the run's process); so are ``deletes``,
+    ``delete_after`` (each delete's place: after that many of ``rows``) and ``delete_keys`` (empty
+    like ``keys``); ``rejected`` are (masked record, reason, upstream key, mapped key values) of
+    records it could not map (:data:`syncd.mapping.records.Rejected`)."""
 
     number: int
     reported_total: int | None
@@ -753,7 +753,8 @@ def _take_page(
     row_key: Callable[[Any], str | None] | None,
 ) -> MappedPage:
     """The page ``sorter`` holds, mapped, to send; ``sorter`` starts afresh. ``row_key``: the keys
-    too (the run skips unchanged records), or None (a first load)."""
+    and row hashes too (the run skips unchanged records), or None (a first load: the run's process,
+    which waits for this one most of the time, hashes the rows as it writes them)."""
     rows, key_of = sorter.rows, sorter.mapping.key_of
     mapped = MappedPage(
         number=page.number,
@@ -762,7 +763,7 @@ def _take_page(
         max_seen=newest,
         rows=rows,
         digests=sorter.digests,
-        hashes=[row_hash(row) for row in rows],
+        hashes=[] if row_key is None else [row_hash(row) for row in rows],
         keys=[] if row_key is None else [row_key(key_of(row)) for row in rows],
         deletes=sorter.deletes,
         rejected=sorter.rejected,
