@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import ssl
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -117,25 +118,32 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 _MAX_RETENTION_DAYS = 36_500  # a century: anything longer is a typo
 
 
-def _retention_days(value: Any) -> Any:
-    """A number of days (1 to a century), or ``forever``; worded for the operator."""
-    if value == "forever" and isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_RETENTION_DAYS:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(
-            f"{value} is out of range: keep change entries for 1 to {_MAX_RETENTION_DAYS} days, "
-            "or write forever to keep every entry"
-        )
-    raise ValueError(
-        f"{value!r} is not a number of days: write a whole number such as 180, "
-        "or forever to keep every entry"
-    )
+def _retention_days_of(what: str, everything: str) -> Callable[[Any], Any]:
+    """The check of a retention in days for ``what`` (change entries, runs): a number of days (1 to a
+    century), or ``forever`` (keeping ``everything``); worded for the operator."""
 
+    def check(value: Any) -> Any:
+        if value == "forever" and isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_RETENTION_DAYS:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f"{value} is out of range: keep {what} for 1 to {_MAX_RETENTION_DAYS} days, "
+                f"or write forever to keep {everything}"
+            )
+        raise ValueError(
+            f"{value!r} is not a number of days: write a whole number such as 180, "
+            f"or forever to keep {everything}"
+        )
+
+    return check
+
+
+_RetentionBase = Annotated[int, Field(ge=1, le=_MAX_RETENTION_DAYS)] | Literal["forever"]
 
 RetentionDays = Annotated[
-    Annotated[int, Field(ge=1, le=_MAX_RETENTION_DAYS)] | Literal["forever"], BeforeValidator(_retention_days)
+    _RetentionBase, BeforeValidator(_retention_days_of("change entries", "every entry"))
 ]
 """How long change entries are kept: a number of days, or ``forever``."""
 

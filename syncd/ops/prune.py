@@ -66,11 +66,17 @@ def retention_bounds(app: AppConfig, now: datetime) -> dict[str, PruneBound]:
     return bounds
 
 
-def clock_mismatch(store: StateStore, zone: ZoneInfo | None = None) -> str | None:
+def clock_mismatch(
+    store: StateStore,
+    zone: ZoneInfo | None = None,
+    *,
+    event: str = "changes.prune_skipped",
+    what: str = "change entries",
+) -> str | None:
     """Why a prune by time must not run now: this machine's clock and the database server's are more
-    than :data:`CLOCK_TOLERANCE` apart (logged as ``changes.prune_skipped``); None when they agree,
-    or the target is SQLite. Times are shown in ``zone`` (default UTC). TargetError when the
-    database's clock cannot be read."""
+    than :data:`CLOCK_TOLERANCE` apart (logged as ``event``; ``what`` the clock stamped, that the
+    prune deletes); None when they agree, or the target is SQLite. Times are shown in ``zone`` (default
+    UTC). TargetError when the database's clock cannot be read."""
     clocks = FeedPruner(store).clocks()
     if clocks is None:
         return None
@@ -85,13 +91,13 @@ def clock_mismatch(store: StateStore, zone: ZoneInfo | None = None) -> str | Non
         f"this machine's clock ({ours.astimezone(shown):%Y-%m-%d %H:%M:%S}) is {abs(round(apart))} s "
         f"{ahead} the database server's ({theirs.astimezone(shown):%Y-%m-%d %H:%M:%S} {shown.key}, "
         f"{where}), more than the {round(CLOCK_TOLERANCE.total_seconds())} s a prune allows: its cut-off "
-        "comes from this machine's clock and the change entries were stamped by it, so one wrong clock "
-        "could delete entries that are not old. Nothing was deleted. Find the clock that is wrong "
+        f"comes from this machine's clock and the {what} were stamped by it, so one wrong clock "
+        f"could delete {what} that are not old. Nothing was deleted. Find the clock that is wrong "
         "(`timedatectl` on this machine and on the database server, against a trusted time), set it "
         "right through its time synchronisation (chrony / NTP), then prune again"
     )
     log.warning(
-        "changes.prune_skipped",
+        event,
         reason="clock_mismatch",
         ours=ours.isoformat(),
         database=theirs.isoformat(),
