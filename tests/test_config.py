@@ -460,6 +460,39 @@ def test_change_retention_mistake_in_a_dataset_file(ws: Workspace) -> None:
     assert only(ws.issues()) == f"{ws.at(RES, '-5')}: changes.retention_days: -5 {OUT_OF_RANGE}"
 
 
+RUN_OUT_OF_RANGE = "is out of range: keep runs for 1 to 36500 days, or write forever to keep every run"
+
+
+def test_run_retention_in_the_main_file(ws: Workspace) -> None:
+    app = ws.load()
+    assert app.runs.retention_days == "forever" and app.run_retention_days() is None  # keep every run
+    ws.edit(MAIN, LOGGING, f"{LOGGING}\nruns: {{retention_days: 400}}")
+    assert ws.load().run_retention_days() == 400
+
+
+@pytest.mark.parametrize(("written", "needle", "message"), [
+    ("retention_days: 0", "0}", f"runs.retention_days: 0 {RUN_OUT_OF_RANGE}"),
+    ("retention_days: 36501", "36501", f"runs.retention_days: 36501 {RUN_OUT_OF_RANGE}"),
+    ("retention_days: never", "never", "runs.retention_days: 'never' is not a number of days: write a "
+     "whole number such as 180, or forever to keep every run"),
+    ("retention_days: true", "true", "runs.retention_days: True is not a number of days: write a "
+     "whole number such as 180, or forever to keep every run"),
+    ("retension_days: 30", "retension", "runs.retension_days: unknown key `retension_days`: did you mean "
+     "`retention_days`?"),
+])
+def test_run_retention_mistakes_in_the_main_file(
+    ws: Workspace, written: str, needle: str, message: str
+) -> None:
+    ws.edit(MAIN, LOGGING, f"{LOGGING}\nruns: {{{written}}}")
+    assert only(ws.issues()) == f"{ws.at(MAIN, needle)}: {message}"
+
+
+def test_run_retention_is_set_in_the_main_file_only(ws: Workspace) -> None:
+    """The runs table is one table for every dataset: a dataset file cannot set its own retention."""
+    ws.edit(RES, RES_TARGET, f"runs:\n  retention_days: 30\n{RES_TARGET}")
+    assert only(ws.issues()).startswith(f"{ws.at(RES, 'runs:')}: runs: unknown key `runs`")
+
+
 def test_scale_larger_than_precision(ws: Workspace) -> None:
     ws.edit(ENT, "scale: 4", "scale: 20")
     assert only(ws.issues()).startswith(

@@ -47,6 +47,7 @@ __all__ = [
     "IncrementalConfig",
     "LocatedValueError",
     "PaginationConfig",
+    "RunsConfig",
     "SignatureRecipe",
     "SnapshotDeleteConfig",
     "SqlConnection",
@@ -146,6 +147,10 @@ RetentionDays = Annotated[
     _RetentionBase, BeforeValidator(_retention_days_of("change entries", "every entry"))
 ]
 """How long change entries are kept: a number of days, or ``forever``."""
+
+RunRetentionDays = Annotated[_RetentionBase, BeforeValidator(_retention_days_of("runs", "every run"))]
+"""How long the records of ended runs are kept: a number of days, or ``forever`` (the same type as
+:data:`RetentionDays`, its messages naming runs)."""
 
 _CLOCK_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -958,6 +963,22 @@ class ChangesConfig(_Model):
         return int(hour), int(minute)
 
 
+class RunsConfig(_Model):
+    """The runs table (运行记录, ``<table_prefix>runs``: one row per run, the audit trail 使用留痕 that
+    ``syncd runs``, ``syncd status`` and ``syncd report`` read): how long the records of ended runs are
+    kept. By default every run is kept for good; with ``retention_days`` the daemon's daily prune (at
+    ``changes.prune_at``) deletes older ones, keeping each dataset's latest run of every status
+    (docs/daemon.md §8). Main file only: the runs table is one table for every dataset."""
+
+    retention_days: RunRetentionDays = Field(
+        "forever",
+        description="days the record of an ended run is kept before the daemon deletes it, or forever "
+        "(nothing is deleted). Each dataset's latest run of every status stays, however old, and so do "
+        "runs still running. Deleted runs are gone from `syncd runs` and from `syncd report` of their "
+        "month: keep them at least as long as the usage records (使用留痕) must be kept",
+    )
+
+
 class AppConfig(_Model):
     timezone: str = "Asia/Shanghai"
     target: DatabaseConfig
@@ -966,6 +987,7 @@ class AppConfig(_Model):
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
     changes: ChangesConfig = ChangesConfig()
+    runs: RunsConfig = RunsConfig()
     code_tables: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="shared 字典 code tables, referenced by name from code_table"
     )
@@ -990,4 +1012,9 @@ class AppConfig(_Model):
         file's); None: for good."""
         own = dataset.changes
         days = own.retention_days if own is not None else self.changes.retention_days
+        return None if days == "forever" else days
+
+    def run_retention_days(self) -> int | None:
+        """Days the records of ended runs are kept (``runs.retention_days``); None: for good."""
+        days = self.runs.retention_days
         return None if days == "forever" else days

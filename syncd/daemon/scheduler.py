@@ -24,8 +24,9 @@ stop do not all hit the gateway in the same second (an interval dataset within o
 most, when that is shorter).
 
 Besides the datasets, :meth:`DatasetScheduler.set_daily` keeps the daemon's own daily jobs (the
-change feed's retention, :data:`PRUNE_JOB`): ids starting with ``syncd:``, which no dataset name
-can, in an executor of their own (one thread), so they never take a dataset's worker.
+retention of the change feed and of the runs table, :data:`PRUNE_JOB`): ids starting with
+``syncd:``, which no dataset name can, in an executor of their own (one thread), so they never
+take a dataset's worker.
 
 The heartbeat proves the scheduler thread still dispatches jobs: :meth:`heartbeat_age` grows
 when it stops (DESIGN §6: a job-store error can kill the thread while the scheduler still says
@@ -45,12 +46,13 @@ when they moved apart by :data:`CLOCK_STEP_THRESHOLD` or more since the last loo
   comes again and its run is repeated: harmless, an unchanged row is not written again);
 * stepped forward: a job whose time the clock jumped over runs once now, within the catch-up spread,
   as after a restart (it would otherwise be skipped as missed); later ones keep their time. Not the
-  daemon's own daily jobs (the change feed's retention): one the clock jumped over takes its next
+  daemon's own daily jobs (the retention): one the clock jumped over takes its next
   time in the new clock, as if the day had passed without it. A clock set wrong forward would
   otherwise make the retention run at once, with a cut-off computed from the wrong time.
 
 :meth:`DatasetScheduler.since_clock_step` says how long ago the last step was noticed (on the steady
-clock): the daemon does not prune the change feed within a day of one (:mod:`syncd.daemon.service`).
+clock): the daemon does not prune the change feed nor the runs table within a day of one
+(:mod:`syncd.daemon.service`).
 """
 
 from __future__ import annotations
@@ -301,7 +303,8 @@ class DatasetScheduler:
                 if step < 0
                 else "the system clock was set forward; datasets whose time it jumped over run now"
             )
-            + "; no change-feed retention (changes.retention_days) runs within 24 hours of a step: check "
+            + "; no retention (changes.retention_days, runs.retention_days) runs within 24 hours of a "
+            "step: check "
             "the server's time synchronisation (NTP, 时钟同步) if this repeats",
         )
         return step

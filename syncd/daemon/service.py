@@ -6,9 +6,10 @@ Threads and who owns what:
   only set flags and wake it up; it polls once a second;
 * the scheduler thread dispatches jobs; dataset runs execute in its worker pool
   (``daemon.max_concurrent_runs``), each wrapped by :meth:`Daemon.run_job`; the change feed's
-  retention (``changes.retention_days``) runs once a day at ``changes.prune_at`` in a thread of its
-  own (:meth:`Daemon.prune_job`), when any dataset's entries expire — never within a day of a clock
-  step, nor while this machine's clock and the database server's disagree (:mod:`syncd.ops.prune`);
+  retention (``changes.retention_days``) and the runs table's (``runs.retention_days``) run once a
+  day at ``changes.prune_at`` in a thread of its own (:meth:`Daemon.prune_job`), when any dataset's
+  entries or runs expire — never within a day of a clock step, nor while this machine's clock and
+  the database server's disagree (:mod:`syncd.ops.prune`);
 * the HTTP thread serves ``/metrics`` and ``/healthz``.
 
 At start the daemon waits for the target database (:meth:`Daemon._wait_for_target`), retrying
@@ -52,10 +53,11 @@ from syncd.daemon.scheduler import PRUNE_JOB, DatasetScheduler, Schedule
 from syncd.daemon.state import RunBook
 from syncd.errors import ConfigError, SyncdError, TargetError
 from syncd.metrics import Metrics
-from syncd.ops.prune import prune_datasets, retention_bounds
+from syncd.ops.prune import prune_datasets, prune_runs, retention_bounds, runs_before
 from syncd.runner import RunResult, run_dataset
 from syncd.targets import RunCounts, RunTimes, StateStore, create_target_engine
 from syncd.targets.engine import pool_overflow
+from syncd.targets.prune import PruneBound
 
 __all__ = ["Daemon", "schedules_of"]
 
@@ -74,7 +76,8 @@ _STATUS_EVERY = 10.0  # seconds between STATUS= refreshes when nothing else chan
 _TARGET_RETRY_FIRST = 2.0  # seconds before the second try to reach the target database at start
 _TARGET_RETRY_MAX = 60.0  # the wait doubles up to this
 PRUNE_QUIET_AFTER_STEP = timedelta(hours=24)
-"""The daemon does not prune the change feed this long after a clock step (:meth:`Daemon.prune_job`)."""
+"""The daemon does not prune the change feed nor the runs table this long after a clock step
+(:meth:`Daemon.prune_job`)."""
 RUN_TIMES_TIMEOUT = timedelta(seconds=10)
 """The longest the main thread waits for the runs table at start and on a reload
 (:meth:`Daemon._read_run_times`); with the 10 s connect timeout it stays well inside the 30 s between
@@ -439,36 +442,38 @@ class Daemon:
             log.error("daemon.job_failed", dataset=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
             return RunResult(name, "", "failed", RunCounts(), time.monotonic() - started, error=str(exc))
 
-    # ------------------------------------------------------------------ the change feed's retention
+    # ------------------------------------------------------------------ retention: change feed, runs
 
     def _schedule_retention(self, app: AppConfig) -> str | None:
-        """The daily prune at ``changes.prune_at`` while any dataset's change entries expire, else no
-        such job; returns its next run time (ISO 8601) or None."""
+        """The daily prune at ``changes.prune_at`` while any dataset's change entries expire or runs
+        do (``runs.retention_days``), else no such job; returns its next run time (ISO 8601) or None."""
         expiring = any(app.retention_days(d) is not None for d in app.datasets.values())
+        expiring = expiring or app.run_retention_days() is not None
         when = self.scheduler.set_daily(PRUNE_JOB, self.prune_job, app.changes.at() if expiring else None)
         return None if when is None else when.isoformat()
 
     def prune_job(self) -> None:
-        """The scheduler's daily job: delete the change entries older than their dataset's retention
-        (syncd.ops.prune), stopping between batches when the daemon stops; never raises. Not within
-        a day of a clock step (:meth:`_clock_stepped`)."""
+        """The scheduler's daily job: delete the change entries older than their dataset's retention,
+        then the records of runs older than ``runs.retention_days`` (syncd.ops.prune), stopping
+        between batches when the daemon stops; never raises (a failure is logged as
+        ``changes.prune_failed`` or ``runs.prune_failed``, and one does not keep the other from
+        running). Not within a day of a clock step (:meth:`_clock_stepped`)."""
         structlog.contextvars.clear_contextvars()
         try:
             app = self.app
-            bounds = retention_bounds(app, datetime.now(UTC))
-            if not bounds or self._stop.is_set() or self._clock_stepped():
+            now = datetime.now(UTC)
+            bounds = retention_bounds(app, now)
+            runs_cutoff = runs_before(app, now)
+            due = (["changes"] if bounds else []) + (["runs"] if runs_cutoff is not None else [])
+            if not due or self._stop.is_set() or self._clock_stepped(due):
                 return
             with self._active_cv:
                 self._active.add(PRUNE_JOB)
             try:
-                prune_datasets(
-                    self.store,
-                    self.locker,
-                    bounds,
-                    should_stop=self._stop.is_set,
-                    on_batch=self.metrics.changes_pruned_by_retention,
-                    zone=ZoneInfo(app.timezone),
-                )
+                if bounds:
+                    self._prune_changes(app, bounds)
+                if runs_cutoff is not None and not self._stop.is_set():
+                    self._prune_runs(app, runs_cutoff)
             finally:
                 with self._active_cv:
                     self._active.discard(PRUNE_JOB)
@@ -478,24 +483,57 @@ class Daemon:
         finally:
             structlog.contextvars.clear_contextvars()
 
-    def _clock_stepped(self) -> bool:
-        """Whether the system clock was stepped within :data:`PRUNE_QUIET_AFTER_STEP` (logged): a time
-        bound is computed from the clock, and the entries are stamped by it, so the daemon does not
+    def _prune_changes(self, app: AppConfig, bounds: dict[str, PruneBound]) -> None:
+        """The change feed's part of :meth:`prune_job`; never raises (``changes.prune_failed``)."""
+        try:
+            prune_datasets(
+                self.store,
+                self.locker,
+                bounds,
+                should_stop=self._stop.is_set,
+                on_batch=self.metrics.changes_pruned_by_retention,
+                zone=ZoneInfo(app.timezone),
+            )
+        except Exception as exc:  # the runs' prune goes on; tomorrow is another try
+            log.error("changes.prune_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def _prune_runs(self, app: AppConfig, before: datetime) -> None:
+        """The runs table's part of :meth:`prune_job`: every configured dataset's runs that started
+        before ``before``; never raises (``runs.prune_failed``)."""
+        try:
+            prune_runs(
+                self.store,
+                self.locker,
+                sorted(app.datasets),
+                before,
+                should_stop=self._stop.is_set,
+                zone=ZoneInfo(app.timezone),
+            )
+        except Exception as exc:  # tomorrow is another try
+            log.error("runs.prune_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def _clock_stepped(self, due: list[str]) -> bool:
+        """Whether the system clock was stepped within :data:`PRUNE_QUIET_AFTER_STEP` (logged, as
+        ``changes.prune_skipped`` and/or ``runs.prune_skipped``, for each of ``due``): a time bound
+        is computed from the clock, and entries and runs are stamped by it, so the daemon does not
         prune until the clock has held for a day."""
         since = self.scheduler.since_clock_step()
         quiet = PRUNE_QUIET_AFTER_STEP.total_seconds()
         if since is None or since >= quiet:
             return False
-        log.warning(
-            "changes.prune_skipped",
-            reason="clock_step",
-            since_step_s=round(since),
-            hint=f"the system clock was stepped {round(since / 3600, 1)} h ago (daemon.clock_step): the "
-            "retention does not prune within 24 hours of a step, as its cut-off comes from the clock and "
-            "entries written while it was wrong carry wrong times. Nothing was deleted; the daily prune "
-            "goes on once the clock has held for a day. Check the server's time synchronisation "
-            "(timedatectl, chrony / NTP)",
-        )
+        events = {"changes": ("changes.prune_skipped", "entries"), "runs": ("runs.prune_skipped", "runs")}
+        for kind in due:
+            event, what = events[kind]
+            log.warning(
+                event,
+                reason="clock_step",
+                since_step_s=round(since),
+                hint=f"the system clock was stepped {round(since / 3600, 1)} h ago (daemon.clock_step): "
+                "the retention does not prune within 24 hours of a step, as its cut-off comes from the "
+                f"clock and {what} written while it was wrong carry wrong times. Nothing was "
+                "deleted; the daily prune goes on once the clock has held for a day. Check the server's "
+                "time synchronisation (timedatectl, chrony / NTP)",
+            )
         return True
 
     # ------------------------------------------------------------------ configuration

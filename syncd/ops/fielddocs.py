@@ -186,6 +186,7 @@ FIELD_DOCS: dict[str, str] = {
     "AppConfig.defaults": "defaults for every dataset",
     "AppConfig.logging": "log level and format",
     "AppConfig.changes": "the change feed (变更日志): how long entries are kept, when the daemon prunes",
+    "AppConfig.runs": "the runs table (运行记录): how long the records of ended runs are kept",
     "AppConfig.datasets_dir": "directory of dataset files, relative to this file",
 }
 

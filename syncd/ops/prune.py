@@ -1,4 +1,5 @@
-"""Deleting old change entries: ``syncd changes prune`` and the daemon's daily retention.
+"""Deleting old change entries (``syncd changes prune`` and the daemon's daily retention) and the
+records of old runs (the daemon's daily retention, ``runs.retention_days``).
 
 :func:`prune_datasets` prunes several datasets one after the other under the prune lock
 (:data:`~syncd.targets.prune.PRUNE_LOCK`): a second prune started meanwhile (the daemon on another
@@ -13,12 +14,17 @@ not for SQLite, a file on this machine) and refuses when the two are more than
 :data:`CLOCK_TOLERANCE` apart (``changes.prune_skipped``, ``reason="clock_mismatch"``), saying
 which clock is ahead: one of them is wrong, and pruning waits until it is set right. A refusing
 process does not hold the lock, so another node whose clock agrees prunes meanwhile.
+
+:func:`prune_runs` does the same for the runs table (:mod:`syncd.targets.runprune`), under the same
+lock and clock check, with its own events (``runs.pruned``, ``runs.prune_finished``,
+``runs.prune_failed``, ``runs.prune_skipped``, ``runs.prune_skipped_locked``); :func:`runs_before`
+is the cut-off the daemon prunes runs at.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -31,8 +37,18 @@ from syncd.errors import TargetError
 from syncd.targets import StateStore
 from syncd.targets.engine import describe_url
 from syncd.targets.prune import PRUNE_BATCH, PRUNE_LOCK, FeedPruner, PruneBound, PruneResult
+from syncd.targets.runprune import RunPruner, RunPruneResult
 
-__all__ = ["CLOCK_TOLERANCE", "PruneOutcome", "clock_mismatch", "prune_datasets", "retention_bounds"]
+__all__ = [
+    "CLOCK_TOLERANCE",
+    "PruneOutcome",
+    "RunPruneOutcome",
+    "clock_mismatch",
+    "prune_datasets",
+    "prune_runs",
+    "retention_bounds",
+    "runs_before",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +80,13 @@ def retention_bounds(app: AppConfig, now: datetime) -> dict[str, PruneBound]:
         if days is not None:
             bounds[name] = PruneBound(before=now - timedelta(days=days))
     return bounds
+
+
+def runs_before(app: AppConfig, now: datetime) -> datetime | None:
+    """The daemon's cut-off for the runs table: runs that started before it may go
+    (``runs.retention_days``); None: every run is kept."""
+    days = app.run_retention_days()
+    return None if days is None else now - timedelta(days=days)
 
 
 def clock_mismatch(
@@ -161,6 +184,82 @@ def prune_datasets(
         "changes.prune_finished",
         datasets=len(outcome.results),
         deleted=outcome.deleted,
+        dry_run=dry_run,
+        failed=sorted(outcome.failures),
+        stopped=outcome.stopped,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return outcome
+
+
+@dataclass
+class RunPruneOutcome:
+    """What :func:`prune_runs` did (as :class:`PruneOutcome`)."""
+
+    locked: bool = False
+    refused: str | None = None
+    results: list[RunPruneResult] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # dataset -> error
+    stopped: bool = False
+
+    @property
+    def deleted(self) -> int:
+        return sum(r.deleted for r in self.results)
+
+
+def prune_runs(
+    store: StateStore,
+    locker: DatasetLocker,
+    datasets: Iterable[str],
+    before: datetime,
+    *,
+    batch_size: int = PRUNE_BATCH,
+    dry_run: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
+    zone: ZoneInfo | None = None,
+) -> RunPruneOutcome:
+    """Delete the records of the runs of ``datasets`` that started before ``before`` (aware), each
+    dataset's latest of every status and its running ones excepted (:mod:`syncd.targets.runprune`),
+    one dataset after the other under the prune lock, after the clock check (module docstring). A
+    dataset whose prune fails is logged (``runs.prune_failed``) and the next one goes on. TargetError
+    only when the database's clock cannot be read or the lock cannot be taken."""
+    started = time.monotonic()
+    outcome = RunPruneOutcome()
+    outcome.refused = clock_mismatch(store, zone, event="runs.prune_skipped", what="runs")
+    if outcome.refused is not None:
+        return outcome
+    pruner = RunPruner(store, batch_size=batch_size)
+    with locker.hold(PRUNE_LOCK) as acquired:
+        if not acquired:
+            outcome.locked = True
+            log.info(
+                "runs.prune_skipped_locked",
+                hint="another syncd process is pruning now (the daemon on another node, or "
+                "`syncd changes prune`); no run was deleted by this one",
+            )
+            return outcome
+        for name in datasets:
+            if should_stop is not None and should_stop():
+                outcome.stopped = True
+                break
+            try:
+                result = pruner.prune(
+                    name, before, dry_run=dry_run, should_stop=should_stop, on_batch=on_batch
+                )
+            except TargetError as exc:
+                outcome.failures[name] = str(exc)
+                log.error("runs.prune_failed", dataset=name, error=str(exc))
+                continue
+            outcome.results.append(result)
+            if result.stopped:
+                outcome.stopped = True
+                break
+    log.info(
+        "runs.prune_finished",
+        datasets=len(outcome.results),
+        deleted=outcome.deleted,
+        before=before.isoformat(),
         dry_run=dry_run,
         failed=sorted(outcome.failures),
         stopped=outcome.stopped,
