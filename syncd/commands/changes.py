@@ -359,9 +359,9 @@ def _report(outcome: PruneOutcome, verb: str) -> int:
         return EXIT_FAILED
     if outcome.locked:
         print(
-            "skipped: another syncd process is pruning the change feed now (the daemon's retention, or "
-            "another `syncd changes prune`); nothing was deleted by this one. Run it again when that "
-            "one has ended",
+            "skipped: another syncd process is pruning the change feed now (the daemon's retention, of "
+            "the change feed or of the runs table, or another `syncd changes prune`); nothing was "
+            "deleted by this one. Run it again when that one has ended",
             flush=True,
         )
         return EXIT_FAILED
