@@ -457,9 +457,11 @@ class _Batch:
                 self._wait_other(place[1])
                 place = next(places, None)
         else:
-            # a first load: the worker sends no row hashes, the writer takes them here (this process
-            # has CPU to spare while the worker reads and maps: docs/performance.md)
             base, deleted = len(sorter.rows), len(sorter.deletes)
+            if page.hashes:  # else the writer hashes the rows (a first load into SQLite)
+                hashes = self.hashes if self.hashes is not None else []
+                self.hashes = hashes
+                hashes.extend(page.hashes)
             sorter.rows.extend(page.rows)
             sorter.digests.extend(page.digests)
             sorter.deletes.extend(page.deletes)
@@ -752,6 +754,9 @@ class _Reading:
         worker = ReadWorker(
             run.app, run.ds, self.window,
             keys=not self.first_load, hold=hold, today=run.today, limits=run.limits,
+            # the run's process writes SQLite itself, with CPU to spare: it hashes the rows there;
+            # where its writes wait on a server it has none (docs/performance.md)
+            hashes=run.store.engine.dialect.name != "sqlite",
         )
         worker.watch_stop(run.stop)  # a stop ends the child even while it waits on the gateway
         log.info("sync.read_worker", pid=worker.pid, reported_total=reported_total)

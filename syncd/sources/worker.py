@@ -108,8 +108,8 @@ class ReadWorkerError(SyncdError):
 @dataclass(slots=True)
 class MappedPage:
     """One upstream page after the worker mapped it. ``rows``, ``digests``, ``hashes`` and ``keys``
-    are parallel (``hashes`` and ``keys`` are empty when the run did not ask for keys: a first load
-    skips no record, and its writer hashes the rows in the run's process); so are ``deletes``,
+    are parallel (``keys`` is empty when the run did not ask for them: a first load skips no
+    record; ``hashes`` when the run's writer hashes the rows itself); so are ``deletes``,
     ``delete_after`` (each delete's place: after that many of ``rows``) and ``delete_keys`` (empty
     like ``keys``); ``rejected`` are (masked record, reason, upstream key, mapped key values) of
     records it could not map (:data:`syncd.mapping.records.Rejected`)."""
@@ -238,6 +238,7 @@ class ReadWorker:
         window: Window,
         *,
         keys: bool = True,
+        hashes: bool = True,
         hold: bool = False,
         today: date | None = None,
         limits: Mapping[str, Any] | None = None,
@@ -246,7 +247,9 @@ class ReadWorker:
         source) and then waits: :meth:`wait_ready` tells when it is ready, :meth:`go` lets it read
         (from the first page, or on from a :class:`~syncd.sources.base.ResumePoint`). Meanwhile the
         run reads in its own process, so the child's start-up (~0.3 s) is not spent waiting.
-        ``today`` and ``limits``: what the run compiles its mapping with (:func:`compile_mapping`)."""
+        ``today`` and ``limits``: what the run compiles its mapping with (:func:`compile_mapping`).
+        ``keys``: the rows' keys and hashes are sent (the run skips unchanged records); without
+        them, ``hashes=False`` leaves the rows' hashes to the run's writer too."""
         self.stats = ReadStats()
         self.pid = 0
         self._hold = hold
@@ -284,6 +287,7 @@ class ReadWorker:
             "dataset": dataset,
             "window": window,
             "keys": keys,
+            "hashes": keys or hashes,
             "today": today,  # the run's mapping is compiled with these: the worker's is the same
             "limits": limits,
             "hold": hold,
@@ -678,6 +682,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     from syncd.sources.prefetch import Prefetcher
 
     app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
+    hashes = row_hash if init.get("hashes", True) else None
     mapping = compile_mapping(dataset, app.code_tables, today=init.get("today"), limits=init.get("limits"))
     sorter = RecordSorter(dataset, mapping)
     key = record_digest_key(app, dataset, mapping)  # the run's own, from the same configuration
@@ -714,7 +719,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
                         newest = ts
                     sort(record, digests.pop() if digests is not None else digest(record))
                 mapped = _take_page(
-                    sorter, page, fetched, newest, row_hash=row_hash, row_key=row_key if want_keys else None
+                    sorter, page, fetched, newest, row_hash=hashes, row_key=row_key if want_keys else None
                 )
                 stats = source.stats  # what it sent and received so far: counted if the run ends early
                 channel.send(("page", mapped, (stats.requests, stats.retries, stats.bytes)))
@@ -749,12 +754,12 @@ def _take_page(
     fetched: int,
     newest: datetime | None,
     *,
-    row_hash: Callable[[Any], str],
+    row_hash: Callable[[Any], str] | None,
     row_key: Callable[[Any], str | None] | None,
 ) -> MappedPage:
     """The page ``sorter`` holds, mapped, to send; ``sorter`` starts afresh. ``row_key``: the keys
-    and row hashes too (the run skips unchanged records), or None (a first load: the run's process,
-    which waits for this one most of the time, hashes the rows as it writes them)."""
+    too (the run skips unchanged records), or None (a first load). ``row_hash``: the rows' hashes
+    too, or None (a first load into SQLite: the run's writer hashes them, docs/performance.md)."""
     rows, key_of = sorter.rows, sorter.mapping.key_of
     mapped = MappedPage(
         number=page.number,
@@ -763,7 +768,7 @@ def _take_page(
         max_seen=newest,
         rows=rows,
         digests=sorter.digests,
-        hashes=[] if row_key is None else [row_hash(row) for row in rows],
+        hashes=[] if row_hash is None else [row_hash(row) for row in rows],
         keys=[] if row_key is None else [row_key(key_of(row)) for row in rows],
         deletes=sorter.deletes,
         rejected=sorter.rejected,
