@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -56,20 +58,69 @@ CLOCK_TOLERANCE = timedelta(minutes=5)
 """How far this machine's clock and the database server's may be apart for a prune by time."""
 
 
+R = TypeVar("R", PruneResult, RunPruneResult)
+
+
 @dataclass
-class PruneOutcome:
-    """What :func:`prune_datasets` did: ``locked`` when another prune held the lock, ``refused`` (why)
-    when the clocks disagree (nothing done either way)."""
+class _Outcome(Generic[R]):
+    """What a prune of several datasets did: ``locked`` when another prune held the lock, ``refused``
+    (why) when the clocks disagree (nothing done either way)."""
 
     locked: bool = False
     refused: str | None = None
-    results: list[PruneResult] = field(default_factory=list)
+    results: list[R] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # dataset -> error
     stopped: bool = False
 
     @property
     def deleted(self) -> int:
         return sum(r.deleted for r in self.results)
+
+
+class PruneOutcome(_Outcome[PruneResult]):
+    """What :func:`prune_datasets` did (change entries)."""
+
+
+class RunPruneOutcome(_Outcome[RunPruneResult]):
+    """What :func:`prune_runs` did (runs)."""
+
+
+def _prune_each(
+    outcome: _Outcome[R],
+    locker: DatasetLocker,
+    jobs: Iterable[tuple[str, Callable[[], R]]],
+    *,
+    skipped_locked: tuple[str, str],
+    failed_event: str,
+    should_stop: Callable[[], bool] | None,
+    on_result: Callable[[R], None] | None = None,
+) -> None:
+    """Run the ``(dataset, prune)`` jobs one after the other under the prune lock, into ``outcome``.
+    Another prune holding the lock: nothing is done, logged as ``skipped_locked`` (event, hint). A
+    dataset whose prune fails is logged as ``failed_event`` and the next one goes on; a stop request
+    between two datasets, or a prune that stopped, ends the walk."""
+    with locker.hold(PRUNE_LOCK) as acquired:
+        if not acquired:
+            outcome.locked = True
+            event, hint = skipped_locked
+            log.info(event, hint=hint)
+            return
+        for name, prune in jobs:
+            if should_stop is not None and should_stop():
+                outcome.stopped = True
+                break
+            try:
+                result = prune()
+            except TargetError as exc:
+                outcome.failures[name] = str(exc)
+                log.error(failed_event, dataset=name, error=str(exc))
+                continue
+            outcome.results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if result.stopped:
+                outcome.stopped = True
+                break
 
 
 def retention_bounds(app: AppConfig, now: datetime) -> dict[str, PruneBound]:
@@ -153,33 +204,23 @@ def prune_datasets(
         if outcome.refused is not None:
             return outcome
     pruner = FeedPruner(store, batch_size=batch_size)
-    with locker.hold(PRUNE_LOCK) as acquired:
-        if not acquired:
-            outcome.locked = True
-            log.info(
-                "changes.prune_skipped_locked",
-                hint="another syncd process is pruning the change feed now (the daemon, or "
-                "`syncd changes prune`); nothing was deleted by this one",
-            )
-            return outcome
-        for name, bound in bounds.items():
-            if should_stop is not None and should_stop():
-                outcome.stopped = True
-                break
-            try:
-                result = pruner.prune(
-                    name, bound, dry_run=dry_run, should_stop=should_stop, on_batch=on_batch
-                )
-            except TargetError as exc:
-                outcome.failures[name] = str(exc)
-                log.error("changes.prune_failed", dataset=name, error=str(exc))
-                continue
-            outcome.results.append(result)
-            if on_result is not None:
-                on_result(result)
-            if result.stopped:
-                outcome.stopped = True
-                break
+    prune = partial(pruner.prune, dry_run=dry_run, should_stop=should_stop, on_batch=on_batch)
+    jobs = ((name, partial(prune, name, bound)) for name, bound in bounds.items())
+    _prune_each(
+        outcome,
+        locker,
+        jobs,
+        skipped_locked=(
+            "changes.prune_skipped_locked",
+            "another syncd process is pruning the change feed now (the daemon, or `syncd changes "
+            "prune`); nothing was deleted by this one",
+        ),
+        failed_event="changes.prune_failed",
+        should_stop=should_stop,
+        on_result=on_result,
+    )
+    if outcome.locked:
+        return outcome
     log.info(
         "changes.prune_finished",
         datasets=len(outcome.results),
@@ -190,21 +231,6 @@ def prune_datasets(
         duration_s=round(time.monotonic() - started, 3),
     )
     return outcome
-
-
-@dataclass
-class RunPruneOutcome:
-    """What :func:`prune_runs` did (as :class:`PruneOutcome`)."""
-
-    locked: bool = False
-    refused: str | None = None
-    results: list[RunPruneResult] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)  # dataset -> error
-    stopped: bool = False
-
-    @property
-    def deleted(self) -> int:
-        return sum(r.deleted for r in self.results)
 
 
 def prune_runs(
@@ -230,31 +256,22 @@ def prune_runs(
     if outcome.refused is not None:
         return outcome
     pruner = RunPruner(store, batch_size=batch_size)
-    with locker.hold(PRUNE_LOCK) as acquired:
-        if not acquired:
-            outcome.locked = True
-            log.info(
-                "runs.prune_skipped_locked",
-                hint="another syncd process is pruning now (the daemon on another node, or "
-                "`syncd changes prune`); no run was deleted by this one",
-            )
-            return outcome
-        for name in datasets:
-            if should_stop is not None and should_stop():
-                outcome.stopped = True
-                break
-            try:
-                result = pruner.prune(
-                    name, before, dry_run=dry_run, should_stop=should_stop, on_batch=on_batch
-                )
-            except TargetError as exc:
-                outcome.failures[name] = str(exc)
-                log.error("runs.prune_failed", dataset=name, error=str(exc))
-                continue
-            outcome.results.append(result)
-            if result.stopped:
-                outcome.stopped = True
-                break
+    prune = partial(pruner.prune, dry_run=dry_run, should_stop=should_stop, on_batch=on_batch)
+    jobs = ((name, partial(prune, name, before)) for name in datasets)
+    _prune_each(
+        outcome,
+        locker,
+        jobs,
+        skipped_locked=(
+            "runs.prune_skipped_locked",
+            "another syncd process is pruning now (the daemon on another node, or `syncd changes "
+            "prune`); no run was deleted by this one",
+        ),
+        failed_event="runs.prune_failed",
+        should_stop=should_stop,
+    )
+    if outcome.locked:
+        return outcome
     log.info(
         "runs.prune_finished",
         datasets=len(outcome.results),
