@@ -51,7 +51,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -69,6 +70,7 @@ __all__ = [
     "PruneBound",
     "PruneResult",
     "PrunedMark",
+    "delete_in_batches",
 ]
 
 log = structlog.get_logger(__name__)
@@ -80,6 +82,45 @@ PRUNE_LOCK = "changes:prune"
 dataset name cannot hold a colon."""
 SQLITE_PAUSE_MAX = 1.0
 """SQLite: the longest pause (seconds) between two batches, for the writers waiting meanwhile."""
+
+
+class _Tally(Protocol):
+    deleted: int
+    batches: int
+    stopped: bool
+
+
+def delete_in_batches(
+    dataset: str,
+    result: _Tally,
+    step: Callable[[], tuple[int, bool]],
+    *,
+    sqlite: bool,
+    fail: Callable[[sa.exc.SQLAlchemyError], TargetError],
+    should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
+) -> None:
+    """Call ``step`` (one batch deleted in one transaction: how many, whether it was the last) until
+    it says the walk is over or ``should_stop`` says stop, counting into ``result``. On SQLite,
+    pause after each batch as long as it took (at most :data:`SQLITE_PAUSE_MAX`), for the writers
+    waiting for the database. A database error is raised as ``fail(exc)``."""
+    done = False
+    while not done:
+        if should_stop is not None and should_stop():
+            result.stopped = True
+            break
+        batch_started = time.monotonic()
+        try:
+            deleted, done = step()
+        except sa.exc.SQLAlchemyError as exc:
+            raise fail(exc) from exc
+        result.batches += 1
+        if deleted:
+            result.deleted += deleted
+            if on_batch is not None:
+                on_batch(dataset, deleted)
+        if sqlite and not done:
+            time.sleep(min(time.monotonic() - batch_started, SQLITE_PAUSE_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,23 +306,24 @@ class FeedPruner:
             return result
         lowest, upper, result.newest_id = span
         after = lowest - 1
-        while after < upper:
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                break
-            batch_started = time.monotonic()
-            try:
-                after, deleted, last = self.delete_batch(dataset, bound, after, upper)
-            except sa.exc.SQLAlchemyError as exc:
-                raise self._fail(doing, exc) from exc
-            result.batches += 1
+
+        def step() -> tuple[int, bool]:
+            nonlocal after
+            after, deleted, last = self.delete_batch(dataset, bound, after, upper)
             if deleted:
-                result.deleted += deleted
                 result.last_deleted_id = last
-                if on_batch is not None:
-                    on_batch(dataset, deleted)
-            if self._sqlite and after < upper:  # let the writers waiting for the database in
-                time.sleep(min(time.monotonic() - batch_started, SQLITE_PAUSE_MAX))
+            return deleted, after >= upper
+
+        if after < upper:
+            delete_in_batches(
+                dataset,
+                result,
+                step,
+                sqlite=self._sqlite,
+                fail=partial(self._fail, doing),
+                should_stop=should_stop,
+                on_batch=on_batch,
+            )
         result.seconds = time.monotonic() - started
         if result.deleted or result.stopped:
             log.info(

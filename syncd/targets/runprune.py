@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,7 +57,7 @@ import structlog
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family, write_engine
 from syncd.targets.history import FUTURE_TOLERANCE
-from syncd.targets.prune import PRUNE_BATCH, SQLITE_PAUSE_MAX
+from syncd.targets.prune import PRUNE_BATCH, delete_in_batches
 from syncd.targets.sqltypes import UtcDateTime
 from syncd.targets.state import StateStore
 from syncd.targets.writer import failure_reason
@@ -215,23 +216,21 @@ class RunPruner:
             result.seconds = time.monotonic() - started
             return result
         after: datetime | None = None
-        done = False
-        while not done:
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                break
-            batch_started = time.monotonic()
-            try:
-                after, done, deleted = self.delete_batch(dataset, before, deletable, after)
-            except sa.exc.SQLAlchemyError as exc:
-                raise self._fail(doing, exc) from exc
-            result.batches += 1
-            if deleted:
-                result.deleted += deleted
-                if on_batch is not None:
-                    on_batch(dataset, deleted)
-            if self._sqlite and not done:  # let the writers waiting for the database in
-                time.sleep(min(time.monotonic() - batch_started, SQLITE_PAUSE_MAX))
+
+        def step() -> tuple[int, bool]:
+            nonlocal after
+            after, done, deleted = self.delete_batch(dataset, before, deletable, after)
+            return deleted, done
+
+        delete_in_batches(
+            dataset,
+            result,
+            step,
+            sqlite=self._sqlite,
+            fail=partial(self._fail, doing),
+            should_stop=should_stop,
+            on_batch=on_batch,
+        )
         result.seconds = time.monotonic() - started
         if result.deleted or result.stopped:
             log.info(
