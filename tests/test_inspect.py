@@ -177,3 +177,30 @@ def test_report_defaults_to_this_month_where_the_unit_is(config: Path) -> None:
     assert this_month("Asia/Shanghai", datetime(2026, 11, 30, 20, tzinfo=UTC)) == "2026-12"
     assert this_month("UTC", datetime(2026, 11, 30, 20, tzinfo=UTC)) == "2026-11"
     assert main(["-c", str(config), "report"]) == 0
+
+
+def test_a_report_of_a_month_the_runs_retention_may_have_pruned_says_so(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With runs.retention_days the daemon deletes old runs: the report of such a month counted fewer
+    runs with no word of it (a monthly report filed with the data bureau). It warns on stderr, the
+    report itself (CSV for a spreadsheet) unchanged."""
+    from syncd.commands.report import pruned_month_warning
+
+    now = datetime(2026, 12, 8, 1, tzinfo=UTC)
+    app = load_config(config)
+    assert pruned_month_warning(app, "2025-01", now) is None  # runs are kept forever by default
+    config.write_text(config.read_text(encoding="utf-8") + "runs: {retention_days: 400}\n", encoding="utf-8")
+    app = load_config(config)
+    warning = pruned_month_warning(app, "2025-10", now)  # before the cut-off of 2025-11-03
+    assert warning is not None and "runs.retention_days is 400" in warning
+    assert "2025-11-03 09:00 (Asia/Shanghai)" in warning and "--month 2025-10 --format csv" in warning
+    assert pruned_month_warning(app, "2025-11", now) is not None  # its first days are before it
+    assert pruned_month_warning(app, "2025-12", now) is None
+
+    capsys.readouterr()
+    assert main(["-c", str(config), "report", "--month", "2025-10", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: runs.retention_days is 400" in captured.err and "warning" not in captured.out
+    assert main(["-c", str(config), "report", "--format", "csv"]) == 0  # this month: nothing to say
+    assert "warning" not in capsys.readouterr().err

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_or_report, open_store
+
+if TYPE_CHECKING:
+    from syncd.config.model import AppConfig
 
 NAME = "report"
 HELP = "monthly usage report per dataset (使用留痕): runs, records, authorization"
@@ -48,4 +52,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     sys.stdout.write(render_csv(items) if args.format == "csv" else render_markdown(args.month, items))
+    warning = pruned_month_warning(app, args.month)
+    if warning is not None:
+        print(f"syncd report: warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def pruned_month_warning(app: AppConfig, month: str, now: datetime | None = None) -> str | None:
+    """Why the report of ``month`` may count fewer runs than were made: the daemon deletes runs
+    older than ``runs.retention_days`` (docs/daemon.md §8), or None when it keeps this month whole."""
+    from syncd.ops.prune import runs_before
+    from syncd.ops.report import month_bounds
+
+    cutoff = runs_before(app, now or datetime.now(UTC))
+    if cutoff is None or month_bounds(month, app.timezone)[0] >= cutoff:
+        return None
+    shown = cutoff.astimezone(ZoneInfo(app.timezone)).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"runs.retention_days is {app.run_retention_days()}: the records of runs that started before "
+        f"{shown} ({app.timezone}) may have been deleted by the daemon's daily prune, so this report "
+        f"of {month} may count fewer runs than were made (each dataset's latest run of every status is "
+        "kept). Keep the monthly reports you must file: export each month before it ages out, e.g. "
+        f"`syncd report --month {month} --format csv > {month}.csv` (docs/daemon.md §8)"
+    )
