@@ -25,6 +25,8 @@ one, so tests and several instances never collide) and is what ``GET /metrics`` 
                                                        whole days × 86400 (negative once expired)
 ``syncd_changes_pruned_total``              counter    change-feed entries deleted by the daemon's
                                                        retention (``changes.retention_days``)
+``syncd_runs_pruned_total``                 counter    records of runs deleted by the daemon's
+                                                       retention (``runs.retention_days``)
 ``syncd_config_reload_success``             gauge      no label: 1 after a good reload, 0 after a bad one
 ``syncd_config_reload_timestamp_seconds``   gauge      no label: time of the last reload attempt
 ``syncd_config_errors``                     gauge      no label: positioned errors of the last bad reload
@@ -180,6 +182,11 @@ class Metrics:
             "Change-feed entries deleted by the daemon's retention (changes.retention_days).",
             ds, registry=reg,
         )
+        self.runs_pruned = Counter(
+            "syncd_runs_pruned",
+            "Records of runs deleted by the daemon's retention (runs.retention_days).",
+            ds, registry=reg,
+        )
         self.authorization_remaining = Gauge(
             "syncd_authorization_remaining_seconds",
             "Time until the dataset's authorization (授权) expires, in whole days (x 86400).",
@@ -223,7 +230,7 @@ class Metrics:
             self.rows.labels(name, op)
         for counter in (
             self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
-            self.changes_pruned,
+            self.changes_pruned, self.runs_pruned,
         ):
             counter.labels(name)
         self.run_duration.labels(name)
@@ -238,7 +245,8 @@ class Metrics:
             self.rows.remove(name, op)
         for metric in (
             self.quarantined, self.upstream_requests, self.upstream_retries, self.run_warnings,
-            self.changes_pruned, self.run_duration, self.watermark_lag, self.authorization_remaining,
+            self.changes_pruned, self.runs_pruned, self.run_duration, self.watermark_lag,
+            self.authorization_remaining,
         ):
             metric.remove(name)
         self.clear_run_times(name)
@@ -324,6 +332,11 @@ class Metrics:
         """The daemon's retention deleted ``entries`` change-feed entries of a configured dataset."""
         if entries > 0 and dataset in self.datasets:  # one removed by a reload meanwhile gets no series
             self.changes_pruned.labels(dataset).inc(entries)
+
+    def runs_pruned_by_retention(self, dataset: str, runs: int) -> None:
+        """The daemon's retention deleted the records of ``runs`` runs of a configured dataset."""
+        if runs > 0 and dataset in self.datasets:  # one removed by a reload meanwhile gets no series
+            self.runs_pruned.labels(dataset).inc(runs)
 
     def set_watermark_lag(self, dataset: str, seconds: float) -> None:
         """Data freshness: seconds between now and the newest update time synced."""

@@ -250,6 +250,18 @@ def test_change_entries_pruned_by_retention(metrics: Metrics) -> None:
     assert "syncd_changes_pruned_total{" not in metrics.render().decode()
 
 
+def test_runs_pruned_by_retention(metrics: Metrics) -> None:
+    metrics.register_dataset("residents")
+    assert value(metrics, "syncd_runs_pruned_total", dataset="residents") == 0  # exported from the start
+    metrics.runs_pruned_by_retention("residents", 10_000)
+    metrics.runs_pruned_by_retention("residents", 12)
+    assert value(metrics, "syncd_runs_pruned_total", dataset="residents") == 10_012
+    metrics.runs_pruned_by_retention("gone", 7)  # removed by a reload while its runs were pruned
+    assert 'dataset="gone"' not in metrics.render().decode()
+    metrics.forget_dataset("residents")
+    assert "syncd_runs_pruned_total{" not in metrics.render().decode()
+
+
 def test_daemon_state_gauges(metrics: Metrics) -> None:
     metrics.config_reloaded(False, errors=3)
     assert value(metrics, "syncd_config_reload_success") == 0

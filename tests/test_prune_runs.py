@@ -320,6 +320,7 @@ def test_the_daemon_prunes_old_runs_once_a_day(daemon_with: Any) -> None:
     ]
     entries = len(daemon.store.changes("residents", limit=1000))
     before = read_back(daemon.store)
+    daemon._adopt(daemon.app)  # as at start: the datasets' series
     with capture_logs() as logs:
         daemon.prune_job()  # what the scheduler runs at 04:15
     # the old successes go (today's is later), and the older failure (the 60-day one is the latest)
@@ -328,6 +329,7 @@ def test_the_daemon_prunes_old_runs_once_a_day(daemon_with: Any) -> None:
     assert len(daemon.store.changes("residents", limit=1000)) == entries  # the change feed is left alone
     pruned = [(e["dataset"], e["deleted"]) for e in logs if e["event"] == "runs.pruned"]
     assert pruned == [("residents", 3)]
+    assert 'syncd_runs_pruned_total{dataset="residents"} 3.0' in daemon.metrics.render().decode()
     assert not [e for e in logs if e["event"].startswith("changes.prune")]  # its retention is off
     # scheduled daily at changes.prune_at, though the change feed is kept for good
     daemon.scheduler.start()

@@ -507,6 +507,7 @@ class Daemon:
                 sorted(app.datasets),
                 before,
                 should_stop=self._stop.is_set,
+                on_batch=self.metrics.runs_pruned_by_retention,
                 zone=ZoneInfo(app.timezone),
             )
         except Exception as exc:  # tomorrow is another try
