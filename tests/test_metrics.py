@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace as NS
 from typing import Any
@@ -238,28 +238,26 @@ def test_forget_dataset_removes_all_its_series(metrics: Metrics) -> None:
     assert value(metrics, "syncd_runs_total", dataset="residents", outcome="success") == 1
 
 
-def test_change_entries_pruned_by_retention(metrics: Metrics) -> None:
+@pytest.mark.parametrize(
+    ("series", "count"),
+    [
+        ("syncd_changes_pruned_total", Metrics.changes_pruned_by_retention),
+        ("syncd_runs_pruned_total", Metrics.runs_pruned_by_retention),
+    ],
+)
+def test_deletes_of_the_daemons_retention(
+    metrics: Metrics, series: str, count: Callable[[Metrics, str, int], None]
+) -> None:
+    """Change entries (changes.retention_days) and runs (runs.retention_days) the daemon pruned."""
     metrics.register_dataset("residents")
-    assert value(metrics, "syncd_changes_pruned_total", dataset="residents") == 0  # exported from the start
-    metrics.changes_pruned_by_retention("residents", 10_000)
-    metrics.changes_pruned_by_retention("residents", 345)
-    assert value(metrics, "syncd_changes_pruned_total", dataset="residents") == 10_345
-    metrics.changes_pruned_by_retention("gone", 7)  # removed by a reload while its entries were pruned
+    assert value(metrics, series, dataset="residents") == 0  # exported from the start
+    count(metrics, "residents", 10_000)
+    count(metrics, "residents", 345)
+    assert value(metrics, series, dataset="residents") == 10_345
+    count(metrics, "gone", 7)  # removed by a reload while it was pruned
     assert 'dataset="gone"' not in metrics.render().decode()
     metrics.forget_dataset("residents")
-    assert "syncd_changes_pruned_total{" not in metrics.render().decode()
-
-
-def test_runs_pruned_by_retention(metrics: Metrics) -> None:
-    metrics.register_dataset("residents")
-    assert value(metrics, "syncd_runs_pruned_total", dataset="residents") == 0  # exported from the start
-    metrics.runs_pruned_by_retention("residents", 10_000)
-    metrics.runs_pruned_by_retention("residents", 12)
-    assert value(metrics, "syncd_runs_pruned_total", dataset="residents") == 10_012
-    metrics.runs_pruned_by_retention("gone", 7)  # removed by a reload while its runs were pruned
-    assert 'dataset="gone"' not in metrics.render().decode()
-    metrics.forget_dataset("residents")
-    assert "syncd_runs_pruned_total{" not in metrics.render().decode()
+    assert f"{series}{{" not in metrics.render().decode()
 
 
 def test_daemon_state_gauges(metrics: Metrics) -> None:

@@ -78,15 +78,23 @@ class CountingSync:
         return result
 
 
-@pytest.fixture
-def sync(
+def counting_sync(
     tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CountingSync]:
+    """A :class:`CountingSync` of the e2e configuration against ``gateway``; its engine is
+    disposed afterwards (the body of the ``sync`` fixtures here and in tests/test_upgrade.py)."""
     s = CountingSync(write_config(tmp_path, db_url=db_url, gateway_url=gateway.url), monkeypatch)
     try:
         yield s
     finally:
         s.engine.dispose()
+
+
+@pytest.fixture
+def sync(
+    tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CountingSync]:
+    yield from counting_sync(tmp_path, gateway, db_url, monkeypatch)
 
 
 def never_skipped(gateway: Gateway, result: RunResult) -> int:

@@ -29,7 +29,7 @@ from syncd.mapping import compile_mapping
 from syncd.mapping import transforms as transforms_module
 from syncd.sources.worker import child_environment
 from tests.e2e import change_log, demo_gateway, target_rows, write_config
-from tests.test_skip_unchanged import CountingSync, never_skipped
+from tests.test_skip_unchanged import CountingSync, counting_sync, never_skipped
 
 OLD_BUILD = "0123456789abcdef"
 """The source digest of the build "before the upgrade" (any value other than this process's)."""
@@ -45,11 +45,7 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
 def sync(
     tmp_path: Path, gateway: Gateway, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CountingSync]:
-    s = CountingSync(write_config(tmp_path, db_url=db_url, gateway_url=gateway.url), monkeypatch)
-    try:
-        yield s
-    finally:
-        s.engine.dispose()
+    yield from counting_sync(tmp_path, gateway, db_url, monkeypatch)
 
 
 def test_the_first_run_after_an_upgrade_maps_every_record_once_and_records_no_change(

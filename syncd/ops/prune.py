@@ -90,20 +90,20 @@ def _prune_each(
     locker: DatasetLocker,
     jobs: Iterable[tuple[str, Callable[[], R]]],
     *,
-    skipped_locked: tuple[str, str],
-    failed_event: str,
+    log_locked: Callable[[], None],
+    log_failed: Callable[[str, TargetError], None],
     should_stop: Callable[[], bool] | None,
     on_result: Callable[[R], None] | None = None,
 ) -> None:
     """Run the ``(dataset, prune)`` jobs one after the other under the prune lock, into ``outcome``.
-    Another prune holding the lock: nothing is done, logged as ``skipped_locked`` (event, hint). A
-    dataset whose prune fails is logged as ``failed_event`` and the next one goes on; a stop request
-    between two datasets, or a prune that stopped, ends the walk."""
+    Another prune holding the lock: nothing is done (``log_locked()``). A dataset whose prune fails
+    is logged (``log_failed(dataset, error)``) and the next one goes on; a stop request between two
+    datasets, or a prune that stopped, ends the walk. (The callers log, so that every event name
+    stands in a logging call, where tests/test_logging_doc.py finds it.)"""
     with locker.hold(PRUNE_LOCK) as acquired:
         if not acquired:
             outcome.locked = True
-            event, hint = skipped_locked
-            log.info(event, hint=hint)
+            log_locked()
             return
         for name, prune in jobs:
             if should_stop is not None and should_stop():
@@ -113,7 +113,7 @@ def _prune_each(
                 result = prune()
             except TargetError as exc:
                 outcome.failures[name] = str(exc)
-                log.error(failed_event, dataset=name, error=str(exc))
+                log_failed(name, exc)
                 continue
             outcome.results.append(result)
             if on_result is not None:
@@ -210,12 +210,12 @@ def prune_datasets(
         outcome,
         locker,
         jobs,
-        skipped_locked=(
+        log_locked=lambda: log.info(
             "changes.prune_skipped_locked",
-            "another syncd process is pruning the change feed now (the daemon, or `syncd changes "
+            hint="another syncd process is pruning the change feed now (the daemon, or `syncd changes "
             "prune`); nothing was deleted by this one",
         ),
-        failed_event="changes.prune_failed",
+        log_failed=lambda name, exc: log.error("changes.prune_failed", dataset=name, error=str(exc)),
         should_stop=should_stop,
         on_result=on_result,
     )
@@ -262,12 +262,12 @@ def prune_runs(
         outcome,
         locker,
         jobs,
-        skipped_locked=(
+        log_locked=lambda: log.info(
             "runs.prune_skipped_locked",
-            "another syncd process is pruning now (the daemon on another node, or `syncd changes "
+            hint="another syncd process is pruning now (the daemon on another node, or `syncd changes "
             "prune`); no run was deleted by this one",
         ),
-        failed_event="runs.prune_failed",
+        log_failed=lambda name, exc: log.error("runs.prune_failed", dataset=name, error=str(exc)),
         should_stop=should_stop,
     )
     if outcome.locked:

@@ -682,7 +682,7 @@ def _read_pages(channel: _Channel, init: dict[str, Any], reading: list[ReadStats
     from syncd.sources.prefetch import Prefetcher
 
     app, dataset, window, want_keys = init["app"], init["dataset"], init["window"], init["keys"]
-    hashes = row_hash if init.get("hashes", True) else None
+    hashes = row_hash if init["hashes"] else None
     mapping = compile_mapping(dataset, app.code_tables, today=init.get("today"), limits=init.get("limits"))
     sorter = RecordSorter(dataset, mapping)
     key = record_digest_key(app, dataset, mapping)  # the run's own, from the same configuration

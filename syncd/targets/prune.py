@@ -71,6 +71,7 @@ __all__ = [
     "PruneResult",
     "PrunedMark",
     "delete_in_batches",
+    "prune_failure",
 ]
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,11 @@ PRUNE_LOCK = "changes:prune"
 dataset name cannot hold a colon."""
 SQLITE_PAUSE_MAX = 1.0
 """SQLite: the longest pause (seconds) between two batches, for the writers waiting meanwhile."""
+
+
+def prune_failure(doing: str, where: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
+    """A prune's database error, as the pruners report it."""
+    return TargetError(f"{doing} in {where} failed: {failure_reason(exc)[:500]}")
 
 
 class _Tally(Protocol):
@@ -180,7 +186,7 @@ class FeedPruner:
         self._where = describe_url(store.engine.url)
 
     def _fail(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
-        return TargetError(f"{doing} in {self._where} failed: {failure_reason(exc)[:500]}")
+        return prune_failure(doing, self._where, exc)
 
     # ------------------------------------------------------------------ reading
 

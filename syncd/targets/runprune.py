@@ -57,10 +57,9 @@ import structlog
 from syncd.errors import TargetError
 from syncd.targets.engine import describe_url, dialect_family, write_engine
 from syncd.targets.history import FUTURE_TOLERANCE
-from syncd.targets.prune import PRUNE_BATCH, delete_in_batches
+from syncd.targets.prune import PRUNE_BATCH, delete_in_batches, prune_failure
 from syncd.targets.sqltypes import UtcDateTime
 from syncd.targets.state import StateStore
-from syncd.targets.writer import failure_reason
 
 __all__ = ["RunPruneResult", "RunPruner", "Survivors"]
 
@@ -105,7 +104,7 @@ class RunPruner:
         self._where = describe_url(store.engine.url)
 
     def _fail(self, doing: str, exc: sa.exc.SQLAlchemyError) -> TargetError:
-        return TargetError(f"{doing} in {self._where} failed: {failure_reason(exc)[:500]}")
+        return prune_failure(doing, self._where, exc)
 
     # ------------------------------------------------------------------ reading
 
