@@ -69,21 +69,27 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
 
 
 def end_lock_session(url: str, dataset: str) -> None:
-    """From another connection, end the session that holds ``dataset``'s run lock, as a DBA would."""
+    """From another connection, end the session that holds ``dataset``'s run lock, as a DBA would,
+    and wait until that session let the lock go: both servers end the session asynchronously
+    (``pg_terminate_backend`` signals the backend, MariaDB's ``KILL`` flags the thread), and a
+    test taking the lock right after the kill failed now and then when the server was busy."""
     if sa.make_url(url).get_backend_name() == "postgresql":
         key = lock_key(dataset) & 0xFFFFFFFFFFFFFFFF
-        query = sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        holders = (
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND classid = :hi AND objid = :lo AND objsubid = 1"
         )
+        params = {"hi": key >> 32, "lo": key & 0xFFFFFFFF}
         admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
-                ended = conn.execute(query, {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+                (pid,) = conn.execute(sa.text(holders), params).scalars().all()
+                ended = conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+                assert ended is True
+                _wait_until(lambda: pid not in conn.execute(sa.text(holders), params).scalars().all())
         finally:
             admin.dispose()
-        assert ended == [True]
         return
     admin = sa.create_engine(url)
     try:
@@ -93,8 +99,16 @@ def end_lock_session(url: str, dataset: str) -> None:
             holder = conn.execute(query, {"n": name}).scalar()
             assert holder is not None, "nobody holds the lock"
             conn.execute(sa.text(f"KILL {int(holder)}"))
+            _wait_until(lambda: conn.execute(query, {"n": name}).scalar() != holder)
     finally:
         admin.dispose()
+
+
+def _wait_until(done: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the killed session still holds the lock"
+        time.sleep(0.02)
 
 
 def lock_holder(url: str, dataset: str) -> bool:
